@@ -1,0 +1,74 @@
+// Command vessel builds, stores, verifies, distributes and runs products made
+// of verified OCI images. The CLI is thin: each command parses its flags,
+// calls one library function from internal/ and prints the result.
+//
+// Output rules:
+//   - results go to stdout, progress and diagnostics to stderr;
+//   - --json prints one JSON document (or one event per line for streams)
+//     and nothing else on stdout;
+//   - errors are printed once, by main, as "vessel: <what failed>: <why>",
+//     and the exit code is 1 (2 for usage errors).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// commands holds the constructors of the top-level commands; each command
+// group registers itself from its own file with addCommand.
+var commands []func(*globals) *cobra.Command
+
+func addCommand(f func(*globals) *cobra.Command) { commands = append(commands, f) }
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "vessel",
+		Short: "Build, verify, ship and run products made of verified OCI images",
+		Long: `vessel manages products made entirely of OCI images whose layers are
+read-only filesystem images (squashfs or erofs) protected by dm-verity.
+
+Every image lives in a local store, a standard OCI image layout at
+<root>/oci that skopeo and umoci can read. The store is /var/lib/vessel
+when run as root, $XDG_DATA_HOME/vessel otherwise; --root or VESSEL_ROOT
+select another.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.root, "root", "", "store directory (default $VESSEL_ROOT, /var/lib/vessel as root, $XDG_DATA_HOME/vessel otherwise)")
+	root.PersistentFlags().BoolVar(&g.json, "json", false, "print machine-readable JSON")
+	for _, f := range commands {
+		root.AddCommand(f(g))
+	}
+	return root
+}
+
+// run executes the CLI and returns the process exit code.
+func run(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := newRoot()
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	if isUsageError(err) {
+		return 2
+	}
+	return 1
+}
+
+func main() { os.Exit(run(os.Args[1:])) }

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		"vessel": func() { os.Exit(run(os.Args[1:])) },
+	})
+}
+
+// TestScript runs every user story in testdata/script/*.txtar. Conditions:
+// [root] needs euid 0, [exec:NAME] needs NAME on PATH (built into testscript).
+func TestScript(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir: "testdata/script",
+		Setup: func(e *testscript.Env) error {
+			e.Setenv("VESSEL_ROOT", e.WorkDir+"/store")
+			e.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+			return nil
+		},
+		Condition: func(cond string) (bool, error) {
+			switch cond {
+			case "root":
+				return os.Geteuid() == 0, nil
+			}
+			if len(cond) > 5 && cond[:5] == "tool:" {
+				_, err := exec.LookPath(cond[5:])
+				return err == nil, nil
+			}
+			return false, nil
+		},
+	})
+}

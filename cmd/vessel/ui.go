@@ -1,0 +1,72 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// globals are the flags every command shares.
+type globals struct {
+	root string
+	json bool
+}
+
+// storeRoot resolves the store directory: --root, $VESSEL_ROOT,
+// /var/lib/vessel for root, $XDG_DATA_HOME/vessel (or ~/.local/share/vessel).
+func (g *globals) storeRoot() (string, error) {
+	if g.root != "" {
+		return g.root, nil
+	}
+	if r := os.Getenv("VESSEL_ROOT"); r != "" {
+		return r, nil
+	}
+	if os.Geteuid() == 0 {
+		return "/var/lib/vessel", nil
+	}
+	if x := os.Getenv("XDG_DATA_HOME"); x != "" {
+		return filepath.Join(x, "vessel"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no store directory: set --root or VESSEL_ROOT (%w)", err)
+	}
+	return filepath.Join(home, ".local", "share", "vessel"), nil
+}
+
+// printJSON writes v as indented JSON.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// exitError carries a specific exit code (for example a container's) to main.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+
+// usageError marks errors caused by bad command-line use (exit code 2).
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func isUsageError(err error) bool {
+	var u usageError
+	if errors.As(err, &u) {
+		return true
+	}
+	// cobra's own argument and flag errors
+	s := err.Error()
+	return strings.HasPrefix(s, "unknown command") || strings.HasPrefix(s, "unknown flag") ||
+		strings.HasPrefix(s, "unknown shorthand flag") || strings.Contains(s, "arg(s), received") ||
+		strings.HasPrefix(s, "invalid argument") || strings.HasPrefix(s, "flag needs an argument")
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vessel's tests, demo and benchmarks use.
+# Idempotent: installs only what is missing, runs apt-get update at most once.
+set -euo pipefail
+pkgs=(
+  squashfs-tools erofs-utils cryptsetup-bin   # layer images and the independent verity checker
+  skopeo umoci                                # independent OCI layout checkers
+  runc squashfuse fuse-overlayfs uidmap       # containers, rootless mounts
+  swtpm swtpm-tools tpm2-tools libssl-dev gcc # TPM: emulator, checker, simulator (cgo, tests only)
+  docker-registry                             # a real registry for distribution tests
+  busybox-static attr openssl util-linux make # example rootfs, xattr tools, cert checks, mount/losetup
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing Debian packages: ${missing[*]}" >&2
+  echo "deps: run 'sudo make deps' (or install them) and try again" >&2
+  exit 1
+fi
+echo "deps: installing ${missing[*]}" >&2
+if [ -z "${VESSEL_APT_UPDATED:-}" ]; then apt-get update -qq; fi
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
