@@ -1,0 +1,161 @@
+// Package store is vessel's local image store: a standard OCI image layout
+// (<root>/oci) that skopeo and umoci can read, plus vessel's own state beside
+// it (<root>/tmp for in-flight writes, <root>/lock for index updates).
+//
+// Every blob enters through PutBlob (temp file, fsync, rename: a killed write
+// leaves no visible partial blob) and every read checks size and digest.
+// index.json is only changed under an exclusive lock and replaced atomically,
+// so concurrent vessel processes never lose a tag. Garbage collection takes
+// the writers' lock exclusively, so it never deletes a blob that an
+// in-flight write is about to reference.
+//
+// Callers that want images rather than blobs use package image, which builds
+// on this one.
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	// ErrNotFound is returned for a tag or blob the store does not have.
+	ErrNotFound = errors.New("not found")
+	// ErrCorrupt is returned when stored content fails its size or digest check
+	// or cannot be parsed.
+	ErrCorrupt = errors.New("corrupt")
+)
+
+// RefNameAnnotation is the OCI annotation that names a tag in index.json.
+const RefNameAnnotation = ocispec.AnnotationRefName
+
+// maxJSONSize bounds manifests, configs and index.json read into memory.
+const maxJSONSize = 8 << 20
+
+// Store is an open image store. It is safe for concurrent use by several
+// goroutines and several processes.
+type Store struct {
+	root string
+}
+
+// Open opens the store at root, creating an empty OCI layout if there is none.
+func Open(root string) (*Store, error) {
+	s := &Store{root: root}
+	for _, d := range []string{s.layout(), filepath.Join(s.layout(), "blobs", "sha256"), s.tmpDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", root, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(s.layout(), ocispec.ImageLayoutFile)); errors.Is(err, os.ErrNotExist) {
+		if err := s.initLayout(); err != nil {
+			return nil, fmt.Errorf("open store %s: %w", root, err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", root, err)
+	}
+	return s, nil
+}
+
+func (s *Store) initLayout() error {
+	return s.withLock(func() error {
+		layoutFile := filepath.Join(s.layout(), ocispec.ImageLayoutFile)
+		if _, err := os.Stat(layoutFile); err == nil {
+			return nil // another process won the race
+		}
+		b, _ := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
+		if err := writeFileAtomic(s.tmpDir(), layoutFile, b); err != nil {
+			return err
+		}
+		if _, err := os.Stat(s.indexPath()); errors.Is(err, os.ErrNotExist) {
+			return s.writeIndex(emptyIndex())
+		}
+		return nil
+	})
+}
+
+// Root is the store's directory.
+func (s *Store) Root() string { return s.root }
+
+// LayoutDir is the OCI image layout directory (<root>/oci).
+func (s *Store) LayoutDir() string { return s.layout() }
+
+func (s *Store) layout() string    { return filepath.Join(s.root, "oci") }
+func (s *Store) tmpDir() string    { return filepath.Join(s.root, "tmp") }
+func (s *Store) indexPath() string { return filepath.Join(s.layout(), ocispec.ImageIndexFile) }
+
+// BlobPath is where the blob with digest d lives. The file may be absent or,
+// if someone tampered with the store, wrong: callers must verify what they read.
+func (s *Store) BlobPath(d digest.Digest) (string, error) {
+	if err := d.Validate(); err != nil {
+		return "", fmt.Errorf("blob %q: %w", d, err)
+	}
+	if d.Algorithm() != digest.SHA256 {
+		return "", fmt.Errorf("blob %s: only sha256 digests are supported", d)
+	}
+	return filepath.Join(s.layout(), "blobs", string(d.Algorithm()), d.Encoded()), nil
+}
+
+// lockFile takes the store lock in the given flock mode (unix.LOCK_EX or
+// unix.LOCK_SH) on <root>/name and returns its release function.
+func (s *Store) lockFile(name string, how int) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(s.root, name), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("lock store: %w", err)
+	}
+	for {
+		err = unix.Flock(int(f.Fd()), how)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock store %s: %w", name, err)
+	}
+	return func() { f.Close() }, nil // closing the file releases the lock
+}
+
+// withLock runs fn holding the exclusive index lock.
+func (s *Store) withLock(fn func() error) error {
+	unlock, err := s.lockFile("lock", unix.LOCK_EX)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return fn()
+}
+
+// Writer marks the start of a multi-step write (blobs first, tag last) and
+// returns the function that ends it. While any writer is active, GC waits,
+// so blobs that are written but not yet tagged are never collected.
+func (s *Store) Writer() (done func(), err error) {
+	return s.lockFile("gc.lock", unix.LOCK_SH)
+}
+
+// ParseRef splits "name[:tag]" into name and tag (default "latest"). A tag
+// is whatever follows the last colon after the last slash, so
+// "host:5000/app" has tag latest.
+func ParseRef(ref string) (name, tag string, err error) {
+	if ref == "" {
+		return "", "", fmt.Errorf("empty image reference")
+	}
+	if strings.ContainsAny(ref, " \t\n@") {
+		return "", "", fmt.Errorf("image reference %q: must be NAME[:TAG]", ref)
+	}
+	name, tag = ref, "latest"
+	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
+		name, tag = ref[:i], ref[i+1:]
+	}
+	if name == "" || tag == "" {
+		return "", "", fmt.Errorf("image reference %q: must be NAME[:TAG]", ref)
+	}
+	return name, tag, nil
+}
