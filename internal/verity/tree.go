@@ -275,11 +275,11 @@ func Verify(data io.ReaderAt, hash io.ReaderAt, p Params, root []byte) error {
 	// block and the first bad data block; report hash blocks first, since a
 	// bad hash block makes the data below it look bad too.
 	var (
-		mu                sync.Mutex
-		badHash, badData  int64 = -1, -1
-		badHashReason     string
-		dbs               = int64(g.p.DataBlockSize)
-		firstLevel0, size = g.levelStart[0], g.levelSize[0]
+		mu               sync.Mutex
+		badHash, badData int64 = -1, -1
+		badHashReason    string
+		dbs              = int64(g.p.DataBlockSize)
+		firstLevel0      = g.levelStart[0]
 	)
 	note := func(bad *int64, k int64, reason string) {
 		mu.Lock()
@@ -311,7 +311,7 @@ func Verify(data io.ReaderAt, hash io.ReaderAt, p Params, root []byte) error {
 			if bytes.Equal(got, w.hash[j*hbs:(j+1)*hbs]) {
 				continue
 			}
-			if reason := g.checkSpare(got, k, size); reason != "" {
+			if reason := g.checkSpare(got, k, int64(g.p.DataBlocks)); reason != "" {
 				note(&badHash, k, reason)
 				continue
 			}
