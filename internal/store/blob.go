@@ -27,6 +27,9 @@ func (e *BlobError) Unwrap() error { return e.Err }
 // digest (and a size, if non-zero), the content must match it or nothing is
 // stored. Writes go to a temp file that is fsynced and renamed into place.
 func (s *Store) PutBlob(r io.Reader, want ocispec.Descriptor) (ocispec.Descriptor, error) {
+	if s.readOnly {
+		return ocispec.Descriptor{}, errReadOnly
+	}
 	f, err := os.CreateTemp(s.tmpDir(), "blob-*")
 	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("put blob: %w", err)
@@ -61,6 +64,9 @@ func (s *Store) PutBlobFile(path string, d digest.Digest) error {
 
 // commitTemp fsyncs f and renames it to the blob path of d.
 func (s *Store) commitTemp(f *os.File, d digest.Digest) error {
+	if s.readOnly {
+		return errReadOnly
+	}
 	dst, err := s.BlobPath(d)
 	if err != nil {
 		return err

@@ -103,6 +103,9 @@ func checkDescriptor(d ocispec.Descriptor) error {
 }
 
 func (s *Store) writeIndex(idx ocispec.Index) error {
+	if s.readOnly {
+		return errReadOnly
+	}
 	b, err := json.Marshal(idx)
 	if err != nil {
 		return err
@@ -276,4 +279,13 @@ func (s *Store) Config(desc ocispec.Descriptor) (ocispec.Image, error) {
 		return img, &BlobError{Digest: desc.Digest, Problem: "not a valid image config: " + err.Error(), Err: ErrCorrupt}
 	}
 	return img, nil
+}
+
+// ListAll returns every entry of index.json, tagged or not.
+func (s *Store) ListAll() ([]ocispec.Descriptor, error) {
+	idx, err := s.readIndex()
+	if err != nil {
+		return nil, err
+	}
+	return idx.Manifests, nil
 }

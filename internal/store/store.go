@@ -43,12 +43,14 @@ const maxJSONSize = 8 << 20
 // Store is an open image store. It is safe for concurrent use by several
 // goroutines and several processes.
 type Store struct {
-	root string
+	root     string
+	dir      string // the OCI layout
+	readOnly bool
 }
 
 // Open opens the store at root, creating an empty OCI layout if there is none.
 func Open(root string) (*Store, error) {
-	s := &Store{root: root}
+	s := &Store{root: root, dir: filepath.Join(root, "oci")}
 	for _, d := range []string{s.layout(), filepath.Join(s.layout(), "blobs", "sha256"), s.tmpDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("open store %s: %w", root, err)
@@ -87,7 +89,27 @@ func (s *Store) Root() string { return s.root }
 // LayoutDir is the OCI image layout directory (<root>/oci).
 func (s *Store) LayoutDir() string { return s.layout() }
 
-func (s *Store) layout() string    { return filepath.Join(s.root, "oci") }
+// OpenLayout opens any OCI image layout directory read-only, for example
+// one written by skopeo, to read images from it with the same checks.
+func OpenLayout(dir string) (*Store, error) {
+	s := &Store{dir: dir, readOnly: true}
+	b, err := os.ReadFile(filepath.Join(dir, ocispec.ImageLayoutFile))
+	if err != nil {
+		return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
+	}
+	var l ocispec.ImageLayout
+	if err := unmarshalOne(b, &l); err != nil || l.Version == "" {
+		return nil, fmt.Errorf("OCI layout %s: %w: bad oci-layout file", dir, ErrCorrupt)
+	}
+	if _, err := s.readIndex(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+var errReadOnly = errors.New("this OCI layout was opened read-only")
+
+func (s *Store) layout() string    { return s.dir }
 func (s *Store) tmpDir() string    { return filepath.Join(s.root, "tmp") }
 func (s *Store) indexPath() string { return filepath.Join(s.layout(), ocispec.ImageIndexFile) }
 
@@ -106,6 +128,9 @@ func (s *Store) BlobPath(d digest.Digest) (string, error) {
 // lockFile takes the store lock in the given flock mode (unix.LOCK_EX or
 // unix.LOCK_SH) on <root>/name and returns its release function.
 func (s *Store) lockFile(name string, how int) (func(), error) {
+	if s.readOnly {
+		return nil, errReadOnly
+	}
 	f, err := os.OpenFile(filepath.Join(s.root, name), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("lock store: %w", err)

@@ -1,0 +1,383 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/store"
+)
+
+func init() {
+	addCommand(imageCmd)
+	addCommand(imagesCmd)
+	addCommand(inspectCmd)
+	addCommand(rmCmd)
+	addCommand(gcCmd)
+}
+
+func (g *globals) openStore() (*store.Store, error) {
+	root, err := g.storeRoot()
+	if err != nil {
+		return nil, err
+	}
+	return store.Open(root)
+}
+
+// sourceDateEpoch reads SOURCE_DATE_EPOCH (reproducible builds).
+func sourceDateEpoch() (*int64, error) {
+	v, ok := os.LookupEnv("SOURCE_DATE_EPOCH")
+	if !ok || v == "" {
+		return nil, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return nil, fmt.Errorf("SOURCE_DATE_EPOCH=%q: must be a non-negative number of seconds", v)
+	}
+	return &n, nil
+}
+
+func layerFormat(typ, comp string, compSet bool) (layer.Format, error) {
+	t, err := layer.ParseType(typ)
+	if err != nil {
+		return layer.Format{}, usageError{err.Error()}
+	}
+	f := layer.DefaultFormat(t)
+	if compSet {
+		f.Compression = comp
+		if comp == "none" {
+			f.Compression = ""
+		}
+	}
+	return f, nil
+}
+
+func imageCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "image",
+		Short: "Create, convert and verify images in the store",
+	}
+	c.AddCommand(imageCreateCmd(g), imageVerifyCmd(g), imageConvertCmd(g))
+	return c
+}
+
+func imageCreateCmd(g *globals) *cobra.Command {
+	var dirs []string
+	var typ, comp string
+	c := &cobra.Command{
+		Use:   "create NAME[:TAG] --layer DIR [--layer DIR]...",
+		Short: "Create an image from directories, one verified layer each",
+		Long: `Create an image whose layers are the given directories, lowest first.
+Each directory becomes a filesystem image (squashfs by default) followed by its
+dm-verity hash tree; the tree's root hash is recorded in the image manifest.
+
+Owners, modes, xattrs, devices and overlay whiteouts are kept as they are, so
+run as root to build layers with files that root owns. With SOURCE_DATE_EPOCH
+set, the same directories always give the same digests.`,
+		Example: `  vessel image create demo:1 --layer ./rootfs-base --layer ./rootfs-app
+  SOURCE_DATE_EPOCH=1700000000 vessel image create demo:1 --layer ./rootfs --type erofs`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			f, err := layerFormat(typ, comp, cmd.Flags().Changed("compression"))
+			if err != nil {
+				return err
+			}
+			epoch, err := sourceDateEpoch()
+			if err != nil {
+				return err
+			}
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			res, err := image.Create(cmd.Context(), s, args[0], dirs, image.CreateOptions{
+				Format: f, SourceDateEpoch: epoch, Progress: progress(cmd, g),
+			})
+			if err != nil {
+				return err
+			}
+			return printCreated(cmd, g, res)
+		},
+	}
+	c.Flags().StringArrayVarP(&dirs, "layer", "l", nil, "directory to make into a layer (repeat, lowest first)")
+	c.Flags().StringVar(&typ, "type", "squashfs", "layer filesystem: squashfs or erofs")
+	c.Flags().StringVar(&comp, "compression", "", "squashfs: zstd (default), gzip, xz; erofs: lz4hc (default), lz4, none")
+	return c
+}
+
+// progress returns a step reporter that writes to stderr unless --json.
+func progress(cmd *cobra.Command, g *globals) func(string) {
+	if g.json {
+		return nil
+	}
+	start := time.Now()
+	return func(step string) {
+		fmt.Fprintf(cmd.ErrOrStderr(), "[%5.1fs] %s\n", time.Since(start).Seconds(), step)
+	}
+}
+
+func printCreated(cmd *cobra.Command, g *globals, res *image.Created) error {
+	if g.json {
+		return printJSON(cmd.OutOrStdout(), res)
+	}
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "%s %s\n", res.Ref, res.Descriptor.Digest)
+	for i, l := range res.Layers {
+		rh, _ := layer.RootHash(l)
+		fmt.Fprintf(w, "  layer %d: %s %s verity %s\n", i+1, l.Digest, humanSize(l.Size), rh)
+	}
+	return nil
+}
+
+func imageVerifyCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "verify NAME[:TAG]",
+		Short: "Check every blob digest and every layer block against its verity tree",
+		Long: `Verify reads the whole image: the manifest and config digests, each layer's
+digest and size, and every data and hash block of each layer against the verity
+root hash in the manifest. It stops at the first failure and names the layer
+and the block.`,
+		Example: `  vessel image verify demo:1`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			report := func(r image.LayerResult) {
+				if g.json || r.Err != "" {
+					return
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "layer %d %s: ok (%d blocks, verity %s)\n", r.Index, r.Digest, r.Blocks, r.RootHash)
+			}
+			results, err := image.Verify(s, args[0], report)
+			if g.json {
+				out := map[string]any{"ref": args[0], "verified": err == nil, "layers": results}
+				if err != nil {
+					out["error"] = err.Error()
+				}
+				if perr := printJSON(cmd.OutOrStdout(), out); perr != nil {
+					return perr
+				}
+			}
+			if err != nil {
+				return err
+			}
+			if !g.json {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: verified\n", args[0])
+			}
+			return nil
+		},
+	}
+}
+
+func imageConvertCmd(g *globals) *cobra.Command {
+	var typ, comp string
+	c := &cobra.Command{
+		Use:   "convert oci:DIR[:TAG] NAME[:TAG]",
+		Short: "Convert a standard OCI image (tar layers) into verified layers",
+		Long: `Convert reads an image with tar, tar+gzip or tar+zstd layers from an OCI
+layout (as written by skopeo, umoci or buildah), checks every digest, and stores
+it with one verified filesystem layer per tar layer. OCI whiteouts become
+overlay whiteouts; tar entries that would escape the root are refused. Needs root.`,
+		Example: `  skopeo copy docker-archive:busybox.tar oci:./layout:busybox
+  vessel image convert oci:./layout:busybox busybox:1`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := image.ParseSource(args[0])
+			if err != nil {
+				return usageError{err.Error()}
+			}
+			f, err := layerFormat(typ, comp, cmd.Flags().Changed("compression"))
+			if err != nil {
+				return err
+			}
+			epoch, err := sourceDateEpoch()
+			if err != nil {
+				return err
+			}
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			res, err := image.Convert(cmd.Context(), s, src, args[1], image.ConvertOptions{Format: f, SourceDateEpoch: epoch, Progress: progress(cmd, g)})
+			if err != nil {
+				return err
+			}
+			return printCreated(cmd, g, res)
+		},
+	}
+	c.Flags().StringVar(&typ, "type", "squashfs", "layer filesystem: squashfs or erofs")
+	c.Flags().StringVar(&comp, "compression", "", "squashfs: zstd (default), gzip, xz; erofs: lz4hc (default), lz4, none")
+	return c
+}
+
+func imagesCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "images",
+		Short: "List the images in the store",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			list, err := s.List()
+			if err != nil {
+				return err
+			}
+			type row struct {
+				Name    string    `json:"name"`
+				Tag     string    `json:"tag"`
+				Digest  string    `json:"digest"`
+				Size    int64     `json:"size"`
+				Created time.Time `json:"created"`
+			}
+			rows := []row{}
+			for _, t := range list {
+				r := row{Name: t.Name, Tag: t.Tag, Digest: string(t.Descriptor.Digest)}
+				if info, err := image.Inspect(s, t.Name+":"+t.Tag); err == nil {
+					r.Size = info.Size
+					if info.Config.Created != nil {
+						r.Created = *info.Config.Created
+					}
+				}
+				rows = append(rows, r)
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), rows)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tTAG\tDIGEST\tSIZE\tCREATED")
+			for _, r := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, r.Tag, shortDigest(r.Digest), humanSize(r.Size), r.Created.Format(time.RFC3339))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func inspectCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:     "inspect NAME[:TAG]",
+		Short:   "Show an image's digest, manifest, config and layers",
+		Example: "  vessel inspect demo:1\n  vessel inspect demo:1 --json | jq .layers",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			info, err := image.Inspect(s, args[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), info)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "Image:    %s\nDigest:   %s\nSize:     %s\n", info.Ref, info.Digest, humanSize(info.Size))
+			c := info.Config
+			fmt.Fprintf(w, "Platform: %s/%s\n", c.OS, c.Architecture)
+			if c.Created != nil {
+				fmt.Fprintf(w, "Created:  %s\n", c.Created.Format(time.RFC3339))
+			}
+			if len(c.Config.Entrypoint)+len(c.Config.Cmd) > 0 {
+				fmt.Fprintf(w, "Command:  %s\n", strings.Join(append(append([]string{}, c.Config.Entrypoint...), c.Config.Cmd...), " "))
+			}
+			for _, e := range c.Config.Env {
+				fmt.Fprintf(w, "Env:      %s\n", e)
+			}
+			fmt.Fprintf(w, "Config:   %s\nLayers:\n", info.Manifest.Config.Digest)
+			for i, l := range info.Layers {
+				fmt.Fprintf(w, "  %d. %s\n     media type:  %s\n     size:        %d\n     verity root: %s\n", i+1, l.Digest, l.MediaType, l.Size, orNone(l.RootHash))
+			}
+			return nil
+		},
+	}
+}
+
+func rmCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm NAME[:TAG]...",
+		Short: "Remove tags (blobs stay until 'vessel gc')",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			for _, ref := range args {
+				d, err := s.Untag(ref)
+				if err != nil {
+					return err
+				}
+				if !g.json {
+					fmt.Fprintf(cmd.OutOrStdout(), "untagged %s (%s)\n", ref, d.Digest)
+				}
+			}
+			return nil
+		},
+	}
+}
+
+func gcCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "gc",
+		Short: "Delete blobs that no tag references",
+		Long: `gc deletes every blob that no tagged image, nested index or referrer
+(such as a signature) reaches, and stale temp files from interrupted writes.
+It waits for running writers and never deletes a referenced blob.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			res, err := s.GC()
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), res)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %d blobs, %s\n", len(res.Removed), humanSize(res.Bytes))
+			return nil
+		},
+	}
+}
+
+func shortDigest(d string) string {
+	if len(d) > 19 {
+		return d[:19]
+	}
+	return d
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+func humanSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+

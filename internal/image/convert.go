@@ -1,0 +1,204 @@
+package image
+
+import (
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/store"
+)
+
+// Source is an image in an OCI layout: oci:DIR[:TAG].
+type Source struct {
+	Dir, Tag string
+}
+
+// ParseSource parses "oci:DIR[:TAG]".
+func ParseSource(s string) (Source, error) {
+	rest, ok := strings.CutPrefix(s, "oci:")
+	if !ok || rest == "" {
+		return Source{}, fmt.Errorf("source %q: expected oci:DIR[:TAG]", s)
+	}
+	dir, tag, _ := strings.Cut(rest, ":")
+	return Source{Dir: dir, Tag: tag}, nil
+}
+
+// ConvertOptions control Convert.
+type ConvertOptions struct {
+	Format          layer.Format
+	SourceDateEpoch *int64
+	Progress        func(step string)
+}
+
+// Convert reads a standard OCI image with tar layers (uncompressed, gzip or
+// zstd) from an OCI layout, checking every digest, and stores it as ref with
+// one verified filesystem layer per tar layer. OCI whiteouts become overlay
+// whiteouts; tar entries that escape the root are refused (see
+// layer.Unpack). It needs root to recreate ownership and device nodes.
+func Convert(ctx context.Context, s *store.Store, src Source, ref string, opt ConvertOptions) (*Created, error) {
+	if _, _, err := store.ParseRef(ref); err != nil {
+		return nil, err
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("convert needs root: tar layers carry file owners and device nodes that only root can recreate")
+	}
+	in, err := store.OpenLayout(src.Dir)
+	if err != nil {
+		return nil, err
+	}
+	mDesc, err := pickManifest(in, src)
+	if err != nil {
+		return nil, err
+	}
+	m, err := in.Manifest(mDesc.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("source %s: %w", src.Dir, err)
+	}
+	cfg, err := in.Config(m.Config)
+	if err != nil {
+		return nil, fmt.Errorf("source %s: config: %w", src.Dir, err)
+	}
+	done, err := s.Writer()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	var layers []ocispec.Descriptor
+	for i, l := range m.Layers {
+		if opt.Progress != nil {
+			opt.Progress(fmt.Sprintf("layer %d/%d: %s (%d bytes)", i+1, len(m.Layers), l.Digest, l.Size))
+		}
+		d, err := convertLayer(ctx, s, in, l, layer.BuildOptions{Format: opt.Format, SourceDateEpoch: opt.SourceDateEpoch})
+		if err != nil {
+			return nil, fmt.Errorf("convert layer %d (%s): %w", i+1, l.Digest, err)
+		}
+		layers = append(layers, d)
+	}
+	when := created(opt.SourceDateEpoch)
+	if cfg.Created != nil && opt.SourceDateEpoch == nil {
+		when = *cfg.Created
+	}
+	return commit(s, ref, layers, cfg.Config, when, cfg.History)
+}
+
+// pickManifest finds the manifest for src.Tag (or the only one), descending
+// into an image index to the linux/GOARCH entry.
+func pickManifest(in *store.Store, src Source) (ocispec.Descriptor, error) {
+	var d ocispec.Descriptor
+	var err error
+	if src.Tag != "" {
+		d, err = in.Resolve(src.Tag)
+		if errors.Is(err, store.ErrNotFound) {
+			// layouts written by other tools use the bare tag as ref.name
+			d, err = resolveRefName(in, src.Tag)
+		}
+	} else {
+		d, err = onlyManifest(in)
+	}
+	if err != nil {
+		return d, fmt.Errorf("source %s: %w", src.Dir, err)
+	}
+	if d.MediaType == ocispec.MediaTypeImageIndex {
+		b, err := in.ReadBlob(d)
+		if err != nil {
+			return d, err
+		}
+		idx, err := store.ParseIndex(b)
+		if err != nil {
+			return d, err
+		}
+		for _, m := range idx.Manifests {
+			if m.Platform != nil && m.Platform.OS == "linux" && m.Platform.Architecture == runtime.GOARCH {
+				return m, nil
+			}
+		}
+		return d, fmt.Errorf("source %s: no linux/%s image in the index", src.Dir, runtime.GOARCH)
+	}
+	return d, nil
+}
+
+func resolveRefName(in *store.Store, tag string) (ocispec.Descriptor, error) {
+	list, err := in.ListAll()
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	for _, d := range list {
+		if d.Annotations[store.RefNameAnnotation] == tag {
+			return d, nil
+		}
+	}
+	return ocispec.Descriptor{}, fmt.Errorf("tag %q: %w", tag, store.ErrNotFound)
+}
+
+func onlyManifest(in *store.Store) (ocispec.Descriptor, error) {
+	list, err := in.ListAll()
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if len(list) != 1 {
+		return ocispec.Descriptor{}, fmt.Errorf("the layout has %d images: name one with oci:DIR:TAG", len(list))
+	}
+	return list[0], nil
+}
+
+// convertLayer streams one tar layer (digest-checked) into a directory and
+// builds a verified layer from it.
+func convertLayer(ctx context.Context, s *store.Store, in *store.Store, l ocispec.Descriptor, opt layer.BuildOptions) (ocispec.Descriptor, error) {
+	rc, err := in.OpenBlob(l)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	defer rc.Close()
+	r, closeR, err := decompress(l.MediaType, rc)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	defer closeR()
+	tmp, err := s.TempDir("convert-*")
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	defer os.RemoveAll(tmp)
+	root := tmp + "/rootfs"
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if err := layer.Unpack(r, root); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	// drain, so the verifying reader checks the digest of the whole blob
+	// (tar padding after the end-of-archive marker included)
+	if _, err := io.Copy(io.Discard, rc); err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	return addLayer(ctx, s, root, opt)
+}
+
+func decompress(mediaType string, r io.Reader) (io.Reader, func(), error) {
+	switch mediaType {
+	case ocispec.MediaTypeImageLayer, "application/vnd.docker.image.rootfs.diff.tar":
+		return r, func() {}, nil
+	case ocispec.MediaTypeImageLayerGzip, "application/vnd.docker.image.rootfs.diff.tar.gzip":
+		z, err := gzip.NewReader(r)
+		if err != nil {
+			return nil, nil, fmt.Errorf("gzip: %w", err)
+		}
+		return z, func() { z.Close() }, nil
+	case ocispec.MediaTypeImageLayerZstd:
+		z, err := zstd.NewReader(r)
+		if err != nil {
+			return nil, nil, fmt.Errorf("zstd: %w", err)
+		}
+		return z, z.Close, nil
+	}
+	return nil, nil, fmt.Errorf("layer media type %q: only tar, tar+gzip and tar+zstd layers can be converted", mediaType)
+}
