@@ -301,4 +301,3 @@ the openssl commands that check them independently.`,
 	c.Flags().StringVarP(&dir, "dir", "d", "", "output directory")
 	return c
 }
-
