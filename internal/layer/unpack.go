@@ -226,22 +226,22 @@ func escapes(p string) bool {
 	return p == ".." || strings.HasPrefix(p, "../")
 }
 
-// applyMeta sets xattrs, owner, mode and times (in that order: chown clears
-// setuid bits).
+// applyMeta sets owner, mode, xattrs and times, in that order: chown clears
+// setuid bits and security.capability.
 func applyMeta(p string, hdr *tar.Header) error {
-	for k, v := range hdr.PAXRecords {
-		if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
-			if err := unix.Lsetxattr(p, name, []byte(v), 0); err != nil {
-				return fmt.Errorf("tar entry %q: xattr %s: %w", hdr.Name, name, err)
-			}
-		}
-	}
 	if err := os.Lchown(p, hdr.Uid, hdr.Gid); err != nil {
 		return fmt.Errorf("tar entry %q: chown: %w", hdr.Name, err)
 	}
 	if hdr.Typeflag != tar.TypeSymlink {
 		if err := unix.Chmod(p, uint32(hdr.Mode&0o7777)); err != nil {
 			return fmt.Errorf("tar entry %q: chmod: %w", hdr.Name, err)
+		}
+	}
+	for k, v := range hdr.PAXRecords {
+		if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+			if err := unix.Lsetxattr(p, name, []byte(v), 0); err != nil {
+				return fmt.Errorf("tar entry %q: xattr %s: %w", hdr.Name, name, err)
+			}
 		}
 	}
 	mt := hdr.ModTime
