@@ -365,4 +365,3 @@ func TestMediaTypes(t *testing.T) {
 		t.Error(DefaultFormat(Squashfs).MediaType())
 	}
 }
-
