@@ -1,0 +1,153 @@
+package tpm
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// DefaultDevice is the kernel's TPM resource manager device.
+const DefaultDevice = "/dev/tpmrm0"
+
+// TPM is an open connection to a TPM. It is not safe for concurrent use.
+// It counts the commands sent, for benchmarks and tests.
+type TPM struct {
+	tr     transport.TPM
+	closer io.Closer
+	where  string
+	cmds   int
+	byCC   map[tpm2.TPMCC]int
+	// live and maxLive count transient objects this connection loaded and
+	// has not flushed (sessions are not counted).
+	live, maxLive int
+}
+
+// New wraps an already open transport (for example an in-process simulator).
+// Close closes c if it is not nil.
+func New(t transport.TPM, c io.Closer, where string) *TPM {
+	return &TPM{tr: t, closer: c, where: where, byCC: map[tpm2.TPMCC]int{}}
+}
+
+// Open opens the TPM named by dev:
+//
+//	/dev/tpmrm0, /dev/tpm0   a character device
+//	swtpm:HOST:PORT          swtpm's (or any raw TPM command) TCP server
+//	PATH                     a unix socket speaking raw TPM commands (swtpm --server type=unixio)
+//
+// An empty dev means DefaultDevice. Failure wraps ErrNoTPM.
+func Open(dev string) (*TPM, error) {
+	if dev == "" {
+		dev = DefaultDevice
+	}
+	if rest, ok := strings.CutPrefix(dev, "swtpm:"); ok {
+		c, err := net.DialTimeout("tcp", rest, 5*time.Second)
+		if err != nil {
+			return nil, &tpmError{op: "open TPM " + dev, sentinel: ErrNoTPM, err: err,
+				hint: "is swtpm running with `--server type=tcp,port=PORT`?"}
+		}
+		return New(&streamTPM{c: c}, c, dev), nil
+	}
+	fi, err := os.Stat(dev)
+	if err != nil {
+		return nil, &tpmError{op: "open TPM " + dev, sentinel: ErrNoTPM, err: err,
+			hint: "does this machine have a TPM 2.0 enabled in firmware? select another with --tpm (/dev/tpm0, swtpm:HOST:PORT, a unix socket)"}
+	}
+	if fi.Mode()&os.ModeSocket != 0 {
+		c, err := net.DialTimeout("unix", dev, 5*time.Second)
+		if err != nil {
+			return nil, &tpmError{op: "open TPM " + dev, sentinel: ErrNoTPM, err: err}
+		}
+		return New(&streamTPM{c: c}, c, dev), nil
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return nil, &tpmError{op: "open TPM " + dev, sentinel: ErrNoTPM, err: err,
+			hint: "run as root, or as a member of the tss group; /dev/tpm0 is exclusive: prefer /dev/tpmrm0"}
+	}
+	return New(transport.FromReadWriteCloser(f), nil, dev), nil
+}
+
+// Close closes the connection. It does not flush anything: every function
+// of this package flushes what it loaded before it returns.
+func (t *TPM) Close() error {
+	if t.closer != nil {
+		return t.closer.Close()
+	}
+	if c, ok := t.tr.(transport.TPMCloser); ok {
+		return c.Close()
+	}
+	return nil
+}
+
+// String names the TPM as it was opened.
+func (t *TPM) String() string { return t.where }
+
+// Commands returns how many TPM commands were sent so far.
+func (t *TPM) Commands() int { return t.cmds }
+
+// MaxLoaded returns the largest number of transient objects this
+// connection had loaded at once.
+func (t *TPM) MaxLoaded() int { return t.maxLive }
+
+// Send implements transport.TPM, counting commands and loaded objects.
+func (t *TPM) Send(cmd []byte) ([]byte, error) {
+	t.cmds++
+	var cc tpm2.TPMCC
+	if len(cmd) >= 10 {
+		cc = tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))
+		t.byCC[cc]++
+	}
+	rsp, err := t.tr.Send(cmd)
+	if err != nil || len(rsp) < 10 || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
+		return rsp, err
+	}
+	switch cc {
+	case tpm2.TPMCCLoad, tpm2.TPMCCLoadExternal, tpm2.TPMCCCreatePrimary, tpm2.TPMCCCreateLoaded, tpm2.TPMCCContextLoad:
+		if len(rsp) >= 14 && binary.BigEndian.Uint32(rsp[10:14])>>24 == 0x80 {
+			t.live++
+			t.maxLive = max(t.maxLive, t.live)
+		}
+	case tpm2.TPMCCFlushContext:
+		if len(cmd) >= 14 && binary.BigEndian.Uint32(cmd[10:14])>>24 == 0x80 {
+			t.live--
+		}
+	}
+	return rsp, nil
+}
+
+// streamTPM speaks raw TPM commands over a stream (swtpm's TCP or unix
+// socket server): write a command, read a response framed by its header.
+type streamTPM struct{ c net.Conn }
+
+const maxResponse = 64 << 10
+
+func (s *streamTPM) Send(cmd []byte) ([]byte, error) {
+	if err := s.c.SetDeadline(time.Now().Add(2 * time.Minute)); err != nil {
+		return nil, err
+	}
+	if _, err := s.c.Write(cmd); err != nil {
+		return nil, fmt.Errorf("send TPM command: %w", err)
+	}
+	hdr := make([]byte, 10)
+	if _, err := io.ReadFull(s.c, hdr); err != nil {
+		return nil, fmt.Errorf("read TPM response: %w", err)
+	}
+	n := binary.BigEndian.Uint32(hdr[2:6])
+	if n < 10 || n > maxResponse {
+		return nil, errors.New("read TPM response: bad size in header")
+	}
+	rsp := make([]byte, n)
+	copy(rsp, hdr)
+	if _, err := io.ReadFull(s.c, rsp[10:]); err != nil {
+		return nil, fmt.Errorf("read TPM response: %w", err)
+	}
+	return rsp, nil
+}
