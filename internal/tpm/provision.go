@@ -96,8 +96,8 @@ func (t *TPM) Provision(s State, policyKey *ecdsa.PublicKey, o ProvisionOptions)
 			}
 		}
 	}
-	secret := make([]byte, 20)
-	if _, err := rand.Read(secret); err != nil {
+	secret, err := randomAuth(20)
+	if err != nil {
 		return nil, err
 	}
 	out.Recovery = formatRecovery(secret)
@@ -130,8 +130,8 @@ func (t *TPM) Provision(s State, policyKey *ecdsa.PublicKey, o ProvisionOptions)
 	if err != nil {
 		return nil, fmt.Errorf("create identity key: %w", err)
 	}
-	auths := make([]byte, 3*authSize)
-	if _, err := rand.Read(auths); err != nil {
+	auths, err := randomAuth(3 * authSize)
+	if err != nil {
 		return nil, err
 	}
 	admin, err := t.create(r, sealedTemplate(sealPolicy), auths)
@@ -164,6 +164,24 @@ func (t *TPM) Provision(s State, policyKey *ecdsa.PublicKey, o ProvisionOptions)
 		}
 	}
 	return out, nil
+}
+
+// randomAuth returns n random bytes none of which is zero: go-tpm v0.9.8
+// truncates an HMAC key at any zero byte (hmacKeyFromAuthValue should trim
+// only trailing zeros), which would make the TPM refuse such a value.
+func randomAuth(n int) ([]byte, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	for i := range b {
+		for b[i] == 0 {
+			if _, err := rand.Read(b[i : i+1]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return b, nil
 }
 
 func (t *TPM) createSRK(owner tpm2.AuthHandle) (tpm2.NamedHandle, tpm2.TPMTPublic, error) {
