@@ -13,7 +13,7 @@ import (
 
 // unitBytes is how much data one worker reads and hashes per step. Big
 // contiguous preads keep the syscall cost far below the hashing cost.
-const unitBytes = 4 << 20
+const unitBytes = 1 << 20
 
 // hasher computes H(salt || block) without allocating.
 type hasher struct {

@@ -502,3 +502,17 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkSHA256Block is the single-core limit Format runs against: one
+// salted sha256 per 4096-byte block (run with -cpu 1).
+func BenchmarkSHA256Block(b *testing.B) {
+	g, err := newGeometry(Params{DataBlocks: 1, Salt: testSalt})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, block, out := g.newHasher(), testData(4096), make([]byte, 32)
+	b.SetBytes(4096)
+	for b.Loop() {
+		h.sum(block, out)
+	}
+}
