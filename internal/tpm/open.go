@@ -106,6 +106,16 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 		t.byCC[cc]++
 	}
 	rsp, err := t.tr.Send(cmd)
+	// TPM_RC_RETRY, _YIELDED and _TESTING: the command did not start;
+	// send the same bytes again (sessions are unchanged), backing off.
+	for wait := time.Millisecond; err == nil && len(rsp) >= 10 && wait < 4*time.Second; wait *= 2 {
+		rc := binary.BigEndian.Uint32(rsp[6:10])
+		if rc != uint32(tpm2.TPMRCRetry) && rc != uint32(tpm2.TPMRCYielded) && rc != uint32(tpm2.TPMRCTesting) {
+			break
+		}
+		time.Sleep(wait)
+		rsp, err = t.tr.Send(cmd)
+	}
 	if err != nil || len(rsp) < 10 || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
 		return rsp, err
 	}
