@@ -13,9 +13,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"reflect"
 	"strings"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -31,24 +31,25 @@ func Unmarshal(data []byte, v any) error {
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return errors.New("strictjson: Unmarshal needs a non-nil pointer")
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	w := walker{dec: dec}
+	w := walker{b: data}
 	if err := w.value(rv.Type().Elem(), "", 0); err != nil {
 		return err
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return fmt.Errorf("trailing data after the JSON value (offset %d)", dec.InputOffset())
+	w.ws()
+	if w.i != len(w.b) {
+		return fmt.Errorf("trailing data after the JSON value (offset %d)", w.i)
 	}
-	dec = json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	return nil
+	// Every key is now known to match a field exactly, once; encoding/json
+	// checks the syntax and the value types.
+	return json.Unmarshal(data, v)
 }
 
-type walker struct{ dec *json.Decoder }
+// walker is a minimal JSON scanner that checks structure and keys; it
+// leaves full syntax checking to encoding/json.
+type walker struct {
+	b []byte
+	i int
+}
 
 var byteSlice = reflect.TypeFor[[]byte]()
 
@@ -59,6 +60,66 @@ func where(path string) string {
 	return path
 }
 
+func (w *walker) ws() {
+	for w.i < len(w.b) {
+		switch w.b[w.i] {
+		case ' ', '\t', '\n', '\r':
+			w.i++
+		default:
+			return
+		}
+	}
+}
+
+func (w *walker) errEOF() error { return errors.New("unexpected end of input") }
+
+func (w *walker) expect(c byte, path string) error {
+	w.ws()
+	if w.i >= len(w.b) {
+		return w.errEOF()
+	}
+	if w.b[w.i] != c {
+		return fmt.Errorf("%s: invalid character %q at offset %d, want %q", where(path), w.b[w.i], w.i, c)
+	}
+	w.i++
+	return nil
+}
+
+// str consumes a string and returns its raw contents (without quotes).
+func (w *walker) str() ([]byte, error) {
+	w.i++ // opening quote
+	start := w.i
+	for w.i < len(w.b) {
+		switch c := w.b[w.i]; {
+		case c == '\\':
+			w.i += 2
+		case c == '"':
+			w.i++
+			return w.b[start : w.i-1], nil
+		case c < 0x20:
+			return nil, fmt.Errorf("control character in string at offset %d", w.i)
+		default:
+			w.i++
+		}
+	}
+	return nil, w.errEOF()
+}
+
+func (w *walker) key() (string, error) {
+	raw, err := w.str()
+	if err != nil {
+		return "", err
+	}
+	if !bytes.ContainsRune(raw, '\\') {
+		return string(raw), nil
+	}
+	var k string
+	if err := json.Unmarshal(w.b[w.i-len(raw)-2:w.i], &k); err != nil {
+		return "", err
+	}
+	return k, nil
+}
+
 // value consumes one JSON value, checking it against t (nil: any).
 func (w *walker) value(t reflect.Type, path string, depth int) error {
 	if depth > MaxDepth {
@@ -67,31 +128,43 @@ func (w *walker) value(t reflect.Type, path string, depth int) error {
 	for t != nil && t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	tok, err := w.dec.Token()
-	if err != nil {
-		if err == io.EOF {
-			return errors.New("unexpected end of input")
-		}
+	w.ws()
+	if w.i >= len(w.b) {
+		return w.errEOF()
+	}
+	switch w.b[w.i] {
+	case '"':
+		_, err := w.str()
 		return err
-	}
-	d, ok := tok.(json.Delim)
-	if !ok {
-		return nil // scalars: encoding/json checks their types
-	}
-	switch d {
 	case '[':
+		w.i++
 		var elem reflect.Type
 		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) && t != byteSlice {
 			elem = t.Elem()
 		}
-		for i := 0; w.dec.More(); i++ {
-			if err := w.value(elem, fmt.Sprintf("%s[%d]", path, i), depth+1); err != nil {
+		w.ws()
+		if w.i < len(w.b) && w.b[w.i] == ']' {
+			w.i++
+			return nil
+		}
+		for n := 0; ; n++ {
+			if err := w.value(elem, fmt.Sprintf("%s[%d]", path, n), depth+1); err != nil {
+				return err
+			}
+			w.ws()
+			if w.i >= len(w.b) {
+				return w.errEOF()
+			}
+			if w.b[w.i] == ']' {
+				w.i++
+				return nil
+			}
+			if err := w.expect(',', path); err != nil {
 				return err
 			}
 		}
-		_, err := w.dec.Token() // ']'
-		return err
 	case '{':
+		w.i++
 		var fields map[string]reflect.Type
 		var elem reflect.Type
 		if t != nil {
@@ -102,13 +175,24 @@ func (w *walker) value(t reflect.Type, path string, depth int) error {
 				elem = t.Elem()
 			}
 		}
+		w.ws()
+		if w.i < len(w.b) && w.b[w.i] == '}' {
+			w.i++
+			return nil
+		}
 		seen := map[string]bool{}
-		for w.dec.More() {
-			tok, err := w.dec.Token()
+		for {
+			w.ws()
+			if w.i >= len(w.b) {
+				return w.errEOF()
+			}
+			if w.b[w.i] != '"' {
+				return fmt.Errorf("%s: invalid character %q at offset %d, want a key", where(path), w.b[w.i], w.i)
+			}
+			key, err := w.key()
 			if err != nil {
 				return err
 			}
-			key, _ := tok.(string)
 			kp := path + "." + key
 			if path == "" {
 				kp = key
@@ -124,18 +208,53 @@ func (w *walker) value(t reflect.Type, path string, depth int) error {
 					return fmt.Errorf("%s: unknown key %q", where(path), key)
 				}
 			}
+			if err := w.expect(':', kp); err != nil {
+				return err
+			}
 			if err := w.value(ft, kp, depth+1); err != nil {
 				return err
 			}
+			w.ws()
+			if w.i >= len(w.b) {
+				return w.errEOF()
+			}
+			if w.b[w.i] == '}' {
+				w.i++
+				return nil
+			}
+			if err := w.expect(',', path); err != nil {
+				return err
+			}
 		}
-		_, err := w.dec.Token() // '}'
-		return err
+	default:
+		start := w.i
+		for w.i < len(w.b) && isLiteralByte(w.b[w.i]) {
+			w.i++
+		}
+		if w.i == start {
+			return fmt.Errorf("%s: invalid character %q at offset %d", where(path), w.b[w.i], w.i)
+		}
+		return nil
 	}
-	return fmt.Errorf("%s: unexpected %v", where(path), d)
 }
+
+func isLiteralByte(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-' || c == '+' || c == '.'
+}
+
+var fieldCache sync.Map // reflect.Type -> map[string]reflect.Type
 
 // structFields maps the exact JSON names of t's fields to their types.
 func structFields(t reflect.Type) map[string]reflect.Type {
+	if m, ok := fieldCache.Load(t); ok {
+		return m.(map[string]reflect.Type)
+	}
+	m := computeFields(t)
+	fieldCache.Store(t, m)
+	return m
+}
+
+func computeFields(t reflect.Type) map[string]reflect.Type {
 	m := map[string]reflect.Type{}
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
