@@ -141,7 +141,7 @@ var algNames = map[tpm2.TPMAlgID]string{
 	tpm2.TPMAlgKDF1SP80056A: "kdf1_sp800_56a", tpm2.TPMAlgKDF2: "kdf2", tpm2.TPMAlgKDF1SP800108: "kdf1_sp800_108",
 	tpm2.TPMAlgECC: "ecc", tpm2.TPMAlgSymCipher: "symcipher", tpm2.TPMAlgCamellia: "camellia",
 	tpm2.TPMAlgSHA3256: "sha3_256", tpm2.TPMAlgSHA3384: "sha3_384", tpm2.TPMAlgSHA3512: "sha3_512",
-	tpm2.TPMAlgCTR: "ctr", tpm2.TPMAlgOFB: "ofb", tpm2.TPMAlgCBC: "cbc", tpm2.TPMAlgCFB: "cfb", tpm2.TPMAlgECB: "ecb",
+	tpm2.TPMAlgMGF1: "mgf1", tpm2.TPMAlgCMAC: "cmac", tpm2.TPMAlgCTR: "ctr", tpm2.TPMAlgOFB: "ofb", tpm2.TPMAlgCBC: "cbc", tpm2.TPMAlgCFB: "cfb", tpm2.TPMAlgECB: "ecb",
 }
 
 func algName(a tpm2.TPMAlgID) string {
