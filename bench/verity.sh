@@ -8,8 +8,11 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 size_mib=${1:-1024}
 runs=3
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT INT TERM
+tmp=$(mktemp -d -t vessel-verity-bench.XXXXXXXX)
+# Remove only what this script wrote, so a mistake can never take other files with it.
+cleanup() { rm -f "$tmp/data" "$tmp/hash" "$tmp/hash.veritysetup"; rmdir "$tmp"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 command -v veritysetup >/dev/null || { echo "veritysetup not found (apt-get install cryptsetup-bin)" >&2; exit 1; }
 
