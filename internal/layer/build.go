@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -62,6 +63,8 @@ func Build(ctx context.Context, dir, path string, opt BuildOptions) (_ *Built, e
 		return nil, err
 	}
 	var tail tailBuffer
+	// the tool dies with vessel: a killed create leaves no writer behind
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Stdout = io.Discard
 	cmd.Stderr = &tail
 	if opt.Stderr != nil {
