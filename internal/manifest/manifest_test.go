@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 
@@ -237,5 +238,21 @@ func TestParseStrict(t *testing.T) {
 				t.Fatalf("accepted: %v", err)
 			}
 		})
+	}
+}
+
+// The example in the repository parses and builds.
+func TestExampleSystemYAML(t *testing.T) {
+	b, err := os.ReadFile("../../examples/system.yaml")
+	if err != nil {
+		t.Skip("examples/system.yaml not present")
+	}
+	sys, err := ParseSystem("examples/system.yaml", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := newMem("acme-hostfs:2026.11", "nginx:1.25", "unbound:1.19", "acme-agent:4")
+	if _, err := Build(sys, images, BuildOptions{ProductID: pid}); err != nil {
+		t.Fatal(err)
 	}
 }
