@@ -71,7 +71,10 @@ func (t *TPM) load(r *Record, b *Blob) (tpm2.NamedHandle, error) {
 		InPublic:     tpm2.BytesAs2B[tpm2.TPMTPublic](b.Public),
 	}).Execute(t)
 	if err != nil {
-		if errors.Is(err, tpm2.TPMRCIntegrity) || errors.Is(err, tpm2.TPMRCHandle) {
+		if errors.Is(err, tpm2.TPMRCHandle) {
+			return tpm2.NamedHandle{}, noSRK("load sealed object", err)
+		}
+		if errors.Is(err, tpm2.TPMRCIntegrity) {
 			return tpm2.NamedHandle{}, &tpmError{op: "load sealed object", err: err,
 				hint: "it was created under another SRK (the TPM was cleared or re-provisioned): restore the secret from its source and seal it again"}
 		}
@@ -96,6 +99,9 @@ func (t *TPM) create(r *Record, tmpl tpm2.TPMTPublic, data []byte) (*Blob, error
 	}
 	rsp, err := cmd.Execute(t)
 	if err != nil {
+		if errors.Is(err, tpm2.TPMRCHandle) {
+			return nil, noSRK("create object under SRK", err)
+		}
 		return nil, classify("create object under SRK", err)
 	}
 	return &Blob{Format: blobFormat, Public: rsp.OutPublic.Bytes(), Private: rsp.OutPrivate.Buffer}, nil
@@ -259,6 +265,9 @@ func (t *TPM) policyAuth(r *Record, p *SignedPolicy, recovery []byte, encrypt bo
 	}
 	sess, closeSess, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16, opts...)
 	if err != nil {
+		if errors.Is(err, tpm2.TPMRCHandle) {
+			return noSRK("start policy session salted with the SRK", err)
+		}
 		return classify("start policy session", err)
 	}
 	defer func() {
@@ -366,4 +375,10 @@ func (t *TPM) explainVersion(p *SignedPolicy, err error) error {
 			sentinel: ErrRevokedPolicy, err: err, hint: hintRevoked}
 	}
 	return &tpmError{op: "PolicyNV", sentinel: ErrRevokedPolicy, err: err, hint: hintRevoked}
+}
+
+// noSRK reports a missing SRK found while using it.
+func noSRK(op string, err error) error {
+	return &tpmError{op: op, sentinel: ErrNoSRK, err: err,
+		hint: "nothing at 0x81000001: the TPM was cleared; restore secrets from their source and " + hintNoSRK}
 }
