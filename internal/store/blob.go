@@ -11,6 +11,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/atomicfile"
 )
 
 // BlobError says which blob failed and why. It wraps ErrNotFound or ErrCorrupt.
@@ -80,7 +82,7 @@ func (s *Store) commitTemp(f *os.File, d digest.Digest) error {
 	if err := os.Rename(f.Name(), dst); err != nil {
 		return fmt.Errorf("put blob %s: %w", d, err)
 	}
-	return syncDir(filepath.Dir(dst))
+	return atomicfile.SyncDir(filepath.Dir(dst))
 }
 
 func checkDesc(want, got ocispec.Descriptor) error {
@@ -190,45 +192,4 @@ func (s *Store) TempFile(pattern string) (*os.File, error) {
 // TempDir creates a directory in the store's temp directory.
 func (s *Store) TempDir(pattern string) (string, error) {
 	return os.MkdirTemp(s.tmpDir(), pattern)
-}
-
-// writeFileAtomic writes b to dst through a temp file in tmpDir: write,
-// fsync, rename, fsync the directory.
-func writeFileAtomic(tmpDir, dst string, b []byte) error {
-	f, err := os.CreateTemp(tmpDir, "write-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), dst); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(dst))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/atomicfile"
 )
 
 func emptyIndex() ocispec.Index {
@@ -110,7 +112,7 @@ func (s *Store) writeIndex(idx ocispec.Index) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(s.tmpDir(), s.indexPath(), b); err != nil {
+	if err := atomicfile.WriteIn(s.tmpDir(), s.indexPath(), b, 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", s.indexPath(), err)
 	}
 	return nil

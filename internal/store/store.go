@@ -23,6 +23,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/atomicfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -73,7 +75,7 @@ func (s *Store) initLayout() error {
 			return nil // another process won the race
 		}
 		b, _ := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
-		if err := writeFileAtomic(s.tmpDir(), layoutFile, b); err != nil {
+		if err := atomicfile.WriteIn(s.tmpDir(), layoutFile, b, 0o644); err != nil {
 			return err
 		}
 		if _, err := os.Stat(s.indexPath()); errors.Is(err, os.ErrNotExist) {
