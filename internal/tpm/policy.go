@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/vesselos/vessel/internal/trust"
 )
 
 // PolicyFormat is the format tag of a signed policy file.
@@ -350,31 +352,15 @@ func parsePublicKeyPEM(b []byte) (*ecdsa.PublicKey, error) {
 
 // ParsePrivateKeyPEM reads an ECDSA P-256 private key (PKCS#8 or SEC 1 PEM).
 func ParsePrivateKeyPEM(b []byte) (*ecdsa.PrivateKey, error) {
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			return nil, errors.New("policy key: no private key PEM block")
-		}
-		var k any
-		var err error
-		switch blk.Type {
-		case "PRIVATE KEY":
-			k, err = x509.ParsePKCS8PrivateKey(blk.Bytes)
-		case "EC PRIVATE KEY":
-			k, err = x509.ParseECPrivateKey(blk.Bytes)
-		default:
-			continue
-		}
-		if err != nil {
-			return nil, fmt.Errorf("policy key: %w", err)
-		}
-		ek, ok := k.(*ecdsa.PrivateKey)
-		if !ok || ek.Curve != elliptic.P256() {
-			return nil, errors.New("policy key must be ECDSA P-256")
-		}
-		return ek, nil
+	k, err := trust.ParseKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("policy key: %w", err)
 	}
+	ek, ok := k.(*ecdsa.PrivateKey)
+	if !ok || ek.Curve != elliptic.P256() {
+		return nil, errors.New("policy key must be ECDSA P-256")
+	}
+	return ek, nil
 }
 
 // ParsePublicKeyPEM reads an ECDSA P-256 public key (PKIX PEM or a certificate).
