@@ -59,6 +59,21 @@ func layerFormat(typ, comp string, compSet bool) (layer.Format, error) {
 	return f, nil
 }
 
+// layerWork gathers what every layer-making command needs: the format from
+// --type/--compression, SOURCE_DATE_EPOCH, and the open store.
+func (g *globals) layerWork(cmd *cobra.Command, typ, comp string) (layer.Format, *int64, *store.Store, error) {
+	f, err := layerFormat(typ, comp, cmd.Flags().Changed("compression"))
+	if err != nil {
+		return f, nil, nil, err
+	}
+	epoch, err := sourceDateEpoch()
+	if err != nil {
+		return f, nil, nil, err
+	}
+	s, err := g.openStore()
+	return f, epoch, s, err
+}
+
 func imageCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "image",
@@ -85,15 +100,7 @@ set, the same directories always give the same digests.`,
   SOURCE_DATE_EPOCH=1700000000 vessel image create demo:1 --layer ./rootfs --type erofs`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f, err := layerFormat(typ, comp, cmd.Flags().Changed("compression"))
-			if err != nil {
-				return err
-			}
-			epoch, err := sourceDateEpoch()
-			if err != nil {
-				return err
-			}
-			s, err := g.openStore()
+			f, epoch, s, err := g.layerWork(cmd, typ, comp)
 			if err != nil {
 				return err
 			}
@@ -195,15 +202,7 @@ overlay whiteouts; tar entries that would escape the root are refused. Needs roo
 			if err != nil {
 				return usageError{err.Error()}
 			}
-			f, err := layerFormat(typ, comp, cmd.Flags().Changed("compression"))
-			if err != nil {
-				return err
-			}
-			epoch, err := sourceDateEpoch()
-			if err != nil {
-				return err
-			}
-			s, err := g.openStore()
+			f, epoch, s, err := g.layerWork(cmd, typ, comp)
 			if err != nil {
 				return err
 			}
