@@ -1,0 +1,445 @@
+package mount
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/vesselos/vessel/internal/atomicfile"
+)
+
+// DefaultRun is the run directory: per boot, on tmpfs.
+const DefaultRun = "/run/vessel"
+
+// Errors callers can branch on.
+var (
+	ErrMounted    = errors.New("already mounted")
+	ErrNotMounted = errors.New("not mounted by vessel")
+)
+
+// Manager applies and undoes mount plans. Layer mounts are shared: the
+// first plan that needs a layer mounts it, the last one to let go unmounts
+// it. All bookkeeping lives under Run and is guarded by one lock file, so
+// several vessel processes can mount and unmount at once.
+type Manager struct {
+	Run  string // run directory (DefaultRun when empty)
+	Mode Mode   // how to verify and mount layers (DetectMode when empty)
+
+	stats Stats
+}
+
+// Stats counts what a Manager did.
+type Stats struct {
+	LayersMounted int   // layer mounts made (not shared)
+	LayersShared  int   // layer mounts reused from another user
+	Verified      int   // layers verified in userspace
+	VerifiedBytes int64 // bytes read to verify them
+	CacheHits     int   // layers whose verification this boot was remembered
+}
+
+// Stats returns what m did so far.
+func (m *Manager) Stats() Stats { return m.stats }
+
+// Owner identifies the process a mount belongs to. A mount whose owner has
+// exited is stale and Cleanup removes it; the zero Owner (a mount made by
+// `vessel mount`) lives until it is unmounted.
+type Owner struct {
+	Pid       int    `json:"pid,omitempty"`
+	StartTime uint64 `json:"startTime,omitempty"` // from /proc/PID/stat, to survive pid reuse
+}
+
+// Self is the calling process as an Owner.
+func Self() Owner {
+	pid := os.Getpid()
+	return Owner{Pid: pid, StartTime: procStart(pid)}
+}
+
+// Alive reports whether the owner process still runs.
+func (o Owner) Alive() bool {
+	if o.Pid == 0 {
+		return true
+	}
+	return procStart(o.Pid) == o.StartTime && o.StartTime != 0
+}
+
+// record is the state file of one applied plan.
+type record struct {
+	Plan  *Plan `json:"plan"`
+	Owner Owner `json:"owner"`
+	// Mounted is set once the top mount is in place: only then does
+	// undoing the plan unmount its target (which may be a mount point of
+	// something else before that).
+	Mounted bool `json:"mounted"`
+}
+
+func (m *Manager) run() string {
+	if m.Run == "" {
+		return DefaultRun
+	}
+	return m.Run
+}
+
+func (m *Manager) recordFile(id string) string { return filepath.Join(mountsDir(m.run()), id+".json") }
+
+// Plan computes the plan Mount would apply, without applying it.
+func (m *Manager) Plan(img *Image, id, target string, opt Options) (*Plan, error) {
+	mode, err := m.mode()
+	if err != nil {
+		return nil, err
+	}
+	return NewPlan(m.run(), id, img, target, mode, opt)
+}
+
+func (m *Manager) mode() (Mode, error) {
+	if m.Mode == "" {
+		mode, err := DetectMode()
+		if err != nil {
+			return "", err
+		}
+		m.Mode = mode
+	}
+	return m.Mode, nil
+}
+
+// Mount mounts img at target (created if missing) on behalf of owner and
+// records it under id. Every layer is verified before or while it is
+// mounted; a layer that fails is never mounted and the error names the
+// image, the layer and the failing block. On any error nothing stays
+// mounted.
+func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owner Owner, opt Options) (_ *Plan, err error) {
+	p, err := m.Plan(img, id, target, opt)
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := m.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if _, err := os.Stat(m.recordFile(id)); err == nil {
+		return nil, fmt.Errorf("mount %s: %w", id, ErrMounted)
+	}
+	if r, ok := m.findTarget(p.Target); ok {
+		return nil, fmt.Errorf("%s: %w (mount %s of image %s)", p.Target, ErrMounted, r.Plan.ID, r.Plan.Image)
+	}
+	// The record goes first, so that a crash part-way leaves something
+	// Cleanup can find and undo.
+	rec := record{Plan: p, Owner: owner}
+	if err := m.writeRecord(rec); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			if uerr := m.undo(rec); uerr != nil {
+				err = fmt.Errorf("%w (and cleaning up: %v)", err, uerr)
+			}
+		}
+	}()
+	for i, lm := range p.Layers {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := m.acquire(lm, id); err != nil {
+			return nil, fmt.Errorf("image %s: layer %d of %d (%s): %w", img.Name, i+1, len(p.Layers), lm.Digest, err)
+		}
+	}
+	if p.Upper != "" {
+		if p.OwnUp {
+			if err := os.RemoveAll(p.Upper); err != nil {
+				return nil, err
+			}
+		}
+		for _, d := range []string{"upper", "work"} {
+			if err := os.MkdirAll(filepath.Join(p.Upper, d), 0o755); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := os.MkdirAll(p.Target, 0o755); err != nil {
+		return nil, err
+	}
+	if err := applyMount(p.Overlay, ""); err != nil {
+		return nil, fmt.Errorf("image %s: %w", img.Name, err)
+	}
+	rec.Mounted = true
+	if err := m.writeRecord(rec); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Unmount undoes the mount recorded under id.
+func (m *Manager) Unmount(id string) error {
+	unlock, err := m.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r, err := m.readRecord(id)
+	if err != nil {
+		return err
+	}
+	return m.undo(r)
+}
+
+// UnmountTarget undoes the vessel mount at target.
+func (m *Manager) UnmountTarget(target string) error {
+	abs, err := filepath.Abs(target)
+	if err != nil {
+		return err
+	}
+	unlock, err := m.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r, ok := m.findTarget(abs)
+	if !ok {
+		return fmt.Errorf("%s: %w", abs, ErrNotMounted)
+	}
+	return m.undo(r)
+}
+
+// Mounted lists the applied plans with their owners.
+func (m *Manager) Mounted() ([]*Plan, []Owner, error) {
+	rs, err := m.records()
+	if err != nil {
+		return nil, nil, err
+	}
+	var ps []*Plan
+	var owners []Owner
+	for _, r := range rs {
+		ps = append(ps, r.Plan)
+		owners = append(owners, r.Owner)
+	}
+	return ps, owners, nil
+}
+
+// Cleanup removes what crashed vessel processes left: mounts whose owner
+// has exited, layer references without a mount record, layer mounts
+// nobody references, and verity devices. It returns what it removed.
+func (m *Manager) Cleanup() ([]string, error) {
+	unlock, err := m.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	rs, err := m.records()
+	if err != nil {
+		return nil, err
+	}
+	var done []string
+	var errs []error
+	live := map[string]bool{}
+	for _, r := range rs {
+		if r.Owner.Alive() {
+			live[r.Plan.ID] = true
+			continue
+		}
+		if err := m.undo(r); err != nil {
+			errs = append(errs, err)
+			live[r.Plan.ID] = true
+			continue
+		}
+		done = append(done, "mount "+r.Plan.ID+" at "+r.Plan.Target)
+	}
+	entries, _ := os.ReadDir(layersDir(m.run()))
+	for _, e := range entries {
+		dir := filepath.Join(layersDir(m.run()), e.Name())
+		refs, _ := os.ReadDir(filepath.Join(dir, "refs"))
+		n := 0
+		for _, ref := range refs {
+			if live[ref.Name()] {
+				n++
+				continue
+			}
+			os.Remove(filepath.Join(dir, "refs", ref.Name()))
+		}
+		if n == 0 {
+			if err := releaseLayer(dir); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			done = append(done, "layer "+e.Name())
+		}
+	}
+	return done, errors.Join(errs...)
+}
+
+// undo unmounts what a (possibly partly applied) plan mounted and drops
+// its layer references. It keeps going after an error and reports all.
+func (m *Manager) undo(r record) error {
+	p := r.Plan
+	var errs []error
+	if r.Mounted && isMountPoint(p.Target) {
+		if err := unmount(p.Target); err != nil {
+			// The rest would fail too while the overlay holds the layers.
+			return fmt.Errorf("unmount %s: %w", p.Target, err)
+		}
+	}
+	for _, lm := range p.Layers {
+		if err := m.release(lm, p.ID); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if p.OwnUp {
+		if err := os.RemoveAll(p.Upper); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		if err := os.Remove(m.recordFile(p.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// acquire takes a reference on a layer mount, mounting it if it is the
+// first.
+func (m *Manager) acquire(lm LayerMount, id string) error {
+	dir := filepath.Dir(lm.Dir)
+	if err := os.MkdirAll(filepath.Join(dir, "refs"), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "refs", id), nil, 0o600); err != nil {
+		return err
+	}
+	if isMountPoint(lm.Dir) {
+		m.stats.LayersShared++
+		return nil
+	}
+	if err := os.MkdirAll(lm.Dir, 0o755); err != nil {
+		return err
+	}
+	if err := m.mountLayer(lm); err != nil {
+		os.Remove(filepath.Join(dir, "refs", id))
+		return err
+	}
+	m.stats.LayersMounted++
+	return nil
+}
+
+// release drops a reference; the last one unmounts the layer.
+func (m *Manager) release(lm LayerMount, id string) error {
+	dir := filepath.Dir(lm.Dir)
+	if err := os.Remove(filepath.Join(dir, "refs", id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if refs, _ := os.ReadDir(filepath.Join(dir, "refs")); len(refs) > 0 {
+		return nil
+	}
+	return releaseLayer(dir)
+}
+
+// releaseLayer unmounts a layer nobody references and removes its state.
+func releaseLayer(dir string) error {
+	mnt := filepath.Join(dir, "mnt")
+	if isMountPoint(mnt) {
+		if err := unmount(mnt); err != nil {
+			return fmt.Errorf("unmount layer %s: %w", filepath.Base(dir), err)
+		}
+	}
+	if err := removeVerity(filepath.Base(dir)); err != nil {
+		return err
+	}
+	return os.RemoveAll(dir)
+}
+
+func (m *Manager) lock() (func(), error) {
+	if err := os.MkdirAll(mountsDir(m.run()), 0o700); err != nil {
+		return nil, fmt.Errorf("run directory: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(m.run(), "lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
+func (m *Manager) writeRecord(r record) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(m.recordFile(r.Plan.ID), b, 0o600)
+}
+
+func (m *Manager) readRecord(id string) (record, error) {
+	var r record
+	b, err := os.ReadFile(m.recordFile(id))
+	if errors.Is(err, os.ErrNotExist) {
+		return r, fmt.Errorf("mount %s: %w", id, ErrNotMounted)
+	}
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil || r.Plan == nil {
+		return r, fmt.Errorf("mount record %s is damaged (%v); remove it and unmount by hand", m.recordFile(id), err)
+	}
+	for i := range r.Plan.Layers {
+		r.Plan.Layers[i].Dir = filepath.Clean(r.Plan.Layers[i].Dir)
+	}
+	return r, nil
+}
+
+func (m *Manager) records() ([]record, error) {
+	entries, err := os.ReadDir(mountsDir(m.run()))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	var rs []record
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok {
+			continue
+		}
+		r, err := m.readRecord(id)
+		if err != nil {
+			return nil, err
+		}
+		rs = append(rs, r)
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].Plan.ID < rs[j].Plan.ID })
+	return rs, nil
+}
+
+func (m *Manager) findTarget(target string) (record, bool) {
+	rs, _ := m.records()
+	for _, r := range rs {
+		if r.Plan.Target == target {
+			return r, true
+		}
+	}
+	return record{}, false
+}
+
+// procStart reads a process's start time (clock ticks since boot).
+func procStart(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0
+	}
+	var t uint64
+	fmt.Sscan(f[19], &t)
+	return t
+}

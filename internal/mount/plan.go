@@ -1,0 +1,196 @@
+package mount
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/vesselos/vessel/internal/layer"
+)
+
+// Mode is how layers are attached and verified.
+type Mode string
+
+const (
+	// ModeVerity attaches each blob to a loop device, opens a dm-verity
+	// device over it and mounts that: the kernel checks every block read.
+	ModeVerity Mode = "dm-verity"
+	// ModeUserspace verifies each blob in userspace (once per boot, cached)
+	// and mounts the loop device directly. Used when the kernel has no
+	// device-mapper.
+	ModeUserspace Mode = "userspace"
+	// ModeFuse verifies in userspace and mounts with squashfuse; overlay
+	// uses user xattrs. Used inside a user namespace, where the kernel
+	// refuses squashfs and erofs mounts.
+	ModeFuse Mode = "fuse"
+)
+
+// Options says what kind of root filesystem to make.
+type Options struct {
+	// Writable stacks a fresh, empty upper layer on top. Without it the
+	// result is read-only.
+	Writable bool
+	// Upper, when set with Writable, is the directory whose upper/ and
+	// work/ subdirectories take the writes (it must be on a filesystem
+	// overlayfs accepts as upper, and is not removed by Unmount). By default
+	// a fresh directory under the run directory is used and removed.
+	Upper string
+}
+
+// Plan is everything Manager.Mount will do for one image, as data.
+type Plan struct {
+	ID      string       `json:"id"`
+	Image   string       `json:"image"`
+	Digest  string       `json:"digest"`
+	Mode    Mode         `json:"mode"`
+	Layers  []LayerMount `json:"layers"` // bottom first
+	Target  string       `json:"target"`
+	Upper   string       `json:"upper,omitempty"` // upper and work dirs live here
+	OwnUp   bool         `json:"ownUpper,omitempty"`
+	Overlay Mount        `json:"overlay"`
+}
+
+// LayerMount is one shared, read-only layer mount.
+type LayerMount struct {
+	Digest string `json:"digest"`
+	Blob   string `json:"blob"`
+	Dir    string `json:"dir"` // the shared mount point
+	// Loop attaches the blob (read-only); SizeLimit is the filesystem image
+	// alone, or the whole blob when a verity device reads its tree from it.
+	Loop   Loop    `json:"loop"`
+	Verity *Verity `json:"verity,omitempty"`
+	// VerifyInUserspace is set when no kernel verity protects the mount.
+	VerifyInUserspace bool  `json:"verifyInUserspace,omitempty"`
+	Mount             Mount `json:"mount"`
+	geometry          layer.Geometry
+}
+
+// Loop is a loop device attachment.
+type Loop struct {
+	File      string `json:"file"`
+	SizeLimit int64  `json:"sizeLimit"`
+}
+
+// Mount is one mount(2) call: the source "{loop}" or "{verity}" stands for
+// the device created by the preceding step.
+type Mount struct {
+	Type    string   `json:"type"`
+	Source  string   `json:"source"`
+	Target  string   `json:"target"`
+	Options []string `json:"options,omitempty"`
+}
+
+// Placeholders for devices only known when the plan is applied.
+const (
+	LoopDevice   = "{loop}"
+	VerityDevice = "{verity}"
+)
+
+// Paths under the run directory.
+func layersDir(run string) string    { return filepath.Join(run, "layers") }
+func mountsDir(run string) string    { return filepath.Join(run, "mounts") }
+func verifiedDir(run string) string  { return filepath.Join(run, "verified") }
+func containerDir(run, id string) string { return filepath.Join(run, "containers", id) }
+
+// maxOverlayOptions is the page-size limit on mount(2) option data.
+const maxOverlayOptions = 4095
+
+// NewPlan computes how img is mounted at target under the run directory
+// (normally /run/vessel). id names the mount's state; it must be unique
+// among live mounts.
+func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) (*Plan, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	if !filepath.IsAbs(target) {
+		return nil, fmt.Errorf("mount target %q is not an absolute path", target)
+	}
+	if len(img.Layers) == 0 {
+		return nil, fmt.Errorf("image %s has no layers", img.Name)
+	}
+	p := &Plan{ID: id, Image: img.Name, Digest: img.Digest.String(), Mode: mode, Target: filepath.Clean(target)}
+	for _, l := range img.Layers {
+		p.Layers = append(p.Layers, planLayer(run, l, mode))
+	}
+	var lowers []string
+	for i := len(p.Layers) - 1; i >= 0; i-- {
+		lowers = append(lowers, p.Layers[i].Dir)
+	}
+	for _, d := range lowers {
+		if strings.ContainsAny(d, ":,") {
+			return nil, fmt.Errorf("layer directory %q contains ':' or ',', which overlayfs cannot take", d)
+		}
+	}
+	p.Overlay = Mount{Type: "overlay", Source: "overlay", Target: p.Target}
+	opts := []string{"lowerdir=" + strings.Join(lowers, ":")}
+	switch {
+	case opt.Writable:
+		p.Upper = opt.Upper
+		if p.Upper == "" {
+			p.Upper = containerDir(run, id)
+			p.OwnUp = true
+		}
+		opts = append(opts, "upperdir="+filepath.Join(p.Upper, "upper"), "workdir="+filepath.Join(p.Upper, "work"))
+	case len(lowers) == 1:
+		// overlayfs wants two lower layers when there is no upper: a
+		// read-only bind of the single layer is the same thing.
+		p.Overlay = Mount{Type: "bind", Source: lowers[0], Target: p.Target, Options: []string{"bind", "ro"}}
+		return p, nil
+	}
+	if mode == ModeFuse {
+		opts = append(opts, "userxattr")
+	}
+	if !opt.Writable {
+		opts = append(opts, "ro")
+	}
+	if n := len(strings.Join(opts, ",")); n > maxOverlayOptions {
+		return nil, fmt.Errorf("image %s has %d layers: the overlay options are %d bytes, more than the kernel's %d", img.Name, len(lowers), n, maxOverlayOptions)
+	}
+	p.Overlay.Options = opts
+	return p, nil
+}
+
+func planLayer(run string, l Layer, mode Mode) LayerMount {
+	dir := filepath.Join(layersDir(run), l.Hex())
+	lm := LayerMount{
+		Digest:   l.Digest.String(),
+		Blob:     l.Blob,
+		Dir:      filepath.Join(dir, "mnt"),
+		Loop:     Loop{File: l.Blob, SizeLimit: l.Geometry.DataSize},
+		geometry: l.Geometry,
+	}
+	fsType := string(l.Geometry.Format.Type)
+	switch mode {
+	case ModeVerity:
+		lm.Loop.SizeLimit = l.Size
+		lm.Verity = newVerity(l)
+		lm.Mount = Mount{Type: fsType, Source: VerityDevice, Target: lm.Dir, Options: []string{"ro"}}
+	case ModeFuse:
+		lm.VerifyInUserspace = true
+		lm.Loop = Loop{}
+		lm.Mount = Mount{Type: "fuse." + fuseDriver(l.Geometry.Format.Type), Source: l.Blob, Target: lm.Dir, Options: []string{"ro"}}
+	default:
+		lm.VerifyInUserspace = true
+		lm.Mount = Mount{Type: fsType, Source: LoopDevice, Target: lm.Dir, Options: []string{"ro"}}
+	}
+	return lm
+}
+
+func fuseDriver(t layer.Type) string {
+	if t == layer.Erofs {
+		return "erofsfuse"
+	}
+	return "squashfuse"
+}
+
+func checkID(id string) error {
+	if id == "" || len(id) > 128 {
+		return fmt.Errorf("mount id %q must be 1 to 128 characters", id)
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') || id[0] == '.' {
+			return fmt.Errorf("mount id %q may only use a-z, 0-9, '-', '_' and '.'", id)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,172 @@
+package mount
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/verity"
+)
+
+// fakeImage makes an image with n squashfs layers; no blobs exist.
+func fakeImage(n int) *Image {
+	img := &Image{Name: "demo:1", Digest: digest.FromString("manifest")}
+	for i := 0; i < n; i++ {
+		d := digest.FromString(strings.Repeat("x", i+1))
+		img.Layers = append(img.Layers, Layer{
+			Digest: d,
+			Size:   40960 + 8192,
+			Blob:   "/store/oci/blobs/sha256/" + d.Encoded(),
+			Geometry: layer.Geometry{
+				Format:   layer.DefaultFormat(layer.Squashfs),
+				DataSize: 40960,
+				Params:   verity.Params{HashAlg: "sha256", DataBlockSize: 4096, HashBlockSize: 4096, DataBlocks: 10, Salt: []byte{0xab, 0xcd}, HashOffset: 40960},
+				Root:     make([]byte, 32),
+			},
+		})
+	}
+	return img
+}
+
+func TestPlanUserspaceWritable(t *testing.T) {
+	img := fakeImage(3)
+	p, err := NewPlan("/run/vessel", "c1", img, "/run/vessel/containers/c1/rootfs/", ModeUserspace, Options{Writable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Target != "/run/vessel/containers/c1/rootfs" {
+		t.Errorf("target %q not cleaned", p.Target)
+	}
+	if len(p.Layers) != 3 {
+		t.Fatalf("%d layer mounts, want 3", len(p.Layers))
+	}
+	for i, lm := range p.Layers {
+		l := img.Layers[i]
+		if lm.Dir != "/run/vessel/layers/"+l.Hex()+"/mnt" {
+			t.Errorf("layer %d dir %s", i, lm.Dir)
+		}
+		if !lm.VerifyInUserspace || lm.Verity != nil {
+			t.Errorf("layer %d: userspace mode must verify in userspace and use no dm device", i)
+		}
+		if lm.Loop.File != l.Blob || lm.Loop.SizeLimit != 40960 {
+			t.Errorf("layer %d loop %+v: want the blob limited to the filesystem image", i, lm.Loop)
+		}
+		if lm.Mount.Type != "squashfs" || lm.Mount.Source != LoopDevice || strings.Join(lm.Mount.Options, ",") != "ro" {
+			t.Errorf("layer %d mount %+v", i, lm.Mount)
+		}
+	}
+	want := []string{
+		"lowerdir=" + p.Layers[2].Dir + ":" + p.Layers[1].Dir + ":" + p.Layers[0].Dir,
+		"upperdir=/run/vessel/containers/c1/upper",
+		"workdir=/run/vessel/containers/c1/work",
+	}
+	if got := strings.Join(p.Overlay.Options, " "); got != strings.Join(want, " ") {
+		t.Errorf("overlay options\n got %s\nwant %s", got, strings.Join(want, " "))
+	}
+	if !p.OwnUp || p.Upper != "/run/vessel/containers/c1" {
+		t.Errorf("upper %q own=%v", p.Upper, p.OwnUp)
+	}
+}
+
+func TestPlanReadOnly(t *testing.T) {
+	p, err := NewPlan("/r", "m", fakeImage(2), "/mnt", ModeUserspace, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Upper != "" || p.Overlay.Type != "overlay" || p.Overlay.Options[len(p.Overlay.Options)-1] != "ro" {
+		t.Errorf("read-only plan: %+v", p.Overlay)
+	}
+	// One layer and no upper: overlayfs refuses that, so it is a bind.
+	p, err = NewPlan("/r", "m", fakeImage(1), "/mnt", ModeUserspace, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Overlay.Type != "bind" || p.Overlay.Source != p.Layers[0].Dir || strings.Join(p.Overlay.Options, ",") != "bind,ro" {
+		t.Errorf("single-layer read-only plan: %+v", p.Overlay)
+	}
+}
+
+func TestPlanModes(t *testing.T) {
+	img := fakeImage(2)
+	p, err := NewPlan("/r", "m", img, "/mnt", ModeVerity, Options{Writable: true, Upper: "/var/tmp/up"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, lm := range p.Layers {
+		if lm.Verity == nil || lm.VerifyInUserspace || lm.Mount.Source != VerityDevice || lm.Loop.SizeLimit != 40960+8192 {
+			t.Errorf("dm-verity layer: %+v", lm)
+		}
+	}
+	if p.OwnUp || p.Upper != "/var/tmp/up" || !strings.Contains(strings.Join(p.Overlay.Options, ","), "upperdir=/var/tmp/up/upper") {
+		t.Errorf("caller's upper dir not used: %+v", p)
+	}
+	p, err = NewPlan("/r", "m", img, "/mnt", ModeFuse, Options{Writable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Layers[0].Mount.Type != "fuse.squashfuse" || p.Layers[0].Mount.Source != img.Layers[0].Blob || !p.Layers[0].VerifyInUserspace {
+		t.Errorf("fuse layer: %+v", p.Layers[0])
+	}
+	if !strings.Contains(strings.Join(p.Overlay.Options, ","), ",userxattr") {
+		t.Errorf("rootless overlay needs userxattr: %v", p.Overlay.Options)
+	}
+}
+
+func TestPlanBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		id, target string
+		layers     int
+		want       string
+	}{
+		{"", "/mnt", 1, "1 to 128"},
+		{"Bad/ID", "/mnt", 1, "may only use"},
+		{".hidden", "/mnt", 1, "may only use"},
+		{"ok", "relative/dir", 1, "not an absolute path"},
+		{"ok", "/mnt", 0, "no layers"},
+		{"ok", "/mnt", 60, "more than the kernel's"},
+	} {
+		_, err := NewPlan("/run/vessel", tc.id, fakeImage(tc.layers), tc.target, ModeUserspace, Options{Writable: true})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("NewPlan(%q, %q, %d layers): error %v, want %q", tc.id, tc.target, tc.layers, err, tc.want)
+		}
+	}
+	// 32 layers fit.
+	if _, err := NewPlan("/run/vessel", "ok", fakeImage(32), "/mnt", ModeUserspace, Options{Writable: true}); err != nil {
+		t.Errorf("32 layers: %v", err)
+	}
+}
+
+func TestVerityTable(t *testing.T) {
+	l := fakeImage(1).Layers[0]
+	l.Geometry.Root[0] = 0x5a
+	v := newVerity(l)
+	got := v.Table("/dev/loop7")
+	want := "0 80 verity 1 /dev/loop7 /dev/loop7 4096 4096 10 11 sha256 5a" + strings.Repeat("0", 62) + " abcd"
+	if got != want {
+		t.Fatalf("table\n got %s\nwant %s", got, want)
+	}
+	dev, back, err := ParseTable(got)
+	if err != nil || dev != "/dev/loop7" {
+		t.Fatalf("ParseTable: %q %v", dev, err)
+	}
+	back.Name = v.Name
+	if back != *v {
+		t.Errorf("round trip\n got %+v\nwant %+v", back, *v)
+	}
+	l.Geometry.Params.Salt = nil
+	if s := newVerity(l).Table("/dev/loop7"); !strings.HasSuffix(s, " -") {
+		t.Errorf("empty salt must be '-': %s", s)
+	}
+	for _, bad := range []string{
+		"0 80 linear /dev/loop7 0",
+		"0 81 verity 1 /dev/loop7 /dev/loop7 4096 4096 10 11 sha256 00 abcd",
+		"0 80 verity 1 /dev/loop7 /dev/loop8 4096 4096 10 11 sha256 00 abcd",
+		"0 80 verity 1 /dev/loop7 /dev/loop7 4096 x 10 11 sha256 00 abcd",
+	} {
+		if _, _, err := ParseTable(bad); err == nil {
+			t.Errorf("ParseTable(%q) accepted", bad)
+		}
+	}
+}
