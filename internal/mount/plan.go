@@ -87,9 +87,9 @@ const (
 )
 
 // Paths under the run directory.
-func layersDir(run string) string    { return filepath.Join(run, "layers") }
-func mountsDir(run string) string    { return filepath.Join(run, "mounts") }
-func verifiedDir(run string) string  { return filepath.Join(run, "verified") }
+func layersDir(run string) string        { return filepath.Join(run, "layers") }
+func mountsDir(run string) string        { return filepath.Join(run, "mounts") }
+func verifiedDir(run string) string      { return filepath.Join(run, "verified") }
 func containerDir(run, id string) string { return filepath.Join(run, "containers", id) }
 
 // maxOverlayOptions is the page-size limit on mount(2) option data.
