@@ -21,6 +21,7 @@ func TestScript(t *testing.T) {
 		Dir: "testdata/script",
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("VESSEL_ROOT", e.WorkDir+"/store")
+			e.Setenv("VESSEL_RUN", e.WorkDir+"/run")
 			e.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 			return nil
 		},

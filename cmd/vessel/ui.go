@@ -38,6 +38,18 @@ func (g *globals) storeRoot() (string, error) {
 	return filepath.Join(home, ".local", "share", "vessel"), nil
 }
 
+// runDir is the per-boot state directory (mounts, containers, services):
+// $VESSEL_RUN, /run/vessel for root, $XDG_RUNTIME_DIR/vessel otherwise.
+func (g *globals) runDir() string {
+	if r := os.Getenv("VESSEL_RUN"); r != "" {
+		return r
+	}
+	if x := os.Getenv("XDG_RUNTIME_DIR"); x != "" && os.Geteuid() != 0 {
+		return filepath.Join(x, "vessel")
+	}
+	return "/run/vessel"
+}
+
 // printJSON writes v as indented JSON.
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
