@@ -1,0 +1,795 @@
+package recipe
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// MaxSize bounds a recipe file.
+const MaxSize = 4 << 20
+
+// maxErrors is how many problems one Parse reports before it stops.
+const maxErrors = 20
+
+// Options change how a recipe is read.
+type Options struct {
+	// Substitutions are the --substitute KEY=VAL values.
+	Substitutions map[string]string
+	// Dir is what relative paths resolve against; default: the directory
+	// of the recipe file.
+	Dir string
+	// Arch is the architecture of images that do not set `arch:`;
+	// default: the building machine's (runtime.GOARCH), as in stacker.
+	Arch string
+}
+
+// ParseFile reads and parses the recipe at path.
+func ParseFile(path string, opts Options) (*File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read recipe: %w", err)
+	}
+	defer f.Close() // read-only: a close error changes nothing
+	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read recipe %s: %w", path, err)
+	}
+	return Parse(path, b, opts)
+}
+
+// Parse parses the recipe text b; name is used in errors and, unless
+// opts.Dir is set, to resolve relative paths. All problems found (up to 20)
+// come back together, each an *Error.
+func Parse(name string, b []byte, opts Options) (*File, error) {
+	if len(b) > MaxSize {
+		return nil, &Error{File: name, Kind: ErrSyntax, Msg: fmt.Sprintf("larger than %d bytes", MaxSize)}
+	}
+	text, lineOf, err := substitute(name, string(b), opts.Substitutions)
+	if err != nil {
+		return nil, err
+	}
+	dir := opts.Dir
+	if dir == "" {
+		dir = filepath.Dir(name)
+	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs
+	}
+	arch := opts.Arch
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	p := &parser{file: name, dir: dir, lineOf: lineOf, budget: 100000, arch: arch}
+	f := &File{Path: name, Dir: dir}
+
+	var doc yaml.Node
+	dec := yaml.NewDecoder(strings.NewReader(text))
+	if err := dec.Decode(&doc); err != nil {
+		if err.Error() == "EOF" {
+			return nil, &Error{File: name, Kind: ErrSyntax, Msg: "no images defined"}
+		}
+		return nil, &Error{File: name, Kind: ErrSyntax, Msg: "not valid YAML", Err: p.fixYAMLError(err)}
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, &Error{File: name, Line: p.line(&extra), Kind: ErrSyntax, Msg: "more than one YAML document"}
+	}
+	root := p.deref(&doc)
+	if root != nil && root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = p.deref(root.Content[0])
+	}
+	if root == nil || (root.Kind == yaml.ScalarNode && root.Tag == "!!null") {
+		return nil, &Error{File: name, Kind: ErrSyntax, Msg: "no images defined"}
+	}
+	pairs, ok := p.mapping(root, "", "the recipe", true)
+	if !ok {
+		return nil, p.result()
+	}
+	seen := map[string]int{}
+	for _, kv := range pairs {
+		key := kv.k.Value
+		if key == "config" {
+			p.config(f, kv.v)
+			continue
+		}
+		if l, dup := seen[key]; dup {
+			p.fail(kv.k, key, "", ErrDuplicate, "image %q defined twice (lines %d and %d)", key, l, p.line(kv.k))
+			continue
+		}
+		seen[key] = p.line(kv.k)
+		if img := p.image(kv.k, kv.v); img != nil {
+			f.Images = append(f.Images, img)
+		}
+		if len(p.errs) >= maxErrors {
+			break
+		}
+	}
+	if len(p.errs) == 0 && len(f.Images) == 0 {
+		p.fail(root, "", "", ErrSyntax, "no images defined")
+	}
+	if len(p.errs) == 0 {
+		p.validate(f)
+	}
+	if err := p.result(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+type parser struct {
+	file   string
+	dir    string
+	arch   string
+	lineOf []int
+	errs   []error
+	budget int
+}
+
+type pair struct{ k, v *yaml.Node }
+
+func (p *parser) result() error {
+	switch len(p.errs) {
+	case 0:
+		return nil
+	case 1:
+		return p.errs[0]
+	}
+	return errors.Join(p.errs...)
+}
+
+// line maps a node's line in the substituted text to the line the user wrote.
+func (p *parser) line(n *yaml.Node) int {
+	if n == nil {
+		return 0
+	}
+	return p.mapLine(n.Line)
+}
+
+func (p *parser) mapLine(l int) int {
+	if l > 0 && l < len(p.lineOf) {
+		return p.lineOf[l]
+	}
+	return l
+}
+
+var yamlLine = regexp.MustCompile(`line (\d+)`)
+
+// fixYAMLError rewrites "line N" in a YAML syntax error to the original line.
+func (p *parser) fixYAMLError(err error) error {
+	s := yamlLine.ReplaceAllStringFunc(err.Error(), func(m string) string {
+		n, _ := strconv.Atoi(m[5:])
+		return fmt.Sprintf("line %d", p.mapLine(n))
+	})
+	return errors.New(strings.TrimPrefix(s, "yaml: "))
+}
+
+func (p *parser) fail(n *yaml.Node, image, key string, kind error, format string, args ...any) {
+	if len(p.errs) >= maxErrors {
+		return
+	}
+	p.errs = append(p.errs, &Error{File: p.file, Line: p.line(n), Image: image, Key: key, Kind: kind, Msg: fmt.Sprintf(format, args...)})
+}
+
+// deref follows aliases, charging the alias budget so that a recipe built
+// to expand exponentially ("billion laughs") fails instead of hanging.
+func (p *parser) deref(n *yaml.Node) *yaml.Node {
+	for i := 0; n != nil && n.Kind == yaml.AliasNode; i++ {
+		if i > 100 {
+			return nil
+		}
+		n = n.Alias
+	}
+	p.budget--
+	return n
+}
+
+func kindName(n *yaml.Node) string {
+	if n == nil {
+		return "nothing"
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return "an empty value"
+		}
+		return fmt.Sprintf("%q", n.Value)
+	}
+	return "an unsupported YAML node"
+}
+
+// mapping returns the key/value pairs of a mapping node, with YAML merge
+// keys (<<: *anchor) expanded: explicit keys win over merged ones. Keys must
+// be scalars; a key written twice is an error (unless dupOK, where the
+// caller reports duplicates itself).
+func (p *parser) mapping(n *yaml.Node, image, what string, dupOK bool) ([]pair, bool) {
+	n = p.deref(n)
+	if n == nil || n.Kind != yaml.MappingNode {
+		p.fail(n, image, "", ErrSyntax, "%s must be a mapping, got %s", what, kindName(n))
+		return nil, false
+	}
+	var out, merged []pair
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if p.budget < 0 {
+			p.fail(n, image, "", ErrSyntax, "too many alias expansions")
+			return nil, false
+		}
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			p.fail(k, image, "", ErrSyntax, "a key in %s must be a string, got %s", what, kindName(k))
+			return nil, false
+		}
+		if k.Tag == "!!merge" {
+			srcs := []*yaml.Node{p.deref(v)}
+			if srcs[0] != nil && srcs[0].Kind == yaml.SequenceNode {
+				srcs = srcs[0].Content
+			}
+			for _, s := range srcs {
+				m, ok := p.mapping(s, image, "a merged value (<<)", false)
+				if !ok {
+					return nil, false
+				}
+				merged = append(merged, m...)
+			}
+			continue
+		}
+		if l, dup := seen[k.Value]; dup && !dupOK {
+			p.fail(k, image, k.Value, ErrDuplicate, "written twice in %s (lines %d and %d)", what, l, p.line(k))
+			return nil, false
+		}
+		seen[k.Value] = p.line(k)
+		out = append(out, pair{k, v})
+	}
+	for _, kv := range merged {
+		if _, ok := seen[kv.k.Value]; !ok {
+			seen[kv.k.Value] = p.line(kv.k)
+			out = append(out, kv)
+		}
+	}
+	return out, true
+}
+
+// str reads a scalar as a string; an empty value is "".
+func (p *parser) str(n *yaml.Node, image, key string) (string, bool) {
+	n = p.deref(n)
+	if n == nil || n.Kind != yaml.ScalarNode {
+		p.fail(n, image, key, ErrSyntax, "expected a string, got %s", kindName(n))
+		return "", false
+	}
+	if n.Tag == "!!null" {
+		return "", true
+	}
+	return n.Value, true
+}
+
+// strs reads a list of scalars; a single scalar is a list of one.
+func (p *parser) strs(n *yaml.Node, image, key string) ([]string, bool) {
+	n = p.deref(n)
+	if n != nil && n.Kind == yaml.ScalarNode {
+		if n.Tag == "!!null" {
+			return []string{}, true
+		}
+		return []string{n.Value}, true
+	}
+	if n == nil || n.Kind != yaml.SequenceNode {
+		p.fail(n, image, key, ErrSyntax, "expected a string or a list of strings, got %s", kindName(n))
+		return nil, false
+	}
+	out := make([]string, 0, len(n.Content))
+	for _, e := range n.Content {
+		s, ok := p.str(e, image, key)
+		if !ok {
+			return nil, false
+		}
+		out = append(out, s)
+	}
+	return out, true
+}
+
+// command reads entrypoint/cmd/full_command: a list, or a string split the
+// way a shell splits words.
+func (p *parser) command(n *yaml.Node, image, key string) ([]string, bool) {
+	d := p.deref(n)
+	if d != nil && d.Kind == yaml.ScalarNode && d.Tag != "!!null" {
+		words, err := splitWords(d.Value)
+		if err != nil {
+			p.fail(d, image, key, ErrSyntax, "%v", err)
+			return nil, false
+		}
+		if words == nil {
+			words = []string{}
+		}
+		return words, true
+	}
+	return p.strs(n, image, key)
+}
+
+func (p *parser) strMap(n *yaml.Node, image, key string) (map[string]string, bool) {
+	pairs, ok := p.mapping(n, image, key, false)
+	if !ok {
+		return nil, false
+	}
+	m := make(map[string]string, len(pairs))
+	for _, kv := range pairs {
+		v, ok := p.str(kv.v, image, key+"."+kv.k.Value)
+		if !ok {
+			return nil, false
+		}
+		m[kv.k.Value] = v
+	}
+	return m, true
+}
+
+func (p *parser) boolean(n *yaml.Node, image, key string) (bool, bool) {
+	n = p.deref(n)
+	if n != nil && n.Kind == yaml.ScalarNode {
+		switch strings.ToLower(n.Value) {
+		case "true", "yes", "on":
+			return true, true
+		case "false", "no", "off", "":
+			return false, true
+		}
+	}
+	p.fail(n, image, key, ErrSyntax, "expected true or false, got %s", kindName(n))
+	return false, false
+}
+
+// imageKeys are the keys an image definition may have.
+var imageKeys = []string{
+	"from", "imports", "import", "run", "environment", "build_env", "labels", "annotations",
+	"entrypoint", "cmd", "full_command", "working_dir", "volumes", "runtime_user",
+	"build_only", "arch", "os",
+}
+
+// stackerOnly are stacker keys that vessel does not implement.
+var stackerOnly = map[string]string{
+	"overlay_dirs":          "use imports with dest: instead",
+	"binds":                 "builds see no host paths besides imports",
+	"build_env_passthrough": "the host environment does not leak into builds; use build_env",
+	"generate_labels":       "",
+	"apply":                 "",
+	"bom":                   "",
+	"was_legacy_import":     "",
+}
+
+func (p *parser) image(kn, vn *yaml.Node) *Image {
+	name := kn.Value
+	if !imageName.MatchString(name) {
+		p.fail(kn, "", "", ErrSyntax, "bad image name %q: use letters, digits, '.', '_', '-' and '/', starting with a letter or digit", name)
+		return nil
+	}
+	pairs, ok := p.mapping(vn, name, fmt.Sprintf("image %q", name), false)
+	if !ok {
+		return nil
+	}
+	img := &Image{Name: name, Line: p.line(kn), OS: "linux", Arch: p.arch, keyLines: map[string]int{}}
+	nerr := len(p.errs)
+	var sawImport, sawImports bool
+	for _, kv := range pairs {
+		key, v := kv.k.Value, kv.v
+		img.keyLines[key] = p.line(kv.k)
+		switch key {
+		case "from":
+			img.From = p.from(name, v)
+		case "imports", "import":
+			if key == "import" {
+				sawImport, img.LegacyImport = true, true
+			} else {
+				sawImports = true
+			}
+			if sawImport && sawImports {
+				p.fail(kv.k, name, key, ErrSyntax, "write either import: (stacker's legacy form) or imports:, not both")
+				continue
+			}
+			img.Imports = append(img.Imports, p.imports(name, key, v)...)
+		case "run":
+			img.Run, _ = p.strs(v, name, key)
+		case "environment":
+			img.Environment, _ = p.strMap(v, name, key)
+		case "build_env":
+			img.BuildEnv, _ = p.strMap(v, name, key)
+		case "labels":
+			img.Labels, _ = p.strMap(v, name, key)
+		case "annotations":
+			img.Annotations, _ = p.strMap(v, name, key)
+		case "entrypoint":
+			img.Entrypoint, _ = p.command(v, name, key)
+		case "cmd":
+			img.Cmd, _ = p.command(v, name, key)
+		case "full_command":
+			img.FullCommand, _ = p.command(v, name, key)
+		case "working_dir":
+			img.WorkingDir, _ = p.str(v, name, key)
+		case "volumes":
+			img.Volumes, _ = p.strs(v, name, key)
+		case "runtime_user":
+			img.RuntimeUser, _ = p.str(v, name, key)
+		case "build_only":
+			img.BuildOnly, _ = p.boolean(v, name, key)
+		case "arch":
+			if a, ok := p.str(v, name, key); ok {
+				if norm, known := archNames[strings.ToLower(a)]; known {
+					img.Arch, img.ArchLine = norm, p.line(kv.k)
+				} else {
+					p.fail(v, name, key, ErrSyntax, "unknown architecture %q (known: %s)", a, knownArchs())
+				}
+			}
+		case "os":
+			if o, ok := p.str(v, name, key); ok && o != "linux" {
+				p.fail(v, name, key, ErrSyntax, "vessel builds linux images only, got %q", o)
+			}
+		default:
+			if hint, ok := stackerOnly[key]; ok {
+				msg := "stacker's " + key + " is not supported by vessel"
+				if hint != "" {
+					msg += ": " + hint
+				}
+				p.fail(kv.k, name, "", ErrUnknownKey, "%s", msg)
+				continue
+			}
+			p.fail(kv.k, name, "", ErrUnknownKey, "unknown key %q (known keys: %s)", key, strings.Join(imageKeys, ", "))
+		}
+	}
+	if _, ok := img.keyLines["from"]; !ok {
+		p.fail(kn, name, "", ErrSyntax, "missing from: (write from: {type: scratch} for an empty base)")
+	}
+	if img.FullCommand != nil && (img.Entrypoint != nil || img.Cmd != nil) {
+		p.fail(kn, name, "full_command", ErrSyntax, "full_command replaces entrypoint and cmd: write either full_command (line %d) or entrypoint/cmd, not both", img.KeyLine("full_command"))
+	}
+	if len(p.errs) > nerr {
+		return nil
+	}
+	return img
+}
+
+var imageName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$`)
+
+// archNames maps the spellings vessel accepts to GOARCH names (what stacker
+// and OCI platforms use).
+var archNames = map[string]string{
+	"amd64": "amd64", "x86_64": "amd64",
+	"arm64": "arm64", "aarch64": "arm64",
+	"arm": "arm", "386": "386", "i386": "386",
+	"ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64",
+	"mips64le": "mips64le", "loong64": "loong64",
+}
+
+func knownArchs() string {
+	seen := map[string]bool{}
+	var out []string
+	for _, v := range archNames {
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
+}
+
+var fromKeys = []string{"type", "url", "tag", "insecure"}
+
+func (p *parser) from(image string, n *yaml.Node) From {
+	var f From
+	pairs, ok := p.mapping(n, image, "from", false)
+	if !ok {
+		return f
+	}
+	f.Line = p.line(n)
+	var typeNode *yaml.Node
+	for _, kv := range pairs {
+		switch kv.k.Value {
+		case "type":
+			typeNode = kv.v
+			s, _ := p.str(kv.v, image, "from.type")
+			f.Type = FromType(s)
+		case "url":
+			f.URL, _ = p.str(kv.v, image, "from.url")
+		case "tag":
+			f.Tag, _ = p.str(kv.v, image, "from.tag")
+		case "insecure":
+			f.Insecure, _ = p.boolean(kv.v, image, "from.insecure")
+		default:
+			p.fail(kv.k, image, "from", ErrUnknownKey, "unknown key %q (known keys: %s)", kv.k.Value, strings.Join(fromKeys, ", "))
+		}
+	}
+	at := n
+	if typeNode != nil {
+		at = typeNode
+	}
+	switch f.Type {
+	case Scratch:
+	case Tar:
+		if f.URL == "" {
+			p.fail(at, image, "from", ErrSyntax, "type tar needs url: (a path to a rootfs tarball)")
+		} else if !isHTTP(f.URL) {
+			f.URL = p.abs(f.URL)
+		}
+	case OCI:
+		dir, tag := splitLayout(f.URL)
+		if tag == "" {
+			tag = f.Tag // url: DIR plus tag: TAG
+		}
+		if dir == "" || tag == "" {
+			p.fail(at, image, "from", ErrSyntax, "type oci needs url: DIR:TAG, got %q", f.URL)
+		} else {
+			f.URL, f.Tag = p.abs(dir)+":"+tag, ""
+		}
+	case Docker:
+		if !strings.HasPrefix(f.URL, "docker://") || len(f.URL) == len("docker://") {
+			p.fail(at, image, "from", ErrSyntax, "type docker needs url: docker://HOST/REPO:TAG, got %q", f.URL)
+		}
+	case Built:
+		if f.Tag == "" {
+			p.fail(at, image, "from", ErrSyntax, "type built needs tag: NAME (an image of this file)")
+		}
+	case "":
+		p.fail(n, image, "from", ErrSyntax, "missing type: (scratch, tar, oci, docker or built)")
+	default:
+		p.fail(at, image, "from", ErrSyntax, "unknown type %q (scratch, tar, oci, docker or built)", f.Type)
+	}
+	return f
+}
+
+// splitLayout splits "DIR:TAG" at the last colon after the last slash.
+func splitLayout(u string) (dir, tag string) {
+	i := strings.LastIndex(u, ":")
+	if i < 0 || i < strings.LastIndex(u, "/") {
+		return u, ""
+	}
+	return u[:i], u[i+1:]
+}
+
+func isHTTP(s string) bool {
+	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
+}
+
+// abs resolves a local path against the recipe directory, keeping a
+// trailing slash (which means "the contents of this directory").
+func (p *parser) abs(path string) string {
+	if filepath.IsAbs(path) {
+		return path
+	}
+	out := filepath.Join(p.dir, path)
+	if strings.HasSuffix(path, "/") {
+		out += "/"
+	}
+	return out
+}
+
+var importKeys = []string{"path", "dest", "mode", "uid", "gid", "hash"}
+
+var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+func (p *parser) imports(image, key string, n *yaml.Node) []Import {
+	d := p.deref(n)
+	items := []*yaml.Node{d}
+	if d != nil && d.Kind == yaml.SequenceNode {
+		items = d.Content
+	}
+	var out []Import
+	for _, it := range items {
+		it = p.deref(it)
+		imp := Import{Line: p.line(it)}
+		switch {
+		case it != nil && it.Kind == yaml.ScalarNode && it.Tag != "!!null":
+			imp.Path = it.Value
+		case it != nil && it.Kind == yaml.MappingNode:
+			pairs, ok := p.mapping(it, image, key+" entry", false)
+			if !ok {
+				continue
+			}
+			for _, kv := range pairs {
+				k := kv.k.Value
+				switch k {
+				case "path", "dest", "hash":
+					s, ok := p.str(kv.v, image, key+"."+k)
+					if !ok {
+						continue
+					}
+					switch k {
+					case "path":
+						imp.Path = s
+					case "dest":
+						imp.Dest = s
+					case "hash":
+						imp.Hash = strings.ToLower(strings.TrimPrefix(s, "sha256:"))
+						if !sha256Hex.MatchString(imp.Hash) {
+							p.fail(kv.v, image, key+".hash", ErrSyntax, "want a sha256 in hex, got %q", s)
+						}
+					}
+				case "mode":
+					if m, ok := p.uint(kv.v, image, key+".mode", 0o7777); ok {
+						fm := fs.FileMode(m&0o777) | unixBits(m)
+						imp.Mode = &fm
+					}
+				case "uid", "gid":
+					if id, ok := p.uint(kv.v, image, key+"."+k, 1<<32-2); ok {
+						v := int(id)
+						if k == "uid" {
+							imp.UID = &v
+						} else {
+							imp.GID = &v
+						}
+					}
+				default:
+					p.fail(kv.k, image, key, ErrUnknownKey, "unknown key %q in an import (known keys: %s)", k, strings.Join(importKeys, ", "))
+				}
+			}
+		default:
+			p.fail(it, image, key, ErrSyntax, "an import is a path or a mapping with path:, got %s", kindName(it))
+			continue
+		}
+		if imp.Path == "" {
+			p.fail(it, image, key, ErrSyntax, "an import needs a path")
+			continue
+		}
+		if imp.Dest != "" && !strings.HasPrefix(imp.Dest, "/") {
+			p.fail(it, image, key+".dest", ErrSyntax, "dest must be an absolute path in the image, got %q", imp.Dest)
+		}
+		switch {
+		case strings.HasPrefix(imp.Path, "stacker://"):
+			rest := strings.TrimPrefix(imp.Path, "stacker://")
+			img, pth, ok := strings.Cut(rest, "/")
+			if !ok || img == "" || pth == "" {
+				p.fail(it, image, key, ErrSyntax, "want stacker://IMAGE/PATH, got %q", imp.Path)
+				continue
+			}
+			imp.Source, imp.FromImage, imp.ImagePath = imp.Path, img, "/"+pth
+		case isHTTP(imp.Path):
+			imp.Source = imp.Path
+		case strings.Contains(imp.Path, "://"):
+			p.fail(it, image, key, ErrSyntax, "unsupported import URL %q (local paths and stacker://IMAGE/PATH work offline)", imp.Path)
+			continue
+		default:
+			imp.Source = p.abs(imp.Path)
+		}
+		out = append(out, imp)
+	}
+	return out
+}
+
+func unixBits(m uint64) fs.FileMode {
+	var out fs.FileMode
+	if m&0o4000 != 0 {
+		out |= fs.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		out |= fs.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		out |= fs.ModeSticky
+	}
+	return out
+}
+
+// uint reads an integer (0755 and 0o755 are octal, as in YAML 1.1 and stacker).
+func (p *parser) uint(n *yaml.Node, image, key string, max uint64) (uint64, bool) {
+	n = p.deref(n)
+	if n != nil && n.Kind == yaml.ScalarNode {
+		if v, err := strconv.ParseUint(n.Value, 0, 64); err == nil && v <= max {
+			return v, true
+		}
+	}
+	p.fail(n, image, key, ErrSyntax, "expected a number from 0 to %#o, got %s", max, kindName(n))
+	return 0, false
+}
+
+func (p *parser) config(f *File, n *yaml.Node) {
+	pairs, ok := p.mapping(n, "", "config", false)
+	if !ok {
+		return
+	}
+	for _, kv := range pairs {
+		switch kv.k.Value {
+		case "prerequisites":
+			l, ok := p.strs(kv.v, "", "config.prerequisites")
+			if !ok {
+				continue
+			}
+			for _, s := range l {
+				f.Prerequisites = append(f.Prerequisites, p.abs(s))
+			}
+		default:
+			p.fail(kv.k, "", "config", ErrUnknownKey, "unknown key %q (known keys: prerequisites)", kv.k.Value)
+		}
+	}
+}
+
+// validate checks what needs the whole file: references and cycles.
+func (p *parser) validate(f *File) {
+	names := map[string]*Image{}
+	for _, img := range f.Images {
+		names[img.Name] = img
+	}
+	for _, img := range f.Images {
+		if img.From.Type == Built {
+			if img.From.Tag == img.Name {
+				p.errs = append(p.errs, &Error{File: p.file, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrCycle, Msg: "an image cannot be built on itself"})
+			} else if names[img.From.Tag] == nil {
+				p.errs = append(p.errs, &Error{File: p.file, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrMissingBase,
+					Msg: fmt.Sprintf("built base %q is not an image of this file (images: %s)", img.From.Tag, strings.Join(imageNames(f), ", "))})
+			}
+		}
+		for _, imp := range img.Imports {
+			if imp.FromImage != "" && names[imp.FromImage] == nil {
+				p.errs = append(p.errs, &Error{File: p.file, Line: imp.Line, Image: img.Name, Key: "imports", Kind: ErrMissingBase,
+					Msg: fmt.Sprintf("%s: %q is not an image of this file", imp.Path, imp.FromImage)})
+			}
+		}
+	}
+	if len(p.errs) > 0 {
+		return
+	}
+	if cyc := findCycle(f); cyc != nil {
+		first := f.Image(cyc[0])
+		p.errs = append(p.errs, &Error{File: p.file, Line: first.Line, Image: first.Name, Kind: ErrCycle,
+			Msg: "images depend on each other in a cycle: " + strings.Join(cyc, " -> ")})
+	}
+}
+
+func imageNames(f *File) []string {
+	out := make([]string, len(f.Images))
+	for i, img := range f.Images {
+		out[i] = img.Name
+	}
+	return out
+}
+
+// findCycle returns one dependency cycle as a list of names that starts and
+// ends with the same image, or nil.
+func findCycle(f *File) []string {
+	const (
+		white = iota
+		grey
+		black
+	)
+	color := map[string]int{}
+	var stack []string
+	var found []string
+	var visit func(string) bool
+	visit = func(n string) bool {
+		color[n] = grey
+		stack = append(stack, n)
+		img := f.Image(n)
+		for _, d := range img.Needs() {
+			switch color[d] {
+			case grey:
+				for i, s := range stack {
+					if s == d {
+						found = append(append([]string{}, stack[i:]...), d)
+					}
+				}
+				return true
+			case white:
+				if visit(d) {
+					return true
+				}
+			}
+		}
+		stack = stack[:len(stack)-1]
+		color[n] = black
+		return false
+	}
+	for _, img := range f.Images {
+		if color[img.Name] == white && visit(img.Name) {
+			return found
+		}
+	}
+	return nil
+}

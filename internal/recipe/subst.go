@@ -1,0 +1,74 @@
+package recipe
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// ParseSubstitutions turns --substitute KEY=VAL arguments into a map. A key
+// given twice keeps its last value, as stacker does.
+func ParseSubstitutions(kvs []string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !varName.MatchString(k) {
+			return nil, fmt.Errorf("--substitute %q: want KEY=VALUE with KEY made of letters, digits and _", kv)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+var (
+	varName     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	placeholder = regexp.MustCompile(`\$\{\{([^{}:]*)(:[^{}]*)?\}\}`)
+)
+
+// substitute replaces ${{VAR}} and ${{VAR:default}} in text, before any YAML
+// parsing (as stacker does, so image names and keys can be substituted too).
+// It returns the new text and, for each of its lines, the line of the
+// original it came from, so later errors point at what the user wrote.
+func substitute(file string, text string, vars map[string]string) (string, []int, error) {
+	var out strings.Builder
+	lineOf := []int{0} // lineOf[n] = original line of output line n (1-based)
+	var missing []string
+	var firstLine int
+	for i, line := range strings.SplitAfter(text, "\n") {
+		n := i + 1
+		var bad error
+		line = placeholder.ReplaceAllStringFunc(line, func(m string) string {
+			sub := placeholder.FindStringSubmatch(m)
+			name, def := sub[1], sub[2]
+			if !varName.MatchString(name) {
+				if bad == nil {
+					bad = &Error{File: file, Line: n, Msg: fmt.Sprintf("bad substitution %s: a variable name is letters, digits and _", m), Kind: ErrSyntax}
+				}
+				return m
+			}
+			if v, ok := vars[name]; ok {
+				return v
+			}
+			if def != "" {
+				return def[1:]
+			}
+			if firstLine == 0 {
+				firstLine = n
+			}
+			missing = append(missing, fmt.Sprintf("%s (line %d)", name, n))
+			return m
+		})
+		if bad != nil {
+			return "", nil, bad
+		}
+		out.WriteString(line)
+		for range strings.Count(strings.TrimSuffix(line, "\n"), "\n") + 1 {
+			lineOf = append(lineOf, n)
+		}
+	}
+	if len(missing) > 0 {
+		return "", nil, &Error{File: file, Line: firstLine, Kind: ErrUndefined,
+			Msg: fmt.Sprintf("no value for %s: pass --substitute NAME=VALUE or write ${{NAME:default}}", strings.Join(missing, ", "))}
+	}
+	return out.String(), lineOf, nil
+}
