@@ -377,7 +377,7 @@ func (p *parser) image(kn, vn *yaml.Node) *Image {
 	if !ok {
 		return nil
 	}
-	img := &Image{Name: name, Line: p.line(kn), OS: "linux", Arch: p.arch, keyLines: map[string]int{}}
+	img := &Image{Name: name, Line: p.line(kn), OS: "linux", Arch: p.arch, keyLines: map[string]int{}, file: p.file}
 	nerr := len(p.errs)
 	var sawImport, sawImports bool
 	for _, kv := range pairs {

@@ -149,6 +149,7 @@ type Image struct {
 	ArchLine int
 	// keyLines records where each key was written, for later errors.
 	keyLines map[string]int
+	file     string
 }
 
 // KeyLine is the line where key was written in this image, or the image's
