@@ -1,0 +1,274 @@
+package registry
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Options configure a Client. The zero value talks HTTPS with the system
+// roots, reads credentials from the standard auth files and moves four
+// blobs at a time.
+type Options struct {
+	// PlainHTTP talks http:// instead of https:// (development registries
+	// on loopback). Never implied: the caller asks for it.
+	PlainHTTP bool
+	// Insecure accepts any TLS certificate (still https).
+	Insecure bool
+	// CAFile adds these PEM CA certificates to the system roots.
+	CAFile string
+	// AuthFile, when set, is the only credentials file read (see AuthFiles).
+	AuthFile string
+	// Credentials, when set, are used for every host instead of any file.
+	Credentials *Credentials
+	// Jobs is how many blobs move at once (default 4).
+	Jobs int
+	// ChunkSize: uploads up to this size are one PUT, larger ones are sent
+	// in PATCH chunks of this size (default 32 MiB).
+	ChunkSize int64
+	// Retries is how many times a request is retried after a 5xx, 429 or
+	// connection error (default 5); Backoff is the first wait, doubled each
+	// time (default 250ms).
+	Retries int
+	Backoff time.Duration
+	// Transport replaces the HTTP transport (tests).
+	Transport http.RoundTripper
+	// Progress receives transfer events; it is called from one goroutine
+	// at a time. May be nil.
+	Progress func(Event)
+}
+
+// Client talks to registries. It is safe for concurrent use.
+type Client struct {
+	opts Options
+	hc   *http.Client
+	mu   sync.Mutex
+	auth map[string]*hostAuth
+	pmu  sync.Mutex // serializes Progress calls
+}
+
+// NoRetries is the Retries value that disables retries (0 means the default).
+const NoRetries = -1
+
+// New returns a client for opts.
+func New(opts Options) (*Client, error) {
+	if opts.Jobs <= 0 {
+		opts.Jobs = 4
+	}
+	if opts.ChunkSize <= 0 {
+		opts.ChunkSize = 32 << 20
+	}
+	if opts.Retries == 0 {
+		opts.Retries = 5
+	} else if opts.Retries < 0 {
+		opts.Retries = 0
+	}
+	if opts.Backoff <= 0 {
+		opts.Backoff = 250 * time.Millisecond
+	}
+	rt := opts.Transport
+	if rt == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.DisableCompression = true // blobs must arrive byte-exact
+		tr.MaxIdleConnsPerHost = opts.Jobs + 2
+		tr.ReadBufferSize = 256 << 10
+		tr.WriteBufferSize = 256 << 10
+		tr.ResponseHeaderTimeout = 2 * time.Minute
+		tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: opts.Insecure}
+		if opts.CAFile != "" {
+			pool, err := x509.SystemCertPool()
+			if err != nil || pool == nil {
+				pool = x509.NewCertPool()
+			}
+			b, err := os.ReadFile(opts.CAFile)
+			if err != nil {
+				return nil, fmt.Errorf("CA file: %w", err)
+			}
+			if !pool.AppendCertsFromPEM(b) {
+				return nil, fmt.Errorf("CA file %s: no PEM certificate in it", opts.CAFile)
+			}
+			tlsConf.RootCAs = pool
+		}
+		tr.TLSClientConfig = tlsConf
+		rt = tr
+	}
+	return &Client{opts: opts, hc: &http.Client{Transport: rt}, auth: map[string]*hostAuth{}}, nil
+}
+
+// request is one registry API call. body, when set, opens the body afresh
+// for each attempt, so every request can be retried.
+type request struct {
+	op      string // for errors: "pull manifest", ...
+	ref     Reference
+	method  string
+	path    string // after /v2/
+	query   url.Values
+	rawURL  string // absolute URL (upload locations) instead of path
+	header  http.Header
+	body    func() (io.ReadCloser, error)
+	size    int64 // body length; -1 unknown
+	scopes  []string
+	expect  []int // acceptable statuses; others become errors
+	noRetry bool  // the caller retries itself
+}
+
+func pullScope(repo string) string     { return "repository:" + repo + ":pull" }
+func pushScope(repo string) string     { return "repository:" + repo + ":pull,push" }
+func (c *Client) scheme() string {
+	if c.opts.PlainHTTP {
+		return "http"
+	}
+	return "https"
+}
+
+func (c *Client) url(r *request) (string, error) {
+	if r.rawURL != "" {
+		base, _ := url.Parse(c.scheme() + "://" + r.ref.apiHost() + "/v2/")
+		u, err := base.Parse(r.rawURL)
+		if err != nil {
+			return "", fmt.Errorf("%s %s: bad location %q from the registry", r.op, r.ref.Name(), r.rawURL)
+		}
+		if len(r.query) > 0 {
+			q := u.Query()
+			for k, vs := range r.query {
+				for _, v := range vs {
+					q.Add(k, v)
+				}
+			}
+			u.RawQuery = q.Encode()
+		}
+		return u.String(), nil
+	}
+	u := url.URL{Scheme: c.scheme(), Host: r.ref.apiHost(), Path: "/v2/" + r.path}
+	if len(r.query) > 0 {
+		u.RawQuery = r.query.Encode()
+	}
+	return u.String(), nil
+}
+
+// send performs r with authentication and retries and returns a response
+// whose status is in r.expect (the caller closes its body), or an error.
+func (c *Client) send(ctx context.Context, r *request) (*http.Response, error) {
+	host := r.ref.apiHost()
+	wait := c.opts.Backoff
+	authRetried := false
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			if attempt > c.opts.Retries || r.noRetry {
+				return nil, lastErr
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(wait):
+			}
+			wait *= 2
+		}
+		u, err := c.url(r)
+		if err != nil {
+			return nil, err
+		}
+		var body io.ReadCloser
+		if r.body != nil {
+			if body, err = r.body(); err != nil {
+				return nil, fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err)
+			}
+		}
+		req, err := http.NewRequestWithContext(ctx, r.method, u, body)
+		if err != nil {
+			if body != nil {
+				body.Close()
+			}
+			return nil, err
+		}
+		if body != nil {
+			req.ContentLength = r.size
+		}
+		for k, v := range r.header {
+			req.Header[k] = v
+		}
+		req.Header.Set("User-Agent", "vessel")
+		c.authorize(req, host, r.scopes)
+		sentAuth := req.Header.Get("Authorization") != ""
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			lastErr = fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err)
+			if retryable(err) {
+				continue
+			}
+			return nil, lastErr
+		}
+		for _, s := range r.expect {
+			if resp.StatusCode == s {
+				return resp, nil
+			}
+		}
+		switch {
+		case resp.StatusCode == http.StatusUnauthorized && !authRetried:
+			authRetried = true
+			ok, err := c.answerChallenge(ctx, resp, host, r.ref.Repo, r.scopes, sentAuth)
+			if err != nil {
+				drain(resp)
+				return nil, fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err)
+			}
+			if ok {
+				drain(resp)
+				attempt-- // an authentication round trip is not a failure
+				wait = c.opts.Backoff
+				continue
+			}
+		case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
+			lastErr = responseError(r.op, r.ref.Name(), resp, sentAuth, host)
+			continue
+		}
+		return nil, responseError(r.op, r.ref.Name(), resp, sentAuth, host)
+	}
+}
+
+// retryable reports whether a transport error is worth another attempt:
+// refused or reset connections, timeouts, truncated responses.
+func retryable(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		var ce *tls.CertificateVerificationError
+		if errors.As(err, &ce) || strings.Contains(err.Error(), "x509:") || strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+			return false
+		}
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
+}
+
+func drain(resp *http.Response) {
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+}
+
+// emit sends an event to the progress callback, one at a time.
+func (c *Client) emit(e Event) {
+	if c.opts.Progress == nil {
+		return
+	}
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	c.opts.Progress(e)
+}
