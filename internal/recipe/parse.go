@@ -608,7 +608,7 @@ func (p *parser) imports(image, key string, n *yaml.Node) []Import {
 					case "dest":
 						imp.Dest = s
 					case "hash":
-						imp.Hash = strings.ToLower(strings.TrimPrefix(s, "sha256:"))
+						imp.Hash = strings.TrimPrefix(strings.ToLower(s), "sha256:")
 						if !sha256Hex.MatchString(imp.Hash) {
 							p.fail(kv.v, image, key+".hash", ErrSyntax, "want a sha256 in hex, got %q", s)
 						}

@@ -1,0 +1,347 @@
+package recipe
+
+import (
+	"errors"
+	"io/fs"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+)
+
+func parse(t *testing.T, text string, subs map[string]string) (*File, error) {
+	t.Helper()
+	return Parse("vessel.yaml", []byte(text), Options{Substitutions: subs, Dir: "/recipes"})
+}
+
+func mustParse(t *testing.T, text string, subs map[string]string) *File {
+	t.Helper()
+	f, err := parse(t, text, subs)
+	if err != nil {
+		t.Fatalf("parse: %v", err)
+	}
+	return f
+}
+
+func TestParseEveryKey(t *testing.T) {
+	f := mustParse(t, `
+base:
+  from: {type: scratch}
+app:
+  from:
+    type: built
+    tag: base
+  imports:
+    - files/a.txt
+    - path: /abs/dir/
+      dest: /opt/
+      mode: 0640
+      uid: 10
+      gid: 20
+      hash: SHA256:`+strings.Repeat("AB", 32)+`
+  run: |
+    echo one
+    echo two
+  environment: {A: "1", B: 2, C: }
+  build_env: {X: y}
+  labels: {l: v}
+  annotations: {a: b}
+  entrypoint: /bin/sh -c 'echo "hi there"'
+  cmd: [x, y]
+  working_dir: /w
+  volumes: [/v1, /v2]
+  runtime_user: nobody
+  build_only: true
+  arch: aarch64
+  os: linux
+`, nil)
+	app := f.Image("app")
+	if app == nil || len(f.Images) != 2 || f.Images[0].Name != "base" {
+		t.Fatalf("images: %+v", f.Images)
+	}
+	mode := fs.FileMode(0o640)
+	uid, gid := 10, 20
+	want := &Image{
+		Name: "app", Line: 4, From: From{Type: Built, Tag: "base", Line: 6},
+		Imports: []Import{
+			{Path: "files/a.txt", Source: "/recipes/files/a.txt", Line: 9},
+			{Path: "/abs/dir/", Source: "/abs/dir/", Dest: "/opt/", Mode: &mode, UID: &uid, GID: &gid, Hash: strings.Repeat("ab", 32), Line: 10},
+		},
+		Run:         []string{"echo one\necho two\n"},
+		Environment: map[string]string{"A": "1", "B": "2", "C": ""},
+		BuildEnv:    map[string]string{"X": "y"},
+		Labels:      map[string]string{"l": "v"},
+		Annotations: map[string]string{"a": "b"},
+		Entrypoint:  []string{"/bin/sh", "-c", `echo "hi there"`},
+		Cmd:         []string{"x", "y"},
+		WorkingDir:  "/w", Volumes: []string{"/v1", "/v2"}, RuntimeUser: "nobody", BuildOnly: true,
+		OS: "linux", Arch: "arm64", ArchLine: 29,
+	}
+	app.keyLines, app.file = nil, ""
+	if !reflect.DeepEqual(app, want) {
+		t.Errorf("got  %+v\nwant %+v", app, want)
+	}
+	if f.Images[0].Arch != runtime.GOARCH {
+		t.Errorf("default arch %q", f.Images[0].Arch)
+	}
+}
+
+func TestParseRunForms(t *testing.T) {
+	for _, tc := range []struct{ run, script string }{
+		{"run: echo hi", DefaultShebang + "\necho hi\n"},
+		{"run: [a, b]", DefaultShebang + "\na\nb\n"},
+		{"run:\n    - a\n    - b c", DefaultShebang + "\na\nb c\n"},
+		{"run: |\n    #!/bin/bash\n    a\n", "#!/bin/bash\na\n"},
+		{"run: []", ""},
+		{"run:", ""},
+	} {
+		f := mustParse(t, "x:\n  from: {type: scratch}\n  "+tc.run+"\n", nil)
+		if got := f.Images[0].Script(); got != tc.script {
+			t.Errorf("%q: script %q, want %q", tc.run, got, tc.script)
+		}
+	}
+}
+
+func TestParseSubstitutions(t *testing.T) {
+	text := "${{NAME}}:\n  from: {type: docker, url: \"docker://${{REG:docker.io}}/x:${{TAG:}}1\"}\n  run: echo ${{MSG:hello world}} $HOME ${PATH}\n"
+	f := mustParse(t, text, map[string]string{"NAME": "img", "TAG": "v"})
+	img := f.Image("img")
+	if img == nil || img.From.URL != "docker://docker.io/x:v1" || img.Run[0] != "echo hello world $HOME ${PATH}" {
+		t.Fatalf("got %+v", f.Images[0])
+	}
+	f = mustParse(t, text, map[string]string{"NAME": "img", "REG": "r:5000", "MSG": "bye"})
+	if img := f.Image("img"); img.From.URL != "docker://r:5000/x:1" || img.Run[0] != "echo bye $HOME ${PATH}" {
+		t.Fatalf("got %+v", img)
+	}
+	// A value with newlines does not shift the lines errors report.
+	_, err := parse(t, "a:\n  run: ${{MULTI}}\n  from: {type: scratch}\n  bogus: 1\n", map[string]string{"MULTI": "|\n    x\n    y"})
+	var e *Error
+	if !errors.As(err, &e) || e.Line != 4 {
+		t.Fatalf("error %v, want line 4", err)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, text string
+		kind       error
+		line       int
+		contains   []string
+	}{
+		{"undefined", "a:\n  from: {type: scratch}\n  run: ${{NOPE}}\n", ErrUndefined, 3, []string{"NOPE (line 3)", "--substitute"}},
+		{"unknown key", "a:\n  from: {type: scratch}\n  rnu: x\n", ErrUnknownKey, 3, []string{`image "a"`, `unknown key "rnu"`, "vessel.yaml:3"}},
+		{"unknown from key", "a:\n  from: {type: scratch, urll: x}\n", ErrUnknownKey, 2, []string{`"urll"`}},
+		{"unknown import key", "a:\n  from: {type: scratch}\n  imports:\n    - {path: x, dst: /y}\n", ErrUnknownKey, 4, []string{`"dst"`}},
+		{"stacker only", "a:\n  from: {type: scratch}\n  binds: [/x]\n", ErrUnknownKey, 3, []string{"not supported by vessel"}},
+		{"unknown config key", "config: {prereqs: []}\na:\n  from: {type: scratch}\n", ErrUnknownKey, 1, []string{`"prereqs"`}},
+		{"run mapping", "a:\n  from: {type: scratch}\n  run: {x: y}\n", ErrSyntax, 3, []string{"run", "a mapping"}},
+		{"run nested list", "a:\n  from: {type: scratch}\n  run:\n    - [x]\n", ErrSyntax, 4, []string{"run"}},
+		{"env list", "a:\n  from: {type: scratch}\n  environment: [A=1]\n", ErrSyntax, 3, []string{"environment must be a mapping"}},
+		{"bool", "a:\n  from: {type: scratch}\n  build_only: maybe\n", ErrSyntax, 3, []string{"true or false"}},
+		{"mode", "a:\n  from: {type: scratch}\n  imports:\n    - path: x\n      mode: rwx\n", ErrSyntax, 5, []string{"mode"}},
+		{"hash", "a:\n  from: {type: scratch}\n  imports:\n    - path: x\n      hash: abc\n", ErrSyntax, 5, []string{"sha256"}},
+		{"relative dest", "a:\n  from: {type: scratch}\n  imports:\n    - {path: x, dest: rel}\n", ErrSyntax, 4, []string{"absolute"}},
+		{"arch", "a:\n  from: {type: scratch}\n  arch: vax\n", ErrSyntax, 3, []string{`"vax"`, "amd64"}},
+		{"os", "a:\n  from: {type: scratch}\n  os: windows\n", ErrSyntax, 3, []string{"linux"}},
+		{"no from", "a:\n  run: x\n", ErrSyntax, 1, []string{"missing from"}},
+		{"no type", "a:\n  from: {url: x}\n", ErrSyntax, 2, []string{"missing type"}},
+		{"bad type", "a:\n  from:\n    type: ubuntu\n", ErrSyntax, 3, []string{`"ubuntu"`}},
+		{"oci no tag", "a:\n  from: {type: oci, url: /x/y}\n", ErrSyntax, 2, []string{"DIR:TAG"}},
+		{"docker no scheme", "a:\n  from: {type: docker, url: ubuntu:22.04}\n", ErrSyntax, 2, []string{"docker://"}},
+		{"built no tag", "a:\n  from: {type: built}\n", ErrSyntax, 2, []string{"tag"}},
+		{"missing built base", "a:\n  from: {type: built, tag: nope}\n", ErrMissingBase, 2, []string{`"nope"`, "images: a"}},
+		{"missing stacker import", "a:\n  from: {type: scratch}\n  imports: [stacker://nope/x]\n", ErrMissingBase, 3, []string{`"nope"`}},
+		{"self", "a:\n  from: {type: built, tag: a}\n", ErrCycle, 2, []string{"itself"}},
+		{"cycle", "a:\n  from: {type: built, tag: c}\nb:\n  from: {type: built, tag: a}\nc:\n  from: {type: scratch}\n  imports: [stacker://b/x]\n", ErrCycle, 1, []string{"a -> c -> b -> a"}},
+		{"duplicate image", "a:\n  from: {type: scratch}\nb:\n  from: {type: scratch}\na:\n  from: {type: scratch}\n", ErrDuplicate, 5, []string{"lines 1 and 5"}},
+		{"duplicate key", "a:\n  from: {type: scratch}\n  run: x\n  run: y\n", ErrDuplicate, 4, []string{"lines 3 and 4"}},
+		{"full_command conflict", "a:\n  from: {type: scratch}\n  entrypoint: x\n  full_command: y\n", ErrSyntax, 1, []string{"full_command", "line 4"}},
+		{"import and imports", "a:\n  from: {type: scratch}\n  import: [x]\n  imports: [y]\n", ErrSyntax, 4, []string{"not both"}},
+		{"bad yaml", "a:\n  from: [\n", ErrSyntax, 0, []string{"not valid YAML"}},
+		{"empty", "", ErrSyntax, 0, []string{"no images"}},
+		{"not a map", "- a\n", ErrSyntax, 1, []string{"must be a mapping"}},
+		{"bad name", "\"a b\":\n  from: {type: scratch}\n", ErrSyntax, 1, []string{"bad image name"}},
+		{"unterminated quote", "a:\n  from: {type: scratch}\n  cmd: echo 'x\n", ErrSyntax, 3, []string{"unterminated"}},
+		{"url import", "a:\n  from: {type: scratch}\n  imports: [ftp://x/y]\n", ErrSyntax, 3, []string{"ftp://"}},
+		{"bad var name", "a:\n  from: {type: scratch}\n  run: ${{A-B}}\n", ErrSyntax, 3, []string{"bad substitution"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parse(t, tc.text, nil)
+			if err == nil {
+				t.Fatal("parsed")
+			}
+			if !errors.Is(err, tc.kind) {
+				t.Errorf("error %v is not %v", err, tc.kind)
+			}
+			var e *Error
+			if !errors.As(err, &e) || e.Line != tc.line {
+				t.Errorf("error %v: want line %d", err, tc.line)
+			}
+			for _, s := range tc.contains {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not mention %q", err, s)
+				}
+			}
+		})
+	}
+}
+
+func TestParseReportsSeveralErrors(t *testing.T) {
+	_, err := parse(t, "a:\n  from: {type: scratch}\n  x: 1\nb:\n  from: {type: scratch}\n  y: 2\n", nil)
+	if err == nil || !strings.Contains(err.Error(), `"x"`) || !strings.Contains(err.Error(), `"y"`) {
+		t.Fatalf("want both unknown keys, got %v", err)
+	}
+}
+
+func TestParseStackerExamples(t *testing.T) {
+	dir, _ := filepath.Abs("testdata")
+	parseEx := func(name string, subs map[string]string) *File {
+		t.Helper()
+		f, err := ParseFile(filepath.Join("testdata", name), Options{Substitutions: subs})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return f
+	}
+
+	f := parseEx("stacker-multistage.yaml", map[string]string{"VERSION": "2.1"})
+	if got := imageNames(f); !reflect.DeepEqual(got, []string{"common", "build", "hello"}) {
+		t.Fatalf("images %v", got)
+	}
+	if want := []string{filepath.Join(filepath.Dir(dir), "base", "stacker.yaml")}; !reflect.DeepEqual(f.Prerequisites, want) {
+		t.Errorf("prerequisites %v, want %v", f.Prerequisites, want)
+	}
+	build := f.Image("build")
+	if build.From.Type != OCI || build.From.URL != filepath.Join(dir, "oci-layout")+":base" || !build.BuildOnly || build.Environment["LANG"] != "C.UTF-8" {
+		t.Errorf("build (merged from the anchor): %+v", build)
+	}
+	if d, tag := build.From.Layout(); d != filepath.Join(dir, "oci-layout") || tag != "base" {
+		t.Errorf("layout %q %q", d, tag)
+	}
+	if build.Imports[0].Source != dir+"/src/" {
+		t.Errorf("dir import %q keeps no trailing slash", build.Imports[0].Source)
+	}
+	hello := f.Image("hello")
+	if !hello.LegacyImport || hello.Imports[0].FromImage != "build" || hello.Imports[0].ImagePath != "/out/bin/hello" {
+		t.Errorf("hello imports %+v", hello.Imports)
+	}
+	if !reflect.DeepEqual(hello.FullCommand, []string{"/usr/bin/hello", "--config", "/etc/hello/hello.conf"}) || hello.Arch != "amd64" {
+		t.Errorf("hello %+v", hello)
+	}
+	if hello.Labels["org.opencontainers.image.version"] != "2.1" {
+		t.Errorf("labels %v", hello.Labels)
+	}
+	p, err := f.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Names(); !reflect.DeepEqual(got, []string{"common", "build", "hello"}) {
+		t.Errorf("plan %v", got)
+	}
+	if p.Steps[1].Tag || !p.Steps[2].Tag {
+		t.Errorf("build_only: %+v", p.Steps)
+	}
+
+	f = parseEx("stacker-docker.yaml", nil)
+	c := f.Image("centos")
+	if c.From.URL != "docker://docker.io/library/centos:8" || !reflect.DeepEqual(c.Entrypoint, []string{"/usr/sbin/nginx"}) || c.Environment["http_proxy"] != "" {
+		t.Errorf("centos %+v", c)
+	}
+	if tb := f.Image("tarball"); tb.From.URL != filepath.Join(dir, "rootfs.tar.gz") || tb.BuildEnv["DEBIAN_FRONTEND"] != "noninteractive" {
+		t.Errorf("tarball %+v", tb)
+	}
+
+	f = parseEx("stacker-scratch.yaml", nil)
+	if s := f.Image("static"); s.Imports[0].Dest != "/usr/bin/hello" || *s.Imports[0].Mode != 0o755 {
+		t.Errorf("static %+v", s.Imports)
+	}
+}
+
+func TestParseExample(t *testing.T) {
+	f, err := ParseFile("../../examples/vessel.yaml", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := f.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Names(); !reflect.DeepEqual(got, []string{"base", "app"}) {
+		t.Fatalf("plan %v", got)
+	}
+	base, app := f.Image("base"), f.Image("app")
+	if base.From.Type != Scratch || base.Imports[0].Source != "/bin/busybox" || !strings.HasPrefix(base.Script(), "#!/stacker/imports/busybox sh\n") {
+		t.Errorf("base %+v", base)
+	}
+	if app.From.Tag != "base" || !reflect.DeepEqual(app.Entrypoint, []string{"/bin/httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"}) {
+		t.Errorf("app %+v", app)
+	}
+	abs, _ := filepath.Abs("../../examples/www/index.html")
+	if app.Imports[0].Source != abs {
+		t.Errorf("app import %q, want %q", app.Imports[0].Source, abs)
+	}
+	// Both images stage from what is on disk (busybox-static is a test dependency).
+	if _, err := Key(app, KeyOptions{BaseDigest: digest.Digest("sha256:" + strings.Repeat("0", 64)), LayerType: "squashfs"}); err != nil {
+		t.Errorf("key app: %v", err)
+	}
+}
+
+func TestPlanOnly(t *testing.T) {
+	f := mustParse(t, `
+a: {from: {type: scratch}}
+b: {from: {type: built, tag: d}}
+c: {from: {type: scratch}}
+d: {from: {type: built, tag: a}, imports: ["stacker://c/x"]}
+e: {from: {type: built, tag: a}}
+`, nil)
+	for _, tc := range []struct {
+		only []string
+		want []string
+	}{
+		{nil, []string{"a", "c", "d", "b", "e"}},
+		{[]string{"b"}, []string{"a", "c", "d", "b"}},
+		{[]string{"e"}, []string{"a", "e"}},
+		{[]string{"c", "e"}, []string{"a", "c", "e"}},
+	} {
+		p, err := f.Plan(tc.only...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.Names(); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("--only %v: %v, want %v", tc.only, got, tc.want)
+		}
+	}
+	if _, err := f.Plan("zz"); err == nil || !strings.Contains(err.Error(), "images: a, b, c, d, e") {
+		t.Errorf("unknown --only: %v", err)
+	}
+	if got := f.Image("d").Needs(); !reflect.DeepEqual(got, []string{"a", "c"}) {
+		t.Errorf("needs %v", got)
+	}
+}
+
+func TestSplitWords(t *testing.T) {
+	for in, want := range map[string][]string{
+		`a b  c`:              {"a", "b", "c"},
+		`'a b' "c \"d\"" e\ f`: {"a b", `c "d"`, "e f"},
+		`x''y ""`:             {"xy", ""},
+		``:                    nil,
+	} {
+		got, err := splitWords(in)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("%q: %q %v, want %q", in, got, err, want)
+		}
+	}
+}
+
+func TestParseSubstitutionFlags(t *testing.T) {
+	m, err := ParseSubstitutions([]string{"A=1", "B=x=y", "A=2"})
+	if err != nil || !reflect.DeepEqual(m, map[string]string{"A": "2", "B": "x=y"}) {
+		t.Errorf("%v %v", m, err)
+	}
+	if _, err := ParseSubstitutions([]string{"novalue"}); err == nil {
+		t.Error("accepted KEY without =")
+	}
+}
