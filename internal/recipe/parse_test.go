@@ -324,10 +324,10 @@ e: {from: {type: built, tag: a}}
 
 func TestSplitWords(t *testing.T) {
 	for in, want := range map[string][]string{
-		`a b  c`:              {"a", "b", "c"},
+		`a b  c`:               {"a", "b", "c"},
 		`'a b' "c \"d\"" e\ f`: {"a b", `c "d"`, "e f"},
-		`x''y ""`:             {"xy", ""},
-		``:                    nil,
+		`x''y ""`:              {"xy", ""},
+		``:                     nil,
 	} {
 		got, err := splitWords(in)
 		if err != nil || !reflect.DeepEqual(got, want) {
