@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # make fuzz [FUZZTIME=30s]: run every Go fuzz target for FUZZTIME each.
+# Targets are found with go test -list, so a new Fuzz* function (for example
+# recipe's FuzzParse over vessel.yaml) is picked up without editing this file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t=${1:-30s}

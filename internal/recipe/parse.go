@@ -79,7 +79,11 @@ func Parse(name string, b []byte, opts Options) (*File, error) {
 		if err.Error() == "EOF" {
 			return nil, &Error{File: name, Kind: ErrSyntax, Msg: "no images defined"}
 		}
-		return nil, &Error{File: name, Kind: ErrSyntax, Msg: "not valid YAML", Err: p.fixYAMLError(err)}
+		e := &Error{File: name, Kind: ErrSyntax, Msg: "not valid YAML", Err: p.fixYAMLError(err)}
+		if m := yamlLine.FindStringSubmatch(e.Err.Error()); m != nil {
+			e.Line, _ = strconv.Atoi(m[1])
+		}
+		return nil, e
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
@@ -104,7 +108,7 @@ func Parse(name string, b []byte, opts Options) (*File, error) {
 			continue
 		}
 		if l, dup := seen[key]; dup {
-			p.fail(kv.k, key, "", ErrDuplicate, "image %q defined twice (lines %d and %d)", key, l, p.line(kv.k))
+			p.fail(kv.k, "", "", ErrDuplicate, "image %q defined twice (lines %d and %d)", key, l, p.line(kv.k))
 			continue
 		}
 		seen[key] = p.line(kv.k)

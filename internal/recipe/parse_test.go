@@ -160,7 +160,7 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate key", "a:\n  from: {type: scratch}\n  run: x\n  run: y\n", ErrDuplicate, 4, []string{"lines 3 and 4"}},
 		{"full_command conflict", "a:\n  from: {type: scratch}\n  entrypoint: x\n  full_command: y\n", ErrSyntax, 1, []string{"full_command", "line 4"}},
 		{"import and imports", "a:\n  from: {type: scratch}\n  import: [x]\n  imports: [y]\n", ErrSyntax, 4, []string{"not both"}},
-		{"bad yaml", "a:\n  from: [\n", ErrSyntax, 0, []string{"not valid YAML"}},
+		{"bad yaml", "a:\n  from: [\n", ErrSyntax, 2, []string{"not valid YAML"}},
 		{"empty", "", ErrSyntax, 0, []string{"no images"}},
 		{"not a map", "- a\n", ErrSyntax, 1, []string{"must be a mapping"}},
 		{"bad name", "\"a b\":\n  from: {type: scratch}\n", ErrSyntax, 1, []string{"bad image name"}},
