@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/manifest"
+	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 )
@@ -25,7 +26,7 @@ key; verification checks the signature, the certificate chain up to the
 manifest-signing CA, revocation, the product ID and the version, and is the
 gate every later stage passes through. See docs/manifest.md.`,
 	}
-	c.AddCommand(manifestBuildCmd(g), manifestSignCmd(g), manifestVerifyCmd(g), manifestExtractCmd(g))
+	c.AddCommand(manifestBuildCmd(g), manifestSignCmd(g), manifestVerifyCmd(g), manifestExtractCmd(g), manifestPushCmd(g))
 	return c
 }
 
@@ -299,5 +300,68 @@ the openssl commands that check them independently.`,
 		},
 	}
 	c.Flags().StringVarP(&dir, "dir", "d", "", "output directory")
+	return c
+}
+
+func manifestPushCmd(g *globals) *cobra.Command {
+	var rf registryFlags
+	var noImages bool
+	c := &cobra.Command{
+		Use:   "push SIGNED docker://HOST/REPO[:TAG]",
+		Short: "Publish a signed manifest (and its images) to a registry as an OCI artifact",
+		Long: `push publishes a signed manifest so that 'vessel install' can find it:
+first every image the manifest pins, from the store to the same repository by
+digest (unless --no-images); then the manifest's exact bytes as an OCI
+artifact (artifactType application/vnd.vessel.system-manifest.v1+json) under
+the tag; then the signature and certificate chain as a referrer of that
+artifact (OCI 1.1 referrers API, or the sha256-<hex> tag on registries
+without it). It verifies nothing: installers do.` + registryHelp,
+		Example: `  vessel manifest push manifest.signed docker://registry.example.com/acme/product:3
+  vessel manifest push manifest.signed docker://127.0.0.1:5000/acme/product:stable --plain-http --no-images`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ref, err := registry.ParseReference(args[1])
+			if err != nil {
+				return usageError{err.Error()}
+			}
+			signed, err := os.ReadFile(args[0])
+			if err != nil {
+				return fmt.Errorf("manifest push: %w", err)
+			}
+			var st *store.Store
+			if !noImages {
+				if st, err = g.openStore(); err != nil {
+					return err
+				}
+			}
+			c, finish, err := rf.client(cmd, g)
+			if err != nil {
+				return err
+			}
+			res, err := c.PushSigned(cmd.Context(), signed, ref, st)
+			finish()
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), struct {
+					Event string `json:"event"`
+					*registry.SignedPush
+				}{"result", res})
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "pushed %s to %s\n  manifest %s\n  signature %s", args[0], res.Ref, res.Manifest.Digest, res.Signature.Digest)
+			if res.FallbackTag != "" {
+				fmt.Fprintf(w, " (referrers tag %s)", res.FallbackTag)
+			}
+			fmt.Fprintln(w)
+			for _, r := range res.Images {
+				fmt.Fprintf(w, "  image %s (%d blobs, %s transferred)\n", r.Descriptor.Digest, r.Blobs, humanSize(r.Transferred))
+			}
+			return nil
+		},
+	}
+	rf.add(c)
+	c.Flags().BoolVar(&noImages, "no-images", false, "push only the manifest and its signature, not the images it pins")
 	return c
 }

@@ -23,7 +23,9 @@ type Credentials struct {
 	IdentityToken string
 }
 
-func (c Credentials) empty() bool { return c.Username == "" && c.Password == "" && c.IdentityToken == "" }
+func (c Credentials) empty() bool {
+	return c.Username == "" && c.Password == "" && c.IdentityToken == ""
+}
 
 // AuthFiles returns the credential files looked at, in order:
 // $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,

@@ -123,8 +123,8 @@ type request struct {
 	noRetry bool  // the caller retries itself
 }
 
-func pullScope(repo string) string     { return "repository:" + repo + ":pull" }
-func pushScope(repo string) string     { return "repository:" + repo + ":pull,push" }
+func pullScope(repo string) string { return "repository:" + repo + ":pull" }
+func pushScope(repo string) string { return "repository:" + repo + ":pull,push" }
 func (c *Client) scheme() string {
 	if c.opts.PlainHTTP {
 		return "http"

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vesselos/vessel/internal/registry"
+	"github.com/vesselos/vessel/internal/trust"
+)
+
+func init() { addCommand(installCmd) }
+
+func installCmd(g *globals) *cobra.Command {
+	var rf registryFlags
+	var caPath, pid, crlPath, imageRepo, at string
+	c := &cobra.Command{
+		Use:   "install docker://HOST/REPO[:TAG|@DIGEST] --ca CA.pem",
+		Short: "Fetch, verify and install a signed system manifest and its images",
+		Long: `install fetches the system manifest published with 'vessel manifest push',
+finds its signature (OCI referrers API, or the sha256-<hex> tag on registries
+without it) and verifies it like 'vessel manifest verify': chain to --ca only,
+revocation (--crl), product (--product-id) and no rollback. It then pulls
+every image the manifest pins, by digest, from the same repository (or
+--image-repo), verifies each down to every verity block, tags them in the
+store as system/NAME:vVERSION, and only then records the manifest as current:
+<root>/system/current.json and <root>/system/manifests/<digest>.signed, and its
+version in <root>/trust/versions.json.
+
+Nothing that failed verification is recorded; what was current stays current
+until the new system is complete. An interrupted install (network, power,
+Ctrl-C) is finished by running the same command again: blobs already in the
+store are kept and partial downloads continue where they stopped.` + registryHelp,
+		Example: `  vessel install docker://registry.example.com/acme/product:stable --ca manifest-ca.pem
+  vessel install docker://127.0.0.1:5000/acme/product:3 --ca manifest-ca.pem \
+      --product-id 0f8fad5b-d9cb-469f-a165-70867728950e --plain-http --json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if caPath == "" {
+				return usageError{"install: --ca is required (the manifest-signing CA certificate)"}
+			}
+			ref, err := registry.ParseReference(args[0])
+			if err != nil {
+				return usageError{err.Error()}
+			}
+			opts := registry.InstallOptions{Trust: trust.Options{ProductID: pid}}
+			if opts.Trust.CAs, err = trust.LoadCerts(caPath); err != nil {
+				return fmt.Errorf("install: %w", err)
+			}
+			if crlPath != "" {
+				b, err := os.ReadFile(crlPath)
+				if err != nil {
+					return fmt.Errorf("install: %w", err)
+				}
+				if opts.Trust.CRL, err = trust.ParseCRL(b); err != nil {
+					return fmt.Errorf("install: CRL %s: %w", crlPath, err)
+				}
+			}
+			if at != "" {
+				if opts.Trust.At, err = time.Parse(time.RFC3339, at); err != nil {
+					return usageError{"install: --at: want RFC 3339 time like 2030-01-01T00:00:00Z"}
+				}
+			}
+			if imageRepo != "" {
+				r, err := registry.ParseReference(imageRepo)
+				if err != nil {
+					return usageError{"install: --image-repo: " + err.Error()}
+				}
+				opts.ImageRepo = &r
+			}
+			st, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			c, finish, err := rf.client(cmd, g)
+			if err != nil {
+				return err
+			}
+			cur, err := c.Install(cmd.Context(), st, ref, opts)
+			finish()
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), struct {
+					Event string `json:"event"`
+					*registry.Current
+				}{"result", cur})
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "installed product %s version %d (%s), signed by %q\n", cur.Product, cur.Version, cur.Digest, cur.Signer)
+			for _, img := range cur.Images {
+				fmt.Fprintf(w, "  %s: %s verified, tagged %s\n", img.Name, img.Digest, img.Tag)
+			}
+			if cur.Previous != "" && cur.Previous != cur.Digest {
+				fmt.Fprintf(w, "  previous: %s\n", cur.Previous)
+			}
+			return nil
+		},
+	}
+	rf.add(c)
+	c.Flags().StringVar(&caPath, "ca", "", "manifest-signing CA certificate(s) to trust (PEM)")
+	c.Flags().StringVar(&pid, "product-id", "", "require this product UUID")
+	c.Flags().StringVar(&crlPath, "crl", "", "revocation list from the CA (PEM or DER)")
+	c.Flags().StringVar(&at, "at", "", "verify at this time (RFC 3339) instead of now")
+	c.Flags().StringVar(&imageRepo, "image-repo", "", "pull the images from this docker://HOST/REPO instead of the manifest's repository")
+	return c
+}

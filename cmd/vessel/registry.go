@@ -1,0 +1,343 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/registry"
+)
+
+func init() {
+	addCommand(pushCmd)
+	addCommand(pullCmd)
+	addCommand(copyCmd)
+}
+
+const registryHelp = `
+Registry references are docker://HOST/REPO[:TAG|@sha256:DIGEST]. Credentials
+come from --creds, --authfile, $REGISTRY_AUTH_FILE,
+$XDG_RUNTIME_DIR/containers/auth.json or ~/.docker/config.json (basic and
+bearer token flows). TLS uses the system roots plus --ca-file; --insecure
+skips certificate checks and --plain-http talks plain HTTP (development
+registries on loopback only: it is never implied).
+
+Progress bars go to stderr on a terminal; --json prints one event per line
+and a final {"event":"result",...} line. See docs/registry.md.`
+
+// registryFlags are the connection flags every registry command takes.
+type registryFlags struct {
+	plainHTTP, insecure     bool
+	caFile, authFile, creds string
+	jobs                    int
+}
+
+func (f *registryFlags) add(c *cobra.Command) {
+	c.Flags().BoolVar(&f.plainHTTP, "plain-http", false, "talk plain HTTP to the registry (loopback development registries)")
+	c.Flags().BoolVar(&f.insecure, "insecure", false, "accept any TLS certificate from the registry")
+	c.Flags().StringVar(&f.caFile, "ca-file", "", "also trust these PEM CA certificates for the registry's TLS")
+	c.Flags().StringVar(&f.authFile, "authfile", "", "read credentials only from this auth.json")
+	c.Flags().StringVar(&f.creds, "creds", "", "USER:PASSWORD for the registry (instead of an auth file)")
+	c.Flags().IntVar(&f.jobs, "jobs", 4, "blobs transferred at once")
+}
+
+// client builds a registry client whose progress goes to the command's
+// outputs; finish stops the progress display.
+func (f *registryFlags) client(cmd *cobra.Command, g *globals) (*registry.Client, func(), error) {
+	opts := registry.Options{PlainHTTP: f.plainHTTP, Insecure: f.insecure, CAFile: f.caFile, AuthFile: f.authFile, Jobs: f.jobs}
+	if f.creds != "" {
+		u, p, ok := strings.Cut(f.creds, ":")
+		if !ok {
+			return nil, nil, usageError{"--creds: want USER:PASSWORD"}
+		}
+		opts.Credentials = &registry.Credentials{Username: u, Password: p}
+	}
+	finish := func() {}
+	switch {
+	case g.json:
+		enc := json.NewEncoder(cmd.OutOrStdout())
+		opts.Progress = func(e registry.Event) { enc.Encode(e) }
+	case isTerminal(cmd.ErrOrStderr()):
+		b := &bars{w: cmd.ErrOrStderr(), start: time.Now()}
+		opts.Progress = b.event
+		finish = b.finish
+	}
+	c, err := registry.New(opts)
+	return c, finish, err
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// location parses a command-line location and opens the store only when
+// the location is in it.
+func (g *globals) location(s string) (registry.Endpoint, error) {
+	e, err := registry.ParseLocation(s, nil)
+	if err != nil {
+		return e, usageError{err.Error()}
+	}
+	if e.IsStore() {
+		st, err := g.openStore()
+		if err != nil {
+			return e, err
+		}
+		e = e.WithStore(st)
+	}
+	return e, nil
+}
+
+// printResult prints a copy's outcome: one line, or the final JSON event.
+func printResult(cmd *cobra.Command, g *globals, verb string, r *registry.Result) error {
+	if g.json {
+		return json.NewEncoder(cmd.OutOrStdout()).Encode(struct {
+			Event string `json:"event"`
+			*registry.Result
+		}{"result", r})
+	}
+	var extra []string
+	if r.Existing > 0 {
+		extra = append(extra, fmt.Sprintf("%d already there", r.Existing))
+	}
+	if r.Mounted > 0 {
+		extra = append(extra, fmt.Sprintf("%d mounted", r.Mounted))
+	}
+	more := ""
+	if len(extra) > 0 {
+		more = ", " + strings.Join(extra, ", ")
+	}
+	_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s %s to %s\n  %s, %d blobs, %s, %s transferred%s\n", verb, r.Source, r.Destination,
+		r.Descriptor.Digest, r.Blobs, humanSize(r.Bytes), humanSize(r.Transferred), more)
+	return err
+}
+
+func pushCmd(g *globals) *cobra.Command {
+	var rf registryFlags
+	c := &cobra.Command{
+		Use:   "push IMAGE docker://HOST/REPO[:TAG]",
+		Short: "Push an image from the store (or an OCI layout) to a registry",
+		Long: `push copies an image to a registry with its exact bytes: the digest in the
+registry is the digest in the store. Blobs the registry already has are
+skipped, blobs in another repository of the same registry are mounted, and
+the tag is set last.` + registryHelp,
+		Example: `  vessel push demo:1 docker://registry.example.com/acme/demo:1
+  vessel push demo:1 docker://127.0.0.1:5000/demo:1 --plain-http
+  vessel push oci:./layout:v1 docker://registry.example.com/acme/demo:v1 --authfile auth.json`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := g.location(args[0])
+			if err != nil {
+				return err
+			}
+			dst, err := g.location(args[1])
+			if err != nil {
+				return err
+			}
+			if _, ok := dst.IsRegistry(); !ok {
+				return usageError{"push: the destination must be docker://HOST/REPO[:TAG] (use 'vessel copy' for other destinations)"}
+			}
+			return runCopy(cmd, g, &rf, "pushed", src, dst, false)
+		},
+	}
+	rf.add(c)
+	return c
+}
+
+func pullCmd(g *globals) *cobra.Command {
+	var rf registryFlags
+	var verify bool
+	c := &cobra.Command{
+		Use:   "pull docker://HOST/REPO[:TAG|@DIGEST] [NAME[:TAG]]",
+		Short: "Pull an image from a registry into the store",
+		Long: `pull copies an image from a registry into the store with its exact bytes.
+Each blob is checked against its digest and size before it enters the store;
+an interrupted pull keeps what it received (under <root>/tmp) and the next
+pull continues it with a Range request. The store name defaults to the
+repository and tag (for a digest: the repository and sha256-<12 hex>).
+--verify then checks every layer block against its verity root hash.` + registryHelp,
+		Example: `  vessel pull docker://registry.example.com/acme/demo:1
+  vessel pull docker://127.0.0.1:5000/demo@sha256:0f1e... demo:pinned --plain-http --verify`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := g.location(args[0])
+			if err != nil {
+				return err
+			}
+			ref, ok := src.IsRegistry()
+			if !ok {
+				return usageError{"pull: the source must be docker://HOST/REPO[:TAG|@DIGEST] (use 'vessel copy' for other sources)"}
+			}
+			name := ref.Repo + ":" + ref.Tag
+			if ref.Digest != "" {
+				name = ref.Repo + ":sha256-" + ref.Digest.Encoded()[:12]
+			}
+			if len(args) == 2 {
+				name = args[1]
+			}
+			dst, err := g.location(name)
+			if err != nil {
+				return err
+			}
+			if !dst.IsStore() {
+				return usageError{"pull: the destination is a store NAME[:TAG] (use 'vessel copy' for other destinations)"}
+			}
+			return runCopy(cmd, g, &rf, "pulled", src, dst, verify)
+		},
+	}
+	rf.add(c)
+	c.Flags().BoolVar(&verify, "verify", false, "after the pull, verify every layer block against its verity root hash")
+	return c
+}
+
+func copyCmd(g *globals) *cobra.Command {
+	var rf registryFlags
+	c := &cobra.Command{
+		Use:   "copy SRC DST",
+		Short: "Copy an image between registries, OCI layouts and the store",
+		Long: `copy moves an image (a manifest or an index, with everything it references)
+between any two of: docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG] and a
+store NAME[:TAG]. Manifests keep their exact bytes, so digests never change;
+every blob is checked on the way. Between two repositories of one registry,
+blobs are mounted instead of copied.` + registryHelp,
+		Example: `  vessel copy docker://registry.example.com/acme/demo:1 oci:./demo-layout:1
+  vessel copy oci:./demo-layout:1 demo:1
+  vessel copy docker://reg-a.example.com/acme/demo:1 docker://reg-b.example.com/mirror/demo:1`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := g.location(args[0])
+			if err != nil {
+				return err
+			}
+			dst, err := g.location(args[1])
+			if err != nil {
+				return err
+			}
+			return runCopy(cmd, g, &rf, "copied", src, dst, false)
+		},
+	}
+	rf.add(c)
+	return c
+}
+
+func runCopy(cmd *cobra.Command, g *globals, rf *registryFlags, verb string, src, dst registry.Endpoint, verify bool) error {
+	c, finish, err := rf.client(cmd, g)
+	if err != nil {
+		return err
+	}
+	res, err := c.Copy(cmd.Context(), src, dst)
+	finish()
+	if err != nil {
+		return err
+	}
+	if verify {
+		st, err := g.openStore()
+		if err != nil {
+			return err
+		}
+		if _, err := image.Verify(st, dst.String(), nil); err != nil {
+			return fmt.Errorf("%s, but verification failed: %w", verb, err)
+		}
+	}
+	return printResult(cmd, g, verb, res)
+}
+
+// bars draws one progress bar per active blob and a total on a terminal.
+type bars struct {
+	mu     sync.Mutex
+	w      io.Writer
+	start  time.Time
+	total  int64
+	count  int
+	done   map[digest.Digest]int64
+	sizes  map[digest.Digest]int64
+	active []digest.Digest
+	lines  int
+	last   time.Time
+}
+
+func (b *bars) event(e registry.Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done == nil {
+		b.done, b.sizes = map[digest.Digest]int64{}, map[digest.Digest]int64{}
+	}
+	switch e.Kind {
+	case registry.EventPlan:
+		b.total += e.Size
+		b.count += e.Count
+	case registry.EventStart:
+		b.sizes[e.Digest] = e.Size
+		b.active = append(b.active, e.Digest)
+	case registry.EventProgress:
+		b.done[e.Digest] = e.Done
+	case registry.EventExists, registry.EventBlobDone, registry.EventMounted:
+		b.done[e.Digest] = e.Size
+		for i, d := range b.active {
+			if d == e.Digest {
+				b.active = append(b.active[:i], b.active[i+1:]...)
+				break
+			}
+		}
+	case registry.EventRetry:
+		b.clear()
+		fmt.Fprintf(b.w, "retrying %s: %s\n", shortDigest(e.Digest.String()), e.Error)
+	default:
+		return
+	}
+	if time.Since(b.last) >= 100*time.Millisecond || e.Kind != registry.EventProgress {
+		b.draw()
+	}
+}
+
+func (b *bars) clear() {
+	for ; b.lines > 0; b.lines-- {
+		fmt.Fprint(b.w, "\x1b[1A\x1b[2K")
+	}
+}
+
+func bar(done, size int64, width int) string {
+	n := width
+	if size > 0 {
+		n = int(int64(width) * min(done, size) / size)
+	}
+	return "[" + strings.Repeat("=", n) + strings.Repeat(" ", width-n) + "]"
+}
+
+func (b *bars) draw() {
+	b.last = time.Now()
+	b.clear()
+	for _, d := range b.active {
+		fmt.Fprintf(b.w, "%s %s %9s / %-9s\n", shortDigest(d.String()), bar(b.done[d], b.sizes[d], 30), humanSize(b.done[d]), humanSize(b.sizes[d]))
+		b.lines++
+	}
+	var all int64
+	for _, n := range b.done {
+		all += n
+	}
+	secs := time.Since(b.start).Seconds()
+	fmt.Fprintf(b.w, "total   %s %9s / %-9s %6.1f MB/s\n", bar(all, b.total, 30), humanSize(all), humanSize(b.total), float64(all)/1e6/max(secs, 0.001))
+	b.lines++
+}
+
+func (b *bars) finish() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done != nil {
+		b.active = nil
+		b.draw()
+	}
+}
