@@ -230,6 +230,9 @@ func (c *Client) FetchSigned(ctx context.Context, ref Reference) (*Fetched, erro
 	}
 	for _, r := range refs {
 		signed, err := c.assembleSigned(ctx, ref, desc.Digest, r, f.Payload)
+		if errors.Is(err, errNotSignature) {
+			continue
+		}
 		if err != nil {
 			f.SignatureErrors = append(f.SignatureErrors, fmt.Errorf("signature %s: %w", r.Digest, err))
 			continue
@@ -239,6 +242,8 @@ func (c *Client) FetchSigned(ctx context.Context, ref Reference) (*Fetched, erro
 	}
 	return f, nil
 }
+
+var errNotSignature = errors.New("not a vessel signature")
 
 func (c *Client) assembleSigned(ctx context.Context, ref Reference, subject digest.Digest, r ocispec.Descriptor, payload []byte) ([]byte, error) {
 	if err := checkDesc(r); err != nil {
@@ -251,6 +256,9 @@ func (c *Client) assembleSigned(ctx context.Context, ref Reference, subject dige
 	var sm ocispec.Manifest
 	if err := json.Unmarshal(b, &sm); err != nil {
 		return nil, err
+	}
+	if sm.ArtifactType != SignatureArtifactType {
+		return nil, errNotSignature
 	}
 	if sm.Subject == nil || sm.Subject.Digest != subject {
 		return nil, errors.New("its subject is not this manifest")

@@ -137,7 +137,10 @@ func (c *Client) Referrers(ctx context.Context, ref Reference, subject digest.Di
 	}
 	var out []ocispec.Descriptor
 	for _, d := range idx.Manifests {
-		if artifactType == "" || d.ArtifactType == artifactType {
+		// Registries written before OCI 1.1 was final report the config media
+		// type as the artifact type: keep those as candidates too; callers
+		// read the manifest and check its own artifactType.
+		if artifactType == "" || d.ArtifactType == artifactType || d.ArtifactType == "" || d.ArtifactType == ocispec.MediaTypeEmptyJSON {
 			out = append(out, d)
 		}
 	}
