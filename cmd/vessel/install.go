@@ -84,7 +84,7 @@ store are kept and partial downloads continue where they stopped.` + registryHel
 				return err
 			}
 			if g.json {
-				return printJSON(cmd.OutOrStdout(), struct {
+				return printEvent(cmd.OutOrStdout(), struct {
 					Event string `json:"event"`
 					*registry.Current
 				}{"result", cur})

@@ -344,7 +344,7 @@ without it). It verifies nothing: installers do.` + registryHelp,
 				return err
 			}
 			if g.json {
-				return printJSON(cmd.OutOrStdout(), struct {
+				return printEvent(cmd.OutOrStdout(), struct {
 					Event string `json:"event"`
 					*registry.SignedPush
 				}{"result", res})

@@ -101,10 +101,14 @@ func (g *globals) location(s string) (registry.Endpoint, error) {
 	return e, nil
 }
 
+// printEvent writes v as one compact JSON line (the last line of a --json
+// event stream).
+func printEvent(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
+
 // printResult prints a copy's outcome: one line, or the final JSON event.
 func printResult(cmd *cobra.Command, g *globals, verb string, r *registry.Result) error {
 	if g.json {
-		return json.NewEncoder(cmd.OutOrStdout()).Encode(struct {
+		return printEvent(cmd.OutOrStdout(), struct {
 			Event string `json:"event"`
 			*registry.Result
 		}{"result", r})

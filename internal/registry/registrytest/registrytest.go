@@ -67,6 +67,9 @@ func Start(t testing.TB, opts Options) *Distribution {
 
 // New writes a registry configuration in dir for a free loopback port.
 func New(dir string, opts Options) (*Distribution, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
 	port, err := freePort()
 	if err != nil {
 		return nil, err

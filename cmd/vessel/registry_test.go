@@ -1,0 +1,57 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/vesselos/vessel/internal/registry/registrytest"
+)
+
+// TestRegistryScript runs the registry and install stories
+// (testdata/script/registry*.txtar, install*.txtar) each against its own
+// docker-registry on a free loopback port ($REGISTRY). TestScript runs the
+// same files without a registry; they skip there ([!registry]).
+func TestRegistryScript(t *testing.T) {
+	if !registrytest.Available() {
+		t.Skipf("%s is not installed (Debian package docker-registry; run 'make deps')", registrytest.Binary)
+	}
+	var files []string
+	for _, pat := range []string{"registry*.txtar", "install*.txtar"} {
+		m, _ := filepath.Glob(filepath.Join("testdata", "script", pat))
+		files = append(files, m...)
+	}
+	testscript.Run(t, testscript.Params{
+		Files: files,
+		Setup: func(e *testscript.Env) error {
+			e.Setenv("VESSEL_ROOT", e.WorkDir+"/store")
+			e.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+			d, err := registrytest.New(filepath.Join(e.WorkDir, ".registry"), registrytest.Options{})
+			if err != nil {
+				return err
+			}
+			if err := d.Start(); err != nil {
+				return err
+			}
+			e.Defer(d.Stop)
+			e.Setenv("REGISTRY", d.Host)
+			return nil
+		},
+		Condition: func(cond string) (bool, error) {
+			switch cond {
+			case "registry":
+				return true, nil
+			case "root":
+				return os.Geteuid() == 0, nil
+			}
+			if len(cond) > 5 && cond[:5] == "tool:" {
+				_, err := exec.LookPath(cond[5:])
+				return err == nil, nil
+			}
+			return false, nil
+		},
+	})
+}
