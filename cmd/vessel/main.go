@@ -60,8 +60,11 @@ func run(args []string) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
 	var ee exitError
+	if errors.As(err, &ee) && ee.err == nil {
+		return ee.code // a container's exit code: nothing to report
+	}
+	fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
 	if errors.As(err, &ee) {
 		return ee.code
 	}

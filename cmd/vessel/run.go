@@ -1,0 +1,218 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselos/vessel/internal/container"
+	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/runtime"
+)
+
+func init() {
+	addCommand(runCmd)
+	addCommand(runtimeCmd)
+}
+
+// launcher finds a working OCI runtime (want "" picks one) and returns a
+// container launcher over the run directory.
+func (g *globals) launcher(cmd *cobra.Command, want string) (*container.Launcher, error) {
+	rt, _, err := runtime.Detect(cmd.Context(), want, filepath.Join(g.runDir(), "runtime"))
+	if err != nil {
+		return nil, fmt.Errorf("%w (vessel runtime shows what was tried)", err)
+	}
+	return &container.Launcher{Mounts: g.mounter(), Runtime: rt}, nil
+}
+
+func runCmd(g *globals) *cobra.Command {
+	var (
+		cfg                  runtime.Config
+		name, runtimeName    string
+		interactive, tty, rm bool
+		volumes              []string
+	)
+	c := &cobra.Command{
+		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
+		Short: "Run a command in a container on a fresh, verified root filesystem",
+		Long: `Run a container from IMAGE. Its root filesystem is mounted fresh from the
+image's verified layers with an empty writable layer on top, and thrown
+away when the container exits: every run starts from exactly the image.
+Only --volume directories persist.
+
+The container runs through an OCI runtime (runc or crun, whichever works
+here; --runtime picks one). By default it gets its own network namespace
+with only loopback (--network host shares the host's), the runtime's usual
+capability set for an unprivileged container (narrow or widen it with
+--cap-drop and --cap-add) and no_new_privs.
+
+COMMAND defaults to the image's entrypoint and cmd. The container's exit
+code becomes vessel's (128+N when signal N killed it); SIGINT and SIGTERM
+are passed on to the container. -it gives an interactive terminal.
+Containers never outlive the command, so --rm is always in effect.`,
+		Example: `  vessel run demo:1 /bin/echo hello
+  vessel run -it demo:1 /bin/sh
+  vessel run --network host -e PORT=8080 demo:1
+  vessel run --read-only --cap-drop ALL --user 1000:1000 demo:1 id
+  vessel run -v /srv/data:/data demo:1 ls /data`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_ = rm
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			img, err := mount.Resolve(s, args[0])
+			if err != nil {
+				return err
+			}
+			if name == "" {
+				b := make([]byte, 6)
+				rand.Read(b)
+				name = "run-" + hex.EncodeToString(b)
+			}
+			a, env, user, cwd := runtime.FromImage(img.Config.Config, args[1:])
+			if len(args) > 1 {
+				a = append(append([]string(nil), img.Config.Config.Entrypoint...), args[1:]...)
+			}
+			cfg.Args = a
+			cfg.Env = mergeEnvFlags(env, cfg.Env)
+			if cfg.User == "" {
+				cfg.User = user
+			}
+			if cfg.Cwd == "" {
+				cfg.Cwd = cwd
+			}
+			for _, v := range volumes {
+				b, err := parseVolume(v)
+				if err != nil {
+					return err
+				}
+				cfg.Mounts = append(cfg.Mounts, b)
+			}
+			stdio := runtime.Stdio{Stdout: os.Stdout, Stderr: os.Stderr}
+			if interactive {
+				stdio.Stdin = os.Stdin
+			}
+			if tty {
+				if _, err := unix.IoctlGetTermios(int(os.Stdin.Fd()), unix.TCGETS); err != nil {
+					return usageError{"run -t: the input is not a terminal (drop -t, or run from a terminal)"}
+				}
+				cfg.Terminal = true
+			}
+			l, err := g.launcher(cmd, runtimeName)
+			if err != nil {
+				return err
+			}
+			code, err := l.Run(cmd.Context(), container.Spec{ID: name, Image: img, Config: cfg}, stdio)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitError{code: code}
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.SetInterspersed(false) // flags after IMAGE belong to COMMAND
+	f.StringVar(&name, "name", "", "container name (default run-RANDOM)")
+	f.BoolVar(&rm, "rm", true, "remove the container when it exits (always; accepted for familiarity)")
+	f.BoolVarP(&interactive, "interactive", "i", false, "connect stdin")
+	f.BoolVarP(&tty, "tty", "t", false, "allocate a terminal (stdin must be one)")
+	f.StringArrayVarP(&cfg.Env, "env", "e", nil, "set an environment variable KEY=VALUE (repeatable)")
+	f.StringVarP(&cfg.User, "user", "u", "", "run as UID[:GID] or NAME[:GROUP] (default: the image's user)")
+	f.StringVarP(&cfg.Cwd, "workdir", "w", "", "working directory inside the container")
+	f.StringArrayVar(&cfg.CapAdd, "cap-add", nil, "add a capability, e.g. NET_ADMIN or ALL (repeatable)")
+	f.StringArrayVar(&cfg.CapDrop, "cap-drop", nil, "drop a capability, e.g. NET_RAW or ALL (repeatable)")
+	f.StringVar(&cfg.Network, "network", "none", "none (own namespace, loopback only) or host")
+	f.BoolVar(&cfg.ReadOnly, "read-only", false, "mount the root filesystem read-only")
+	f.StringArrayVarP(&volumes, "volume", "v", nil, "bind-mount HOST:CONTAINER[:ro] (repeatable)")
+	f.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
+	return c
+}
+
+func mergeEnvFlags(base, over []string) []string {
+	out := append([]string(nil), base...)
+	for _, kv := range over {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok {
+			kv = k + "=" + os.Getenv(k) // -e KEY passes the caller's value, as docker does
+		}
+		replaced := false
+		for i, e := range out {
+			if ek, _, _ := strings.Cut(e, "="); ek == k {
+				out[i], replaced = kv, true
+			}
+		}
+		if !replaced {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func parseVolume(v string) (runtime.Bind, error) {
+	parts := strings.Split(v, ":")
+	if len(parts) < 2 || len(parts) > 3 || (len(parts) == 3 && parts[2] != "ro" && parts[2] != "rw") {
+		return runtime.Bind{}, usageError{fmt.Sprintf("--volume %q: want HOST:CONTAINER or HOST:CONTAINER:ro", v)}
+	}
+	src, err := filepath.Abs(parts[0])
+	if err != nil {
+		return runtime.Bind{}, err
+	}
+	if _, err := os.Stat(src); err != nil {
+		return runtime.Bind{}, fmt.Errorf("--volume %s: %w", v, err)
+	}
+	if !filepath.IsAbs(parts[1]) {
+		return runtime.Bind{}, usageError{fmt.Sprintf("--volume %q: the container path must be absolute", v)}
+	}
+	return runtime.Bind{Source: src, Target: parts[1], ReadOnly: len(parts) == 3 && parts[2] == "ro"}, nil
+}
+
+func runtimeCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "runtime",
+		Short: "Show which OCI runtime vessel uses and why others were skipped",
+		Long: `Probe the OCI runtimes vessel knows (runc, crun) by really creating and
+deleting a throwaway container with each, and show which one vessel uses.
+A runtime that fails is skipped with the runtime's own error. The result is
+remembered until reboot (in the run directory).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, skipped, err := runtime.Detect(cmd.Context(), "", filepath.Join(g.runDir(), "runtime"))
+			if g.json {
+				out := map[string]any{"skipped": skipped}
+				if err == nil {
+					out["runtime"] = rt
+				} else {
+					out["error"] = err.Error()
+				}
+				if jerr := printJSON(cmd.OutOrStdout(), out); jerr != nil {
+					return jerr
+				}
+				return err
+			}
+			w := cmd.OutOrStdout()
+			printSkipped(w, skipped)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "using %s (%s)\n", rt.Name, rt.Path)
+			return nil
+		},
+	}
+}
+
+func printSkipped(w io.Writer, skipped []runtime.Skipped) {
+	for _, s := range skipped {
+		fmt.Fprintf(w, "skipped %s: %s\n", s.Name, s.Reason)
+	}
+}

@@ -1,0 +1,440 @@
+// Package supervise runs the services of a verified system manifest and
+// keeps them running. Every (re)start of a service gets a fresh root
+// filesystem mounted from its verified image (through package container);
+// only declared volumes persist. Services restart per their policy with
+// exponential backoff, log to one file each, and stop gracefully (SIGTERM,
+// a timeout, SIGKILL) on SIGTERM to the supervisor or `vessel down`.
+//
+// State lives in a per-boot directory (normally /run/vessel/supervise):
+// supervisor.json (who is running which manifest), services/NAME.json
+// (what `vessel ps` shows), logs/NAME.log and control.sock (restart and
+// down requests). A supervisor that crashed leaves containers and mounts
+// behind; the next Up, or Down, removes them first (Recover).
+package supervise
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/container"
+	"github.com/vesselos/vessel/internal/manifest"
+	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/runtime"
+	"github.com/vesselos/vessel/internal/store"
+	"github.com/vesselos/vessel/internal/trust"
+)
+
+// Supervisor runs the services of one manifest.
+type Supervisor struct {
+	Dir      string // state directory
+	Launcher *container.Launcher
+	Store    *store.Store
+	Volumes  string    // named volumes live in Volumes/SERVICE/NAME
+	Log      io.Writer // supervisor messages (nil: discarded)
+
+	StopTimeout time.Duration // SIGTERM to SIGKILL (default 10s)
+	MinBackoff  time.Duration // first restart delay (default 100ms), doubled per failure
+	MaxBackoff  time.Duration // (default 30s)
+	ResetAfter  time.Duration // a run this long resets the backoff (default 10s)
+}
+
+// IDPrefix starts the container id of every service.
+const IDPrefix = "svc-"
+
+type service struct {
+	def     manifest.Service
+	img     *mount.Image
+	cfg     runtime.Config
+	binds   []runtime.Bind
+	restart chan struct{}
+
+	mu sync.Mutex
+	st Status
+}
+
+func (s *Supervisor) logf(format string, args ...any) {
+	if s.Log != nil {
+		fmt.Fprintf(s.Log, "%s "+format+"\n", append([]any{time.Now().Format(time.RFC3339)}, args...)...)
+	}
+}
+
+func (s *Supervisor) defaults() {
+	if s.StopTimeout == 0 {
+		s.StopTimeout = 10 * time.Second
+	}
+	if s.MinBackoff == 0 {
+		s.MinBackoff = 100 * time.Millisecond
+	}
+	if s.MaxBackoff == 0 {
+		s.MaxBackoff = 30 * time.Second
+	}
+	if s.ResetAfter == 0 {
+		s.ResetAfter = 10 * time.Second
+	}
+}
+
+// Lock takes the supervisor lock of dir, held while a supervisor runs. It
+// fails with a message naming the running supervisor if there is one.
+func Lock(dir string) (unlock func(), err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "supervisor.lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if info, rerr := Running(dir); rerr == nil {
+			return nil, fmt.Errorf("vessel up is already running (pid %d, product %s version %d); stop it with vessel down", info.Owner.Pid, info.Product, info.Version)
+		}
+		return nil, fmt.Errorf("another vessel is starting or stopping services in %s; try again", dir)
+	}
+	return func() { f.Close() }, nil
+}
+
+// Recover removes what a supervisor that died left behind: its containers
+// (killed and deleted), their mounts and its state files. The caller holds
+// Lock. It returns a line per thing removed.
+func Recover(ctx context.Context, dir string, l *container.Launcher) ([]string, error) {
+	var done []string
+	var errs []error
+	states, err := l.Runtime.List(ctx)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, st := range states {
+		if len(st.ID) <= len(IDPrefix) || st.ID[:len(IDPrefix)] != IDPrefix {
+			continue
+		}
+		if st.Status == "running" || st.Status == "created" || st.Status == "paused" {
+			_ = l.Runtime.Kill(ctx, st.ID, syscall.SIGKILL)
+		}
+		if err := l.Runtime.Delete(ctx, st.ID, true); err != nil && !errors.Is(err, runtime.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		done = append(done, "container "+st.ID)
+	}
+	removed, err := l.Mounts.Cleanup()
+	done = append(done, removed...)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, p := range []string{supervisorFile(dir), controlSocket(dir)} {
+		if err := os.Remove(p); err == nil {
+			done = append(done, "stale "+filepath.Base(p))
+		}
+	}
+	return done, errors.Join(errs...)
+}
+
+// Up verifies nothing itself: it takes a manifest that passed trust.Verify,
+// resolves every service image in the store (digest-checked), cleans up
+// after a crashed predecessor, starts every service and keeps them running
+// until ctx is cancelled or Down is requested. Then it stops them all and
+// returns once everything is unmounted.
+func (s *Supervisor) Up(ctx context.Context, vm *trust.VerifiedManifest) error {
+	s.defaults()
+	unlock, err := Lock(s.Dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if removed, err := Recover(ctx, s.Dir, s.Launcher); err != nil {
+		return fmt.Errorf("clean up after the previous vessel up: %w", err)
+	} else if len(removed) > 0 {
+		s.logf("cleaned up after a previous supervisor: %v", removed)
+	}
+	m := vm.Manifest()
+	services, err := s.prepare(m)
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{servicesDir(s.Dir), filepath.Join(s.Dir, "logs")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	old, _ := filepath.Glob(filepath.Join(servicesDir(s.Dir), "*.json"))
+	for _, p := range old {
+		os.Remove(p)
+	}
+	info := Info{Owner: mount.Self(), Product: vm.ProductID(), Version: vm.Version(), Manifest: vm.Digest().String(), Started: time.Now().UTC()}
+	for _, sv := range services {
+		info.Services = append(info.Services, sv.def.Name)
+	}
+	if err := writeJSON(supervisorFile(s.Dir), info); err != nil {
+		return err
+	}
+	defer os.Remove(supervisorFile(s.Dir))
+
+	ctx, down := context.WithCancel(ctx)
+	defer down()
+	stopControl, err := s.serveControl(ctx, services, down)
+	if err != nil {
+		return err
+	}
+	defer stopControl()
+
+	s.logf("up: product %s version %d (%s), %d services", info.Product, info.Version, info.Manifest, len(services))
+	var wg sync.WaitGroup
+	for _, sv := range services {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.loop(ctx, sv)
+		}()
+	}
+	wg.Wait()
+	s.logf("down: every service stopped and unmounted")
+	return nil
+}
+
+// prepare resolves images and turns each service into a container config.
+func (s *Supervisor) prepare(m *manifest.Manifest) ([]*service, error) {
+	var out []*service
+	for _, def := range m.Services {
+		if len(def.Ports) > 0 {
+			return nil, fmt.Errorf("service %s: publishing ports (network private) is not implemented yet; use network: host", def.Name)
+		}
+		img, err := mount.ResolveDescriptor(s.Store, ocispec.Descriptor{MediaType: def.Image.MediaType, Digest: def.Image.Digest, Size: def.Image.Size})
+		if err != nil {
+			return nil, fmt.Errorf("service %s: image %s: %w (pull it or create it first)", def.Name, def.Image.Digest, err)
+		}
+		img.Name = def.Image.Ref
+		if img.Name == "" {
+			img.Name = def.Image.Digest.String()
+		}
+		cfg, err := Config(def, img.Config.Config)
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range def.Volumes {
+			src := filepath.Join(s.Volumes, def.Name, v.Name)
+			if err := os.MkdirAll(src, 0o755); err != nil {
+				return nil, fmt.Errorf("service %s: volume %s: %w", def.Name, v.Name, err)
+			}
+			cfg.Mounts = append(cfg.Mounts, runtime.Bind{Source: src, Target: v.Path})
+		}
+		out = append(out, &service{
+			def: def, img: img, cfg: cfg, restart: make(chan struct{}, 1),
+			st: Status{Name: def.Name, State: StateStarting, Image: img.Name, Digest: def.Image.Digest.String(), Restart: def.Restart},
+		})
+	}
+	return out, nil
+}
+
+// Config turns a service definition and its image's config into a
+// container config. Command replaces the image's entrypoint (and cmd);
+// Args replace the image's cmd. Env entries override the image's.
+func Config(def manifest.Service, img ocispec.ImageConfig) (runtime.Config, error) {
+	args, env, user, cwd := runtime.FromImage(img, nil)
+	switch {
+	case len(def.Command) > 0:
+		args = append(append([]string(nil), def.Command...), def.Args...)
+	case len(def.Args) > 0:
+		args = append(append([]string(nil), img.Entrypoint...), def.Args...)
+	}
+	if len(args) == 0 {
+		return runtime.Config{}, fmt.Errorf("service %s: neither the manifest nor the image says what to run", def.Name)
+	}
+	env = mergeEnv(env, def.Env)
+	if def.User != "" {
+		user = def.User
+	}
+	network := def.Network
+	if network == manifest.NetworkPrivate {
+		network = runtime.NetworkNone
+	}
+	var caps []string
+	if len(def.Capabilities) > 0 {
+		caps = def.Capabilities
+	}
+	return runtime.Config{
+		Args: args, Env: env, User: user, Cwd: cwd, Hostname: def.Name,
+		Capabilities: caps, Network: network, ReadOnly: def.ReadOnly,
+	}, nil
+}
+
+func mergeEnv(base, over []string) []string {
+	out := append([]string(nil), base...)
+	for _, kv := range over {
+		k, _, _ := cut(kv)
+		replaced := false
+		for i, e := range out {
+			if ek, _, _ := cut(e); ek == k {
+				out[i], replaced = kv, true
+			}
+		}
+		if !replaced {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func cut(kv string) (string, string, bool) {
+	for i := 0; i < len(kv); i++ {
+		if kv[i] == '=' {
+			return kv[:i], kv[i+1:], true
+		}
+	}
+	return kv, "", false
+}
+
+func (sv *service) update(f func(*Status)) Status {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	f(&sv.st)
+	return sv.st
+}
+
+func (s *Supervisor) save(sv *service, f func(*Status)) {
+	st := sv.update(f)
+	if err := writeJSON(statusFile(s.Dir, st.Name), st); err != nil {
+		s.logf("service %s: saving state: %v", st.Name, err)
+	}
+}
+
+type result struct {
+	code int
+	err  error
+}
+
+// loop runs one service until ctx ends: start, wait, restart per policy.
+func (s *Supervisor) loop(ctx context.Context, sv *service) {
+	name := sv.def.Name
+	id := IDPrefix + name
+	logPath := LogFile(s.Dir, name)
+	failures := 0
+	for {
+		logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC, 0o644)
+		if err != nil {
+			s.save(sv, func(st *Status) { st.State, st.Error = StateFailed, err.Error() })
+			return
+		}
+		fmt.Fprintf(logf, "[vessel %s] starting %s (%s)\n", time.Now().Format(time.RFC3339), name, sv.img.Digest)
+		s.save(sv, func(st *Status) {
+			st.State, st.Started, st.NextStart, st.Error, st.ExitCode = StateStarting, time.Now().UTC(), time.Time{}, "", nil
+		})
+		start := time.Now()
+		runCtx, kill := context.WithCancel(context.WithoutCancel(ctx))
+		done := make(chan result, 1)
+		go func() {
+			code, err := s.Launcher.Run(runCtx, container.Spec{
+				ID: id, Image: sv.img, Config: sv.cfg,
+				Started: func() { s.save(sv, func(st *Status) { st.State = StateRunning }) },
+			}, runtime.Stdio{Stdout: logf, Stderr: logf})
+			done <- result{code, err}
+		}()
+		var r result
+		requested := false
+		select {
+		case r = <-done:
+		case <-ctx.Done():
+			s.save(sv, func(st *Status) { st.State = StateStopping })
+			r = s.stop(id, done, kill)
+		case <-sv.restart:
+			s.save(sv, func(st *Status) { st.State = StateStopping })
+			r = s.stop(id, done, kill)
+			requested = true
+		}
+		kill()
+		ran := time.Since(start)
+		msg := fmt.Sprintf("exited with code %d after %s", r.code, ran.Round(time.Millisecond))
+		if r.err != nil {
+			msg = "failed: " + r.err.Error()
+		}
+		fmt.Fprintf(logf, "[vessel %s] %s\n", time.Now().Format(time.RFC3339), msg)
+		logf.Close()
+		s.logf("service %s %s", name, msg)
+		code := r.code
+		s.save(sv, func(st *Status) {
+			st.ExitCode = &code
+			if r.err != nil {
+				st.ExitCode, st.Error = nil, r.err.Error()
+			}
+		})
+		if ctx.Err() != nil {
+			s.save(sv, func(st *Status) { st.State = StateExited })
+			return
+		}
+		if requested {
+			s.save(sv, func(st *Status) { st.Restarts++ })
+			failures = 0
+			continue
+		}
+		if !restarts(sv.def.Restart, r) {
+			state := StateExited
+			if r.err != nil {
+				state = StateFailed
+			}
+			s.save(sv, func(st *Status) { st.State = state })
+			select { // an explicit restart request still starts it again
+			case <-ctx.Done():
+				return
+			case <-sv.restart:
+				s.save(sv, func(st *Status) { st.Restarts++ })
+				failures = 0
+				continue
+			}
+		}
+		if ran >= s.ResetAfter {
+			failures = 0
+		}
+		delay := s.MinBackoff << min(failures, 20)
+		if delay > s.MaxBackoff || delay <= 0 {
+			delay = s.MaxBackoff
+		}
+		failures++
+		s.save(sv, func(st *Status) { st.State, st.NextStart = StateBackoff, time.Now().Add(delay).UTC() })
+		select {
+		case <-ctx.Done():
+			s.save(sv, func(st *Status) { st.State = StateExited })
+			return
+		case <-sv.restart:
+		case <-time.After(delay):
+		}
+		s.save(sv, func(st *Status) { st.Restarts++ })
+	}
+}
+
+// restarts applies a restart policy to how a run ended.
+func restarts(policy string, r result) bool {
+	switch policy {
+	case manifest.RestartNever:
+		return false
+	case manifest.RestartOnFailure:
+		return r.err != nil || r.code != 0
+	}
+	return true
+}
+
+// stop ends a running container gracefully: SIGTERM, then SIGKILL after
+// the stop timeout. It returns how the run ended.
+func (s *Supervisor) stop(id string, done <-chan result, kill context.CancelFunc) result {
+	bg := context.Background()
+	if err := s.Launcher.Runtime.Kill(bg, id, syscall.SIGTERM); err != nil {
+		// Not created yet (still mounting) or already gone: cancel the run.
+		kill()
+	}
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(s.StopTimeout):
+	}
+	s.logf("container %s ignored SIGTERM for %s; killing it", id, s.StopTimeout)
+	_ = s.Launcher.Runtime.Kill(bg, id, syscall.SIGKILL)
+	kill()
+	return <-done
+}
