@@ -167,7 +167,7 @@ func probe(ctx context.Context, r Runtime) string {
 		}
 		return msg
 	}
-	if delErr != nil && !errors.Is(delErr, ErrNotExist) {
+	if delErr != nil {
 		return "delete after probe: " + delErr.Error()
 	}
 	return ""

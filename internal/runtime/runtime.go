@@ -133,9 +133,13 @@ func (r Runtime) Run(ctx context.Context, bundle, id string, stdio Stdio) (exitC
 		return -1, fmt.Errorf("run container %s: start %s: %w", id, r.Name, err)
 	}
 	defer func() {
-		// Always remove what the runtime may have left (it deletes a
-		// container that exited normally itself).
-		if derr := r.Delete(context.Background(), id, true); derr != nil && !errors.Is(derr, ErrNotExist) && err == nil {
+		// Always remove what the runtime may have left. It deletes a
+		// container that exited normally itself, so skip the extra
+		// runtime call when its state directory is already gone.
+		if !r.exists(id) {
+			return
+		}
+		if derr := r.Delete(context.Background(), id, true); derr != nil && err == nil {
 			err = fmt.Errorf("run container %s: clean up: %w", id, derr)
 		}
 	}()
@@ -215,6 +219,11 @@ func (r Runtime) Start(ctx context.Context, bundle, id string, stdio Stdio) (pid
 			return -1, fmt.Errorf("start container %s: stdio stream %d must be an *os.File or nil", id, i)
 		}
 	}
+	if r.exists(id) {
+		// Checked first so that the clean-up below never deletes a
+		// container this call did not create.
+		return -1, &Error{Runtime: r.Name, Op: "start", ID: id, Msg: "container already exists"}
+	}
 	tmp, err := os.MkdirTemp("", "vessel-start-")
 	if err != nil {
 		return -1, fmt.Errorf("start container %s: %w", id, err)
@@ -238,7 +247,7 @@ func (r Runtime) Start(ctx context.Context, bundle, id string, stdio Stdio) (pid
 		if msg == "" {
 			msg = err.Error()
 		}
-		if derr := r.Delete(context.Background(), id, true); derr != nil && !errors.Is(derr, ErrNotExist) {
+		if derr := r.Delete(context.Background(), id, true); derr != nil {
 			msg += "; clean up: " + derr.Error()
 		}
 		return -1, &Error{Runtime: r.Name, Op: "start", ID: id, Msg: msg}
@@ -260,15 +269,19 @@ func (r Runtime) Kill(ctx context.Context, id string, sig syscall.Signal) error 
 	return r.simple(ctx, "kill", id, id, strconv.Itoa(int(sig)))
 }
 
-// Delete removes container id's runtime state; force kills a running
-// container first. A container that does not exist gives an error
-// wrapping ErrNotExist.
+// Delete removes container id's runtime state. Without force, the
+// container must be stopped, and one that does not exist gives an error
+// wrapping ErrNotExist. With force, a running container is killed first
+// and a missing one is not an error (idempotent, for clean-up paths).
 func (r Runtime) Delete(ctx context.Context, id string, force bool) error {
-	args := []string{id}
-	if force {
-		args = []string{"--force", id}
+	if !force {
+		return r.simple(ctx, "delete", id, id)
 	}
-	return r.simple(ctx, "delete", id, args...)
+	err := r.simple(ctx, "delete", id, "--force", id)
+	if errors.Is(err, ErrNotExist) {
+		return nil
+	}
+	return err
 }
 
 func (r Runtime) simple(ctx context.Context, op, id string, args ...string) error {
