@@ -244,6 +244,20 @@ func TestRunTerminal(t *testing.T) {
 		t.Errorf("terminal output %q", got)
 	}
 	assertNoState(t, r)
+
+	// Without a tty on stdin, or detached, the runtime refuses a
+	// terminal: a runtime error, and nothing left behind.
+	if IsTerminal(nil) || IsTerminal(strings.NewReader("")) {
+		t.Error("IsTerminal of a non-file")
+	}
+	var re *Error
+	if _, err := r.Run(context.Background(), b, "tty", Stdio{}); !errors.As(err, &re) {
+		t.Errorf("terminal without a tty: %v", err)
+	}
+	if _, err := r.Start(context.Background(), b, "tty", Stdio{}); !errors.As(err, &re) {
+		t.Errorf("detached terminal: %v", err)
+	}
+	assertNoState(t, r)
 }
 
 func TestStartKillListDelete(t *testing.T) {

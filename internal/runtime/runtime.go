@@ -116,7 +116,7 @@ func (r Runtime) Run(ctx context.Context, bundle, id string, stdio Stdio) (exitC
 
 	cmd := r.command(nil, logPath, "run", "--bundle", bundle, id)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
-	if !isTerminal(stdio.Stdin) {
+	if !IsTerminal(stdio.Stdin) {
 		// Own process group: a signal for vessel reaches the container
 		// once, through the forwarding below, not also from the tty.
 		// With a tty on stdin the runtime must stay in the foreground
@@ -203,7 +203,8 @@ func (r Runtime) killForCancel(id string, cmd *exec.Cmd, since time.Time) {
 
 // Start creates and starts container id from bundle, detached, and returns
 // the pid of its process (in vessel's pid namespace). The container keeps
-// stdio's descriptors. To learn when it exits, the caller either is a
+// stdio's descriptors; a bundle with a terminal is refused (a detached
+// pty needs a console socket, which vessel does not use). To learn when it exits, the caller either is a
 // child subreaper (prctl PR_SET_CHILD_SUBREAPER) and waits for pid, or
 // polls List. The caller removes it with Delete.
 func (r Runtime) Start(ctx context.Context, bundle, id string, stdio Stdio) (pid int, err error) {
@@ -355,7 +356,10 @@ func runtimeError(path string) string {
 	return strings.Join(msgs, "; ")
 }
 
-func isTerminal(r io.Reader) bool {
+// IsTerminal reports whether r is a terminal. A Config with Terminal set
+// needs one on stdin when it is Run: check first and tell the user (runc
+// itself only says "open /dev/tty: no such device or address").
+func IsTerminal(r io.Reader) bool {
 	f, ok := r.(*os.File)
 	if !ok {
 		return false
