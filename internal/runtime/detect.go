@@ -155,7 +155,9 @@ func probe(ctx context.Context, r Runtime) string {
 	cmd.Stdout, cmd.Stderr = out, out
 	runErr := cmd.Run()
 	// Always delete: a failed create can leave state behind.
-	delErr := r.Delete(context.Background(), id, true)
+	dctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	delErr := r.Delete(dctx, id, true)
 	if runErr != nil {
 		msg := runtimeError(logPath)
 		if msg == "" {

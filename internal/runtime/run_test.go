@@ -3,6 +3,7 @@ package runtime
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"syscall"
 	"testing"
@@ -68,6 +69,13 @@ func TestRunSignalDeath(t *testing.T) {
 		done <- code
 	}()
 	waitRunning(t, r, "sigdeath")
+	// A second container with the same id is refused and the first one
+	// is left alone.
+	var re *Error
+	if _, err := r.Run(context.Background(), b, "sigdeath", Stdio{}); !errors.As(err, &re) || !strings.Contains(re.Msg, "exists") {
+		t.Errorf("second Run with the same id: %v", err)
+	}
+	waitRunning(t, r, "sigdeath")
 	if err := r.Kill(context.Background(), "sigdeath", syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +107,7 @@ func TestRunRuntimeError(t *testing.T) {
 	var errb bytes.Buffer
 	code, err := r.Run(context.Background(), b, "noexec", Stdio{Stderr: &errb})
 	var re *Error
-	if !asError(err, &re) {
+	if !errors.As(err, &re) {
 		t.Fatalf("code %d err %v: want *Error", code, err)
 	}
 	if !strings.Contains(re.Msg, "/nonexistent") {

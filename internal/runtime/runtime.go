@@ -71,6 +71,10 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s %s %s: %s", e.Runtime, e.Op, e.ID, e.Msg)
 }
 
+// cleanupTimeout bounds the `delete --force` that runs after a container,
+// whatever the caller's context says.
+const cleanupTimeout = 30 * time.Second
+
 // forwarded are the signals Run passes on to the container.
 var forwarded = []os.Signal{
 	unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT,
@@ -106,6 +110,14 @@ func (r Runtime) Run(ctx context.Context, bundle, id string, stdio Stdio) (exitC
 	if !ValidID(id) {
 		return -1, fmt.Errorf("run container %q: invalid id", id)
 	}
+	if err := ctx.Err(); err != nil {
+		return -1, fmt.Errorf("run container %s: %w", id, err)
+	}
+	if r.exists(id) {
+		// Checked first so that the clean-up below never removes a
+		// container this call did not create.
+		return -1, &Error{Runtime: r.Name, Op: "run", ID: id, Msg: "container already exists"}
+	}
 	logf, err := os.CreateTemp("", "vessel-"+r.Name+"-*.log")
 	if err != nil {
 		return -1, fmt.Errorf("run container %s: %w", id, err)
@@ -139,7 +151,9 @@ func (r Runtime) Run(ctx context.Context, bundle, id string, stdio Stdio) (exitC
 		if !r.exists(id) {
 			return
 		}
-		if derr := r.Delete(context.Background(), id, true); derr != nil && err == nil {
+		dctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		if derr := r.Delete(dctx, id, true); derr != nil && err == nil {
 			err = fmt.Errorf("run container %s: clean up: %w", id, derr)
 		}
 	}()
@@ -248,7 +262,9 @@ func (r Runtime) Start(ctx context.Context, bundle, id string, stdio Stdio) (pid
 		if msg == "" {
 			msg = err.Error()
 		}
-		if derr := r.Delete(context.Background(), id, true); derr != nil {
+		dctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+		defer cancel()
+		if derr := r.Delete(dctx, id, true); derr != nil {
 			msg += "; clean up: " + derr.Error()
 		}
 		return -1, &Error{Runtime: r.Name, Op: "start", ID: id, Msg: msg}
