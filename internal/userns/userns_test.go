@@ -173,8 +173,8 @@ func TestCheckSysctls(t *testing.T) {
 		t.Fatalf("allowed: %v", err)
 	}
 	for path, fix := range map[string]string{
-		"/proc/sys/kernel/unprivileged_userns_clone":            "kernel.unprivileged_userns_clone=1",
-		"/proc/sys/user/max_user_namespaces":                    "user.max_user_namespaces=",
+		"/proc/sys/kernel/unprivileged_userns_clone":             "kernel.unprivileged_userns_clone=1",
+		"/proc/sys/user/max_user_namespaces":                     "user.max_user_namespaces=",
 		"/proc/sys/kernel/apparmor_restrict_unprivileged_userns": "apparmor_restrict_unprivileged_userns=0",
 	} {
 		bad := "0"
