@@ -421,20 +421,48 @@ func restarts(policy string, r result) bool {
 }
 
 // stop ends a running container gracefully: SIGTERM, then SIGKILL after
-// the stop timeout. It returns how the run ended.
+// the stop timeout. It returns how the run ended. The container may still
+// be being created (the runtime does not know it yet): SIGTERM is retried
+// until it lands, the run ends or the timeout passes.
 func (s *Supervisor) stop(id string, done <-chan result, kill context.CancelFunc) result {
 	bg := context.Background()
-	if err := s.Launcher.Runtime.Kill(bg, id, syscall.SIGTERM); err != nil {
-		// Not created yet (still mounting) or already gone: cancel the run.
-		kill()
+	timeout := time.After(s.StopTimeout)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	sent := false
+	for !sent {
+		sent = s.Launcher.Runtime.Kill(bg, id, syscall.SIGTERM) == nil
+		if sent {
+			break
+		}
+		select {
+		case r := <-done:
+			return r
+		case <-timeout:
+			return s.escalate(id, done, kill)
+		case <-tick.C:
+		}
 	}
 	select {
 	case r := <-done:
 		return r
-	case <-time.After(s.StopTimeout):
+	case <-timeout:
 	}
+	return s.escalate(id, done, kill)
+}
+
+func (s *Supervisor) escalate(id string, done <-chan result, kill context.CancelFunc) result {
 	s.logf("container %s ignored SIGTERM for %s; killing it", id, s.StopTimeout)
-	_ = s.Launcher.Runtime.Kill(bg, id, syscall.SIGKILL)
+	_ = s.Launcher.Runtime.Kill(context.Background(), id, syscall.SIGKILL)
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(5 * time.Second):
+	}
 	kill()
-	return <-done
+	r := <-done
+	if errors.Is(r.err, context.Canceled) {
+		r = result{code: 128 + int(syscall.SIGKILL)}
+	}
+	return r
 }

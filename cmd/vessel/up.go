@@ -1,0 +1,390 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vesselos/vessel/internal/registry"
+	"github.com/vesselos/vessel/internal/supervise"
+	"github.com/vesselos/vessel/internal/trust"
+)
+
+func init() {
+	addCommand(upCmd)
+	addCommand(psCmd)
+	addCommand(logsCmd)
+	addCommand(restartCmd)
+	addCommand(downCmd)
+}
+
+func (g *globals) superviseDir() string { return filepath.Join(g.runDir(), "supervise") }
+
+// detachedEnv marks the background copy of `vessel up --detach`.
+const detachedEnv = "VESSEL_UP_DETACHED"
+
+func upCmd(g *globals) *cobra.Command {
+	var (
+		tf          trustFlags
+		detach      bool
+		runtimeName string
+		stopTimeout time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "up [SIGNED] --ca CA.pem",
+		Short: "Verify a signed system manifest and run every service it lists",
+		Long: `up verifies the signed system manifest (every check of vessel manifest
+verify, with the images checked in the store and the version recorded, so
+an older manifest is refused), then starts every service and keeps it
+running until SIGTERM, Ctrl-C or vessel down. Without SIGNED it runs the
+system vessel install recorded as current.
+
+Each service runs as a container whose root filesystem is mounted fresh
+from its verified image at every start: a file written to the root
+filesystem is gone after a restart, a file in a declared volume is kept
+(volumes live in <root>/volumes/SERVICE/NAME). Services restart per their
+policy (always, on-failure, never) with exponential backoff (100ms doubling
+to 30s; reset after 10s of running). Output goes to one log per service
+(vessel logs). Stopping sends SIGTERM, waits --stop-timeout, then SIGKILL,
+and unmounts everything.
+
+A vessel up that crashed leaves containers and mounts behind; the next up
+(or vessel down) removes them first. --detach runs the supervisor in the
+background and returns once every service has been started.`,
+		Example: `  vessel up manifest.signed --ca keys/manifest-ca.pem
+  vessel up manifest.signed --ca manifest-ca.pem --product-id 0f8fad5b-d9cb-469f-a165-70867728950e --detach
+  vessel ps
+  vessel logs web -f
+  vessel restart web
+  vessel down`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts, err := tf.options("up")
+			if err != nil {
+				return err
+			}
+			root, err := g.storeRoot()
+			if err != nil {
+				return err
+			}
+			signedPath := ""
+			if len(args) == 1 {
+				signedPath = args[0]
+			} else {
+				cur, err := registry.ReadCurrent(root)
+				if err != nil {
+					return fmt.Errorf("up: give a signed manifest, or install one first: %w", err)
+				}
+				signedPath = filepath.Join(root, cur.Signed)
+			}
+			if detach && os.Getenv(detachedEnv) == "" {
+				return upDetached(cmd, g)
+			}
+			signed, err := os.ReadFile(signedPath)
+			if err != nil {
+				return fmt.Errorf("up: %w", err)
+			}
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			opts.Images = s
+			opts.Versions = trust.OpenVersions(root)
+			opts.Record = true
+			vm, err := trust.Verify(signed, opts)
+			if err != nil {
+				return fmt.Errorf("up: %w", err)
+			}
+			l, err := g.launcher(cmd, runtimeName)
+			if err != nil {
+				return err
+			}
+			sup := &supervise.Supervisor{
+				Dir: g.superviseDir(), Launcher: l, Store: s,
+				Volumes: filepath.Join(root, "volumes"), Log: cmd.ErrOrStderr(), StopTimeout: stopTimeout,
+			}
+			return sup.Up(cmd.Context(), vm)
+		},
+	}
+	tf.add(c.Flags())
+	c.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background; return once the services are started")
+	c.Flags().StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
+	c.Flags().DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a service")
+	return c
+}
+
+// upDetached starts this same command in the background, in its own
+// session, logging to <run>/supervise/supervisor.log, and waits until it
+// has started every service (or failed).
+func upDetached(cmd *cobra.Command, g *globals) error {
+	dir := g.superviseDir()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	logPath := filepath.Join(dir, "supervisor.log")
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	start, _ := logf.Seek(0, io.SeekEnd)
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	child := &exec.Cmd{
+		Path:        exe,
+		Args:        os.Args,
+		Env:         append(os.Environ(), detachedEnv+"=1"),
+		Stdout:      logf,
+		Stderr:      logf,
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	if err := child.Start(); err != nil {
+		return fmt.Errorf("up: start the supervisor: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- child.Wait() }()
+	deadline := time.After(2 * time.Minute)
+	for {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("up: the supervisor exited (%v):\n%s", err, tailFrom(logPath, start))
+		case <-deadline:
+			return fmt.Errorf("up: the supervisor (pid %d) has not started every service after 2 minutes; see %s", child.Process.Pid, logPath)
+		case <-cmd.Context().Done():
+			child.Process.Signal(syscall.SIGTERM)
+			return cmd.Context().Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		info, err := supervise.Running(dir)
+		if err != nil || info.Owner.Pid != child.Process.Pid {
+			continue
+		}
+		sts, _ := supervise.Services(dir)
+		if len(sts) < len(info.Services) || !allStarted(sts) {
+			continue
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "up: product %s version %d, %d services, supervisor pid %d (log %s)\n",
+			info.Product, info.Version, len(info.Services), info.Owner.Pid, logPath)
+		child.Process.Release()
+		return nil
+	}
+}
+
+func allStarted(sts []supervise.Status) bool {
+	for _, s := range sts {
+		if s.State == supervise.StateStarting {
+			return false
+		}
+	}
+	return true
+}
+
+func tailFrom(path string, off int64) string {
+	b, _ := os.ReadFile(path)
+	if off < int64(len(b)) {
+		b = b[off:]
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 20 {
+		lines = lines[len(lines)-20:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func psCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ps",
+		Short: "Show the services vessel up runs: state, restarts, image, uptime",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := g.superviseDir()
+			info, rerr := supervise.Running(dir)
+			if rerr != nil && !errors.Is(rerr, supervise.ErrNotRunning) {
+				return rerr
+			}
+			var sts []supervise.Status
+			if info != nil {
+				var err error
+				if sts, err = supervise.Services(dir); err != nil {
+					return err
+				}
+			}
+			if g.json {
+				if sts == nil {
+					sts = []supervise.Status{}
+				}
+				return printJSON(cmd.OutOrStdout(), map[string]any{"supervisor": info, "services": sts})
+			}
+			if info == nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%v\n", rerr)
+				return nil
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "product %s version %d, supervisor pid %d, up %s\n",
+				info.Product, info.Version, info.Owner.Pid, time.Since(info.Started).Round(time.Second))
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tRESTARTS\tUPTIME\tIMAGE\tDIGEST")
+			for _, s := range sts {
+				up := "-"
+				if s.State == supervise.StateRunning {
+					up = time.Since(s.Started).Round(time.Second).String()
+				}
+				state := s.State
+				if s.ExitCode != nil && s.State != supervise.StateRunning {
+					state = fmt.Sprintf("%s (%d)", s.State, *s.ExitCode)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", s.Name, state, s.Restarts, up, s.Image, shortDigest(s.Digest))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func logsCmd(g *globals) *cobra.Command {
+	var follow bool
+	c := &cobra.Command{
+		Use:   "logs NAME [-f]",
+		Short: "Print a service's output (-f: keep following)",
+		Long: `Print what service NAME wrote to stdout and stderr, across restarts, with
+vessel's start and exit lines between runs. -f keeps printing new output
+until Ctrl-C or until the supervisor stops.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := supervise.LogFile(g.superviseDir(), args[0])
+			f, err := os.Open(path)
+			if errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("no logs for service %q (vessel ps lists the services)", args[0])
+			}
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			w := cmd.OutOrStdout()
+			if _, err := io.Copy(w, f); err != nil || !follow {
+				return err
+			}
+			for {
+				select {
+				case <-cmd.Context().Done():
+					return nil
+				case <-time.After(100 * time.Millisecond):
+				}
+				if _, err := io.Copy(w, f); err != nil {
+					return err
+				}
+				if _, err := supervise.Running(g.superviseDir()); err != nil {
+					_, err := io.Copy(w, f)
+					return err
+				}
+			}
+		},
+	}
+	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	return c
+}
+
+func restartCmd(g *globals) *cobra.Command {
+	var wait time.Duration
+	c := &cobra.Command{
+		Use:   "restart NAME",
+		Short: "Restart a service on a fresh root filesystem",
+		Long: `Stop service NAME gracefully and start it again from its verified image
+with a fresh writable layer (volumes are kept). Waits until it runs again.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := g.superviseDir()
+			before, err := serviceStatus(dir, args[0])
+			if err != nil {
+				return err
+			}
+			if err := supervise.Restart(dir, args[0]); err != nil {
+				return fmt.Errorf("restart %s: %w", args[0], err)
+			}
+			deadline := time.Now().Add(wait)
+			for time.Now().Before(deadline) {
+				st, err := serviceStatus(dir, args[0])
+				if err != nil {
+					return err
+				}
+				if st.Restarts > before.Restarts && st.State == supervise.StateRunning {
+					fmt.Fprintf(cmd.OutOrStdout(), "restarted %s (restart %d)\n", st.Name, st.Restarts)
+					return nil
+				}
+				select {
+				case <-cmd.Context().Done():
+					return cmd.Context().Err()
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+			return fmt.Errorf("restart %s: requested, but not running again after %s (vessel ps, vessel logs %s)", args[0], wait, args[0])
+		},
+	}
+	c.Flags().DurationVar(&wait, "wait", 30*time.Second, "how long to wait for the service to run again")
+	return c
+}
+
+func serviceStatus(dir, name string) (supervise.Status, error) {
+	sts, err := supervise.Services(dir)
+	if err != nil {
+		return supervise.Status{}, err
+	}
+	for _, s := range sts {
+		if s.Name == name {
+			return s, nil
+		}
+	}
+	if _, err := supervise.Running(dir); err != nil {
+		return supervise.Status{}, err
+	}
+	return supervise.Status{}, fmt.Errorf("no service %q (vessel ps lists the services)", name)
+}
+
+func downCmd(g *globals) *cobra.Command {
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "down",
+		Short: "Stop every service and the supervisor, and unmount everything",
+		Long: `Ask the running vessel up to stop: every service gets SIGTERM, then
+SIGKILL after its stop timeout, and every mount is undone. Returns when the
+supervisor has exited. With no supervisor running, removes whatever a
+crashed one left behind (containers, mounts, state files).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := g.superviseDir()
+			info, _ := supervise.Running(dir)
+			launcher, err := g.launcher(cmd, "")
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout+5*time.Second)
+			defer cancel()
+			cleaned, err := supervise.Down(ctx, dir, launcher, timeout)
+			if err != nil {
+				return fmt.Errorf("down: %w", err)
+			}
+			w := cmd.OutOrStdout()
+			switch {
+			case info != nil:
+				fmt.Fprintf(w, "stopped product %s version %d (%d services)\n", info.Product, info.Version, len(info.Services))
+			case len(cleaned) > 0:
+				fmt.Fprintf(w, "no supervisor was running; cleaned up %s\n", strings.Join(cleaned, ", "))
+			default:
+				fmt.Fprintln(w, "nothing was running")
+			}
+			return nil
+		},
+	}
+	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the supervisor to stop")
+	return c
+}
