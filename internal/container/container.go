@@ -29,6 +29,11 @@ type Spec struct {
 	// Upper keeps the writable layer in this directory instead of a fresh
 	// one that is thrown away (vessel build uses it to capture changes).
 	Upper string
+	// Prepare, if set, is called with the mounted root filesystem before
+	// the bundle is written; an error stops the run (vessel build uses it
+	// to copy files into the new layer and note which mount points the
+	// runtime will create).
+	Prepare func(rootfs string) error
 	// Started, if set, is called once the container is about to start
 	// (root filesystem mounted, bundle written).
 	Started func()
@@ -60,6 +65,11 @@ func (l *Launcher) Run(ctx context.Context, s Spec, stdio runtime.Stdio) (code i
 			err = errors.Join(err, fmt.Errorf("unmount container %s: %w", s.ID, uerr))
 		}
 	}()
+	if s.Prepare != nil {
+		if err := s.Prepare(rootfs); err != nil {
+			return -1, err
+		}
+	}
 	cfg := s.Config
 	cfg.ID, cfg.Rootfs = s.ID, rootfs
 	if cfg.Hostname == "" {
