@@ -2,17 +2,24 @@ package main
 
 import (
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/userns"
 )
 
 func init() {
 	addCommand(mountCmd)
 	addCommand(umountCmd)
+	addCommand(unshareCmd)
 }
 
 func (g *globals) mounter() *mount.Manager { return &mount.Manager{Run: g.runDir()} }
@@ -35,11 +42,16 @@ and remembers the result until reboot, keyed by the blob's digest and file
 identity. A layer that fails is never mounted.
 
 Layers are shared: mounting images that have layers in common mounts each
-layer once. Without arguments, lists what vessel has mounted.`,
+layer once. Without arguments, lists what vessel has mounted.
+
+Rootless, mounts live in vessel's user namespace, which ends with the
+command that made it: mount inside 'vessel unshare' (layers are verified
+in userspace and mounted with squashfuse).`,
 		Example: `  vessel mount app:1 /mnt/app
   vessel mount --writable app:1 /tmp/scratch
   vessel mount --dry-run --json app:1 /mnt/app   # print the mount plan
-  vessel umount /mnt/app`,
+  vessel umount /mnt/app
+  vessel unshare sh -c 'vessel mount app:1 /tmp/app && ls /tmp/app'   # rootless`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 0 && len(args) != 2 {
 				return usageError{"mount takes IMAGE and DIR, or nothing to list mounts"}
@@ -47,6 +59,13 @@ layer once. Without arguments, lists what vessel has mounted.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 2 && !dryRun && userns.Needed() {
+				return errors.New("mount as an unprivileged user: the mount would live in a user namespace that ends when vessel exits; " +
+					"mount inside 'vessel unshare' (for example: vessel unshare sh -c 'vessel mount IMAGE DIR && ls DIR'), or use vessel run")
+			}
+			if handled, err := g.enterUserNS(cmd); handled {
+				return err
+			}
 			m := g.mounter()
 			if len(args) == 0 {
 				return listMounts(g, cmd, m)
@@ -148,7 +167,88 @@ no other mount uses is unmounted and its loop device freed) and delete the
 fresh upper layer, if any.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if handled, err := g.enterUserNS(cmd); handled {
+				return err
+			}
 			return g.mounter().UnmountTarget(args[0])
 		},
+	}
+}
+
+func unshareCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "unshare [COMMAND [ARG...]]",
+		Short: "Run a command (default: a shell) in vessel's rootless user namespace",
+		Long: `Run COMMAND (default $SHELL, or /bin/sh) as root in the user namespace
+vessel uses rootless: the user's own uid and gid are 0 there and the
+subordinate ids from /etc/subuid and /etc/subgid are mapped from 1 up (see
+docs/rootless.md). vessel commands run inside share it, so 'vessel mount'
+works there, and the namespace, with everything mounted in it, ends when
+COMMAND exits. As root, COMMAND simply runs.`,
+		Example: `  vessel unshare id
+  vessel unshare sh -c 'vessel mount app:1 /tmp/app && ls -ln /tmp/app'`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if handled, err := g.enterUserNS(cmd); handled {
+				return err
+			}
+			if len(args) == 0 {
+				sh := os.Getenv("SHELL")
+				if sh == "" {
+					sh = "/bin/sh"
+				}
+				args = []string{sh}
+			}
+			path, err := exec.LookPath(args[0])
+			if err != nil {
+				return err
+			}
+			code, err := runReaping(path, args)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitError{code: code}
+			}
+			return nil
+		},
+	}
+	c.Flags().SetInterspersed(false)
+	return c
+}
+
+// runReaping runs path and returns its exit code (128+N for signal N),
+// forwarding SIGTERM and SIGHUP to it. It also reaps any other child that
+// exits meanwhile: in the namespace vessel unshare makes this process is
+// pid 1, and layer mounts made by vessel commands in it leave their
+// squashfuse daemons to it.
+func runReaping(path string, args []string) (int, error) {
+	sigc := make(chan os.Signal, 4)
+	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigc)
+	pid, err := syscall.ForkExec(path, args, &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2}})
+	if err != nil {
+		return 1, fmt.Errorf("start %s: %w", path, err)
+	}
+	go func() {
+		for s := range sigc {
+			_ = syscall.Kill(pid, s.(syscall.Signal))
+		}
+	}()
+	for {
+		var ws syscall.WaitStatus
+		p, err := syscall.Wait4(-1, &ws, 0, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return 1, fmt.Errorf("wait for %s: %w", path, err)
+		}
+		if p != pid {
+			continue
+		}
+		if ws.Signaled() {
+			return 128 + int(ws.Signal()), nil
+		}
+		return ws.ExitStatus(), nil
 	}
 }

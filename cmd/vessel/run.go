@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -15,6 +16,7 @@ import (
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/runtime"
+	"github.com/vesselos/vessel/internal/userns"
 )
 
 func init() {
@@ -30,6 +32,65 @@ func (g *globals) launcher(cmd *cobra.Command, want string) (*container.Launcher
 		return nil, fmt.Errorf("%w (vessel runtime shows what was tried)", err)
 	}
 	return &container.Launcher{Mounts: g.mounter(), Runtime: rt}, nil
+}
+
+// enterUserNS puts an unprivileged caller in the user namespace vessel
+// runs rootless in (package userns): it runs this command again there and
+// reports its exit status. handled false means carry on: the caller is
+// root, or already inside. The store and run directories are resolved
+// here, outside, and handed to the child, which sees itself as root.
+func (g *globals) enterUserNS(cmd *cobra.Command) (handled bool, err error) {
+	if userns.Needed() {
+		root, err := g.storeRoot()
+		if err != nil {
+			return true, err
+		}
+		run, err := rootlessRunDir(cmd.ErrOrStderr())
+		if err != nil {
+			return true, err
+		}
+		os.Setenv("VESSEL_ROOT", root)
+		os.Setenv("VESSEL_RUN", run)
+	}
+	run := g.runDir()
+	private := append(mount.PrivateDirs(run), filepath.Join(run, "runtime", "runc"), filepath.Join(run, "runtime", "crun"))
+	handled, code, err := userns.Reexec(cmd.Context(), userns.Options{PrivateDirs: private})
+	if !handled || err != nil {
+		return handled, err
+	}
+	if code != 0 {
+		return true, exitError{code: code} // the child has said why
+	}
+	return true, nil
+}
+
+// rootlessRunDir is the run directory of an unprivileged user:
+// $VESSEL_RUN, $XDG_RUNTIME_DIR/vessel, or, when there is no runtime
+// directory (as after su or runuser), /tmp/vessel-run-UID, which must be
+// a directory of the user's own with mode 0700.
+func rootlessRunDir(note io.Writer) (string, error) {
+	if r := os.Getenv("VESSEL_RUN"); r != "" {
+		return r, nil
+	}
+	if x := os.Getenv("XDG_RUNTIME_DIR"); x != "" {
+		if fi, err := os.Stat(x); err == nil && fi.IsDir() {
+			return filepath.Join(x, "vessel"), nil
+		}
+	}
+	d := fmt.Sprintf("/tmp/vessel-run-%d", os.Getuid())
+	if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
+		return "", fmt.Errorf("run directory: %w", err)
+	}
+	fi, err := os.Lstat(d)
+	if err != nil {
+		return "", fmt.Errorf("run directory: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm() != 0o700 {
+		return "", fmt.Errorf("run directory %s is not a directory of yours with mode 0700: remove it, or set XDG_RUNTIME_DIR or VESSEL_RUN", d)
+	}
+	fmt.Fprintf(note, "vessel: note: XDG_RUNTIME_DIR is not set (or missing); keeping run state in %s (set XDG_RUNTIME_DIR or VESSEL_RUN to choose)\n", d)
+	return d, nil
 }
 
 func runCmd(g *globals) *cobra.Command {
@@ -56,7 +117,14 @@ capability set for an unprivileged container (narrow or widen it with
 COMMAND defaults to the image's entrypoint and cmd. The container's exit
 code becomes vessel's (128+N when signal N killed it); SIGINT and SIGTERM
 are passed on to the container. -it gives an interactive terminal.
-Containers never outlive the command, so --rm is always in effect.`,
+Containers never outlive the command, so --rm is always in effect.
+
+Rootless: run as an unprivileged user listed in /etc/subuid and
+/etc/subgid, vessel enters a user namespace where the user is root and
+the subordinate ids are mapped from 1 up (as podman does), verifies each
+layer in userspace, mounts it with squashfuse and stacks an overlay with
+user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
+/tmp/vessel-run-UID). See docs/rootless.md.`,
 		Example: `  vessel run demo:1 /bin/echo hello
   vessel run -it demo:1 /bin/sh
   vessel run --network host -e PORT=8080 demo:1
@@ -65,6 +133,9 @@ Containers never outlive the command, so --rm is always in effect.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_ = rm
+			if handled, err := g.enterUserNS(cmd); handled {
+				return err
+			}
 			s, err := g.openStore()
 			if err != nil {
 				return err

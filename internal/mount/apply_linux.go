@@ -185,15 +185,6 @@ func isMountPoint(path string) bool {
 	return st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
 }
 
-func mountFuse(lm LayerMount) error {
-	driver := strings.TrimPrefix(lm.Mount.Type, "fuse.")
-	out, err := exec.Command(driver, "-o", "ro", lm.Blob, lm.Dir).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %v: %s", driver, lm.Blob, err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
 // createVerity opens the dm-verity device and returns its path.
 func createVerity(v *Verity, dev string) (string, error) {
 	out, err := exec.Command("dmsetup", "create", v.Name, "--readonly", "--table", v.Table(dev)).CombinedOutput()

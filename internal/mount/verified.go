@@ -63,7 +63,7 @@ func bootID() string {
 }
 
 func (m *Manager) recordPath(lm LayerMount) string {
-	return filepath.Join(verifiedDir(m.Run), strings.ReplaceAll(lm.Digest, ":", "-")+".json")
+	return filepath.Join(verifiedDir(m.run()), strings.ReplaceAll(lm.Digest, ":", "-")+".json")
 }
 
 // verifyLayer checks the open blob f against the layer's verity tree,
@@ -94,7 +94,7 @@ func (m *Manager) verifyLayer(f *os.File, lm LayerMount) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(verifiedDir(m.Run), 0o700); err != nil {
+	if err := os.MkdirAll(verifiedDir(m.run()), 0o700); err != nil {
 		return err
 	}
 	// A lost record only costs a second verification.

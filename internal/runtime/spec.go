@@ -225,6 +225,9 @@ func Spec(c Config) (*specs.Spec, error) {
 			Destination: filepath.Clean(b.Target), Type: "bind", Source: filepath.Clean(b.Source), Options: opts,
 		})
 	}
+	if inUserNS() {
+		forUserNS(s) // vessel is rootless: see rootless.go
+	}
 	return s, nil
 }
 

@@ -21,7 +21,7 @@ import (
 // EnvMarker is the environment variable that tells a vessel process where
 // it stands: unset outside, "1" inside a namespace Reexec made (and in
 // every process started in it, such as the shell of `vessel unshare`).
-// The values "wait:FD" and "init" are Reexec's own, for the moments before
+// The values "wait:FD" and "init:FD" are Reexec's own, for the moments before
 // the ids are mapped and just after.
 const EnvMarker = "_VESSEL_USERNS"
 
@@ -77,8 +77,8 @@ func Reexec(ctx context.Context, opt Options) (handled bool, exitCode int, err e
 		return false, 0, nil
 	case strings.HasPrefix(v, "wait:"):
 		return true, 1, waitAndExec(v)
-	case v == "init":
-		if err := setup(opt); err != nil {
+	case strings.HasPrefix(v, "init:"):
+		if err := setup(v, opt); err != nil {
 			return true, 1, fmt.Errorf("set up the user namespace: %w", err)
 		}
 		return false, 0, os.Setenv(EnvMarker, "1")
@@ -169,12 +169,13 @@ func runChild(ctx context.Context, plan *Plan) (int, error) {
 		_ = cmd.Wait()
 		return 1, err
 	}
+	// w stays open until the child is gone: the child finds out from it
+	// whether this process still lives (see setup).
 	if _, err := w.Write([]byte{'g'}); err != nil {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		return 1, fmt.Errorf("release the child in the user namespace: %w", err)
 	}
-	w.Close()
 
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -220,23 +221,38 @@ func waitAndExec(marker string) error {
 	if err != nil {
 		return fmt.Errorf("%s=%q: bad descriptor", EnvMarker, marker)
 	}
+	// Not closed: the descriptor goes on to the next program, which
+	// watches the parent through it.
 	f := os.NewFile(uintptr(fd), "userns-sync")
 	var b [1]byte
-	_, err = io.ReadFull(f, b[:])
-	f.Close()
-	if err != nil || b[0] != 'g' {
+	if _, err = io.ReadFull(f, b[:]); err != nil || b[0] != 'g' {
 		return errors.New("the parent process gave up setting up the user namespace")
 	}
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	env := append(withoutMarker(os.Environ()), EnvMarker+"=init")
+	env := append(withoutMarker(os.Environ()), EnvMarker+"=init:"+strconv.Itoa(fd))
 	return fmt.Errorf("start %s in the user namespace: %w", exe, unix.Exec(exe, os.Args, env))
 }
 
 // setup runs as root in the fresh namespaces.
-func setup(opt Options) error {
+func setup(marker string, opt Options) error {
+	// Gaining capabilities at exec cleared the parent-death signal the
+	// parent asked for: ask again, then make sure the parent did not die
+	// before that (its end of the sync pipe would be closed).
+	fd, err := strconv.Atoi(strings.TrimPrefix(marker, "init:"))
+	if err != nil {
+		return fmt.Errorf("%s=%q: bad descriptor", EnvMarker, marker)
+	}
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		return fmt.Errorf("set the parent-death signal: %w", err)
+	}
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	if n, err := unix.Poll(pfd, 0); err != nil || (n > 0 && pfd[0].Revents&(unix.POLLHUP|unix.POLLERR) != 0) {
+		return errors.New("the parent process is gone")
+	}
+	unix.Close(fd)
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make mounts private: %w", err)
 	}
