@@ -258,6 +258,9 @@ A runtime that fails is skipped with the runtime's own error. The result is
 remembered until reboot (in the run directory).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if handled, err := g.enterUserNS(cmd); handled {
+				return err // rootless: probe where vessel run would run
+			}
 			rt, skipped, err := runtime.Detect(cmd.Context(), "", filepath.Join(g.runDir(), "runtime"))
 			if g.json {
 				out := map[string]any{"skipped": skipped}

@@ -30,10 +30,11 @@ func InUserNS() bool { return inUserNS() }
 //     finding itself root in a user namespace, uses its rootless cgroup
 //     manager, which skips a cgroup it may not create only when the spec
 //     names no path, and leaves the container in vessel's own cgroup;
-//   - /sys/fs/cgroup is a read-only bind of the host's hierarchy, as the
+//   - /sys/fs/cgroup is a read-only rbind of the host's hierarchy, as the
 //     runtime cannot make a cgroup namespace view of a cgroup it did not
-//     create; and /sys, when the container shares the host network, stays
-//     the read-only rbind baseMounts makes;
+//     create; with the host network, /sys itself is a read-only rbind of
+//     the host's (sysfs needs a network namespace of the user namespace's
+//     own), as `runc spec --rootless` makes it;
 //   - devices are bind-mounted from the host by the runtime itself (runc
 //     and crun do that when they find themselves in a user namespace).
 //
@@ -42,9 +43,24 @@ func InUserNS() bool { return inUserNS() }
 func forUserNS(s *specs.Spec) {
 	s.Linux.CgroupsPath = ""
 	s.Linux.Resources = nil
-	for i, m := range s.Mounts {
-		if m.Destination == "/sys/fs/cgroup" && m.Type == "cgroup" {
-			s.Mounts[i] = specs.Mount{Destination: "/sys/fs/cgroup", Type: "bind", Source: "/sys/fs/cgroup", Options: []string{"rbind", "nosuid", "noexec", "nodev", "rro"}}
-		}
+	ownNet := false
+	for _, ns := range s.Linux.Namespaces {
+		ownNet = ownNet || ns.Type == specs.NetworkNamespace
 	}
+	var mounts []specs.Mount
+	for _, m := range s.Mounts {
+		switch {
+		case m.Destination == "/sys" && m.Type == "sysfs" && !ownNet:
+			// sysfs needs a network namespace the user namespace owns;
+			// the host's is not. A read-only rbind of the host's /sys
+			// (which brings /sys/fs/cgroup along) replaces both.
+			m = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "nosuid", "noexec", "nodev", "rro"}}
+		case m.Destination == "/sys/fs/cgroup" && m.Type == "cgroup" && !ownNet:
+			continue
+		case m.Destination == "/sys/fs/cgroup" && m.Type == "cgroup":
+			m = specs.Mount{Destination: "/sys/fs/cgroup", Type: "bind", Source: "/sys/fs/cgroup", Options: []string{"rbind", "nosuid", "noexec", "nodev", "rro"}}
+		}
+		mounts = append(mounts, m)
+	}
+	s.Mounts = mounts
 }

@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"slices"
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -32,8 +33,20 @@ func TestSpecInUserNS(t *testing.T) {
 		for _, m := range s.Mounts {
 			mounts[m.Destination] = m
 		}
-		if m := mounts["/sys/fs/cgroup"]; m.Type != "bind" || m.Source != "/sys/fs/cgroup" {
-			t.Errorf("%s: /sys/fs/cgroup is %+v, want a read-only rbind of the host's", network, m)
+		if network == NetworkHost {
+			if m := mounts["/sys"]; m.Type != "bind" || m.Source != "/sys" || !slices.Contains(m.Options, "rro") {
+				t.Errorf("host network: /sys is %+v, want a read-only rbind of the host's", m)
+			}
+			if m, ok := mounts["/sys/fs/cgroup"]; ok {
+				t.Errorf("host network: /sys/fs/cgroup %+v on top of the /sys rbind", m)
+			}
+		} else {
+			if m := mounts["/sys"]; m.Type != "sysfs" {
+				t.Errorf("own network: /sys is %+v, want sysfs", m)
+			}
+			if m := mounts["/sys/fs/cgroup"]; m.Type != "bind" || m.Source != "/sys/fs/cgroup" {
+				t.Errorf("/sys/fs/cgroup is %+v, want a read-only rbind of the host's", m)
+			}
 		}
 		if got := mounts["/proc"].Type; got != "proc" {
 			t.Errorf("%s: /proc type %q", network, got)
