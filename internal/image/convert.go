@@ -48,6 +48,11 @@ func Convert(ctx context.Context, s *store.Store, src Source, ref string, opt Co
 	if _, _, err := store.ParseRef(ref); err != nil {
 		return nil, err
 	}
+	return convert(ctx, s, src, ref, opt)
+}
+
+// convert is Convert; an empty ref stores the result without tagging it.
+func convert(ctx context.Context, s *store.Store, src Source, ref string, opt ConvertOptions) (*Created, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("convert needs root: tar layers carry file owners and device nodes that only root can recreate")
 	}

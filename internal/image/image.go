@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/layer"
@@ -96,36 +95,10 @@ func created(epoch *int64) time.Time {
 
 // commit writes config and manifest for layers and tags them as ref.
 func commit(s *store.Store, ref string, layers []ocispec.Descriptor, cfg ocispec.ImageConfig, when time.Time, history []ocispec.History) (*Created, error) {
-	img := ocispec.Image{
-		Created:  &when,
+	return Commit(s, CommitOptions{
+		Ref: ref, Layers: layers, Config: cfg, Created: when, History: history,
 		Platform: ocispec.Platform{Architecture: runtime.GOARCH, OS: "linux"},
-		Config:   cfg,
-		RootFS:   ocispec.RootFS{Type: "layers"},
-		History:  history,
-	}
-	for _, l := range layers {
-		// filesystem-image layers are not compressed: the diff ID is the blob digest
-		img.RootFS.DiffIDs = append(img.RootFS.DiffIDs, l.Digest)
-	}
-	cfgDesc, err := putJSON(s, ocispec.MediaTypeImageConfig, img)
-	if err != nil {
-		return nil, fmt.Errorf("write config: %w", err)
-	}
-	m := ocispec.Manifest{
-		Versioned: specs.Versioned{SchemaVersion: 2},
-		MediaType: ocispec.MediaTypeImageManifest,
-		Config:    cfgDesc,
-		Layers:    layers,
-	}
-	mDesc, err := putJSON(s, ocispec.MediaTypeImageManifest, m)
-	if err != nil {
-		return nil, fmt.Errorf("write manifest: %w", err)
-	}
-	if err := s.Tag(ref, mDesc); err != nil {
-		return nil, err
-	}
-	name, tag, _ := store.ParseRef(ref)
-	return &Created{Ref: name + ":" + tag, Descriptor: mDesc, Layers: layers}, nil
+	})
 }
 
 func putJSON(s *store.Store, mediaType string, v any) (ocispec.Descriptor, error) {

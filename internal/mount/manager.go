@@ -149,6 +149,11 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 			return nil, fmt.Errorf("image %s: layer %d of %d (%s): %w", img.Name, i+1, len(p.Layers), lm.Digest, err)
 		}
 	}
+	if len(p.Layers) == 0 {
+		if err := makeEmptyLower(m.run()); err != nil {
+			return nil, err
+		}
+	}
 	if p.Upper != "" {
 		if p.OwnUp {
 			if err := os.RemoveAll(p.Upper); err != nil {

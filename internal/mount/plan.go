@@ -105,7 +105,7 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 	if !filepath.IsAbs(target) {
 		return nil, fmt.Errorf("mount target %q is not an absolute path", target)
 	}
-	if len(img.Layers) == 0 {
+	if len(img.Layers) == 0 && !opt.Writable {
 		return nil, fmt.Errorf("image %s has no layers", img.Name)
 	}
 	p := &Plan{ID: id, Image: img.Name, Digest: img.Digest.String(), Mode: mode, Target: filepath.Clean(target)}
@@ -115,6 +115,9 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 	var lowers []string
 	for i := len(p.Layers) - 1; i >= 0; i-- {
 		lowers = append(lowers, p.Layers[i].Dir)
+	}
+	if len(lowers) == 0 {
+		lowers = []string{emptyLower(run)} // see Empty
 	}
 	for _, d := range lowers {
 		if strings.ContainsAny(d, ":,") {

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vesselos/vessel/internal/build"
+	"github.com/vesselos/vessel/internal/container"
+	"github.com/vesselos/vessel/internal/recipe"
+	"github.com/vesselos/vessel/internal/registry"
+)
+
+func init() { addCommand(buildCmd) }
+
+func buildCmd(g *globals) *cobra.Command {
+	var (
+		file, layerType, runtimeName string
+		subs, only                   []string
+		noCache                      bool
+	)
+	c := &cobra.Command{
+		Use:   "build [-f vessel.yaml] [--substitute KEY=VAL]... [--only NAME]...",
+		Short: "Build the images of a vessel.yaml (stacker.yaml) recipe into the store",
+		Long: `Build every image of a recipe (vessel.yaml in the current directory, or -f
+FILE), in dependency order, into verified images in the store. The recipe
+format is project-stacker's stacker.yaml: from (scratch, tar, oci, docker,
+built), imports, run, environment, labels, annotations, entrypoint, cmd,
+full_command, working_dir, volumes, build_only, arch and ${{VAR:default}}
+substitutions (--substitute VAR=VALUE).
+
+Each image's run script executes in a container (runc or crun) whose root
+is the base image mounted verified with a writable layer on top; imports
+are at /stacker/imports (also /vessel/imports). The container has no
+network and the runtime's default capabilities. What run and the dest:
+imports changed, deletions included (as overlay whiteouts), becomes one new
+squashfs (or erofs) layer with a dm-verity tree. Script output streams as
+it runs; a failing step stops the build and names the image, the step, the
+exit code and the last lines of output.
+
+Layers are cached (<root>/build-cache.json): an image whose base, script,
+environment and import contents are unchanged is not run again, and
+rebuilding an unchanged recipe starts no container ("cached"). Changing one
+image rebuilds it and the images built on it. --no-cache rebuilds all.
+tar, oci and docker bases are converted to verified layers once.
+
+Images are tagged NAME:latest in the store only after every image built
+(build_only images are never tagged). With SOURCE_DATE_EPOCH set, the same
+recipe gives the same image digests on any clean store. See docs/build.md.`,
+		Example: `  vessel build                                   # ./vessel.yaml
+  vessel build -f examples/vessel.yaml
+  vessel build -f examples/vessel.yaml --substitute BUSYBOX=/usr/bin/busybox
+  vessel build --only app --layer-type erofs
+  SOURCE_DATE_EPOCH=1700000000 vessel build --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sm := map[string]string{}
+			for _, s := range subs {
+				k, v, ok := strings.Cut(s, "=")
+				if !ok || k == "" {
+					return usageError{fmt.Sprintf("--substitute %q: want KEY=VALUE", s)}
+				}
+				sm[k] = v
+			}
+			f, epoch, s, err := g.layerWork(cmd, layerType, "")
+			if err != nil {
+				return err
+			}
+			rf, err := recipe.ParseFile(file, recipe.Options{Substitutions: sm})
+			if err != nil {
+				if errors.Is(err, os.ErrNotExist) && !cmd.Flags().Changed("file") {
+					return fmt.Errorf("%w (give the recipe with -f FILE)", err)
+				}
+				return err
+			}
+			stderr := cmd.ErrOrStderr()
+			opt := build.Options{
+				Store: s, Mounts: g.mounter(), Format: f, SourceDateEpoch: epoch,
+				NoCache: noCache, Only: only, Output: stderr,
+				Launcher: func() (*container.Launcher, error) { return g.launcher(cmd, runtimeName) },
+				Registry: func(insecure bool) (*registry.Client, error) {
+					return registry.New(registry.Options{PlainHTTP: insecure, Insecure: insecure})
+				},
+			}
+			start := time.Now()
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			if g.json {
+				opt.Progress = func(e build.Event) {
+					enc.Encode(struct {
+						Kind string `json:"event"`
+						build.Event
+					}{"step", e})
+				}
+			} else {
+				opt.Progress = func(e build.Event) { printBuildEvent(cmd, start, e) }
+			}
+			res, err := build.Build(cmd.Context(), rf, opt)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return enc.Encode(struct {
+					Kind string `json:"event"`
+					*build.Result
+				}{"result", res})
+			}
+			w := cmd.OutOrStdout()
+			for _, im := range res.Images {
+				ref := im.Ref
+				if ref == "" {
+					ref = im.Name + " (build_only, not tagged)"
+				}
+				fmt.Fprintf(w, "%s %s\n", ref, im.Descriptor.Digest)
+			}
+			return nil
+		},
+	}
+	fl := c.Flags()
+	fl.StringVarP(&file, "file", "f", "vessel.yaml", "the recipe")
+	fl.StringArrayVar(&subs, "substitute", nil, "set ${{KEY}} in the recipe: KEY=VALUE (repeatable)")
+	fl.BoolVar(&noCache, "no-cache", false, "ignore and reset the build cache: rebuild every image")
+	fl.StringVar(&layerType, "layer-type", "squashfs", "layer filesystem: squashfs or erofs")
+	fl.StringArrayVar(&only, "only", nil, "build only this image and what it needs (repeatable)")
+	fl.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
+	return c
+}
+
+// printBuildEvent writes one progress line to stderr.
+func printBuildEvent(cmd *cobra.Command, start time.Time, e build.Event) {
+	w := cmd.ErrOrStderr()
+	pre := fmt.Sprintf("[%5.1fs] [%d/%d] %s:", time.Since(start).Seconds(), e.Step, e.Steps, e.Image)
+	switch e.Status {
+	case build.StatusCached:
+		fmt.Fprintf(w, "%s cached %s\n", pre, shortDigest(e.Digest.String()))
+	case build.StatusBuilt:
+		fmt.Fprintf(w, "%s built %s\n", pre, shortDigest(e.Digest.String()))
+	case build.StatusRun:
+		fmt.Fprintf(w, "%s run\n", pre)
+	case build.StatusLayer:
+		fmt.Fprintf(w, "%s making the layer\n", pre)
+	case build.StatusReuse:
+		fmt.Fprintf(w, "%s layer cached, new config\n", pre)
+	case build.StatusTagged:
+		fmt.Fprintf(w, "%s tagged %s\n", pre, e.Message)
+	default:
+		fmt.Fprintf(w, "%s %s\n", pre, e.Message)
+	}
+}

@@ -1,0 +1,245 @@
+package build
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/recipe"
+	"github.com/vesselos/vessel/internal/registry"
+)
+
+// baseImage is what a step builds on.
+type baseImage struct {
+	digest digest.Digest        // manifest digest; "" for scratch
+	layers []ocispec.Descriptor // bottom first
+	config *ocispec.Image       // nil for scratch
+	mount  *mount.Image
+}
+
+// BasesDir is where docker bases are pulled to (an OCI layout under the
+// store root) before they are converted; blobs already there are not
+// downloaded again.
+const BasesDir = "build-bases"
+
+// base resolves img's base, converting tar, oci and docker bases to
+// verified layers once (the conversion is cached by source digest, layer
+// format and SOURCE_DATE_EPOCH).
+func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (*baseImage, error) {
+	from := img.From
+	switch from.Type {
+	case recipe.Scratch:
+		return &baseImage{mount: mount.Empty("scratch")}, nil
+	case recipe.Built:
+		r := b.done[from.Tag]
+		if r == nil {
+			return nil, fmt.Errorf("base image %q is not built yet", from.Tag)
+		}
+		return b.resolve(r.Descriptor)
+	case recipe.Tar:
+		if strings.HasPrefix(from.URL, "http://") || strings.HasPrefix(from.URL, "https://") {
+			return nil, fmt.Errorf("tar base %s: http(s) bases are not supported: vessel builds offline; download the tarball and give its path", from.URL)
+		}
+		sum, err := fileSHA256(from.URL)
+		if err != nil {
+			return nil, fmt.Errorf("tar base: %w", err)
+		}
+		return b.converted(ctx, i, "tar", sum, from.URL, func(opt image.ConvertOptions) (*image.Created, error) {
+			return image.FromTar(ctx, b.s, from.URL, opt)
+		})
+	case recipe.OCI:
+		dir, tag := from.Layout()
+		return b.layoutBase(ctx, i, "oci", image.Source{Dir: dir, Tag: tag}, from.URL)
+	case recipe.Docker:
+		if b.opt.Registry == nil {
+			return nil, errors.New("docker bases need a registry client")
+		}
+		ref, err := registry.ParseReference(from.URL)
+		if err != nil {
+			return nil, err
+		}
+		c, err := b.opt.Registry(from.Insecure)
+		if err != nil {
+			return nil, err
+		}
+		dir := filepath.Join(b.s.Root(), BasesDir)
+		h := sha256.Sum256([]byte(from.URL))
+		tag := "base-" + hex.EncodeToString(h[:8])
+		b.event(i, StatusBase, "", "pull "+from.URL)
+		if _, err := c.Copy(ctx, registry.Registry(ref), registry.Layout(dir, tag)); err != nil {
+			return nil, fmt.Errorf("pull %s: %w", from.URL, err)
+		}
+		return b.layoutBase(ctx, i, "docker", image.Source{Dir: dir, Tag: tag}, from.URL)
+	}
+	return nil, fmt.Errorf("unknown base type %q", from.Type)
+}
+
+func (b *builder) layoutBase(ctx context.Context, i int, kind string, src image.Source, name string) (*baseImage, error) {
+	md, err := image.SourceManifest(src)
+	if err != nil {
+		return nil, fmt.Errorf("%s base %s: %w", kind, name, err)
+	}
+	return b.converted(ctx, i, kind, md.Digest.String(), name, func(opt image.ConvertOptions) (*image.Created, error) {
+		return image.ConvertUntagged(ctx, b.s, src, opt)
+	})
+}
+
+// converted returns the cached conversion of a base identified by
+// (kind, id), converting it first on a miss.
+func (b *builder) converted(ctx context.Context, i int, kind, id, name string, convert func(image.ConvertOptions) (*image.Created, error)) (*baseImage, error) {
+	key := digest.FromString("vessel-build-base/v1\x00" + kind + "\x00" + id + "\x00" + b.opt.Format.MediaType() + "\x00" + b.sde)
+	if d, ok, err := b.cache.Image(key, b.s); err != nil {
+		return nil, err
+	} else if ok {
+		if bi, err := b.resolve(d); err == nil {
+			return bi, nil
+		}
+	}
+	b.event(i, StatusBase, "", "convert "+kind+" base "+name+" to verified layers")
+	res, err := convert(image.ConvertOptions{Format: b.opt.Format, SourceDateEpoch: b.opt.SourceDateEpoch})
+	if err != nil {
+		return nil, fmt.Errorf("convert %s base %s: %w", kind, name, err)
+	}
+	if err := b.cache.PutImage(key, res.Descriptor); err != nil {
+		return nil, err
+	}
+	return b.resolve(res.Descriptor)
+}
+
+// resolve reads a stored image (digest-checked) as a base.
+func (b *builder) resolve(d ocispec.Descriptor) (*baseImage, error) {
+	mi, err := mount.ResolveDescriptor(b.s, d)
+	if err != nil {
+		return nil, err
+	}
+	m, err := b.s.Manifest(d.Digest)
+	if err != nil {
+		return nil, err
+	}
+	cfg := mi.Config
+	return &baseImage{digest: d.Digest, layers: m.Layers, config: &cfg, mount: mi}, nil
+}
+
+func fileSHA256(p string) (string, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close() // read-only
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", p, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// sources mounts images built earlier, read-only, for stacker:// imports,
+// and unmounts them when the step is done.
+type sources struct {
+	b      *builder
+	ctx    context.Context
+	mounts map[string]string // image name -> mount target
+	ids    []string
+	dirs   []string
+}
+
+func (r *sources) resolve(name, p string) (string, error) {
+	root, ok := r.mounts[name]
+	if !ok {
+		built := r.b.done[name]
+		if built == nil {
+			return "", fmt.Errorf("image %q is not built yet", name)
+		}
+		mi, err := mount.ResolveDescriptor(r.b.s, built.Descriptor)
+		if err != nil {
+			return "", err
+		}
+		dir, err := r.b.tempDir("src-*")
+		if err != nil {
+			return "", err
+		}
+		r.dirs = append(r.dirs, dir)
+		root = filepath.Join(dir, "root")
+		id := fmt.Sprintf("build-%d-src-%d", os.Getpid(), len(r.ids)+1)
+		if _, err := r.b.opt.Mounts.Mount(r.ctx, mi, id, root, mount.Self(), mount.Options{}); err != nil {
+			return "", fmt.Errorf("mount %s: %w", name, err)
+		}
+		r.ids = append(r.ids, id)
+		if r.mounts == nil {
+			r.mounts = map[string]string{}
+		}
+		r.mounts[name] = root
+	}
+	return inRoot(root, p)
+}
+
+func (r *sources) close() error {
+	var errs []error
+	for _, id := range r.ids {
+		if err := r.b.opt.Mounts.Unmount(id); err != nil {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", id, err))
+		}
+	}
+	if len(errs) == 0 {
+		for _, d := range r.dirs {
+			if err := os.RemoveAll(d); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	r.ids, r.dirs, r.mounts = nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// inRoot resolves p inside root as if root were "/": symlinks (absolute
+// or relative) are followed but never leave root. The last component is
+// resolved too.
+func inRoot(root, p string) (string, error) {
+	const maxLinks = 40
+	cur := "/"
+	rest := strings.Split(filepath.Clean("/"+p), "/")
+	links := 0
+	for len(rest) > 0 {
+		c := rest[0]
+		rest = rest[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			cur = filepath.Dir(cur)
+			continue
+		}
+		next := filepath.Join(cur, c)
+		fi, err := os.Lstat(filepath.Join(root, next))
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", p, err)
+		}
+		if fi.Mode()&os.ModeSymlink == 0 {
+			cur = next
+			continue
+		}
+		if links++; links > maxLinks {
+			return "", fmt.Errorf("%s: too many symbolic links", p)
+		}
+		target, err := os.Readlink(filepath.Join(root, next))
+		if err != nil {
+			return "", err
+		}
+		if filepath.IsAbs(target) {
+			cur = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return filepath.Join(root, cur), nil
+}

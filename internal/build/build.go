@@ -1,0 +1,325 @@
+// Package build executes vessel.yaml recipes: it turns each image of a
+// recipe.Plan into a verified image in the store.
+//
+// For every step it resolves the base (an empty root for scratch, the
+// result of an earlier step for built, a tarball, OCI layout or registry
+// image converted once to verified layers and cached), computes the step's
+// cache keys (recipe.Key) and then does the least work the cache allows:
+//
+//   - config key hit: the image manifest built before is reused as is;
+//   - layer key hit: only a new config and manifest are written;
+//   - miss: the imports are staged (recipe.Stage), the base is mounted
+//     verified with a writable upper directory, the run script executes in
+//     a container (container.Launcher, the one container runner, with no
+//     network and the default capabilities), and the upper directory, with
+//     deletions as overlay whiteouts, becomes one new verified layer.
+//
+// Images are tagged only after every step succeeded, so a failed build
+// leaves the previous tags as they were; what did succeed stays in the
+// build cache and is reused by the next build. Callers (cmd/vessel) parse
+// the recipe with package recipe and call Build; recipe parsing, cache keys
+// and staging live in package recipe, mounts in package mount.
+package build
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/container"
+	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/recipe"
+	"github.com/vesselos/vessel/internal/registry"
+	"github.com/vesselos/vessel/internal/store"
+)
+
+// Options control Build.
+type Options struct {
+	Store  *store.Store
+	Mounts *mount.Manager
+	// Launcher returns the container runner; it is called only when a step
+	// has a script to run, so a fully cached build never probes a runtime.
+	Launcher func() (*container.Launcher, error)
+	// Registry returns a client for docker bases (nil: docker bases fail).
+	Registry func(insecure bool) (*registry.Client, error)
+	// Format of the new layers (and of converted bases).
+	Format layer.Format
+	// SourceDateEpoch makes builds reproducible: file times are clamped to
+	// it and configs carry it as their creation time.
+	SourceDateEpoch *int64
+	// NoCache empties the build cache first, so everything is rebuilt.
+	NoCache bool
+	// Only narrows the build to these images and what they need.
+	Only []string
+	// Output receives the run scripts' stdout and stderr as they run
+	// (nil: discarded, but the tail still goes into errors).
+	Output io.Writer
+	// Progress, if set, is told about each step.
+	Progress func(Event)
+}
+
+// Event is one thing a build did.
+type Event struct {
+	Image  string `json:"image"`
+	Step   int    `json:"step"`  // 1-based
+	Steps  int    `json:"steps"` // steps in the plan
+	Status string `json:"status"`
+	// Digest is the image manifest digest for "cached" and "built".
+	Digest  digest.Digest `json:"digest,omitempty"`
+	Message string        `json:"message,omitempty"`
+}
+
+// Event statuses.
+const (
+	StatusBase    = "base"    // resolving or converting the base image
+	StatusRun     = "run"     // the run script is starting
+	StatusLayer   = "layer"   // building the new layer
+	StatusReuse   = "reuse"   // the layer is cached: only the config is new
+	StatusCached  = "cached"  // the whole image is cached: no work
+	StatusBuilt   = "built"   // the image is complete (tagged at the end)
+	StatusTagged  = "tagged"  // the image was tagged
+	StatusMessage = "message" // informational
+)
+
+// Result is what a build produced, in build order.
+type Result struct {
+	Images []Built `json:"images"`
+}
+
+// Built is one image of a build.
+type Built struct {
+	Name string `json:"name"`
+	// Ref is the tag in the store ("name:latest"); empty for build_only.
+	Ref        string             `json:"ref,omitempty"`
+	Descriptor ocispec.Descriptor `json:"descriptor"`
+	Layers     int                `json:"layers"`
+	// Cache is "image" when the whole image came from the cache, "layer"
+	// when only the config and manifest were written, "" when built.
+	Cache string `json:"cache,omitempty"`
+}
+
+// Build builds the images of f (all, or opt.Only and what they need) in
+// dependency order and tags them once all succeeded. A step that fails
+// stops the build with a *StepError.
+func Build(ctx context.Context, f *recipe.File, opt Options) (*Result, error) {
+	if opt.Store == nil || opt.Mounts == nil {
+		return nil, errors.New("build: no store or mount manager")
+	}
+	if opt.Format.Type == "" {
+		opt.Format = layer.DefaultFormat(layer.Squashfs)
+	}
+	if opt.Output == nil {
+		opt.Output = io.Discard
+	}
+	if len(f.Prerequisites) > 0 {
+		return nil, fmt.Errorf("%s: config.prerequisites is not supported yet: build %s first with its own vessel build", f.Path, f.Prerequisites[0])
+	}
+	plan, err := f.Plan(opt.Only...)
+	if err != nil {
+		return nil, err
+	}
+	b := &builder{opt: opt, s: opt.Store, cache: recipe.OpenCache(opt.Store.Root()), plan: plan, done: map[string]*Built{}}
+	if opt.SourceDateEpoch != nil {
+		b.sde = strconv.FormatInt(*opt.SourceDateEpoch, 10)
+	}
+	if opt.NoCache {
+		if err := b.cache.Reset(); err != nil {
+			return nil, err
+		}
+	}
+	done, err := b.s.Writer() // keeps gc away from blobs not yet tagged
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	res := &Result{}
+	for i, step := range plan.Steps {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		out, err := b.step(ctx, i, step)
+		if err != nil {
+			return nil, err
+		}
+		b.done[step.Image.Name] = out
+		res.Images = append(res.Images, *out)
+	}
+	for i, step := range plan.Steps {
+		if !step.Tag {
+			continue
+		}
+		r := &res.Images[i]
+		r.Ref = step.Image.Name
+		name, tag, err := store.ParseRef(r.Ref)
+		if err != nil {
+			return nil, fmt.Errorf("tag image %q: %w", step.Image.Name, err)
+		}
+		r.Ref = name + ":" + tag
+		if err := b.s.Tag(r.Ref, r.Descriptor); err != nil {
+			return nil, fmt.Errorf("tag %s: %w", r.Ref, err)
+		}
+		b.event(i, StatusTagged, r.Descriptor.Digest, r.Ref)
+	}
+	return res, nil
+}
+
+type builder struct {
+	opt   Options
+	s     *store.Store
+	cache *recipe.Cache
+	plan  *recipe.Plan
+	sde   string
+	done  map[string]*Built
+	lnch  *container.Launcher
+}
+
+func (b *builder) event(i int, status string, d digest.Digest, msg string) {
+	if b.opt.Progress == nil {
+		return
+	}
+	b.opt.Progress(Event{Image: b.plan.Steps[i].Image.Name, Step: i + 1, Steps: len(b.plan.Steps), Status: status, Digest: d, Message: msg})
+}
+
+func (b *builder) created() time.Time {
+	if b.opt.SourceDateEpoch != nil {
+		return time.Unix(*b.opt.SourceDateEpoch, 0).UTC()
+	}
+	return time.Now().UTC().Truncate(time.Second)
+}
+
+// changesFiles reports whether img adds a layer on top of its base: a run
+// script or imports that land in the image. An image from scratch always
+// has one layer, even an empty one.
+func changesFiles(img *recipe.Image) bool {
+	if img.From.Type == recipe.Scratch || img.Script() != "" {
+		return true
+	}
+	for _, imp := range img.Imports {
+		if imp.Dest != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// step builds one image.
+func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, err error) {
+	img := step.Image
+	fail := func(phase string, line int, err error) error {
+		return &StepError{Image: img.Name, Step: i + 1, Steps: len(b.plan.Steps), Phase: phase, File: b.plan.File.Path, Line: line, ExitCode: -1, Err: err}
+	}
+	base, err := b.base(ctx, i, img)
+	if err != nil {
+		return nil, fail("base", img.From.Line, err)
+	}
+	src := &sources{b: b, ctx: ctx}
+	defer func() {
+		if cerr := src.close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: base.digest, LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve})
+	if err != nil {
+		return nil, fail("imports", img.KeyLine("imports"), err)
+	}
+	if d, ok, err := b.cache.Image(keys.Config, b.s); err != nil {
+		return nil, fail("cache", 0, err)
+	} else if ok {
+		if mi, err := mount.ResolveDescriptor(b.s, d); err == nil {
+			b.event(i, StatusCached, d.Digest, "")
+			return &Built{Name: img.Name, Descriptor: d, Layers: len(mi.Layers), Cache: "image"}, nil
+		}
+		// a blob went missing (gc, rm): build it again
+	}
+	layers := append([]ocispec.Descriptor(nil), base.layers...)
+	cached := ""
+	var history []ocispec.History
+	if base.config != nil {
+		history = append(history, base.config.History...)
+	}
+	when := b.created()
+	if changesFiles(img) {
+		d, ok, err := b.cache.Layer(keys.Layer, b.s)
+		if err != nil {
+			return nil, fail("cache", 0, err)
+		}
+		if ok {
+			cached = "layer"
+			b.event(i, StatusReuse, "", "layer "+d.Digest.String())
+		} else {
+			if d, err = b.buildLayer(ctx, i, img, base, src); err != nil {
+				return nil, err
+			}
+			if err := b.cache.PutLayer(keys.Layer, d); err != nil {
+				return nil, fail("cache", 0, err)
+			}
+		}
+		layers = append(layers, d)
+		history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name})
+	} else {
+		history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
+	}
+	var baseCfg ocispec.ImageConfig
+	if base.config != nil {
+		baseCfg = base.config.Config
+	}
+	res, err := image.Commit(b.s, image.CommitOptions{
+		Layers:      layers,
+		Config:      img.ApplyConfig(baseCfg),
+		Platform:    ocispec.Platform{OS: img.OS, Architecture: img.Arch},
+		Created:     when,
+		History:     history,
+		Annotations: img.Annotations,
+	})
+	if err != nil {
+		return nil, fail("commit", 0, err)
+	}
+	if err := b.cache.PutImage(keys.Config, res.Descriptor); err != nil {
+		return nil, fail("cache", 0, err)
+	}
+	b.event(i, StatusBuilt, res.Descriptor.Digest, "")
+	return &Built{Name: img.Name, Descriptor: res.Descriptor, Layers: len(layers), Cache: cached}, nil
+}
+
+// launcher finds the container runner once.
+func (b *builder) launcher() (*container.Launcher, error) {
+	if b.lnch != nil {
+		return b.lnch, nil
+	}
+	if b.opt.Launcher == nil {
+		return nil, errors.New("no container runtime configured")
+	}
+	l, err := b.opt.Launcher()
+	if err != nil {
+		return nil, err
+	}
+	b.lnch = l
+	return l, nil
+}
+
+// hostArch reports whether arch runs natively here.
+func hostArch(arch string) bool { return arch == "" || arch == runtime.GOARCH }
+
+// tempDir makes a build directory in the store (same filesystem as the
+// blobs, and one overlayfs accepts as an upper directory).
+func (b *builder) tempDir(pattern string) (string, error) {
+	d, err := b.s.TempDir(pattern)
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(d, 0o755); err != nil {
+		os.RemoveAll(d)
+		return "", err
+	}
+	return d, nil
+}

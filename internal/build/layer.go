@@ -1,0 +1,334 @@
+package build
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselos/vessel/internal/container"
+	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/recipe"
+	"github.com/vesselos/vessel/internal/runtime"
+)
+
+// runtimeMountPoints are the directories the OCI runtime creates in the
+// root filesystem when they are missing (for the kernel filesystems every
+// container gets and for the /stacker and /vessel binds). A build must not
+// add them to the layer: the ones missing from the base are removed from
+// the upper directory after the run, deepest first.
+var runtimeMountPoints = []string{
+	"/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup",
+	"/stacker", "/vessel",
+}
+
+// buildLayer stages img's imports, runs its script on the mounted base
+// with a writable upper directory and makes the upper directory a layer in
+// the store.
+func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base *baseImage, src *sources) (ocispec.Descriptor, error) {
+	steps := len(b.plan.Steps)
+	fail := func(phase string, line int, err error) error {
+		return &StepError{Image: img.Name, Step: i + 1, Steps: steps, Phase: phase, File: b.plan.File.Path, Line: line, ExitCode: -1, Err: err}
+	}
+	tmp, err := b.tempDir("build-*")
+	if err != nil {
+		return ocispec.Descriptor{}, fail("prepare", 0, err)
+	}
+	defer os.RemoveAll(tmp)
+	mtime := time.Unix(0, 0)
+	if b.opt.SourceDateEpoch != nil {
+		mtime = time.Unix(*b.opt.SourceDateEpoch, 0)
+	}
+	st, err := recipe.Stage(img, filepath.Join(tmp, "stage"), recipe.StageOptions{Resolve: src.resolve, MTime: mtime})
+	if err != nil {
+		return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+	}
+	// The source images are no longer needed once their files are copied.
+	if err := src.close(); err != nil {
+		return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+	}
+	// This process is root of the build's user namespace (the real root,
+	// or mapped root in a rootless build): chown applies there.
+	for _, c := range st.Chowns {
+		if err := os.Lchown(c.HostPath, c.UID, c.GID); err != nil {
+			return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), fmt.Errorf("chown %s: %w", c.ContainerPath, err))
+		}
+	}
+	upper := filepath.Join(tmp, "upper")
+	var missing []string
+	prepare := func(rootfs string) error {
+		missing = missing[:0]
+		for _, p := range runtimeMountPoints {
+			if _, err := os.Lstat(filepath.Join(rootfs, p)); errors.Is(err, fs.ErrNotExist) {
+				missing = append(missing, p)
+			}
+		}
+		if err := copyTree(st.Rootfs, rootfs); err != nil {
+			return fmt.Errorf("copy imports with dest: into the image: %w", err)
+		}
+		return nil
+	}
+	id := containerID(img.Name)
+	if script := img.Script(); script != "" {
+		if !hostArch(img.Arch) {
+			return ocispec.Descriptor{}, fail("run", img.KeyLine("arch"), fmt.Errorf("arch %s: this machine runs %s, and cross-architecture run scripts are not supported yet", img.Arch, hostArchName()))
+		}
+		l, err := b.launcher()
+		if err != nil {
+			return ocispec.Descriptor{}, fail("run", img.KeyLine("run"), err)
+		}
+		var binds []runtime.Bind
+		for _, m := range st.Mounts {
+			binds = append(binds, runtime.Bind{Source: m.Source, Target: m.Destination, ReadOnly: m.ReadOnly})
+		}
+		var baseEnv []string
+		if base.config != nil {
+			baseEnv = base.config.Config.Env
+		}
+		tail := &tailWriter{max: tailLines}
+		out := &lockedWriter{w: io.MultiWriter(b.opt.Output, tail)}
+		b.event(i, StatusRun, "", "")
+		code, err := l.Run(ctx, container.Spec{
+			ID:    id,
+			Image: base.mount,
+			Config: runtime.Config{
+				Args:    []string{recipe.ScriptPath},
+				Env:     img.RunEnv(baseEnv),
+				Cwd:     "/",
+				User:    "0:0",
+				Network: runtime.NetworkNone,
+				Mounts:  binds,
+			},
+			Upper:   upper,
+			Prepare: prepare,
+		}, runtime.Stdio{Stdout: out, Stderr: out})
+		if err != nil || code != 0 {
+			e := fail("run", img.KeyLine("run"), err).(*StepError)
+			e.ExitCode, e.Tail = code, tail.lines()
+			if err == nil {
+				e.Err = nil
+			}
+			return ocispec.Descriptor{}, e
+		}
+	} else {
+		target := filepath.Join(tmp, "rootfs")
+		if _, err := b.opt.Mounts.Mount(ctx, base.mount, id, target, mount.Self(), mount.Options{Writable: true, Upper: upper}); err != nil {
+			return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+		}
+		err := prepare(target)
+		if uerr := b.opt.Mounts.Unmount(id); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+		if err != nil {
+			return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+		}
+		missing = nil // no runtime ran
+	}
+	dir := filepath.Join(upper, "upper")
+	if err := cleanUpper(dir, missing); err != nil {
+		return ocispec.Descriptor{}, fail("layer", 0, err)
+	}
+	b.event(i, StatusLayer, "", "")
+	built, err := layer.Build(ctx, dir, filepath.Join(tmp, "blob"), layer.BuildOptions{Format: b.opt.Format, SourceDateEpoch: b.opt.SourceDateEpoch})
+	if err != nil {
+		return ocispec.Descriptor{}, fail("layer", 0, err)
+	}
+	if err := b.s.PutBlobFile(built.Path, built.Descriptor.Digest); err != nil {
+		return ocispec.Descriptor{}, fail("layer", 0, err)
+	}
+	return built.Descriptor, nil
+}
+
+// containerID names a build container: unique per build, valid as a
+// runtime id whatever the image is called.
+func containerID(name string) string {
+	var sb strings.Builder
+	for _, c := range strings.ToLower(name) {
+		if c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' {
+			sb.WriteRune(c)
+		}
+		if sb.Len() >= 40 {
+			break
+		}
+	}
+	r := make([]byte, 4)
+	rand.Read(r)
+	return "build-" + sb.String() + "-" + hex.EncodeToString(r)
+}
+
+// cleanUpper turns the overlay upper directory into a layer tree: the
+// mount points the runtime created (missing, container paths) are removed
+// when they are still empty directories, and overlayfs's private xattrs
+// (origin, impure, ...) are dropped; opaque-directory markers and
+// whiteouts (0:0 character devices) stay, since they are what makes
+// deletions work when the layer is stacked.
+func cleanUpper(dir string, missing []string) error {
+	ms := slices.Clone(missing)
+	slices.SortFunc(ms, func(a, b string) int { return len(b) - len(a) })
+	for _, p := range ms {
+		full := filepath.Join(dir, p)
+		fi, err := os.Lstat(full)
+		if err != nil || !fi.IsDir() {
+			continue
+		}
+		if err := os.Remove(full); err != nil && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("remove mount point %s from the layer: %w", p, err)
+		}
+	}
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return stripOverlayXattrs(p)
+	})
+}
+
+func stripOverlayXattrs(p string) error {
+	sz, err := unix.Llistxattr(p, nil)
+	if err != nil || sz == 0 {
+		if errors.Is(err, unix.ENOTSUP) {
+			return nil
+		}
+		return err
+	}
+	buf := make([]byte, sz)
+	sz, err = unix.Llistxattr(p, buf)
+	if err != nil {
+		return err
+	}
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:sz]), "\x00"), "\x00") {
+		if !strings.HasPrefix(name, "trusted.overlay.") && !strings.HasPrefix(name, "user.overlay.") {
+			continue
+		}
+		if strings.HasSuffix(name, ".overlay.opaque") {
+			continue
+		}
+		if err := unix.Lremovexattr(p, name); err != nil && !errors.Is(err, unix.ENODATA) {
+			return fmt.Errorf("remove xattr %s from %s: %w", name, p, err)
+		}
+	}
+	return nil
+}
+
+// copyTree copies the staged tree src (dest: imports) into the mounted
+// root dst, keeping owners, modes, symlinks and times. Directories that
+// already exist in dst keep their own owner and mode (only missing parents
+// are created); anything else in the way is replaced.
+func copyTree(src, dst string) error {
+	type dirTime struct {
+		path string
+		fi   fs.FileInfo
+	}
+	var dirs []dirTime
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		if rel == "." {
+			return nil
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		old, oerr := os.Lstat(target)
+		if fi.IsDir() {
+			if oerr == nil && old.IsDir() {
+				return nil
+			}
+			if oerr == nil {
+				if err := os.RemoveAll(target); err != nil {
+					return err
+				}
+			}
+			if err := os.Mkdir(target, 0o700); err != nil {
+				return err
+			}
+			dirs = append(dirs, dirTime{target, fi})
+			return nil
+		}
+		if oerr == nil {
+			if err := os.RemoveAll(target); err != nil {
+				return err
+			}
+		}
+		switch {
+		case fi.Mode()&fs.ModeSymlink != 0:
+			l, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			if err := os.Symlink(l, target); err != nil {
+				return err
+			}
+		case fi.Mode().IsRegular():
+			if err := copyFile(p, target); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("%s: cannot import a %s", rel, fi.Mode().Type())
+		}
+		return setMeta(target, fi)
+	})
+	if err != nil {
+		return err
+	}
+	for i := len(dirs) - 1; i >= 0; i-- { // deepest first
+		if err := setMeta(dirs[i].path, dirs[i].fi); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setMeta gives p the owner, mode and mtime of fi (mode after chown, which
+// clears setuid bits).
+func setMeta(p string, fi fs.FileInfo) error {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if err := os.Lchown(p, int(st.Uid), int(st.Gid)); err != nil {
+			return err
+		}
+	}
+	if fi.Mode()&fs.ModeSymlink == 0 {
+		if err := os.Chmod(p, fi.Mode()&(fs.ModePerm|fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)); err != nil {
+			return err
+		}
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(fi.ModTime().UnixNano()), unix.NsecToTimespec(fi.ModTime().UnixNano())}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close() // read-only
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
