@@ -3,6 +3,7 @@ package mount
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -32,9 +33,21 @@ func mountFuse(lm LayerMount) error {
 	// own (a terminal's ^C must not reach it): this process reaps it when
 	// an unmount ends it, so a long-running vessel (a build, a
 	// supervisor) that is pid 1 of its namespace collects no zombies.
-	var out bytes.Buffer
+	// Its output goes to an unlinked file, not a pipe: the driver
+	// outlives a `vessel mount` that exits, and a write to a pipe nobody
+	// reads would kill it (SIGPIPE) and with it the mount.
+	out, err := os.CreateTemp("", "vessel-"+driver+"-*.log")
+	if err != nil {
+		return err
+	}
+	os.Remove(out.Name())
+	defer out.Close()
+	output := func() []byte {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/self/fd/%d", out.Fd()))
+		return bytes.TrimSpace(b)
+	}
 	cmd := exec.Command(driver, "-f", "-o", "ro", lm.Blob, lm.Dir)
-	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("%s %s: %w", driver, lm.Blob, err)
@@ -45,7 +58,7 @@ func mountFuse(lm LayerMount) error {
 	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
 		select {
 		case err := <-exited:
-			msg := bytes.TrimSpace(out.Bytes())
+			msg := output()
 			if bytes.Contains(msg, []byte("/dev/fuse")) {
 				return fmt.Errorf("%s %s: %s (is /dev/fuse there and usable? the fuse module must be loaded)", driver, lm.Blob, msg)
 			}
