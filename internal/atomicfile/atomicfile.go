@@ -21,6 +21,18 @@ func Write(path string, data []byte, perm os.FileMode) error {
 // the same filesystem as path (so that rename is atomic). Use it to keep
 // half-written files out of a directory that other tools read.
 func WriteIn(tmpDir, path string, data []byte, perm os.FileMode) (err error) {
+	return write(tmpDir, path, data, perm, true)
+}
+
+// WriteVolatile replaces path atomically with respect to other processes
+// and to a crash of this one, but does not fsync: after a power loss the
+// file may be old or empty. It is for per-boot state (under /run), which a
+// reboot discards anyway.
+func WriteVolatile(path string, data []byte, perm os.FileMode) error {
+	return write(filepath.Dir(path), path, data, perm, false)
+}
+
+func write(tmpDir, path string, data []byte, perm os.FileMode, durable bool) (err error) {
 	f, err := os.CreateTemp(tmpDir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
@@ -37,14 +49,19 @@ func WriteIn(tmpDir, path string, data []byte, perm os.FileMode) (err error) {
 	if _, err := f.Write(data); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", f.Name(), err)
+	if durable {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("fsync %s: %w", f.Name(), err)
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
 	if err := os.Rename(f.Name(), path); err != nil {
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	return SyncDir(filepath.Dir(path))
 }

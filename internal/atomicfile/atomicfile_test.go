@@ -35,3 +35,22 @@ func TestWriteReplacesAndCleansUp(t *testing.T) {
 		t.Fatal("missing temp dir accepted")
 	}
 }
+
+func TestWriteVolatile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state.json")
+	for _, v := range []string{"one", "two"} {
+		if err := WriteVolatile(p, []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := os.ReadFile(p); string(b) != "two" {
+		t.Fatalf("content %q", b)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("temp files left: %v", ents)
+	}
+	if err := WriteVolatile(filepath.Join(dir, "no", "such"), nil, 0o600); err == nil {
+		t.Fatal("write into a missing directory succeeded")
+	}
+}

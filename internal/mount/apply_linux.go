@@ -161,19 +161,25 @@ func applyMount(mt Mount, dev string) error {
 }
 
 // unmount unmounts target, retrying briefly while it is busy (a process
-// of a container that just exited may still hold it for a moment).
+// of a container that just exited may still hold it for a moment). If it
+// stays busy, the mount is detached lazily: it leaves the namespace now and
+// the kernel frees it (and, through autoclear, its loop device) when the
+// last user lets go.
 func unmount(target string) error {
 	var err error
-	for i := 0; i < 50; i++ {
+	for i := 0; i < 20; i++ {
 		if err = unix.Unmount(target, 0); err == nil || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) {
 			return nil
 		}
 		if !errors.Is(err, unix.EBUSY) {
-			break
+			return err
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	return err
+	if derr := unix.Unmount(target, unix.MNT_DETACH); derr != nil {
+		return fmt.Errorf("%w (and detaching: %v)", err, derr)
+	}
+	return nil
 }
 
 // isMountPoint reports whether path is the root of a mount.

@@ -128,6 +128,16 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 	if r, ok := m.findTarget(p.Target); ok {
 		return nil, fmt.Errorf("%s: %w (mount %s of image %s)", p.Target, ErrMounted, r.Plan.ID, r.Plan.Image)
 	}
+	if isMountPoint(p.Target) {
+		if !p.OwnUp {
+			return nil, fmt.Errorf("%s: %w (by something other than vessel)", p.Target, ErrMounted)
+		}
+		// A container root left mounted by a crash, without a record:
+		// vessel made it, so vessel may take it down.
+		if err := unmount(p.Target); err != nil {
+			return nil, fmt.Errorf("stale mount at %s: %w", p.Target, err)
+		}
+	}
 	// The record goes first, so that a crash part-way leaves something
 	// Cleanup can find and undo.
 	rec := record{Plan: p, Owner: owner}
@@ -282,7 +292,9 @@ func (m *Manager) Cleanup() ([]string, error) {
 func (m *Manager) undo(r record) error {
 	p := r.Plan
 	var errs []error
-	if r.Mounted && isMountPoint(p.Target) {
+	// A container root (OwnUp) is vessel's by construction; a target the
+	// user named is unmounted only once vessel has mounted it.
+	if (r.Mounted || p.OwnUp) && isMountPoint(p.Target) {
 		if err := unmount(p.Target); err != nil {
 			// The rest would fail too while the overlay holds the layers.
 			return fmt.Errorf("unmount %s: %w", p.Target, err)
@@ -377,7 +389,7 @@ func (m *Manager) writeRecord(r record) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(m.recordFile(r.Plan.ID), b, 0o600)
+	return atomicfile.WriteVolatile(m.recordFile(r.Plan.ID), b, 0o600)
 }
 
 func (m *Manager) readRecord(id string) (record, error) {
@@ -429,7 +441,8 @@ func (m *Manager) findTarget(target string) (record, bool) {
 	return record{}, false
 }
 
-// procStart reads a process's start time (clock ticks since boot).
+// procStart reads a process's start time (clock ticks since boot), or 0
+// if it does not exist or has exited.
 func procStart(pid int) uint64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -441,8 +454,8 @@ func procStart(pid int) uint64 {
 		return 0
 	}
 	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return 0
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return 0 // a zombie has exited; only its parent has not reaped it
 	}
 	var t uint64
 	fmt.Sscan(f[19], &t)

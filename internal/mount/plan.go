@@ -134,6 +134,11 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 			p.OwnUp = true
 		}
 		opts = append(opts, "upperdir="+filepath.Join(p.Upper, "upper"), "workdir="+filepath.Join(p.Upper, "work"))
+		if p.OwnUp {
+			// A throwaway upper needs no syncs (Linux 5.10+): it is
+			// deleted on unmount and after a crash.
+			opts = append(opts, "volatile")
+		}
 	case len(lowers) == 1:
 		// overlayfs wants two lower layers when there is no upper: a
 		// read-only bind of the single layer is the same thing.

@@ -61,6 +61,7 @@ func TestPlanUserspaceWritable(t *testing.T) {
 		"lowerdir=" + p.Layers[2].Dir + ":" + p.Layers[1].Dir + ":" + p.Layers[0].Dir,
 		"upperdir=/run/vessel/containers/c1/upper",
 		"workdir=/run/vessel/containers/c1/work",
+		"volatile",
 	}
 	if got := strings.Join(p.Overlay.Options, " "); got != strings.Join(want, " ") {
 		t.Errorf("overlay options\n got %s\nwant %s", got, strings.Join(want, " "))

@@ -98,6 +98,6 @@ func (m *Manager) verifyLayer(f *os.File, lm LayerMount) error {
 		return err
 	}
 	// A lost record only costs a second verification.
-	_ = atomicfile.Write(m.recordPath(lm), b, 0o600)
+	_ = atomicfile.WriteVolatile(m.recordPath(lm), b, 0o600)
 	return nil
 }
