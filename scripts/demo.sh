@@ -2,13 +2,19 @@
 # make demo: build a small product end to end on a throwaway local store.
 #   two layers from a small tree (busybox-static + an app) -> a verified image
 #   -> inspect -> verify -> product keys -> signed system manifest -> verify it
-#   -> flip one byte in a layer and watch verification name it.
+#   -> vessel up: run its services from verified layers (web page, a worker
+#   restarted on a fresh root filesystem) -> flip one byte in a layer and
+#   watch verification name it, and the container refuse to start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 vessel=$PWD/bin/vessel
 work=$(mktemp -d /tmp/vessel-demo.XXXXXX)
-trap 'rm -rf "$work"' EXIT INT TERM
-export VESSEL_ROOT=$work/store SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
+export VESSEL_ROOT=$work/store VESSEL_RUN=$work/run SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
+cleanup() {
+  "$vessel" down >/dev/null 2>&1 || true
+  rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
@@ -19,8 +25,9 @@ busybox=/bin/busybox
 say "two root filesystem trees"
 mkdir -p "$work/base/bin" "$work/base/etc" "$work/app/srv/www" "$work/app/etc"
 cp "$busybox" "$work/base/bin/busybox"
-for t in sh ls cat httpd; do ln -s busybox "$work/base/bin/$t"; done
+for t in sh ls cat httpd echo wc sleep date; do ln -s busybox "$work/base/bin/$t"; done
 echo "ID=vessel-demo" > "$work/base/etc/os-release"
+mkdir -p "$work/base/tmp"
 echo "<h1>hello from a verified layer</h1>" > "$work/app/srv/www/index.html"
 echo "welcome" > "$work/app/etc/motd"
 find "$work/base" "$work/app" -printf '%y %p\n' | sed "s|$work/||" | head -20
@@ -55,13 +62,33 @@ version: 1
 services:
   - name: web
     image: demo:1
-    command: ["/bin/httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/srv/www"]
+    command: ["/bin/httpd", "-f", "-p", "127.0.0.1:${DEMO_PORT:-8080}", "-h", "/srv/www"]
+    network: host
     restart: always
+  - name: worker
+    image: demo:1
+    command: ["/bin/sh", "-c", "echo run >> /state/runs; echo \"run \$(wc -l < /state/runs): root fs has \$(ls /tmp 2>/dev/null | wc -l) files left from earlier runs\"; echo x > /tmp/scratch; sleep 2; exit 1"]
+    restart: on-failure
+    volumes: ["state:/state"]
 YAML
 run "$vessel" manifest build "$work/system.yaml" -o "$work/manifest.json"
 run "$vessel" manifest sign "$work/manifest.json" --key "$work/keys/products/demo-appliance/product.key" \
   --cert "$work/keys/products/demo-appliance/product.pem" -o "$work/manifest.signed"
 run "$vessel" manifest verify "$work/manifest.signed" --ca "$work/keys/manifest-ca.pem" --product-id "$pid" --images
+
+say "vessel up: every service runs from a fresh, verified root filesystem"
+run "$vessel" runtime
+run "$vessel" up "$work/manifest.signed" --ca "$work/keys/manifest-ca.pem" --product-id "$pid" --detach --stop-timeout 2s
+run "$vessel" ps
+for _ in $(seq 50); do page=$(wget -qO- "http://127.0.0.1:${DEMO_PORT:-8080}/" 2>/dev/null) && break; sleep 0.1; done
+printf '$ wget -qO- http://127.0.0.1:%s/\n%s\n' "${DEMO_PORT:-8080}" "$page"
+case $page in *"verified layer"*) ;; *) echo "demo: the web service did not answer" >&2; exit 1 ;; esac
+sleep 5
+echo "(the worker exits 1 on purpose: it is restarted with backoff, its volume kept, its root fs fresh)"
+run "$vessel" logs worker
+run "$vessel" restart web
+run "$vessel" ps
+run "$vessel" down
 
 say "tamper: flip one byte inside layer 1 and verify again"
 printf 'X' | dd of="$blob" bs=1 seek=8192 conv=notrunc 2>/dev/null
@@ -72,4 +99,11 @@ run "$vessel" verity verify "$blob" "$blob" "$root1" --hash-offset=$((blocks1 * 
 if command -v veritysetup >/dev/null; then
   run veritysetup verify "$blob" "$blob" "$root1" --data-blocks="$blocks1" --hash-offset=$((blocks1 * 4096)) || true
 fi
-say "tampering detected: the demo is complete"
+say "a tampered layer is never mounted: the container does not start"
+if "$vessel" run demo:1 /bin/echo "this must not print"; then
+  echo "demo: a tampered layer was mounted" >&2; exit 1
+fi
+if grep -q "$VESSEL_RUN" /proc/self/mountinfo; then
+  echo "demo: mounts left behind" >&2; exit 1
+fi
+say "tampering detected, nothing left mounted: the demo is complete"
