@@ -79,7 +79,7 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		if err := copyTree(st.Rootfs, rootfs); err != nil {
 			return fmt.Errorf("copy imports with dest: into the image: %w", err)
 		}
-		return nil
+		return checkInterpreter(img, rootfs, st.Dir)
 	}
 	id := containerID(img.Name)
 	if script := img.Script(); script != "" {
@@ -98,8 +98,18 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		if base.config != nil {
 			baseEnv = base.config.Config.Env
 		}
+		// One pipe for stdout and stderr keeps their order as written.
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			return ocispec.Descriptor{}, fail("run", img.KeyLine("run"), err)
+		}
 		tail := &tailWriter{max: tailLines}
-		out := &lockedWriter{w: io.MultiWriter(b.opt.Output, tail)}
+		copied := make(chan struct{})
+		go func() {
+			defer close(copied)
+			io.Copy(io.MultiWriter(b.opt.Output, tail), pr) // output errors must not stop the build
+			pr.Close()
+		}()
 		b.event(i, StatusRun, "", "")
 		code, err := l.Run(ctx, container.Spec{
 			ID:    id,
@@ -114,7 +124,9 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 			},
 			Upper:   upper,
 			Prepare: prepare,
-		}, runtime.Stdio{Stdout: out, Stderr: out})
+		}, runtime.Stdio{Stdout: pw, Stderr: pw})
+		pw.Close()
+		<-copied
 		if err != nil || code != 0 {
 			e := fail("run", img.KeyLine("run"), err).(*StepError)
 			e.ExitCode, e.Tail = code, tail.lines()
@@ -331,4 +343,36 @@ func copyFile(src, dst string) error {
 		err = cerr
 	}
 	return err
+}
+
+// checkInterpreter fails early, and says what to do, when the #! line of
+// the run script names a program that the container will not have.
+func checkInterpreter(img *recipe.Image, rootfs, stageDir string) error {
+	script := img.Script()
+	if script == "" {
+		return nil
+	}
+	first, _, _ := strings.Cut(strings.TrimPrefix(script, "#!"), "\n")
+	fields := strings.Fields(first)
+	if len(fields) == 0 {
+		return fmt.Errorf("the script's #! line names no interpreter")
+	}
+	interp := fields[0]
+	root := rootfs
+	rel := interp
+	for _, m := range []string{"/stacker/", "/vessel/"} {
+		if strings.HasPrefix(interp, m) {
+			root, rel = filepath.Join(stageDir, strings.Trim(m, "/")), strings.TrimPrefix(interp, m)
+		}
+	}
+	if p, err := inRoot(root, rel); err == nil {
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+			return nil
+		}
+	}
+	hint := ""
+	if img.From.Type == recipe.Scratch {
+		hint = ": an image from scratch has no shell; import a static one (busybox) and start the script with \"#!/stacker/imports/busybox sh\""
+	}
+	return fmt.Errorf("the script's interpreter %s is not in the image%s", interp, hint)
 }
