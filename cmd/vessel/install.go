@@ -2,20 +2,18 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/registry"
-	"github.com/vesselos/vessel/internal/trust"
 )
 
 func init() { addCommand(installCmd) }
 
 func installCmd(g *globals) *cobra.Command {
 	var rf registryFlags
-	var caPath, pid, crlPath, imageRepo, at string
+	var tf trustFlags
+	var imageRepo string
 	c := &cobra.Command{
 		Use:   "install docker://HOST/REPO[:TAG|@DIGEST] --ca CA.pem",
 		Short: "Fetch, verify and install a signed system manifest and its images",
@@ -38,31 +36,15 @@ store are kept and partial downloads continue where they stopped.` + registryHel
       --product-id 0f8fad5b-d9cb-469f-a165-70867728950e --plain-http --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if caPath == "" {
-				return usageError{"install: --ca is required (the manifest-signing CA certificate)"}
-			}
 			ref, err := registry.ParseReference(args[0])
 			if err != nil {
 				return usageError{err.Error()}
 			}
-			opts := registry.InstallOptions{Trust: trust.Options{ProductID: pid}}
-			if opts.Trust.CAs, err = trust.LoadCerts(caPath); err != nil {
-				return fmt.Errorf("install: %w", err)
+			topts, err := tf.options("install")
+			if err != nil {
+				return err
 			}
-			if crlPath != "" {
-				b, err := os.ReadFile(crlPath)
-				if err != nil {
-					return fmt.Errorf("install: %w", err)
-				}
-				if opts.Trust.CRL, err = trust.ParseCRL(b); err != nil {
-					return fmt.Errorf("install: CRL %s: %w", crlPath, err)
-				}
-			}
-			if at != "" {
-				if opts.Trust.At, err = time.Parse(time.RFC3339, at); err != nil {
-					return usageError{"install: --at: want RFC 3339 time like 2030-01-01T00:00:00Z"}
-				}
-			}
+			opts := registry.InstallOptions{Trust: topts}
 			if imageRepo != "" {
 				r, err := registry.ParseReference(imageRepo)
 				if err != nil {
@@ -101,10 +83,7 @@ store are kept and partial downloads continue where they stopped.` + registryHel
 		},
 	}
 	rf.add(c)
-	c.Flags().StringVar(&caPath, "ca", "", "manifest-signing CA certificate(s) to trust (PEM)")
-	c.Flags().StringVar(&pid, "product-id", "", "require this product UUID")
-	c.Flags().StringVar(&crlPath, "crl", "", "revocation list from the CA (PEM or DER)")
-	c.Flags().StringVar(&at, "at", "", "verify at this time (RFC 3339) instead of now")
+	tf.add(c.Flags())
 	c.Flags().StringVar(&imageRepo, "image-repo", "", "pull the images from this docker://HOST/REPO instead of the manifest's repository")
 	return c
 }

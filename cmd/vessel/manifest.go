@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -162,7 +161,7 @@ func manifestSignCmd(g *globals) *cobra.Command {
 }
 
 func manifestVerifyCmd(g *globals) *cobra.Command {
-	var caPath, pid, crlPath, at string
+	var tf trustFlags
 	var minVersion int64
 	var images, noRecord bool
 	c := &cobra.Command{
@@ -183,28 +182,9 @@ records it unless --no-record; --min-version N replaces the record).`,
   vessel manifest verify manifest.signed --ca manifest-ca.pem --at 2030-01-01T00:00:00Z --min-version 3 --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if caPath == "" {
-				return usageError{"manifest verify: --ca is required"}
-			}
-			opts := trust.Options{ProductID: pid}
-			cas, err := trust.LoadCerts(caPath)
+			opts, err := tf.options("manifest verify")
 			if err != nil {
-				return fmt.Errorf("manifest verify: %w", err)
-			}
-			opts.CAs = cas
-			if crlPath != "" {
-				b, err := os.ReadFile(crlPath)
-				if err != nil {
-					return fmt.Errorf("manifest verify: %w", err)
-				}
-				if opts.CRL, err = trust.ParseCRL(b); err != nil {
-					return fmt.Errorf("manifest verify: CRL %s: %w", crlPath, err)
-				}
-			}
-			if at != "" {
-				if opts.At, err = time.Parse(time.RFC3339, at); err != nil {
-					return usageError{"manifest verify: --at: want RFC 3339 time like 2030-01-01T00:00:00Z"}
-				}
+				return err
 			}
 			var root string
 			if images || !cmd.Flags().Changed("min-version") {
@@ -242,10 +222,7 @@ records it unless --no-record; --min-version N replaces the record).`,
 			return err
 		},
 	}
-	c.Flags().StringVar(&caPath, "ca", "", "manifest-signing CA certificate(s) to trust (PEM)")
-	c.Flags().StringVar(&pid, "product-id", "", "require this product UUID")
-	c.Flags().StringVar(&crlPath, "crl", "", "revocation list from the CA (PEM or DER)")
-	c.Flags().StringVar(&at, "at", "", "verify at this time (RFC 3339) instead of now")
+	tf.add(c.Flags())
 	c.Flags().Int64Var(&minVersion, "min-version", 0, "lowest acceptable version (replaces the store's record; nothing is recorded)")
 	c.Flags().BoolVar(&images, "images", false, "also check every image is in the store with the exact digest and verity layers")
 	c.Flags().BoolVar(&noRecord, "no-record", false, "do not record this version as accepted")
