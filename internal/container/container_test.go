@@ -140,30 +140,30 @@ func TestConcurrentRunsShareLayers(t *testing.T) {
 		}()
 	}
 	// Wait until all 20 root filesystems are mounted, then count mounts.
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		ents, _ := os.ReadDir(filepath.Join(e.run, "mounts"))
-		if len(ents) == n {
-			break
+	count := func() (layerMounts, overlays int) {
+		mi, _ := os.ReadFile("/proc/self/mountinfo")
+		for _, l := range strings.Split(string(mi), "\n") {
+			f := strings.Fields(l)
+			if len(f) < 5 {
+				continue
+			}
+			switch point := f[4]; {
+			case strings.HasPrefix(point, filepath.Join(e.run, "layers")):
+				layerMounts++
+			case strings.HasPrefix(point, filepath.Join(e.run, "containers")) && strings.Contains(l, " - overlay "):
+				overlays++
+			}
 		}
+		return
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	layerMounts, overlays := count()
+	for overlays < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d containers mounted", len(ents), n)
+			t.Fatalf("only %d of %d containers mounted", overlays, n)
 		}
 		time.Sleep(20 * time.Millisecond)
-	}
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	layerMounts, overlays := 0, 0
-	for _, l := range strings.Split(string(mi), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 5 {
-			continue
-		}
-		switch point := f[4]; {
-		case strings.HasPrefix(point, filepath.Join(e.run, "layers")):
-			layerMounts++
-		case strings.HasPrefix(point, filepath.Join(e.run, "containers")) && strings.Contains(l, " - overlay "):
-			overlays++
-		}
+		layerMounts, overlays = count()
 	}
 	if layerMounts != len(e.img.Layers) || overlays != n {
 		t.Errorf("%d containers: %d layer mounts (want %d, shared) and %d overlays (want %d)", n, layerMounts, len(e.img.Layers), overlays, n)
