@@ -59,6 +59,9 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
   SOURCE_DATE_EPOCH=1700000000 vessel build --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if handled, err := g.enterUserNS(cmd); handled || err != nil {
+				return err
+			}
 			sm := map[string]string{}
 			for _, s := range subs {
 				k, v, ok := strings.Cut(s, "=")

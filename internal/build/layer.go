@@ -150,7 +150,11 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		missing = nil // no runtime ran
 	}
 	dir := filepath.Join(upper, "upper")
-	if err := cleanUpper(dir, missing); err != nil {
+	opaque, err := cleanUpper(dir, missing)
+	if err != nil {
+		return ocispec.Descriptor{}, fail("layer", 0, err)
+	}
+	if err := b.flattenOpaque(ctx, base, dir, opaque, id); err != nil {
 		return ocispec.Descriptor{}, fail("layer", 0, err)
 	}
 	b.event(i, StatusLayer, "", "")
@@ -184,10 +188,10 @@ func containerID(name string) string {
 // cleanUpper turns the overlay upper directory into a layer tree: the
 // mount points the runtime created (missing, container paths) are removed
 // when they are still empty directories, and overlayfs's private xattrs
-// (origin, impure, ...) are dropped; opaque-directory markers and
-// whiteouts (0:0 character devices) stay, since they are what makes
-// deletions work when the layer is stacked.
-func cleanUpper(dir string, missing []string) error {
+// (origin, impure, ...) are dropped. Whiteouts (0:0 character devices)
+// stay; the opaque directories are returned (relative to dir) for
+// flattenOpaque.
+func cleanUpper(dir string, missing []string) (opaque []string, err error) {
 	ms := slices.Clone(missing)
 	slices.SortFunc(ms, func(a, b string) int { return len(b) - len(a) })
 	for _, p := range ms {
@@ -197,42 +201,111 @@ func cleanUpper(dir string, missing []string) error {
 			continue
 		}
 		if err := os.Remove(full); err != nil && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("remove mount point %s from the layer: %w", p, err)
+			return nil, fmt.Errorf("remove mount point %s from the layer: %w", p, err)
 		}
 	}
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		return stripOverlayXattrs(p)
+		isOpaque, err := stripOverlayXattrs(p)
+		if err != nil {
+			return err
+		}
+		if isOpaque && d.IsDir() {
+			rel, _ := filepath.Rel(dir, p)
+			opaque = append(opaque, rel)
+		}
+		return nil
 	})
+	return opaque, err
 }
 
-func stripOverlayXattrs(p string) error {
+// flattenOpaque replaces each opaque directory marker of the upper
+// directory by a whiteout for every entry the base has there and the
+// upper directory does not. Stacked on the same base (and a layer is only
+// ever used on the base its cache key names) that means the same thing,
+// and it needs no xattr: a root build marks opaque directories with
+// trusted.overlay.opaque, a rootless one (overlay with userxattr) with
+// user.overlay.opaque, and mksquashfs cannot be told to write the trusted
+// one from a user namespace. Whiteouts are plain 0:0 character devices
+// that both can create, so root and rootless builds give the same layer.
+func (b *builder) flattenOpaque(ctx context.Context, base *baseImage, dir string, opaque []string, id string) (err error) {
+	if len(opaque) == 0 {
+		return nil
+	}
+	var lower string
+	if len(base.mount.Layers) > 0 {
+		tmp, err := b.tempDir("base-*")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		lower = filepath.Join(tmp, "root")
+		if _, err := b.opt.Mounts.Mount(ctx, base.mount, id+"-base", lower, mount.Self(), mount.Options{}); err != nil {
+			return fmt.Errorf("mount the base to resolve opaque directories: %w", err)
+		}
+		defer func() {
+			if uerr := b.opt.Mounts.Unmount(id + "-base"); uerr != nil {
+				err = errors.Join(err, uerr)
+			}
+		}()
+	}
+	for _, rel := range opaque {
+		p := filepath.Join(dir, rel)
+		if lower != "" {
+			ents, err := os.ReadDir(filepath.Join(lower, rel))
+			if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.ENOTDIR) {
+				return err
+			}
+			for _, e := range ents {
+				w := filepath.Join(p, e.Name())
+				if _, err := os.Lstat(w); err == nil {
+					continue // replaced in the upper directory
+				}
+				if err := unix.Mknod(w, unix.S_IFCHR, 0); err != nil {
+					return fmt.Errorf("whiteout %s: %w", w, err)
+				}
+			}
+		}
+		// (a user namespace may not touch trusted.*, nor see it: EPERM)
+		for _, x := range []string{"trusted.overlay.opaque", "user.overlay.opaque"} {
+			if err := unix.Lremovexattr(p, x); err != nil && !errors.Is(err, unix.ENODATA) && !errors.Is(err, unix.ENOTSUP) && !errors.Is(err, unix.EPERM) {
+				return fmt.Errorf("remove %s from %s: %w", x, p, err)
+			}
+		}
+	}
+	return nil
+}
+
+// stripOverlayXattrs removes overlayfs's xattrs from p, except the opaque
+// marker, and reports whether p has that.
+func stripOverlayXattrs(p string) (opaque bool, err error) {
 	sz, err := unix.Llistxattr(p, nil)
 	if err != nil || sz == 0 {
 		if errors.Is(err, unix.ENOTSUP) {
-			return nil
+			return false, nil
 		}
-		return err
+		return false, err
 	}
 	buf := make([]byte, sz)
 	sz, err = unix.Llistxattr(p, buf)
 	if err != nil {
-		return err
+		return false, err
 	}
 	for _, name := range strings.Split(strings.TrimRight(string(buf[:sz]), "\x00"), "\x00") {
 		if !strings.HasPrefix(name, "trusted.overlay.") && !strings.HasPrefix(name, "user.overlay.") {
 			continue
 		}
 		if strings.HasSuffix(name, ".overlay.opaque") {
+			opaque = true
 			continue
 		}
 		if err := unix.Lremovexattr(p, name); err != nil && !errors.Is(err, unix.ENODATA) {
-			return fmt.Errorf("remove xattr %s from %s: %w", name, p, err)
+			return false, fmt.Errorf("remove xattr %s from %s: %w", name, p, err)
 		}
 	}
-	return nil
+	return opaque, nil
 }
 
 // copyTree copies the staged tree src (dest: imports) into the mounted

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vesselos/vessel/internal/userns/usernstest"
+)
+
+// rootlessRecipe is examples/vessel.yaml plus an image that deletes a file
+// and replaces a directory of its base (a whiteout and an opaque
+// directory), and one that imports with uid/gid/mode.
+const rootlessRecipe = `
+extra:
+  from: {type: built, tag: app}
+  imports:
+    - path: www/index.html
+      dest: /srv/owned.html
+      mode: 0640
+      uid: 1000
+      gid: 1000
+  run: |
+    rm /etc/group
+    rm -r /www
+    mkdir /www
+    echo replaced > /www/index.html
+    chown 1000:1000 /www
+`
+
+// TestBuildRootlessSameDigests builds the example recipe (plus whiteouts,
+// an opaque directory and owned files) as root and as a throwaway
+// unprivileged user with subordinate ids, on clean stores, and wants the
+// same image digests.
+func TestBuildRootlessSameDigests(t *testing.T) {
+	for _, tool := range []string{"squashfuse", "mksquashfs", "runc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
+		}
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("busybox is not installed (package busybox-static)")
+	}
+	u := usernstest.NewUser(t) // skips unless root with useradd, newuidmap and user namespaces
+	tmp := t.TempDir()
+	for d := tmp; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
+		if strings.HasPrefix(d, os.TempDir()) {
+			os.Chmod(d, 0o755)
+		}
+	}
+	bin := filepath.Join(tmp, "bin", "vessel")
+	copyExe(t, bin)
+	src, err := os.ReadFile("../../examples/vessel.yaml")
+	must(t, err)
+	html, err := os.ReadFile("../../examples/www/index.html")
+	must(t, err)
+	rdir := filepath.Join(tmp, "recipe")
+	writeTree(t, rdir, map[string]string{"vessel.yaml": string(src) + rootlessRecipe, "www/index.html": string(html)})
+	recipe := filepath.Join(rdir, "vessel.yaml")
+
+	digests := func(out []byte) map[string]string {
+		t.Helper()
+		got := map[string]string{}
+		for _, line := range bytes.Split(bytes.TrimSpace(out), []byte("\n")) {
+			var ev struct {
+				Event  string `json:"event"`
+				Images []struct {
+					Name       string `json:"name"`
+					Descriptor struct {
+						Digest string `json:"digest"`
+					} `json:"descriptor"`
+				} `json:"images"`
+			}
+			if json.Unmarshal(line, &ev) == nil && ev.Event == "result" {
+				for _, im := range ev.Images {
+					got[im.Name] = im.Descriptor.Digest
+				}
+			}
+		}
+		if len(got) != 3 {
+			t.Fatalf("no result with 3 images in:\n%s", out)
+		}
+		return got
+	}
+
+	// As root.
+	var o, e bytes.Buffer
+	cmd := exec.Command(bin, "--json", "build", "-f", recipe)
+	cmd.Env = append(os.Environ(), "VESSEL_ROOT="+filepath.Join(tmp, "rootstore"), "VESSEL_RUN="+filepath.Join(tmp, "rootrun"), "SOURCE_DATE_EPOCH=1700000000")
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("root build: %v\n%s", err, e.String())
+	}
+	root := digests(o.Bytes())
+
+	// As the user, twice: the second build is all cached.
+	store := filepath.Join(tmp, "userstore")
+	xdg := filepath.Join(tmp, "xdg")
+	must(t, os.Mkdir(store, 0o755))
+	must(t, os.Mkdir(xdg, 0o700))
+	u.Chown(t, store)
+	u.Chown(t, xdg)
+	env := []string{"VESSEL_ROOT=" + store, "XDG_RUNTIME_DIR=" + xdg, "SOURCE_DATE_EPOCH=1700000000"}
+	for round := 0; round < 2; round++ {
+		o.Reset()
+		e.Reset()
+		cmd = u.Command(env, bin, "--json", "build", "-f", recipe)
+		cmd.Stdout, cmd.Stderr = &o, &e
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("rootless build: %v\n%s", err, e.String())
+		}
+		user := digests(o.Bytes())
+		for name, d := range root {
+			if user[name] != d {
+				t.Errorf("round %d: image %s: rootless %s, root %s", round, name, user[name], d)
+			}
+		}
+		if round == 1 && (strings.Count(o.String(), `"status":"cached"`) != 3 || strings.Contains(o.String(), `"status":"run"`)) {
+			t.Errorf("second rootless build was not fully cached:\n%s", o.String())
+		}
+	}
+	if pids := u.Pids(); len(pids) > 0 {
+		t.Errorf("processes of the user still run after the build: %v", pids)
+	}
+	if m := mountsUnder(tmp); len(m) > 0 {
+		t.Errorf("mounts left behind: %v", m)
+	}
+}
