@@ -59,7 +59,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(path, append(b, '\n'), 0o644)
+	return atomicfile.WriteVolatile(path, append(b, '\n'), 0o644)
 }
 
 // ErrNotRunning means no supervisor is running.
