@@ -15,6 +15,8 @@ import (
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/recipe"
+	"github.com/vesselos/vessel/internal/registry"
+	"github.com/vesselos/vessel/internal/registry/registrytest"
 )
 
 // TestExample builds examples/vessel.yaml, checks what the app image holds
@@ -504,4 +506,54 @@ child:
 			t.Error("erofs whiteout not honoured")
 		}
 	})
+}
+
+// TestDockerBase pulls a base from a real registry (Debian's
+// docker-registry on loopback), converts it once and builds on it.
+func TestDockerBase(t *testing.T) {
+	e := newEnv(t)
+	if !registrytest.Available() {
+		t.Skip("docker-registry is not installed (make deps installs it)")
+	}
+	reg := registrytest.Start(t, registrytest.Options{})
+	tree := t.TempDir()
+	os.MkdirAll(filepath.Join(tree, "bin"), 0o755)
+	if out, err := exec.Command("cp", busybox, filepath.Join(tree, "bin/busybox")).CombinedOutput(); err != nil {
+		t.Fatal(err, string(out))
+	}
+	os.Symlink("busybox", filepath.Join(tree, "bin/sh"))
+	layout := filepath.Join(t.TempDir(), "layout")
+	makeLayout(t, layout, "v1", tree)
+	c, err := registry.New(registry.Options{PlainHTTP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := registry.ParseReference("docker://" + reg.Host + "/base:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Copy(context.Background(), registry.Layout(layout, "v1"), registry.Registry(ref)); err != nil {
+		t.Fatal(err)
+	}
+	opt := e.options()
+	opt.Registry = func(insecure bool) (*registry.Client, error) {
+		return registry.New(registry.Options{PlainHTTP: insecure})
+	}
+	rec := "app:\n  from: {type: docker, url: \"docker://" + reg.Host + "/base:v1\", insecure: true}\n  run: echo $FROM_LAYOUT > /seen\n"
+	if _, err := e.build(rec, opt, nil); err != nil {
+		t.Fatal(err, e.out.String())
+	}
+	e.withMounted("app", func(root string) {
+		if got := readFile(t, filepath.Join(root, "seen")); got != "1\n" {
+			t.Errorf("/seen = %q: the base's environment did not reach the build", got)
+		}
+	})
+	if _, err := e.build(rec, opt, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range e.events {
+		if ev.Status == StatusBase && strings.HasPrefix(ev.Message, "convert") || ev.Status == StatusRun {
+			t.Errorf("second build: %+v", ev)
+		}
+	}
 }
