@@ -98,7 +98,7 @@ func runCmd(g *globals) *cobra.Command {
 		cfg                  runtime.Config
 		name, runtimeName    string
 		interactive, tty, rm bool
-		volumes              []string
+		volumes, securityOpt []string
 	)
 	c := &cobra.Command{
 		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
@@ -112,7 +112,10 @@ The container runs through an OCI runtime (runc or crun, whichever works
 here; --runtime picks one). By default it gets its own network namespace
 with only loopback (--network host shares the host's), the runtime's usual
 capability set for an unprivileged container (narrow or widen it with
---cap-drop and --cap-add) and no_new_privs.
+--cap-drop and --cap-add), no_new_privs and a seccomp filter that denies
+syscalls reaching un-namespaced kernel interfaces (keyrings, modules, the
+clock, BPF, perf, new user namespaces...) unless the matching capability
+is granted (--security-opt seccomp=unconfined turns it off).
 
 COMMAND defaults to the image's entrypoint and cmd. The container's exit
 code becomes vessel's (128+N when signal N killed it); SIGINT and SIGTERM
@@ -161,6 +164,16 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 			if cfg.Cwd == "" {
 				cfg.Cwd = cwd
 			}
+			for _, o := range securityOpt {
+				switch o {
+				case "seccomp=unconfined", "seccomp:unconfined":
+					cfg.Unconfined = true
+				case "no-new-privileges", "no-new-privileges:true", "no-new-privileges=true":
+					// always on
+				default:
+					return usageError{fmt.Sprintf("--security-opt %q: vessel knows seccomp=unconfined and no-new-privileges", o)}
+				}
+			}
 			for _, v := range volumes {
 				b, err := parseVolume(v)
 				if err != nil {
@@ -207,6 +220,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 	f.BoolVar(&cfg.ReadOnly, "read-only", false, "mount the root filesystem read-only")
 	f.StringArrayVarP(&volumes, "volume", "v", nil, "bind-mount HOST:CONTAINER[:ro] (repeatable)")
 	f.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
+	f.StringArrayVar(&securityOpt, "security-opt", nil, "seccomp=unconfined: no syscall filter")
 	return c
 }
 

@@ -11,7 +11,7 @@ import (
 // busyboxApplets are linked into test root filesystems.
 var busyboxApplets = []string{
 	"sh", "true", "false", "id", "cat", "echo", "hostname", "ls", "sleep", "pwd",
-	"env", "tty", "touch", "grep", "kill", "mkdir", "ip", "stty",
+	"env", "tty", "touch", "grep", "kill", "mkdir", "ip", "stty", "unshare",
 }
 
 // needRunc skips the test unless it runs as root with runc installed, and

@@ -38,8 +38,10 @@ type Config struct {
 	CapAdd, CapDrop []string
 	Network         string // NetworkNone (default, own netns with only lo) or NetworkHost
 	ReadOnly        bool   // mount the root read-only
-	Terminal        bool   // allocate a pty for the process
-	Mounts          []Bind // bind mounts (volumes), applied in order
+	// Unconfined turns off the default seccomp filter (see seccomp.go).
+	Unconfined bool
+	Terminal   bool   // allocate a pty for the process
+	Mounts     []Bind // bind mounts (volumes), applied in order
 	// UIDMappings and GIDMappings, when set, put the container in a new
 	// user namespace with these maps. Set both or neither.
 	UIDMappings, GIDMappings []specs.LinuxIDMapping
@@ -224,6 +226,9 @@ func Spec(c Config) (*specs.Spec, error) {
 		s.Mounts = append(s.Mounts, specs.Mount{
 			Destination: filepath.Clean(b.Target), Type: "bind", Source: filepath.Clean(b.Source), Options: opts,
 		})
+	}
+	if !c.Unconfined {
+		s.Linux.Seccomp = seccompProfile(caps)
 	}
 	if inUserNS() {
 		forUserNS(s) // vessel is rootless: see rootless.go
