@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: build a small product end to end on a throwaway local store.
 #   two layers from a small tree (busybox-static + an app) -> a verified image
-#   -> inspect -> verify -> product keys -> signed system manifest -> verify it
+#   -> inspect -> verify -> vessel build of examples/vessel.yaml (base + app)
+#   -> product keys -> signed system manifest -> verify it
 #   -> vessel up: run its services from verified layers (web page, a worker
 #   restarted on a fresh root filesystem) -> flip one byte in a layer and
 #   watch verification name it, and the container refuse to start.
@@ -53,6 +54,12 @@ if command -v skopeo >/dev/null; then
   run skopeo inspect "oci:$VESSEL_ROOT/oci:demo:1" | head -12
 fi
 
+say "vessel build: the example product from a stacker-compatible recipe (examples/vessel.yaml)"
+run "$vessel" build -f examples/vessel.yaml
+echo "(again: nothing changed, so every image comes from the cache)"
+run "$vessel" build -f examples/vessel.yaml
+run "$vessel" images
+
 say "product keys, a system manifest, signed and verified"
 run "$vessel" keys init "$work/keys" --org "Vessel Demo"
 pid=$("$vessel" keys product "$work/keys" --name demo-appliance | tail -1 | grep -o '[0-9a-f-]\{36\}')
@@ -61,12 +68,12 @@ product: $pid
 version: 1
 services:
   - name: web
-    image: demo:1
-    command: ["/bin/httpd", "-f", "-p", "127.0.0.1:${DEMO_PORT:-8080}", "-h", "/srv/www"]
+    image: app
+    command: ["/bin/httpd", "-f", "-p", "127.0.0.1:${DEMO_PORT:-8080}", "-h", "/www"]
     network: host
     restart: always
   - name: worker
-    image: demo:1
+    image: base
     command: ["/bin/sh", "-c", "echo run >> /state/runs; echo \"run \$(wc -l < /state/runs): root fs has \$(ls /tmp 2>/dev/null | wc -l) files left from earlier runs\"; echo x > /tmp/scratch; sleep 2; exit 1"]
     restart: on-failure
     volumes: ["state:/state"]
@@ -82,7 +89,7 @@ run "$vessel" up "$work/manifest.signed" --ca "$work/keys/manifest-ca.pem" --pro
 run "$vessel" ps
 for _ in $(seq 50); do page=$(wget -qO- "http://127.0.0.1:${DEMO_PORT:-8080}/" 2>/dev/null) && break; sleep 0.1; done
 printf '$ wget -qO- http://127.0.0.1:%s/\n%s\n' "${DEMO_PORT:-8080}" "$page"
-case $page in *"verified layer"*) ;; *) echo "demo: the web service did not answer" >&2; exit 1 ;; esac
+case $page in *"vessel-built image"*) ;; *) echo "demo: the web service did not answer" >&2; exit 1 ;; esac
 sleep 5
 echo "(the worker exits 1 on purpose: it is restarted with backoff, its volume kept, its root fs fresh)"
 run "$vessel" logs worker
