@@ -351,13 +351,14 @@ func openInRoot(rootfs, name string) (*os.File, error) {
 
 // WriteBundle writes s as dir/config.json, atomically (a reader sees the
 // old file or the new one). dir must exist; the root filesystem is not
-// copied: s.Root.Path points at it.
+// copied: s.Root.Path points at it. Bundles are per-boot state, so the
+// file is not fsynced.
 func WriteBundle(dir string, s *specs.Spec) error {
 	data, err := json.MarshalIndent(s, "", "\t")
 	if err != nil {
 		return fmt.Errorf("encode bundle config: %w", err)
 	}
-	if err := atomicfile.Write(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
+	if err := atomicfile.WriteVolatile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
 		return fmt.Errorf("write bundle %s: %w", dir, err)
 	}
 	return nil
