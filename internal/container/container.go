@@ -7,6 +7,7 @@ package container
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -72,6 +73,11 @@ func (l *Launcher) Run(ctx context.Context, s Spec, stdio runtime.Stdio) (code i
 	}
 	cfg := s.Config
 	cfg.ID, cfg.Rootfs = s.ID, rootfs
+	if cfg.CgroupParent == "" && run != mount.DefaultRun {
+		// Ids are unique per run directory: keep other run directories'
+		// containers (tests, a second store) out of each other's cgroups.
+		cfg.CgroupParent = fmt.Sprintf("/vessel/%x", sha256.Sum256([]byte(run)))[:len("/vessel/")+12]
+	}
 	if cfg.Hostname == "" {
 		cfg.Hostname = s.ID
 	}

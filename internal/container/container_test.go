@@ -89,7 +89,7 @@ func (e *env) assertNoLeaks(t *testing.T) {
 	if states, _ := e.rt.List(context.Background()); len(states) != 0 {
 		t.Errorf("runtime state left: %+v", states)
 	}
-	for _, d := range []string{"containers", "layers", "mounts"} {
+	for _, d := range []string{"containers", "layers", "refs", "mounts"} {
 		if ents, _ := os.ReadDir(filepath.Join(e.run, d)); len(ents) != 0 {
 			t.Errorf("%d entries left in %s", len(ents), d)
 		}

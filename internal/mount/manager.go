@@ -60,6 +60,10 @@ func Self() Owner {
 	return Owner{Pid: pid, StartTime: procStart(pid)}
 }
 
+// ProcessAlive reports whether process pid exists and has not exited
+// (a zombie has).
+func ProcessAlive(pid int) bool { return procStart(pid) != 0 }
+
 // Alive reports whether the owner process still runs.
 func (o Owner) Alive() bool {
 	if o.Pid == 0 {
@@ -264,25 +268,22 @@ func (m *Manager) Cleanup() ([]string, error) {
 		}
 		done = append(done, "mount "+r.Plan.ID+" at "+r.Plan.Target)
 	}
+	refs, _ := os.ReadDir(refsDir(m.run()))
+	for _, ref := range refs {
+		if _, id, ok := parseRef(ref.Name()); !ok || !live[id] {
+			os.Remove(filepath.Join(refsDir(m.run()), ref.Name()))
+		}
+	}
 	entries, _ := os.ReadDir(layersDir(m.run()))
 	for _, e := range entries {
-		dir := filepath.Join(layersDir(m.run()), e.Name())
-		refs, _ := os.ReadDir(filepath.Join(dir, "refs"))
-		n := 0
-		for _, ref := range refs {
-			if live[ref.Name()] {
-				n++
-				continue
-			}
-			os.Remove(filepath.Join(dir, "refs", ref.Name()))
+		if m.referenced(e.Name()) {
+			continue
 		}
-		if n == 0 {
-			if err := releaseLayer(dir); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			done = append(done, "layer "+e.Name())
+		if err := releaseLayer(filepath.Join(layersDir(m.run()), e.Name())); err != nil {
+			errs = append(errs, err)
+			continue
 		}
+		done = append(done, "layer "+e.Name())
 	}
 	return done, errors.Join(errs...)
 }
@@ -318,14 +319,37 @@ func (m *Manager) undo(r record) error {
 	return errors.Join(errs...)
 }
 
+// Layer references are empty files <run>/refs/<layer hex>.<mount id>:
+// one flat directory, so taking and dropping a reference costs one file
+// operation and no directory is made per layer but its mount point.
+func refsDir(run string) string { return filepath.Join(run, "refs") }
+
+func refName(lm LayerMount, id string) string { return filepath.Base(lm.Dir) + "." + id }
+
+// parseRef splits a reference file name into layer hex and mount id.
+func parseRef(name string) (hex, id string, ok bool) {
+	hex, id, ok = strings.Cut(name, ".")
+	return hex, id, ok && len(hex) == 64 && id != ""
+}
+
+// referenced reports whether any reference names the layer.
+func (m *Manager) referenced(hex string) bool {
+	refs, _ := filepath.Glob(filepath.Join(refsDir(m.run()), hex+".*"))
+	return len(refs) > 0
+}
+
 // acquire takes a reference on a layer mount, mounting it if it is the
 // first.
 func (m *Manager) acquire(lm LayerMount, id string) error {
-	dir := filepath.Dir(lm.Dir)
-	if err := os.MkdirAll(filepath.Join(dir, "refs"), 0o700); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "refs", id), nil, 0o600); err != nil {
+	ref := filepath.Join(refsDir(m.run()), refName(lm, id))
+	if err := os.WriteFile(ref, nil, 0o600); errors.Is(err, os.ErrNotExist) {
+		if err = os.MkdirAll(refsDir(m.run()), 0o700); err == nil {
+			err = os.WriteFile(ref, nil, 0o600)
+		}
+		if err != nil {
+			return err
+		}
+	} else if err != nil {
 		return err
 	}
 	if isMountPoint(lm.Dir) {
@@ -336,7 +360,7 @@ func (m *Manager) acquire(lm LayerMount, id string) error {
 		return err
 	}
 	if err := m.mountLayer(lm); err != nil {
-		os.Remove(filepath.Join(dir, "refs", id))
+		os.Remove(ref)
 		return err
 	}
 	m.stats.LayersMounted++
@@ -345,28 +369,30 @@ func (m *Manager) acquire(lm LayerMount, id string) error {
 
 // release drops a reference; the last one unmounts the layer.
 func (m *Manager) release(lm LayerMount, id string) error {
-	dir := filepath.Dir(lm.Dir)
-	if err := os.Remove(filepath.Join(dir, "refs", id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(filepath.Join(refsDir(m.run()), refName(lm, id))); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if refs, _ := os.ReadDir(filepath.Join(dir, "refs")); len(refs) > 0 {
+	if m.referenced(filepath.Base(lm.Dir)) {
 		return nil
 	}
-	return releaseLayer(dir)
+	return releaseLayer(lm.Dir)
 }
 
-// releaseLayer unmounts a layer nobody references and removes its state.
+// releaseLayer unmounts a layer nobody references and removes its mount
+// point (<run>/layers/<hex>).
 func releaseLayer(dir string) error {
-	mnt := filepath.Join(dir, "mnt")
-	if isMountPoint(mnt) {
-		if err := unmount(mnt); err != nil {
+	if isMountPoint(dir) {
+		if err := unmount(dir); err != nil {
 			return fmt.Errorf("unmount layer %s: %w", filepath.Base(dir), err)
 		}
 	}
 	if err := removeVerity(filepath.Base(dir)); err != nil {
 		return err
 	}
-	return os.RemoveAll(dir)
+	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 func (m *Manager) lock() (func(), error) {

@@ -120,6 +120,9 @@ func assertNoLeaks(t *testing.T, run string, s *store.Store) {
 	if ls, _ := os.ReadDir(layersDir(run)); len(ls) != 0 {
 		t.Errorf("%d layer directories left behind", len(ls))
 	}
+	if rs, _ := os.ReadDir(refsDir(run)); len(rs) != 0 {
+		t.Errorf("%d layer references left behind", len(rs))
+	}
 }
 
 func read(t *testing.T, p string) string {
@@ -221,7 +224,7 @@ func TestSharedLayers(t *testing.T) {
 	if st.LayersMounted != 2 || st.LayersShared != 8 {
 		t.Errorf("5 containers of a 2-layer image: %+v, want 2 layer mounts shared 8 times", st)
 	}
-	top := filepath.Join(layersDir(e.run), img.Layers[1].Hex(), "mnt")
+	top := filepath.Join(layersDir(e.run), img.Layers[1].Hex())
 	for i, id := range ids {
 		if err := e.m.Unmount(id); err != nil {
 			t.Fatal(err)
@@ -329,7 +332,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	// And a stray reference with no record at all.
-	os.WriteFile(filepath.Join(layersDir(e.run), img.Layers[0].Hex(), "refs", "ghost"), nil, 0o600)
+	os.WriteFile(filepath.Join(refsDir(e.run), img.Layers[0].Hex()+".ghost"), nil, 0o600)
 	done, err := e.m.Cleanup()
 	if err != nil {
 		t.Fatal(err)
@@ -341,7 +344,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 	if len(plans) != 1 || plans[0].ID != "live" {
 		t.Errorf("after cleanup: %d mounts", len(plans))
 	}
-	refs, _ := os.ReadDir(filepath.Join(layersDir(e.run), img.Layers[0].Hex(), "refs"))
+	refs, _ := filepath.Glob(filepath.Join(refsDir(e.run), img.Layers[0].Hex()+".*"))
 	if len(refs) != 1 {
 		t.Errorf("%d references on the base layer, want only the live one", len(refs))
 	}

@@ -159,11 +159,10 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 }
 
 func planLayer(run string, l Layer, mode Mode) LayerMount {
-	dir := filepath.Join(layersDir(run), l.Hex())
 	lm := LayerMount{
 		Digest:   l.Digest.String(),
 		Blob:     l.Blob,
-		Dir:      filepath.Join(dir, "mnt"),
+		Dir:      filepath.Join(layersDir(run), l.Hex()),
 		Loop:     Loop{File: l.Blob, SizeLimit: l.Geometry.DataSize},
 		geometry: l.Geometry,
 	}

@@ -44,7 +44,7 @@ func TestPlanUserspaceWritable(t *testing.T) {
 	}
 	for i, lm := range p.Layers {
 		l := img.Layers[i]
-		if lm.Dir != "/run/vessel/layers/"+l.Hex()+"/mnt" {
+		if lm.Dir != "/run/vessel/layers/"+l.Hex() {
 			t.Errorf("layer %d dir %s", i, lm.Dir)
 		}
 		if !lm.VerifyInUserspace || lm.Verity != nil {

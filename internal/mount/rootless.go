@@ -12,5 +12,5 @@ import "path/filepath"
 // verified again by the next (the cache is the user's own, as are the
 // blobs it vouches for).
 func PrivateDirs(run string) []string {
-	return []string{layersDir(run), mountsDir(run), filepath.Join(run, "containers")}
+	return []string{layersDir(run), refsDir(run), mountsDir(run), filepath.Join(run, "containers")}
 }

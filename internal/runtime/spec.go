@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -40,8 +41,12 @@ type Config struct {
 	ReadOnly        bool   // mount the root read-only
 	// Unconfined turns off the default seccomp filter (see seccomp.go).
 	Unconfined bool
-	Terminal   bool   // allocate a pty for the process
-	Mounts     []Bind // bind mounts (volumes), applied in order
+	// CgroupParent is the cgroup directory the container's cgroup is made
+	// in (default /vessel). Container ids are unique only within one run
+	// directory, so callers with several give each its own parent.
+	CgroupParent string
+	Terminal     bool   // allocate a pty for the process
+	Mounts       []Bind // bind mounts (volumes), applied in order
 	// UIDMappings and GIDMappings, when set, put the container in a new
 	// user namespace with these maps. Set both or neither.
 	UIDMappings, GIDMappings []specs.LinuxIDMapping
@@ -196,7 +201,7 @@ func Spec(c Config) (*specs.Spec, error) {
 			Resources: &specs.LinuxResources{
 				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
 			},
-			CgroupsPath:   "/vessel/" + c.ID,
+			CgroupsPath:   path.Join(cgroupParent(c.CgroupParent), c.ID),
 			MaskedPaths:   append([]string(nil), maskedPaths...),
 			ReadonlyPaths: append([]string(nil), readonlyPaths...),
 		},
@@ -347,6 +352,13 @@ func openInRoot(rootfs, name string) (*os.File, error) {
 		return nil, fmt.Errorf("open %s in %s: %w", name, rootfs, err)
 	}
 	return os.NewFile(uintptr(fd), filepath.Join(rootfs, name)), nil
+}
+
+func cgroupParent(p string) string {
+	if p == "" {
+		return "/vessel"
+	}
+	return path.Join("/", p)
 }
 
 // WriteBundle writes s as dir/config.json, atomically (a reader sees the

@@ -346,3 +346,20 @@ func TestFromImage(t *testing.T) {
 		t.Errorf("no entrypoint: %q", args)
 	}
 }
+
+func TestCgroupParent(t *testing.T) {
+	root := t.TempDir()
+	for _, tc := range []struct{ parent, want string }{
+		{"", "/vessel/box"},
+		{"/vessel/0123abcd", "/vessel/0123abcd/box"},
+		{"custom", "/custom/box"},
+	} {
+		s, err := Spec(Config{ID: "box", Rootfs: root, Args: []string{"/bin/true"}, CgroupParent: tc.parent})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Linux.CgroupsPath != tc.want {
+			t.Errorf("parent %q: cgroups path %q, want %q", tc.parent, s.Linux.CgroupsPath, tc.want)
+		}
+	}
+}

@@ -123,6 +123,10 @@ func Recover(ctx context.Context, dir string, l *container.Launcher) ([]string, 
 			errs = append(errs, err)
 			continue
 		}
+		if err := waitGone(st.Pid); err != nil {
+			errs = append(errs, fmt.Errorf("container %s: %w", st.ID, err))
+			continue
+		}
 		done = append(done, "container "+st.ID)
 	}
 	removed, err := l.Mounts.Cleanup()
@@ -136,6 +140,24 @@ func Recover(ctx context.Context, dir string, l *container.Launcher) ([]string, 
 		}
 	}
 	return done, errors.Join(errs...)
+}
+
+// waitGone waits until process pid has exited (a zombie counts: it holds
+// no ports or files), killing it directly if the runtime did not.
+func waitGone(pid int) error {
+	if pid <= 0 {
+		return nil
+	}
+	for i := 0; i < 250; i++ {
+		if !mount.ProcessAlive(pid) {
+			return nil
+		}
+		if i == 50 {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("process %d is still running after SIGKILL", pid)
 }
 
 // Up verifies nothing itself: it takes a manifest that passed trust.Verify,
@@ -333,7 +355,7 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 		go func() {
 			code, err := s.Launcher.Run(runCtx, container.Spec{
 				ID: id, Image: sv.img, Config: sv.cfg,
-				Started: func() { s.save(sv, func(st *Status) { st.State = StateRunning }) },
+				Started: func() { go s.markRunning(runCtx, sv, id) },
 			}, runtime.Stdio{Stdout: logf, Stderr: logf})
 			done <- result{code, err}
 		}()
@@ -409,6 +431,40 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 	}
 }
 
+// running reports whether the runtime says container id is running.
+func (s *Supervisor) running(id string) bool {
+	states, err := s.Launcher.Runtime.List(context.Background())
+	if err != nil {
+		return false
+	}
+	for _, st := range states {
+		if st.ID == id {
+			return st.Status == "running"
+		}
+	}
+	return false
+}
+
+// markRunning sets the service's state to running once the runtime
+// reports its container running (polling, until ctx ends).
+func (s *Supervisor) markRunning(ctx context.Context, sv *service, id string) {
+	for {
+		if s.running(id) {
+			s.save(sv, func(st *Status) {
+				if st.State == StateStarting {
+					st.State = StateRunning
+				}
+			})
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
 // restarts applies a restart policy to how a run ended.
 func restarts(policy string, r result) bool {
 	switch policy {
@@ -431,7 +487,11 @@ func (s *Supervisor) stop(id string, done <-chan result, kill context.CancelFunc
 	defer tick.Stop()
 	sent := false
 	for !sent {
-		sent = s.Launcher.Runtime.Kill(bg, id, syscall.SIGTERM) == nil
+		// A container still being created is left to finish: a signal
+		// then would kill the runtime's init, not the service.
+		if s.running(id) {
+			sent = s.Launcher.Runtime.Kill(bg, id, syscall.SIGTERM) == nil
+		}
 		if sent {
 			break
 		}
