@@ -8,12 +8,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+
+	"github.com/vesselos/vessel/internal/mount"
 )
 
 // globals are the flags every command shares.
 type globals struct {
 	root string
 	json bool
+
+	runOnce sync.Once
 }
 
 // storeRoot resolves the store directory: --root, $VESSEL_ROOT,
@@ -40,6 +45,7 @@ func (g *globals) storeRoot() (string, error) {
 
 // runDir is the per-boot state directory (mounts, containers, services):
 // $VESSEL_RUN, /run/vessel for root, $XDG_RUNTIME_DIR/vessel otherwise.
+// /run/vessel gets a tmpfs of its own if /run is not one (mount.PrepareRun).
 func (g *globals) runDir() string {
 	if r := os.Getenv("VESSEL_RUN"); r != "" {
 		return r
@@ -47,7 +53,12 @@ func (g *globals) runDir() string {
 	if x := os.Getenv("XDG_RUNTIME_DIR"); x != "" && os.Geteuid() != 0 {
 		return filepath.Join(x, "vessel")
 	}
-	return "/run/vessel"
+	g.runOnce.Do(func() {
+		if _, err := mount.PrepareRun(mount.DefaultRun); err != nil {
+			fmt.Fprintf(os.Stderr, "vessel: warning: %v; keeping run state on disk\n", err)
+		}
+	})
+	return mount.DefaultRun
 }
 
 // printJSON writes v as indented JSON.
