@@ -159,7 +159,8 @@ else
   printf '  podman run:                           skipped\n'
 fi
 printf '  vessel run --rm, VESSEL_RUN on tmpfs:  %7.1f  (this host'"'"'s /run is %s, not tmpfs)\n' "$t_vessel_tmpfs" "$run_fs"
-printf 'ratio vessel/runc:   %s (target <= 1.5)\n' "$(ratio "$t_vessel" "$t_runc")"
+printf 'ratio vessel/runc:   %s with VESSEL_RUN on %s, %s on tmpfs (the default: vessel mounts a tmpfs on /run/vessel when /run is not one) (target <= 1.5)\n' \
+  "$(ratio "$t_vessel" "$t_runc")" "$run_fs" "$(ratio "$t_vessel_tmpfs" "$t_runc")"
 if [ -n "$t_podman" ]; then
   printf 'ratio vessel/podman: %s (target <= 0.5)\n' "$(ratio "$t_vessel" "$t_podman")"
 else
