@@ -22,6 +22,7 @@ func TestScript(t *testing.T) {
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("VESSEL_ROOT", e.WorkDir+"/store")
 			e.Setenv("VESSEL_RUN", e.WorkDir+"/run")
+			e.Defer(cleanupRun(e.WorkDir + "/run"))
 			e.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 			return nil
 		},

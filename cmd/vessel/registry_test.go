@@ -29,6 +29,7 @@ func TestRegistryScript(t *testing.T) {
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("VESSEL_ROOT", e.WorkDir+"/store")
 			e.Setenv("VESSEL_RUN", e.WorkDir+"/run")
+			e.Defer(cleanupRun(e.WorkDir + "/run"))
 			e.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 			d, err := registrytest.New(filepath.Join(e.WorkDir, ".registry"), registrytest.Options{})
 			if err != nil {
