@@ -10,9 +10,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Credentials for one registry.
@@ -53,12 +55,57 @@ type authFile struct {
 		Password      string `json:"password"`
 		IdentityToken string `json:"identitytoken"`
 	} `json:"auths"`
+	// Credential helpers (docker-credential-NAME): per registry, and a
+	// default store used for every registry without inline credentials.
+	CredHelpers map[string]string `json:"credHelpers"`
+	CredsStore  string            `json:"credsStore"`
+}
+
+// ErrCredentialHelper wraps failures of a docker-credential-* helper.
+var ErrCredentialHelper = errors.New("credential helper failed")
+
+// helperCredentials asks docker-credential-NAME for host's credentials,
+// as docker does: "get" with the server URL on stdin, JSON on stdout. A
+// helper that knows nothing about host answers "credentials not found":
+// that is no credentials, not an error.
+func helperCredentials(name, host string) (Credentials, error) {
+	server := host
+	if host == "docker.io" {
+		server = "https://index.docker.io/v1/"
+	}
+	bin := "docker-credential-" + name
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "get")
+	cmd.Stdin = strings.NewReader(server)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stdout.String() + " " + stderr.String())
+		if strings.Contains(strings.ToLower(msg), "credentials not found") {
+			return Credentials{}, nil
+		}
+		if errors.Is(err, exec.ErrNotFound) {
+			return Credentials{}, fmt.Errorf("%w: %s is not installed (named in the auth file for %s)", ErrCredentialHelper, bin, host)
+		}
+		return Credentials{}, fmt.Errorf("%w: %s get %s: %v: %s", ErrCredentialHelper, bin, server, err, msg)
+	}
+	var out struct{ Username, Secret string }
+	if err := json.Unmarshal([]byte(stdout.String()), &out); err != nil {
+		return Credentials{}, fmt.Errorf("%w: %s answered something that is not JSON: %v", ErrCredentialHelper, bin, err)
+	}
+	if out.Username == "<token>" {
+		return Credentials{IdentityToken: out.Secret}, nil
+	}
+	return Credentials{Username: out.Username, Password: out.Secret}, nil
 }
 
 // LookupCredentials finds credentials for host (and, for repository-scoped
 // entries as podman writes them, HOST/REPO) in the given files; the first
 // file with a matching entry wins, and within a file the longest matching
-// key. Missing files are skipped; a malformed one is an error.
+// key. A file's credHelpers entry for host, or its credsStore for a
+// registry without inline credentials, runs docker-credential-NAME.
+// Missing files are skipped; a malformed one is an error.
 func LookupCredentials(files []string, host, repo string) (Credentials, error) {
 	for _, f := range files {
 		b, err := os.ReadFile(f)
@@ -72,6 +119,11 @@ func LookupCredentials(files []string, host, repo string) (Credentials, error) {
 		if err := json.Unmarshal(b, &af); err != nil {
 			return Credentials{}, fmt.Errorf("auth file %s: %w", f, err)
 		}
+		for key, helper := range af.CredHelpers {
+			if normalizeAuthKey(key) == host && helper != "" {
+				return helperCredentials(helper, host)
+			}
+		}
 		best, bestLen := "", -1
 		for key := range af.Auths {
 			k := normalizeAuthKey(key)
@@ -79,11 +131,19 @@ func LookupCredentials(files []string, host, repo string) (Credentials, error) {
 				best, bestLen = key, len(k)
 			}
 		}
-		if bestLen < 0 {
+		if bestLen < 0 && af.CredsStore == "" {
 			continue
 		}
 		e := af.Auths[best]
 		c := Credentials{Username: e.Username, Password: e.Password, IdentityToken: e.IdentityToken}
+		if e.Auth == "" && c.empty() && af.CredsStore != "" {
+			// With a store, "auths" only lists registries (docker writes {}).
+			c, err := helperCredentials(af.CredsStore, host)
+			if err != nil || !c.empty() {
+				return c, err
+			}
+			continue
+		}
 		if e.Auth != "" {
 			raw, err := base64.StdEncoding.DecodeString(e.Auth)
 			if err != nil {

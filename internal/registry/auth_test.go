@@ -49,6 +49,18 @@ func TestBasicAuth(t *testing.T) {
 	if _, err := newClient(t, Options{Credentials: creds}).Copy(ctx(t), Registry(ref), Store(openStore(t), "app:1")); err != nil {
 		t.Fatal(err)
 	}
+	// The same credentials from a docker credential helper (credsStore).
+	bin := t.TempDir()
+	helper := fmt.Sprintf("#!/bin/sh\nread -r server\n[ \"$server\" = %q ] || { echo credentials not found; exit 1; }\necho '{\"Username\":%q,\"Secret\":%q}'\n", host, registrytest.User, registrytest.Password)
+	if err := os.WriteFile(filepath.Join(bin, "docker-credential-test"), []byte(helper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	os.WriteFile(cfg, []byte(`{"auths":{},"credsStore":"test"}`), 0o600)
+	if _, err := newClient(t, Options{AuthFile: cfg}).Copy(ctx(t), Registry(ref), Store(openStore(t), "app:1")); err != nil {
+		t.Fatalf("credentials from docker-credential-test: %v", err)
+	}
 }
 
 // Bearer tokens: the registry answers 401 with a realm; the client gets a
@@ -193,6 +205,67 @@ func TestParseReference(t *testing.T) {
 	for _, bad := range []string{"ftp://x/y", "oci:", "name with space"} {
 		if _, err := ParseLocation(bad, nil); err == nil {
 			t.Errorf("location %q accepted", bad)
+		}
+	}
+}
+
+// fakeHelpers puts docker-credential-fake (knows reg.example and
+// tok.example) and docker-credential-broken on PATH.
+func fakeHelpers(t *testing.T) {
+	t.Helper()
+	dir := t.TempDir()
+	fake := `#!/bin/sh
+[ "$1" = get ] || exit 3
+read -r server
+case $server in
+reg.example) echo '{"ServerURL":"reg.example","Username":"alice","Secret":"s3cret"}' ;;
+tok.example) echo '{"ServerURL":"tok.example","Username":"<token>","Secret":"refresh-me"}' ;;
+https://index.docker.io/v1/) echo '{"Username":"hub","Secret":"hubpw"}' ;;
+*) echo "credentials not found in native keychain"; exit 1 ;;
+esac
+`
+	broken := "#!/bin/sh\necho boom >&2\nexit 2\n"
+	for name, script := range map[string]string{"docker-credential-fake": fake, "docker-credential-broken": broken} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+}
+
+func TestCredentialHelpers(t *testing.T) {
+	fakeHelpers(t)
+	file := func(content string) []string {
+		p := filepath.Join(t.TempDir(), "config.json")
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return []string{p}
+	}
+	for _, tc := range []struct {
+		name, config, host string
+		want               Credentials
+		err                string
+	}{
+		{"per-registry helper", `{"credHelpers":{"reg.example":"fake"}}`, "reg.example", Credentials{Username: "alice", Password: "s3cret"}, ""},
+		{"store", `{"auths":{"reg.example":{}},"credsStore":"fake"}`, "reg.example", Credentials{Username: "alice", Password: "s3cret"}, ""},
+		{"store, identity token", `{"credsStore":"fake"}`, "tok.example", Credentials{IdentityToken: "refresh-me"}, ""},
+		{"store, docker hub URL", `{"credsStore":"fake"}`, "docker.io", Credentials{Username: "hub", Password: "hubpw"}, ""},
+		{"store knows nothing", `{"credsStore":"fake"}`, "other.example", Credentials{}, ""},
+		{"inline beats store", `{"auths":{"reg.example":{"auth":"Ym9iOnB3"}},"credsStore":"fake"}`, "reg.example", Credentials{Username: "bob", Password: "pw"}, ""},
+		{"helper beats inline", `{"auths":{"reg.example":{"auth":"Ym9iOnB3"}},"credHelpers":{"reg.example":"fake"}}`, "reg.example", Credentials{Username: "alice", Password: "s3cret"}, ""},
+		{"missing helper", `{"credHelpers":{"reg.example":"nosuch"}}`, "reg.example", Credentials{}, "docker-credential-nosuch is not installed"},
+		{"failing helper", `{"credsStore":"broken"}`, "reg.example", Credentials{}, "boom"},
+	} {
+		got, err := LookupCredentials(file(tc.config), tc.host, "repo")
+		if tc.err != "" {
+			if !errors.Is(err, ErrCredentialHelper) || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%s: err %v, want ErrCredentialHelper mentioning %q", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%s: got %+v, %v; want %+v", tc.name, got, err, tc.want)
 		}
 	}
 }
