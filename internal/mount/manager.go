@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
@@ -31,6 +32,10 @@ type Manager struct {
 	Run  string // run directory (DefaultRun when empty)
 	Mode Mode   // how to verify and mount layers (DetectMode when empty)
 
+	// mu guards Mode (set lazily) and stats: one Manager is shared by the
+	// goroutines of a supervisor. (The lock file orders the bookkeeping
+	// between processes, but not these fields for the Go memory model.)
+	mu    sync.Mutex
 	stats Stats
 }
 
@@ -44,7 +49,18 @@ type Stats struct {
 }
 
 // Stats returns what m did so far.
-func (m *Manager) Stats() Stats { return m.stats }
+func (m *Manager) Stats() Stats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.stats
+}
+
+// count updates the statistics.
+func (m *Manager) count(f func(*Stats)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f(&m.stats)
+}
 
 // Owner identifies the process a mount belongs to. A mount whose owner has
 // exited is stale and Cleanup removes it; the zero Owner (a mount made by
@@ -101,6 +117,8 @@ func (m *Manager) Plan(img *Image, id, target string, opt Options) (*Plan, error
 }
 
 func (m *Manager) mode() (Mode, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.Mode == "" {
 		mode, err := DetectMode()
 		if err != nil {
@@ -117,6 +135,13 @@ func (m *Manager) mode() (Mode, error) {
 // image, the layer and the failing block. On any error nothing stays
 // mounted.
 func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owner Owner, opt Options) (_ *Plan, err error) {
+	if filepath.IsAbs(target) {
+		// mount(2) follows symlinks, and the record must name where the
+		// mount really is, or undoing it would miss it.
+		if target, err = resolvePath(target); err != nil {
+			return nil, fmt.Errorf("mount target: %w", err)
+		}
+	}
 	p, err := m.Plan(img, id, target, opt)
 	if err != nil {
 		return nil, err
@@ -211,6 +236,9 @@ func (m *Manager) Unmount(id string) error {
 func (m *Manager) UnmountTarget(target string) error {
 	abs, err := filepath.Abs(target)
 	if err != nil {
+		return err
+	}
+	if abs, err = resolvePath(abs); err != nil {
 		return err
 	}
 	unlock, err := m.lock()
@@ -353,7 +381,7 @@ func (m *Manager) acquire(lm LayerMount, id string) error {
 		return err
 	}
 	if isMountPoint(lm.Dir) {
-		m.stats.LayersShared++
+		m.count(func(s *Stats) { s.LayersShared++ })
 		return nil
 	}
 	if err := os.MkdirAll(lm.Dir, 0o755); err != nil {
@@ -363,7 +391,7 @@ func (m *Manager) acquire(lm LayerMount, id string) error {
 		os.Remove(ref)
 		return err
 	}
-	m.stats.LayersMounted++
+	m.count(func(s *Stats) { s.LayersMounted++ })
 	return nil
 }
 
@@ -465,6 +493,31 @@ func (m *Manager) findTarget(target string) (record, bool) {
 		}
 	}
 	return record{}, false
+}
+
+// resolvePath resolves the symlinks of the longest existing prefix of the
+// absolute path p; the missing rest is kept as it is.
+func resolvePath(p string) (string, error) {
+	p = filepath.Clean(p)
+	r, err := filepath.EvalSymlinks(p)
+	if err == nil {
+		return r, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	if _, lerr := os.Lstat(p); lerr == nil {
+		return "", fmt.Errorf("%s is a dangling symlink", p)
+	}
+	parent := filepath.Dir(p)
+	if parent == p {
+		return p, nil
+	}
+	rp, err := resolvePath(parent)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(rp, filepath.Base(p)), nil
 }
 
 // procStart reads a process's start time (clock ticks since boot), or 0

@@ -392,3 +392,37 @@ func TestVerityTableMatchesVeritysetup(t *testing.T) {
 		t.Errorf("veritysetup verify with the table's parameters: %v\n%s", err, out)
 	}
 }
+
+// A target whose last component is a symlink: the mount lands on the
+// symlink's destination, and unmounting (by either path) must take it down
+// rather than forget it.
+func TestMountSymlinkTarget(t *testing.T) {
+	e := newEnv(t)
+	img := testImage(t, e.s, "link:1")
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real")
+	link := filepath.Join(dir, "link")
+	if err := os.Mkdir(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.m.Mount(context.Background(), img, "l1", link, Owner{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Target != real {
+		t.Errorf("plan target %s, want the resolved %s", p.Target, real)
+	}
+	if _, err := e.m.Mount(context.Background(), img, "l2", real, Owner{}, Options{}); !errors.Is(err, ErrMounted) {
+		t.Errorf("mount on the symlink's destination: %v, want ErrMounted", err)
+	}
+	if err := e.m.UnmountTarget(link); err != nil {
+		t.Fatal(err)
+	}
+	if isMountPoint(real) {
+		t.Error("the overlay stays mounted at the symlink's destination after UnmountTarget")
+		unmount(real)
+	}
+}

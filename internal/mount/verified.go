@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
@@ -52,15 +53,10 @@ func recordFor(f *os.File, lm LayerMount) (verifiedRecord, error) {
 	}, nil
 }
 
-var bootIDValue string
-
-func bootID() string {
-	if bootIDValue == "" {
-		b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-		bootIDValue = strings.TrimSpace(string(b))
-	}
-	return bootIDValue
-}
+var bootID = sync.OnceValue(func() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(b))
+})
 
 func (m *Manager) recordPath(lm LayerMount) string {
 	return filepath.Join(verifiedDir(m.run()), strings.ReplaceAll(lm.Digest, ":", "-")+".json")
@@ -77,7 +73,7 @@ func (m *Manager) verifyLayer(f *os.File, lm LayerMount) error {
 	if b, err := os.ReadFile(m.recordPath(lm)); err == nil {
 		var got verifiedRecord
 		if json.Unmarshal(b, &got) == nil && got == want {
-			m.stats.CacheHits++
+			m.count(func(s *Stats) { s.CacheHits++ })
 			return nil
 		}
 	}
@@ -88,8 +84,7 @@ func (m *Manager) verifyLayer(f *os.File, lm LayerMount) error {
 	if err := verity.Verify(f, f, g.Params, g.Root); err != nil {
 		return fmt.Errorf("%w: %w", ErrVerify, err)
 	}
-	m.stats.Verified++
-	m.stats.VerifiedBytes += want.Size
+	m.count(func(s *Stats) { s.Verified++; s.VerifiedBytes += want.Size })
 	b, err := json.Marshal(want)
 	if err != nil {
 		return err
