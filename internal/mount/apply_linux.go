@@ -57,7 +57,7 @@ func (m *Manager) mountLayer(lm LayerMount) error {
 		}
 	}
 	if strings.HasPrefix(lm.Mount.Type, "fuse.") {
-		return mountFuse(lm)
+		return mountFuse(lm, f)
 	}
 	loop, err := attachLoop(f, lm.Loop.SizeLimit)
 	if err != nil {

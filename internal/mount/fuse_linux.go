@@ -10,7 +10,9 @@ import (
 	"time"
 )
 
-// mountFuse mounts a layer blob, already verified in userspace, with its
+// mountFuse mounts a layer blob, already verified in userspace through the
+// open file blob (which the driver is handed, so that it reads the very file
+// that was verified, not whatever the path names by now), with its
 // FUSE driver (ModeFuse: rootless, in a user namespace, where the kernel
 // refuses squashfs and erofs). The blob is the filesystem image followed
 // by its verity tree; squashfuse reads the image from offset 0 and never
@@ -21,7 +23,7 @@ import (
 // (-o userxattr); squashfuse answers an overlay.opaque query under any
 // prefix, so opaque directories of images built as root (which carry
 // trusted.overlay.opaque) are honoured rootless too.
-func mountFuse(lm LayerMount) error {
+func mountFuse(lm LayerMount, blob *os.File) error {
 	driver := strings.TrimPrefix(lm.Mount.Type, "fuse.")
 	if _, err := exec.LookPath(driver); err != nil {
 		if driver == "erofsfuse" {
@@ -46,7 +48,12 @@ func mountFuse(lm LayerMount) error {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/self/fd/%d", out.Fd()))
 		return bytes.TrimSpace(b)
 	}
-	cmd := exec.Command(driver, "-f", "-o", "ro", lm.Blob, lm.Dir)
+	opts := "ro"
+	if !strings.ContainsAny(lm.Blob, ",\\") {
+		opts += ",fsname=" + lm.Blob // what the mount table shows
+	}
+	cmd := exec.Command(driver, "-f", "-o", opts, "/dev/fd/3", lm.Dir)
+	cmd.ExtraFiles = []*os.File{blob}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -87,13 +87,53 @@ func TestFuseErrors(t *testing.T) {
 	os.WriteFile(junk, []byte("not a filesystem"), 0o644)
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
-	err := mountFuse(LayerMount{Blob: junk, Dir: mnt, Mount: Mount{Type: "fuse.squashfuse", Source: junk, Target: mnt}})
+	f, err := os.Open(junk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	err = mountFuse(LayerMount{Blob: junk, Dir: mnt, Mount: Mount{Type: "fuse.squashfuse", Source: junk, Target: mnt}}, f)
 	if err == nil || !strings.Contains(err.Error(), "squashfuse "+junk) {
 		t.Errorf("junk blob: err = %v", err)
 	}
 	t.Setenv("PATH", dir)
-	err = mountFuse(LayerMount{Blob: junk, Dir: mnt, Mount: Mount{Type: "fuse." + fuseDriver(layer.Erofs)}})
+	err = mountFuse(LayerMount{Blob: junk, Dir: mnt, Mount: Mount{Type: "fuse." + fuseDriver(layer.Erofs)}}, f)
 	if err == nil || !strings.Contains(err.Error(), "erofsfuse") || !strings.Contains(err.Error(), "squashfs layers") {
 		t.Errorf("erofs without erofsfuse: err = %v", err)
+	}
+}
+
+// The driver must serve the file that was verified (the open blob), even if
+// the path names another file by the time it starts.
+func TestFuseMountsTheVerifiedFile(t *testing.T) {
+	needSquashfuse(t)
+	if _, err := exec.LookPath("mksquashfs"); err != nil {
+		t.Skip("mksquashfs is not installed")
+	}
+	dir := t.TempDir()
+	images := map[string]string{}
+	for _, name := range []string{"verified", "swapped"} {
+		src := filepath.Join(dir, name+"-src")
+		os.MkdirAll(src, 0o755)
+		os.WriteFile(filepath.Join(src, "who"), []byte(name), 0o644)
+		images[name] = filepath.Join(dir, name+".sqfs")
+		if out, err := exec.Command("mksquashfs", src, images[name], "-quiet", "-noappend").CombinedOutput(); err != nil {
+			t.Fatalf("mksquashfs: %v: %s", err, out)
+		}
+	}
+	f, err := os.Open(images["verified"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o755)
+	lm := LayerMount{Blob: images["swapped"], Dir: mnt, Mount: Mount{Type: "fuse.squashfuse", Source: images["swapped"], Target: mnt}}
+	if err := mountFuse(lm, f); err != nil {
+		t.Fatal(err)
+	}
+	defer unmount(mnt)
+	if got := read(t, filepath.Join(mnt, "who")); got != "verified" {
+		t.Errorf("the driver serves %q, want the verified file", got)
 	}
 }
