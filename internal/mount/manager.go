@@ -151,11 +151,27 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 		return nil, err
 	}
 	defer unlock()
+	// A record that is not marked mounted, seen under the lock, is what a
+	// Mount killed part-way left (Mount holds the lock until it is done).
 	if _, err := os.Stat(m.recordFile(id)); err == nil {
-		return nil, fmt.Errorf("mount %s: %w", id, ErrMounted)
+		r, err := m.readRecord(id)
+		if err != nil {
+			return nil, err
+		}
+		if r.Mounted {
+			return nil, fmt.Errorf("mount %s: %w", id, ErrMounted)
+		}
+		if err := m.undo(r); err != nil {
+			return nil, fmt.Errorf("mount %s: undo what an interrupted mount left: %w", id, err)
+		}
 	}
 	if r, ok := m.findTarget(p.Target); ok {
-		return nil, fmt.Errorf("%s: %w (mount %s of image %s)", p.Target, ErrMounted, r.Plan.ID, r.Plan.Image)
+		if r.Mounted {
+			return nil, fmt.Errorf("%s: %w (mount %s of image %s)", p.Target, ErrMounted, r.Plan.ID, r.Plan.Image)
+		}
+		if err := m.undo(r); err != nil {
+			return nil, fmt.Errorf("%s: undo what an interrupted mount left: %w", p.Target, err)
+		}
 	}
 	if isMountPoint(p.Target) {
 		if !p.OwnUp {
@@ -285,7 +301,9 @@ func (m *Manager) Cleanup() ([]string, error) {
 	var errs []error
 	live := map[string]bool{}
 	for _, r := range rs {
-		if r.Owner.Alive() {
+		// Not yet marked mounted: its Mount was killed part-way (a live
+		// one would hold the lock), whoever the owner is.
+		if r.Owner.Alive() && r.Mounted {
 			live[r.Plan.ID] = true
 			continue
 		}

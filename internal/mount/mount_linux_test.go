@@ -426,3 +426,44 @@ func TestMountSymlinkTarget(t *testing.T) {
 		unmount(real)
 	}
 }
+
+// A `vessel mount` (which has no owner process) killed part-way leaves a
+// record not marked mounted: Cleanup removes it, and mounting the same
+// target again just works.
+func TestInterruptedMountIsStale(t *testing.T) {
+	e := newEnv(t)
+	img := testImage(t, e.s, "killed:1")
+	target := filepath.Join(t.TempDir(), "m")
+	interrupted := func() {
+		unlock, err := e.m.lock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unlock()
+		p, err := e.m.Plan(img, "k1", target, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.m.writeRecord(record{Plan: p}); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.m.acquire(p.Layers[0], "k1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	interrupted()
+	if _, err := e.m.Mount(context.Background(), img, "k1", target, Owner{}, Options{}); err != nil {
+		t.Fatalf("mount after an interrupted mount: %v", err)
+	}
+	if err := e.m.Unmount("k1"); err != nil {
+		t.Fatal(err)
+	}
+	interrupted()
+	done, err := e.m.Cleanup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(done) == 0 || !strings.Contains(done[0], "k1") {
+		t.Errorf("cleanup removed %q, want the interrupted mount", done)
+	}
+}
