@@ -314,17 +314,15 @@ func cut(kv string) (string, string, bool) {
 	return kv, "", false
 }
 
-func (sv *service) update(f func(*Status)) Status {
+// save updates the status and writes it, under the service's lock: two
+// goroutines saving at once (the loop and markRunning) must not leave the
+// older state in the file.
+func (s *Supervisor) save(sv *service, f func(*Status)) {
 	sv.mu.Lock()
 	defer sv.mu.Unlock()
 	f(&sv.st)
-	return sv.st
-}
-
-func (s *Supervisor) save(sv *service, f func(*Status)) {
-	st := sv.update(f)
-	if err := writeJSON(statusFile(s.Dir, st.Name), st); err != nil {
-		s.logf("service %s: saving state: %v", st.Name, err)
+	if err := writeJSON(statusFile(s.Dir, sv.st.Name), sv.st); err != nil {
+		s.logf("service %s: saving state: %v", sv.st.Name, err)
 	}
 }
 
@@ -451,7 +449,9 @@ func (s *Supervisor) markRunning(ctx context.Context, sv *service, id string) {
 	for {
 		if s.running(id) {
 			s.save(sv, func(st *Status) {
-				if st.State == StateStarting {
+				// ctx ends (under the same lock) before the loop moves
+				// on: a run that is over must not mark the next one.
+				if st.State == StateStarting && ctx.Err() == nil {
 					st.State = StateRunning
 				}
 			})
