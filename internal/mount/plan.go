@@ -129,6 +129,9 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 	switch {
 	case opt.Writable:
 		p.Upper = opt.Upper
+		if p.Upper != "" && (!filepath.IsAbs(p.Upper) || strings.Contains(p.Upper, ",")) {
+			return nil, fmt.Errorf("upper directory %q must be an absolute path without ',' (overlayfs takes ',' as an option separator)", p.Upper)
+		}
 		if p.Upper == "" {
 			p.Upper = containerDir(run, id)
 			p.OwnUp = true

@@ -132,6 +132,12 @@ func TestPlanBadInput(t *testing.T) {
 			t.Errorf("NewPlan(%q, %q, %d layers): error %v, want %q", tc.id, tc.target, tc.layers, err, tc.want)
 		}
 	}
+	for _, upper := range []string{"/tmp/a,b", "rel/upper"} {
+		_, err := NewPlan("/run/vessel", "ok", fakeImage(1), "/mnt", ModeUserspace, Options{Writable: true, Upper: upper})
+		if err == nil || !strings.Contains(err.Error(), "upper directory") {
+			t.Errorf("upper %q: error %v, want it refused", upper, err)
+		}
+	}
 	// 32 layers fit.
 	if _, err := NewPlan("/run/vessel", "ok", fakeImage(32), "/mnt", ModeUserspace, Options{Writable: true}); err != nil {
 		t.Errorf("32 layers: %v", err)
