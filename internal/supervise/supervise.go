@@ -103,7 +103,8 @@ func Lock(dir string) (unlock func(), err error) {
 }
 
 // Recover removes what a supervisor that died left behind: its containers
-// (killed and deleted), their mounts and its state files. The caller holds
+// (killed and deleted), their mounts and its state files; and the containers
+// of other vessel processes that died, with their mounts. The caller holds
 // Lock. It returns a line per thing removed.
 func Recover(ctx context.Context, dir string, l *container.Launcher) ([]string, error) {
 	var done []string
@@ -112,8 +113,21 @@ func Recover(ctx context.Context, dir string, l *container.Launcher) ([]string, 
 	if err != nil {
 		errs = append(errs, err)
 	}
+	// Containers whose mount's owner died (a `vessel run` killed with
+	// SIGKILL leaves its container running) go too: Cleanup below is about
+	// to take their root filesystem away from under them.
+	orphans := map[string]bool{}
+	plans, owners, err := l.Mounts.Mounted()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for i, p := range plans {
+		if !owners[i].Alive() {
+			orphans[p.ID] = true
+		}
+	}
 	for _, st := range states {
-		if len(st.ID) <= len(IDPrefix) || st.ID[:len(IDPrefix)] != IDPrefix {
+		if !orphans[st.ID] && (len(st.ID) <= len(IDPrefix) || st.ID[:len(IDPrefix)] != IDPrefix) {
 			continue
 		}
 		if st.Status == "running" || st.Status == "created" || st.Status == "paused" {

@@ -368,3 +368,48 @@ func TestRecoverAfterCrashedSupervisor(t *testing.T) {
 		}
 	}
 }
+
+// A `vessel run` killed with SIGKILL leaves its container running on a
+// mount whose owner is dead: recovery must stop that container before the
+// mount is undone under it, and leave no runtime state.
+func TestRecoverOrphanedRunContainer(t *testing.T) {
+	w := newWorld(t)
+	vm := w.verified(t, 1, manifest.Service{Name: "sleeper", Command: []string{"/bin/sleep", "1000"}})
+	img, err := mount.ResolveDescriptor(w.s, ocispec.Descriptor{Digest: vm.Images()[0].Digest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := Config(vm.Manifest().Services[0], img.Config.Config)
+	const id = "run-orphan"
+	rootfs := filepath.Join(container.Dir(w.run, id), "rootfs")
+	dead := exec.Command("true")
+	dead.Run()
+	if _, err := w.l.Mounts.Mount(context.Background(), img, id, rootfs, mount.Owner{Pid: dead.Process.Pid, StartTime: 1}, mount.Options{Writable: true}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.ID, cfg.Rootfs = id, rootfs
+	spec, err := runtime.Spec(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := runtime.WriteBundle(container.Dir(w.run, id), spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.l.Runtime.Start(context.Background(), container.Dir(w.run, id), id, runtime.Stdio{}); err != nil {
+		t.Fatal(err)
+	}
+	cleaned, err := Down(context.Background(), w.dir, w.l, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if joined := strings.Join(cleaned, "; "); !strings.Contains(joined, "container "+id) || !strings.Contains(joined, "mount "+id) {
+		t.Errorf("clean-up %q: want the orphaned container and its mount removed", joined)
+	}
+	states, _ := w.l.Runtime.List(context.Background())
+	for _, st := range states {
+		if st.ID == id {
+			t.Errorf("container %s left behind (%s)", id, st.Status)
+			w.l.Runtime.Delete(context.Background(), id, true)
+		}
+	}
+}
