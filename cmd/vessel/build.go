@@ -34,6 +34,12 @@ built), imports, run, environment, labels, annotations, entrypoint, cmd,
 full_command, working_dir, volumes, build_only, arch and ${{VAR:default}}
 substitutions (--substitute VAR=VALUE).
 
+A top-level config: {prerequisites: [other.yaml, ...]} names recipe files
+(relative to the recipe's directory) that are built first, whole and
+recursively, each once; their images can be the recipe's built bases and
+stacker:// sources. --substitute applies to every file, --only to the
+named recipe alone. Progress names the file of a prerequisite's images.
+
 Each image's run script executes in a container (runc or crun) whose root
 is the base image mounted verified with a writable layer on top; imports
 are at /stacker/imports (also /vessel/imports). The container has no
@@ -49,8 +55,10 @@ rebuilding an unchanged recipe starts no container ("cached"). Changing one
 image rebuilds it and the images built on it. --no-cache rebuilds all.
 tar, oci and docker bases are converted to verified layers once.
 
-Images are tagged NAME:latest in the store only after every image built
-(build_only images are never tagged). With SOURCE_DATE_EPOCH set, the same
+Images are tagged NAME:latest in the store only after every image of their
+file built (build_only images are never tagged): a failure keeps the
+previous tags of the failing file, while prerequisites that completed are
+already tagged. With SOURCE_DATE_EPOCH set, the same
 recipe gives the same image digests on any clean store. See docs/build.md.`,
 		Example: `  vessel build                                   # ./vessel.yaml
   vessel build -f examples/vessel.yaml
@@ -74,9 +82,10 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 			if err != nil {
 				return err
 			}
-			rf, err := recipe.ParseFile(file, recipe.Options{Substitutions: sm})
+			rf, err := recipe.LoadFile(file, recipe.Options{Substitutions: sm})
 			if err != nil {
-				if errors.Is(err, os.ErrNotExist) && !cmd.Flags().Changed("file") {
+				var re *recipe.Error
+				if errors.Is(err, os.ErrNotExist) && !errors.As(err, &re) && !cmd.Flags().Changed("file") {
 					return fmt.Errorf("%w (give the recipe with -f FILE)", err)
 				}
 				return err
@@ -118,7 +127,11 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 				if ref == "" {
 					ref = im.Name + " (build_only, not tagged)"
 				}
-				fmt.Fprintf(w, "%s %s\n", ref, im.Descriptor.Digest)
+				from := ""
+				if im.File != "" {
+					from = " (prerequisite " + im.File + ")"
+				}
+				fmt.Fprintf(w, "%s %s%s\n", ref, im.Descriptor.Digest, from)
 			}
 			return nil
 		},
@@ -136,7 +149,11 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 // printBuildEvent writes one progress line to stderr.
 func printBuildEvent(cmd *cobra.Command, start time.Time, e build.Event) {
 	w := cmd.ErrOrStderr()
-	pre := fmt.Sprintf("[%5.1fs] [%d/%d] %s:", time.Since(start).Seconds(), e.Step, e.Steps, e.Image)
+	name := e.Image
+	if e.File != "" {
+		name += " (" + e.File + ")"
+	}
+	pre := fmt.Sprintf("[%5.1fs] [%d/%d] %s:", time.Since(start).Seconds(), e.Step, e.Steps, name)
 	switch e.Status {
 	case build.StatusCached:
 		fmt.Fprintf(w, "%s cached %s\n", pre, shortDigest(e.Digest.String()))

@@ -14,11 +14,13 @@
 //     network and the default capabilities), and the upper directory, with
 //     deletions as overlay whiteouts, becomes one new verified layer.
 //
-// Images are tagged only after every step succeeded, so a failed build
-// leaves the previous tags as they were; what did succeed stays in the
-// build cache and is reused by the next build. Callers (cmd/vessel) parse
-// the recipe with package recipe and call Build; recipe parsing, cache keys
-// and staging live in package recipe, mounts in package mount.
+// Images are tagged only after every step of their file succeeded, so a
+// failed build leaves the previous tags of that file as they were; what did
+// succeed stays in the build cache and is reused by the next build.
+// Prerequisite files (config: prerequisites:) are built first, whole, and
+// tagged as each completes. Callers (cmd/vessel) read the recipe with
+// recipe.LoadFile and call Build; recipe parsing, cache keys and staging
+// live in package recipe, mounts in package mount.
 package build
 
 import (
@@ -77,6 +79,9 @@ type Event struct {
 	// Digest is the image manifest digest for "cached" and "built".
 	Digest  digest.Digest `json:"digest,omitempty"`
 	Message string        `json:"message,omitempty"`
+	// File is the recipe that defines the image when it is a prerequisite
+	// of the recipe being built; "" for the recipe's own images.
+	File string `json:"file,omitempty"`
 }
 
 // Event statuses.
@@ -106,11 +111,20 @@ type Built struct {
 	// Cache is "image" when the whole image came from the cache, "layer"
 	// when only the config and manifest were written, "" when built.
 	Cache string `json:"cache,omitempty"`
+	// File is the prerequisite recipe that defines the image; "" for the
+	// images of the recipe being built.
+	File string `json:"file,omitempty"`
 }
 
 // Build builds the images of f (all, or opt.Only and what they need) in
-// dependency order and tags them once all succeeded. A step that fails
+// dependency order and tags them once all of them succeeded. A step that fails
 // stops the build with a *StepError.
+//
+// A recipe with prerequisites (config: prerequisites:, read with
+// recipe.LoadFile) builds every prerequisite file first, whole, each once,
+// in File.BuildOrder; opt.Only applies to f alone. Each file's images are
+// tagged as soon as that file's images are all built, so a failure later
+// in the build keeps the tags of the prerequisites built before it.
 func Build(ctx context.Context, f *recipe.File, opt Options) (*Result, error) {
 	if opt.Store == nil || opt.Mounts == nil {
 		return nil, errors.New("build: no store or mount manager")
@@ -121,14 +135,25 @@ func Build(ctx context.Context, f *recipe.File, opt Options) (*Result, error) {
 	if opt.Output == nil {
 		opt.Output = io.Discard
 	}
-	if len(f.Prerequisites) > 0 {
-		return nil, fmt.Errorf("%s: config.prerequisites is not supported yet: build %s first with its own vessel build", f.Path, f.Prerequisites[0])
+	files := f.BuildOrder()
+	plans := make([]*recipe.Plan, len(files))
+	total := 0
+	for i, file := range files {
+		if len(file.PrerequisiteFiles) != len(file.Prerequisites) {
+			return nil, fmt.Errorf("%s lists prerequisites (%s) that were not read: parse it with recipe.LoadFile", file.Path, file.Prerequisites[0])
+		}
+		var only []string
+		if file == f {
+			only = opt.Only
+		}
+		plan, err := file.Plan(only...)
+		if err != nil {
+			return nil, err
+		}
+		plans[i] = plan
+		total += len(plan.Steps)
 	}
-	plan, err := f.Plan(opt.Only...)
-	if err != nil {
-		return nil, err
-	}
-	b := &builder{opt: opt, s: opt.Store, cache: recipe.OpenCache(opt.Store.Root()), plan: plan, done: map[string]*Built{}}
+	b := &builder{opt: opt, s: opt.Store, cache: recipe.OpenCache(opt.Store.Root()), top: f, total: total, done: map[string]*Built{}}
 	if opt.SourceDateEpoch != nil {
 		b.sde = strconv.FormatInt(*opt.SourceDateEpoch, 10)
 	}
@@ -143,24 +168,39 @@ func Build(ctx context.Context, f *recipe.File, opt Options) (*Result, error) {
 	}
 	defer done()
 	res := &Result{}
+	for _, plan := range plans {
+		imgs, err := b.buildPlan(ctx, plan)
+		if err != nil {
+			return nil, err
+		}
+		res.Images = append(res.Images, imgs...)
+	}
+	return res, nil
+}
+
+// buildPlan builds the steps of one file and tags its images.
+func (b *builder) buildPlan(ctx context.Context, plan *recipe.Plan) ([]Built, error) {
+	b.plan = plan
+	defer func() { b.offset += len(plan.Steps) }()
+	var out []Built
 	for i, step := range plan.Steps {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		out, err := b.step(ctx, i, step)
+		r, err := b.step(ctx, i, step)
 		if err != nil {
 			return nil, err
 		}
-		b.done[step.Image.Name] = out
-		res.Images = append(res.Images, *out)
+		r.File = b.prereq()
+		b.done[step.Image.Name] = r
+		out = append(out, *r)
 	}
 	for i, step := range plan.Steps {
 		if !step.Tag {
 			continue
 		}
-		r := &res.Images[i]
-		r.Ref = step.Image.Name
-		name, tag, err := store.ParseRef(r.Ref)
+		r := &out[i]
+		name, tag, err := store.ParseRef(step.Image.Name)
 		if err != nil {
 			return nil, fmt.Errorf("tag image %q: %w", step.Image.Name, err)
 		}
@@ -170,24 +210,43 @@ func Build(ctx context.Context, f *recipe.File, opt Options) (*Result, error) {
 		}
 		b.event(i, StatusTagged, r.Descriptor.Digest, r.Ref)
 	}
-	return res, nil
+	return out, nil
 }
 
 type builder struct {
 	opt   Options
 	s     *store.Store
 	cache *recipe.Cache
-	plan  *recipe.Plan
-	sde   string
-	done  map[string]*Built
-	lnch  *container.Launcher
+	top   *recipe.File // the file Build was given
+	plan  *recipe.Plan // the file being built
+	// offset is the number of steps of the files built before plan's,
+	// total the steps of the whole build.
+	offset, total int
+	sde           string
+	done          map[string]*Built // every image built so far, of every file
+	lnch          *container.Launcher
+}
+
+// prereq is the path of the file being built when it is a prerequisite,
+// "" when it is the top file.
+func (b *builder) prereq() string {
+	if b.plan.File == b.top {
+		return ""
+	}
+	return b.plan.File.Path
 }
 
 func (b *builder) event(i int, status string, d digest.Digest, msg string) {
 	if b.opt.Progress == nil {
 		return
 	}
-	b.opt.Progress(Event{Image: b.plan.Steps[i].Image.Name, Step: i + 1, Steps: len(b.plan.Steps), Status: status, Digest: d, Message: msg})
+	b.opt.Progress(Event{Image: b.plan.Steps[i].Image.Name, Step: b.offset + i + 1, Steps: b.total, Status: status, Digest: d, Message: msg, File: b.prereq()})
+}
+
+// stepError is a failure of step i of the current plan.
+func (b *builder) stepError(i int, img *recipe.Image, phase string, line int, err error) *StepError {
+	return &StepError{Image: img.Name, Step: b.offset + i + 1, Steps: b.total, Phase: phase, File: b.plan.File.Path,
+		Prerequisite: b.prereq() != "", Line: line, ExitCode: -1, Err: err}
 }
 
 func (b *builder) created() time.Time {
@@ -216,7 +275,7 @@ func changesFiles(img *recipe.Image) bool {
 func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, err error) {
 	img := step.Image
 	fail := func(phase string, line int, err error) error {
-		return &StepError{Image: img.Name, Step: i + 1, Steps: len(b.plan.Steps), Phase: phase, File: b.plan.File.Path, Line: line, ExitCode: -1, Err: err}
+		return b.stepError(i, img, phase, line, err)
 	}
 	base, err := b.base(ctx, i, img)
 	if err != nil {

@@ -21,15 +21,22 @@ type StepError struct {
 	Step, Steps int
 	Phase       string
 	File        string
-	Line        int      // 0 when no single line is concerned
-	ExitCode    int      // the run script's exit code; -1 when it did not run to an exit
-	Tail        []string // last lines of the script's output
-	Err         error    // the cause; nil when the script just exited non-zero
+	// Prerequisite is set when File is a prerequisite of the recipe
+	// being built (config: prerequisites:), not the recipe itself.
+	Prerequisite bool
+	Line         int      // 0 when no single line is concerned
+	ExitCode     int      // the run script's exit code; -1 when it did not run to an exit
+	Tail         []string // last lines of the script's output
+	Err          error    // the cause; nil when the script just exited non-zero
 }
 
 func (e *StepError) Error() string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "build %s (step %d/%d): %s", e.Image, e.Step, e.Steps, e.Phase)
+	fmt.Fprintf(&sb, "build %s (step %d/%d", e.Image, e.Step, e.Steps)
+	if e.Prerequisite {
+		fmt.Fprintf(&sb, ", prerequisite %s", e.File)
+	}
+	fmt.Fprintf(&sb, "): %s", e.Phase)
 	if e.Line > 0 {
 		fmt.Fprintf(&sb, " (%s:%d)", e.File, e.Line)
 	}

@@ -39,9 +39,8 @@ var runtimeMountPoints = []string{
 // with a writable upper directory and makes the upper directory a layer in
 // the store.
 func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base *baseImage, src *sources) (ocispec.Descriptor, error) {
-	steps := len(b.plan.Steps)
 	fail := func(phase string, line int, err error) error {
-		return &StepError{Image: img.Name, Step: i + 1, Steps: steps, Phase: phase, File: b.plan.File.Path, Line: line, ExitCode: -1, Err: err}
+		return b.stepError(i, img, phase, line, err)
 	}
 	tmp, err := b.tempDir("build-*")
 	if err != nil {

@@ -3,9 +3,7 @@ package recipe
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -32,18 +30,19 @@ type Options struct {
 	// Arch is the architecture of images that do not set `arch:`;
 	// default: the building machine's (runtime.GOARCH), as in stacker.
 	Arch string
+	// External are images that other recipe files build before this one
+	// (its prerequisites): image name -> the file that defines it. A
+	// `built` base or a stacker:// import may name them. LoadFile sets it
+	// for each file it reads from that file's prerequisites.
+	External map[string]string
 }
 
-// ParseFile reads and parses the recipe at path.
+// ParseFile reads and parses the recipe at path, alone: see LoadFile for
+// a recipe with prerequisites.
 func ParseFile(path string, opts Options) (*File, error) {
-	f, err := os.Open(path)
+	b, err := readRecipe(path)
 	if err != nil {
-		return nil, fmt.Errorf("read recipe: %w", err)
-	}
-	defer f.Close() // read-only: a close error changes nothing
-	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read recipe %s: %w", path, err)
+		return nil, err
 	}
 	return Parse(path, b, opts)
 }
@@ -51,7 +50,18 @@ func ParseFile(path string, opts Options) (*File, error) {
 // Parse parses the recipe text b; name is used in errors and, unless
 // opts.Dir is set, to resolve relative paths. All problems found (up to 20)
 // come back together, each an *Error.
+//
+// Parse reads one file: a `built` base or stacker:// source that is not an
+// image of this file must be in opts.External. LoadFile reads a recipe
+// together with its prerequisites.
 func Parse(name string, b []byte, opts Options) (*File, error) {
+	return parseRecipe(name, b, opts, false)
+}
+
+// parseRecipe is Parse; with deferExternal, references to images that are not in
+// the file are left for the caller to check (LoadFile, once it has read
+// the prerequisites) when the file has prerequisites.
+func parseRecipe(name string, b []byte, opts Options, deferExternal bool) (*File, error) {
 	if len(b) > MaxSize {
 		return nil, &Error{File: name, Kind: ErrSyntax, Msg: fmt.Sprintf("larger than %d bytes", MaxSize)}
 	}
@@ -123,7 +133,7 @@ func Parse(name string, b []byte, opts Options) (*File, error) {
 		p.fail(root, "", "", ErrSyntax, "no images defined")
 	}
 	if len(p.errs) == 0 {
-		p.validate(f)
+		p.validate(f, opts.External, deferExternal && len(f.Prerequisites) > 0)
 	}
 	if err := p.result(); err != nil {
 		return nil, err
@@ -706,8 +716,23 @@ func (p *parser) config(f *File, n *yaml.Node) {
 			if !ok {
 				continue
 			}
-			for _, s := range l {
+			lines := make([]int, len(l))
+			if d := p.deref(kv.v); d != nil && d.Kind == yaml.SequenceNode && len(d.Content) == len(l) {
+				for i, e := range d.Content {
+					lines[i] = p.line(e)
+				}
+			} else {
+				for i := range lines {
+					lines[i] = p.line(kv.v)
+				}
+			}
+			for i, s := range l {
+				if s == "" {
+					p.fail(kv.v, "", "config.prerequisites", ErrSyntax, "a prerequisite is a recipe file name, got an empty string")
+					continue
+				}
 				f.Prerequisites = append(f.Prerequisites, p.abs(s))
+				f.prereqLines = append(f.prereqLines, lines[i])
 			}
 		default:
 			p.fail(kv.k, "", "config", ErrUnknownKey, "unknown key %q (known keys: prerequisites)", kv.k.Value)
@@ -716,26 +741,15 @@ func (p *parser) config(f *File, n *yaml.Node) {
 }
 
 // validate checks what needs the whole file: references and cycles.
-func (p *parser) validate(f *File) {
-	names := map[string]*Image{}
+// Names not defined in the file must be in external, unless deferExternal.
+func (p *parser) validate(f *File, external map[string]string, deferExternal bool) {
 	for _, img := range f.Images {
-		names[img.Name] = img
+		if img.From.Type == Built && img.From.Tag == img.Name {
+			p.errs = append(p.errs, &Error{File: p.file, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrCycle, Msg: "an image cannot be built on itself"})
+		}
 	}
-	for _, img := range f.Images {
-		if img.From.Type == Built {
-			if img.From.Tag == img.Name {
-				p.errs = append(p.errs, &Error{File: p.file, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrCycle, Msg: "an image cannot be built on itself"})
-			} else if names[img.From.Tag] == nil {
-				p.errs = append(p.errs, &Error{File: p.file, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrMissingBase,
-					Msg: fmt.Sprintf("built base %q is not an image of this file (images: %s)", img.From.Tag, strings.Join(imageNames(f), ", "))})
-			}
-		}
-		for _, imp := range img.Imports {
-			if imp.FromImage != "" && names[imp.FromImage] == nil {
-				p.errs = append(p.errs, &Error{File: p.file, Line: imp.Line, Image: img.Name, Key: "imports", Kind: ErrMissingBase,
-					Msg: fmt.Sprintf("%s: %q is not an image of this file", imp.Path, imp.FromImage)})
-			}
-		}
+	if !deferExternal {
+		p.errs = append(p.errs, unknownRefs(f, external)...)
 	}
 	if len(p.errs) > 0 {
 		return
@@ -747,10 +761,72 @@ func (p *parser) validate(f *File) {
 	}
 }
 
+// unknownRefs reports every `built` base and stacker:// source of f that is
+// neither an image of f nor in external (image name -> defining file).
+func unknownRefs(f *File, external map[string]string) []error {
+	var errs []error
+	where := func() string {
+		if len(external) == 0 {
+			s := fmt.Sprintf("an image of this file (images: %s)", strings.Join(imageNames(f), ", "))
+			if len(f.Prerequisites) > 0 {
+				s += "; its prerequisites were not read"
+			}
+			return s
+		}
+		files := []string{}
+		seen := map[string]bool{}
+		for _, file := range external {
+			if !seen[file] {
+				seen[file] = true
+				files = append(files, file)
+			}
+		}
+		sort.Strings(files)
+		names := imageNames(f)
+		for n := range external {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		return fmt.Sprintf("an image of this file or of its prerequisites (searched %s, %s; images: %s)",
+			f.Path, strings.Join(files, ", "), strings.Join(names, ", "))
+	}
+	known := func(n string) bool {
+		if f.Image(n) != nil {
+			return true
+		}
+		_, ok := external[n]
+		return ok
+	}
+	for _, img := range f.Images {
+		if img.From.Type == Built && img.From.Tag != img.Name && !known(img.From.Tag) {
+			errs = append(errs, &Error{File: f.Path, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrMissingBase,
+				Msg: fmt.Sprintf("built base %q is not %s", img.From.Tag, where())})
+		}
+		for _, imp := range img.Imports {
+			if imp.FromImage != "" && !known(imp.FromImage) {
+				errs = append(errs, &Error{File: f.Path, Line: imp.Line, Image: img.Name, Key: "imports", Kind: ErrMissingBase,
+					Msg: fmt.Sprintf("%s: %q is not %s", imp.Path, imp.FromImage, where())})
+			}
+		}
+	}
+	return errs
+}
+
 func imageNames(f *File) []string {
 	out := make([]string, len(f.Images))
 	for i, img := range f.Images {
 		out[i] = img.Name
+	}
+	return out
+}
+
+// localNeeds is img.Needs() without the images of other files.
+func (f *File) localNeeds(img *Image) []string {
+	var out []string
+	for _, n := range img.Needs() {
+		if f.Image(n) != nil {
+			out = append(out, n)
+		}
 	}
 	return out
 }
@@ -770,8 +846,7 @@ func findCycle(f *File) []string {
 	visit = func(n string) bool {
 		color[n] = grey
 		stack = append(stack, n)
-		img := f.Image(n)
-		for _, d := range img.Needs() {
+		for _, d := range f.localNeeds(f.Image(n)) {
 			switch color[d] {
 			case grey:
 				for i, s := range stack {

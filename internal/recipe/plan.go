@@ -17,7 +17,8 @@ type Plan struct {
 type Step struct {
 	Image *Image
 	// Needs are the images of this plan that must be built first (the built
-	// base, then the sources of stacker:// imports).
+	// base, then the sources of stacker:// imports). Images of prerequisite
+	// files are not listed: they are built before the plan starts.
 	Needs []string
 	// Tag reports whether the result is tagged in the store: false for
 	// build_only images, which exist only for the images built from them.
@@ -44,7 +45,7 @@ func (f *File) Plan(names ...string) (*Plan, error) {
 			return
 		}
 		want[n] = true
-		for _, d := range f.Image(n).Needs() {
+		for _, d := range f.localNeeds(f.Image(n)) {
 			add(d)
 		}
 	}
@@ -63,7 +64,7 @@ func (f *File) Plan(names ...string) (*Plan, error) {
 				continue
 			}
 			ready := true
-			for _, d := range img.Needs() {
+			for _, d := range f.localNeeds(img) {
 				if !done[d] {
 					ready = false
 					break
@@ -71,7 +72,7 @@ func (f *File) Plan(names ...string) (*Plan, error) {
 			}
 			if ready {
 				done[img.Name] = true
-				p.Steps = append(p.Steps, Step{Image: img, Needs: img.Needs(), Tag: !img.BuildOnly})
+				p.Steps = append(p.Steps, Step{Image: img, Needs: f.localNeeds(img), Tag: !img.BuildOnly})
 				progressed = true
 				break // restart from the top: file order among the ready ones
 			}

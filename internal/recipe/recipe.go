@@ -6,6 +6,8 @@
 //     line, the image and the key ("vessel.yaml:12: image "app": unknown key
 //     "rnu""). ${{VAR}} and ${{VAR:default}} are substituted first, as stacker
 //     does.
+//   - LoadFile: a recipe with the files its `config: prerequisites:` lists,
+//     recursively, each once; File.BuildOrder lists them for the executor.
 //   - File.Plan: the images to build, dependencies first, in file order among
 //     independent images, optionally narrowed to --only NAME and what it needs.
 //   - Key: the two cache keys of an image (the layer key decides whether `run`
@@ -42,6 +44,33 @@ type File struct {
 	// Prerequisites are other recipe files (absolute paths) from stacker's
 	// top-level `config: {prerequisites: [...]}` that must be built first.
 	Prerequisites []string
+	// PrerequisiteFiles are those files, parsed, in the same order: set by
+	// LoadFile (Parse and ParseFile leave it empty). A file listed by
+	// several files of one build is one *File, shared.
+	PrerequisiteFiles []*File
+	// prereqLines are the lines where Prerequisites were written.
+	prereqLines []int
+}
+
+// BuildOrder lists the files one build of f builds, in order: every file
+// after its own prerequisites, each once, f last. It follows
+// PrerequisiteFiles, so it is just [f] for a file not read by LoadFile.
+func (f *File) BuildOrder() []*File {
+	var out []*File
+	seen := map[*File]bool{}
+	var visit func(*File)
+	visit = func(x *File) {
+		if seen[x] {
+			return
+		}
+		seen[x] = true
+		for _, p := range x.PrerequisiteFiles {
+			visit(p)
+		}
+		out = append(out, x)
+	}
+	visit(f)
+	return out
 }
 
 // Image returns the image called name, or nil.
@@ -63,7 +92,7 @@ const (
 	Tar     FromType = "tar"     // a rootfs tarball: URL is a local path
 	OCI     FromType = "oci"     // an OCI layout: URL is DIR:TAG
 	Docker  FromType = "docker"  // a registry: URL is docker://HOST/REPO:TAG
-	Built   FromType = "built"   // another image of this file: Tag is its name
+	Built   FromType = "built"   // an image of this file or of a prerequisite: Tag is its name
 )
 
 // From is an image's `from:` section.
@@ -99,7 +128,8 @@ type Import struct {
 	// local imports (keeping a trailing "/"), the URL otherwise.
 	Source string
 	// FromImage and ImagePath are set for stacker://IMAGE/PATH imports,
-	// which copy PATH out of an image built earlier from this file.
+	// which copy PATH out of an image built earlier from this file or
+	// from one of its prerequisites.
 	FromImage, ImagePath string
 	// Dest is the absolute path in the image, or "".
 	Dest string
@@ -161,9 +191,9 @@ func (i *Image) KeyLine(key string) int {
 	return i.Line
 }
 
-// Needs lists the images of the same file that must be built before this
-// one: the built base first, then sources of stacker:// imports, without
-// repeats.
+// Needs lists the images that must be built before this one: the built
+// base first, then sources of stacker:// imports, without repeats. They are
+// images of the same file or, in a file with prerequisites, of those.
 func (i *Image) Needs() []string {
 	var out []string
 	seen := map[string]bool{}
@@ -192,6 +222,8 @@ var (
 	ErrMissingBase = errors.New("unknown image")
 	ErrCycle       = errors.New("dependency cycle")
 	ErrImport      = errors.New("import failed")
+	// ErrPrerequisite: a file listed in config.prerequisites cannot be read.
+	ErrPrerequisite = errors.New("prerequisite failed")
 )
 
 // Error is a problem at a place in a recipe.
