@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -195,7 +196,10 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 			if err != nil {
 				return err
 			}
-			code, err := l.Run(cmd.Context(), container.Spec{ID: name, Image: img, Config: cfg}, stdio)
+			// SIGINT and SIGTERM go to the container (runtime.Run forwards
+			// them), which decides how to end; they must not cancel the run
+			// and SIGKILL it from under its handler.
+			code, err := l.Run(context.WithoutCancel(cmd.Context()), container.Spec{ID: name, Image: img, Config: cfg}, stdio)
 			if err != nil {
 				return err
 			}

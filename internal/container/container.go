@@ -59,6 +59,9 @@ func (l *Launcher) Run(ctx context.Context, s Spec, stdio runtime.Stdio) (code i
 	rootfs := filepath.Join(dir, "rootfs")
 	opt := mount.Options{Writable: true, Upper: s.Upper}
 	if _, err := l.Mounts.Mount(ctx, s.Image, s.ID, rootfs, mount.Self(), opt); err != nil {
+		if errors.Is(err, mount.ErrMounted) {
+			return -1, fmt.Errorf("container %s already exists (is it still running?); choose another name", s.ID)
+		}
 		return -1, err
 	}
 	defer func() {

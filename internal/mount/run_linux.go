@@ -27,8 +27,10 @@ func PrepareRun(dir string) (bool, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return false, err
 	}
-	// Serialise with other vessel processes doing the same, outside dir.
-	lock, err := os.OpenFile(filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	// Take the run directory's own lock (the one Manager takes) on the disk
+	// copy: a vessel mounting or unmounting right now finishes first, and
+	// then its records keep the directory on disk.
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return false, err
 	}
