@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -196,10 +197,25 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 			if err != nil {
 				return err
 			}
-			// SIGINT and SIGTERM go to the container (runtime.Run forwards
-			// them), which decides how to end; they must not cancel the run
-			// and SIGKILL it from under its handler.
-			code, err := l.Run(context.WithoutCancel(cmd.Context()), container.Spec{ID: name, Image: img, Config: cfg}, stdio)
+			// Before the container starts (mounting, verifying a big layer),
+			// SIGINT or SIGTERM aborts the run. Once it starts they go to the
+			// container (runtime.Run forwards them), which decides how to
+			// end: they must not cancel the run and SIGKILL it from under
+			// its handler.
+			runCtx, abort := context.WithCancel(context.WithoutCancel(cmd.Context()))
+			defer abort()
+			var started atomic.Bool
+			go func() {
+				select {
+				case <-cmd.Context().Done():
+					if !started.Load() {
+						abort()
+					}
+				case <-runCtx.Done():
+				}
+			}()
+			spec := container.Spec{ID: name, Image: img, Config: cfg, Started: func() { started.Store(true) }}
+			code, err := l.Run(runCtx, spec, stdio)
 			if err != nil {
 				return err
 			}
