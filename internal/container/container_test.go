@@ -80,11 +80,8 @@ func (e *env) assertNoLeaks(t *testing.T) {
 			t.Errorf("mount left: %s", l)
 		}
 	}
-	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, l := range loops {
-		if b, _ := os.ReadFile(l); strings.HasPrefix(string(b), e.root) {
-			t.Errorf("loop device left: %s", l)
-		}
+	for _, l := range mount.WaitLoopsGone(e.root, 2*time.Second) {
+		t.Errorf("loop device left behind: %s", l)
 	}
 	if states, _ := e.rt.List(context.Background()); len(states) != 0 {
 		t.Errorf("runtime state left: %+v", states)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -218,4 +219,33 @@ func removeVerity(hexOrName string) error {
 		return fmt.Errorf("dmsetup remove %s: %v: %s", name, err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// LoopDevices lists the loop devices whose backing file is under prefix,
+// as "loopN -> FILE". The kernel detaches an autoclear device shortly
+// after its last user lets go, not at once: a caller checking for
+// leftovers should poll for a moment (see WaitLoopsGone).
+func LoopDevices(prefix string) []string {
+	var out []string
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if name := strings.TrimSpace(string(b)); err == nil && strings.HasPrefix(name, prefix) {
+			out = append(out, filepath.Base(filepath.Dir(filepath.Dir(f)))+" -> "+name)
+		}
+	}
+	return out
+}
+
+// WaitLoopsGone waits up to timeout for LoopDevices(prefix) to be empty and
+// returns what is left.
+func WaitLoopsGone(prefix string, timeout time.Duration) []string {
+	deadline := time.Now().Add(timeout)
+	for {
+		left := LoopDevices(prefix)
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

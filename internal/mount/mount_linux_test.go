@@ -107,12 +107,8 @@ func assertNoLeaks(t *testing.T, run string, s *store.Store) {
 			t.Errorf("mount left behind: %s", line)
 		}
 	}
-	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, l := range loops {
-		b, _ := os.ReadFile(l)
-		if strings.HasPrefix(string(b), s.Root()) {
-			t.Errorf("loop device left behind: %s -> %s", l, strings.TrimSpace(string(b)))
-		}
+	for _, l := range WaitLoopsGone(s.Root(), 2*time.Second) {
+		t.Errorf("loop device left behind: %s", l)
 	}
 	if rs, _ := os.ReadDir(mountsDir(run)); len(rs) != 0 {
 		t.Errorf("%d mount records left behind", len(rs))

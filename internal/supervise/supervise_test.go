@@ -141,11 +141,8 @@ func assertClean(t *testing.T, w *world) {
 	if ents, _ := os.ReadDir(filepath.Join(w.run, "containers")); len(ents) != 0 {
 		t.Errorf("%d bundle directories left", len(ents))
 	}
-	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, l := range loops {
-		if b, _ := os.ReadFile(l); strings.HasPrefix(string(b), w.root) {
-			t.Errorf("loop device left: %s", l)
-		}
+	for _, l := range mount.WaitLoopsGone(w.root, 2*time.Second) {
+		t.Errorf("loop device left behind: %s", l)
 	}
 }
 
