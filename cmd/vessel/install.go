@@ -66,10 +66,7 @@ store are kept and partial downloads continue where they stopped.` + registryHel
 				return err
 			}
 			if g.json {
-				return printEvent(cmd.OutOrStdout(), struct {
-					Event string `json:"event"`
-					*registry.Current
-				}{"result", cur})
+				return printResultEvent(cmd.OutOrStdout(), cur)
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "installed product %s version %d (%s), signed by %q\n", cur.Product, cur.Version, cur.Digest, cur.Signer)

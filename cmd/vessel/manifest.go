@@ -321,10 +321,7 @@ without it). It verifies nothing: installers do.` + registryHelp,
 				return err
 			}
 			if g.json {
-				return printEvent(cmd.OutOrStdout(), struct {
-					Event string `json:"event"`
-					*registry.SignedPush
-				}{"result", res})
+				return printResultEvent(cmd.OutOrStdout(), res)
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "pushed %s to %s\n  manifest %s\n  signature %s", args[0], res.Ref, res.Manifest.Digest, res.Signature.Digest)

@@ -105,13 +105,25 @@ func (g *globals) location(s string) (registry.Endpoint, error) {
 // event stream).
 func printEvent(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
 
+// printResultEvent prints v's JSON object with "event":"result" added: the
+// last line of a --json event stream.
+func printResultEvent(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return err
+	}
+	fields["event"] = json.RawMessage(`"result"`)
+	return printEvent(w, fields)
+}
+
 // printResult prints a copy's outcome: one line, or the final JSON event.
 func printResult(cmd *cobra.Command, g *globals, verb string, r *registry.Result) error {
 	if g.json {
-		return printEvent(cmd.OutOrStdout(), struct {
-			Event string `json:"event"`
-			*registry.Result
-		}{"result", r})
+		return printResultEvent(cmd.OutOrStdout(), r)
 	}
 	var extra []string
 	if r.Existing > 0 {
