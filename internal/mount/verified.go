@@ -84,6 +84,11 @@ func (m *Manager) verifyLayer(f *os.File, lm LayerMount) error {
 	if err := verity.Verify(f, f, g.Params, g.Root); err != nil {
 		return fmt.Errorf("%w: %w", ErrVerify, err)
 	}
+	// A write during verification may have come after the blocks it
+	// changed were read: the identity must be the same as before.
+	if after, err := recordFor(f, lm); err != nil || after != want {
+		return fmt.Errorf("%w: the blob changed while it was being verified", ErrVerify)
+	}
 	m.count(func(s *Stats) { s.Verified++; s.VerifiedBytes += want.Size })
 	b, err := json.Marshal(want)
 	if err != nil {
