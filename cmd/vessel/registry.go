@@ -101,6 +101,16 @@ func (g *globals) location(s string) (registry.Endpoint, error) {
 	return e, nil
 }
 
+// locations parses a SRC DST pair of command-line locations.
+func (g *globals) locations(src, dst string) (registry.Endpoint, registry.Endpoint, error) {
+	s, err := g.location(src)
+	if err != nil {
+		return s, registry.Endpoint{}, err
+	}
+	d, err := g.location(dst)
+	return s, d, err
+}
+
 // printEvent writes v as one compact JSON line (the last line of a --json
 // event stream).
 func printEvent(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
@@ -155,11 +165,7 @@ the tag is set last.` + registryHelp,
   vessel push oci:./layout:v1 docker://registry.example.com/acme/demo:v1 --authfile auth.json`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := g.location(args[0])
-			if err != nil {
-				return err
-			}
-			dst, err := g.location(args[1])
+			src, dst, err := g.locations(args[0], args[1])
 			if err != nil {
 				return err
 			}
@@ -234,11 +240,7 @@ blobs are mounted instead of copied.` + registryHelp,
   vessel copy docker://reg-a.example.com/acme/demo:1 docker://reg-b.example.com/mirror/demo:1`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := g.location(args[0])
-			if err != nil {
-				return err
-			}
-			dst, err := g.location(args[1])
+			src, dst, err := g.locations(args[0], args[1])
 			if err != nil {
 				return err
 			}
