@@ -8,7 +8,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/mount"
-	"github.com/vesselos/vessel/internal/runtime"
+	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/supervise"
 )
 
@@ -23,7 +23,7 @@ func cleanupRun(run string) func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		m := &mount.Manager{Run: run}
-		if rt, _, err := runtime.Detect(ctx, "", filepath.Join(run, "runtime")); err == nil {
+		if rt, _, err := ociruntime.Detect(ctx, "", filepath.Join(run, "runtime")); err == nil {
 			supervise.Down(ctx, filepath.Join(run, "supervise"), &container.Launcher{Mounts: m, Runtime: rt}, 30*time.Second)
 		}
 		plans, _, _ := m.Mounted()

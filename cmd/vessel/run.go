@@ -17,7 +17,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/mount"
-	"github.com/vesselos/vessel/internal/runtime"
+	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/userns"
 )
 
@@ -29,7 +29,7 @@ func init() {
 // launcher finds a working OCI runtime (want "" picks one) and returns a
 // container launcher over the run directory.
 func (g *globals) launcher(cmd *cobra.Command, want string) (*container.Launcher, error) {
-	rt, _, err := runtime.Detect(cmd.Context(), want, filepath.Join(g.runDir(), "runtime"))
+	rt, _, err := ociruntime.Detect(cmd.Context(), want, filepath.Join(g.runDir(), "runtime"))
 	if err != nil {
 		return nil, fmt.Errorf("%w (vessel runtime shows what was tried)", err)
 	}
@@ -97,7 +97,7 @@ func rootlessRunDir(note io.Writer) (string, error) {
 
 func runCmd(g *globals) *cobra.Command {
 	var (
-		cfg                  runtime.Config
+		cfg                  ociruntime.Config
 		name, runtimeName    string
 		interactive, tty, rm bool
 		volumes, securityOpt []string
@@ -154,7 +154,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 				rand.Read(b)
 				name = "run-" + hex.EncodeToString(b)
 			}
-			a, env, user, cwd := runtime.FromImage(img.Config.Config, args[1:])
+			a, env, user, cwd := ociruntime.FromImage(img.Config.Config, args[1:])
 			if len(args) > 1 {
 				a = append(append([]string(nil), img.Config.Config.Entrypoint...), args[1:]...)
 			}
@@ -183,7 +183,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 				}
 				cfg.Mounts = append(cfg.Mounts, b)
 			}
-			stdio := runtime.Stdio{Stdout: os.Stdout, Stderr: os.Stderr}
+			stdio := ociruntime.Stdio{Stdout: os.Stdout, Stderr: os.Stderr}
 			if interactive {
 				stdio.Stdin = os.Stdin
 			}
@@ -199,7 +199,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 			}
 			// Before the container starts (mounting, verifying a big layer),
 			// SIGINT or SIGTERM aborts the run. Once it starts they go to the
-			// container (runtime.Run forwards them), which decides how to
+			// container (ociruntime.Run forwards them), which decides how to
 			// end: they must not cancel the run and SIGKILL it from under
 			// its handler.
 			runCtx, abort := context.WithCancel(context.WithoutCancel(cmd.Context()))
@@ -264,22 +264,22 @@ func mergeEnvFlags(base, over []string) []string {
 	return out
 }
 
-func parseVolume(v string) (runtime.Bind, error) {
+func parseVolume(v string) (ociruntime.Bind, error) {
 	parts := strings.Split(v, ":")
 	if len(parts) < 2 || len(parts) > 3 || (len(parts) == 3 && parts[2] != "ro" && parts[2] != "rw") {
-		return runtime.Bind{}, usageError{fmt.Sprintf("--volume %q: want HOST:CONTAINER or HOST:CONTAINER:ro", v)}
+		return ociruntime.Bind{}, usageError{fmt.Sprintf("--volume %q: want HOST:CONTAINER or HOST:CONTAINER:ro", v)}
 	}
 	src, err := filepath.Abs(parts[0])
 	if err != nil {
-		return runtime.Bind{}, err
+		return ociruntime.Bind{}, err
 	}
 	if _, err := os.Stat(src); err != nil {
-		return runtime.Bind{}, fmt.Errorf("--volume %s: %w", v, err)
+		return ociruntime.Bind{}, fmt.Errorf("--volume %s: %w", v, err)
 	}
 	if !filepath.IsAbs(parts[1]) {
-		return runtime.Bind{}, usageError{fmt.Sprintf("--volume %q: the container path must be absolute", v)}
+		return ociruntime.Bind{}, usageError{fmt.Sprintf("--volume %q: the container path must be absolute", v)}
 	}
-	return runtime.Bind{Source: src, Target: parts[1], ReadOnly: len(parts) == 3 && parts[2] == "ro"}, nil
+	return ociruntime.Bind{Source: src, Target: parts[1], ReadOnly: len(parts) == 3 && parts[2] == "ro"}, nil
 }
 
 func runtimeCmd(g *globals) *cobra.Command {
@@ -295,7 +295,7 @@ remembered until reboot (in the run directory).`,
 			if handled, err := g.enterUserNS(cmd); handled {
 				return err // rootless: probe where vessel run would run
 			}
-			rt, skipped, err := runtime.Detect(cmd.Context(), "", filepath.Join(g.runDir(), "runtime"))
+			rt, skipped, err := ociruntime.Detect(cmd.Context(), "", filepath.Join(g.runDir(), "runtime"))
 			if g.json {
 				out := map[string]any{"skipped": skipped}
 				if err == nil {
@@ -319,7 +319,7 @@ remembered until reboot (in the run directory).`,
 	}
 }
 
-func printSkipped(w io.Writer, skipped []runtime.Skipped) {
+func printSkipped(w io.Writer, skipped []ociruntime.Skipped) {
 	for _, s := range skipped {
 		fmt.Fprintf(w, "skipped %s: %s\n", s.Name, s.Reason)
 	}

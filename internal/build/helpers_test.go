@@ -21,8 +21,8 @@ import (
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/recipe"
-	"github.com/vesselos/vessel/internal/runtime"
 	"github.com/vesselos/vessel/internal/store"
 )
 
@@ -114,7 +114,7 @@ func (e *env) options() Options {
 	return Options{
 		Store: e.s, Mounts: e.m, Format: layer.DefaultFormat(layer.Squashfs), SourceDateEpoch: &epoch, Output: &e.out,
 		Launcher: func() (*container.Launcher, error) {
-			rt, _, err := runtime.Detect(context.Background(), "runc", filepath.Join(e.run, "runtime"))
+			rt, _, err := ociruntime.Detect(context.Background(), "runc", filepath.Join(e.run, "runtime"))
 			if err != nil {
 				return nil, err
 			}

@@ -21,8 +21,8 @@ import (
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/recipe"
-	"github.com/vesselos/vessel/internal/runtime"
 )
 
 // runtimeMountPoints are the directories the OCI runtime creates in the
@@ -89,9 +89,9 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		if err != nil {
 			return ocispec.Descriptor{}, fail("run", img.KeyLine("run"), err)
 		}
-		var binds []runtime.Bind
+		var binds []ociruntime.Bind
 		for _, m := range st.Mounts {
-			binds = append(binds, runtime.Bind{Source: m.Source, Target: m.Destination, ReadOnly: m.ReadOnly})
+			binds = append(binds, ociruntime.Bind{Source: m.Source, Target: m.Destination, ReadOnly: m.ReadOnly})
 		}
 		var baseEnv []string
 		if base.config != nil {
@@ -113,17 +113,17 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		code, err := l.Run(ctx, container.Spec{
 			ID:    id,
 			Image: base.mount,
-			Config: runtime.Config{
+			Config: ociruntime.Config{
 				Args:    []string{recipe.ScriptPath},
 				Env:     img.RunEnv(baseEnv),
 				Cwd:     "/",
 				User:    "0:0",
-				Network: runtime.NetworkNone,
+				Network: ociruntime.NetworkNone,
 				Mounts:  binds,
 			},
 			Upper:   upper,
 			Prepare: prepare,
-		}, runtime.Stdio{Stdout: pw, Stderr: pw})
+		}, ociruntime.Stdio{Stdout: pw, Stderr: pw})
 		pw.Close()
 		<-copied
 		if err != nil || code != 0 {

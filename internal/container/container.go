@@ -13,20 +13,20 @@ import (
 	"path/filepath"
 
 	"github.com/vesselos/vessel/internal/mount"
-	"github.com/vesselos/vessel/internal/runtime"
+	"github.com/vesselos/vessel/internal/ociruntime"
 )
 
 // Launcher starts containers.
 type Launcher struct {
 	Mounts  *mount.Manager
-	Runtime runtime.Runtime
+	Runtime ociruntime.Runtime
 }
 
 // Spec is one container to run.
 type Spec struct {
 	ID     string       // container id; also names its mount and bundle
 	Image  *mount.Image // from mount.Resolve: read through digest checks
-	Config runtime.Config
+	Config ociruntime.Config
 	// Upper keeps the writable layer in this directory instead of a fresh
 	// one that is thrown away (vessel build uses it to capture changes).
 	Upper string
@@ -47,8 +47,8 @@ func Dir(run, id string) string { return filepath.Join(run, "containers", id) }
 // its exit code. The root filesystem is always a fresh writable overlay
 // (read-only to the process if Config.ReadOnly); it and the bundle are
 // removed before Run returns, whatever happened.
-func (l *Launcher) Run(ctx context.Context, s Spec, stdio runtime.Stdio) (code int, err error) {
-	if !runtime.ValidID(s.ID) {
+func (l *Launcher) Run(ctx context.Context, s Spec, stdio ociruntime.Stdio) (code int, err error) {
+	if !ociruntime.ValidID(s.ID) {
 		return -1, fmt.Errorf("container id %q: use a-z, 0-9, '-', '_' and '.'", s.ID)
 	}
 	run := l.Mounts.Run
@@ -84,11 +84,11 @@ func (l *Launcher) Run(ctx context.Context, s Spec, stdio runtime.Stdio) (code i
 	if cfg.Hostname == "" {
 		cfg.Hostname = s.ID
 	}
-	spec, err := runtime.Spec(cfg)
+	spec, err := ociruntime.Spec(cfg)
 	if err != nil {
 		return -1, err
 	}
-	if err := runtime.WriteBundle(dir, spec); err != nil {
+	if err := ociruntime.WriteBundle(dir, spec); err != nil {
 		return -1, err
 	}
 	if s.Started != nil {

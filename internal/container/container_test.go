@@ -15,14 +15,14 @@ import (
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/mount"
-	"github.com/vesselos/vessel/internal/runtime"
+	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/store"
 )
 
 type env struct {
 	root, run string
 	img       *mount.Image
-	rt        runtime.Runtime
+	rt        ociruntime.Runtime
 }
 
 func newEnv(t *testing.T) *env {
@@ -59,7 +59,7 @@ func newEnv(t *testing.T) *env {
 	if e.img, err = mount.Resolve(s, "bb:1"); err != nil {
 		t.Fatal(err)
 	}
-	if e.rt, _, err = runtime.Detect(context.Background(), "", filepath.Join(e.run, "runtime")); err != nil {
+	if e.rt, _, err = ociruntime.Detect(context.Background(), "", filepath.Join(e.run, "runtime")); err != nil {
 		t.Skipf("no working OCI runtime: %v", err)
 	}
 	t.Cleanup(func() { e.assertNoLeaks(t) })
@@ -96,9 +96,9 @@ func (e *env) assertNoLeaks(t *testing.T) {
 func TestRunSeesImageAndExitCode(t *testing.T) {
 	e := newEnv(t)
 	var out bytes.Buffer
-	code, err := e.launcher().Run(context.Background(), Spec{ID: "t1", Image: e.img, Config: runtime.Config{
+	code, err := e.launcher().Run(context.Background(), Spec{ID: "t1", Image: e.img, Config: ociruntime.Config{
 		Args: []string{"/bin/sh", "-c", "cat /etc/motd; echo hi > /new; cat /new; exit 7"},
-	}}, runtime.Stdio{Stdout: &out, Stderr: &out})
+	}}, ociruntime.Stdio{Stdout: &out, Stderr: &out})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,11 +106,11 @@ func TestRunSeesImageAndExitCode(t *testing.T) {
 		t.Errorf("exit %d, output %q", code, out.String())
 	}
 	// A bad command is the runtime's error, and still cleans up.
-	_, err = e.launcher().Run(context.Background(), Spec{ID: "t2", Image: e.img, Config: runtime.Config{Args: []string{"/nonexistent"}}}, runtime.Stdio{})
+	_, err = e.launcher().Run(context.Background(), Spec{ID: "t2", Image: e.img, Config: ociruntime.Config{Args: []string{"/nonexistent"}}}, ociruntime.Stdio{})
 	if err == nil || !strings.Contains(err.Error(), "nonexistent") {
 		t.Errorf("missing binary: %v", err)
 	}
-	if _, err := e.launcher().Run(context.Background(), Spec{ID: "Bad/ID", Image: e.img}, runtime.Stdio{}); err == nil {
+	if _, err := e.launcher().Run(context.Background(), Spec{ID: "Bad/ID", Image: e.img}, ociruntime.Stdio{}); err == nil {
 		t.Error("invalid id accepted")
 	}
 }
@@ -126,10 +126,10 @@ func TestConcurrentRunsShareLayers(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			code, err := e.launcher().Run(context.Background(), Spec{ID: fmt.Sprintf("c%02d", i), Image: e.img, Config: runtime.Config{
+			code, err := e.launcher().Run(context.Background(), Spec{ID: fmt.Sprintf("c%02d", i), Image: e.img, Config: ociruntime.Config{
 				Args:   []string{"/bin/sh", "-c", "while [ ! -e /go/now ]; do sleep 0.05; done"},
-				Mounts: []runtime.Bind{{Source: release, Target: "/go", ReadOnly: true}},
-			}}, runtime.Stdio{})
+				Mounts: []ociruntime.Bind{{Source: release, Target: "/go", ReadOnly: true}},
+			}}, ociruntime.Stdio{})
 			if err == nil && code != 0 {
 				err = fmt.Errorf("container %d exited %d", i, code)
 			}
@@ -183,7 +183,7 @@ func TestNoLeaksAfterManyCycles(t *testing.T) {
 	}
 	l := e.launcher()
 	for i := 0; i < cycles; i++ {
-		code, err := l.Run(context.Background(), Spec{ID: "cycle", Image: e.img, Config: runtime.Config{Args: []string{"/bin/true"}}}, runtime.Stdio{})
+		code, err := l.Run(context.Background(), Spec{ID: "cycle", Image: e.img, Config: ociruntime.Config{Args: []string{"/bin/true"}}}, ociruntime.Stdio{})
 		if err != nil || code != 0 {
 			t.Fatalf("cycle %d: exit %d, %v", i, code, err)
 		}
@@ -194,7 +194,7 @@ func TestNoLeaksAfterManyCycles(t *testing.T) {
 	// Cancelling mid-run kills the container and still cleans up.
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	if _, err := l.Run(ctx, Spec{ID: "cancel", Image: e.img, Config: runtime.Config{Args: []string{"/bin/sleep", "60"}}}, runtime.Stdio{}); err == nil {
+	if _, err := l.Run(ctx, Spec{ID: "cancel", Image: e.img, Config: ociruntime.Config{Args: []string{"/bin/sleep", "60"}}}, ociruntime.Stdio{}); err == nil {
 		t.Error("a cancelled run reported success")
 	}
 }

@@ -28,7 +28,7 @@ import (
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/mount"
-	"github.com/vesselos/vessel/internal/runtime"
+	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 )
@@ -53,8 +53,8 @@ const IDPrefix = "svc-"
 type service struct {
 	def     manifest.Service
 	img     *mount.Image
-	cfg     runtime.Config
-	binds   []runtime.Bind
+	cfg     ociruntime.Config
+	binds   []ociruntime.Bind
 	restart chan struct{}
 
 	mu sync.Mutex
@@ -133,7 +133,7 @@ func Recover(ctx context.Context, dir string, l *container.Launcher) ([]string, 
 		if st.Status == "running" || st.Status == "created" || st.Status == "paused" {
 			_ = l.Runtime.Kill(ctx, st.ID, syscall.SIGKILL)
 		}
-		if err := l.Runtime.Delete(ctx, st.ID, true); err != nil && !errors.Is(err, runtime.ErrNotExist) {
+		if err := l.Runtime.Delete(ctx, st.ID, true); err != nil && !errors.Is(err, ociruntime.ErrNotExist) {
 			errs = append(errs, err)
 			continue
 		}
@@ -260,7 +260,7 @@ func (s *Supervisor) prepare(m *manifest.Manifest) ([]*service, error) {
 			if err := os.MkdirAll(src, 0o755); err != nil {
 				return nil, fmt.Errorf("service %s: volume %s: %w", def.Name, v.Name, err)
 			}
-			cfg.Mounts = append(cfg.Mounts, runtime.Bind{Source: src, Target: v.Path})
+			cfg.Mounts = append(cfg.Mounts, ociruntime.Bind{Source: src, Target: v.Path})
 		}
 		out = append(out, &service{
 			def: def, img: img, cfg: cfg, restart: make(chan struct{}, 1),
@@ -273,8 +273,8 @@ func (s *Supervisor) prepare(m *manifest.Manifest) ([]*service, error) {
 // Config turns a service definition and its image's config into a
 // container config. Command replaces the image's entrypoint (and cmd);
 // Args replace the image's cmd. Env entries override the image's.
-func Config(def manifest.Service, img ocispec.ImageConfig) (runtime.Config, error) {
-	args, env, user, cwd := runtime.FromImage(img, nil)
+func Config(def manifest.Service, img ocispec.ImageConfig) (ociruntime.Config, error) {
+	args, env, user, cwd := ociruntime.FromImage(img, nil)
 	switch {
 	case len(def.Command) > 0:
 		args = append(append([]string(nil), def.Command...), def.Args...)
@@ -282,7 +282,7 @@ func Config(def manifest.Service, img ocispec.ImageConfig) (runtime.Config, erro
 		args = append(append([]string(nil), img.Entrypoint...), def.Args...)
 	}
 	if len(args) == 0 {
-		return runtime.Config{}, fmt.Errorf("service %s: neither the manifest nor the image says what to run", def.Name)
+		return ociruntime.Config{}, fmt.Errorf("service %s: neither the manifest nor the image says what to run", def.Name)
 	}
 	env = mergeEnv(env, def.Env)
 	if def.User != "" {
@@ -290,13 +290,13 @@ func Config(def manifest.Service, img ocispec.ImageConfig) (runtime.Config, erro
 	}
 	network := def.Network
 	if network == manifest.NetworkPrivate {
-		network = runtime.NetworkNone
+		network = ociruntime.NetworkNone
 	}
 	var caps []string
 	if len(def.Capabilities) > 0 {
 		caps = def.Capabilities
 	}
-	return runtime.Config{
+	return ociruntime.Config{
 		Args: args, Env: env, User: user, Cwd: cwd, Hostname: def.Name,
 		Capabilities: caps, Network: network, ReadOnly: def.ReadOnly,
 	}, nil
@@ -368,7 +368,7 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 			code, err := s.Launcher.Run(runCtx, container.Spec{
 				ID: id, Image: sv.img, Config: sv.cfg,
 				Started: func() { go s.markRunning(runCtx, sv, id) },
-			}, runtime.Stdio{Stdout: logf, Stderr: logf})
+			}, ociruntime.Stdio{Stdout: logf, Stderr: logf})
 			done <- result{code, err}
 		}()
 		var r result

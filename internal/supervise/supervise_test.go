@@ -19,7 +19,7 @@ import (
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/mount"
-	"github.com/vesselos/vessel/internal/runtime"
+	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 )
@@ -47,7 +47,7 @@ func TestConfigFromManifestAndImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	if strings.Join(cfg.Env, " ") != "PATH=/bin MODE=dev X=1" || cfg.User != "0" || cfg.Cwd != "/srv" || cfg.Hostname != "web" ||
-		cfg.Network != runtime.NetworkNone || strings.Join(cfg.Capabilities, ",") != "NET_BIND_SERVICE" || !cfg.ReadOnly {
+		cfg.Network != ociruntime.NetworkNone || strings.Join(cfg.Capabilities, ",") != "NET_BIND_SERVICE" || !cfg.ReadOnly {
 		t.Errorf("config %+v", cfg)
 	}
 	if _, err := Config(manifest.Service{Name: "x"}, ocispec.ImageConfig{}); err == nil || !strings.Contains(err.Error(), "what to run") {
@@ -114,7 +114,7 @@ func newWorld(t *testing.T) *world {
 	if _, err := image.Create(context.Background(), w.s, "bb:1", []string{base}, image.CreateOptions{Format: layer.DefaultFormat(layer.Squashfs), SourceDateEpoch: &epoch}); err != nil {
 		t.Fatal(err)
 	}
-	rt, _, err := runtime.Detect(context.Background(), "", filepath.Join(w.run, "runtime"))
+	rt, _, err := ociruntime.Detect(context.Background(), "", filepath.Join(w.run, "runtime"))
 	if err != nil {
 		t.Skipf("no working OCI runtime: %v", err)
 	}
@@ -338,14 +338,14 @@ func TestRecoverAfterCrashedSupervisor(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.ID, cfg.Rootfs = "svc-sleeper", rootfs
-	spec, err := runtime.Spec(cfg)
+	spec, err := ociruntime.Spec(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := runtime.WriteBundle(container.Dir(w.run, "svc-sleeper"), spec); err != nil {
+	if err := ociruntime.WriteBundle(container.Dir(w.run, "svc-sleeper"), spec); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.l.Runtime.Start(context.Background(), container.Dir(w.run, "svc-sleeper"), "svc-sleeper", runtime.Stdio{}); err != nil {
+	if _, err := w.l.Runtime.Start(context.Background(), container.Dir(w.run, "svc-sleeper"), "svc-sleeper", ociruntime.Stdio{}); err != nil {
 		t.Fatal(err)
 	}
 	os.MkdirAll(w.dir, 0o755)
@@ -385,14 +385,14 @@ func TestRecoverOrphanedRunContainer(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.ID, cfg.Rootfs = id, rootfs
-	spec, err := runtime.Spec(cfg)
+	spec, err := ociruntime.Spec(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := runtime.WriteBundle(container.Dir(w.run, id), spec); err != nil {
+	if err := ociruntime.WriteBundle(container.Dir(w.run, id), spec); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.l.Runtime.Start(context.Background(), container.Dir(w.run, id), id, runtime.Stdio{}); err != nil {
+	if _, err := w.l.Runtime.Start(context.Background(), container.Dir(w.run, id), id, ociruntime.Stdio{}); err != nil {
 		t.Fatal(err)
 	}
 	cleaned, err := Down(context.Background(), w.dir, w.l, time.Second)

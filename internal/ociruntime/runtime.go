@@ -1,4 +1,4 @@
-// Package runtime turns a container description into an OCI runtime-spec
+// Package ociruntime turns a container description into an OCI runtime-spec
 // bundle and runs it through an OCI runtime (runc or crun).
 //
 // The flow is data first: a Config (pure data) goes through Spec to a
@@ -10,7 +10,7 @@
 //
 // Vessel owns no container plumbing itself: namespaces, capabilities,
 // cgroups and the pty are set up by the runtime from the bundle.
-package runtime
+package ociruntime
 
 import (
 	"bufio"
