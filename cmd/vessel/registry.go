@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/reference"
 	"github.com/vesselos/vessel/internal/registry"
 )
 
@@ -99,6 +100,19 @@ func (g *globals) location(s string) (registry.Endpoint, error) {
 		e = e.WithStore(st)
 	}
 	return e, nil
+}
+
+// registryRef parses a command-line registry reference,
+// docker://HOST/REPO[:TAG|@sha256:DIGEST], with the one reference parser.
+func registryRef(what, s string) (registry.Reference, error) {
+	r, err := reference.Parse(s)
+	if err != nil {
+		return registry.Reference{}, usageError{what + ": " + err.Error()}
+	}
+	if r.Transport != reference.Docker {
+		return registry.Reference{}, usageError{fmt.Sprintf("%s: %q is not a registry reference: want docker://HOST/REPO[:TAG|@sha256:DIGEST]", what, s)}
+	}
+	return registry.FromRef(r), nil
 }
 
 // locations parses a SRC DST pair of command-line locations.

@@ -35,11 +35,12 @@
 //   - DIGEST is sha256:<64 lower-case hex digits>; no other algorithm is
 //     stored or fetched.
 //   - Any other transport is refused with `unsupported transport "X"`:
-//     "X://..." for any X but docker, and "X:..." when X is a transport of
-//     containers/image (docker-archive, oci-archive, dir, ...) or when what
-//     follows the colon has a "/" ("foo:/tmp/x"). "app:1" stays the store
-//     image app, tag 1; a one-component store name cannot be a transport
-//     name (oci, docker, dir, ...).
+//     "X://..." for any X but docker; "X:..." when X is docker,
+//     docker-archive, oci-archive, docker-daemon or containers-storage; and
+//     "X:..." when what follows the colon has a "/" ("foo:/tmp/x",
+//     "dir:./out"). "app:1" stays the store image app, tag 1, and so does
+//     "dir:x" (dir is a plausible image name). A one-component store name
+//     cannot be oci, sha256 or one of the transports above.
 package reference
 
 import (
@@ -149,19 +150,17 @@ var (
 )
 
 // otherTransports are containers/image transport names that vessel does not
-// support; "NAME:..." with one of them is refused rather than read as a
-// store tag.
+// support and that no one names an image: "NAME:..." with one of them is
+// refused rather than read as a store tag. The other containers/image
+// transports (dir, tarball, sif, ostree) are plausible image names; they
+// are refused as transports only when a path follows ("dir:/tmp/x",
+// "dir:./x"), by the rule for any "X:" followed by a "/".
 var otherTransports = map[string]bool{
 	"docker":             true, // "docker:x" without "//": skopeo refuses it too
 	"docker-archive":     true,
 	"docker-daemon":      true,
 	"oci-archive":        true,
 	"containers-storage": true,
-	"dir":                true,
-	"tarball":            true,
-	"ostree":             true,
-	"sif":                true,
-	"atomic":             true,
 }
 
 // Forms is the one-line list of accepted reference forms, for messages.

@@ -34,6 +34,8 @@ func TestParse(t *testing.T) {
 		{"app@" + dA.String(), Ref{Transport: Store, Name: "app", Digest: dA}, ""},
 		{dA.String(), Ref{Transport: Store, Digest: dA}, ""},
 		{"foo:x.tar", Ref{Transport: Store, Name: "foo", Tag: "x.tar"}, ""}, // skopeo: unknown transport "foo"; vessel: a store tag
+		{"tarball", Ref{Transport: Store, Name: "tarball", Tag: "latest"}, "tarball:latest"}, // a stacker example's image name
+		{"dir:x", Ref{Transport: Store, Name: "dir", Tag: "x"}, ""},
 		// oci: the directory ends at the first colon, as skopeo and stacker split it.
 		{"oci:./lay", Ref{Transport: OCI, Dir: "./lay"}, ""},
 		{"oci:lay:", Ref{Transport: OCI, Dir: "lay"}, "oci:lay"},
@@ -84,6 +86,8 @@ func TestParseRejects(t *testing.T) {
 		{"docker-archive:x.tar", `unsupported transport "docker-archive"`, true},
 		{"oci-archive:/tmp/x.tar:v1", `unsupported transport "oci-archive"`, true},
 		{"dir:/tmp/x", `unsupported transport "dir"`, true},
+		{"dir:./x", `unsupported transport "dir"`, true},
+		{"tarball:../x.tar", `unsupported transport "tarball"`, true},
 		{"containers-storage:busybox", `unsupported transport "containers-storage"`, true},
 		{"docker:busybox", `unsupported transport "docker"`, true}, // skopeo: "does not start with //"
 		{"stacker://img/path", `unsupported transport "stacker"`, true},
