@@ -33,7 +33,7 @@ func TestParse(t *testing.T) {
 		{"h:5/a:b", Ref{Transport: Store, Name: "h:5/a", Tag: "b"}, ""},
 		{"app@" + dA.String(), Ref{Transport: Store, Name: "app", Digest: dA}, ""},
 		{dA.String(), Ref{Transport: Store, Digest: dA}, ""},
-		{"foo:x.tar", Ref{Transport: Store, Name: "foo", Tag: "x.tar"}, ""}, // skopeo: unknown transport "foo"; vessel: a store tag
+		{"foo:x.tar", Ref{Transport: Store, Name: "foo", Tag: "x.tar"}, ""},                  // skopeo: unknown transport "foo"; vessel: a store tag
 		{"tarball", Ref{Transport: Store, Name: "tarball", Tag: "latest"}, "tarball:latest"}, // a stacker example's image name
 		{"dir:x", Ref{Transport: Store, Name: "dir", Tag: "x"}, ""},
 		// oci: the directory ends at the first colon, as skopeo and stacker split it.
