@@ -140,7 +140,7 @@ func (c *Client) destination(e Endpoint) (destination, error) {
 		if e.store == nil {
 			return nil, errors.New("no store for " + e.tag)
 		}
-		if r, err := reference.Parse(e.tag); err != nil || r.Digest != "" {
+		if r, err := reference.Parse(e.tag); e.tag != "" && (err != nil || r.Digest != "") {
 			return nil, fmt.Errorf("destination %s: a store destination is NAME[:TAG], not a digest", e.tag)
 		}
 		done, err := e.store.Writer()
