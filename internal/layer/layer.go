@@ -88,4 +88,3 @@ func ParseMediaType(mt string) (Format, error) {
 	}
 	return Format{}, fmt.Errorf("media type %q is not a squashfs or erofs layer", mt)
 }
-

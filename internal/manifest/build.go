@@ -182,7 +182,6 @@ func checkImage(im Image, images Images) error {
 	return nil
 }
 
-
 func uuidLike(s string) bool { return uuidRE.MatchString(lower(s)) }
 
 func lower(s string) string {
