@@ -95,7 +95,12 @@ dm-verity hash tree; the tree's root hash is recorded in the image manifest.
 
 Owners, modes, xattrs, devices and overlay whiteouts are kept as they are, so
 run as root to build layers with files that root owns. With SOURCE_DATE_EPOCH
-set, the same directories always give the same digests.`,
+set, the same directories always give the same digests.
+
+NAME follows the distribution spec: lower-case letters and digits separated by
+".", "_", "__" or "-", components joined by "/" (no upper case, no "..", no
+leading "/"). TAG is letters, digits, "_", "." and "-" (latest if none). See
+docs/image.md#references.`,
 		Example: `  vessel image create demo:1 --layer ./rootfs-base --layer ./rootfs-app
   SOURCE_DATE_EPOCH=1700000000 vessel image create demo:1 --layer ./rootfs --type erofs`,
 		Args: cobra.ExactArgs(1),
@@ -193,7 +198,11 @@ func imageConvertCmd(g *globals) *cobra.Command {
 		Long: `Convert reads an image with tar, tar+gzip or tar+zstd layers from an OCI
 layout (as written by skopeo, umoci or buildah), checks every digest, and stores
 it with one verified filesystem layer per tar layer. OCI whiteouts become
-overlay whiteouts; tar entries that would escape the root are refused. Needs root.`,
+overlay whiteouts; tar entries that would escape the root are refused. Needs root.
+
+In oci:DIR:TAG the directory ends at the first colon (as skopeo and stacker read
+it), so oci:./lay:a:b is the tag "a:b" of ./lay. Archives (docker-archive:,
+oci-archive:) are not read directly: copy them into a layout with skopeo first.`,
 		Example: `  skopeo copy docker-archive:busybox.tar oci:./layout:busybox
   vessel image convert oci:./layout:busybox busybox:1`,
 		Args: cobra.ExactArgs(2),

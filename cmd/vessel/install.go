@@ -36,9 +36,9 @@ store are kept and partial downloads continue where they stopped.` + registryHel
       --product-id 0f8fad5b-d9cb-469f-a165-70867728950e --plain-http --json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ref, err := registry.ParseReference(args[0])
+			ref, err := registryRef("install", args[0])
 			if err != nil {
-				return usageError{err.Error()}
+				return err
 			}
 			topts, err := tf.options("install")
 			if err != nil {
@@ -46,9 +46,9 @@ store are kept and partial downloads continue where they stopped.` + registryHel
 			}
 			opts := registry.InstallOptions{Trust: topts}
 			if imageRepo != "" {
-				r, err := registry.ParseReference(imageRepo)
+				r, err := registryRef("install: --image-repo", imageRepo)
 				if err != nil {
-					return usageError{"install: --image-repo: " + err.Error()}
+					return err
 				}
 				opts.ImageRepo = &r
 			}

@@ -8,7 +8,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/manifest"
-	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 )
@@ -297,9 +296,9 @@ without it). It verifies nothing: installers do.` + registryHelp,
   vessel manifest push manifest.signed docker://127.0.0.1:5000/acme/product:stable --plain-http --no-images`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ref, err := registry.ParseReference(args[1])
+			ref, err := registryRef("manifest push", args[1])
 			if err != nil {
-				return usageError{err.Error()}
+				return err
 			}
 			signed, err := os.ReadFile(args[0])
 			if err != nil {

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/reference"
 	"github.com/vesselos/vessel/internal/registry"
 )
 
@@ -99,6 +100,19 @@ func (g *globals) location(s string) (registry.Endpoint, error) {
 		e = e.WithStore(st)
 	}
 	return e, nil
+}
+
+// registryRef parses a command-line registry reference,
+// docker://HOST/REPO[:TAG|@sha256:DIGEST], with the one reference parser.
+func registryRef(what, s string) (registry.Reference, error) {
+	r, err := reference.Parse(s)
+	if err != nil {
+		return registry.Reference{}, usageError{what + ": " + err.Error()}
+	}
+	if r.Transport != reference.Docker {
+		return registry.Reference{}, usageError{fmt.Sprintf("%s: %q is not a registry reference: want docker://HOST/REPO[:TAG|@sha256:DIGEST]", what, s)}
+	}
+	return registry.FromRef(r), nil
 }
 
 // locations parses a SRC DST pair of command-line locations.
@@ -232,11 +246,17 @@ func copyCmd(g *globals) *cobra.Command {
 		Short: "Copy an image between registries, OCI layouts and the store",
 		Long: `copy moves an image (a manifest or an index, with everything it references)
 between any two of: docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG] and a
-store NAME[:TAG]. Manifests keep their exact bytes, so digests never change;
-every blob is checked on the way. Between two repositories of one registry,
-blobs are mounted instead of copied.` + registryHelp,
+store NAME[:TAG] (NAME@sha256:DIGEST as a source). Manifests keep their exact
+bytes, so digests never change; every blob is checked on the way. Between two
+repositories of one registry, blobs are mounted instead of copied.
+
+References are read as skopeo reads them: in oci:DIR:TAG the directory ends at
+the first colon; docker://busybox is docker.io/library/busybox:latest. Other
+transports (docker-archive:, oci-archive:, dir:/PATH, ...) are refused with
+"unsupported transport"; store names are lower case. See docs/image.md#references.` + registryHelp,
 		Example: `  vessel copy docker://registry.example.com/acme/demo:1 oci:./demo-layout:1
   vessel copy oci:./demo-layout:1 demo:1
+  skopeo copy docker-archive:demo.tar oci:./demo-layout:2 && vessel copy oci:./demo-layout:2 demo:2
   vessel copy docker://reg-a.example.com/acme/demo:1 docker://reg-b.example.com/mirror/demo:1`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {

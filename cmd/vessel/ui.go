@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/reference"
 )
 
 // globals are the flags every command shares.
@@ -90,6 +91,10 @@ func (e usageError) Error() string { return e.msg }
 func isUsageError(err error) bool {
 	var u usageError
 	if errors.As(err, &u) {
+		return true
+	}
+	// an image reference the user typed that breaks the reference grammar
+	if errors.Is(err, reference.ErrInvalid) || errors.Is(err, reference.ErrUnsupportedTransport) {
 		return true
 	}
 	// cobra's own argument and flag errors

@@ -8,12 +8,12 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"strings"
 
 	"github.com/klauspost/compress/zstd"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/reference"
 	"github.com/vesselos/vessel/internal/store"
 )
 
@@ -22,14 +22,17 @@ type Source struct {
 	Dir, Tag string
 }
 
-// ParseSource parses "oci:DIR[:TAG]".
+// ParseSource parses "oci:DIR[:TAG]" with package reference's rules (the
+// directory ends at the first colon).
 func ParseSource(s string) (Source, error) {
-	rest, ok := strings.CutPrefix(s, "oci:")
-	if !ok || rest == "" {
-		return Source{}, fmt.Errorf("source %q: expected oci:DIR[:TAG]", s)
+	r, err := reference.Parse(s)
+	if err != nil {
+		return Source{}, err
 	}
-	dir, tag, _ := strings.Cut(rest, ":")
-	return Source{Dir: dir, Tag: tag}, nil
+	if r.Transport != reference.OCI {
+		return Source{}, fmt.Errorf("source %q: want an OCI layout, oci:DIR[:TAG]", s)
+	}
+	return Source{Dir: r.Dir, Tag: r.Tag}, nil
 }
 
 // ConvertOptions control Convert.
@@ -101,11 +104,7 @@ func pickManifest(in *store.Store, src Source) (ocispec.Descriptor, error) {
 	var d ocispec.Descriptor
 	var err error
 	if src.Tag != "" {
-		d, err = in.Resolve(src.Tag)
-		if errors.Is(err, store.ErrNotFound) {
-			// layouts written by other tools use the bare tag as ref.name
-			d, err = resolveRefName(in, src.Tag)
-		}
+		d, err = in.ResolveLayoutTag(src.Tag)
 	} else {
 		d, err = onlyManifest(in)
 	}
@@ -129,19 +128,6 @@ func pickManifest(in *store.Store, src Source) (ocispec.Descriptor, error) {
 		return d, fmt.Errorf("source %s: no linux/%s image in the index", src.Dir, runtime.GOARCH)
 	}
 	return d, nil
-}
-
-func resolveRefName(in *store.Store, tag string) (ocispec.Descriptor, error) {
-	list, err := in.ListAll()
-	if err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	for _, d := range list {
-		if d.Annotations[store.RefNameAnnotation] == tag {
-			return d, nil
-		}
-	}
-	return ocispec.Descriptor{}, fmt.Errorf("tag %q: %w", tag, store.ErrNotFound)
 }
 
 func onlyManifest(in *store.Store) (ocispec.Descriptor, error) {

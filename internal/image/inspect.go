@@ -116,8 +116,8 @@ func verifyLayer(s *store.Store, l ocispec.Descriptor) (uint64, error) {
 	if _, err := layer.ParseMediaType(l.MediaType); err != nil {
 		return 0, fmt.Errorf("%w: %v", ErrUnverifiable, err)
 	}
-	if _, ok := layer.RootHash(l); !ok {
-		return 0, fmt.Errorf("%w: %v", ErrUnverifiable, layer.ErrNoVerity)
+	if _, err := layer.VerityRoot(l); err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrUnverifiable, err)
 	}
 	if err := s.VerifyBlob(l); err != nil {
 		return 0, err

@@ -18,15 +18,6 @@ package layer
 import (
 	"fmt"
 	"strings"
-
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-)
-
-// Annotations carrying a layer's verity root hash. Vessel writes the first;
-// readers also accept the older stacker name.
-const (
-	AnnotationVerityRoot    = "io.stackeroci.stacker.atomfs_verity_root_hash"
-	AnnotationVerityRootOld = "io.stackeroci.stacker.squashfs_verity_root_hash"
 )
 
 // BlockSize is the data and hash block size of every vessel layer.
@@ -96,13 +87,4 @@ func ParseMediaType(mt string) (Format, error) {
 		}
 	}
 	return Format{}, fmt.Errorf("media type %q is not a squashfs or erofs layer", mt)
-}
-
-// RootHash returns the verity root hash annotation of a layer descriptor.
-func RootHash(d ocispec.Descriptor) (string, bool) {
-	if h, ok := d.Annotations[AnnotationVerityRoot]; ok {
-		return h, true
-	}
-	h, ok := d.Annotations[AnnotationVerityRootOld]
-	return h, ok
 }

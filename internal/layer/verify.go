@@ -2,7 +2,6 @@ package layer
 
 import (
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -11,9 +10,6 @@ import (
 
 	"github.com/vesselos/vessel/internal/verity"
 )
-
-// ErrNoVerity means a layer descriptor carries no verity root hash.
-var ErrNoVerity = errors.New("layer has no verity root hash annotation")
 
 // Geometry locates the verity tree of a layer blob.
 type Geometry struct {
@@ -33,12 +29,8 @@ func Locate(r io.ReaderAt, desc ocispec.Descriptor) (Geometry, error) {
 		return g, err
 	}
 	g.Format = f
-	rh, ok := RootHash(desc)
-	if !ok {
-		return g, ErrNoVerity
-	}
-	if g.Root, err = hex.DecodeString(rh); err != nil || len(g.Root) != 32 {
-		return g, fmt.Errorf("verity root hash annotation %q is not 64 hex digits", rh)
+	if g.Root, err = VerityRoot(desc); err != nil {
+		return g, err
 	}
 	fsSize, err := fsImageSize(r, f.Type)
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/layer"
 )
 
 // Images is what Build and CheckImages need from an image store
@@ -24,12 +26,6 @@ type Images interface {
 type BlobChecker interface {
 	HasBlob(d digest.Digest) bool
 }
-
-// Verity root hash annotations on layer descriptors (stacker/atomfs).
-const (
-	AnnotationVerityRoot    = "io.stackeroci.stacker.atomfs_verity_root_hash"
-	AnnotationVerityRootOld = "io.stackeroci.stacker.squashfs_verity_root_hash"
-)
 
 // ErrImage is wrapped by CheckImages errors about an image that is not what
 // the manifest pins (missing, wrong size, no verity root hash, missing layer).
@@ -176,27 +172,14 @@ func checkImage(im Image, images Images) error {
 	}
 	bc, _ := images.(BlobChecker)
 	for i, l := range om.Layers {
-		root := l.Annotations[AnnotationVerityRoot]
-		if root == "" {
-			root = l.Annotations[AnnotationVerityRootOld]
-		}
-		if !isHex(root) || (len(root) != 64 && len(root) != 128) {
-			return fmt.Errorf("%w: image %s layer %d (%s) has no valid verity root hash annotation %s", ErrImage, name, i, l.Digest, AnnotationVerityRoot)
+		if _, err := layer.VerityRoot(l); err != nil {
+			return fmt.Errorf("%w: image %s layer %d: %w", ErrImage, name, i, err)
 		}
 		if bc != nil && !bc.HasBlob(l.Digest) {
 			return fmt.Errorf("%w: image %s layer %d (%s) is missing from the store", ErrImage, name, i, l.Digest)
 		}
 	}
 	return nil
-}
-
-func isHex(s string) bool {
-	for _, c := range s {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return s != ""
 }
 
 func uuidLike(s string) bool { return uuidRE.MatchString(lower(s)) }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/layer"
 )
 
 const pid = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -31,12 +33,12 @@ func newMem(names ...string) *memImages {
 	m := &memImages{tags: map[string]ocispec.Descriptor{}, manifests: map[digest.Digest]ocispec.Manifest{}, blobs: map[digest.Digest]bool{}}
 	for _, n := range names {
 		d := fakeDigest(n)
-		layer := fakeDigest("layer " + n)
+		ld := fakeDigest("layer " + n)
 		m.tags[n] = ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: d, Size: 321}
 		m.manifests[d] = ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Layers: []ocispec.Descriptor{{
-			MediaType: "application/vnd.stacker.image.layer.squashfs+zstd", Digest: layer, Size: 4096,
-			Annotations: map[string]string{AnnotationVerityRootOld: fakeDigest("root " + n).Encoded()}}}}
-		m.blobs[layer] = true
+			MediaType: "application/vnd.stacker.image.layer.squashfs+zstd", Digest: ld, Size: 4096,
+			Annotations: map[string]string{layer.AnnotationVerityRootOld: fakeDigest("root " + n).Encoded()}}}}
+		m.blobs[ld] = true
 	}
 	return m
 }
@@ -140,6 +142,33 @@ func TestBuildRejectsImageWithoutVerity(t *testing.T) {
 	sys := &System{Product: pid, Version: 1, Services: []ServiceSpec{{Name: "web", Image: "nginx:1.25"}}}
 	if _, err := Build(sys, images, BuildOptions{}); !errors.Is(err, ErrImage) {
 		t.Fatalf("layer without verity root: %v", err)
+	}
+}
+
+// The root hash rules are layer's (layer.VerityRoot): Build once accepted
+// 128 hex digits and upper case here, which the mount path refuses.
+func TestBuildRejectsBadRootHash(t *testing.T) {
+	good := fakeDigest("root").Encoded()
+	for name, root := range map[string]string{
+		"sha512 length": good + good,
+		"short":         good[:60],
+		"upper case":    strings.ToUpper(good),
+		"not hex":       strings.Repeat("g", 64),
+	} {
+		images := newMem("nginx:1.25")
+		d := fakeDigest("nginx:1.25")
+		om := images.manifests[d]
+		om.Layers[0].Annotations = map[string]string{layer.AnnotationVerityRoot: root}
+		images.manifests[d] = om
+		sys := &System{Product: pid, Version: 1, Services: []ServiceSpec{{Name: "web", Image: "nginx:1.25"}}}
+		_, err := Build(sys, images, BuildOptions{})
+		if !errors.Is(err, ErrImage) || !errors.Is(err, layer.ErrBadRootHash) {
+			t.Errorf("%s: %v, want ErrImage and layer.ErrBadRootHash", name, err)
+			continue
+		}
+		if l := om.Layers[0].Digest.String(); !strings.Contains(err.Error(), l) || !strings.Contains(err.Error(), "nginx:1.25") {
+			t.Errorf("%s: %v does not name the image and layer %s", name, err, l)
+		}
 	}
 }
 

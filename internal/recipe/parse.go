@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/vesselos/vessel/internal/reference"
 )
 
 // MaxSize bounds a recipe file.
@@ -462,6 +464,15 @@ func (p *parser) image(kn, vn *yaml.Node) *Image {
 	if _, ok := img.keyLines["from"]; !ok {
 		p.fail(kn, name, "", ErrSyntax, "missing from: (write from: {type: scratch} for an empty base)")
 	}
+	if !img.BuildOnly {
+		// The image is tagged NAME:latest in the store, so NAME must be a
+		// store name (package reference); build_only images are never tagged.
+		if r, err := reference.Parse(name); err != nil {
+			p.fail(kn, name, "", ErrSyntax, "image name %q is not a store name (or mark the image build_only: true): %v", name, err)
+		} else if r.Transport != reference.Store || r.Name != name {
+			p.fail(kn, name, "", ErrSyntax, "image name %q is not a store name (or mark the image build_only: true)", name)
+		}
+	}
 	if img.FullCommand != nil && (img.Entrypoint != nil || img.Cmd != nil) {
 		p.fail(kn, name, "full_command", ErrSyntax, "full_command replaces entrypoint and cmd: write either full_command (line %d) or entrypoint/cmd, not both", img.KeyLine("full_command"))
 	}
@@ -535,18 +546,26 @@ func (p *parser) from(image string, n *yaml.Node) From {
 			f.URL = p.abs(f.URL)
 		}
 	case OCI:
-		dir, tag := splitLayout(f.URL)
-		if tag == "" {
-			tag = f.Tag // url: DIR plus tag: TAG
+		// As stacker and skopeo split it: the directory ends at the first colon.
+		r, err := reference.ParseLayout(f.URL)
+		if err == nil && r.Tag == "" && f.Tag != "" {
+			r, err = reference.ParseLayout(f.URL + ":" + f.Tag) // url: DIR plus tag: TAG
 		}
-		if dir == "" || tag == "" {
-			p.fail(at, image, "from", ErrSyntax, "type oci needs url: DIR:TAG, got %q", f.URL)
-		} else {
-			f.URL, f.Tag = p.abs(dir)+":"+tag, ""
+		switch {
+		case err != nil:
+			p.fail(at, image, "from", ErrSyntax, "type oci needs url: DIR:TAG: %v", err)
+		case r.Tag == "":
+			p.fail(at, image, "from", ErrSyntax, "type oci needs url: DIR:TAG (or tag:), got %q", f.URL)
+		case strings.Contains(p.abs(r.Dir), ":"):
+			p.fail(at, image, "from", ErrSyntax, "type oci: the layout directory %q contains a colon; an oci reference ends the directory at the first colon", p.abs(r.Dir))
+		default:
+			f.URL, f.Tag = p.abs(r.Dir)+":"+r.Tag, ""
 		}
 	case Docker:
-		if !strings.HasPrefix(f.URL, "docker://") || len(f.URL) == len("docker://") {
-			p.fail(at, image, "from", ErrSyntax, "type docker needs url: docker://HOST/REPO:TAG, got %q", f.URL)
+		if r, err := reference.Parse(f.URL); err != nil {
+			p.fail(at, image, "from", ErrSyntax, "type docker needs url: docker://HOST/REPO[:TAG|@DIGEST]: %v", err)
+		} else if r.Transport != reference.Docker {
+			p.fail(at, image, "from", ErrSyntax, "type docker needs url: docker://HOST/REPO[:TAG|@DIGEST], got %q", f.URL)
 		}
 	case Built:
 		if f.Tag == "" {
@@ -558,15 +577,6 @@ func (p *parser) from(image string, n *yaml.Node) From {
 		p.fail(at, image, "from", ErrSyntax, "unknown type %q (scratch, tar, oci, docker or built)", f.Type)
 	}
 	return f
-}
-
-// splitLayout splits "DIR:TAG" at the last colon after the last slash.
-func splitLayout(u string) (dir, tag string) {
-	i := strings.LastIndex(u, ":")
-	if i < 0 || i < strings.LastIndex(u, "/") {
-		return u, ""
-	}
-	return u[:i], u[i+1:]
 }
 
 func isHTTP(s string) bool {

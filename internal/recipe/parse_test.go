@@ -151,6 +151,11 @@ func TestParseErrors(t *testing.T) {
 		{"bad type", "a:\n  from:\n    type: ubuntu\n", ErrSyntax, 3, []string{`"ubuntu"`}},
 		{"oci no tag", "a:\n  from: {type: oci, url: /x/y}\n", ErrSyntax, 2, []string{"DIR:TAG"}},
 		{"docker no scheme", "a:\n  from: {type: docker, url: ubuntu:22.04}\n", ErrSyntax, 2, []string{"docker://"}},
+		{"docker bad repo", "a:\n  from: {type: docker, url: docker://reg.example.com/Ubuntu:22.04}\n", ErrSyntax, 2, []string{"docker://", "lower case"}},
+		{"docker tag and digest", "a:\n  from: {type: docker, url: \"docker://ubuntu:22.04@sha256:" + strings.Repeat("a", 64) + "\"}\n", ErrSyntax, 2, []string{"a tag and a digest"}},
+		{"docker other transport", "a:\n  from: {type: docker, url: \"docker-archive:/tmp/x.tar\"}\n", ErrSyntax, 2, []string{`unsupported transport "docker-archive"`}},
+		{"oci bad tag", "a:\n  from: {type: oci, url: \"/x/y:bad tag\"}\n", ErrSyntax, 2, []string{`layout tag "bad tag"`}},
+		{"upper-case name", "Web:\n  from: {type: scratch}\n", ErrSyntax, 1, []string{`image name "Web" is not a store name`, "lower case", "build_only"}},
 		{"built no tag", "a:\n  from: {type: built}\n", ErrSyntax, 2, []string{"tag"}},
 		{"missing built base", "a:\n  from: {type: built, tag: nope}\n", ErrMissingBase, 2, []string{`"nope"`, "images: a"}},
 		{"missing stacker import", "a:\n  from: {type: scratch}\n  imports: [stacker://nope/x]\n", ErrMissingBase, 3, []string{`"nope"`}},
@@ -343,5 +348,20 @@ func TestParseSubstitutionFlags(t *testing.T) {
 	}
 	if _, err := ParseSubstitutions([]string{"novalue"}); err == nil {
 		t.Error("accepted KEY without =")
+	}
+}
+
+// An oci base's URL is split at the first colon, as stacker
+// (types.ImageSource.ParseTag: strings.SplitN(url, ":", 2)) and skopeo
+// split oci: references, so the tag may contain colons; an upper-case image
+// name is fine when the image is never tagged.
+func TestParseLayoutSplit(t *testing.T) {
+	f, err := parse(t, "Builder:\n  build_only: true\n  from: {type: oci, url: \"lay:b/v1:x\"}\n", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, tag := f.Image("Builder").From.Layout()
+	if filepath.Base(dir) != "lay" || tag != "b/v1:x" {
+		t.Errorf("split %q %q, want dir lay and tag b/v1:x", dir, tag)
 	}
 }

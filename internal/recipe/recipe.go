@@ -30,6 +30,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+
+	"github.com/vesselos/vessel/internal/reference"
 )
 
 // File is a parsed recipe: every image it defines, in file order.
@@ -90,8 +92,8 @@ type FromType string
 const (
 	Scratch FromType = "scratch" // an empty root
 	Tar     FromType = "tar"     // a rootfs tarball: URL is a local path
-	OCI     FromType = "oci"     // an OCI layout: URL is DIR:TAG
-	Docker  FromType = "docker"  // a registry: URL is docker://HOST/REPO:TAG
+	OCI     FromType = "oci"     // an OCI layout: URL is DIR:TAG, DIR ends at the first colon
+	Docker  FromType = "docker"  // a registry: URL is docker://HOST/REPO[:TAG|@DIGEST]
 	Built   FromType = "built"   // an image of this file or of a prerequisite: Tag is its name
 )
 
@@ -108,9 +110,14 @@ type From struct {
 	Line     int
 }
 
-// Layout splits an oci base's URL into the layout directory and the tag.
+// Layout splits an oci base's URL into the layout directory and the tag
+// (the directory ends at the first colon; see package reference).
 func (f From) Layout() (dir, tag string) {
-	return splitLayout(f.URL)
+	r, err := reference.ParseLayout(f.URL)
+	if err != nil {
+		return f.URL, ""
+	}
+	return r.Dir, r.Tag
 }
 
 // Import is one entry of `imports:` (or stacker's legacy `import:`).

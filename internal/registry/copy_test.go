@@ -60,7 +60,7 @@ func TestPushPullRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			d, err := layoutResolve(l, "v1")
+			d, err := l.ResolveLayoutTag("v1")
 			if err != nil || d.Digest != want.Digest {
 				t.Fatalf("layout has %v %v", d.Digest, err)
 			}

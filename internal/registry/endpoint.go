@@ -7,10 +7,10 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"strings"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/vesselos/vessel/internal/reference"
 	"github.com/vesselos/vessel/internal/store"
 )
 
@@ -52,39 +52,27 @@ func (e Endpoint) String() string {
 	return e.tag
 }
 
-// ParseLocation parses a command-line image location:
-// docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or a store NAME[:TAG].
-// Store locations get st (which may be nil when the caller has none yet;
-// see WithStore).
+// ParseLocation parses a command-line image location with package
+// reference: docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or a store
+// NAME[:TAG] (NAME@DIGEST as a source). Store locations get st (which may be
+// nil when the caller has none yet; see WithStore).
 func ParseLocation(s string, st *store.Store) (Endpoint, error) {
-	switch {
-	case strings.HasPrefix(s, DockerPrefix):
-		ref, err := ParseReference(s)
-		if err != nil {
-			return Endpoint{}, err
-		}
-		return Registry(ref), nil
-	case strings.HasPrefix(s, "oci:"):
-		rest := strings.TrimPrefix(s, "oci:")
-		dir, tag, _ := strings.Cut(rest, ":")
-		if dir == "" {
-			return Endpoint{}, fmt.Errorf("location %q: want oci:DIR[:TAG]", s)
-		}
-		return Layout(dir, tag), nil
-	case strings.Contains(s, "://"):
-		return Endpoint{}, fmt.Errorf("location %q: unknown transport (want docker://HOST/REPO[:TAG], oci:DIR[:TAG] or a store NAME[:TAG])", s)
-	}
-	if name, d, ok := strings.Cut(s, "@"); ok {
-		if _, _, err := store.ParseRef(name); err != nil {
-			return Endpoint{}, err
-		}
-		if !strings.HasPrefix(d, "sha256:") {
-			return Endpoint{}, fmt.Errorf("image %q: bad digest", s)
-		}
-	} else if _, _, err := store.ParseRef(s); err != nil {
+	r, err := reference.Parse(s)
+	if err != nil {
 		return Endpoint{}, err
 	}
-	return Store(st, s), nil
+	return Location(r, st), nil
+}
+
+// Location is the endpoint of a parsed reference.
+func Location(r reference.Ref, st *store.Store) Endpoint {
+	switch r.Transport {
+	case reference.Docker:
+		return Registry(FromRef(r))
+	case reference.OCI:
+		return Layout(r.Dir, r.Tag)
+	}
+	return Store(st, r.String())
 }
 
 // IsStore reports whether e is in the local store.
@@ -152,7 +140,7 @@ func (c *Client) destination(e Endpoint) (destination, error) {
 		if e.store == nil {
 			return nil, errors.New("no store for " + e.tag)
 		}
-		if strings.Contains(e.tag, "@") {
+		if r, err := reference.Parse(e.tag); e.tag != "" && (err != nil || r.Digest != "") {
 			return nil, fmt.Errorf("destination %s: a store destination is NAME[:TAG], not a digest", e.tag)
 		}
 		done, err := e.store.Writer()
@@ -215,7 +203,7 @@ func (s *storeSource) root(ctx context.Context) (ocispec.Descriptor, []byte, err
 			d = all[0]
 		}
 	case s.layout:
-		d, err = layoutResolve(s.s, s.name)
+		d, err = s.s.ResolveLayoutTag(s.name)
 	default:
 		d, err = s.s.Resolve(s.name)
 	}
@@ -231,21 +219,6 @@ func (s *storeSource) root(ctx context.Context) (ocispec.Descriptor, []byte, err
 	}
 	d.Annotations = nil
 	return d, b, nil
-}
-
-// layoutResolve finds tag in a layout written by vessel or other tools
-// (which use the bare tag as ref.name).
-func layoutResolve(l *store.Store, tag string) (ocispec.Descriptor, error) {
-	all, err := l.ListAll()
-	if err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	for _, d := range all {
-		if d.Annotations[store.RefNameAnnotation] == tag {
-			return d, nil
-		}
-	}
-	return l.Resolve(tag)
 }
 
 func (s *storeSource) manifest(ctx context.Context, d ocispec.Descriptor) ([]byte, error) {

@@ -1,11 +1,9 @@
 package registry
 
 import (
-	"fmt"
-	"regexp"
-	"strings"
-
 	"github.com/opencontainers/go-digest"
+
+	"github.com/vesselos/vessel/internal/reference"
 )
 
 // Reference names an image in a registry: HOST/REPO[:TAG|@DIGEST].
@@ -16,63 +14,25 @@ type Reference struct {
 	Digest digest.Digest // empty unless pinned
 }
 
-var (
-	repoRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$`)
-	tagRE  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
-	hostRE = regexp.MustCompile(`^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?$`)
-)
-
 // DockerPrefix starts a registry reference on the command line.
-const DockerPrefix = "docker://"
+const DockerPrefix = reference.DockerPrefix
 
-// ParseReference parses "docker://HOST/REPO[:TAG|@DIGEST]" (the docker://
-// prefix is optional). The host is required unless the name is a Docker Hub
-// short name ("busybox" is docker.io/library/busybox). A reference without
-// tag or digest means the tag "latest".
+// ParseReference parses "docker://HOST/REPO[:TAG|@DIGEST]" with package
+// reference's rules (the docker:// prefix may be left out). The host is
+// required unless the name is a Docker Hub short name ("busybox" is
+// docker.io/library/busybox). A reference without tag or digest means the
+// tag "latest".
 func ParseReference(s string) (Reference, error) {
-	in := s
-	s = strings.TrimPrefix(s, DockerPrefix)
-	bad := func(why string) (Reference, error) {
-		return Reference{}, fmt.Errorf("registry reference %q: %s (want docker://HOST/REPO[:TAG|@sha256:DIGEST])", in, why)
+	r, err := reference.ParseDocker(s)
+	if err != nil {
+		return Reference{}, err
 	}
-	if s == "" {
-		return bad("empty")
-	}
-	var r Reference
-	if name, d, ok := strings.Cut(s, "@"); ok {
-		dg, err := digest.Parse(d)
-		if err != nil {
-			return bad("bad digest: " + err.Error())
-		}
-		if dg.Algorithm() != digest.SHA256 {
-			return bad("only sha256 digests are supported")
-		}
-		r.Digest, s = dg, name
-	}
-	if i := strings.LastIndex(s, ":"); i > strings.LastIndex(s, "/") {
-		r.Tag, s = s[i+1:], s[:i]
-		if !tagRE.MatchString(r.Tag) {
-			return bad(fmt.Sprintf("bad tag %q", r.Tag))
-		}
-	}
-	host, repo, ok := strings.Cut(s, "/")
-	if !ok || !(strings.ContainsAny(host, ".:[") || host == "localhost") {
-		host, repo = "docker.io", s
-		if !strings.Contains(repo, "/") {
-			repo = "library/" + repo
-		}
-	}
-	if !hostRE.MatchString(host) {
-		return bad(fmt.Sprintf("bad host %q", host))
-	}
-	if !repoRE.MatchString(repo) {
-		return bad(fmt.Sprintf("bad repository %q (lower-case letters, digits and separators . _ - /)", repo))
-	}
-	r.Host, r.Repo = host, repo
-	if r.Tag == "" && r.Digest == "" {
-		r.Tag = "latest"
-	}
-	return r, nil
+	return FromRef(r), nil
+}
+
+// FromRef is the registry reference of a parsed docker:// reference.
+func FromRef(r reference.Ref) Reference {
+	return Reference{Host: r.Host, Repo: r.Name, Tag: r.Tag, Digest: r.Digest}
 }
 
 // Ref is what goes into /v2/REPO/manifests/<Ref>: the digest if pinned,

@@ -13,6 +13,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/reference"
 )
 
 func emptyIndex() ocispec.Index {
@@ -214,47 +215,62 @@ func (s *Store) List() ([]Tagged, error) {
 	return out, nil
 }
 
-// Resolve finds the manifest descriptor for ref: "name[:tag]" (tag defaults
-// to latest), "name@sha256:..." or a bare "sha256:..." digest. For digest
-// references the manifest blob must be in the store.
+// Resolve finds the manifest descriptor for a store reference (see package
+// reference): "name[:tag]" (tag defaults to latest), "name@sha256:..." or a
+// bare "sha256:..." digest. For digest references the manifest blob must be
+// in the store.
 func (s *Store) Resolve(ref string) (ocispec.Descriptor, error) {
-	if i := strings.LastIndex(ref, "@"); i >= 0 || strings.HasPrefix(ref, "sha256:") {
-		ds := ref[i+1:]
-		d, err := digest.Parse(ds)
-		if err != nil {
-			return ocispec.Descriptor{}, fmt.Errorf("image %s: bad digest: %v", ref, err)
-		}
-		idx, err := s.readIndex()
-		if err != nil {
-			return ocispec.Descriptor{}, err
-		}
-		for _, m := range idx.Manifests {
-			if m.Digest == d {
-				return m, nil
-			}
-		}
-		p, _ := s.BlobPath(d)
-		st, err := os.Stat(p)
-		if err != nil {
-			return ocispec.Descriptor{}, fmt.Errorf("image %s: %w", ref, ErrNotFound)
-		}
-		return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: d, Size: st.Size()}, nil
-	}
-	name, tag, err := ParseRef(ref)
+	r, err := reference.Parse(ref)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	full := name + ":" + tag
+	if r.Transport != reference.Store {
+		return ocispec.Descriptor{}, fmt.Errorf("image reference %q: want a store NAME[:TAG] or NAME@DIGEST here", ref)
+	}
 	idx, err := s.readIndex()
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
+	if r.Digest != "" {
+		for _, m := range idx.Manifests {
+			if m.Digest == r.Digest {
+				return m, nil
+			}
+		}
+		p, _ := s.BlobPath(r.Digest)
+		st, err := os.Stat(p)
+		if err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("image %s: %w", ref, ErrNotFound)
+		}
+		return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: r.Digest, Size: st.Size()}, nil
+	}
+	full := r.Name + ":" + r.Tag
 	for _, m := range idx.Manifests {
 		if m.Annotations[RefNameAnnotation] == full {
 			return m, nil
 		}
 	}
 	return ocispec.Descriptor{}, fmt.Errorf("image %s: %w (see 'vessel images')", full, ErrNotFound)
+}
+
+// ResolveLayoutTag finds the manifest an oci:DIR:TAG reference names in an
+// OCI layout: the index entry whose org.opencontainers.image.ref.name is
+// exactly tag (as skopeo and other tools write it), else tag read as a
+// store reference (a vessel store's "name:tag" entries, or a digest).
+func (s *Store) ResolveLayoutTag(tag string) (ocispec.Descriptor, error) {
+	idx, err := s.readIndex()
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	for _, m := range idx.Manifests {
+		if m.Annotations[RefNameAnnotation] == tag {
+			return m, nil
+		}
+	}
+	if r, err := reference.Parse(tag); err == nil && r.Transport == reference.Store {
+		return s.Resolve(tag)
+	}
+	return ocispec.Descriptor{}, fmt.Errorf("tag %q: %w", tag, ErrNotFound)
 }
 
 // Manifest reads, verifies and parses the image manifest with digest d.

@@ -19,12 +19,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/reference"
 	"golang.org/x/sys/unix"
 )
 
@@ -167,22 +167,16 @@ func (s *Store) Writer() (done func(), err error) {
 	return s.lockFile("gc.lock", unix.LOCK_SH)
 }
 
-// ParseRef splits "name[:tag]" into name and tag (default "latest"). A tag
-// is whatever follows the last colon after the last slash, so
-// "host:5000/app" has tag latest.
+// ParseRef splits a store reference "NAME[:TAG]" into name and tag
+// (default latest), with the rules of package reference: NAME follows the
+// distribution spec grammar. A digest or another transport is refused.
 func ParseRef(ref string) (name, tag string, err error) {
-	if ref == "" {
-		return "", "", fmt.Errorf("empty image reference")
+	r, err := reference.Parse(ref)
+	if err != nil {
+		return "", "", err
 	}
-	if strings.ContainsAny(ref, " \t\n@") {
-		return "", "", fmt.Errorf("image reference %q: must be NAME[:TAG]", ref)
+	if r.Transport != reference.Store || r.Digest != "" {
+		return "", "", fmt.Errorf("image reference %q: want a store NAME[:TAG] here", ref)
 	}
-	name, tag = ref, "latest"
-	if i := strings.LastIndex(ref, ":"); i > strings.LastIndex(ref, "/") {
-		name, tag = ref[:i], ref[i+1:]
-	}
-	if name == "" || tag == "" {
-		return "", "", fmt.Errorf("image reference %q: must be NAME[:TAG]", ref)
-	}
-	return name, tag, nil
+	return r.Name, r.Tag, nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/manifest"
 )
 
@@ -186,11 +187,11 @@ func (m *memImages) HasBlob(d digest.Digest) bool { return m.blobs[d] }
 func imagesFor(n int) *memImages {
 	m := &memImages{manifests: map[digest.Digest]ocispec.Manifest{}, blobs: map[digest.Digest]bool{}}
 	add := func(name string) {
-		layer := fakeDigest("layer-" + name)
+		ld := fakeDigest("layer-" + name)
 		m.manifests[fakeDigest(name)] = ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, Layers: []ocispec.Descriptor{{
-			MediaType: "application/vnd.stacker.image.layer.squashfs+zstd", Digest: layer, Size: 4096,
-			Annotations: map[string]string{manifest.AnnotationVerityRoot: fakeDigest("root-" + name).Encoded()}}}}
-		m.blobs[layer] = true
+			MediaType: "application/vnd.stacker.image.layer.squashfs+zstd", Digest: ld, Size: 4096,
+			Annotations: map[string]string{layer.AnnotationVerityRoot: fakeDigest("root-" + name).Encoded()}}}}
+		m.blobs[ld] = true
 	}
 	add("hostfs")
 	for i := 0; i < n; i++ {
