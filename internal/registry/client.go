@@ -103,7 +103,40 @@ func New(opts Options) (*Client, error) {
 		tr.TLSClientConfig = tlsConf
 		rt = tr
 	}
-	return &Client{opts: opts, hc: &http.Client{Transport: rt}, auth: map[string]*hostAuth{}}, nil
+	return &Client{opts: opts, hc: &http.Client{Transport: rt, CheckRedirect: checkRedirect}, auth: map[string]*hostAuth{}}, nil
+}
+
+// maxRedirects bounds the redirects followed for one request.
+const maxRedirects = 10
+
+// checkRedirect keeps credentials on the host they were configured for: a
+// redirect to any other host (another port counts: net/http only compares
+// host names) or from https to http loses the Authorization header, as
+// docker and containers/image do. Blob storage behind a redirect (S3,
+// CDNs) authenticates with the signed URL itself.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxRedirects {
+		return fmt.Errorf("stopped after %d redirects", maxRedirects)
+	}
+	if !sameOrigin(via[0].URL, req.URL) {
+		req.Header.Del("Authorization")
+	}
+	return nil
+}
+
+// sameOrigin reports whether to may receive the credentials meant for
+// from: the same host and port, and no downgrade from https to http.
+func sameOrigin(from, to *url.URL) bool {
+	return strings.EqualFold(canonicalHost(from), canonicalHost(to)) && (from.Scheme == to.Scheme || to.Scheme == "https")
+}
+
+// canonicalHost is u's host:port with the scheme's default port filled in.
+func canonicalHost(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }
 
 // request is one registry API call. body, when set, opens the body afresh
@@ -200,7 +233,12 @@ func (c *Client) send(ctx context.Context, r *request) (*http.Response, error) {
 			req.Header[k] = v
 		}
 		req.Header.Set("User-Agent", "vessel")
-		c.authorize(req, host, r.scopes)
+		// Credentials go only to the registry host itself, never to an
+		// upload Location on another host.
+		own := sameOrigin(&url.URL{Scheme: c.scheme(), Host: host}, req.URL)
+		if own {
+			c.authorize(req, host, r.scopes)
+		}
 		sentAuth := req.Header.Get("Authorization") != ""
 		resp, err := c.hc.Do(req)
 		if err != nil {
@@ -219,7 +257,7 @@ func (c *Client) send(ctx context.Context, r *request) (*http.Response, error) {
 			}
 		}
 		switch {
-		case resp.StatusCode == http.StatusUnauthorized && !authRetried:
+		case resp.StatusCode == http.StatusUnauthorized && !authRetried && own:
 			authRetried = true
 			ok, err := c.answerChallenge(ctx, resp, host, r.ref.Repo, r.scopes, sentAuth)
 			if err != nil {
