@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -40,6 +42,8 @@ type registryFlags struct {
 	plainHTTP, insecure     bool
 	caFile, authFile, creds string
 	jobs                    int
+	maxBlobSize             string
+	readTimeout             time.Duration
 }
 
 func (f *registryFlags) add(c *cobra.Command) {
@@ -49,12 +53,38 @@ func (f *registryFlags) add(c *cobra.Command) {
 	c.Flags().StringVar(&f.authFile, "authfile", "", "read credentials only from this auth.json")
 	c.Flags().StringVar(&f.creds, "creds", "", "USER:PASSWORD for the registry (instead of an auth file)")
 	c.Flags().IntVar(&f.jobs, "jobs", 4, "blobs transferred at once")
+	c.Flags().StringVar(&f.maxBlobSize, "max-blob-size", "64G", "refuse layers and configs larger than this (bytes, or with a K, M, G or T suffix)")
+	c.Flags().DurationVar(&f.readTimeout, "read-timeout", registry.DefaultReadTimeout, "give up on a registry that sends nothing for this long (then retry)")
+}
+
+// parseSize reads "123", "512K", "64M", "64G" or "1T" (powers of 1024).
+func parseSize(arg string) (int64, error) {
+	s, mult := arg, int64(1)
+	if n := len(s); n > 0 {
+		if i := strings.IndexByte("KMGT", s[n-1]&^0x20); i >= 0 {
+			mult = 1 << (10 * (i + 1))
+			s = s[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v <= 0 || v > math.MaxInt64/mult {
+		return 0, fmt.Errorf("size %q: want a positive number of bytes, optionally with K, M, G or T", arg)
+	}
+	return v * mult, nil
 }
 
 // client builds a registry client whose progress goes to the command's
 // outputs; finish stops the progress display.
 func (f *registryFlags) client(cmd *cobra.Command, g *globals) (*registry.Client, func(), error) {
-	opts := registry.Options{PlainHTTP: f.plainHTTP, Insecure: f.insecure, CAFile: f.caFile, AuthFile: f.authFile, Jobs: f.jobs}
+	opts := registry.Options{PlainHTTP: f.plainHTTP, Insecure: f.insecure, CAFile: f.caFile, AuthFile: f.authFile, Jobs: f.jobs,
+		ReadTimeout: f.readTimeout}
+	if f.maxBlobSize != "" {
+		n, err := parseSize(f.maxBlobSize)
+		if err != nil {
+			return nil, nil, usageError{"--max-blob-size: " + err.Error()}
+		}
+		opts.MaxBlobSize = n
+	}
 	if f.creds != "" {
 		u, p, ok := strings.Cut(f.creds, ":")
 		if !ok {

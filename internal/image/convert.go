@@ -144,7 +144,7 @@ func onlyManifest(in *store.Store) (ocispec.Descriptor, error) {
 // convertLayer streams one tar layer (digest-checked) into a directory and
 // builds a verified layer from it.
 func convertLayer(ctx context.Context, s *store.Store, in *store.Store, l ocispec.Descriptor, opt layer.BuildOptions) (ocispec.Descriptor, error) {
-	rc, err := in.OpenBlob(l)
+	rc, err := in.OpenBlobContext(ctx, l)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}

@@ -77,15 +77,21 @@ func Unpack(r io.Reader, dir string) error {
 		if err := os.MkdirAll(parent, 0o755); err != nil {
 			return fmt.Errorf("tar entry %q: %w", hdr.Name, err)
 		}
-		switch {
-		case base == whiteoutOpaque:
-			if err := unix.Lsetxattr(parent, OverlayOpaqueXattr, []byte("y"), 0); err != nil {
-				return fmt.Errorf("tar entry %q: mark opaque: %w", hdr.Name, err)
+		if strings.HasPrefix(base, whiteoutPrefix) {
+			opaque, name, err := whiteoutTarget(hdr, rel)
+			if err != nil {
+				return err
 			}
-			continue
-		case strings.HasPrefix(base, whiteoutPrefix):
-			wh := filepath.Join(parent, strings.TrimPrefix(base, whiteoutPrefix))
-			os.RemoveAll(wh)
+			if opaque {
+				if err := unix.Lsetxattr(parent, OverlayOpaqueXattr, []byte("y"), 0); err != nil {
+					return fmt.Errorf("tar entry %q: mark opaque: %w", hdr.Name, err)
+				}
+				continue
+			}
+			wh := filepath.Join(parent, name)
+			if err := os.RemoveAll(wh); err != nil {
+				return fmt.Errorf("tar entry %q: whiteout: %w", hdr.Name, err)
+			}
 			if err := unix.Mknod(wh, unix.S_IFCHR|0o600, 0); err != nil {
 				return fmt.Errorf("tar entry %q: whiteout: %w", hdr.Name, err)
 			}
@@ -111,6 +117,37 @@ func Unpack(r io.Reader, dir string) error {
 		}
 	}
 	return nil
+}
+
+// whiteoutTarget validates the whiteout entry hdr (cleaned path rel, whose
+// base name starts with ".wh.") before anything is removed: it reports
+// whether it is the opaque marker of its directory, or else the name, in
+// the entry's own directory, that it deletes. A whiteout must be a regular
+// file or a hardlink (tools write empty files); its target must be one
+// ordinary name: not empty, not "." or "..", no "/" and not another
+// whiteout. The other ".wh..wh." names are reserved by the OCI image
+// specification and refused.
+func whiteoutTarget(hdr *tar.Header, rel string) (opaque bool, name string, err error) {
+	base := path.Base(rel)
+	if hdr.Typeflag != tar.TypeReg && hdr.Typeflag != tar.TypeRegA && hdr.Typeflag != tar.TypeLink {
+		return false, "", &UnsafeEntryError{hdr.Name, fmt.Sprintf("whiteout entry of type %q; whiteouts are empty regular files", hdr.Typeflag)}
+	}
+	if base == whiteoutOpaque {
+		return true, "", nil
+	}
+	if strings.HasPrefix(base, whiteoutPrefix+whiteoutPrefix) {
+		return false, "", &UnsafeEntryError{hdr.Name, fmt.Sprintf("%q is a reserved whiteout name (only %q is defined)", base, whiteoutOpaque)}
+	}
+	name = strings.TrimPrefix(base, whiteoutPrefix)
+	switch {
+	case name == "":
+		return false, "", &UnsafeEntryError{hdr.Name, "whiteout names no file"}
+	case name == "." || name == "..":
+		return false, "", &UnsafeEntryError{hdr.Name, fmt.Sprintf("whiteout of %q would act outside the directory it is in", name)}
+	case strings.ContainsAny(name, "/\x00"):
+		return false, "", &UnsafeEntryError{hdr.Name, "whiteout target is not a single file name"}
+	}
+	return false, name, nil
 }
 
 // cleanEntry normalises a tar path and refuses absolute and ".." paths.

@@ -123,3 +123,65 @@ func TestUnpackBadTar(t *testing.T) {
 		t.Fatal("garbage accepted")
 	}
 }
+
+// Whiteouts are validated before anything is removed: one whose target is
+// empty, "." or "..", a reserved .wh..wh. name, or a whiteout or opaque
+// marker that is not a plain file is refused, and nothing outside the
+// directory that holds it is touched.
+func TestUnpackRefusesBadWhiteouts(t *testing.T) {
+	needRoot(t)
+	cases := map[string]tarEntry{
+		"dotdot at root":   {name: ".wh...", typ: tar.TypeReg},
+		"dotdot in dir":    {name: "a/.wh...", typ: tar.TypeReg},
+		"dot at root":      {name: ".wh..", typ: tar.TypeReg},
+		"dot in dir":       {name: "a/.wh..", typ: tar.TypeReg},
+		"empty at root":    {name: ".wh.", typ: tar.TypeReg},
+		"empty in dir":     {name: "a/.wh.", typ: tar.TypeReg},
+		"reserved":         {name: "a/.wh..wh..plnk", typ: tar.TypeReg},
+		"opaque near miss": {name: "a/.wh..wh..opqx", typ: tar.TypeReg},
+		"opaque as dir":    {name: "a/.wh..wh..opq/", typ: tar.TypeDir, mode: 0o755},
+		"opaque symlink":   {name: "a/.wh..wh..opq", typ: tar.TypeSymlink, link: "/"},
+		"whiteout dir":     {name: "a/.wh.keep/", typ: tar.TypeDir, mode: 0o755},
+		"whiteout device":  {name: "a/.wh.keep", typ: tar.TypeChar, mode: 0o600},
+	}
+	for name, bad := range cases {
+		t.Run(name, func(t *testing.T) {
+			outer := t.TempDir()
+			must(t, os.WriteFile(filepath.Join(outer, "sibling"), []byte("x"), 0o644))
+			dir := filepath.Join(outer, "layer")
+			must(t, os.Mkdir(dir, 0o755))
+			err := Unpack(mkTar(t,
+				tarEntry{name: "a/", typ: tar.TypeDir, mode: 0o755},
+				tarEntry{name: "a/keep", typ: tar.TypeReg, body: "k"},
+				bad,
+			), dir)
+			var ue *UnsafeEntryError
+			if !errors.As(err, &ue) || ue.Name != bad.name {
+				t.Fatalf("err = %v, want an UnsafeEntryError naming %q", err, bad.name)
+			}
+			if b, err := os.ReadFile(filepath.Join(outer, "sibling")); err != nil || string(b) != "x" {
+				t.Errorf("a file outside the layer directory was touched: %q %v", b, err)
+			}
+			if b, err := os.ReadFile(filepath.Join(dir, "a/keep")); err != nil || string(b) != "k" {
+				t.Errorf("a/keep was removed by a whiteout that names no file: %q %v", b, err)
+			}
+			if _, err := os.Lstat(filepath.Join(dir, "a")); err != nil {
+				t.Errorf("a: %v", err)
+			}
+		})
+	}
+	// the valid forms still work, including an opaque marker at the root
+	dir := t.TempDir()
+	must(t, Unpack(mkTar(t,
+		tarEntry{name: ".wh..wh..opq", typ: tar.TypeReg},
+		tarEntry{name: "a/.wh..hidden", typ: tar.TypeReg},
+		tarEntry{name: "a/.wh.x.wh.", typ: tar.TypeReg},
+	), dir))
+	var st unix.Stat_t
+	for _, p := range []string{"a/.hidden", "a/x.wh."} {
+		must(t, unix.Lstat(filepath.Join(dir, p), &st))
+		if st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
+			t.Errorf("%s is not a whiteout: mode %o", p, st.Mode)
+		}
+	}
+}

@@ -169,7 +169,7 @@ func (c *Client) fetchBytes(ctx context.Context, ref Reference, d ocispec.Descri
 	if err := checkDesc(d); err != nil {
 		return nil, err
 	}
-	body, _, err := c.getBlob(ctx, ref, d.Digest, 0, false)
+	body, _, err := c.getBlob(ctx, ref, d, 0, false)
 	if err != nil {
 		return nil, err
 	}

@@ -317,7 +317,9 @@ func (c *Client) fetchToken(ctx context.Context, ch challenge, creds Credentials
 		q.Add("scope", s)
 	}
 	u.RawQuery = q.Encode()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	tctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	req, err := http.NewRequestWithContext(tctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return "", err
 	}
@@ -328,6 +330,7 @@ func (c *Client) fetchToken(ctx context.Context, ch challenge, creds Credentials
 	if err != nil {
 		return "", fmt.Errorf("get registry token from %s: %w", u.Host, err)
 	}
+	resp.Body = newStallReader(resp.Body, c.opts.ReadTimeout, cancel)
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		e := responseError("get token for", u.Host, resp, !creds.empty(), u.Host)

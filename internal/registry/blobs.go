@@ -26,50 +26,90 @@ func (c *Client) blobExists(ctx context.Context, ref Reference, d digest.Digest,
 	return resp.StatusCode == http.StatusOK, nil
 }
 
-// getBlob opens blob d from offset on. The returned start is where the body
-// begins: offset when the registry honoured the Range request, 0 when it
-// sent the whole blob. The caller closes the body and checks the digest.
-func (c *Client) getBlob(ctx context.Context, ref Reference, d digest.Digest, offset int64, noRetry bool) (io.ReadCloser, int64, error) {
-	r := &request{op: "pull blob " + d.String() + " from", ref: ref, method: http.MethodGet,
+// getBlob opens blob desc from offset on. The returned start is where the
+// body begins: offset when the registry honoured the Range request, 0 when
+// it sent the whole blob. A 206 must cover exactly what was asked (from
+// offset to the end of the blob), and a 200 must not be empty when the
+// blob is not; anything else is an error, never a reason to ask again.
+// The caller closes the body and checks the digest.
+func (c *Client) getBlob(ctx context.Context, ref Reference, desc ocispec.Descriptor, offset int64, noRetry bool) (io.ReadCloser, int64, error) {
+	d := desc.Digest
+	op := "pull blob " + d.String() + " from"
+	if desc.Size > c.opts.MaxBlobSize {
+		return nil, 0, tooLarge(op, ref, desc, c.opts.MaxBlobSize)
+	}
+	r := &request{op: op, ref: ref, method: http.MethodGet,
 		path: ref.Repo + "/blobs/" + d.String(), scopes: []string{pullScope(ref.Repo)},
 		expect: []int{http.StatusOK, http.StatusPartialContent, http.StatusRequestedRangeNotSatisfiable}, noRetry: noRetry}
 	if offset > 0 {
 		r.header = http.Header{"Range": {fmt.Sprintf("bytes=%d-", offset)}}
 	}
-	resp, err := c.send(ctx, r)
-	if err != nil {
-		return nil, 0, err
-	}
-	switch resp.StatusCode {
-	case http.StatusPartialContent:
-		start, ok := contentRangeStart(resp.Header.Get("Content-Range"))
-		if !ok || start != offset {
-			resp.Body.Close()
-			return c.getBlob(ctx, ref, d, 0, noRetry) // a range we did not ask for: start over
+	for {
+		resp, err := c.send(ctx, r)
+		if err != nil {
+			return nil, 0, err
 		}
-		return resp.Body, start, nil
-	case http.StatusRequestedRangeNotSatisfiable:
-		drain(resp)
-		if offset == 0 {
-			return nil, 0, fmt.Errorf("pull blob %s from %s: registry refused a plain GET with 416", d, ref.Name())
+		switch resp.StatusCode {
+		case http.StatusPartialContent:
+			start, end, total, ok := parseContentRange(resp.Header.Get("Content-Range"))
+			if !ok || start != offset || end != desc.Size-1 || (total >= 0 && total != desc.Size) {
+				drain(resp)
+				return nil, 0, fmt.Errorf("%s %s: %w: asked for bytes %d-%d of %d, the registry answered 206 with Content-Range %q",
+					op, ref.Name(), ErrCorrupt, offset, desc.Size-1, desc.Size, resp.Header.Get("Content-Range"))
+			}
+			if resp.ContentLength >= 0 && resp.ContentLength != desc.Size-offset {
+				drain(resp)
+				return nil, 0, fmt.Errorf("%s %s: %w: a 206 for %d bytes has Content-Length %d", op, ref.Name(), ErrCorrupt, desc.Size-offset, resp.ContentLength)
+			}
+			return resp.Body, start, nil
+		case http.StatusRequestedRangeNotSatisfiable:
+			drain(resp)
+			if r.header == nil {
+				return nil, 0, fmt.Errorf("%s %s: registry refused a plain GET with 416", op, ref.Name())
+			}
+			r.header = nil // once: the whole blob
+			continue
 		}
-		return c.getBlob(ctx, ref, d, 0, noRetry)
+		if desc.Size > 0 && resp.ContentLength == 0 {
+			drain(resp)
+			return nil, 0, fmt.Errorf("%s %s: %w: the registry answered 200 with an empty body for a blob of %d bytes", op, ref.Name(), ErrCorrupt, desc.Size)
+		}
+		if resp.ContentLength > desc.Size && desc.Size >= 0 {
+			drain(resp)
+			return nil, 0, fmt.Errorf("%s %s: %w: the registry sends %d bytes for a blob of %d", op, ref.Name(), ErrCorrupt, resp.ContentLength, desc.Size)
+		}
+		return resp.Body, 0, nil
 	}
-	return resp.Body, 0, nil
 }
 
-// contentRangeStart parses "bytes START-END/TOTAL".
-func contentRangeStart(h string) (int64, bool) {
+// tooLarge is the error for a descriptor over Options.MaxBlobSize.
+func tooLarge(op string, ref Reference, desc ocispec.Descriptor, limit int64) error {
+	return fmt.Errorf("%s %s: descriptor size %d bytes is larger than the limit of %d bytes (raise it with --max-blob-size)", op, ref.Name(), desc.Size, limit)
+}
+
+// parseContentRange parses "bytes START-END/TOTAL" (TOTAL may be "*",
+// returned as -1).
+func parseContentRange(h string) (start, end, total int64, ok bool) {
 	rest, ok := strings.CutPrefix(h, "bytes ")
 	if !ok {
-		return 0, false
+		return 0, 0, 0, false
 	}
-	s, _, ok := strings.Cut(rest, "-")
+	rng, tot, ok := strings.Cut(rest, "/")
 	if !ok {
-		return 0, false
+		return 0, 0, 0, false
 	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	return n, err == nil && n >= 0
+	s, e, ok := strings.Cut(rng, "-")
+	if !ok {
+		return 0, 0, 0, false
+	}
+	var err1, err2, err3 error
+	start, err1 = strconv.ParseInt(s, 10, 64)
+	end, err2 = strconv.ParseInt(e, 10, 64)
+	total = -1
+	if tot != "*" {
+		total, err3 = strconv.ParseInt(tot, 10, 64)
+	}
+	return start, end, total, err1 == nil && err2 == nil && err3 == nil && start >= 0 && end >= start
 }
 
 // opener opens a blob's content from offset on (each upload attempt opens
@@ -82,19 +122,18 @@ type opener func(ctx context.Context, offset int64) (io.ReadCloser, error)
 // whether the blob was mounted. Failed uploads start again with a new
 // session (up to Retries times) when the failure was transient.
 func (c *Client) pushBlob(ctx context.Context, ref Reference, desc ocispec.Descriptor, open opener, mountFrom string, progress func(int64)) (bool, error) {
-	wait := c.opts.Backoff
-	for attempt := 0; ; attempt++ {
+	rt := c.retrier()
+	for {
 		mounted, err := c.pushBlobOnce(ctx, ref, desc, open, mountFrom, progress)
-		if err == nil || attempt >= c.opts.Retries || ctx.Err() != nil || !transient(err) {
+		if err == nil || ctx.Err() != nil || !transient(err) {
+			return mounted, err
+		}
+		if ok, werr := rt.next(ctx); werr != nil {
+			return false, werr
+		} else if !ok {
 			return mounted, err
 		}
 		c.emit(Event{Kind: EventRetry, Digest: desc.Digest, Error: err.Error()})
-		select {
-		case <-ctx.Done():
-			return false, ctx.Err()
-		case <-timeAfter(wait):
-		}
-		wait *= 2
 	}
 }
 

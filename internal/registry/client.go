@@ -42,6 +42,17 @@ type Options struct {
 	// time (default 250ms).
 	Retries int
 	Backoff time.Duration
+	// RetryDeadline bounds the time spent retrying one request or one
+	// blob transfer: no new attempt starts later than this after the first
+	// failure (default 5 minutes). Each wait is at most 30 seconds.
+	RetryDeadline time.Duration
+	// ReadTimeout is the longest wait for a response's headers or for the
+	// next bytes of its body: a registry that stalls longer is treated as
+	// a broken connection (retried, then an error) (default 1 minute).
+	ReadTimeout time.Duration
+	// MaxBlobSize refuses descriptors (layers, configs) larger than this
+	// before anything is transferred (default 64 GiB).
+	MaxBlobSize int64
 	// Transport replaces the HTTP transport (tests).
 	Transport http.RoundTripper
 	// Progress receives transfer events; it is called from one goroutine
@@ -61,6 +72,49 @@ type Client struct {
 // NoRetries is the Retries value that disables retries (0 means the default).
 const NoRetries = -1
 
+// Defaults of Options.
+const (
+	DefaultRetryDeadline = 5 * time.Minute
+	DefaultReadTimeout   = time.Minute
+	DefaultMaxBlobSize   = 64 << 30
+	maxBackoff           = 30 * time.Second
+)
+
+// retrier paces the attempts of one request or transfer: at most Retries
+// retries, none after RetryDeadline from the first failure, waits doubling
+// from Backoff up to maxBackoff.
+type retrier struct {
+	c     *Client
+	n     int
+	wait  time.Duration
+	start time.Time
+}
+
+func (c *Client) retrier() *retrier { return &retrier{c: c, wait: c.opts.Backoff} }
+
+// next waits before another attempt and reports whether there may be one;
+// it returns ctx's error when ctx ends while waiting.
+func (r *retrier) next(ctx context.Context) (bool, error) {
+	if r.start.IsZero() {
+		r.start = time.Now()
+	}
+	if r.n >= r.c.opts.Retries || time.Since(r.start)+r.wait > r.c.opts.RetryDeadline {
+		return false, nil
+	}
+	r.n++
+	select {
+	case <-ctx.Done():
+		return false, ctx.Err()
+	case <-timeAfter(r.wait):
+	}
+	r.wait = min(r.wait*2, maxBackoff)
+	return true, nil
+}
+
+// reset forgets the waits so far (after an authentication round trip,
+// which is not a failure).
+func (r *retrier) reset() { r.wait = r.c.opts.Backoff }
+
 // New returns a client for opts.
 func New(opts Options) (*Client, error) {
 	if opts.Jobs <= 0 {
@@ -77,6 +131,15 @@ func New(opts Options) (*Client, error) {
 	if opts.Backoff <= 0 {
 		opts.Backoff = 250 * time.Millisecond
 	}
+	if opts.RetryDeadline <= 0 {
+		opts.RetryDeadline = DefaultRetryDeadline
+	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = DefaultReadTimeout
+	}
+	if opts.MaxBlobSize <= 0 {
+		opts.MaxBlobSize = DefaultMaxBlobSize
+	}
 	rt := opts.Transport
 	if rt == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -84,7 +147,7 @@ func New(opts Options) (*Client, error) {
 		tr.MaxIdleConnsPerHost = opts.Jobs + 2
 		tr.ReadBufferSize = 256 << 10
 		tr.WriteBufferSize = 256 << 10
-		tr.ResponseHeaderTimeout = 2 * time.Minute
+		tr.ResponseHeaderTimeout = opts.ReadTimeout
 		tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: opts.Insecure}
 		if opts.CAFile != "" {
 			pool, err := x509.SystemCertPool()
@@ -103,7 +166,40 @@ func New(opts Options) (*Client, error) {
 		tr.TLSClientConfig = tlsConf
 		rt = tr
 	}
-	return &Client{opts: opts, hc: &http.Client{Transport: rt}, auth: map[string]*hostAuth{}}, nil
+	return &Client{opts: opts, hc: &http.Client{Transport: rt, CheckRedirect: checkRedirect}, auth: map[string]*hostAuth{}}, nil
+}
+
+// maxRedirects bounds the redirects followed for one request.
+const maxRedirects = 10
+
+// checkRedirect keeps credentials on the host they were configured for: a
+// redirect to any other host (another port counts: net/http only compares
+// host names) or from https to http loses the Authorization header, as
+// docker and containers/image do. Blob storage behind a redirect (S3,
+// CDNs) authenticates with the signed URL itself.
+func checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxRedirects {
+		return fmt.Errorf("stopped after %d redirects", maxRedirects)
+	}
+	if !sameOrigin(via[0].URL, req.URL) {
+		req.Header.Del("Authorization")
+	}
+	return nil
+}
+
+// sameOrigin reports whether to may receive the credentials meant for
+// from: the same host and port, and no downgrade from https to http.
+func sameOrigin(from, to *url.URL) bool {
+	return strings.EqualFold(canonicalHost(from), canonicalHost(to)) && (from.Scheme == to.Scheme || to.Scheme == "https")
+}
+
+// canonicalHost is u's host:port with the scheme's default port filled in.
+func canonicalHost(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }
 
 // request is one registry API call. body, when set, opens the body afresh
@@ -161,83 +257,139 @@ func (c *Client) url(r *request) (string, error) {
 // whose status is in r.expect (the caller closes its body), or an error.
 func (c *Client) send(ctx context.Context, r *request) (*http.Response, error) {
 	host := r.ref.apiHost()
-	wait := c.opts.Backoff
+	rt := c.retrier()
 	authRetried := false
-	var lastErr error
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			if attempt > c.opts.Retries || r.noRetry {
-				return nil, lastErr
-			}
-			select {
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			case <-time.After(wait):
-			}
-			wait *= 2
+	for {
+		resp, lastErr, retry := c.sendOnce(ctx, r, host, &authRetried)
+		if lastErr == nil && !retry {
+			return resp, nil
 		}
-		u, err := c.url(r)
-		if err != nil {
-			return nil, err
-		}
-		var body io.ReadCloser
-		if r.body != nil {
-			if body, err = r.body(); err != nil {
-				return nil, fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err)
-			}
-		}
-		req, err := http.NewRequestWithContext(ctx, r.method, u, body)
-		if err != nil {
-			if body != nil {
-				body.Close()
-			}
-			return nil, err
-		}
-		if body != nil {
-			req.ContentLength = r.size
-		}
-		for k, v := range r.header {
-			req.Header[k] = v
-		}
-		req.Header.Set("User-Agent", "vessel")
-		c.authorize(req, host, r.scopes)
-		sentAuth := req.Header.Get("Authorization") != ""
-		resp, err := c.hc.Do(req)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			lastErr = fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err)
-			if retryable(err) {
-				continue
-			}
-			return nil, lastErr
-		}
-		for _, s := range r.expect {
-			if resp.StatusCode == s {
-				return resp, nil
-			}
-		}
-		switch {
-		case resp.StatusCode == http.StatusUnauthorized && !authRetried:
-			authRetried = true
-			ok, err := c.answerChallenge(ctx, resp, host, r.ref.Repo, r.scopes, sentAuth)
-			if err != nil {
-				drain(resp)
-				return nil, fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err)
-			}
-			if ok {
-				drain(resp)
-				attempt-- // an authentication round trip is not a failure
-				wait = c.opts.Backoff
-				continue
-			}
-		case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
-			lastErr = responseError(r.op, r.ref.Name(), resp, sentAuth, host)
+		if retry && lastErr == nil { // answered an authentication challenge
+			rt.reset()
 			continue
 		}
-		return nil, responseError(r.op, r.ref.Name(), resp, sentAuth, host)
+		if !retry || r.noRetry {
+			return nil, lastErr
+		}
+		ok, err := rt.next(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			return nil, lastErr
+		}
 	}
+}
+
+// sendOnce makes one attempt of r. It returns the response, or an error
+// and whether another attempt may succeed (retry with a nil error: the
+// attempt answered an authentication challenge).
+func (c *Client) sendOnce(ctx context.Context, r *request, host string, authRetried *bool) (*http.Response, error, bool) {
+	u, err := c.url(r)
+	if err != nil {
+		return nil, err, false
+	}
+	var body io.ReadCloser
+	if r.body != nil {
+		if body, err = r.body(); err != nil {
+			return nil, fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err), false
+		}
+	}
+	actx, cancel := context.WithCancelCause(ctx)
+	req, err := http.NewRequestWithContext(actx, r.method, u, body)
+	if err != nil {
+		cancel(nil)
+		if body != nil {
+			body.Close()
+		}
+		return nil, err, false
+	}
+	if body != nil {
+		req.ContentLength = r.size
+	}
+	for k, v := range r.header {
+		req.Header[k] = v
+	}
+	req.Header.Set("User-Agent", "vessel")
+	// Credentials go only to the registry host itself, never to an
+	// upload Location on another host.
+	own := sameOrigin(&url.URL{Scheme: c.scheme(), Host: host}, req.URL)
+	if own {
+		c.authorize(req, host, r.scopes)
+	}
+	sentAuth := req.Header.Get("Authorization") != ""
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		cancel(nil)
+		if ctx.Err() != nil {
+			return nil, ctx.Err(), false
+		}
+		err = fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err)
+		return nil, err, retryable(err)
+	}
+	resp.Body = newStallReader(resp.Body, c.opts.ReadTimeout, cancel)
+	for _, s := range r.expect {
+		if resp.StatusCode == s {
+			return resp, nil, false
+		}
+	}
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized && !*authRetried && own:
+		*authRetried = true
+		ok, err := c.answerChallenge(ctx, resp, host, r.ref.Repo, r.scopes, sentAuth)
+		if err != nil {
+			drain(resp)
+			return nil, fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err), false
+		}
+		if ok {
+			drain(resp)
+			return nil, nil, true
+		}
+	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
+		return nil, responseError(r.op, r.ref.Name(), resp, sentAuth, host), true
+	}
+	return nil, responseError(r.op, r.ref.Name(), resp, sentAuth, host), false
+}
+
+// ErrStalled is returned (wrapped) when a registry sends nothing for
+// Options.ReadTimeout in the middle of a response body.
+var ErrStalled = errors.New("the registry stopped sending data")
+
+// stallReader cancels its request when no bytes arrive for timeout, so a
+// registry that stops mid-body cannot hang the client; the read then fails
+// with ErrStalled (which is retried like a broken connection).
+type stallReader struct {
+	rc      io.ReadCloser
+	timeout time.Duration
+	timer   *time.Timer
+	cancel  context.CancelCauseFunc
+	stalled error
+}
+
+func newStallReader(rc io.ReadCloser, timeout time.Duration, cancel context.CancelCauseFunc) *stallReader {
+	s := &stallReader{rc: rc, timeout: timeout, cancel: cancel,
+		stalled: fmt.Errorf("%w: nothing received for %s", ErrStalled, timeout)}
+	s.timer = time.AfterFunc(timeout, func() { cancel(s.stalled) })
+	return s
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	n, err := s.rc.Read(p)
+	if n > 0 {
+		s.timer.Reset(s.timeout)
+	}
+	if err != nil && err != io.EOF && !s.timer.Stop() {
+		// the timer fired: say so instead of "context canceled"
+		return n, s.stalled
+	}
+	return n, err
+}
+
+func (s *stallReader) Close() error {
+	s.timer.Stop()
+	err := s.rc.Close()
+	s.cancel(nil)
+	return err
 }
 
 // retryable reports whether a transport error is worth another attempt:
@@ -254,7 +406,7 @@ func retryable(err error) bool {
 			return false
 		}
 	}
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+	return errors.Is(err, ErrStalled) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
 }
 

@@ -83,7 +83,8 @@ func checkDesc(d ocispec.Descriptor) error {
 
 // walk collects the manifests (children before parents) and blobs of the
 // image rooted at root.
-func walk(ctx context.Context, src source, root node) ([]node, []ocispec.Descriptor, error) {
+// A layer or config larger than maxBlob is refused before any transfer.
+func walk(ctx context.Context, src source, root node, maxBlob int64) ([]node, []ocispec.Descriptor, error) {
 	var nodes []node
 	var blobs []ocispec.Descriptor
 	seen := map[digest.Digest]bool{}
@@ -128,6 +129,9 @@ func walk(ctx context.Context, src source, root node) ([]node, []ocispec.Descrip
 				if err := checkDesc(l); err != nil {
 					return fmt.Errorf("manifest %s: %w", n.desc.Digest, err)
 				}
+				if l.Size > maxBlob {
+					return fmt.Errorf("manifest %s: blob %s: descriptor size %d bytes is larger than the limit of %d bytes (raise it with --max-blob-size)", n.desc.Digest, l.Digest, l.Size, maxBlob)
+				}
 				if !seen[l.Digest] {
 					seen[l.Digest] = true
 					blobs = append(blobs, ocispec.Descriptor{MediaType: l.MediaType, Digest: l.Digest, Size: l.Size})
@@ -145,7 +149,7 @@ func (c *Client) copy(ctx context.Context, src source, dst destination) (*Result
 	if err != nil {
 		return nil, err
 	}
-	nodes, blobs, err := walk(ctx, src, node{desc: rdesc, b: rb})
+	nodes, blobs, err := walk(ctx, src, node{desc: rdesc, b: rb}, c.opts.MaxBlobSize)
 	if err != nil {
 		return nil, err
 	}

@@ -32,6 +32,9 @@ func (c *Client) download(ctx context.Context, ref Reference, desc ocispec.Descr
 	if err := flock(f); err != nil {
 		return fmt.Errorf("pull blob %s: lock %s: %w", desc.Digest, partial, err)
 	}
+	if desc.Size > c.opts.MaxBlobSize || desc.Size < 0 {
+		return tooLarge("pull blob "+desc.Digest.String()+" from", ref, desc, c.opts.MaxBlobSize)
+	}
 	var fst, pst unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &fst); err != nil {
 		return err
@@ -50,18 +53,23 @@ func (c *Client) download(ctx context.Context, ref Reference, desc ocispec.Descr
 		}
 	}
 	resumedAt := size
-	wait := c.opts.Backoff
+	var lastErr error
+	rt := c.retrier()
 	buf := make([]byte, 1<<20)
 	for attempt := 0; size < desc.Size || (size == 0 && desc.Size == 0 && attempt == 0); attempt++ {
 		if attempt > 0 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-timeAfter(wait):
+			// every attempt that did not finish the blob counts, a short
+			// but clean response too: a registry cannot keep vessel asking
+			ok, err := rt.next(ctx)
+			if err != nil {
+				return err
 			}
-			wait *= 2
+			if !ok {
+				return fmt.Errorf("pull blob %s from %s: gave up after %d attempts: %w (the %d bytes received so far are kept; run the pull again to continue)", desc.Digest, ref.Name(), attempt, lastErr, size)
+			}
+			c.emit(Event{Kind: EventRetry, Digest: desc.Digest, Offset: size, Error: lastErr.Error()})
 		}
-		body, start, err := c.getBlob(ctx, ref, desc.Digest, size, true)
+		body, start, err := c.getBlob(ctx, ref, desc, size, true)
 		if err == nil {
 			if start != size { // the registry ignored Range: start again
 				size, resumedAt = 0, 0
@@ -78,21 +86,30 @@ func (c *Client) download(ctx context.Context, ref Reference, desc ocispec.Descr
 			if err == nil && size == 0 && desc.Size == 0 {
 				break
 			}
+			if err == nil && size < desc.Size {
+				err = fmt.Errorf("%w: the response ended at byte %d of %d", io.ErrUnexpectedEOF, size, desc.Size)
+			}
 		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if attempt < c.opts.Retries && transient(err) {
-				c.emit(Event{Kind: EventRetry, Digest: desc.Digest, Offset: size, Error: err.Error()})
-				continue
+			var le *localError
+			if errors.As(err, &le) {
+				// the local disk failed (full, read-only): keep nothing
+				f.Close()
+				os.Remove(partial)
+				return fmt.Errorf("pull blob %s: %w (the partial download was removed)", desc.Digest, le.err)
 			}
-			return fmt.Errorf("pull blob %s: %w (the %d bytes received so far are kept; run the pull again to continue)", desc.Digest, err, size)
+			if !transient(err) {
+				return fmt.Errorf("pull blob %s: %w (the %d bytes received so far are kept; run the pull again to continue)", desc.Digest, err, size)
+			}
+			lastErr = err
+			continue
 		}
 		if size >= desc.Size {
 			break
 		}
-		// a clean EOF before the end: ask for the rest
 	}
 	if err := f.Truncate(size); err != nil {
 		return err
@@ -106,24 +123,34 @@ func (c *Client) download(ctx context.Context, ref Reference, desc ocispec.Descr
 		}
 		return fmt.Errorf("pull blob %s from %s: %w: %s (nothing was stored)", desc.Digest, ref.Name(), ErrCorrupt, what)
 	}
-	return commit(partial)
+	if err := commit(partial); err != nil {
+		os.Remove(partial) // a full disk must not stay full of it
+		return err
+	}
+	return nil
 }
 
+// localError is a failure of the local file, not of the registry.
+type localError struct{ err error }
+
+func (e *localError) Error() string { return e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }
+
 // copyAt writes r to f from offset off, hashing it, and reports the count
-// written so far after each write.
+// written so far after each write. Failures of f are *localError.
 func copyAt(f *os.File, off int64, h hash.Hash, r io.Reader, buf []byte, report func(int64)) (int64, error) {
 	if err := f.Truncate(off); err != nil {
-		return 0, err
+		return 0, &localError{err}
 	}
 	if _, err := f.Seek(off, io.SeekStart); err != nil {
-		return 0, err
+		return 0, &localError{err}
 	}
 	var n int64
 	for {
 		k, rerr := r.Read(buf)
 		if k > 0 {
 			if _, err := f.Write(buf[:k]); err != nil {
-				return n, err
+				return n, &localError{err}
 			}
 			h.Write(buf[:k])
 			n += int64(k)

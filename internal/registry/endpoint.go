@@ -168,7 +168,7 @@ func (r *registrySource) manifest(ctx context.Context, d ocispec.Descriptor) ([]
 }
 
 func (r *registrySource) open(ctx context.Context, d ocispec.Descriptor, offset int64) (io.ReadCloser, error) {
-	body, start, err := r.c.getBlob(ctx, r.ref, d.Digest, offset, false)
+	body, start, err := r.c.getBlob(ctx, r.ref, d, offset, false)
 	if err != nil {
 		return nil, err
 	}

@@ -54,7 +54,7 @@ func FuzzWalk(f *testing.F) {
 	f.Add([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"x","digest":"sha256:` + strings.Repeat("a", 64) + `","size":2},"layers":[]}`))
 	f.Add([]byte(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"x","digest":"sha256:` + strings.Repeat("b", 64) + `","size":2}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		nodes, blobs, err := walk(context.Background(), fakeSource{b}, node{desc: ocispec.Descriptor{Digest: digest.FromBytes(b)}, b: b})
+		nodes, blobs, err := walk(context.Background(), fakeSource{b}, node{desc: ocispec.Descriptor{Digest: digest.FromBytes(b)}, b: b}, DefaultMaxBlobSize)
 		if err != nil {
 			return
 		}

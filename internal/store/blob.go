@@ -2,17 +2,20 @@ package store
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"golang.org/x/sys/unix"
 )
 
 // BlobError says which blob failed and why. It wraps ErrNotFound or ErrCorrupt.
@@ -79,6 +82,12 @@ func (s *Store) commitTemp(f *os.File, d digest.Digest) error {
 	if err := os.Chmod(f.Name(), 0o644); err != nil {
 		return fmt.Errorf("put blob %s: %w", d, err)
 	}
+	if st, err := os.Lstat(dst); err == nil && !st.Mode().IsRegular() {
+		// not a blob (see HasBlob): a directory would block the rename
+		if err := os.RemoveAll(dst); err != nil {
+			return fmt.Errorf("put blob %s: remove the %s in its place: %w", d, st.Mode().Type(), err)
+		}
+	}
 	if err := os.Rename(f.Name(), dst); err != nil {
 		return fmt.Errorf("put blob %s: %w", d, err)
 	}
@@ -95,28 +104,90 @@ func checkDesc(want, got ocispec.Descriptor) error {
 	return nil
 }
 
-// HasBlob reports whether the store has a blob file for d (without verifying it).
+// HasBlob reports whether the store has a blob file for d (without
+// verifying it). A path that is not a regular file (a symlink, FIFO or
+// device planted in the store) is not a blob: a pull replaces it.
 func (s *Store) HasBlob(d digest.Digest) bool {
 	p, err := s.BlobPath(d)
 	if err != nil {
 		return false
 	}
-	_, err = os.Stat(p)
-	return err == nil
+	st, err := os.Lstat(p)
+	return err == nil && st.Mode().IsRegular()
 }
 
-// OpenBlob opens the blob described by desc for reading. The reader checks
-// the size up front and the digest at EOF: a Read that reaches the end of a
-// blob whose content does not match returns a *BlobError instead of io.EOF.
-// The caller closes it.
-func (s *Store) OpenBlob(desc ocispec.Descriptor) (io.ReadCloser, error) {
+// ErrNotRegular is returned (wrapped in a *BlobError, which also matches
+// ErrCorrupt) for a blob path that is a symlink, FIFO, device, socket or
+// directory: opening or reading such a thing can block forever or read
+// another file, so it is refused before any read.
+var ErrNotRegular = errors.New("not a regular file")
+
+// OpenRegular opens path read-only without following a final symlink and
+// without blocking (a FIFO opens at once and a device is never read), then
+// refuses anything but a regular file. The returned file is in blocking
+// mode again. Every read of a blob file, whatever the caller, should open
+// it this way (see OpenBlobFile).
+func OpenRegular(path string) (*os.File, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	for err == unix.EINTR {
+		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	}
+	if err == unix.ELOOP {
+		return nil, fmt.Errorf("open %s: %w (a symlink)", path, ErrNotRegular)
+	}
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "fstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open %s: %w (%s)", path, ErrNotRegular, fileKind(st.Mode))
+	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, &os.PathError{Op: "fcntl", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+func fileKind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFIFO:
+		return "a FIFO"
+	case unix.S_IFCHR:
+		return "a character device"
+	case unix.S_IFBLK:
+		return "a block device"
+	case unix.S_IFSOCK:
+		return "a socket"
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFLNK:
+		return "a symlink"
+	}
+	return fmt.Sprintf("file type %#o", mode&unix.S_IFMT)
+}
+
+// OpenBlobFile opens the blob file of desc with OpenRegular and, when
+// desc has a size, checks it; it does not check the digest (callers that
+// read the file verify what they read: through OpenBlob's reader, dm-verity
+// or a verity tree). Callers that need the file itself (loop devices,
+// verity) use this instead of opening BlobPath. The caller closes it.
+func (s *Store) OpenBlobFile(desc ocispec.Descriptor) (*os.File, error) {
 	p, err := s.BlobPath(desc.Digest)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(p)
+	f, err := OpenRegular(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, &BlobError{Digest: desc.Digest, Problem: "not in the store", Err: ErrNotFound}
+	}
+	if errors.Is(err, ErrNotRegular) {
+		return nil, &BlobError{Digest: desc.Digest, Problem: "the blob file is " + strings.TrimPrefix(err.Error(), "open "+p+": "), Err: errNotRegularCorrupt}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open blob %s: %w", desc.Digest, err)
@@ -130,8 +201,53 @@ func (s *Store) OpenBlob(desc ocispec.Descriptor) (io.ReadCloser, error) {
 		f.Close()
 		return nil, &BlobError{Digest: desc.Digest, Problem: fmt.Sprintf("size is %d bytes, descriptor says %d (truncated or replaced)", st.Size(), desc.Size), Err: ErrCorrupt}
 	}
+	return f, nil
+}
+
+// errNotRegularCorrupt matches both ErrNotRegular and ErrCorrupt.
+var errNotRegularCorrupt = joinedErr{ErrNotRegular, ErrCorrupt}
+
+type joinedErr []error
+
+func (j joinedErr) Error() string   { return j[0].Error() }
+func (j joinedErr) Unwrap() []error { return j }
+
+// OpenBlob opens the blob described by desc for reading (a regular file,
+// see OpenBlobFile). The reader checks the size up front and the digest at
+// EOF: a Read that reaches the end of a blob whose content does not match
+// returns a *BlobError instead of io.EOF. The caller closes it.
+func (s *Store) OpenBlob(desc ocispec.Descriptor) (io.ReadCloser, error) {
+	f, err := s.OpenBlobFile(desc)
+	if err != nil {
+		return nil, err
+	}
 	return &verifyingReader{f: f, want: desc.Digest, h: desc.Digest.Algorithm().Hash()}, nil
 }
+
+// OpenBlobContext is OpenBlob whose reads fail with ctx's error once ctx
+// is done, so a long read stops on SIGINT/SIGTERM.
+func (s *Store) OpenBlobContext(ctx context.Context, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	rc, err := s.OpenBlob(desc)
+	if err != nil {
+		return nil, err
+	}
+	return &ctxReader{ctx: ctx, rc: rc}, nil
+}
+
+// ctxReader checks its context before every read.
+type ctxReader struct {
+	ctx context.Context
+	rc  io.ReadCloser
+}
+
+func (r *ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.rc.Read(p)
+}
+
+func (r *ctxReader) Close() error { return r.rc.Close() }
 
 type verifyingReader struct {
 	f    *os.File
@@ -174,7 +290,12 @@ func (s *Store) ReadBlob(desc ocispec.Descriptor) ([]byte, error) {
 
 // VerifyBlob reads the whole blob and checks its size and digest.
 func (s *Store) VerifyBlob(desc ocispec.Descriptor) error {
-	rc, err := s.OpenBlob(desc)
+	return s.VerifyBlobContext(context.Background(), desc)
+}
+
+// VerifyBlobContext is VerifyBlob that stops when ctx is done.
+func (s *Store) VerifyBlobContext(ctx context.Context, desc ocispec.Descriptor) error {
+	rc, err := s.OpenBlobContext(ctx, desc)
 	if err != nil {
 		return err
 	}

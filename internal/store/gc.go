@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -35,47 +36,31 @@ func (s *Store) GC() (GCResult, error) {
 			return fmt.Errorf("gc: %w (nothing was deleted)", err)
 		}
 		keep := map[digest.Digest]bool{}
-		var walk func(d ocispec.Descriptor) error
-		walk = func(d ocispec.Descriptor) error {
+		var walk func(d ocispec.Descriptor, depth int) error
+		walk = func(d ocispec.Descriptor, depth int) error {
 			if keep[d.Digest] {
 				return nil
 			}
 			keep[d.Digest] = true
-			switch d.MediaType {
-			case ocispec.MediaTypeImageManifest:
-				m, err := s.Manifest(d.Digest)
-				if errors.Is(err, ErrNotFound) {
-					return nil
-				}
-				if err != nil {
+			if depth > maxNesting {
+				return fmt.Errorf("manifest %s: indexes nested more than %d deep", d.Digest, maxNesting)
+			}
+			children, err := s.manifestChildren(d)
+			if err != nil {
+				return err
+			}
+			for _, c := range children.blobs {
+				keep[c.Digest] = true
+			}
+			for _, m := range children.manifests {
+				if err := walk(m, depth+1); err != nil {
 					return err
-				}
-				keep[m.Config.Digest] = true
-				for _, l := range m.Layers {
-					keep[l.Digest] = true
-				}
-			case ocispec.MediaTypeImageIndex:
-				b, err := s.ReadBlob(d)
-				if errors.Is(err, ErrNotFound) {
-					return nil
-				}
-				if err != nil {
-					return err
-				}
-				sub, err := ParseIndex(b)
-				if err != nil {
-					return fmt.Errorf("index %s: %w", d.Digest, err)
-				}
-				for _, m := range sub.Manifests {
-					if err := walk(m); err != nil {
-						return err
-					}
 				}
 			}
 			return nil
 		}
 		for _, d := range idx.Manifests {
-			if err := walk(d); err != nil {
+			if err := walk(d, 0); err != nil {
 				return fmt.Errorf("gc: %w (nothing was deleted)", err)
 			}
 		}
@@ -111,9 +96,92 @@ func (s *Store) GC() (GCResult, error) {
 	return res, nil
 }
 
+// Media types of Docker manifests, which a pull stores as they are.
+const (
+	DockerManifest     = "application/vnd.docker.distribution.manifest.v2+json"
+	DockerManifestList = "application/vnd.docker.distribution.manifest.list.v2+json"
+	// ociArtifactManifest is the withdrawn OCI 1.1-rc artifact manifest
+	// ("blobs" instead of "config" and "layers").
+	ociArtifactManifest = "application/vnd.oci.artifact.manifest.v1+json"
+)
+
+// maxNesting bounds index nesting in the gc walk.
+const maxNesting = 8
+
+// children are the descriptors a manifest or index references.
+type children struct {
+	manifests []ocispec.Descriptor // nested manifests (of an index)
+	blobs     []ocispec.Descriptor // config, layers, blobs (of a manifest)
+}
+
+// manifestChildren reads the manifest or index d (OCI image manifest or
+// index, Docker v2 schema 2 manifest or manifest list, OCI artifact
+// manifest) and returns what it references. It decides by the content's
+// own mediaType or shape, not only by the descriptor's media type, and
+// fails, naming d, for anything it cannot parse: gc must not delete the
+// blobs of a manifest it did not understand. A manifest that is not in the
+// store has nothing to keep.
+func (s *Store) manifestChildren(d ocispec.Descriptor) (children, error) {
+	var c children
+	b, err := s.ReadBlob(ocispec.Descriptor{Digest: d.Digest})
+	if errors.Is(err, ErrNotFound) {
+		return c, nil
+	}
+	if err != nil {
+		return c, fmt.Errorf("manifest %s (media type %q): %w", d.Digest, d.MediaType, err)
+	}
+	var m struct {
+		SchemaVersion int                  `json:"schemaVersion"`
+		MediaType     string               `json:"mediaType"`
+		Config        *ocispec.Descriptor  `json:"config"`
+		Layers        []ocispec.Descriptor `json:"layers"`
+		Blobs         []ocispec.Descriptor `json:"blobs"`
+		Manifests     []ocispec.Descriptor `json:"manifests"`
+	}
+	bad := func(why string) (children, error) {
+		return c, &BlobError{Digest: d.Digest, Problem: fmt.Sprintf("manifest (media type %q) cannot be parsed: %s", d.MediaType, why), Err: ErrCorrupt}
+	}
+	if err := unmarshalOne(b, &m); err != nil {
+		return bad(err.Error())
+	}
+	mt := m.MediaType
+	if mt == "" {
+		mt = d.MediaType
+	}
+	switch {
+	case mt == ocispec.MediaTypeImageIndex || mt == DockerManifestList || (mt == "" && m.Manifests != nil):
+		if m.Config != nil || m.Layers != nil {
+			return bad("an index with config or layers")
+		}
+		c.manifests = m.Manifests
+	case mt == ocispec.MediaTypeImageManifest || mt == DockerManifest || mt == ociArtifactManifest || (mt == "" && (m.Config != nil || m.Blobs != nil)):
+		if m.Manifests != nil {
+			return bad("a manifest with manifests")
+		}
+		if m.Config == nil && mt != ociArtifactManifest {
+			return bad("no config")
+		}
+		if m.Config != nil {
+			c.blobs = append(c.blobs, *m.Config)
+		}
+		c.blobs = append(append(c.blobs, m.Layers...), m.Blobs...)
+	default:
+		return bad("not an OCI or Docker image manifest or index")
+	}
+	if m.SchemaVersion != 2 {
+		return bad(fmt.Sprintf("schemaVersion %d, expected 2", m.SchemaVersion))
+	}
+	for i, x := range append(append([]ocispec.Descriptor{}, c.manifests...), c.blobs...) {
+		if err := x.Digest.Validate(); err != nil {
+			return bad(fmt.Sprintf("reference %d: digest %q: %v", i, x.Digest, err))
+		}
+	}
+	return c, nil
+}
+
 // keepReferrers marks manifests whose subject is a kept manifest (signatures
 // and other referrers), repeating until nothing new is found.
-func (s *Store) keepReferrers(keep map[digest.Digest]bool, walk func(ocispec.Descriptor) error) error {
+func (s *Store) keepReferrers(keep map[digest.Digest]bool, walk func(ocispec.Descriptor, int) error) error {
 	dir := filepath.Join(s.layout(), "blobs", "sha256")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -130,11 +198,17 @@ func (s *Store) keepReferrers(keep map[digest.Digest]bool, walk func(ocispec.Des
 			if err != nil || info.Size() > 64<<10 {
 				continue // referrers are small manifests; layers are not
 			}
-			m, err := s.Manifest(d)
-			if err != nil || m.Subject == nil || !keep[m.Subject.Digest] {
+			b, err := s.ReadBlob(ocispec.Descriptor{Digest: d})
+			if err != nil {
 				continue
 			}
-			if err := walk(ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: d}); err != nil {
+			var m struct {
+				Subject *ocispec.Descriptor `json:"subject"`
+			}
+			if json.Unmarshal(b, &m) != nil || m.Subject == nil || !keep[m.Subject.Digest] {
+				continue
+			}
+			if err := walk(ocispec.Descriptor{Digest: d}, 0); err != nil {
 				return err
 			}
 			changed = true

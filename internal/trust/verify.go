@@ -74,6 +74,9 @@ func Verify(signed []byte, opts Options) (*VerifiedManifest, error) {
 		if !ca.BasicConstraintsValid || !ca.IsCA {
 			return nil, verr("ca", ErrUntrusted, fmt.Errorf("%q is not a CA certificate (CA:FALSE): pass the manifest-signing CA, not a product certificate", ca.Subject.CommonName))
 		}
+		if err := issuerProfile(ca); err != nil {
+			return nil, verr("ca", ErrUntrusted, err)
+		}
 		roots.AddCert(ca)
 	}
 
@@ -93,7 +96,7 @@ func Verify(signed []byte, opts Options) (*VerifiedManifest, error) {
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
 	})
 	if err != nil {
-		return nil, chainError(err, leafName)
+		return nil, chainError(err, leaf, s.Certificates[1:], opts.CAs)
 	}
 	chain := chains[0]
 	anchor := chain[len(chain)-1]
@@ -185,19 +188,73 @@ func checkLeafProfile(c *x509.Certificate) (string, error) {
 	return pid, nil
 }
 
-func chainError(err error, leafName string) error {
+func chainError(err error, leaf *x509.Certificate, inter, cas []*x509.Certificate) error {
 	var ua x509.UnknownAuthorityError
 	var ci x509.CertificateInvalidError
 	switch {
 	case errors.As(err, &ua):
-		return verr("certificate chain", ErrUntrusted, &msgError{
-			msg: fmt.Sprintf("x509: certificate signed by unknown authority (product cert %q is not signed by the given CA)", leafName), err: err})
+		return verr("certificate chain", ErrUntrusted, &msgError{msg: "x509: " + brokenLink(leaf, inter, cas), err: err})
 	case errors.As(err, &ci) && ci.Reason == x509.Expired:
 		return verr("certificate chain", ErrUntrusted, fmt.Errorf("%w (certificate %q)", err, ci.Cert.Subject.CommonName), ErrExpired)
 	case errors.As(err, &ci):
 		return verr("certificate chain", ErrUntrusted, fmt.Errorf("%w (certificate %q)", err, ci.Cert.Subject.CommonName))
 	}
 	return verr("certificate chain", ErrUntrusted, err)
+}
+
+// brokenLink says why no chain leads from leaf to one of cas: it follows
+// the issuers that really signed each certificate (among the intermediates
+// in the file and the CAs) and names the first one whose profile forbids
+// it to issue certificates, or else the certificate that no given CA or
+// intermediate signed. x509.Verify reports all of these as "unknown
+// authority", which blames the wrong certificate.
+func brokenLink(leaf *x509.Certificate, inter, cas []*x509.Certificate) string {
+	c := leaf
+	seen := map[*x509.Certificate]bool{}
+	for {
+		var issuer *x509.Certificate
+		for _, cand := range append(append([]*x509.Certificate{}, cas...), inter...) {
+			if !seen[cand] && bytes.Equal(cand.RawSubject, c.RawIssuer) &&
+				cand.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil {
+				issuer = cand
+				break
+			}
+		}
+		if issuer == nil {
+			what := "product cert"
+			if c != leaf {
+				what = "intermediate"
+			}
+			return fmt.Sprintf("certificate signed by unknown authority (%s %q is not signed by the given CA)", what, c.Subject.CommonName)
+		}
+		if err := issuerProfile(issuer); err != nil {
+			return fmt.Sprintf("%v, but it issued %q", err, c.Subject.CommonName)
+		}
+		for _, ca := range cas {
+			if issuer == ca {
+				return fmt.Sprintf("certificate signed by unknown authority (no valid chain from %q to the given CA)", leaf.Subject.CommonName)
+			}
+		}
+		seen[issuer] = true
+		c = issuer
+	}
+}
+
+// issuerProfile checks that c may issue certificates: CA:TRUE in a valid
+// basic constraints extension and, when it has a key usage extension,
+// keyCertSign (RFC 5280 4.2.1.3 and 4.2.1.9).
+func issuerProfile(c *x509.Certificate) error {
+	name := c.Subject.CommonName
+	if !c.BasicConstraintsValid {
+		return fmt.Errorf("certificate %q is not a CA (it has no basic constraints)", name)
+	}
+	if !c.IsCA {
+		return fmt.Errorf("certificate %q is not a CA (CA:FALSE)", name)
+	}
+	if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return fmt.Errorf("CA certificate %q lacks KeyUsage keyCertSign", name)
+	}
+	return nil
 }
 
 func checkRevocation(chain []*x509.Certificate, anchor *x509.Certificate, crl *x509.RevocationList, at time.Time) error {

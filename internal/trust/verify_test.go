@@ -589,3 +589,48 @@ func needOpenSSL(t *testing.T) string {
 	}
 	return p
 }
+
+// A chain that breaks at an intermediate with the wrong profile names that
+// intermediate and what is wrong with it, not "not signed by the given CA"
+// (the leaf is signed by the intermediate, and the intermediate by the CA).
+func TestChainErrorNamesIssuerProfile(t *testing.T) {
+	root, rootKey := issue(t, nil, nil, caTmpl("root", 2))
+	pid, _ := NewUUID()
+	cases := map[string]struct {
+		inter *x509.Certificate
+		want  string
+	}{
+		"CA:FALSE": {&x509.Certificate{Subject: pkix.Name{CommonName: "not-a-ca"}, BasicConstraintsValid: true,
+			KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}, `"not-a-ca" is not a CA (CA:FALSE)`},
+		"no basic constraints": {&x509.Certificate{Subject: pkix.Name{CommonName: "no-bc"},
+			KeyUsage: x509.KeyUsageCertSign}, `"no-bc" is not a CA`},
+		"no keyCertSign": {&x509.Certificate{Subject: pkix.Name{CommonName: "no-certsign"}, BasicConstraintsValid: true, IsCA: true,
+			KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCRLSign}, `"no-certsign" lacks KeyUsage keyCertSign`},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			inter, interKey := issue(t, root, rootKey, tc.inter)
+			leaf, key := issue(t, inter, interKey, productTmpl("acme", pid))
+			b := signRaw(t, manifestBytes(t, pid, 1, 1), key, leaf, inter)
+			ve := mustFail(t, b, Options{CAs: []*x509.Certificate{root}}, "certificate chain", ErrUntrusted)
+			if msg := ve.Error(); !strings.Contains(msg, tc.want) || strings.Contains(msg, "not signed by the given CA") {
+				t.Fatalf("error %q does not name the cause %q", msg, tc.want)
+			}
+		})
+	}
+	// the same intermediate, given as a trust anchor, is refused as a CA too
+	bad, badKey := issue(t, nil, nil, &x509.Certificate{Subject: pkix.Name{CommonName: "anchor-no-certsign"}, BasicConstraintsValid: true, IsCA: true,
+		KeyUsage: x509.KeyUsageDigitalSignature})
+	leaf, key := issue(t, bad, badKey, productTmpl("acme", pid))
+	ve := mustFail(t, signRaw(t, manifestBytes(t, pid, 1, 1), key, leaf), Options{CAs: []*x509.Certificate{bad}}, "ca", ErrUntrusted)
+	if !strings.Contains(ve.Error(), "keyCertSign") {
+		t.Fatalf("error %q does not name keyCertSign", ve)
+	}
+	// a leaf really signed by someone else still says so, naming the leaf
+	other, otherKey := issue(t, nil, nil, caTmpl("other", 0))
+	leaf, key = issue(t, other, otherKey, productTmpl("stranger", pid))
+	ve = mustFail(t, signRaw(t, manifestBytes(t, pid, 1, 1), key, leaf), Options{CAs: []*x509.Certificate{root}}, "certificate chain", ErrUntrusted)
+	if !strings.Contains(ve.Error(), `"stranger" is not signed by the given CA`) {
+		t.Fatalf("error %q", ve)
+	}
+}
