@@ -66,7 +66,7 @@ func TestPlanUserspaceWritable(t *testing.T) {
 	if got := strings.Join(p.Overlay.Options, " "); got != strings.Join(want, " ") {
 		t.Errorf("overlay options\n got %s\nwant %s", got, strings.Join(want, " "))
 	}
-	if !p.OwnUp || p.Upper != "/run/vessel/containers/c1" {
+	if !p.OwnUp || p.Upper != "/run/vessel/uppers/c1" {
 		t.Errorf("upper %q own=%v", p.Upper, p.OwnUp)
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/ociruntime"
+	"github.com/vesselos/vessel/internal/proc"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 )
@@ -163,7 +164,7 @@ func waitGone(pid int) error {
 		return nil
 	}
 	for i := 0; i < 250; i++ {
-		if !mount.ProcessAlive(pid) {
+		if !proc.Running(pid) {
 			return nil
 		}
 		if i == 50 {
