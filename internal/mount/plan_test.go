@@ -59,8 +59,8 @@ func TestPlanUserspaceWritable(t *testing.T) {
 	}
 	want := []string{
 		"lowerdir=" + p.Layers[2].Dir + ":" + p.Layers[1].Dir + ":" + p.Layers[0].Dir,
-		"upperdir=/run/vessel/containers/c1/upper",
-		"workdir=/run/vessel/containers/c1/work",
+		"upperdir=/run/vessel/uppers/c1/upper",
+		"workdir=/run/vessel/uppers/c1/work",
 		"volatile",
 	}
 	if got := strings.Join(p.Overlay.Options, " "); got != strings.Join(want, " ") {
