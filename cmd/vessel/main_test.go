@@ -1,8 +1,8 @@
 package main
 
 import (
+	"fmt"
 	"os"
-	"os/exec"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -15,7 +15,9 @@ func TestMain(m *testing.M) {
 }
 
 // TestScript runs every user story in testdata/script/*.txtar. Conditions:
-// [root] needs euid 0, [exec:NAME] needs NAME on PATH (built into testscript).
+// [root] needs euid 0, [registry] is false here (TestRegistryScript runs
+// those stories), [exec:NAME] needs NAME on PATH (built into testscript);
+// any other condition is an error.
 func TestScript(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
@@ -30,12 +32,11 @@ func TestScript(t *testing.T) {
 			switch cond {
 			case "root":
 				return os.Geteuid() == 0, nil
+			case "registry":
+				return false, nil // TestRegistryScript runs those stories
 			}
-			if len(cond) > 5 && cond[:5] == "tool:" {
-				_, err := exec.LookPath(cond[5:])
-				return err == nil, nil
-			}
-			return false, nil
+			// A misspelt condition must not silently skip a story.
+			return false, fmt.Errorf("unknown condition %q (known: root, registry, exec:NAME)", cond)
 		},
 	})
 }

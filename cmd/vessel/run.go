@@ -154,18 +154,13 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 				rand.Read(b)
 				name = "run-" + hex.EncodeToString(b)
 			}
-			a, env, user, cwd := ociruntime.FromImage(img.Config.Config, args[1:])
-			if len(args) > 1 {
-				a = append(append([]string(nil), img.Config.Config.Entrypoint...), args[1:]...)
+			proc, err := ociruntime.FromImage(img.Config.Config, ociruntime.Overrides{
+				Cmd: args[1:], Env: envFlags(cfg.Env), User: cfg.User, Cwd: cfg.Cwd,
+			})
+			if err != nil {
+				return fmt.Errorf("run %s: %w (give a COMMAND)", args[0], err)
 			}
-			cfg.Args = a
-			cfg.Env = mergeEnvFlags(env, cfg.Env)
-			if cfg.User == "" {
-				cfg.User = user
-			}
-			if cfg.Cwd == "" {
-				cfg.Cwd = cwd
-			}
+			cfg.Args, cfg.Env, cfg.User, cfg.Cwd = proc.Args, proc.Env, proc.User, proc.Cwd
 			for _, o := range securityOpt {
 				switch o {
 				case "seccomp=unconfined", "seccomp:unconfined":
@@ -244,22 +239,15 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 	return c
 }
 
-func mergeEnvFlags(base, over []string) []string {
-	out := append([]string(nil), base...)
-	for _, kv := range over {
-		k, _, ok := strings.Cut(kv, "=")
-		if !ok {
-			kv = k + "=" + os.Getenv(k) // -e KEY passes the caller's value, as docker does
+// envFlags turns -e values into KEY=VALUE entries: -e KEY passes the
+// caller's value, as docker does.
+func envFlags(flags []string) []string {
+	var out []string
+	for _, kv := range flags {
+		if k, _, ok := strings.Cut(kv, "="); !ok {
+			kv = k + "=" + os.Getenv(k)
 		}
-		replaced := false
-		for i, e := range out {
-			if ek, _, _ := strings.Cut(e, "="); ek == k {
-				out[i], replaced = kv, true
-			}
-		}
-		if !replaced {
-			out = append(out, kv)
-		}
+		out = append(out, kv)
 	}
 	return out
 }

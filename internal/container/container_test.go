@@ -74,11 +74,8 @@ func (e *env) launcher() *Launcher {
 
 func (e *env) assertNoLeaks(t *testing.T) {
 	t.Helper()
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	for _, l := range strings.Split(string(mi), "\n") {
-		if strings.Contains(l, e.run) {
-			t.Errorf("mount left: %s", l)
-		}
+	for _, l := range Leftovers(e.run) {
+		t.Errorf("left behind: %s", l)
 	}
 	for _, l := range mount.WaitLoopsGone(e.root, 2*time.Second) {
 		t.Errorf("loop device left behind: %s", l)
@@ -86,10 +83,24 @@ func (e *env) assertNoLeaks(t *testing.T) {
 	if states, _ := e.rt.List(context.Background()); len(states) != 0 {
 		t.Errorf("runtime state left: %+v", states)
 	}
-	for _, d := range []string{"containers", "layers", "refs", "mounts"} {
-		if ents, _ := os.ReadDir(filepath.Join(e.run, d)); len(ents) != 0 {
-			t.Errorf("%d entries left in %s", len(ents), d)
-		}
+}
+
+// A run that keeps its upper directory (every build step does) keeps
+// only that: the bundle directory goes like any other's.
+func TestRunWithKeptUpperRemovesItsBundle(t *testing.T) {
+	e := newEnv(t)
+	upper := filepath.Join(t.TempDir(), "kept")
+	code, err := e.launcher().Run(context.Background(), Spec{ID: "kept", Image: e.img, Upper: upper, Config: ociruntime.Config{
+		Args: []string{"/bin/sh", "-c", "echo built > /out"},
+	}}, ociruntime.Stdio{})
+	if err != nil || code != 0 {
+		t.Fatalf("code %d err %v", code, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(upper, "upper", "out")); err != nil || string(b) != "built\n" {
+		t.Errorf("kept upper holds out = %q (%v)", b, err)
+	}
+	if _, err := os.Stat(Dir(e.run, "kept")); !os.IsNotExist(err) {
+		t.Errorf("bundle directory of a run with a kept upper: %v, want it removed", err)
 	}
 }
 

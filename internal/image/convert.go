@@ -149,11 +149,6 @@ func convertLayer(ctx context.Context, s *store.Store, in *store.Store, l ocispe
 		return ocispec.Descriptor{}, err
 	}
 	defer rc.Close()
-	r, closeR, err := decompress(l.MediaType, rc)
-	if err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	defer closeR()
 	tmp, err := s.TempDir("convert-*")
 	if err != nil {
 		return ocispec.Descriptor{}, err
@@ -163,15 +158,31 @@ func convertLayer(ctx context.Context, s *store.Store, in *store.Store, l ocispe
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	if err := layer.Unpack(r, root); err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	// drain, so the verifying reader checks the digest of the whole blob
-	// (tar padding after the end-of-archive marker included)
-	if _, err := io.Copy(io.Discard, rc); err != nil {
+	if err := unpackBlob(l.MediaType, rc, root); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	return addLayer(ctx, s, root, opt)
+}
+
+// unpackBlob decompresses a tar layer read from blob into root, then
+// drains blob, so that a verifying reader checks the digest of the whole
+// blob (tar padding after the end-of-archive marker included). blob is
+// read only from the calling goroutine: the decompressor is closed before
+// the drain.
+func unpackBlob(mediaType string, blob io.Reader, root string) error {
+	r, closeR, err := decompress(mediaType, blob)
+	if err != nil {
+		return err
+	}
+	err = layer.Unpack(r, root)
+	closeR()
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(io.Discard, blob); err != nil {
+		return fmt.Errorf("read the rest of the layer: %w", err)
+	}
+	return nil
 }
 
 func decompress(mediaType string, r io.Reader) (io.Reader, func(), error) {
@@ -185,7 +196,9 @@ func decompress(mediaType string, r io.Reader) (io.Reader, func(), error) {
 		}
 		return z, func() { z.Close() }, nil
 	case ocispec.MediaTypeImageLayerZstd:
-		z, err := zstd.NewReader(r)
+		// Synchronous: the decoder reads r only inside Read, from the
+		// caller's goroutine (an asynchronous one reads ahead on its own).
+		z, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
 		if err != nil {
 			return nil, nil, fmt.Errorf("zstd: %w", err)
 		}

@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/proc"
 )
 
 // DefaultRun is the run directory: per boot, on tmpfs.
@@ -62,31 +63,21 @@ func (m *Manager) count(f func(*Stats)) {
 	f(&m.stats)
 }
 
-// Owner identifies the process a mount belongs to. A mount whose owner has
-// exited is stale and Cleanup removes it; the zero Owner (a mount made by
-// `vessel mount`) lives until it is unmounted.
+// Owner identifies the process a mount belongs to: pid and start time,
+// as package proc identifies processes. A mount whose owner has exited is
+// stale and Cleanup removes it; the zero Owner (a mount made by `vessel
+// mount`) lives until it is unmounted.
 type Owner struct {
 	Pid       int    `json:"pid,omitempty"`
-	StartTime uint64 `json:"startTime,omitempty"` // from /proc/PID/stat, to survive pid reuse
+	StartTime uint64 `json:"startTime,omitempty"`
 }
 
 // Self is the calling process as an Owner.
-func Self() Owner {
-	pid := os.Getpid()
-	return Owner{Pid: pid, StartTime: procStart(pid)}
-}
+func Self() Owner { return Owner(proc.Self()) }
 
-// ProcessAlive reports whether process pid exists and has not exited
-// (a zombie has).
-func ProcessAlive(pid int) bool { return procStart(pid) != 0 }
-
-// Alive reports whether the owner process still runs.
-func (o Owner) Alive() bool {
-	if o.Pid == 0 {
-		return true
-	}
-	return procStart(o.Pid) == o.StartTime && o.StartTime != 0
-}
+// Alive reports whether the owner process still runs (always, for the
+// zero Owner).
+func (o Owner) Alive() bool { return o.Pid == 0 || proc.ID(o).Alive() }
 
 // record is the state file of one applied plan.
 type record struct {
@@ -536,25 +527,4 @@ func resolvePath(p string) (string, error) {
 		return "", err
 	}
 	return filepath.Join(rp, filepath.Base(p)), nil
-}
-
-// procStart reads a process's start time (clock ticks since boot), or 0
-// if it does not exist or has exited.
-func procStart(pid int) uint64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
-		return 0 // a zombie has exited; only its parent has not reaped it
-	}
-	var t uint64
-	fmt.Sscan(f[19], &t)
-	return t
 }

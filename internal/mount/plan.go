@@ -33,7 +33,8 @@ type Options struct {
 	// Upper, when set with Writable, is the directory whose upper/ and
 	// work/ subdirectories take the writes (it must be on a filesystem
 	// overlayfs accepts as upper, and is not removed by Unmount). By default
-	// a fresh directory under the run directory is used and removed.
+	// a fresh directory under the run directory (<run>/uppers/ID) is used
+	// and removed.
 	Upper string
 }
 
@@ -87,10 +88,10 @@ const (
 )
 
 // Paths under the run directory.
-func layersDir(run string) string        { return filepath.Join(run, "layers") }
-func mountsDir(run string) string        { return filepath.Join(run, "mounts") }
-func verifiedDir(run string) string      { return filepath.Join(run, "verified") }
-func containerDir(run, id string) string { return filepath.Join(run, "containers", id) }
+func layersDir(run string) string    { return filepath.Join(run, "layers") }
+func mountsDir(run string) string    { return filepath.Join(run, "mounts") }
+func verifiedDir(run string) string  { return filepath.Join(run, "verified") }
+func upperDir(run, id string) string { return filepath.Join(run, "uppers", id) }
 
 // maxOverlayOptions is the page-size limit on mount(2) option data.
 const maxOverlayOptions = 4095
@@ -133,7 +134,7 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 			return nil, fmt.Errorf("upper directory %q must be an absolute path without ',' (overlayfs takes ',' as an option separator)", p.Upper)
 		}
 		if p.Upper == "" {
-			p.Upper = containerDir(run, id)
+			p.Upper = upperDir(run, id)
 			p.OwnUp = true
 		}
 		opts = append(opts, "upperdir="+filepath.Join(p.Upper, "upper"), "workdir="+filepath.Join(p.Upper, "work"))

@@ -59,14 +59,14 @@ func TestPlanUserspaceWritable(t *testing.T) {
 	}
 	want := []string{
 		"lowerdir=" + p.Layers[2].Dir + ":" + p.Layers[1].Dir + ":" + p.Layers[0].Dir,
-		"upperdir=/run/vessel/containers/c1/upper",
-		"workdir=/run/vessel/containers/c1/work",
+		"upperdir=/run/vessel/uppers/c1/upper",
+		"workdir=/run/vessel/uppers/c1/work",
 		"volatile",
 	}
 	if got := strings.Join(p.Overlay.Options, " "); got != strings.Join(want, " ") {
 		t.Errorf("overlay options\n got %s\nwant %s", got, strings.Join(want, " "))
 	}
-	if !p.OwnUp || p.Upper != "/run/vessel/containers/c1" {
+	if !p.OwnUp || p.Upper != "/run/vessel/uppers/c1" {
 		t.Errorf("upper %q own=%v", p.Upper, p.OwnUp)
 	}
 }

@@ -9,8 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/faultpoint"
+	"github.com/vesselos/vessel/internal/proc"
 )
 
 // Candidates are the runtimes Detect tries, in order, when none is asked
@@ -34,8 +38,11 @@ var ErrNoRuntime = errors.New("no working OCI runtime")
 // an error carrying its probe failure comes back if it does not work.
 //
 // A candidate works when it really creates a container: Detect writes a
-// throwaway bundle (empty read-only rootfs, the same Spec vessel uses),
-// runs `create`, then `delete --force`. The result is cached in stateRoot
+// throwaway bundle (empty read-only rootfs, the same Spec vessel uses)
+// under stateRoot/probes, runs `create`, then `delete --force`. The probe
+// directory records who probes (pid and start time) and with which
+// runtime, so that the probe container and bundle of a vessel killed
+// part-way are found and removed by the next Detect. The result is cached in stateRoot
 // (vessel uses /run/vessel/runtime, so once per boot), keyed by the
 // binary's path, size and modification time. The Runtime returned keeps
 // its containers in stateRoot/NAME. Skipped lists the candidates tried
@@ -47,6 +54,7 @@ func Detect(ctx context.Context, want, stateRoot string) (Runtime, []Skipped, er
 	if err := os.MkdirAll(stateRoot, 0o700); err != nil {
 		return Runtime{}, nil, fmt.Errorf("detect runtime: %w", err)
 	}
+	removeStaleProbes(stateRoot)
 	names := Candidates
 	if want != "" {
 		names = []string{want}
@@ -118,14 +126,74 @@ func probeCached(ctx context.Context, name, stateRoot string) (Runtime, string) 
 	return r, key.Reason
 }
 
+// probes is the directory of the probe bundles under a state root.
+func probesDir(stateRoot string) string { return filepath.Join(stateRoot, "probes") }
+
+// ProbePrefix starts the id of every probe container: crash recovery of
+// containers leaves these to Detect, which knows whether their prober is
+// alive.
+const ProbePrefix = "vessel-probe-"
+
+// probeOwner is the record of one probe, probes/DIR/owner.json.
+type probeOwner struct {
+	ID      string  `json:"id"`
+	Owner   proc.ID `json:"owner"`
+	Runtime Runtime `json:"runtime"`
+}
+
+// removeStaleProbes removes the probe containers and bundles of vessel
+// processes that died while probing. It is best effort: what it cannot
+// remove now, the next Detect tries again.
+func removeStaleProbes(stateRoot string) {
+	entries, _ := os.ReadDir(probesDir(stateRoot))
+	for _, e := range entries {
+		dir := filepath.Join(probesDir(stateRoot), e.Name())
+		var rec probeOwner
+		b, err := os.ReadFile(filepath.Join(dir, "owner.json"))
+		if err == nil {
+			err = json.Unmarshal(b, &rec)
+		}
+		if err == nil && rec.Owner.Alive() {
+			continue
+		}
+		if err == nil && ValidID(rec.ID) && strings.HasPrefix(rec.ID, ProbePrefix) && rec.Runtime.Path != "" {
+			ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+			derr := rec.Runtime.Delete(ctx, rec.ID, true)
+			cancel()
+			if derr != nil {
+				continue
+			}
+		}
+		_ = os.RemoveAll(dir)
+	}
+}
+
+// probeCount counts probes run (tests check that a cached verdict runs
+// none).
+var probeCount atomic.Int64
+
 // probe creates and deletes a throwaway container and returns "" or the
 // runtime's error.
 func probe(ctx context.Context, r Runtime) string {
-	dir, err := os.MkdirTemp("", "vessel-probe-")
+	probeCount.Add(1)
+	if err := os.MkdirAll(probesDir(filepath.Dir(r.StateRoot)), 0o700); err != nil {
+		return "probe: " + err.Error()
+	}
+	dir, err := os.MkdirTemp(probesDir(filepath.Dir(r.StateRoot)), "")
 	if err != nil {
 		return "probe: " + err.Error()
 	}
 	defer os.RemoveAll(dir)
+	id := fmt.Sprintf("%s%d-%s", ProbePrefix, os.Getpid(), filepath.Base(dir))
+	// The record goes first: a crash from here on leaves something the
+	// next Detect can find.
+	rec, err := json.Marshal(probeOwner{ID: id, Owner: proc.Self(), Runtime: r})
+	if err != nil {
+		return "probe: " + err.Error()
+	}
+	if err := atomicfile.WriteVolatile(filepath.Join(dir, "owner.json"), rec, 0o600); err != nil {
+		return "probe: " + err.Error()
+	}
 	rootfs := filepath.Join(dir, "rootfs")
 	if err := os.Mkdir(rootfs, 0o755); err != nil {
 		return "probe: " + err.Error()
@@ -135,7 +203,6 @@ func probe(ctx context.Context, r Runtime) string {
 	if err := os.WriteFile(filepath.Join(rootfs, "probe"), nil, 0o755); err != nil {
 		return "probe: " + err.Error()
 	}
-	id := fmt.Sprintf("vessel-probe-%d-%s", os.Getpid(), filepath.Base(dir)[len("vessel-probe-"):])
 	s, err := Spec(Config{ID: id, Rootfs: rootfs, Args: []string{"/probe"}, ReadOnly: true})
 	if err != nil {
 		return "probe: " + err.Error()
@@ -153,7 +220,9 @@ func probe(ctx context.Context, r Runtime) string {
 	defer out.Close()
 	cmd := r.command(ctx, logPath, "create", "--bundle", dir, id)
 	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	runErr := cmd.Run()
+	faultpoint.Pause(faultpoint.ProbeCreated)
 	// Always delete: a failed create can leave state behind.
 	dctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()

@@ -107,6 +107,18 @@ func (r Runtime) command(ctx context.Context, logPath string, args ...string) *e
 // *Error when the runtime failed to create or start the container, and
 // wraps ctx.Err() when ctx was cancelled.
 func (r Runtime) Run(ctx context.Context, bundle, id string, stdio Stdio) (exitCode int, err error) {
+	return r.RunNotify(ctx, bundle, id, stdio, nil)
+}
+
+// RunNotify is Run, calling started (if not nil) with the pid of the
+// runtime process as soon as it has been started, before it creates the
+// container: a caller records it so that crash recovery can kill a
+// runtime its dead parent left (package container does).
+//
+// The runtime process gets SIGKILL if this process dies (PR_SET_PDEATHSIG):
+// a vessel killed with SIGKILL does not leave a runtime that goes on to
+// create its container after recovery has looked.
+func (r Runtime) RunNotify(ctx context.Context, bundle, id string, stdio Stdio, started func(pid int)) (exitCode int, err error) {
 	if !ValidID(id) {
 		return -1, fmt.Errorf("run container %q: invalid id", id)
 	}
@@ -134,7 +146,9 @@ func (r Runtime) Run(ctx context.Context, bundle, id string, stdio Stdio) (exitC
 		// With a tty on stdin the runtime must stay in the foreground
 		// group to read it (it puts the tty in raw mode, so ^C arrives as
 		// a byte anyway).
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	} else {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	}
 
 	sigc := make(chan os.Signal, 16)
@@ -143,6 +157,9 @@ func (r Runtime) Run(ctx context.Context, bundle, id string, stdio Stdio) (exitC
 
 	if err := cmd.Start(); err != nil {
 		return -1, fmt.Errorf("run container %s: start %s: %w", id, r.Name, err)
+	}
+	if started != nil {
+		started(cmd.Process.Pid)
 	}
 	defer func() {
 		// Always remove what the runtime may have left. It deletes a
@@ -256,7 +273,7 @@ func (r Runtime) Start(ctx context.Context, bundle, id string, stdio Stdio) (pid
 	if stdio.Stderr != nil {
 		cmd.Stderr = stdio.Stderr
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Run(); err != nil {
 		msg := runtimeError(logPath)
 		if msg == "" {

@@ -94,18 +94,69 @@ var idRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
 // ValidID reports whether id can name a container.
 func ValidID(id string) bool { return len(id) <= 128 && idRE.MatchString(id) }
 
-// FromImage applies OCI image-config semantics: the process is the image's
-// Entrypoint followed by cmd, or by the image's Cmd when cmd is empty; the
-// environment, user and working directory come from the image.
-func FromImage(img ocispec.ImageConfig, cmd []string) (args, env []string, user, cwd string) {
-	args = append(args, img.Entrypoint...)
-	if len(cmd) > 0 {
-		args = append(args, cmd...)
-	} else {
-		args = append(args, img.Cmd...)
+// Overrides are what a user sets for a container's process on top of its
+// image's config: `vessel run` flags and arguments, a service definition.
+type Overrides struct {
+	// Entrypoint, when set, replaces the image's Entrypoint and drops its
+	// Cmd (a service's command; Docker's --entrypoint).
+	Entrypoint []string
+	// Cmd, when set, replaces the image's Cmd (`vessel run IMAGE COMMAND`,
+	// a service's args).
+	Cmd []string
+	// Env entries KEY=VALUE replace the image's KEY or are added, in order.
+	Env       []string
+	User, Cwd string // replace the image's when set
+}
+
+// FromImage turns an image's config and the user's overrides into the
+// process part of a container config (Args, Env, User, Cwd), with OCI
+// image-config semantics: the process is Entrypoint followed by Cmd; the
+// environment, user and working directory come from the image unless
+// overridden. It is the one place vessel merges the two: `vessel run`, the
+// service supervisor and tests all call it. It fails when neither says
+// what to run.
+func FromImage(img ocispec.ImageConfig, o Overrides) (Config, error) {
+	var c Config
+	switch {
+	case len(o.Entrypoint) > 0:
+		c.Args = append(append(c.Args, o.Entrypoint...), o.Cmd...)
+	case len(o.Cmd) > 0:
+		c.Args = append(append(c.Args, img.Entrypoint...), o.Cmd...)
+	default:
+		c.Args = append(append(c.Args, img.Entrypoint...), img.Cmd...)
 	}
-	env = append(env, img.Env...)
-	return args, env, img.User, img.WorkingDir
+	if len(c.Args) == 0 {
+		return Config{}, errors.New("no command: the image has neither entrypoint nor cmd, and none was given")
+	}
+	c.Env = MergeEnv(img.Env, o.Env)
+	c.User, c.Cwd = img.User, img.WorkingDir
+	if o.User != "" {
+		c.User = o.User
+	}
+	if o.Cwd != "" {
+		c.Cwd = o.Cwd
+	}
+	return c, nil
+}
+
+// MergeEnv returns base with the KEY=VALUE entries of over applied: an
+// entry replaces every entry of base with the same KEY, or is appended.
+// base is not modified.
+func MergeEnv(base, over []string) []string {
+	out := append([]string(nil), base...)
+	for _, kv := range over {
+		k, _, _ := strings.Cut(kv, "=")
+		replaced := false
+		for i, e := range out {
+			if ek, _, _ := strings.Cut(e, "="); ek == k {
+				out[i], replaced = kv, true
+			}
+		}
+		if !replaced {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // Spec builds the runtime-spec document for c. It reads nothing but

@@ -334,16 +334,31 @@ func TestWriteBundleRoundTrip(t *testing.T) {
 }
 
 func TestFromImage(t *testing.T) {
-	img := ocispec.ImageConfig{Entrypoint: []string{"/init"}, Cmd: []string{"--serve"}, Env: []string{"A=1"}, User: "app", WorkingDir: "/srv"}
-	args, env, user, cwd := FromImage(img, nil)
-	if !slices.Equal(args, []string{"/init", "--serve"}) || !slices.Equal(env, []string{"A=1"}) || user != "app" || cwd != "/srv" {
-		t.Errorf("%q %q %q %q", args, env, user, cwd)
+	img := ocispec.ImageConfig{Entrypoint: []string{"/init"}, Cmd: []string{"--serve"}, Env: []string{"A=1", "PATH=/bin"}, User: "app", WorkingDir: "/srv"}
+	for _, tc := range []struct {
+		name      string
+		img       ocispec.ImageConfig
+		o         Overrides
+		args, env []string
+		user, cwd string
+	}{
+		{"image", img, Overrides{}, []string{"/init", "--serve"}, []string{"A=1", "PATH=/bin"}, "app", "/srv"},
+		{"cmd replaces cmd", img, Overrides{Cmd: []string{"--debug"}}, []string{"/init", "--debug"}, []string{"A=1", "PATH=/bin"}, "app", "/srv"},
+		{"entrypoint drops cmd", img, Overrides{Entrypoint: []string{"/bin/sh"}}, []string{"/bin/sh"}, []string{"A=1", "PATH=/bin"}, "app", "/srv"},
+		{"entrypoint and cmd", img, Overrides{Entrypoint: []string{"/bin/sh"}, Cmd: []string{"-c", "x"}}, []string{"/bin/sh", "-c", "x"}, []string{"A=1", "PATH=/bin"}, "app", "/srv"},
+		{"no entrypoint", ocispec.ImageConfig{Cmd: []string{"sh"}}, Overrides{Cmd: []string{"ls", "/"}}, []string{"ls", "/"}, nil, "", ""},
+		{"env, user, cwd", img, Overrides{Env: []string{"B=2", "A=3", "A=4"}, User: "0:0", Cwd: "/tmp"}, []string{"/init", "--serve"}, []string{"A=4", "PATH=/bin", "B=2"}, "0:0", "/tmp"},
+	} {
+		c, err := FromImage(tc.img, tc.o)
+		if err != nil || !slices.Equal(c.Args, tc.args) || !slices.Equal(c.Env, tc.env) || c.User != tc.user || c.Cwd != tc.cwd {
+			t.Errorf("%s: %q %q %q %q %v", tc.name, c.Args, c.Env, c.User, c.Cwd, err)
+		}
 	}
-	if args, _, _, _ := FromImage(img, []string{"--debug"}); !slices.Equal(args, []string{"/init", "--debug"}) {
-		t.Errorf("cmd override: %q", args)
+	if !slices.Equal(img.Env, []string{"A=1", "PATH=/bin"}) {
+		t.Errorf("the image's env was modified: %q", img.Env)
 	}
-	if args, _, _, _ := FromImage(ocispec.ImageConfig{Cmd: []string{"sh"}}, []string{"ls", "/"}); !slices.Equal(args, []string{"ls", "/"}) {
-		t.Errorf("no entrypoint: %q", args)
+	if _, err := FromImage(ocispec.ImageConfig{Env: []string{"A=1"}}, Overrides{Env: []string{"B=1"}}); err == nil || !strings.Contains(err.Error(), "no command") {
+		t.Errorf("nothing to run: %v", err)
 	}
 }
 

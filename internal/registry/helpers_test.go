@@ -7,7 +7,9 @@ import (
 	"io"
 	"log"
 	"math/rand/v2"
+	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,9 +84,37 @@ func newClient(t testing.TB, opts Options) *Client {
 // referrers API, and returns its host.
 func inProcess(t testing.TB, referrers bool) string {
 	t.Helper()
-	srv := httptest.NewServer(ggcr.New(ggcr.Logger(log.New(io.Discard, "", 0)), ggcr.WithReferrersSupport(referrers)))
+	h := ggcr.New(ggcr.Logger(log.New(io.Discard, "", 0)), ggcr.WithReferrersSupport(referrers))
+	if referrers {
+		h = withSubjectHeader(h)
+	}
+	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv.Listener.Addr().String()
+}
+
+// withSubjectHeader answers a manifest PUT that carries a subject with the
+// OCI-Subject header, as a registry with the referrers API does
+// (distribution spec 1.1); go-containerregistry's registry indexes the
+// subject but does not send the header.
+func withSubjectHeader(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/manifests/") {
+			b, err := io.ReadAll(r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(b))
+			var m struct {
+				Subject *ocispec.Descriptor `json:"subject"`
+			}
+			if json.Unmarshal(b, &m) == nil && m.Subject != nil {
+				w.Header().Set("OCI-Subject", m.Subject.Digest.String())
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func distribution(t testing.TB, opts registrytest.Options) string {

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
-	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/proc"
 )
 
 // Service states.
@@ -41,12 +41,12 @@ type Status struct {
 
 // Info is the record of a running `vessel up`, in <dir>/supervisor.json.
 type Info struct {
-	Owner    mount.Owner `json:"owner"`
-	Product  string      `json:"product"`
-	Version  int64       `json:"version"`
-	Manifest string      `json:"manifest"` // digest of the signed manifest
-	Started  time.Time   `json:"started"`
-	Services []string    `json:"services"`
+	Owner    proc.ID   `json:"owner"`
+	Product  string    `json:"product"`
+	Version  int64     `json:"version"`
+	Manifest string    `json:"manifest"` // digest of the signed manifest
+	Started  time.Time `json:"started"`
+	Services []string  `json:"services"`
 }
 
 func servicesDir(dir string) string      { return filepath.Join(dir, "services") }

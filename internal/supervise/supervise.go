@@ -29,6 +29,7 @@ import (
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/ociruntime"
+	"github.com/vesselos/vessel/internal/proc"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 )
@@ -103,75 +104,17 @@ func Lock(dir string) (unlock func(), err error) {
 }
 
 // Recover removes what a supervisor that died left behind: its containers
-// (killed and deleted), their mounts and its state files; and the containers
-// of other vessel processes that died, with their mounts. The caller holds
-// Lock. It returns a line per thing removed.
+// (killed and deleted), their mounts and its state files; and what other
+// vessel processes that died left (container.Launcher.Recover). The caller
+// holds Lock. It returns a line per thing removed.
 func Recover(ctx context.Context, dir string, l *container.Launcher) ([]string, error) {
-	var done []string
-	var errs []error
-	states, err := l.Runtime.List(ctx)
-	if err != nil {
-		errs = append(errs, err)
-	}
-	// Containers whose mount's owner died (a `vessel run` killed with
-	// SIGKILL leaves its container running) go too: Cleanup below is about
-	// to take their root filesystem away from under them.
-	orphans := map[string]bool{}
-	plans, owners, err := l.Mounts.Mounted()
-	if err != nil {
-		errs = append(errs, err)
-	}
-	for i, p := range plans {
-		if !owners[i].Alive() {
-			orphans[p.ID] = true
-		}
-	}
-	for _, st := range states {
-		if !orphans[st.ID] && (len(st.ID) <= len(IDPrefix) || st.ID[:len(IDPrefix)] != IDPrefix) {
-			continue
-		}
-		if st.Status == "running" || st.Status == "created" || st.Status == "paused" {
-			_ = l.Runtime.Kill(ctx, st.ID, syscall.SIGKILL)
-		}
-		if err := l.Runtime.Delete(ctx, st.ID, true); err != nil && !errors.Is(err, ociruntime.ErrNotExist) {
-			errs = append(errs, err)
-			continue
-		}
-		if err := waitGone(st.Pid); err != nil {
-			errs = append(errs, fmt.Errorf("container %s: %w", st.ID, err))
-			continue
-		}
-		done = append(done, "container "+st.ID)
-	}
-	removed, err := l.Mounts.Cleanup()
-	done = append(done, removed...)
-	if err != nil {
-		errs = append(errs, err)
-	}
+	done, err := l.Recover(ctx)
 	for _, p := range []string{supervisorFile(dir), controlSocket(dir)} {
-		if err := os.Remove(p); err == nil {
+		if rerr := os.Remove(p); rerr == nil {
 			done = append(done, "stale "+filepath.Base(p))
 		}
 	}
-	return done, errors.Join(errs...)
-}
-
-// waitGone waits until process pid has exited (a zombie counts: it holds
-// no ports or files), killing it directly if the runtime did not.
-func waitGone(pid int) error {
-	if pid <= 0 {
-		return nil
-	}
-	for i := 0; i < 250; i++ {
-		if !mount.ProcessAlive(pid) {
-			return nil
-		}
-		if i == 50 {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return fmt.Errorf("process %d is still running after SIGKILL", pid)
+	return done, err
 }
 
 // Up verifies nothing itself: it takes a manifest that passed trust.Verify,
@@ -205,7 +148,7 @@ func (s *Supervisor) Up(ctx context.Context, vm *trust.VerifiedManifest) error {
 	for _, p := range old {
 		os.Remove(p)
 	}
-	info := Info{Owner: mount.Self(), Product: vm.ProductID(), Version: vm.Version(), Manifest: vm.Digest().String(), Started: time.Now().UTC()}
+	info := Info{Owner: proc.Self(), Product: vm.ProductID(), Version: vm.Version(), Manifest: vm.Digest().String(), Started: time.Now().UTC()}
 	for _, sv := range services {
 		info.Services = append(info.Services, sv.def.Name)
 	}
@@ -271,22 +214,13 @@ func (s *Supervisor) prepare(m *manifest.Manifest) ([]*service, error) {
 }
 
 // Config turns a service definition and its image's config into a
-// container config. Command replaces the image's entrypoint (and cmd);
-// Args replace the image's cmd. Env entries override the image's.
+// container config (through ociruntime.FromImage, the one place image
+// config and overrides meet). Command replaces the image's entrypoint (and
+// cmd); Args replace the image's cmd. Env entries override the image's.
 func Config(def manifest.Service, img ocispec.ImageConfig) (ociruntime.Config, error) {
-	args, env, user, cwd := ociruntime.FromImage(img, nil)
-	switch {
-	case len(def.Command) > 0:
-		args = append(append([]string(nil), def.Command...), def.Args...)
-	case len(def.Args) > 0:
-		args = append(append([]string(nil), img.Entrypoint...), def.Args...)
-	}
-	if len(args) == 0 {
-		return ociruntime.Config{}, fmt.Errorf("service %s: neither the manifest nor the image says what to run", def.Name)
-	}
-	env = mergeEnv(env, def.Env)
-	if def.User != "" {
-		user = def.User
+	cfg, err := ociruntime.FromImage(img, ociruntime.Overrides{Entrypoint: def.Command, Cmd: def.Args, Env: def.Env, User: def.User})
+	if err != nil {
+		return ociruntime.Config{}, fmt.Errorf("service %s: %w", def.Name, err)
 	}
 	network := def.Network
 	if network == manifest.NetworkPrivate {
@@ -296,36 +230,8 @@ func Config(def manifest.Service, img ocispec.ImageConfig) (ociruntime.Config, e
 	if len(def.Capabilities) > 0 {
 		caps = def.Capabilities
 	}
-	return ociruntime.Config{
-		Args: args, Env: env, User: user, Cwd: cwd, Hostname: def.Name,
-		Capabilities: caps, Network: network, ReadOnly: def.ReadOnly,
-	}, nil
-}
-
-func mergeEnv(base, over []string) []string {
-	out := append([]string(nil), base...)
-	for _, kv := range over {
-		k, _, _ := cut(kv)
-		replaced := false
-		for i, e := range out {
-			if ek, _, _ := cut(e); ek == k {
-				out[i], replaced = kv, true
-			}
-		}
-		if !replaced {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
-func cut(kv string) (string, string, bool) {
-	for i := 0; i < len(kv); i++ {
-		if kv[i] == '=' {
-			return kv[:i], kv[i+1:], true
-		}
-	}
-	return kv, "", false
+	cfg.Hostname, cfg.Capabilities, cfg.Network, cfg.ReadOnly = def.Name, caps, network, def.ReadOnly
+	return cfg, nil
 }
 
 // save updates the status and writes it, under the service's lock: two

@@ -20,6 +20,7 @@ import (
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/ociruntime"
+	"github.com/vesselos/vessel/internal/proc"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 )
@@ -50,7 +51,7 @@ func TestConfigFromManifestAndImage(t *testing.T) {
 		cfg.Network != ociruntime.NetworkNone || strings.Join(cfg.Capabilities, ",") != "NET_BIND_SERVICE" || !cfg.ReadOnly {
 		t.Errorf("config %+v", cfg)
 	}
-	if _, err := Config(manifest.Service{Name: "x"}, ocispec.ImageConfig{}); err == nil || !strings.Contains(err.Error(), "what to run") {
+	if _, err := Config(manifest.Service{Name: "x"}, ocispec.ImageConfig{}); err == nil || !strings.Contains(err.Error(), "service x: no command") {
 		t.Errorf("no command anywhere: %v", err)
 	}
 }
@@ -349,7 +350,7 @@ func TestRecoverAfterCrashedSupervisor(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.MkdirAll(w.dir, 0o755)
-	writeJSON(supervisorFile(w.dir), Info{Owner: mount.Owner{Pid: dead.Process.Pid, StartTime: 1}})
+	writeJSON(supervisorFile(w.dir), Info{Owner: proc.ID{Pid: dead.Process.Pid, StartTime: 1}})
 	if _, err := Running(w.dir); !errors.Is(err, ErrNotRunning) {
 		t.Errorf("a dead supervisor's record: %v, want ErrNotRunning", err)
 	}

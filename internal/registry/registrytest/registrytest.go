@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -31,13 +32,19 @@ type Options struct {
 	Auth bool // require User:Password (htpasswd, basic auth)
 }
 
-// Distribution is a running docker-registry.
+// Distribution is a running docker-registry. Start, Kill and Stop may be
+// called from different goroutines (a test's proxy kills the registry in
+// the middle of a transfer while the test goroutine later starts it
+// again).
 type Distribution struct {
 	Host string // 127.0.0.1:PORT
 	Dir  string // its storage and logs
 	cfg  string
-	cmd  *exec.Cmd
-	log  *os.File
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once cmd has been reaped
+	log    *os.File
 }
 
 // Available reports whether the registry binary is installed.
@@ -110,57 +117,66 @@ func freePort() (int, error) {
 // Start runs the registry (again, after Kill: same port, same data) and
 // waits until it answers.
 func (d *Distribution) Start() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cmd != nil {
+		return fmt.Errorf("start %s: already running (pid %d)", Binary, d.cmd.Process.Pid)
+	}
 	log, err := os.OpenFile(filepath.Join(d.Dir, "registry.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
-	d.log = log
-	d.cmd = exec.Command(Binary, "serve", d.cfg)
-	d.cmd.Stdout, d.cmd.Stderr = log, log
-	if err := d.cmd.Start(); err != nil {
+	cmd := exec.Command(Binary, "serve", d.cfg)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
 		log.Close()
 		return fmt.Errorf("start %s: %w", Binary, err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- d.cmd.Wait() }()
+	var waitErr error
+	exited := make(chan struct{})
+	go func() {
+		waitErr = cmd.Wait() // read only after exited is closed
+		close(exited)
+	}()
+	d.cmd, d.exited, d.log = cmd, exited, log
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get("http://" + d.Host + "/v2/")
 		if err == nil {
 			resp.Body.Close()
-			go func() { <-exited }() // reap it when it ends
 			return nil
 		}
 		select {
-		case err := <-exited:
+		case <-exited:
 			b, _ := os.ReadFile(filepath.Join(d.Dir, "registry.log"))
-			return fmt.Errorf("%s exited (%v): %s", Binary, err, strings.TrimSpace(string(b)))
+			d.kill()
+			return fmt.Errorf("%s exited (%v): %s", Binary, waitErr, strings.TrimSpace(string(b)))
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	d.Kill()
+	d.kill()
 	return fmt.Errorf("%s did not answer on %s within 10s", Binary, d.Host)
 }
 
-// Kill stops the registry at once (SIGKILL), as a crash would.
+// Kill stops the registry at once (SIGKILL), as a crash would, and
+// returns once the process is gone (reaped, its port closed). Killing a
+// registry that is not running does nothing.
 func (d *Distribution) Kill() {
-	if d.cmd != nil && d.cmd.Process != nil {
-		d.cmd.Process.Kill()
-		// wait until the port is closed
-		for i := 0; i < 200; i++ {
-			c, err := net.Dial("tcp", d.Host)
-			if err != nil {
-				break
-			}
-			c.Close()
-			time.Sleep(10 * time.Millisecond)
-		}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.kill()
+}
+
+func (d *Distribution) kill() {
+	if d.cmd != nil {
+		_ = d.cmd.Process.Kill() // fails only when it has exited already
+		<-d.exited
 	}
 	if d.log != nil {
 		d.log.Close()
-		d.log = nil
 	}
+	d.cmd, d.exited, d.log = nil, nil, nil
 }
 
 // Stop ends the registry.
-func (d *Distribution) Stop() { d.Kill(); d.cmd = nil }
+func (d *Distribution) Stop() { d.Kill() }
