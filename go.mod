@@ -20,6 +20,8 @@ require (
 )
 
 require (
+	github.com/foxboron/go-uefi v0.0.0-20251010190908-d29549a44f29 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	golang.org/x/crypto v0.51.0 // indirect
 	golang.org/x/tools v0.49.0 // indirect
 )
