@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/pem"
 	"fmt"
 	"strings"
@@ -118,24 +119,74 @@ func Inspect(img []byte) (*Report, error) {
 	if initrd := content(".initrd"); initrd != nil {
 		r.Initrd = inspectInitrd(initrd)
 	}
-	p, err := uefiauth.Parse(bytes.NewReader(img))
+	certs, err := certificateTable(f, img)
 	if err != nil {
-		return nil, fmt.Errorf("inspect: authenticode: %w", err)
+		return nil, fmt.Errorf("inspect: %w", err)
 	}
-	digest := p.Hash(crypto.SHA256)
+	digest, err := authenticodeDigest(img)
+	if err != nil {
+		return nil, fmt.Errorf("inspect: %w", err)
+	}
 	r.Digest = fmt.Sprintf("%x", digest)
-	sigs, err := p.Signatures()
-	if err != nil {
-		return nil, fmt.Errorf("inspect: certificate table: %w", err)
-	}
-	for _, w := range sigs {
-		r.Signatures = append(r.Signatures, checkSignature(w.Certificate, digest))
+	for _, c := range certs {
+		r.Signatures = append(r.Signatures, checkSignature(c, digest))
 	}
 	return r, nil
 }
 
-func checkSignature(der []byte, digest []byte) Signer {
-	var s Signer
+// certificateTable validates the attribute certificate table (it must be the
+// last thing in the file, as Authenticode requires) and returns the PKCS#7
+// blobs of its WIN_CERTIFICATE entries of type PKCS_SIGNED_DATA.
+func certificateTable(f *bpe.File, img []byte) ([][]byte, error) {
+	off, size := f.SecurityDirectory()
+	if off == 0 && size == 0 {
+		return nil, nil
+	}
+	var rawEnd uint32
+	for _, s := range f.Sections {
+		rawEnd = max(rawEnd, s.PointerToRawData+s.SizeOfRawData)
+	}
+	if uint64(off)+uint64(size) != uint64(len(img)) || off < rawEnd {
+		return nil, fmt.Errorf("certificate table at %#x (%d bytes) is not at the end of the %d-byte file after the sections", off, size, len(img))
+	}
+	var out [][]byte
+	t := img[off:]
+	for len(t) >= 8 {
+		n := binary.LittleEndian.Uint32(t)
+		rev, typ := binary.LittleEndian.Uint16(t[4:]), binary.LittleEndian.Uint16(t[6:])
+		if n < 8 || uint64(n) > uint64(len(t)) {
+			return nil, fmt.Errorf("certificate table: entry length %d does not fit in %d bytes", n, len(t))
+		}
+		if rev != 0x0200 || typ != 0x0002 {
+			return nil, fmt.Errorf("certificate table: entry revision %#x type %#x is not a PKCS#7 Authenticode signature", rev, typ)
+		}
+		out = append(out, t[8:n])
+		t = t[min(uint64(len(t)), (uint64(n)+7)&^7):]
+	}
+	return out, nil
+}
+
+// authenticodeDigest is the image's Authenticode SHA-256 digest (go-uefi's
+// computation; a panic on malformed input becomes an error).
+func authenticodeDigest(img []byte) (digest []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("authenticode digest: malformed image: %v", r)
+		}
+	}()
+	p, err := uefiauth.Parse(bytes.NewReader(img))
+	if err != nil {
+		return nil, fmt.Errorf("authenticode digest: %w", err)
+	}
+	return p.Hash(crypto.SHA256), nil
+}
+
+func checkSignature(der []byte, digest []byte) (s Signer) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.DigestMatches, s.SignatureValid, s.Error = false, false, fmt.Sprintf("malformed signature: %v", r)
+		}
+	}()
 	a, err := uefiauth.ParseAuthenticode(der)
 	if err != nil {
 		s.Error = err.Error()

@@ -209,7 +209,15 @@ func KernelRelease(k []byte) string {
 // Sign returns img with an Authenticode signature by key/cert appended (any
 // signature img had is kept; sign an unsigned image), and the checksum
 // updated.
-func Sign(img []byte, key crypto.Signer, cert *x509.Certificate) ([]byte, error) {
+func Sign(img []byte, key crypto.Signer, cert *x509.Certificate) (_ []byte, err error) {
+	if _, err := bpe.Parse(img); err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("sign: malformed image: %v", r)
+		}
+	}()
 	p, err := uefiauth.Parse(bytes.NewReader(img))
 	if err != nil {
 		return nil, fmt.Errorf("sign: parse image: %w", err)

@@ -292,3 +292,37 @@ func TestBadInputs(t *testing.T) {
 		t.Errorf("result %+v", res)
 	}
 }
+
+// A certificate table that does not fit the file is an error, not a panic
+// in the Authenticode parser.
+func TestInspectMalformedCertificateTable(t *testing.T) {
+	f := setup(t)
+	signed := f.build(t)
+	p, err := bpe.Parse(signed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off, size := p.SecurityDirectory()
+	for name, mod := range map[string]func(b []byte){
+		"size past the end": func(b []byte) { putDir(b, off, size+64) },
+		"entry length 0":    func(b []byte) { b[off], b[off+1], b[off+2], b[off+3] = 0, 0, 0, 0 },
+		"entry length huge": func(b []byte) { b[off+3] = 0xff },
+		"not at the end":    func(b []byte) { putDir(b, off-8, size) },
+	} {
+		b := bytes.Clone(signed)
+		mod(b)
+		r, err := Inspect(b)
+		if err == nil && r.Valid() {
+			t.Errorf("%s: reported valid", name)
+		}
+		t.Logf("%s: %v", name, err)
+	}
+}
+
+// putDir rewrites the security data directory of a PE32+ image.
+func putDir(b []byte, off, size uint32) {
+	pe := int(b[0x3c]) | int(b[0x3d])<<8
+	d := pe + 24 + 112 + 8*4
+	b[d], b[d+1], b[d+2], b[d+3] = byte(off), byte(off>>8), byte(off>>16), byte(off>>24)
+	b[d+4], b[d+5], b[d+6], b[d+7] = byte(size), byte(size>>8), byte(size>>16), byte(size>>24)
+}
