@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/boot/ovmf"
 	"github.com/vesselos/vessel/internal/boot/uki"
+	"github.com/vesselos/vessel/internal/trust"
 )
 
 func init() {
@@ -116,20 +118,30 @@ var errInvalidUKI = errors.New("the image's signatures do not match its content"
 
 func bootInspectCmd(g *globals) *cobra.Command {
 	var requireSigned bool
+	var certPath string
 	c := &cobra.Command{
-		Use:   "inspect kernel.efi",
+		Use:   "inspect kernel.efi [--cert db.crt]",
 		Short: "Show a UKI's sections, command line, kernel, SBAT, signers, manifest CA and product ID",
 		Long: `inspect reads a unified kernel image: its PE sections, command line,
 os-release, kernel release, SBAT, each Authenticode signer (subject, issuer,
 whether the signed digest matches the file and the signature verifies) and,
 from an uncompressed initrd, the manifest CA and product ID it carries.
 It exits with status 1 if a signature does not match the file (or, with
---signed, if there is none). It does not decide trust: that is the
-firmware's db.`,
+--signed, if there is none; with --cert, unless that certificate made a
+valid signature). It does not decide trust: that is the firmware's db.`,
 		Example: `  vessel boot inspect kernel.efi
+  vessel boot inspect --cert sb/db.crt kernel.efi
   vessel boot inspect --json kernel.efi | jq .signatures`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var want *x509.Certificate
+			if certPath != "" {
+				certs, err := trust.LoadCerts(certPath)
+				if err != nil {
+					return fmt.Errorf("inspect: %w", err)
+				}
+				want = certs[0]
+			}
 			b, err := os.ReadFile(args[0])
 			if err != nil {
 				return fmt.Errorf("inspect: %w", err)
@@ -149,10 +161,14 @@ firmware's db.`,
 			if (len(r.Signatures) > 0 || requireSigned) && !r.Valid() {
 				return fmt.Errorf("inspect %s: %w", args[0], errInvalidUKI)
 			}
+			if want != nil && !r.SignedBy(want) {
+				return fmt.Errorf("inspect %s: no valid signature by %s (%s)", args[0], certPath, want.Subject)
+			}
 			return nil
 		},
 	}
 	c.Flags().BoolVar(&requireSigned, "signed", false, "fail if the image has no valid signature")
+	c.Flags().StringVar(&certPath, "cert", "", "fail unless this certificate (PEM or DER) made a valid signature")
 	return c
 }
 

@@ -297,3 +297,11 @@ func (ks *KeySet) Variables(dbx []byte) ([]Variable, error) {
 	}
 	return vars, nil
 }
+
+// DBSignatureData is the EFI_SIGNATURE_DATA (owner GUID, then the db
+// certificate DER) of the db entry that verifies images signed by db.key:
+// firmware measures it into PCR7 as the EV_EFI_VARIABLE_AUTHORITY event
+// data when it loads such an image.
+func (ks *KeySet) DBSignatureData() []byte {
+	return append(append([]byte(nil), ks.Owner[:]...), ks.DB.Cert.Raw...)
+}

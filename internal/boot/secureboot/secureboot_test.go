@@ -167,3 +167,26 @@ func TestAuthVerifiesWithOpenSSL(t *testing.T) {
 		}
 	}
 }
+
+func TestVariablesAsData(t *testing.T) {
+	dir, f := generate(t)
+	ks, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars, err := ks.Variables(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vars) != 3 || vars[0].Name != PK || vars[2].GUID != ImageSecurityDatabase || vars[1].Attributes != 0x27 {
+		t.Fatalf("variables %+v", vars)
+	}
+	esl, _ := os.ReadFile(f.Keys[DB].ESL)
+	// The db list is its 28-byte header followed by exactly the signature data.
+	if !bytes.Equal(esl[28:], ks.DBSignatureData()) {
+		t.Fatal("DBSignatureData is not the db list's signature entry")
+	}
+	if !bytes.Equal(vars[0].UTF16Name(), []byte{'P', 0, 'K', 0}) {
+		t.Fatalf("UTF16Name %x", vars[0].UTF16Name())
+	}
+}
