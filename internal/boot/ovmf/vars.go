@@ -200,8 +200,15 @@ func Write(template []byte, vars []secureboot.Variable) (*Store, error) {
 	}
 	if len(s.Variables) > 0 {
 		var names []string
+		seen := map[string]bool{}
 		for _, v := range s.Variables {
-			names = append(names, v.Name)
+			if !seen[v.Name] {
+				seen[v.Name] = true
+				names = append(names, v.Name)
+			}
+		}
+		if len(names) > 6 {
+			names = append(names[:6], fmt.Sprintf("and %d more", len(names)-6))
 		}
 		return nil, fmt.Errorf("the template is not empty (it holds %s): start from the empty OVMF_VARS file", strings.Join(names, ", "))
 	}
