@@ -9,6 +9,8 @@ pkgs=(
   swtpm swtpm-tools tpm2-tools libssl-dev gcc # TPM: emulator, checker, simulator (cgo, tests only)
   docker-registry                             # a real registry for distribution tests
   busybox-static attr openssl util-linux make # example rootfs, xattr tools, cert checks, mount/losetup
+  systemd-boot-efi ovmf                       # boot: the UKI stub, OVMF firmware and VARS templates
+  sbsigntool osslsigncode efitools binutils cpio # boot: independent checkers (sbverify, osslsigncode, efitools, objdump)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -16,8 +17,8 @@ func TestMain(m *testing.M) {
 
 // TestScript runs every user story in testdata/script/*.txtar. Conditions:
 // [root] needs euid 0, [registry] is false here (TestRegistryScript runs
-// those stories), [exec:NAME] needs NAME on PATH (built into testscript);
-// any other condition is an error.
+// those stories), [exec:NAME] needs NAME on PATH (built into testscript),
+// [exists:PATH] needs the file PATH; any other condition is an error.
 func TestScript(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
@@ -35,8 +36,12 @@ func TestScript(t *testing.T) {
 			case "registry":
 				return false, nil // TestRegistryScript runs those stories
 			}
+			if path, ok := strings.CutPrefix(cond, "exists:"); ok { // a file the script needs, e.g. a Debian package's
+				_, err := os.Stat(path)
+				return err == nil, nil
+			}
 			// A misspelt condition must not silently skip a story.
-			return false, fmt.Errorf("unknown condition %q (known: root, registry, exec:NAME)", cond)
+			return false, fmt.Errorf("unknown condition %q (known: root, registry, exec:NAME, exists:PATH)", cond)
 		},
 	})
 }
