@@ -1,0 +1,184 @@
+package vmtest
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+)
+
+const productID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+// bootEnv is what the boot tests share: a static vessel, a kernel and its
+// modules, vessel's initrd and the Secure Boot keys the firmware enforces.
+type bootEnv struct {
+	dir, vessel, kernel, modules, initrd string
+	dbKey, dbCert, vars                  string
+}
+
+// Kernel returns the newest /boot/vmlinuz-* that has a /lib/modules tree.
+func Kernel() (kernel, modules string, ok bool) {
+	ks, _ := filepath.Glob("/boot/vmlinuz-*")
+	sort.Sort(sort.Reverse(sort.StringSlice(ks)))
+	for _, k := range ks {
+		m := "/lib/modules/" + strings.TrimPrefix(filepath.Base(k), "vmlinuz-")
+		if _, err := os.Stat(m); err == nil {
+			return k, m, true
+		}
+	}
+	return "", "", false
+}
+
+func setupBoot(t *testing.T) *bootEnv {
+	t.Helper()
+	if m := Missing(Config{}); m != "" {
+		t.Skip(m)
+	}
+	for _, tool := range []string{"objcopy", "sbsign", "openssl"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("missing %s (make deps installs binutils, sbsigntool, openssl)", tool)
+		}
+	}
+	if _, err := os.Stat(Stub); err != nil {
+		t.Skipf("missing the systemd EFI stub %s (make deps installs systemd-boot-efi)", Stub)
+	}
+	e := &bootEnv{dir: t.TempDir()}
+	var ok bool
+	if e.kernel, e.modules, ok = Kernel(); !ok {
+		t.Skip("no /boot/vmlinuz-* with its /lib/modules tree (make deps installs linux-image-amd64)")
+	}
+	e.vessel = filepath.Join(e.dir, "vessel")
+	build := exec.Command("go", "build", "-trimpath", "-o", e.vessel, "github.com/vesselos/vessel/cmd/vessel")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build a static vessel: %v\n%s", err, out)
+	}
+	e.dbKey, e.dbCert, e.vars = snakeoilKeys(t, e.dir)
+	ca := filepath.Join(e.dir, "ca.pem")
+	run(t, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", filepath.Join(e.dir, "ca.key"), "-out", ca,
+		"-subj", "/CN=vmtest manifest CA", "-days", "30", "-addext", "basicConstraints=critical,CA:TRUE")
+	e.initrd = filepath.Join(e.dir, "initrd.img")
+	run(t, e.vessel, "boot", "initrd", "--ca", ca, "--product-id", productID, "--modules", e.modules, "-o", e.initrd)
+	return e
+}
+
+// snakeoilKeys returns the db key and certificate Debian's
+// OVMF_VARS_4M.snakeoil.fd enforces, with the key's passphrase removed.
+func snakeoilKeys(t *testing.T, dir string) (key, cert, vars string) {
+	const pem, enc = "/usr/share/ovmf/PkKek-1-snakeoil.pem", "/usr/share/ovmf/PkKek-1-snakeoil.key"
+	for _, f := range []string{pem, enc, SnakeoilVars} {
+		if _, err := os.Stat(f); err != nil {
+			t.Skipf("missing %s (make deps installs ovmf)", f)
+		}
+	}
+	key = filepath.Join(dir, "db.key")
+	run(t, "openssl", "rsa", "-in", enc, "-passin", "pass:snakeoil", "-out", key)
+	return key, pem, SnakeoilVars
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// esp makes an ESP directory holding uki as the removable-media boot path.
+func esp(t *testing.T, uki string) string {
+	dir := filepath.Join(t.TempDir(), "esp")
+	if err := os.MkdirAll(filepath.Join(dir, "EFI", "BOOT"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(uki)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "EFI", "BOOT", "BOOTX64.EFI"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+var pcr7Line = regexp.MustCompile(`vessel-init: pcr7 sha256 tpm=([0-9a-f]{64}) replay=([0-9a-f]{64}) events=(\d+) match=(true|false)`)
+
+// TestSecureBoot boots three UKIs built around vessel's initrd under OVMF
+// Secure Boot: signed with the enrolled db key (boots to vessel's /init,
+// whose PCR7 must equal the replay of its event log), signed with another
+// key and unsigned (both refused by the firmware). Three boots in all.
+func TestSecureBoot(t *testing.T) {
+	e := setupBoot(t)
+	cmdline := "console=ttyS0 vessel.test=pcr7"
+	unsigned := filepath.Join(e.dir, "unsigned.efi")
+	if err := BuildUKI(e.kernel, e.initrd, cmdline, unsigned); err != nil {
+		t.Fatal(err)
+	}
+	signed := filepath.Join(e.dir, "signed.efi")
+	run(t, "sbsign", "--key", e.dbKey, "--cert", e.dbCert, "--output", signed, unsigned)
+	otherKey, otherCert := filepath.Join(e.dir, "other.key"), filepath.Join(e.dir, "other.crt")
+	run(t, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", otherKey, "-out", otherCert, "-subj", "/CN=not enrolled", "-days", "30")
+	other := filepath.Join(e.dir, "other.efi")
+	run(t, "sbsign", "--key", otherKey, "--cert", otherCert, "--output", other, unsigned)
+
+	t.Run("enrolled-key-boots", func(t *testing.T) {
+		t.Parallel()
+		vm := StartT(t, Config{ESPDir: esp(t, signed), Vars: e.vars, TPM: true})
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+		defer cancel()
+		if _, err := vm.Wait(ctx, "vessel-init: powering off"); err != nil {
+			t.Fatal(err)
+		}
+		if err := vm.WaitExit(ctx); err != nil {
+			t.Fatalf("the guest did not power off cleanly: %v", err)
+		}
+		started, ok := vm.Find("vessel-init: started (vessel ")
+		if !ok || !strings.Contains(started.Text, "product "+productID) {
+			t.Fatalf("no start marker naming product %s: %q", productID, started.Text)
+		}
+		if l, ok := vm.Find("vessel-init: FAILED"); ok {
+			t.Fatalf("/init failed: %s", l.Text)
+		}
+		if _, ok := vm.Find("vessel-init: modules: "); !ok {
+			t.Fatal("no module-load line")
+		}
+		var m []string
+		for _, l := range vm.Lines() {
+			if m = pcr7Line.FindStringSubmatch(l.Text); m != nil {
+				break
+			}
+		}
+		if m == nil {
+			t.Fatal("no PCR7 line from vessel.test=pcr7")
+		}
+		if m[1] != m[2] || m[4] != "true" {
+			t.Fatalf("PCR7 %s differs from the replay of the event log %s", m[1], m[2])
+		}
+		if m[1] == strings.Repeat("0", 64) || m[3] == "0" {
+			t.Fatalf("PCR7 %s from %s events: nothing was measured", m[1], m[3])
+		}
+		t.Logf("PCR7 (sha256) = %s, %s events; booted to /init marker in %v", m[1], m[3], started.At.Round(time.Millisecond))
+	})
+	for name, uki := range map[string]string{"other-key-refused": other, "unsigned-refused": unsigned} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			vm := StartT(t, Config{ESPDir: esp(t, uki), Vars: e.vars})
+			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+			defer cancel()
+			_, err := vm.Wait(ctx, "vessel-init:", "Linux version")
+			if !errors.Is(err, ErrDenied) {
+				t.Fatalf("want the firmware to refuse the image (Access Denied), got %v", err)
+			}
+			vm.Kill()
+			if l, ok := vm.Find("vessel-init:"); ok {
+				t.Fatalf("the refused image ran: %s", l.Text)
+			}
+		})
+	}
+}
