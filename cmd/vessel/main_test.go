@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -15,7 +16,8 @@ func TestMain(m *testing.M) {
 }
 
 // TestScript runs every user story in testdata/script/*.txtar. Conditions:
-// [root] needs euid 0, [exec:NAME] needs NAME on PATH (built into testscript).
+// [root] needs euid 0, [exec:NAME] needs NAME on PATH (built into testscript),
+// [file:PATH] needs PATH to exist.
 func TestScript(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
@@ -30,6 +32,10 @@ func TestScript(t *testing.T) {
 			switch cond {
 			case "root":
 				return os.Geteuid() == 0, nil
+			}
+			if path, ok := strings.CutPrefix(cond, "file:"); ok {
+				_, err := os.Stat(path)
+				return err == nil, nil
 			}
 			if len(cond) > 5 && cond[:5] == "tool:" {
 				_, err := exec.LookPath(cond[5:])
