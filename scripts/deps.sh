@@ -9,9 +9,10 @@ pkgs=(
   swtpm swtpm-tools tpm2-tools libssl-dev gcc # TPM: emulator, checker, simulator (cgo, tests only)
   docker-registry                             # a real registry for distribution tests
   busybox-static attr openssl util-linux make # example rootfs, xattr tools, cert checks, mount/losetup
-  qemu-system-x86 ovmf linux-image-amd64      # boot: VM tests (TCG, OVMF Secure Boot) with Debian's kernel and modules
-  systemd-boot-efi sbsigntool binutils        # boot: the EFI stub, sbsign/sbverify, objcopy (independent UKI checks)
-  dosfstools mtools e2fsprogs cpio fdisk      # boot: independent checkers of the ESP, data partition, initrd and GPT
+  systemd-boot-efi ovmf                       # boot: the UKI stub, OVMF firmware and VARS templates
+  sbsigntool osslsigncode efitools binutils cpio # boot: independent checkers (sbverify, osslsigncode, efitools, objdump)
+  qemu-system-x86 linux-image-amd64           # boot: VM tests (TCG, OVMF Secure Boot) with Debian's kernel and modules
+  dosfstools mtools e2fsprogs fdisk           # boot: ESP and data partition (mkfs.vfat/mtools, mkfs.ext4) and their checkers (fsck.vfat, e2fsck, sfdisk)
   initramfs-tools zstd                        # boot: the mkinitramfs initrd the boot benchmark compares against
 )
 missing=()

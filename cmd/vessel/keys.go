@@ -24,7 +24,7 @@ baked into the initrd), the machine-identity CA, one signing key per product,
 and the revocation list. Keep the directory offline; private keys are written
 with mode 0600 and never printed. See docs/keys.md.`,
 	}
-	c.AddCommand(keysInitCmd(g), keysProductCmd(g), keysMachineCmd(g), keysRevokeCmd(g), keysCRLCmd(g))
+	c.AddCommand(keysInitCmd(g), keysProductCmd(g), keysMachineCmd(g), keysRevokeCmd(g), keysCRLCmd(g), keysUEFICmd(g))
 	return c
 }
 

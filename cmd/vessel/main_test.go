@@ -17,7 +17,7 @@ func TestMain(m *testing.M) {
 
 // TestScript runs every user story in testdata/script/*.txtar. Conditions:
 // [root] needs euid 0, [exec:NAME] needs NAME on PATH (built into testscript),
-// [file:PATH] needs PATH to exist.
+// [exists:PATH] needs the file PATH.
 func TestScript(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
@@ -33,7 +33,7 @@ func TestScript(t *testing.T) {
 			case "root":
 				return os.Geteuid() == 0, nil
 			}
-			if path, ok := strings.CutPrefix(cond, "file:"); ok {
+			if path, ok := strings.CutPrefix(cond, "exists:"); ok { // a file the script needs, e.g. a Debian package's
 				_, err := os.Stat(path)
 				return err == nil, nil
 			}

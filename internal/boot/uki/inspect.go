@@ -1,0 +1,226 @@
+package uki
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"strings"
+
+	uefiauth "github.com/foxboron/go-uefi/authenticode"
+	"golang.org/x/crypto/cryptobyte"
+	"golang.org/x/crypto/cryptobyte/asn1"
+
+	bpe "github.com/vesselos/vessel/internal/boot/pe"
+)
+
+// Report is what Inspect finds in a UKI.
+type Report struct {
+	Size      int               `json:"size"`
+	SHA256    string            `json:"sha256"`
+	Sections  []bpe.Section     `json:"sections"`
+	Cmdline   string            `json:"cmdline"`
+	OSRelease map[string]string `json:"os_release,omitempty"`
+	Uname     string            `json:"uname,omitempty"`
+	SBAT      string            `json:"sbat,omitempty"`
+	// Digest is the image's Authenticode SHA-256 digest, computed from its bytes.
+	Digest      string   `json:"authenticode_sha256"`
+	ChecksumOK  bool     `json:"checksum_ok"`
+	Signatures  []Signer `json:"signatures"`
+	Initrd      *Initrd  `json:"initrd,omitempty"`
+	KernelBytes int      `json:"kernel_size"`
+}
+
+// Signer is one Authenticode signature.
+type Signer struct {
+	Subject string `json:"subject"`
+	Issuer  string `json:"issuer"`
+	Serial  string `json:"serial"`
+	// CertSHA256 is the SHA-256 of the signer certificate (DER).
+	CertSHA256 string `json:"cert_sha256"`
+	// DigestMatches: the digest the signature covers is the image's digest.
+	DigestMatches bool `json:"digest_matches"`
+	// SignatureValid: the signer's certificate verifies the signature over
+	// that digest (not whether the certificate is trusted: that is db's job).
+	SignatureValid bool   `json:"signature_valid"`
+	Error          string `json:"error,omitempty"`
+	cert           *x509.Certificate
+}
+
+// Cert returns the signer certificate.
+func (s Signer) Cert() *x509.Certificate { return s.cert }
+
+// Initrd summarises the .initrd section.
+type Initrd struct {
+	Size int `json:"size"`
+	// Compressed names the compression of the archive (or of a member after
+	// uncompressed ones); its files are then not listed.
+	Compressed string `json:"compressed,omitempty"`
+	Files      int    `json:"files"`
+	// ManifestCA is the subject of the certificate at InitrdManifestCAPath.
+	ManifestCA       string `json:"manifest_ca,omitempty"`
+	ManifestCASHA256 string `json:"manifest_ca_sha256,omitempty"`
+	ProductID        string `json:"product_id,omitempty"`
+	Error            string `json:"error,omitempty"`
+}
+
+// Valid reports whether the image has at least one signature and every
+// signature covers the image's digest and verifies.
+func (r *Report) Valid() bool {
+	if len(r.Signatures) == 0 {
+		return false
+	}
+	for _, s := range r.Signatures {
+		if !s.DigestMatches || !s.SignatureValid {
+			return false
+		}
+	}
+	return true
+}
+
+// SignedBy reports whether a valid signature was made with cert's key (same
+// certificate).
+func (r *Report) SignedBy(cert *x509.Certificate) bool {
+	for _, s := range r.Signatures {
+		if s.DigestMatches && s.SignatureValid && s.cert != nil && s.cert.Equal(cert) {
+			return true
+		}
+	}
+	return false
+}
+
+// Inspect reads a UKI: sections, embedded metadata and signatures.
+func Inspect(img []byte) (*Report, error) {
+	f, err := bpe.Parse(img)
+	if err != nil {
+		return nil, fmt.Errorf("inspect: %w", err)
+	}
+	r := &Report{Size: len(img), SHA256: fmt.Sprintf("%x", sha256.Sum256(img)), Sections: f.Sections,
+		ChecksumOK: f.StoredChecksum() == bpe.Checksum(img, f.ChecksumOffset())}
+	if f.Section(".linux") == nil {
+		return nil, fmt.Errorf("inspect: no .linux section: not a unified kernel image")
+	}
+	content := func(name string) []byte {
+		if s := f.Section(name); s != nil {
+			return f.Content(s)
+		}
+		return nil
+	}
+	r.Cmdline = strings.TrimRight(string(content(".cmdline")), "\x00")
+	r.Uname = strings.TrimRight(string(content(".uname")), "\x00")
+	r.SBAT = strings.TrimRight(string(content(".sbat")), "\x00")
+	r.KernelBytes = len(content(".linux"))
+	if osrel := content(".osrel"); osrel != nil {
+		r.OSRelease = parseOSRelease(string(osrel))
+	}
+	if initrd := content(".initrd"); initrd != nil {
+		r.Initrd = inspectInitrd(initrd)
+	}
+	p, err := uefiauth.Parse(bytes.NewReader(img))
+	if err != nil {
+		return nil, fmt.Errorf("inspect: authenticode: %w", err)
+	}
+	digest := p.Hash(crypto.SHA256)
+	r.Digest = fmt.Sprintf("%x", digest)
+	sigs, err := p.Signatures()
+	if err != nil {
+		return nil, fmt.Errorf("inspect: certificate table: %w", err)
+	}
+	for _, w := range sigs {
+		r.Signatures = append(r.Signatures, checkSignature(w.Certificate, digest))
+	}
+	return r, nil
+}
+
+func checkSignature(der []byte, digest []byte) Signer {
+	var s Signer
+	a, err := uefiauth.ParseAuthenticode(der)
+	if err != nil {
+		s.Error = err.Error()
+		return s
+	}
+	s.DigestMatches = bytes.Equal(a.Digest, digest)
+	for _, c := range a.Pkcs.Certs {
+		if a.Pkcs.HasCertificate(c) {
+			s.cert = c
+		}
+	}
+	if s.cert == nil {
+		s.Error = "the signer certificate is not embedded"
+		return s
+	}
+	s.Subject, s.Issuer, s.Serial = s.cert.Subject.String(), s.cert.Issuer.String(), "0x"+s.cert.SerialNumber.Text(16)
+	s.CertSHA256 = fmt.Sprintf("%x", sha256.Sum256(s.cert.Raw))
+	if len(a.Pkcs.SignerInfo) != 1 {
+		s.Error = fmt.Sprintf("%d signer infos, want 1", len(a.Pkcs.SignerInfo))
+		return s
+	}
+	si := a.Pkcs.SignerInfo[0]
+	// The signature covers the authenticated attributes; their message
+	// digest must be that of the signed SpcIndirectDataContent.
+	if si.AuthenticatedAttributes == nil {
+		s.Error = "no authenticated attributes"
+		return s
+	}
+	body := cryptobyte.String(a.Pkcs.ContentInfo)
+	var inner cryptobyte.String
+	if !body.ReadASN1(&inner, asn1.SEQUENCE) {
+		s.Error = "malformed SpcIndirectDataContent"
+		return s
+	}
+	md := sha256.Sum256(inner)
+	if !bytes.Equal(si.AuthenticatedAttributes.MessageDigest, md[:]) {
+		s.Error = "the message digest attribute does not match the signed content"
+		return s
+	}
+	ok, err := a.Pkcs.Verify(s.cert)
+	if err != nil {
+		s.Error = err.Error()
+	}
+	s.SignatureValid = ok && err == nil
+	return s
+}
+
+func parseOSRelease(s string) map[string]string {
+	m := map[string]string{}
+	for _, line := range strings.Split(s, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
+		if !ok || strings.HasPrefix(k, "#") {
+			continue
+		}
+		m[k] = strings.Trim(v, "\"'")
+	}
+	return m
+}
+
+func inspectInitrd(b []byte) *Initrd {
+	in := &Initrd{Size: len(b)}
+	entries, comp, err := ReadCpio(b)
+	in.Compressed = comp
+	in.Files = len(entries)
+	if err != nil {
+		in.Error = err.Error()
+	}
+	for _, e := range entries {
+		switch e.Name {
+		case InitrdManifestCAPath:
+			blk, _ := pem.Decode(e.Data)
+			if blk == nil {
+				in.Error = InitrdManifestCAPath + ": no PEM block"
+				continue
+			}
+			c, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				in.Error = InitrdManifestCAPath + ": " + err.Error()
+				continue
+			}
+			in.ManifestCA = c.Subject.String()
+			in.ManifestCASHA256 = fmt.Sprintf("%x", sha256.Sum256(c.Raw))
+		case InitrdProductIDPath:
+			in.ProductID = strings.TrimSpace(string(e.Data))
+		}
+	}
+	return in
+}
