@@ -40,9 +40,9 @@ func setupBoot(t *testing.T) *bootEnv {
 	if m := Missing(Config{}); m != "" {
 		t.Skip(m)
 	}
-	for _, tool := range []string{"objcopy", "sbsign", "openssl"} {
+	for _, tool := range []string{"objcopy", "openssl"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("missing %s (make deps installs binutils, sbsigntool, openssl)", tool)
+			t.Skipf("missing %s (make deps installs binutils, openssl)", tool)
 		}
 	}
 	if _, err := os.Stat(Stub); err != nil {
@@ -59,7 +59,7 @@ func setupBoot(t *testing.T) *bootEnv {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build a static vessel: %v\n%s", err, out)
 	}
-	e.dbKey, e.dbCert, e.vars = snakeoilKeys(t, e.dir)
+	e.dbKey, e.dbCert, e.vars = secureBootKeys(t, e.vessel, e.dir)
 	ca := filepath.Join(e.dir, "ca.pem")
 	run(t, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", filepath.Join(e.dir, "ca.key"), "-out", ca,
 		"-subj", "/CN=vmtest manifest CA", "-days", "30", "-addext", "basicConstraints=critical,CA:TRUE")
@@ -68,18 +68,17 @@ func setupBoot(t *testing.T) *bootEnv {
 	return e
 }
 
-// snakeoilKeys returns the db key and certificate Debian's
-// OVMF_VARS_4M.snakeoil.fd enforces, with the key's passphrase removed.
-func snakeoilKeys(t *testing.T, dir string) (key, cert, vars string) {
-	const pem, enc = "/usr/share/ovmf/PkKek-1-snakeoil.pem", "/usr/share/ovmf/PkKek-1-snakeoil.key"
-	for _, f := range []string{pem, enc, SnakeoilVars} {
-		if _, err := os.Stat(f); err != nil {
-			t.Skipf("missing %s (make deps installs ovmf)", f)
-		}
+// secureBootKeys makes a PK/KEK/db set with vessel keys uefi and an OVMF
+// variable store that enforces it with vessel boot vars.
+func secureBootKeys(t *testing.T, vessel, dir string) (key, cert, vars string) {
+	if _, err := os.Stat(OVMFVars); err != nil {
+		t.Skipf("missing %s (make deps installs ovmf)", OVMFVars)
 	}
-	key = filepath.Join(dir, "db.key")
-	run(t, "openssl", "rsa", "-in", enc, "-passin", "pass:snakeoil", "-out", key)
-	return key, pem, SnakeoilVars
+	keys := filepath.Join(dir, "sb")
+	run(t, vessel, "keys", "uefi", keys, "--org", "vmtest")
+	vars = filepath.Join(dir, "VARS.fd")
+	run(t, vessel, "boot", "vars", "--keys", keys, "-o", vars)
+	return filepath.Join(keys, "db.key"), filepath.Join(keys, "db.crt"), vars
 }
 
 func run(t *testing.T, name string, args ...string) string {
@@ -110,22 +109,24 @@ func esp(t *testing.T, uki string) string {
 var pcr7Line = regexp.MustCompile(`vessel-init: pcr7 sha256 tpm=([0-9a-f]{64}) replay=([0-9a-f]{64}) events=(\d+) match=(true|false)`)
 
 // TestSecureBoot boots three UKIs built around vessel's initrd under OVMF
-// Secure Boot: signed with the enrolled db key (boots to vessel's /init,
+// Secure Boot, with keys from vessel keys uefi enforced by a variable store
+// from vessel boot vars: made by vessel boot uki and signed with the enrolled db key (boots to vessel's /init,
 // whose PCR7 must equal the replay of its event log), signed with another
 // key and unsigned (both refused by the firmware). Three boots in all.
 func TestSecureBoot(t *testing.T) {
 	e := setupBoot(t)
 	cmdline := "console=ttyS0 vessel.test=pcr7"
+	signed := filepath.Join(e.dir, "signed.efi")
+	run(t, e.vessel, "boot", "uki", "--kernel", e.kernel, "--initrd", e.initrd, "--cmdline", cmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", signed)
+	other := filepath.Join(e.dir, "other.efi")
+	run(t, e.vessel, "keys", "uefi", filepath.Join(e.dir, "other"), "--org", "not enrolled")
+	run(t, e.vessel, "boot", "uki", "--kernel", e.kernel, "--initrd", e.initrd, "--cmdline", cmdline,
+		"--key", filepath.Join(e.dir, "other", "db.key"), "--cert", filepath.Join(e.dir, "other", "db.crt"), "-o", other)
+	// The unsigned UKI is assembled by objcopy: an independent builder.
 	unsigned := filepath.Join(e.dir, "unsigned.efi")
 	if err := BuildUKI(e.kernel, e.initrd, cmdline, unsigned); err != nil {
 		t.Fatal(err)
 	}
-	signed := filepath.Join(e.dir, "signed.efi")
-	run(t, "sbsign", "--key", e.dbKey, "--cert", e.dbCert, "--output", signed, unsigned)
-	otherKey, otherCert := filepath.Join(e.dir, "other.key"), filepath.Join(e.dir, "other.crt")
-	run(t, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", otherKey, "-out", otherCert, "-subj", "/CN=not enrolled", "-days", "30")
-	other := filepath.Join(e.dir, "other.efi")
-	run(t, "sbsign", "--key", otherKey, "--cert", otherCert, "--output", other, unsigned)
 
 	t.Run("enrolled-key-boots", func(t *testing.T) {
 		t.Parallel()
