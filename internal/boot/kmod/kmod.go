@@ -290,20 +290,26 @@ func (t *Tree) Resolve(names []string) (*Resolution, error) {
 	res := &Resolution{}
 	state := map[string]int{} // 0 new, 1 visiting, 2 done
 	var visit func(name string, soft bool, chain []string) error
-	visit = func(name string, soft bool, chain []string) error {
-		name = Normalize(name)
+	visit = func(raw string, soft bool, chain []string) error {
+		name := Normalize(raw)
 		if _, ok := t.files[name]; !ok {
 			if t.builtin[name] {
 				return nil
 			}
 			if soft {
-				alias := t.alias(name)
+				alias := t.alias(raw)
+				if alias == "" {
+					alias = t.alias(name)
+				}
 				if alias == "" {
 					return nil // a soft dependency the kernel does not have: nothing to load
 				}
 				name = alias
 			} else {
-				return fmt.Errorf("%w: %s (needed by %s) is neither in %s nor built in", ErrNotFound, name, strings.Join(chain, " <- "), t.Dir)
+				if len(chain) == 0 {
+					return fmt.Errorf("%w: %s is neither in %s nor built in", ErrNotFound, name, t.Dir)
+				}
+				return fmt.Errorf("%w: %s (needed by %s) is neither in %s nor built in", ErrNotFound, name, neededBy(chain), t.Dir)
 			}
 		}
 		switch state[name] {
@@ -340,11 +346,21 @@ func (t *Tree) Resolve(names []string) (*Resolution, error) {
 			res.Builtin = append(res.Builtin, n)
 			continue
 		}
-		if err := visit(n, false, []string{"requested"}); err != nil {
+		if err := visit(n, false, nil); err != nil {
 			return nil, err
 		}
 	}
 	return res, nil
+}
+
+// neededBy reads a dependency chain back from the module that needs it:
+// "dm_bufio <- dm_verity".
+func neededBy(chain []string) string {
+	r := make([]string, len(chain))
+	for i, c := range chain {
+		r[len(chain)-1-i] = c
+	}
+	return strings.Join(r, " <- ")
 }
 
 // alias returns the module file a softdep alias names, preferring a
