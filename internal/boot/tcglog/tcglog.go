@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sort"
 )
 
 // Algorithm identifiers (TPM_ALG_ID).
@@ -178,4 +179,47 @@ func (r *reader) u16() uint16 {
 		return 0
 	}
 	return binary.LittleEndian.Uint16(b)
+}
+
+// Marshal encodes the log in the crypto-agile format Parse reads: a Spec
+// ID event listing DigestSizes (in ascending algorithm order), then the
+// events. Tests use it to make logs; the TPM code can use it to write
+// the log it predicts.
+func (l *Log) Marshal() []byte {
+	var b bytes.Buffer
+	le := binary.LittleEndian
+	algs := make([]uint16, 0, len(l.DigestSizes))
+	for a := range l.DigestSizes {
+		algs = append(algs, a)
+	}
+	sort.Slice(algs, func(i, j int) bool { return algs[i] < algs[j] })
+	var spec bytes.Buffer
+	spec.Write(specID)
+	binary.Write(&spec, le, uint32(0)) // platform class
+	spec.Write([]byte{0, 2, 0, 2})     // spec version 2.0, errata 0, uintn size 2 (8 bytes)
+	binary.Write(&spec, le, uint32(len(algs)))
+	for _, a := range algs {
+		binary.Write(&spec, le, a)
+		binary.Write(&spec, le, uint16(l.DigestSizes[a]))
+	}
+	spec.WriteByte(0) // vendor info size
+	binary.Write(&b, le, uint32(0))
+	binary.Write(&b, le, EvNoAction)
+	b.Write(make([]byte, 20))
+	binary.Write(&b, le, uint32(spec.Len()))
+	b.Write(spec.Bytes())
+	for _, e := range l.Events {
+		binary.Write(&b, le, e.PCR)
+		binary.Write(&b, le, e.Type)
+		binary.Write(&b, le, uint32(len(e.Digests)))
+		for _, a := range algs {
+			if d, ok := e.Digests[a]; ok {
+				binary.Write(&b, le, a)
+				b.Write(d)
+			}
+		}
+		binary.Write(&b, le, uint32(len(e.Data)))
+		b.Write(e.Data)
+	}
+	return b.Bytes()
 }
