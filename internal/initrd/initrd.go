@@ -5,7 +5,7 @@
 // filesystems (a Mount plan as data, applied in mount_linux.go), load the
 // kernel modules in the order the initrd lists them (finit_module), print a
 // marker line with timings, run the checks the command line asks for
-// (vessel.test=pcr7), then power off. It never starts a shell: on any
+// (vessel.test=pcr7, vessel.test=disk), then power off. It never starts a shell: on any
 // failure it prints one line naming what failed and powers off. The next
 // stage (mounting the verified root, issue 14) adds steps here.
 package initrd
@@ -130,6 +130,10 @@ func (s *Stage) Run() error {
 		switch t {
 		case "pcr7":
 			if err := s.checkPCR7(); err != nil {
+				return err
+			}
+		case "disk":
+			if err := s.checkDisk(10 * time.Second); err != nil {
 				return err
 			}
 		default:

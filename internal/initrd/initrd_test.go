@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vesselos/vessel/internal/boot/tcglog"
 )
@@ -133,5 +134,34 @@ func TestTestFlags(t *testing.T) {
 	}
 	if ModuleOrder([]byte(" /a.ko \n#x\n\n/b.ko"))[1] != "/b.ko" {
 		t.Fatal("module order")
+	}
+}
+
+func TestFindPartition(t *testing.T) {
+	root := t.TempDir()
+	for dev, uevent := range map[string]string{
+		"vda":  "MAJOR=254\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\n",
+		"vda1": "MAJOR=254\nMINOR=1\nDEVNAME=vda1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=EFI System Partition\n",
+		"vda2": "MAJOR=254\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nPARTN=2\nPARTNAME=vessel-data\n",
+		"sr0":  "DEVNAME=sr0\n",
+	} {
+		os.MkdirAll(filepath.Join(root+BlockClass, dev), 0o755)
+		os.WriteFile(filepath.Join(root+BlockClass, dev, "uevent"), []byte(uevent), 0o644)
+	}
+	dev, ok, err := FindPartition(root, DataPartition)
+	if err != nil || !ok || dev != "/dev/vda2" {
+		t.Fatalf("got %q %v %v", dev, ok, err)
+	}
+	if _, ok, _ := FindPartition(root, "other"); ok {
+		t.Fatal("found a partition that is not there")
+	}
+	var out bytes.Buffer
+	s := &Stage{Console: &out, Root: root}
+	if err := s.checkDisk(0); err != nil || !strings.Contains(out.String(), "vessel-init: data partition /dev/vda2 (vessel-data) after ") {
+		t.Fatalf("%v %q", err, out.String())
+	}
+	os.RemoveAll(filepath.Join(root+BlockClass, "vda2"))
+	if err := s.checkDisk(100 * time.Millisecond); err == nil || !strings.Contains(err.Error(), "no partition named vessel-data appeared") {
+		t.Fatalf("want a bounded wait error, got %v", err)
 	}
 }
