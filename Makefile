@@ -7,7 +7,7 @@ BIN       := bin/vessel
 TEST_TAGS ?= tpmsim
 GOFLAGS_TEST ?= -count=1 -timeout 30m
 
-.PHONY: all build deps test vet demo bench fuzz clean
+.PHONY: all build deps test vet vm-test demo bench fuzz clean
 
 all: build
 
@@ -23,6 +23,11 @@ vet:
 
 test: deps build vet
 	$(GO) test -tags '$(TEST_TAGS)' $(GOFLAGS_TEST) ./...
+
+# Boots UKIs around vessel's initrd under OVMF Secure Boot with a vTPM (qemu TCG): 3 boots, a few minutes.
+# Also part of make test (./... includes it); skips with the reason when qemu/ovmf/swtpm/kernel are missing.
+vm-test: deps build
+	$(GO) test -tags '$(TEST_TAGS)' $(GOFLAGS_TEST) -v -run 'TestSecureBoot' ./internal/vmtest/
 
 demo: deps build
 	./scripts/demo.sh

@@ -11,6 +11,9 @@ pkgs=(
   busybox-static attr openssl util-linux make # example rootfs, xattr tools, cert checks, mount/losetup
   systemd-boot-efi ovmf                       # boot: the UKI stub, OVMF firmware and VARS templates
   sbsigntool osslsigncode efitools binutils cpio # boot: independent checkers (sbverify, osslsigncode, efitools, objdump)
+  qemu-system-x86 linux-image-amd64           # boot: VM tests (TCG, OVMF Secure Boot) with Debian's kernel and modules
+  dosfstools mtools e2fsprogs fdisk           # boot: ESP and data partition (mkfs.vfat/mtools, mkfs.ext4) and their checkers (fsck.vfat, e2fsck, sfdisk)
+  initramfs-tools zstd                        # boot: the mkinitramfs initrd the boot benchmark compares against
 )
 missing=()
 for p in "${pkgs[@]}"; do

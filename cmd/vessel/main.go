@@ -19,6 +19,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/vesselos/vessel/internal/initrd"
 )
 
 // commands holds the constructors of the top-level commands; each command
@@ -74,4 +76,9 @@ func run(args []string) int {
 	return 1
 }
 
-func main() { os.Exit(run(os.Args[1:])) }
+func main() {
+	if initrd.IsInit() {
+		initrd.Main() // PID 1 in the initrd: never returns
+	}
+	os.Exit(run(os.Args[1:]))
+}

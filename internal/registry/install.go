@@ -159,6 +159,13 @@ func verifyAny(f *Fetched, opts trust.Options) (*trust.VerifiedManifest, []byte,
 	return nil, nil, fmt.Errorf("%w: %w", ErrNoValidSignature, errors.Join(errs...))
 }
 
+// RecordCurrent records cur as the installed system of the store at root,
+// with its signed manifest, exactly as Install does (vessel boot disk uses
+// it for the store it stages on a data partition).
+func RecordCurrent(root string, cur *Current, signed []byte) error {
+	return recordCurrent(root, cur, signed)
+}
+
 // recordCurrent writes the signed manifest, then current.json (atomic
 // replace): a crash leaves either the old or the new record.
 func recordCurrent(root string, cur *Current, signed []byte) error {

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/vesselos/vessel/internal/boot/initrd"
+)
+
+func init() { addBootCommand(bootInitrdCmd) }
+
+func bootInitrdCmd(g *globals) *cobra.Command {
+	var o initrd.Options
+	var out string
+	c := &cobra.Command{
+		Use:   "initrd --ca manifest-ca.pem --product-id UUID --modules /lib/modules/VERSION -o initrd.img",
+		Short: "Build the initrd: vessel as /init, kernel modules, the manifest CA and the product ID",
+		Long: `initrd writes a newc cpio archive with no shell and no busybox:
+
+  /init                         this vessel binary (static; or --vessel PATH)
+  /dev/console                  char 5:1 (the kernel opens it for /init)
+  /lib/modules/VERSION/...      the modules the boot needs, with their dependencies
+                                read from each module's .modinfo (depends=, softdep pre:)
+  /etc/vessel/modules           the module load order, one path per line
+  /etc/vessel/manifest-ca.pem   the manifest-signing CA
+  /etc/vessel/product-id        the product UUID
+
+The default modules are virtio_pci virtio_blk virtio_net dm_verity squashfs
+erofs overlay efivarfs ext4; --module replaces the list. Compressed modules
+(.ko.xz, .ko.zst, .ko.gz) are stored uncompressed (their signature stays
+valid). The same inputs give the same bytes. See docs/boot.md.`,
+		Example: `  vessel boot initrd --ca keys/manifest-ca.pem --product-id 0f8fad5b-d9cb-469f-a165-70867728950e \
+      --modules /lib/modules/6.1.0-57-amd64 -o initrd.img
+  vessel boot initrd --ca ca.pem --product-id $ID --modules /lib/modules/$(uname -r) \
+      --module virtio_blk --module dm-verity --compress zstd -o initrd.img --json
+  cpio -tv < initrd.img`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.CA == "" || o.ProductID == "" || o.Modules == "" || out == "" {
+				return usageError{"boot initrd: --ca, --product-id, --modules and -o are required"}
+			}
+			if o.Vessel == "" {
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("boot initrd: find the running vessel binary (pass --vessel): %w", err)
+				}
+				o.Vessel = exe
+			}
+			start := time.Now()
+			p, err := initrd.Build(o, out)
+			if err != nil {
+				return fmt.Errorf("boot %w", err)
+			}
+			st, err := os.Stat(out)
+			if err != nil {
+				return fmt.Errorf("boot initrd: %w", err)
+			}
+			elapsed := time.Since(start)
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), map[string]any{
+					"initrd": out, "size": st.Size(), "kernel": p.Kernel, "modules": p.Modules,
+					"builtin": p.Builtin, "entries": len(p.Entries), "compress": p.Compress,
+					"seconds": elapsed.Seconds(),
+				})
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: %d bytes, %d entries, kernel %s, %d modules (%s), built in %.2fs\n",
+				out, st.Size(), len(p.Entries), p.Kernel, len(p.Modules), joinOr(p.Modules, "none"), elapsed.Seconds())
+			return err
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.CA, "ca", "", "manifest-signing CA certificate (PEM); required")
+	f.StringVar(&o.ProductID, "product-id", "", "product UUID; required")
+	f.StringVar(&o.Modules, "modules", "", "kernel modules tree, /lib/modules/VERSION; required")
+	f.StringArrayVar(&o.Names, "module", nil, "module to include with its dependencies (repeatable; replaces the default list)")
+	f.StringVar(&o.Vessel, "vessel", "", "static vessel binary to use as /init (default: this one)")
+	f.StringVar(&o.Compress, "compress", initrd.CompressNone, "archive compression: none or zstd")
+	f.StringVarP(&out, "output", "o", "", "where to write the initrd; required")
+	return c
+}
+
+func joinOr(s []string, empty string) string {
+	if len(s) == 0 {
+		return empty
+	}
+	out := s[0]
+	for _, x := range s[1:] {
+		out += " " + x
+	}
+	return out
+}

@@ -1,0 +1,42 @@
+package initrd
+
+import (
+	"errors"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// linuxSystem makes the real system calls.
+type linuxSystem struct{}
+
+func (linuxSystem) mount(m Mount) error {
+	if err := os.MkdirAll(m.Target, 0o755); err != nil {
+		return err
+	}
+	err := unix.Mount(m.Source, m.Target, m.FSType, m.Flags, m.Data)
+	if errors.Is(err, unix.EBUSY) {
+		return nil // already mounted (the kernel may have mounted it)
+	}
+	return err
+}
+
+// loadModule loads a module with finit_module(2) (syscall 313 on amd64).
+// EEXIST (already loaded or built in) is not an error.
+func (linuxSystem) loadModule(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	err = unix.FinitModule(int(f.Fd()), "", 0)
+	if errors.Is(err, unix.EEXIST) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (linuxSystem) powerOff() error {
+	unix.Sync()
+	return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+}
