@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/vesselos/vessel/internal/manifest"
 )
 
 // model is a workload with a known answer: it exits 1 unless it holds
@@ -229,5 +231,22 @@ func TestNames(t *testing.T) {
 		if About(n) == "" {
 			t.Errorf("%s has no description", n)
 		}
+	}
+}
+
+func TestServiceRun(t *testing.T) {
+	s := manifest.ServiceSpec{Name: "web", Image: "nginx:1", Command: []string{"/bin/httpd"}, Args: []string{"-f"},
+		Env: manifest.Env{"B": "2", "A": "1"}, User: "101", Network: "host", ReadOnly: true, Volumes: []string{"cache:/var/cache"}}
+	img, args, flags, err := ServiceRun(s, "/tmp/v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"-e", "A=1", "-e", "B=2", "--user", "101", "--network", "host", "--read-only", "-v", "/tmp/v/cache:/var/cache"}
+	if img != "nginx:1" || !reflect.DeepEqual(args, []string{"/bin/httpd", "-f"}) || !reflect.DeepEqual(flags, want) {
+		t.Errorf("ServiceRun = %q %q %q", img, args, flags)
+	}
+	s.Volumes = []string{"../etc:/x"}
+	if _, _, _, err := ServiceRun(s, "/tmp/v"); err == nil || !strings.Contains(err.Error(), "../etc") {
+		t.Errorf("bad volume: %v", err)
 	}
 }

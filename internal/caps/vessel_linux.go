@@ -11,9 +11,12 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vesselos/vessel/internal/manifest"
 )
 
 // VesselRunner runs a workload as a container through the vessel binary:
@@ -228,4 +231,108 @@ func Held() ([]string, error) {
 		return nil, errors.New("read own capabilities: no CapEff/CapBnd in /proc/self/status")
 	}
 	return FromMask(eff & bnd), nil
+}
+
+// Options are the settings shared by LearnImage, LearnService and
+// ExplainImage.
+type Options struct {
+	Vessel   string        // the vessel binary (os.Executable for the CLI)
+	Global   []string      // global vessel flags, e.g. --root DIR
+	Duration time.Duration // stop each run after this long (0: wait for the workload to exit)
+	Offer    []string      // capabilities the first run gets (nil: every one this process holds)
+	NoTrace  bool          // do not trace: the drop-one search alone
+	Output   io.Writer     // the workload's output (nil: discarded)
+}
+
+func (o Options) runner(image string, args, flags []string) (*VesselRunner, []string, string, error) {
+	offer := o.Offer
+	if offer == nil {
+		held, err := Held()
+		if err != nil {
+			return nil, nil, "", err
+		}
+		offer = held
+	}
+	var r *VesselRunner
+	noTrace := "--no-trace"
+	if o.NoTrace {
+		r = &VesselRunner{Vessel: o.Vessel, Image: image, Args: args}
+	} else {
+		r, noTrace = NewVesselRunner(o.Vessel, image, args)
+	}
+	r.Global, r.RunFlags, r.Duration, r.Output = o.Global, flags, o.Duration, o.Output
+	return r, offer, noTrace, nil
+}
+
+// LearnImage learns the capabilities of IMAGE running args (empty: its
+// own command), started with the extra vessel run flags.
+func LearnImage(ctx context.Context, o Options, image string, args, flags []string) (*Report, error) {
+	r, offer, noTrace, err := o.runner(image, args, flags)
+	if err != nil {
+		return nil, err
+	}
+	return Learn(ctx, r, offer, noTrace)
+}
+
+// LearnService learns the capabilities of service name in system.yaml
+// text src (see ServiceRun), its volumes fresh temporary directories.
+func LearnService(ctx context.Context, o Options, src []byte, name string) (rep *Report, err error) {
+	sys, err := manifest.ParseSystem("system.yaml", src)
+	if err != nil {
+		return nil, err
+	}
+	var svc *manifest.ServiceSpec
+	for i := range sys.Services {
+		if sys.Services[i].Name == name {
+			svc = &sys.Services[i]
+		}
+	}
+	if svc == nil {
+		var have []string
+		for _, s := range sys.Services {
+			have = append(have, s.Name)
+		}
+		return nil, fmt.Errorf("system.yaml has no service %q (it has %s)", name, strings.Join(have, ", "))
+	}
+	vols, err := os.MkdirTemp("", "vessel-caps-volumes-")
+	if err != nil {
+		return nil, fmt.Errorf("volumes for learning: %w", err)
+	}
+	defer func() {
+		if rerr := os.RemoveAll(vols); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove learning volumes: %w", rerr))
+		}
+	}()
+	for _, v := range Volumes(*svc) {
+		if err := os.Mkdir(filepath.Join(vols, v), 0o755); err != nil {
+			return nil, fmt.Errorf("volumes for learning: %w", err)
+		}
+	}
+	image, args, flags, err := ServiceRun(*svc, vols)
+	if err != nil {
+		return nil, err
+	}
+	return LearnImage(ctx, o, image, args, flags)
+}
+
+// ExplainImage runs the workload once, traced, with every offered
+// capability and returns the checks of capability c and the run.
+func ExplainImage(ctx context.Context, o Options, image string, args []string, c string) ([]Check, Run, error) {
+	c, err := Normalize(c)
+	if err != nil {
+		return nil, Run{}, err
+	}
+	o.NoTrace = false
+	r, offer, noTrace, err := o.runner(image, args, nil)
+	if err != nil {
+		return nil, Run{}, err
+	}
+	if !r.Trace {
+		return nil, Run{}, fmt.Errorf("explain needs capability tracing: %s", noTrace)
+	}
+	run, err := r.Run(ctx, offer)
+	if err != nil {
+		return nil, Run{}, err
+	}
+	return Explain(run, c), run, nil
 }
