@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -57,9 +59,9 @@ func (f *capsFlags) add(c *cobra.Command) {
 }
 
 func (f *capsFlags) options(g *globals, cmd *cobra.Command) (caps.Options, error) {
-	exe, err := os.Executable()
+	exe, err := vesselBinary()
 	if err != nil {
-		return caps.Options{}, fmt.Errorf("find the vessel binary: %w", err)
+		return caps.Options{}, err
 	}
 	o := caps.Options{Vessel: exe, Duration: f.duration, NoTrace: f.noTrace}
 	if g.root != "" {
@@ -79,6 +81,22 @@ func (f *capsFlags) options(g *globals, cmd *cobra.Command) (caps.Options, error
 		o.Output = cmd.ErrOrStderr()
 	}
 	return o, nil
+}
+
+// vesselBinary is the binary this command runs as (argv[0] on PATH, so a
+// test binary standing in for vessel is found as itself), for the learning
+// runs' vessel run.
+func vesselBinary() (string, error) {
+	if p, err := exec.LookPath(os.Args[0]); err == nil {
+		if abs, err := filepath.Abs(p); err == nil {
+			return abs, nil
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find the vessel binary: %w", err)
+	}
+	return exe, nil
 }
 
 func capsLearnCmd(g *globals) *cobra.Command {

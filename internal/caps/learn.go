@@ -78,6 +78,13 @@ type Duration time.Duration
 // MarshalText prints the duration as time.Duration does.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
+// UnmarshalText reads what MarshalText wrote.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	*d = Duration(v)
+	return err
+}
+
 // Learn finds the smallest set of capabilities among offered that keeps
 // the workload's outcome. The first run gets all of offered; when it was
 // traced, the capabilities its checks were granted are the upper bound,
