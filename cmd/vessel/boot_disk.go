@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -87,32 +85,4 @@ filesystem is made by mkfs.ext4 -d (e2fsprogs). See docs/boot.md.`,
 	c.Flags().StringVar(&size, "size", "", "size of a disk image file, e.g. 2G, 512M (a block device's own size is used)")
 	c.Flags().StringVar(&espSize, "esp-size", "", "size of the EFI system partition (default 256M)")
 	return c
-}
-
-// parseSize parses a byte count with an optional K, M, G or T suffix
-// (powers of 1024).
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	t := strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "B")
-	if t == "" {
-		return 0, fmt.Errorf("%q: want a size like 2G or 512M", s)
-	}
-	switch t[len(t)-1] {
-	case 'K':
-		mult = 1 << 10
-	case 'M':
-		mult = 1 << 20
-	case 'G':
-		mult = 1 << 30
-	case 'T':
-		mult = 1 << 40
-	}
-	if mult > 1 {
-		t = t[:len(t)-1]
-	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("%q: want a size like 2G or 512M", s)
-	}
-	return n * mult, nil
 }

@@ -236,6 +236,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 	f.StringArrayVarP(&volumes, "volume", "v", nil, "bind-mount HOST:CONTAINER[:ro] (repeatable)")
 	f.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	f.StringArrayVar(&securityOpt, "security-opt", nil, "seccomp=unconfined: no syscall filter")
+	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup the container's cgroup is made in (default /vessel/...; vessel caps learn traces one it made)")
 	return c
 }
 
