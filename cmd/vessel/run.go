@@ -145,7 +145,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 			if err != nil {
 				return err
 			}
-			img, err := mount.Resolve(s, args[0])
+			img, err := mount.LocalImage(s, args[0])
 			if err != nil {
 				return err
 			}
@@ -154,9 +154,9 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 				rand.Read(b)
 				name = "run-" + hex.EncodeToString(b)
 			}
-			a, env, user, cwd := ociruntime.FromImage(img.Config.Config, args[1:])
+			a, env, user, cwd := ociruntime.FromImage(img.Config().Config, args[1:])
 			if len(args) > 1 {
-				a = append(append([]string(nil), img.Config.Config.Entrypoint...), args[1:]...)
+				a = append(append([]string(nil), img.Config().Config.Entrypoint...), args[1:]...)
 			}
 			cfg.Args = a
 			cfg.Env = mergeEnvFlags(env, cfg.Env)

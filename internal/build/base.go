@@ -119,7 +119,7 @@ func (b *builder) converted(ctx context.Context, i int, kind, id, name string, c
 
 // resolve reads a stored image (digest-checked) as a base.
 func (b *builder) resolve(d ocispec.Descriptor) (*baseImage, error) {
-	mi, err := mount.ResolveDescriptor(b.s, d)
+	mi, err := mount.LocalImage(b.s, d.Digest.String())
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +127,7 @@ func (b *builder) resolve(d ocispec.Descriptor) (*baseImage, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := mi.Config
+	cfg := mi.Config()
 	return &baseImage{digest: d.Digest, layers: m.Layers, config: &cfg, mount: mi}, nil
 }
 
@@ -161,7 +161,7 @@ func (r *sources) resolve(name, p string) (string, error) {
 		if built == nil {
 			return "", fmt.Errorf("image %q is not built yet", name)
 		}
-		mi, err := mount.ResolveDescriptor(r.b.s, built.Descriptor)
+		mi, err := mount.LocalImage(r.b.s, built.Descriptor.Digest.String())
 		if err != nil {
 			return "", err
 		}

@@ -294,9 +294,9 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	if d, ok, err := b.cache.Image(keys.Config, b.s); err != nil {
 		return nil, fail("cache", 0, err)
 	} else if ok {
-		if mi, err := mount.ResolveDescriptor(b.s, d); err == nil {
+		if mi, err := mount.LocalImage(b.s, d.Digest.String()); err == nil {
 			b.event(i, StatusCached, d.Digest, "")
-			return &Built{Name: img.Name, Descriptor: d, Layers: len(mi.Layers), Cache: "image"}, nil
+			return &Built{Name: img.Name, Descriptor: d, Layers: mi.Layers(), Cache: "image"}, nil
 		}
 		// a blob went missing (gc, rm): build it again
 	}

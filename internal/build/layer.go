@@ -234,7 +234,7 @@ func (b *builder) flattenOpaque(ctx context.Context, base *baseImage, dir string
 		return nil
 	}
 	var lower string
-	if len(base.mount.Layers) > 0 {
+	if base.mount.Layers() > 0 {
 		tmp, err := b.tempDir("base-*")
 		if err != nil {
 			return err

@@ -201,7 +201,7 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 			return nil, err
 		}
 		if err := m.acquire(lm, id); err != nil {
-			return nil, fmt.Errorf("image %s: layer %d of %d (%s): %w", img.Name, i+1, len(p.Layers), lm.Digest, err)
+			return nil, fmt.Errorf("image %s: layer %d of %d (%s): %w", img.name, i+1, len(p.Layers), lm.Digest, err)
 		}
 	}
 	if len(p.Layers) == 0 {
@@ -225,7 +225,7 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 		return nil, err
 	}
 	if err := applyMount(p.Overlay, ""); err != nil {
-		return nil, fmt.Errorf("image %s: %w", img.Name, err)
+		return nil, fmt.Errorf("image %s: %w", img.name, err)
 	}
 	rec.Mounted = true
 	if err := m.writeRecord(rec); err != nil {

@@ -60,7 +60,7 @@ func testImage(t *testing.T, s *store.Store, ref string) *Image {
 	if _, err := image.Create(context.Background(), s, ref, []string{base, top}, image.CreateOptions{Format: layer.DefaultFormat(layer.Squashfs), SourceDateEpoch: &epoch}); err != nil {
 		t.Fatal(err)
 	}
-	img, err := Resolve(s, ref)
+	img, err := LocalImage(s, ref)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +220,7 @@ func TestSharedLayers(t *testing.T) {
 	if st.LayersMounted != 2 || st.LayersShared != 8 {
 		t.Errorf("5 containers of a 2-layer image: %+v, want 2 layer mounts shared 8 times", st)
 	}
-	top := filepath.Join(layersDir(e.run), img.Layers[1].Hex())
+	top := filepath.Join(layersDir(e.run), img.layers[1].hex())
 	for i, id := range ids {
 		if err := e.m.Unmount(id); err != nil {
 			t.Fatal(err)
@@ -235,7 +235,7 @@ func TestTamperedLayerRefused(t *testing.T) {
 	e := newEnv(t)
 	img := testImage(t, e.s, "bad:1")
 	// Flip a byte in the middle of the top layer's filesystem image.
-	blob := img.Layers[1].Blob
+	blob := img.layers[1].blob
 	f, err := os.OpenFile(blob, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -252,7 +252,7 @@ func TestTamperedLayerRefused(t *testing.T) {
 	if !errors.Is(err, ErrVerify) || !errors.As(err, &ce) || ce.Block != 0 {
 		t.Fatalf("tampered layer: %v, want ErrVerify naming data block 0", err)
 	}
-	for _, want := range []string{"bad:1", "layer 2 of 2", img.Layers[1].Digest.String(), "data block 0"} {
+	for _, want := range []string{"bad:1", "layer 2 of 2", img.layers[1].digest.String(), "data block 0"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %q", err, want)
 		}
@@ -293,8 +293,8 @@ func TestVerifiedCacheFollowsFileIdentity(t *testing.T) {
 	// Changing the file (even back to the same bytes) changes its ctime,
 	// so the layer is verified again.
 	time.Sleep(10 * time.Millisecond)
-	b := read(t, img.Layers[0].Blob)
-	if err := os.WriteFile(img.Layers[0].Blob, []byte(b), 0o444); err != nil {
+	b := read(t, img.layers[0].blob)
+	if err := os.WriteFile(img.layers[0].blob, []byte(b), 0o444); err != nil {
 		t.Fatal(err)
 	}
 	mountOnce()
@@ -328,7 +328,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	// And a stray reference with no record at all.
-	os.WriteFile(filepath.Join(refsDir(e.run), img.Layers[0].Hex()+".ghost"), nil, 0o600)
+	os.WriteFile(filepath.Join(refsDir(e.run), img.layers[0].hex()+".ghost"), nil, 0o600)
 	done, err := e.m.Cleanup()
 	if err != nil {
 		t.Fatal(err)
@@ -340,7 +340,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 	if len(plans) != 1 || plans[0].ID != "live" {
 		t.Errorf("after cleanup: %d mounts", len(plans))
 	}
-	refs, _ := filepath.Glob(filepath.Join(refsDir(e.run), img.Layers[0].Hex()+".*"))
+	refs, _ := filepath.Glob(filepath.Join(refsDir(e.run), img.layers[0].hex()+".*"))
 	if len(refs) != 1 {
 		t.Errorf("%d references on the base layer, want only the live one", len(refs))
 	}
@@ -359,9 +359,9 @@ func TestVerityTableMatchesVeritysetup(t *testing.T) {
 		t.Fatal(err)
 	}
 	img := testImage(t, s, "vt:1")
-	l := img.Layers[0]
+	l := img.layers[0]
 	v := newVerity(l)
-	out, err := exec.Command("veritysetup", "dump", "--hash-offset", fmt.Sprint(l.Geometry.DataSize), l.Blob).CombinedOutput()
+	out, err := exec.Command("veritysetup", "dump", "--hash-offset", fmt.Sprint(l.geometry.DataSize), l.blob).CombinedOutput()
 	if err != nil {
 		t.Fatalf("veritysetup dump: %v\n%s", err, out)
 	}
@@ -384,7 +384,7 @@ func TestVerityTableMatchesVeritysetup(t *testing.T) {
 	}
 	// veritysetup verify with the table's root and hash start accepts it.
 	hashOffset := (v.HashStart - 1) * uint64(v.HashBlockSize)
-	if out, err := exec.Command("veritysetup", "verify", "--hash-offset", fmt.Sprint(hashOffset), "--data-blocks", fmt.Sprint(v.DataBlocks), l.Blob, l.Blob, v.Root).CombinedOutput(); err != nil {
+	if out, err := exec.Command("veritysetup", "verify", "--hash-offset", fmt.Sprint(hashOffset), "--data-blocks", fmt.Sprint(v.DataBlocks), l.blob, l.blob, v.Root).CombinedOutput(); err != nil {
 		t.Errorf("veritysetup verify with the table's parameters: %v\n%s", err, out)
 	}
 }

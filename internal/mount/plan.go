@@ -105,11 +105,14 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 	if !filepath.IsAbs(target) {
 		return nil, fmt.Errorf("mount target %q is not an absolute path", target)
 	}
-	if len(img.Layers) == 0 && !opt.Writable {
-		return nil, fmt.Errorf("image %s has no layers", img.Name)
+	if err := img.valid(); err != nil {
+		return nil, err
 	}
-	p := &Plan{ID: id, Image: img.Name, Digest: img.Digest.String(), Mode: mode, Target: filepath.Clean(target)}
-	for _, l := range img.Layers {
+	if len(img.layers) == 0 && !opt.Writable {
+		return nil, fmt.Errorf("image %s has no layers", img.name)
+	}
+	p := &Plan{ID: id, Image: img.name, Digest: img.digest.String(), Mode: mode, Target: filepath.Clean(target)}
+	for _, l := range img.layers {
 		p.Layers = append(p.Layers, planLayer(run, l, mode))
 	}
 	var lowers []string
@@ -155,30 +158,30 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 		opts = append(opts, "ro")
 	}
 	if n := len(strings.Join(opts, ",")); n > maxOverlayOptions {
-		return nil, fmt.Errorf("image %s has %d layers: the overlay options are %d bytes, more than the kernel's %d", img.Name, len(lowers), n, maxOverlayOptions)
+		return nil, fmt.Errorf("image %s has %d layers: the overlay options are %d bytes, more than the kernel's %d", img.name, len(lowers), n, maxOverlayOptions)
 	}
 	p.Overlay.Options = opts
 	return p, nil
 }
 
-func planLayer(run string, l Layer, mode Mode) LayerMount {
+func planLayer(run string, l imageLayer, mode Mode) LayerMount {
 	lm := LayerMount{
-		Digest:   l.Digest.String(),
-		Blob:     l.Blob,
-		Dir:      filepath.Join(layersDir(run), l.Hex()),
-		Loop:     Loop{File: l.Blob, SizeLimit: l.Geometry.DataSize},
-		geometry: l.Geometry,
+		Digest:   l.digest.String(),
+		Blob:     l.blob,
+		Dir:      filepath.Join(layersDir(run), l.hex()),
+		Loop:     Loop{File: l.blob, SizeLimit: l.geometry.DataSize},
+		geometry: l.geometry,
 	}
-	fsType := string(l.Geometry.Format.Type)
+	fsType := string(l.geometry.Format.Type)
 	switch mode {
 	case ModeVerity:
-		lm.Loop.SizeLimit = l.Size
+		lm.Loop.SizeLimit = l.size
 		lm.Verity = newVerity(l)
 		lm.Mount = Mount{Type: fsType, Source: VerityDevice, Target: lm.Dir, Options: []string{"ro"}}
 	case ModeFuse:
 		lm.VerifyInUserspace = true
 		lm.Loop = Loop{}
-		lm.Mount = Mount{Type: "fuse." + fuseDriver(l.Geometry.Format.Type), Source: l.Blob, Target: lm.Dir, Options: []string{"ro"}}
+		lm.Mount = Mount{Type: "fuse." + fuseDriver(l.geometry.Format.Type), Source: l.blob, Target: lm.Dir, Options: []string{"ro"}}
 	default:
 		lm.VerifyInUserspace = true
 		lm.Mount = Mount{Type: fsType, Source: LoopDevice, Target: lm.Dir, Options: []string{"ro"}}
