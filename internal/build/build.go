@@ -287,7 +287,7 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 			err = errors.Join(err, cerr)
 		}
 	}()
-	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: base.digest, LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve})
+	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: base.Digest(), LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve})
 	if err != nil {
 		return nil, fail("imports", img.KeyLine("imports"), err)
 	}
@@ -300,12 +300,12 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 		}
 		// a blob went missing (gc, rm): build it again
 	}
-	layers := append([]ocispec.Descriptor(nil), base.layers...)
-	cached := ""
-	var history []ocispec.History
-	if base.config != nil {
-		history = append(history, base.config.History...)
+	var layers []ocispec.Descriptor
+	if bi := base.Image(); bi != nil { // nil for scratch
+		layers = bi.Manifest().Layers
 	}
+	cached := ""
+	history := append([]ocispec.History(nil), base.Config().History...)
 	when := b.created()
 	if changesFiles(img) {
 		d, ok, err := b.cache.Layer(keys.Layer, b.s)
@@ -328,10 +328,7 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	} else {
 		history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
 	}
-	var baseCfg ocispec.ImageConfig
-	if base.config != nil {
-		baseCfg = base.config.Config
-	}
+	baseCfg := base.Config().Config
 	res, err := image.Commit(b.s, image.CommitOptions{
 		Layers:      layers,
 		Config:      img.ApplyConfig(baseCfg),

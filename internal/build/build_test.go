@@ -495,11 +495,11 @@ child:
 `, opt, nil); err != nil {
 		t.Fatal(err, e.out.String())
 	}
-	img, err := image.Inspect(e.s, "child")
+	img, err := image.Read(e.s, "child")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f, err := layer.ParseMediaType(img.Layers[0].MediaType); err != nil || f.Type != layer.Erofs {
+	if f, err := layer.ParseMediaType(img.Layers()[0].MediaType); err != nil || f.Type != layer.Erofs {
 		t.Errorf("layer format %v (%v)", f, err)
 	}
 	e.withMounted("child", func(root string) {

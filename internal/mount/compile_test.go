@@ -50,7 +50,7 @@ func f(m *mount.Manager, s *store.Store) {
 		{"exported fields", `
 func f(m *mount.Manager) { use(m, &mount.Image{Name: "demo:1"}) }`, "unknown field Name"},
 		{"unexported fields", `
-func f(m *mount.Manager) { use(m, &mount.Image{digest: digest.FromString("x")}) }`, "unexported field digest"},
+func f(m *mount.Manager) { use(m, &mount.Image{img: nil}) }`, "unexported field img"},
 		{"resolve without checks", `
 func f(m *mount.Manager, s *store.Store) {
 	img, _ := mount.Resolve(s, "demo:1")

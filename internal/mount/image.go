@@ -55,21 +55,21 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 )
 
-// Image is an image that may be mounted: read from the store with every
-// manifest and config read checked against its digest, and every layer
-// descriptor checked (see the package documentation). Its layers' blocks
-// are checked against their verity root hashes by Manager, before or while
-// they are mounted. It is made only by LocalImage, SystemImage and Empty;
-// the zero Image is refused by Manager.
+// Image is an image that may be mounted: the image model (package image)
+// read from the store with every manifest and config read checked against
+// its digest, and every layer descriptor checked (see the package
+// documentation). Its layers' blocks are checked against their verity root
+// hashes by Manager, before or while they are mounted. It is made only by
+// LocalImage, SystemImage and Empty; the zero Image is refused by Manager.
 type Image struct {
+	img    *image.Image // nil for Empty
 	name   string
-	digest digest.Digest // image manifest digest; "" for Empty
-	config ocispec.Image
 	layers []imageLayer // bottom first
 	empty  bool         // made by Empty
 }
@@ -88,18 +88,31 @@ func (l imageLayer) hex() string { return l.digest.Encoded() }
 // Name is the reference the image was chosen by (or its digest).
 func (img *Image) Name() string { return img.name }
 
-// Digest is the image manifest digest ("" for Empty).
-func (img *Image) Digest() digest.Digest { return img.digest }
+// Image is the image model: manifest, config and layers (nil for Empty).
+func (img *Image) Image() *image.Image { return img.img }
 
-// Config returns a copy of the image config (digest-checked).
-func (img *Image) Config() ocispec.Image { return img.config }
+// Digest is the image manifest digest ("" for Empty).
+func (img *Image) Digest() digest.Digest {
+	if img.img == nil {
+		return ""
+	}
+	return img.img.Digest()
+}
+
+// Config returns the image config (digest-checked; zero for Empty).
+func (img *Image) Config() ocispec.Image {
+	if img.img == nil {
+		return ocispec.Image{}
+	}
+	return img.img.Config()
+}
 
 // Layers is the number of layers.
 func (img *Image) Layers() int { return len(img.layers) }
 
 // valid reports whether img came from one of the constructors.
 func (img *Image) valid() error {
-	if img == nil || (!img.empty && img.digest == "") {
+	if img == nil || (!img.empty && img.img == nil) {
 		return errors.New("mount: image not made by mount.LocalImage, mount.SystemImage or mount.Empty")
 	}
 	return nil
@@ -145,36 +158,26 @@ func SystemImage(s *store.Store, vm *trust.VerifiedManifest, d digest.Digest) (*
 
 // open reads and checks the image manifest desc points at.
 func open(s *store.Store, desc ocispec.Descriptor, name string) (*Image, error) {
-	if err := desc.Digest.Validate(); err != nil {
-		return nil, fmt.Errorf("manifest digest %q: %w", desc.Digest, err)
-	}
-	b, err := s.ReadBlob(ocispec.Descriptor{Digest: desc.Digest, Size: desc.Size})
+	mi, err := image.ReadDescriptor(s, desc, name)
 	if err != nil {
-		return nil, fmt.Errorf("manifest: %w", err)
+		return nil, err
 	}
-	m, err := store.ParseManifest(b)
-	if err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", desc.Digest, err)
-	}
-	cfg, err := s.Config(m.Config)
-	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	img := &Image{name: name, digest: desc.Digest, config: cfg}
-	if len(m.Layers) == 0 {
+	img := &Image{img: mi, name: name}
+	layers := mi.Layers()
+	if len(layers) == 0 {
 		return nil, errors.New("image has no layers")
 	}
 	seen := map[digest.Digest]int{}
-	for i, d := range m.Layers {
-		if j, ok := seen[d.Digest]; ok {
-			return nil, fmt.Errorf("layer %d (%s) is layer %d again", i+1, d.Digest, j)
+	for i, l := range layers {
+		if j, ok := seen[l.Digest]; ok {
+			return nil, fmt.Errorf("layer %d (%s) is layer %d again", i+1, l.Digest, j)
 		}
-		seen[d.Digest] = i + 1
-		l, err := openLayer(s, d)
+		seen[l.Digest] = i + 1
+		il, err := openLayer(s, l.Descriptor())
 		if err != nil {
-			return nil, fmt.Errorf("layer %d (%s): %w", i+1, d.Digest, err)
+			return nil, fmt.Errorf("layer %d (%s): %w", i+1, l.Digest, err)
 		}
-		img.layers = append(img.layers, l)
+		img.layers = append(img.layers, il)
 	}
 	return img, nil
 }

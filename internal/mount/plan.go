@@ -111,7 +111,7 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 	if len(img.layers) == 0 && !opt.Writable {
 		return nil, fmt.Errorf("image %s has no layers", img.name)
 	}
-	p := &Plan{ID: id, Image: img.name, Digest: img.digest.String(), Mode: mode, Target: filepath.Clean(target)}
+	p := &Plan{ID: id, Image: img.name, Digest: img.Digest().String(), Mode: mode, Target: filepath.Clean(target)}
 	for _, l := range img.layers {
 		p.Layers = append(p.Layers, planLayer(run, l, mode))
 	}

@@ -6,13 +6,14 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/verity"
 )
 
 // fakeImage makes an image with n squashfs layers; no blobs exist.
 func fakeImage(n int) *Image {
-	img := &Image{name: "demo:1", digest: digest.FromString("manifest")}
+	img := &Image{name: "demo:1", img: &image.Image{}}
 	for i := 0; i < n; i++ {
 		d := digest.FromString(strings.Repeat("x", i+1))
 		img.layers = append(img.layers, imageLayer{
