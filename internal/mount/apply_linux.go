@@ -47,15 +47,25 @@ func inUserNS() bool {
 // layer. The blob is opened once: verification, the loop device and the
 // verification cache key all use that one open file.
 func (m *Manager) mountLayer(lm LayerMount) error {
-	f, err := os.OpenFile(lm.Blob, os.O_RDONLY|syscall.O_CLOEXEC, 0)
+	f, err := openBlob(lm.Blob)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	if lm.VerifyInUserspace {
+		// Nobody but this user may be able to change the blob after it
+		// is verified (the kernel will not check it again).
+		if err := checkBlobFile(f); err != nil {
+			return err
+		}
 		if err := m.verifyLayer(f, lm); err != nil {
 			return err
 		}
+	}
+	// Recorded before the mount: a crash in between leaves a record of an
+	// unmounted layer, which the next mount overwrites.
+	if err := m.writeLayerRecord(f, lm); err != nil {
+		return fmt.Errorf("record the layer mount: %w", err)
 	}
 	if strings.HasPrefix(lm.Mount.Type, "fuse.") {
 		return mountFuse(lm, f)

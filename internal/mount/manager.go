@@ -399,6 +399,10 @@ func (m *Manager) acquire(lm LayerMount, id string) error {
 		return err
 	}
 	if isMountPoint(lm.Dir) {
+		if err := m.checkShared(lm); err != nil {
+			os.Remove(ref)
+			return err
+		}
 		m.count(func(s *Stats) { s.LayersShared++ })
 		return nil
 	}
@@ -436,6 +440,10 @@ func releaseLayer(dir string) error {
 		return err
 	}
 	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	// The record of what the mount was verified against goes with it.
+	if err := os.Remove(layerRecordPath(filepath.Dir(filepath.Dir(dir)), filepath.Base(dir))); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return nil

@@ -1,7 +1,9 @@
 package mount
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -11,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
@@ -461,5 +466,145 @@ func TestInterruptedMountIsStale(t *testing.T) {
 	}
 	if len(done) == 0 || !strings.Contains(done[0], "k1") {
 		t.Errorf("cleanup removed %q, want the interrupted mount", done)
+	}
+}
+
+// A blob rewritten in place while its layer is mounted: the next user of
+// the shared layer mount is refused (the mounted layer may now serve the
+// new bytes, which nobody verified), and once the layer is unmounted the
+// blob is verified afresh.
+func TestSharedLayerBlobRewrittenRefused(t *testing.T) {
+	e := newEnv(t)
+	img := testImage(t, e.s, "rw:1")
+	target := func(id string) string { return filepath.Join(e.run, "containers", id, "rootfs") }
+	if _, err := e.m.Mount(context.Background(), img, "c1", target("c1"), Self(), Options{Writable: true}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // a coarse clock must still see a new mtime
+	blob := img.layers[0].blob
+	b := read(t, blob)
+	if err := os.WriteFile(blob, []byte(b), 0o644); err != nil { // same bytes, same inode
+		t.Fatal(err)
+	}
+	_, err := e.m.Mount(context.Background(), img, "c2", target("c2"), Self(), Options{Writable: true})
+	if !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), "changed since its mounted layer was verified") {
+		t.Fatalf("second user after an in-place rewrite: %v, want ErrVerify naming the change", err)
+	}
+	if isMountPoint(target("c2")) {
+		t.Error("refused mount left its target mounted")
+	}
+	if _, err := os.Stat(filepath.Join(refsDir(e.run), img.layers[0].hex()+".c2")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("refused mount left a layer reference: %v", err)
+	}
+	if err := e.m.Unmount("c1"); err != nil {
+		t.Fatal(err)
+	}
+	// Unmounted: the next mount verifies the (unchanged) bytes again.
+	before := e.m.Stats().Verified
+	if _, err := e.m.Mount(context.Background(), img, "c2", target("c2"), Self(), Options{Writable: true}); err != nil {
+		t.Fatalf("after the last user let go: %v", err)
+	}
+	if got := e.m.Stats().Verified - before; got != 1 {
+		t.Errorf("%d layers verified again, want the rewritten one", got)
+	}
+	if err := e.m.Unmount("c2"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wrongRootImage stores a copy of image ref whose layer n (0-based) claims
+// another verity root hash, tagged as newRef.
+func wrongRootImage(t *testing.T, s *store.Store, ref, newRef string, n int) {
+	t.Helper()
+	img, err := image.Read(s, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := img.Manifest()
+	rh := []byte(m.Layers[n].Annotations[layer.AnnotationVerityRoot])
+	if rh[0] == '0' {
+		rh[0] = '1'
+	} else {
+		rh[0] = '0'
+	}
+	m.Layers[n].Annotations[layer.AnnotationVerityRoot] = string(rh)
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.PutBlob(bytes.NewReader(b), ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(b), Size: int64(len(b))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.MediaType = ocispec.MediaTypeImageManifest
+	if err := s.Tag(newRef, d); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An image whose manifest carries a wrong root hash for a layer another
+// image holds mounted is refused, and so it is on its own.
+func TestSharedLayerWrongRootHashRefused(t *testing.T) {
+	e := newEnv(t)
+	good := testImage(t, e.s, "good:1")
+	wrongRootImage(t, e.s, "good:1", "wrong:1", 1)
+	bad, err := LocalImage(e.s, "wrong:1")
+	if err != nil {
+		t.Fatalf("a well-formed root hash is for Manager to check: %v", err)
+	}
+	if _, err := e.m.Mount(context.Background(), good, "g", filepath.Join(e.run, "g"), Self(), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.m.Mount(context.Background(), bad, "w", filepath.Join(e.run, "w"), Self(), Options{})
+	if !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), "verified against verity root hash") || !strings.Contains(err.Error(), "layer 2 of 2") {
+		t.Fatalf("wrong root hash while the layer is mounted: %v, want ErrVerify naming layer 2's root hash", err)
+	}
+	if isMountPoint(filepath.Join(e.run, "w")) {
+		t.Error("refused image mounted")
+	}
+	if err := e.m.Unmount("g"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Mount(context.Background(), bad, "w", filepath.Join(e.run, "w"), Self(), Options{}); !errors.Is(err, ErrVerify) {
+		t.Fatalf("wrong root hash with nothing mounted: %v, want ErrVerify", err)
+	}
+}
+
+// Without dm-verity, a blob that someone else could change after it is
+// verified is refused before it is verified.
+func TestWritableBlobRefused(t *testing.T) {
+	e := newEnv(t)
+	img := testImage(t, e.s, "perm:1")
+	blob := img.layers[1].blob
+	for _, c := range []struct {
+		name  string
+		apply func() error
+		want  string
+	}{
+		{"group-writable", func() error { return os.Chmod(blob, 0o664) }, "writable by group or others"},
+		{"world-writable", func() error { return os.Chmod(blob, 0o646) }, "writable by group or others"},
+		{"owned by another user", func() error {
+			if err := os.Chmod(blob, 0o644); err != nil {
+				return err
+			}
+			return os.Chown(blob, 1000, 1000)
+		}, "owned by uid 1000"},
+	} {
+		if err := c.apply(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := e.m.Mount(context.Background(), img, "p", filepath.Join(e.run, "p"), Self(), Options{})
+		if !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want ErrVerify saying %q", c.name, err, c.want)
+		}
+	}
+	if err := os.Chown(blob, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Mount(context.Background(), img, "p", filepath.Join(e.run, "p"), Self(), Options{}); err != nil {
+		t.Fatalf("root-owned 0644 blob: %v", err)
+	}
+	if err := e.m.Unmount("p"); err != nil {
+		t.Fatal(err)
 	}
 }

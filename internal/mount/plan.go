@@ -90,6 +90,7 @@ const (
 func layersDir(run string) string        { return filepath.Join(run, "layers") }
 func mountsDir(run string) string        { return filepath.Join(run, "mounts") }
 func verifiedDir(run string) string      { return filepath.Join(run, "verified") }
+func layerRecordsDir(run string) string  { return filepath.Join(run, "layer-records") }
 func containerDir(run, id string) string { return filepath.Join(run, "containers", id) }
 
 // maxOverlayOptions is the page-size limit on mount(2) option data.
