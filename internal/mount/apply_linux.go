@@ -148,6 +148,10 @@ func applyMount(mt Mount, dev string) error {
 		switch o {
 		case "ro":
 			flags |= unix.MS_RDONLY
+		case "nosuid":
+			flags |= unix.MS_NOSUID
+		case "nodev":
+			flags |= unix.MS_NODEV
 		case "bind":
 			flags |= unix.MS_BIND
 		default:
@@ -157,15 +161,16 @@ func applyMount(mt Mount, dev string) error {
 	bind := flags&unix.MS_BIND != 0
 	first := flags
 	if bind {
-		first &^= unix.MS_RDONLY // a bind mount takes the flag only on a remount
+		// A bind mount takes these flags only on a remount.
+		first &^= unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV
 	}
 	if err := unix.Mount(src, mt.Target, mt.Type, first, strings.Join(data, ",")); err != nil {
 		return fmt.Errorf("mount %s %s on %s (%s): %w", mt.Type, src, mt.Target, strings.Join(mt.Options, ","), err)
 	}
-	if bind && flags&unix.MS_RDONLY != 0 {
-		if err := unix.Mount("", mt.Target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+	if rest := flags &^ first; bind && rest != 0 {
+		if err := unix.Mount("", mt.Target, "", unix.MS_BIND|unix.MS_REMOUNT|rest, ""); err != nil {
 			unix.Unmount(mt.Target, 0)
-			return fmt.Errorf("make %s read-only: %w", mt.Target, err)
+			return fmt.Errorf("remount %s (%s): %w", mt.Target, strings.Join(mt.Options, ","), err)
 		}
 	}
 	return nil

@@ -214,6 +214,15 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 			if err := os.RemoveAll(p.Upper); err != nil {
 				return nil, err
 			}
+			// Only root may look into container directories (the
+			// upper and work directories in them stay 0755: the
+			// container's / is the upper directory).
+			if err := os.MkdirAll(filepath.Dir(p.Upper), 0o700); err != nil {
+				return nil, err
+			}
+			if err := os.Mkdir(p.Upper, 0o700); err != nil {
+				return nil, err
+			}
 		}
 		for _, d := range []string{"upper", "work"} {
 			if err := os.MkdirAll(filepath.Join(p.Upper, d), 0o755); err != nil {
@@ -406,6 +415,9 @@ func (m *Manager) acquire(lm LayerMount, id string) error {
 		m.count(func(s *Stats) { s.LayersShared++ })
 		return nil
 	}
+	if err := os.MkdirAll(layersDir(m.run()), 0o700); err != nil {
+		return err
+	}
 	if err := os.MkdirAll(lm.Dir, 0o755); err != nil {
 		return err
 	}
@@ -452,6 +464,9 @@ func releaseLayer(dir string) error {
 func (m *Manager) lock() (func(), error) {
 	if err := os.MkdirAll(mountsDir(m.run()), 0o700); err != nil {
 		return nil, fmt.Errorf("run directory: %w", err)
+	}
+	if err := privateDir(m.run()); err != nil {
+		return nil, err
 	}
 	f, err := os.OpenFile(filepath.Join(m.run(), "lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -565,4 +580,21 @@ func procStart(pid int) uint64 {
 	var t uint64
 	fmt.Sscan(f[19], &t)
 	return t
+}
+
+// privateDir makes the run directory dir 0700 if it is more open: it holds
+// layer mounts and container roots, which only root (or, rootless, the
+// user) may reach.
+func privateDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("run directory: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	if err := os.Chmod(dir, fi.Mode().Perm()&0o700); err != nil {
+		return fmt.Errorf("run directory: make it private (0700): %w", err)
+	}
+	return nil
 }

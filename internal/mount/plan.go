@@ -80,6 +80,16 @@ type Mount struct {
 	Options []string `json:"options,omitempty"`
 }
 
+// hostSafe are the flags of every mount vessel makes: layer mounts and
+// overlays are reachable from the host (vessel mount targets, the layer
+// mounts under the run directory), where a setuid file or a device node
+// shipped in an image must stay inert. (Containers lose nothing: they run
+// with no_new_privs, and the runtime gives them their own /dev.)
+var hostSafe = []string{"nosuid", "nodev"}
+
+// layerOptions are the options of a layer mount.
+var layerOptions = append([]string{"ro"}, hostSafe...)
+
 // Placeholders for devices only known when the plan is applied.
 const (
 	LoopDevice   = "{loop}"
@@ -149,7 +159,7 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 	case len(lowers) == 1:
 		// overlayfs wants two lower layers when there is no upper: a
 		// read-only bind of the single layer is the same thing.
-		p.Overlay = Mount{Type: "bind", Source: lowers[0], Target: p.Target, Options: []string{"bind", "ro"}}
+		p.Overlay = Mount{Type: "bind", Source: lowers[0], Target: p.Target, Options: []string{"bind", "ro", "nosuid", "nodev"}}
 		return p, nil
 	}
 	if mode == ModeFuse {
@@ -161,7 +171,7 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 	if n := len(strings.Join(opts, ",")); n > maxOverlayOptions {
 		return nil, fmt.Errorf("image %s has %d layers: the overlay options are %d bytes, more than the kernel's %d", img.name, len(lowers), n, maxOverlayOptions)
 	}
-	p.Overlay.Options = opts
+	p.Overlay.Options = append(opts, hostSafe...)
 	return p, nil
 }
 
@@ -178,14 +188,14 @@ func planLayer(run string, l imageLayer, mode Mode) LayerMount {
 	case ModeVerity:
 		lm.Loop.SizeLimit = l.size
 		lm.Verity = newVerity(l)
-		lm.Mount = Mount{Type: fsType, Source: VerityDevice, Target: lm.Dir, Options: []string{"ro"}}
+		lm.Mount = Mount{Type: fsType, Source: VerityDevice, Target: lm.Dir, Options: layerOptions}
 	case ModeFuse:
 		lm.VerifyInUserspace = true
 		lm.Loop = Loop{}
-		lm.Mount = Mount{Type: "fuse." + fuseDriver(l.geometry.Format.Type), Source: l.blob, Target: lm.Dir, Options: []string{"ro"}}
+		lm.Mount = Mount{Type: "fuse." + fuseDriver(l.geometry.Format.Type), Source: l.blob, Target: lm.Dir, Options: layerOptions}
 	default:
 		lm.VerifyInUserspace = true
-		lm.Mount = Mount{Type: fsType, Source: LoopDevice, Target: lm.Dir, Options: []string{"ro"}}
+		lm.Mount = Mount{Type: fsType, Source: LoopDevice, Target: lm.Dir, Options: layerOptions}
 	}
 	return lm
 }

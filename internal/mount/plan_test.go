@@ -54,7 +54,7 @@ func TestPlanUserspaceWritable(t *testing.T) {
 		if lm.Loop.File != l.blob || lm.Loop.SizeLimit != 40960 {
 			t.Errorf("layer %d loop %+v: want the blob limited to the filesystem image", i, lm.Loop)
 		}
-		if lm.Mount.Type != "squashfs" || lm.Mount.Source != LoopDevice || strings.Join(lm.Mount.Options, ",") != "ro" {
+		if lm.Mount.Type != "squashfs" || lm.Mount.Source != LoopDevice || strings.Join(lm.Mount.Options, ",") != "ro,nosuid,nodev" {
 			t.Errorf("layer %d mount %+v", i, lm.Mount)
 		}
 	}
@@ -63,6 +63,8 @@ func TestPlanUserspaceWritable(t *testing.T) {
 		"upperdir=/run/vessel/containers/c1/upper",
 		"workdir=/run/vessel/containers/c1/work",
 		"volatile",
+		"nosuid",
+		"nodev",
 	}
 	if got := strings.Join(p.Overlay.Options, " "); got != strings.Join(want, " ") {
 		t.Errorf("overlay options\n got %s\nwant %s", got, strings.Join(want, " "))
@@ -77,7 +79,7 @@ func TestPlanReadOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Upper != "" || p.Overlay.Type != "overlay" || p.Overlay.Options[len(p.Overlay.Options)-1] != "ro" {
+	if p.Upper != "" || p.Overlay.Type != "overlay" || strings.Join(p.Overlay.Options[1:], ",") != "ro,nosuid,nodev" {
 		t.Errorf("read-only plan: %+v", p.Overlay)
 	}
 	// One layer and no upper: overlayfs refuses that, so it is a bind.
@@ -85,7 +87,7 @@ func TestPlanReadOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Overlay.Type != "bind" || p.Overlay.Source != p.Layers[0].Dir || strings.Join(p.Overlay.Options, ",") != "bind,ro" {
+	if p.Overlay.Type != "bind" || p.Overlay.Source != p.Layers[0].Dir || strings.Join(p.Overlay.Options, ",") != "bind,ro,nosuid,nodev" {
 		t.Errorf("single-layer read-only plan: %+v", p.Overlay)
 	}
 }
