@@ -251,10 +251,10 @@ func imagesCmd(g *globals) *cobra.Command {
 			rows := []row{}
 			for _, t := range list {
 				r := row{Name: t.Name, Tag: t.Tag, Digest: string(t.Descriptor.Digest)}
-				if info, err := image.Inspect(s, t.Name+":"+t.Tag); err == nil {
-					r.Size = info.Size
-					if info.Config.Created != nil {
-						r.Created = *info.Config.Created
+				if img, err := image.Read(s, t.Name+":"+t.Tag); err == nil {
+					r.Size = img.Size()
+					if c := img.Config(); c.Created != nil {
+						r.Created = *c.Created
 					}
 				}
 				rows = append(rows, r)
@@ -283,16 +283,16 @@ func inspectCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			info, err := image.Inspect(s, args[0])
+			img, err := image.Read(s, args[0])
 			if err != nil {
 				return err
 			}
 			if g.json {
-				return printJSON(cmd.OutOrStdout(), info)
+				return printJSON(cmd.OutOrStdout(), img)
 			}
 			w := cmd.OutOrStdout()
-			fmt.Fprintf(w, "Image:    %s\nDigest:   %s\nSize:     %s\n", info.Ref, info.Digest, humanSize(info.Size))
-			c := info.Config
+			fmt.Fprintf(w, "Image:    %s\nDigest:   %s\nSize:     %s\n", img.Ref(), img.Digest(), humanSize(img.Size()))
+			c := img.Config()
 			fmt.Fprintf(w, "Platform: %s/%s\n", c.OS, c.Architecture)
 			if c.Created != nil {
 				fmt.Fprintf(w, "Created:  %s\n", c.Created.Format(time.RFC3339))
@@ -303,8 +303,8 @@ func inspectCmd(g *globals) *cobra.Command {
 			for _, e := range c.Config.Env {
 				fmt.Fprintf(w, "Env:      %s\n", e)
 			}
-			fmt.Fprintf(w, "Config:   %s\nLayers:\n", info.Manifest.Config.Digest)
-			for i, l := range info.Layers {
+			fmt.Fprintf(w, "Config:   %s\nLayers:\n", img.Manifest().Config.Digest)
+			for i, l := range img.Layers() {
 				fmt.Fprintf(w, "  %d. %s\n     media type:  %s\n     size:        %d\n     verity root: %s\n", i+1, l.Digest, l.MediaType, l.Size, orNone(l.RootHash))
 			}
 			return nil

@@ -74,7 +74,7 @@ in userspace and mounted with squashfuse).`,
 			if err != nil {
 				return err
 			}
-			img, err := mount.Resolve(s, args[0])
+			img, err := mount.LocalImage(s, args[0])
 			if err != nil {
 				return err
 			}

@@ -145,7 +145,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 			if err != nil {
 				return err
 			}
-			img, err := mount.Resolve(s, args[0])
+			img, err := mount.LocalImage(s, args[0])
 			if err != nil {
 				return err
 			}
@@ -154,7 +154,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 				rand.Read(b)
 				name = "run-" + hex.EncodeToString(b)
 			}
-			proc, err := ociruntime.FromImage(img.Config.Config, ociruntime.Overrides{
+			proc, err := ociruntime.FromImage(img.Config().Config, ociruntime.Overrides{
 				Cmd: args[1:], Env: envFlags(cfg.Env), User: cfg.User, Cwd: cfg.Cwd,
 			})
 			if err != nil {

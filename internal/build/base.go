@@ -20,27 +20,19 @@ import (
 	"github.com/vesselos/vessel/internal/registry"
 )
 
-// baseImage is what a step builds on.
-type baseImage struct {
-	digest digest.Digest        // manifest digest; "" for scratch
-	layers []ocispec.Descriptor // bottom first
-	config *ocispec.Image       // nil for scratch
-	mount  *mount.Image
-}
-
 // BasesDir is where docker bases are pulled to (an OCI layout under the
 // store root) before they are converted; blobs already there are not
 // downloaded again.
 const BasesDir = "build-bases"
 
-// base resolves img's base, converting tar, oci and docker bases to
+// base resolves img's base (mount.Empty for scratch), converting tar, oci and docker bases to
 // verified layers once (the conversion is cached by source digest, layer
 // format and SOURCE_DATE_EPOCH).
-func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (*baseImage, error) {
+func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (*mount.Image, error) {
 	from := img.From
 	switch from.Type {
 	case recipe.Scratch:
-		return &baseImage{mount: mount.Empty("scratch")}, nil
+		return mount.Empty("scratch"), nil
 	case recipe.Built:
 		r := b.done[from.Tag]
 		if r == nil {
@@ -85,7 +77,7 @@ func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (*baseImag
 	return nil, fmt.Errorf("unknown base type %q", from.Type)
 }
 
-func (b *builder) layoutBase(ctx context.Context, i int, kind string, src image.Source, name string) (*baseImage, error) {
+func (b *builder) layoutBase(ctx context.Context, i int, kind string, src image.Source, name string) (*mount.Image, error) {
 	md, err := image.SourceManifest(src)
 	if err != nil {
 		return nil, fmt.Errorf("%s base %s: %w", kind, name, err)
@@ -97,7 +89,7 @@ func (b *builder) layoutBase(ctx context.Context, i int, kind string, src image.
 
 // converted returns the cached conversion of a base identified by
 // (kind, id), converting it first on a miss.
-func (b *builder) converted(ctx context.Context, i int, kind, id, name string, convert func(image.ConvertOptions) (*image.Created, error)) (*baseImage, error) {
+func (b *builder) converted(ctx context.Context, i int, kind, id, name string, convert func(image.ConvertOptions) (*image.Created, error)) (*mount.Image, error) {
 	key := digest.FromString("vessel-build-base/v1\x00" + kind + "\x00" + id + "\x00" + b.opt.Format.MediaType() + "\x00" + b.sde)
 	if d, ok, err := b.cache.Image(key, b.s); err != nil {
 		return nil, err
@@ -117,18 +109,10 @@ func (b *builder) converted(ctx context.Context, i int, kind, id, name string, c
 	return b.resolve(res.Descriptor)
 }
 
-// resolve reads a stored image (digest-checked) as a base.
-func (b *builder) resolve(d ocispec.Descriptor) (*baseImage, error) {
-	mi, err := mount.ResolveDescriptor(b.s, d)
-	if err != nil {
-		return nil, err
-	}
-	m, err := b.s.Manifest(d.Digest)
-	if err != nil {
-		return nil, err
-	}
-	cfg := mi.Config
-	return &baseImage{digest: d.Digest, layers: m.Layers, config: &cfg, mount: mi}, nil
+// resolve reads a stored image as a base: the build chose it, so it is
+// checked as a local image (mount.LocalImage).
+func (b *builder) resolve(d ocispec.Descriptor) (*mount.Image, error) {
+	return mount.LocalImage(b.s, d.Digest.String())
 }
 
 func fileSHA256(p string) (string, error) {
@@ -161,7 +145,7 @@ func (r *sources) resolve(name, p string) (string, error) {
 		if built == nil {
 			return "", fmt.Errorf("image %q is not built yet", name)
 		}
-		mi, err := mount.ResolveDescriptor(r.b.s, built.Descriptor)
+		mi, err := mount.LocalImage(r.b.s, built.Descriptor.Digest.String())
 		if err != nil {
 			return "", err
 		}

@@ -287,25 +287,25 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 			err = errors.Join(err, cerr)
 		}
 	}()
-	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: base.digest, LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve})
+	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: base.Digest(), LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve})
 	if err != nil {
 		return nil, fail("imports", img.KeyLine("imports"), err)
 	}
 	if d, ok, err := b.cache.Image(keys.Config, b.s); err != nil {
 		return nil, fail("cache", 0, err)
 	} else if ok {
-		if mi, err := mount.ResolveDescriptor(b.s, d); err == nil {
+		if mi, err := mount.LocalImage(b.s, d.Digest.String()); err == nil {
 			b.event(i, StatusCached, d.Digest, "")
-			return &Built{Name: img.Name, Descriptor: d, Layers: len(mi.Layers), Cache: "image"}, nil
+			return &Built{Name: img.Name, Descriptor: d, Layers: mi.Layers(), Cache: "image"}, nil
 		}
 		// a blob went missing (gc, rm): build it again
 	}
-	layers := append([]ocispec.Descriptor(nil), base.layers...)
-	cached := ""
-	var history []ocispec.History
-	if base.config != nil {
-		history = append(history, base.config.History...)
+	var layers []ocispec.Descriptor
+	if bi := base.Image(); bi != nil { // nil for scratch
+		layers = bi.Manifest().Layers
 	}
+	cached := ""
+	history := append([]ocispec.History(nil), base.Config().History...)
 	when := b.created()
 	if changesFiles(img) {
 		d, ok, err := b.cache.Layer(keys.Layer, b.s)
@@ -328,10 +328,7 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	} else {
 		history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
 	}
-	var baseCfg ocispec.ImageConfig
-	if base.config != nil {
-		baseCfg = base.config.Config
-	}
+	baseCfg := base.Config().Config
 	res, err := image.Commit(b.s, image.CommitOptions{
 		Layers:      layers,
 		Config:      img.ApplyConfig(baseCfg),

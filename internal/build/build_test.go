@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselos/vessel/internal/container"
+	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/recipe"
@@ -56,11 +57,11 @@ func TestExample(t *testing.T) {
 			t.Errorf("/tmp: %v %v, want 1777", fi, err)
 		}
 	})
-	img, err := mount.Resolve(e.s, "app")
+	img, err := mount.LocalImage(e.s, "app")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := img.Config.Config
+	c := img.Config().Config
 	if strings.Join(c.Entrypoint, " ") != "/bin/httpd -f -p 127.0.0.1:8080 -h /www" || c.WorkingDir != "/www" {
 		t.Errorf("config: entrypoint %q, working dir %q", c.Entrypoint, c.WorkingDir)
 	}
@@ -494,12 +495,12 @@ child:
 `, opt, nil); err != nil {
 		t.Fatal(err, e.out.String())
 	}
-	img, err := mount.Resolve(e.s, "child")
+	img, err := image.Read(e.s, "child")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if img.Layers[0].Geometry.Format.Type != layer.Erofs {
-		t.Errorf("layer format %v", img.Layers[0].Geometry.Format)
+	if f, err := layer.ParseMediaType(img.Layers()[0].MediaType); err != nil || f.Type != layer.Erofs {
+		t.Errorf("layer format %v (%v)", f, err)
 	}
 	e.withMounted("child", func(root string) {
 		if exists(filepath.Join(root, "data/a")) || !exists(filepath.Join(root, "data/keep")) {

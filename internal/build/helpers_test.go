@@ -175,7 +175,7 @@ func (e *env) statuses() map[string]string {
 // withMounted mounts ref read-only and calls fn with its root.
 func (e *env) withMounted(ref string, fn func(root string)) {
 	e.t.Helper()
-	img, err := mount.Resolve(e.s, ref)
+	img, err := mount.LocalImage(e.s, ref)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ var runtimeMountPoints = []string{
 // buildLayer stages img's imports, runs its script on the mounted base
 // with a writable upper directory and makes the upper directory a layer in
 // the store.
-func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base *baseImage, src *sources) (ocispec.Descriptor, error) {
+func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base *mount.Image, src *sources) (ocispec.Descriptor, error) {
 	fail := func(phase string, line int, err error) error {
 		return b.stepError(i, img, phase, line, err)
 	}
@@ -93,10 +93,7 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		for _, m := range st.Mounts {
 			binds = append(binds, ociruntime.Bind{Source: m.Source, Target: m.Destination, ReadOnly: m.ReadOnly})
 		}
-		var baseEnv []string
-		if base.config != nil {
-			baseEnv = base.config.Config.Env
-		}
+		baseEnv := base.Config().Config.Env
 		// One pipe for stdout and stderr keeps their order as written.
 		pr, pw, err := os.Pipe()
 		if err != nil {
@@ -112,7 +109,7 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		b.event(i, StatusRun, "", "")
 		code, err := l.Run(ctx, container.Spec{
 			ID:    id,
-			Image: base.mount,
+			Image: base,
 			Config: ociruntime.Config{
 				Args:    []string{recipe.ScriptPath},
 				Env:     img.RunEnv(baseEnv),
@@ -136,7 +133,7 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		}
 	} else {
 		target := filepath.Join(tmp, "rootfs")
-		if _, err := b.opt.Mounts.Mount(ctx, base.mount, id, target, mount.Self(), mount.Options{Writable: true, Upper: upper}); err != nil {
+		if _, err := b.opt.Mounts.Mount(ctx, base, id, target, mount.Self(), mount.Options{Writable: true, Upper: upper}); err != nil {
 			return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
 		}
 		err := prepare(target)
@@ -229,19 +226,19 @@ func cleanUpper(dir string, missing []string) (opaque []string, err error) {
 // user.overlay.opaque, and mksquashfs cannot be told to write the trusted
 // one from a user namespace. Whiteouts are plain 0:0 character devices
 // that both can create, so root and rootless builds give the same layer.
-func (b *builder) flattenOpaque(ctx context.Context, base *baseImage, dir string, opaque []string, id string) (err error) {
+func (b *builder) flattenOpaque(ctx context.Context, base *mount.Image, dir string, opaque []string, id string) (err error) {
 	if len(opaque) == 0 {
 		return nil
 	}
 	var lower string
-	if len(base.mount.Layers) > 0 {
+	if base.Layers() > 0 {
 		tmp, err := b.tempDir("base-*")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(tmp)
 		lower = filepath.Join(tmp, "root")
-		if _, err := b.opt.Mounts.Mount(ctx, base.mount, id+"-base", lower, mount.Self(), mount.Options{}); err != nil {
+		if _, err := b.opt.Mounts.Mount(ctx, base, id+"-base", lower, mount.Self(), mount.Options{}); err != nil {
 			return fmt.Errorf("mount the base to resolve opaque directories: %w", err)
 		}
 		defer func() {

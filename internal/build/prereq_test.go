@@ -109,7 +109,7 @@ func TestPrerequisites(t *testing.T) {
 		}
 	}
 	for _, ref := range []string{"base", "mid", "app"} {
-		if _, err := mount.Resolve(e.s, ref); err != nil {
+		if _, err := mount.LocalImage(e.s, ref); err != nil {
 			t.Errorf("%s is not tagged: %v", ref, err)
 		}
 	}

@@ -49,7 +49,7 @@ type Launcher struct {
 // Spec is one container to run.
 type Spec struct {
 	ID     string       // container id; also names its mount and bundle
-	Image  *mount.Image // from mount.Resolve: read through digest checks
+	Image  *mount.Image // from mount.LocalImage or mount.SystemImage
 	Config ociruntime.Config
 	// Upper keeps the writable layer in this directory instead of a fresh
 	// one that is thrown away (vessel build uses it to capture changes).

@@ -56,7 +56,7 @@ func newEnv(t *testing.T) *env {
 	if _, err := image.Create(context.Background(), s, "bb:1", []string{base, top}, image.CreateOptions{Format: layer.DefaultFormat(layer.Squashfs), SourceDateEpoch: &epoch}); err != nil {
 		t.Fatal(err)
 	}
-	if e.img, err = mount.Resolve(s, "bb:1"); err != nil {
+	if e.img, err = mount.LocalImage(s, "bb:1"); err != nil {
 		t.Fatal(err)
 	}
 	if e.rt, _, err = ociruntime.Detect(context.Background(), "", filepath.Join(e.run, "runtime")); err != nil {
@@ -173,8 +173,8 @@ func TestConcurrentRunsShareLayers(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		layerMounts, overlays = count()
 	}
-	if layerMounts != len(e.img.Layers) || overlays != n {
-		t.Errorf("%d containers: %d layer mounts (want %d, shared) and %d overlays (want %d)", n, layerMounts, len(e.img.Layers), overlays, n)
+	if layerMounts != e.img.Layers() || overlays != n {
+		t.Errorf("%d containers: %d layer mounts (want %d, shared) and %d overlays (want %d)", n, layerMounts, e.img.Layers(), overlays, n)
 	}
 	os.WriteFile(filepath.Join(release, "now"), nil, 0o644)
 	wg.Wait()
@@ -199,7 +199,7 @@ func TestNoLeaksAfterManyCycles(t *testing.T) {
 			t.Fatalf("cycle %d: exit %d, %v", i, code, err)
 		}
 	}
-	if st := l.Mounts.Stats(); st.Verified != len(e.img.Layers) || st.CacheHits != (cycles-1)*len(e.img.Layers) {
+	if st := l.Mounts.Stats(); st.Verified != e.img.Layers() || st.CacheHits != (cycles-1)*e.img.Layers() {
 		t.Errorf("%d cycles: %+v, want each layer verified once and cached after", cycles, st)
 	}
 	// Cancelling mid-run kills the container and still cleans up.

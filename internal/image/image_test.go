@@ -263,10 +263,10 @@ func TestConvertTarLayersStackLikeOCI(t *testing.T) {
 	if _, err := Verify(s, "conv:1", nil); err != nil {
 		t.Fatal(err)
 	}
-	info, err := Inspect(s, "conv:1")
+	info, err := Read(s, "conv:1")
 	must(t, err)
-	if strings.Join(info.Config.Config.Entrypoint, " ") != "/bin/sh" || info.Config.Config.Env[0] != "PATH=/bin" {
-		t.Errorf("config not carried over: %+v", info.Config.Config)
+	if strings.Join(info.Config().Config.Entrypoint, " ") != "/bin/sh" || info.Config().Config.Env[0] != "PATH=/bin" {
+		t.Errorf("config not carried over: %+v", info.Config().Config)
 	}
 	// stack the three layers with overlayfs and look at the result
 	var lowers []string
@@ -338,5 +338,60 @@ func TestConvertRejectsBadSources(t *testing.T) {
 	}
 	if list, _ := s.List(); len(list) != 0 {
 		t.Fatalf("failed conversions tagged %v", list)
+	}
+}
+
+// TestReadModel reads an image once into the image model and checks it
+// against what skopeo reads from the same layout, and that the model
+// cannot be changed through what its accessors return.
+func TestReadModel(t *testing.T) {
+	need(t, "mksquashfs", "skopeo")
+	s := newStore(t)
+	res, err := Create(context.Background(), s, "demo:1", []string{tree(t, map[string]string{"f": "x"}), tree(t, map[string]string{"g": "y"})}, CreateOptions{SourceDateEpoch: &epoch})
+	must(t, err)
+	img, err := Read(s, "demo:1")
+	must(t, err)
+	out, err := exec.Command("skopeo", "inspect", "--raw", "oci:"+s.LayoutDir()+":demo:1").Output()
+	must(t, err)
+	var sk ocispec.Manifest
+	must(t, json.Unmarshal(out, &sk))
+	if img.Digest() != res.Descriptor.Digest || img.Digest() != digest.FromBytes(out) {
+		t.Fatalf("digest %s, created %s, skopeo %s", img.Digest(), res.Descriptor.Digest, digest.FromBytes(out))
+	}
+	ls := img.Layers()
+	if len(ls) != 2 || len(sk.Layers) != 2 {
+		t.Fatalf("%d layers, skopeo sees %d", len(ls), len(sk.Layers))
+	}
+	size := int64(len(out)) + sk.Config.Size
+	for i, l := range ls {
+		want := sk.Layers[i]
+		rh, _ := layer.RootHash(want)
+		if l.Digest != want.Digest || l.Size != want.Size || l.MediaType != want.MediaType || l.RootHash != rh || len(rh) != 64 {
+			t.Errorf("layer %d: %+v, skopeo %+v", i+1, l, want)
+		}
+		size += want.Size
+	}
+	if img.Size() != size {
+		t.Errorf("size %d, want %d", img.Size(), size)
+	}
+	// Copies: changing them leaves the model alone.
+	m := img.Manifest()
+	m.Layers[0].Annotations[layer.AnnotationVerityRoot] = "00"
+	ls[0].Digest = "sha256:0"
+	if l := img.Layers()[0]; l.Digest == "sha256:0" || l.Descriptor().Annotations[layer.AnnotationVerityRoot] == "00" {
+		t.Error("the model changed through a copy")
+	}
+	// `vessel inspect --json` keeps its fields.
+	b, err := json.Marshal(img)
+	must(t, err)
+	var j map[string]json.RawMessage
+	must(t, json.Unmarshal(b, &j))
+	for _, k := range []string{"ref", "digest", "size", "manifest", "config", "layers"} {
+		if _, ok := j[k]; !ok {
+			t.Errorf("JSON has no %q: %s", k, b)
+		}
+	}
+	if !strings.Contains(string(j["layers"]), `"verityRootHash":"`+ls[1].RootHash+`"`) {
+		t.Errorf("JSON layers lack the root hash: %s", j["layers"])
 	}
 }

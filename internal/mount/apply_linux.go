@@ -47,15 +47,25 @@ func inUserNS() bool {
 // layer. The blob is opened once: verification, the loop device and the
 // verification cache key all use that one open file.
 func (m *Manager) mountLayer(lm LayerMount) error {
-	f, err := os.OpenFile(lm.Blob, os.O_RDONLY|syscall.O_CLOEXEC, 0)
+	f, err := openBlob(lm.Blob)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	if lm.VerifyInUserspace {
+		// Nobody but this user may be able to change the blob after it
+		// is verified (the kernel will not check it again).
+		if err := checkBlobFile(f); err != nil {
+			return err
+		}
 		if err := m.verifyLayer(f, lm); err != nil {
 			return err
 		}
+	}
+	// Recorded before the mount: a crash in between leaves a record of an
+	// unmounted layer, which the next mount overwrites.
+	if err := m.writeLayerRecord(f, lm); err != nil {
+		return fmt.Errorf("record the layer mount: %w", err)
 	}
 	if strings.HasPrefix(lm.Mount.Type, "fuse.") {
 		return mountFuse(lm, f)
@@ -138,6 +148,10 @@ func applyMount(mt Mount, dev string) error {
 		switch o {
 		case "ro":
 			flags |= unix.MS_RDONLY
+		case "nosuid":
+			flags |= unix.MS_NOSUID
+		case "nodev":
+			flags |= unix.MS_NODEV
 		case "bind":
 			flags |= unix.MS_BIND
 		default:
@@ -147,15 +161,16 @@ func applyMount(mt Mount, dev string) error {
 	bind := flags&unix.MS_BIND != 0
 	first := flags
 	if bind {
-		first &^= unix.MS_RDONLY // a bind mount takes the flag only on a remount
+		// A bind mount takes these flags only on a remount.
+		first &^= unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV
 	}
 	if err := unix.Mount(src, mt.Target, mt.Type, first, strings.Join(data, ",")); err != nil {
 		return fmt.Errorf("mount %s %s on %s (%s): %w", mt.Type, src, mt.Target, strings.Join(mt.Options, ","), err)
 	}
-	if bind && flags&unix.MS_RDONLY != 0 {
-		if err := unix.Mount("", mt.Target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+	if rest := flags &^ first; bind && rest != 0 {
+		if err := unix.Mount("", mt.Target, "", unix.MS_BIND|unix.MS_REMOUNT|rest, ""); err != nil {
 			unix.Unmount(mt.Target, 0)
-			return fmt.Errorf("make %s read-only: %w", mt.Target, err)
+			return fmt.Errorf("remount %s (%s): %w", mt.Target, strings.Join(mt.Options, ","), err)
 		}
 	}
 	return nil

@@ -11,7 +11,7 @@ import (
 // its root is an empty directory under the run directory as the overlay's
 // only lower layer, so everything the container writes lands in the upper
 // directory. There is nothing to verify.
-func Empty(name string) *Image { return &Image{Name: name} }
+func Empty(name string) *Image { return &Image{name: name, empty: true} }
 
 // emptyLower is the shared empty lower directory of layerless mounts.
 func emptyLower(run string) string { return filepath.Join(run, "empty") }

@@ -16,7 +16,7 @@ func TestPlanEmpty(t *testing.T) {
 	if len(p.Layers) != 0 {
 		t.Errorf("layers: %+v", p.Layers)
 	}
-	want := "lowerdir=/run/vessel/empty,upperdir=/tmp/up/upper,workdir=/tmp/up/work"
+	want := "lowerdir=/run/vessel/empty,upperdir=/tmp/up/upper,workdir=/tmp/up/work,nosuid,nodev"
 	if got := strings.Join(p.Overlay.Options, ","); got != want {
 		t.Errorf("overlay options %q, want %q", got, want)
 	}

@@ -48,7 +48,7 @@ func mountFuse(lm LayerMount, blob *os.File) error {
 		b, _ := os.ReadFile(fmt.Sprintf("/proc/self/fd/%d", out.Fd()))
 		return bytes.TrimSpace(b)
 	}
-	opts := "ro"
+	opts := strings.Join(layerOptions, ",")
 	if !strings.ContainsAny(lm.Blob, ",\\") {
 		opts += ",fsname=" + lm.Blob // what the mount table shows
 	}

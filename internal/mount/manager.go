@@ -192,7 +192,7 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 			return nil, err
 		}
 		if err := m.acquire(lm, id); err != nil {
-			return nil, fmt.Errorf("image %s: layer %d of %d (%s): %w", img.Name, i+1, len(p.Layers), lm.Digest, err)
+			return nil, fmt.Errorf("image %s: layer %d of %d (%s): %w", img.name, i+1, len(p.Layers), lm.Digest, err)
 		}
 	}
 	if len(p.Layers) == 0 {
@@ -203,6 +203,15 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 	if p.Upper != "" {
 		if p.OwnUp {
 			if err := os.RemoveAll(p.Upper); err != nil {
+				return nil, err
+			}
+			// Only root may look into container directories (the
+			// upper and work directories in them stay 0755: the
+			// container's / is the upper directory).
+			if err := os.MkdirAll(filepath.Dir(p.Upper), 0o700); err != nil {
+				return nil, err
+			}
+			if err := os.Mkdir(p.Upper, 0o700); err != nil {
 				return nil, err
 			}
 		}
@@ -216,7 +225,7 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 		return nil, err
 	}
 	if err := applyMount(p.Overlay, ""); err != nil {
-		return nil, fmt.Errorf("image %s: %w", img.Name, err)
+		return nil, fmt.Errorf("image %s: %w", img.name, err)
 	}
 	rec.Mounted = true
 	if err := m.writeRecord(rec); err != nil {
@@ -390,8 +399,15 @@ func (m *Manager) acquire(lm LayerMount, id string) error {
 		return err
 	}
 	if isMountPoint(lm.Dir) {
+		if err := m.checkShared(lm); err != nil {
+			os.Remove(ref)
+			return err
+		}
 		m.count(func(s *Stats) { s.LayersShared++ })
 		return nil
+	}
+	if err := os.MkdirAll(layersDir(m.run()), 0o700); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(lm.Dir, 0o755); err != nil {
 		return err
@@ -429,12 +445,19 @@ func releaseLayer(dir string) error {
 	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
+	// The record of what the mount was verified against goes with it.
+	if err := os.Remove(layerRecordPath(filepath.Dir(filepath.Dir(dir)), filepath.Base(dir))); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
 	return nil
 }
 
 func (m *Manager) lock() (func(), error) {
 	if err := os.MkdirAll(mountsDir(m.run()), 0o700); err != nil {
 		return nil, fmt.Errorf("run directory: %w", err)
+	}
+	if err := privateDir(m.run()); err != nil {
+		return nil, err
 	}
 	f, err := os.OpenFile(filepath.Join(m.run(), "lock"), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -527,4 +550,21 @@ func resolvePath(p string) (string, error) {
 		return "", err
 	}
 	return filepath.Join(rp, filepath.Base(p)), nil
+}
+
+// privateDir makes the run directory dir 0700 if it is more open: it holds
+// layer mounts and container roots, which only root (or, rootless, the
+// user) may reach.
+func privateDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("run directory: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	if err := os.Chmod(dir, fi.Mode().Perm()&0o700); err != nil {
+		return fmt.Errorf("run directory: make it private (0700): %w", err)
+	}
+	return nil
 }

@@ -1,7 +1,9 @@
 package mount
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -11,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
@@ -60,7 +65,7 @@ func testImage(t *testing.T, s *store.Store, ref string) *Image {
 	if _, err := image.Create(context.Background(), s, ref, []string{base, top}, image.CreateOptions{Format: layer.DefaultFormat(layer.Squashfs), SourceDateEpoch: &epoch}); err != nil {
 		t.Fatal(err)
 	}
-	img, err := Resolve(s, ref)
+	img, err := LocalImage(s, ref)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +225,7 @@ func TestSharedLayers(t *testing.T) {
 	if st.LayersMounted != 2 || st.LayersShared != 8 {
 		t.Errorf("5 containers of a 2-layer image: %+v, want 2 layer mounts shared 8 times", st)
 	}
-	top := filepath.Join(layersDir(e.run), img.Layers[1].Hex())
+	top := filepath.Join(layersDir(e.run), img.layers[1].hex())
 	for i, id := range ids {
 		if err := e.m.Unmount(id); err != nil {
 			t.Fatal(err)
@@ -235,7 +240,7 @@ func TestTamperedLayerRefused(t *testing.T) {
 	e := newEnv(t)
 	img := testImage(t, e.s, "bad:1")
 	// Flip a byte in the middle of the top layer's filesystem image.
-	blob := img.Layers[1].Blob
+	blob := img.layers[1].blob
 	f, err := os.OpenFile(blob, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -252,7 +257,7 @@ func TestTamperedLayerRefused(t *testing.T) {
 	if !errors.Is(err, ErrVerify) || !errors.As(err, &ce) || ce.Block != 0 {
 		t.Fatalf("tampered layer: %v, want ErrVerify naming data block 0", err)
 	}
-	for _, want := range []string{"bad:1", "layer 2 of 2", img.Layers[1].Digest.String(), "data block 0"} {
+	for _, want := range []string{"bad:1", "layer 2 of 2", img.layers[1].digest.String(), "data block 0"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %q", err, want)
 		}
@@ -293,8 +298,8 @@ func TestVerifiedCacheFollowsFileIdentity(t *testing.T) {
 	// Changing the file (even back to the same bytes) changes its ctime,
 	// so the layer is verified again.
 	time.Sleep(10 * time.Millisecond)
-	b := read(t, img.Layers[0].Blob)
-	if err := os.WriteFile(img.Layers[0].Blob, []byte(b), 0o444); err != nil {
+	b := read(t, img.layers[0].blob)
+	if err := os.WriteFile(img.layers[0].blob, []byte(b), 0o444); err != nil {
 		t.Fatal(err)
 	}
 	mountOnce()
@@ -328,7 +333,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	// And a stray reference with no record at all.
-	os.WriteFile(filepath.Join(refsDir(e.run), img.Layers[0].Hex()+".ghost"), nil, 0o600)
+	os.WriteFile(filepath.Join(refsDir(e.run), img.layers[0].hex()+".ghost"), nil, 0o600)
 	done, err := e.m.Cleanup()
 	if err != nil {
 		t.Fatal(err)
@@ -340,7 +345,7 @@ func TestCleanupAfterCrash(t *testing.T) {
 	if len(plans) != 1 || plans[0].ID != "live" {
 		t.Errorf("after cleanup: %d mounts", len(plans))
 	}
-	refs, _ := filepath.Glob(filepath.Join(refsDir(e.run), img.Layers[0].Hex()+".*"))
+	refs, _ := filepath.Glob(filepath.Join(refsDir(e.run), img.layers[0].hex()+".*"))
 	if len(refs) != 1 {
 		t.Errorf("%d references on the base layer, want only the live one", len(refs))
 	}
@@ -359,9 +364,9 @@ func TestVerityTableMatchesVeritysetup(t *testing.T) {
 		t.Fatal(err)
 	}
 	img := testImage(t, s, "vt:1")
-	l := img.Layers[0]
+	l := img.layers[0]
 	v := newVerity(l)
-	out, err := exec.Command("veritysetup", "dump", "--hash-offset", fmt.Sprint(l.Geometry.DataSize), l.Blob).CombinedOutput()
+	out, err := exec.Command("veritysetup", "dump", "--hash-offset", fmt.Sprint(l.geometry.DataSize), l.blob).CombinedOutput()
 	if err != nil {
 		t.Fatalf("veritysetup dump: %v\n%s", err, out)
 	}
@@ -384,7 +389,7 @@ func TestVerityTableMatchesVeritysetup(t *testing.T) {
 	}
 	// veritysetup verify with the table's root and hash start accepts it.
 	hashOffset := (v.HashStart - 1) * uint64(v.HashBlockSize)
-	if out, err := exec.Command("veritysetup", "verify", "--hash-offset", fmt.Sprint(hashOffset), "--data-blocks", fmt.Sprint(v.DataBlocks), l.Blob, l.Blob, v.Root).CombinedOutput(); err != nil {
+	if out, err := exec.Command("veritysetup", "verify", "--hash-offset", fmt.Sprint(hashOffset), "--data-blocks", fmt.Sprint(v.DataBlocks), l.blob, l.blob, v.Root).CombinedOutput(); err != nil {
 		t.Errorf("veritysetup verify with the table's parameters: %v\n%s", err, out)
 	}
 }
@@ -461,5 +466,145 @@ func TestInterruptedMountIsStale(t *testing.T) {
 	}
 	if len(done) == 0 || !strings.Contains(done[0], "k1") {
 		t.Errorf("cleanup removed %q, want the interrupted mount", done)
+	}
+}
+
+// A blob rewritten in place while its layer is mounted: the next user of
+// the shared layer mount is refused (the mounted layer may now serve the
+// new bytes, which nobody verified), and once the layer is unmounted the
+// blob is verified afresh.
+func TestSharedLayerBlobRewrittenRefused(t *testing.T) {
+	e := newEnv(t)
+	img := testImage(t, e.s, "rw:1")
+	target := func(id string) string { return filepath.Join(e.run, "containers", id, "rootfs") }
+	if _, err := e.m.Mount(context.Background(), img, "c1", target("c1"), Self(), Options{Writable: true}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // a coarse clock must still see a new mtime
+	blob := img.layers[0].blob
+	b := read(t, blob)
+	if err := os.WriteFile(blob, []byte(b), 0o644); err != nil { // same bytes, same inode
+		t.Fatal(err)
+	}
+	_, err := e.m.Mount(context.Background(), img, "c2", target("c2"), Self(), Options{Writable: true})
+	if !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), "changed since its mounted layer was verified") {
+		t.Fatalf("second user after an in-place rewrite: %v, want ErrVerify naming the change", err)
+	}
+	if isMountPoint(target("c2")) {
+		t.Error("refused mount left its target mounted")
+	}
+	if _, err := os.Stat(filepath.Join(refsDir(e.run), img.layers[0].hex()+".c2")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("refused mount left a layer reference: %v", err)
+	}
+	if err := e.m.Unmount("c1"); err != nil {
+		t.Fatal(err)
+	}
+	// Unmounted: the next mount verifies the (unchanged) bytes again.
+	before := e.m.Stats().Verified
+	if _, err := e.m.Mount(context.Background(), img, "c2", target("c2"), Self(), Options{Writable: true}); err != nil {
+		t.Fatalf("after the last user let go: %v", err)
+	}
+	if got := e.m.Stats().Verified - before; got != 1 {
+		t.Errorf("%d layers verified again, want the rewritten one", got)
+	}
+	if err := e.m.Unmount("c2"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wrongRootImage stores a copy of image ref whose layer n (0-based) claims
+// another verity root hash, tagged as newRef.
+func wrongRootImage(t *testing.T, s *store.Store, ref, newRef string, n int) {
+	t.Helper()
+	img, err := image.Read(s, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := img.Manifest()
+	rh := []byte(m.Layers[n].Annotations[layer.AnnotationVerityRoot])
+	if rh[0] == '0' {
+		rh[0] = '1'
+	} else {
+		rh[0] = '0'
+	}
+	m.Layers[n].Annotations[layer.AnnotationVerityRoot] = string(rh)
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.PutBlob(bytes.NewReader(b), ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromBytes(b), Size: int64(len(b))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.MediaType = ocispec.MediaTypeImageManifest
+	if err := s.Tag(newRef, d); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An image whose manifest carries a wrong root hash for a layer another
+// image holds mounted is refused, and so it is on its own.
+func TestSharedLayerWrongRootHashRefused(t *testing.T) {
+	e := newEnv(t)
+	good := testImage(t, e.s, "good:1")
+	wrongRootImage(t, e.s, "good:1", "wrong:1", 1)
+	bad, err := LocalImage(e.s, "wrong:1")
+	if err != nil {
+		t.Fatalf("a well-formed root hash is for Manager to check: %v", err)
+	}
+	if _, err := e.m.Mount(context.Background(), good, "g", filepath.Join(e.run, "g"), Self(), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.m.Mount(context.Background(), bad, "w", filepath.Join(e.run, "w"), Self(), Options{})
+	if !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), "verified against verity root hash") || !strings.Contains(err.Error(), "layer 2 of 2") {
+		t.Fatalf("wrong root hash while the layer is mounted: %v, want ErrVerify naming layer 2's root hash", err)
+	}
+	if isMountPoint(filepath.Join(e.run, "w")) {
+		t.Error("refused image mounted")
+	}
+	if err := e.m.Unmount("g"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Mount(context.Background(), bad, "w", filepath.Join(e.run, "w"), Self(), Options{}); !errors.Is(err, ErrVerify) {
+		t.Fatalf("wrong root hash with nothing mounted: %v, want ErrVerify", err)
+	}
+}
+
+// Without dm-verity, a blob that someone else could change after it is
+// verified is refused before it is verified.
+func TestWritableBlobRefused(t *testing.T) {
+	e := newEnv(t)
+	img := testImage(t, e.s, "perm:1")
+	blob := img.layers[1].blob
+	for _, c := range []struct {
+		name  string
+		apply func() error
+		want  string
+	}{
+		{"group-writable", func() error { return os.Chmod(blob, 0o664) }, "writable by group or others"},
+		{"world-writable", func() error { return os.Chmod(blob, 0o646) }, "writable by group or others"},
+		{"owned by another user", func() error {
+			if err := os.Chmod(blob, 0o644); err != nil {
+				return err
+			}
+			return os.Chown(blob, 1000, 1000)
+		}, "owned by uid 1000"},
+	} {
+		if err := c.apply(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := e.m.Mount(context.Background(), img, "p", filepath.Join(e.run, "p"), Self(), Options{})
+		if !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want ErrVerify saying %q", c.name, err, c.want)
+		}
+	}
+	if err := os.Chown(blob, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Mount(context.Background(), img, "p", filepath.Join(e.run, "p"), Self(), Options{}); err != nil {
+		t.Fatalf("root-owned 0644 blob: %v", err)
+	}
+	if err := e.m.Unmount("p"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -81,6 +81,16 @@ type Mount struct {
 	Options []string `json:"options,omitempty"`
 }
 
+// hostSafe are the flags of every mount vessel makes: layer mounts and
+// overlays are reachable from the host (vessel mount targets, the layer
+// mounts under the run directory), where a setuid file or a device node
+// shipped in an image must stay inert. (Containers lose nothing: they run
+// with no_new_privs, and the runtime gives them their own /dev.)
+var hostSafe = []string{"nosuid", "nodev"}
+
+// layerOptions are the options of a layer mount.
+var layerOptions = append([]string{"ro"}, hostSafe...)
+
 // Placeholders for devices only known when the plan is applied.
 const (
 	LoopDevice   = "{loop}"
@@ -88,10 +98,11 @@ const (
 )
 
 // Paths under the run directory.
-func layersDir(run string) string    { return filepath.Join(run, "layers") }
-func mountsDir(run string) string    { return filepath.Join(run, "mounts") }
-func verifiedDir(run string) string  { return filepath.Join(run, "verified") }
-func upperDir(run, id string) string { return filepath.Join(run, "uppers", id) }
+func layersDir(run string) string       { return filepath.Join(run, "layers") }
+func mountsDir(run string) string       { return filepath.Join(run, "mounts") }
+func verifiedDir(run string) string     { return filepath.Join(run, "verified") }
+func layerRecordsDir(run string) string { return filepath.Join(run, "layer-records") }
+func upperDir(run, id string) string    { return filepath.Join(run, "uppers", id) }
 
 // maxOverlayOptions is the page-size limit on mount(2) option data.
 const maxOverlayOptions = 4095
@@ -106,11 +117,14 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 	if !filepath.IsAbs(target) {
 		return nil, fmt.Errorf("mount target %q is not an absolute path", target)
 	}
-	if len(img.Layers) == 0 && !opt.Writable {
-		return nil, fmt.Errorf("image %s has no layers", img.Name)
+	if err := img.valid(); err != nil {
+		return nil, err
 	}
-	p := &Plan{ID: id, Image: img.Name, Digest: img.Digest.String(), Mode: mode, Target: filepath.Clean(target)}
-	for _, l := range img.Layers {
+	if len(img.layers) == 0 && !opt.Writable {
+		return nil, fmt.Errorf("image %s has no layers", img.name)
+	}
+	p := &Plan{ID: id, Image: img.name, Digest: img.Digest().String(), Mode: mode, Target: filepath.Clean(target)}
+	for _, l := range img.layers {
 		p.Layers = append(p.Layers, planLayer(run, l, mode))
 	}
 	var lowers []string
@@ -146,7 +160,7 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 	case len(lowers) == 1:
 		// overlayfs wants two lower layers when there is no upper: a
 		// read-only bind of the single layer is the same thing.
-		p.Overlay = Mount{Type: "bind", Source: lowers[0], Target: p.Target, Options: []string{"bind", "ro"}}
+		p.Overlay = Mount{Type: "bind", Source: lowers[0], Target: p.Target, Options: []string{"bind", "ro", "nosuid", "nodev"}}
 		return p, nil
 	}
 	if mode == ModeFuse {
@@ -156,33 +170,33 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 		opts = append(opts, "ro")
 	}
 	if n := len(strings.Join(opts, ",")); n > maxOverlayOptions {
-		return nil, fmt.Errorf("image %s has %d layers: the overlay options are %d bytes, more than the kernel's %d", img.Name, len(lowers), n, maxOverlayOptions)
+		return nil, fmt.Errorf("image %s has %d layers: the overlay options are %d bytes, more than the kernel's %d", img.name, len(lowers), n, maxOverlayOptions)
 	}
-	p.Overlay.Options = opts
+	p.Overlay.Options = append(opts, hostSafe...)
 	return p, nil
 }
 
-func planLayer(run string, l Layer, mode Mode) LayerMount {
+func planLayer(run string, l imageLayer, mode Mode) LayerMount {
 	lm := LayerMount{
-		Digest:   l.Digest.String(),
-		Blob:     l.Blob,
-		Dir:      filepath.Join(layersDir(run), l.Hex()),
-		Loop:     Loop{File: l.Blob, SizeLimit: l.Geometry.DataSize},
-		geometry: l.Geometry,
+		Digest:   l.digest.String(),
+		Blob:     l.blob,
+		Dir:      filepath.Join(layersDir(run), l.hex()),
+		Loop:     Loop{File: l.blob, SizeLimit: l.geometry.DataSize},
+		geometry: l.geometry,
 	}
-	fsType := string(l.Geometry.Format.Type)
+	fsType := string(l.geometry.Format.Type)
 	switch mode {
 	case ModeVerity:
-		lm.Loop.SizeLimit = l.Size
+		lm.Loop.SizeLimit = l.size
 		lm.Verity = newVerity(l)
-		lm.Mount = Mount{Type: fsType, Source: VerityDevice, Target: lm.Dir, Options: []string{"ro"}}
+		lm.Mount = Mount{Type: fsType, Source: VerityDevice, Target: lm.Dir, Options: layerOptions}
 	case ModeFuse:
 		lm.VerifyInUserspace = true
 		lm.Loop = Loop{}
-		lm.Mount = Mount{Type: "fuse." + fuseDriver(l.Geometry.Format.Type), Source: l.Blob, Target: lm.Dir, Options: []string{"ro"}}
+		lm.Mount = Mount{Type: "fuse." + fuseDriver(l.geometry.Format.Type), Source: l.blob, Target: lm.Dir, Options: layerOptions}
 	default:
 		lm.VerifyInUserspace = true
-		lm.Mount = Mount{Type: fsType, Source: LoopDevice, Target: lm.Dir, Options: []string{"ro"}}
+		lm.Mount = Mount{Type: fsType, Source: LoopDevice, Target: lm.Dir, Options: layerOptions}
 	}
 	return lm
 }

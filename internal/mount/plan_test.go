@@ -6,20 +6,21 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/verity"
 )
 
 // fakeImage makes an image with n squashfs layers; no blobs exist.
 func fakeImage(n int) *Image {
-	img := &Image{Name: "demo:1", Digest: digest.FromString("manifest")}
+	img := &Image{name: "demo:1", img: &image.Image{}}
 	for i := 0; i < n; i++ {
 		d := digest.FromString(strings.Repeat("x", i+1))
-		img.Layers = append(img.Layers, Layer{
-			Digest: d,
-			Size:   40960 + 8192,
-			Blob:   "/store/oci/blobs/sha256/" + d.Encoded(),
-			Geometry: layer.Geometry{
+		img.layers = append(img.layers, imageLayer{
+			digest: d,
+			size:   40960 + 8192,
+			blob:   "/store/oci/blobs/sha256/" + d.Encoded(),
+			geometry: layer.Geometry{
 				Format:   layer.DefaultFormat(layer.Squashfs),
 				DataSize: 40960,
 				Params:   verity.Params{HashAlg: "sha256", DataBlockSize: 4096, HashBlockSize: 4096, DataBlocks: 10, Salt: []byte{0xab, 0xcd}, HashOffset: 40960},
@@ -43,17 +44,17 @@ func TestPlanUserspaceWritable(t *testing.T) {
 		t.Fatalf("%d layer mounts, want 3", len(p.Layers))
 	}
 	for i, lm := range p.Layers {
-		l := img.Layers[i]
-		if lm.Dir != "/run/vessel/layers/"+l.Hex() {
+		l := img.layers[i]
+		if lm.Dir != "/run/vessel/layers/"+l.hex() {
 			t.Errorf("layer %d dir %s", i, lm.Dir)
 		}
 		if !lm.VerifyInUserspace || lm.Verity != nil {
 			t.Errorf("layer %d: userspace mode must verify in userspace and use no dm device", i)
 		}
-		if lm.Loop.File != l.Blob || lm.Loop.SizeLimit != 40960 {
+		if lm.Loop.File != l.blob || lm.Loop.SizeLimit != 40960 {
 			t.Errorf("layer %d loop %+v: want the blob limited to the filesystem image", i, lm.Loop)
 		}
-		if lm.Mount.Type != "squashfs" || lm.Mount.Source != LoopDevice || strings.Join(lm.Mount.Options, ",") != "ro" {
+		if lm.Mount.Type != "squashfs" || lm.Mount.Source != LoopDevice || strings.Join(lm.Mount.Options, ",") != "ro,nosuid,nodev" {
 			t.Errorf("layer %d mount %+v", i, lm.Mount)
 		}
 	}
@@ -62,6 +63,8 @@ func TestPlanUserspaceWritable(t *testing.T) {
 		"upperdir=/run/vessel/uppers/c1/upper",
 		"workdir=/run/vessel/uppers/c1/work",
 		"volatile",
+		"nosuid",
+		"nodev",
 	}
 	if got := strings.Join(p.Overlay.Options, " "); got != strings.Join(want, " ") {
 		t.Errorf("overlay options\n got %s\nwant %s", got, strings.Join(want, " "))
@@ -76,7 +79,7 @@ func TestPlanReadOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Upper != "" || p.Overlay.Type != "overlay" || p.Overlay.Options[len(p.Overlay.Options)-1] != "ro" {
+	if p.Upper != "" || p.Overlay.Type != "overlay" || strings.Join(p.Overlay.Options[1:], ",") != "ro,nosuid,nodev" {
 		t.Errorf("read-only plan: %+v", p.Overlay)
 	}
 	// One layer and no upper: overlayfs refuses that, so it is a bind.
@@ -84,7 +87,7 @@ func TestPlanReadOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Overlay.Type != "bind" || p.Overlay.Source != p.Layers[0].Dir || strings.Join(p.Overlay.Options, ",") != "bind,ro" {
+	if p.Overlay.Type != "bind" || p.Overlay.Source != p.Layers[0].Dir || strings.Join(p.Overlay.Options, ",") != "bind,ro,nosuid,nodev" {
 		t.Errorf("single-layer read-only plan: %+v", p.Overlay)
 	}
 }
@@ -107,7 +110,7 @@ func TestPlanModes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Layers[0].Mount.Type != "fuse.squashfuse" || p.Layers[0].Mount.Source != img.Layers[0].Blob || !p.Layers[0].VerifyInUserspace {
+	if p.Layers[0].Mount.Type != "fuse.squashfuse" || p.Layers[0].Mount.Source != img.layers[0].blob || !p.Layers[0].VerifyInUserspace {
 		t.Errorf("fuse layer: %+v", p.Layers[0])
 	}
 	if !strings.Contains(strings.Join(p.Overlay.Options, ","), ",userxattr") {
@@ -145,8 +148,8 @@ func TestPlanBadInput(t *testing.T) {
 }
 
 func TestVerityTable(t *testing.T) {
-	l := fakeImage(1).Layers[0]
-	l.Geometry.Root[0] = 0x5a
+	l := fakeImage(1).layers[0]
+	l.geometry.Root[0] = 0x5a
 	v := newVerity(l)
 	got := v.Table("/dev/loop7")
 	want := "0 80 verity 1 /dev/loop7 /dev/loop7 4096 4096 10 11 sha256 5a" + strings.Repeat("0", 62) + " abcd"
@@ -161,7 +164,7 @@ func TestVerityTable(t *testing.T) {
 	if back != *v {
 		t.Errorf("round trip\n got %+v\nwant %+v", back, *v)
 	}
-	l.Geometry.Params.Salt = nil
+	l.geometry.Params.Salt = nil
 	if s := newVerity(l).Table("/dev/loop7"); !strings.HasSuffix(s, " -") {
 		t.Errorf("empty salt must be '-': %s", s)
 	}

@@ -24,7 +24,7 @@ func PrepareRun(dir string) (bool, error) {
 	if isTmpfs(dir) {
 		return false, nil
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return false, err
 	}
 	// Take the run directory's own lock (the one Manager takes) on the disk
@@ -47,7 +47,7 @@ func PrepareRun(dir string) (bool, error) {
 	if _, err := os.Stat(filepath.Join(dir, "supervise", "supervisor.json")); !errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}
-	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
 		return false, fmt.Errorf("mount a tmpfs on the run directory %s: %w", dir, err)
 	}
 	return true, nil

@@ -101,3 +101,107 @@ func (m *Manager) verifyLayer(f *os.File, lm LayerMount) error {
 	_ = atomicfile.WriteVolatile(m.recordPath(lm), b, 0o600)
 	return nil
 }
+
+// Layer mount records: <run>/layer-records/<hex>.json says what the shared
+// mount <run>/layers/<hex> was verified against (digest, root hash) and the
+// identity of the blob file descriptor that was verified and then attached.
+// A layer mount is shared only with images that name the same digest and
+// root hash, and (without dm-verity) only while the blob file still has
+// that identity.
+func layerRecordPath(run, hex string) string {
+	return filepath.Join(layerRecordsDir(run), hex+".json")
+}
+
+// writeLayerRecord records what the layer mount of lm is about to serve:
+// the blob f (the descriptor that was verified) and lm's root hash.
+func (m *Manager) writeLayerRecord(f *os.File, lm LayerMount) error {
+	rec, err := recordFor(f, lm)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(layerRecordsDir(m.run()), 0o700); err != nil {
+		return err
+	}
+	return atomicfile.WriteVolatile(layerRecordPath(m.run(), filepath.Base(lm.Dir)), b, 0o600)
+}
+
+// checkShared decides whether a new user (the image lm comes from) may
+// share the layer already mounted at lm.Dir: the mount must have been
+// verified against the same digest and root hash, and without dm-verity
+// the blob file must be unchanged since then (same device, inode, size,
+// mtime and ctime), still owned by this user and writable by nobody else.
+// A layer mount without a record (a crashed mount) is refused: Cleanup, or
+// unmounting its users, removes it.
+func (m *Manager) checkShared(lm LayerMount) error {
+	b, err := os.ReadFile(layerRecordPath(m.run(), filepath.Base(lm.Dir)))
+	var got verifiedRecord
+	if err == nil {
+		err = json.Unmarshal(b, &got)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: the layer is mounted at %s without a record of what it was verified against (%v): unmount its users (vessel ps, vessel mount) and try again", ErrVerify, lm.Dir, err)
+	}
+	root := fmt.Sprintf("%x", lm.geometry.Root)
+	if got.Digest != lm.Digest || got.Root != root {
+		return fmt.Errorf("%w: the mounted layer %s was verified against verity root hash %s; this image's manifest says %s", ErrVerify, got.Digest, got.Root, root)
+	}
+	if !lm.VerifyInUserspace {
+		return nil // the kernel checks every block read against the root hash
+	}
+	f, err := openBlob(lm.Blob)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := checkBlobFile(f); err != nil {
+		return err
+	}
+	now, err := recordFor(f, lm)
+	if err != nil {
+		return err
+	}
+	if now != got {
+		return fmt.Errorf("%w: blob %s changed since its mounted layer was verified (was inode %d, %d bytes, ctime %d; now inode %d, %d bytes, ctime %d): the containers using it may see the change; stop them and run again", ErrVerify, lm.Blob, got.Ino, got.Size, got.Ctime, now.Ino, now.Size, now.Ctime)
+	}
+	return nil
+}
+
+// openBlob opens a layer blob read-only without following a symlink or
+// blocking on a FIFO.
+func openBlob(p string) (*os.File, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open layer blob: %w", err)
+	}
+	return f, nil
+}
+
+// checkBlobFile refuses a blob file that someone other than the mounting
+// user could change after it is verified in userspace: it must be a
+// regular file owned by this (effective) user, root as a rule (inside a
+// rootless user namespace the user is root), and writable by neither group
+// nor others.
+func checkBlobFile(f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%w: blob %s is not a regular file (%s)", ErrVerify, f.Name(), fi.Mode().Type())
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("stat %s: no owner", f.Name())
+	}
+	if uid := os.Geteuid(); int(st.Uid) != uid {
+		return fmt.Errorf("%w: blob %s is owned by uid %d, not by uid %d that mounts it: its owner could change it after it is verified; chown it to %d (or use a kernel with dm-verity)", ErrVerify, f.Name(), st.Uid, uid, uid)
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("%w: blob %s is writable by group or others (mode %04o): they could change it after it is verified; chmod go-w it", ErrVerify, f.Name(), perm)
+	}
+	return nil
+}

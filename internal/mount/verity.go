@@ -22,8 +22,8 @@ type Verity struct {
 	Salt          string `json:"salt"`
 }
 
-func newVerity(l Layer) *Verity {
-	p := l.Geometry.Params
+func newVerity(l imageLayer) *Verity {
+	p := l.geometry.Params
 	hbs := int64(p.HashBlockSize)
 	treeStart := (p.HashOffset + verity.SuperblockSize + hbs - 1) / hbs * hbs
 	salt := "-"
@@ -35,13 +35,13 @@ func newVerity(l Layer) *Verity {
 		alg = "sha256"
 	}
 	return &Verity{
-		Name:          "vessel-" + l.Hex()[:32],
+		Name:          "vessel-" + l.hex()[:32],
 		DataBlocks:    p.DataBlocks,
 		DataBlockSize: p.DataBlockSize,
 		HashBlockSize: p.HashBlockSize,
 		HashStart:     uint64(treeStart / hbs),
 		Algorithm:     alg,
-		Root:          hex.EncodeToString(l.Geometry.Root),
+		Root:          hex.EncodeToString(l.geometry.Root),
 		Salt:          salt,
 	}
 }

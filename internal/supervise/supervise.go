@@ -135,7 +135,7 @@ func (s *Supervisor) Up(ctx context.Context, vm *trust.VerifiedManifest) error {
 		s.logf("cleaned up after a previous supervisor: %v", removed)
 	}
 	m := vm.Manifest()
-	services, err := s.prepare(m)
+	services, err := s.prepare(vm, m)
 	if err != nil {
 		return err
 	}
@@ -180,21 +180,17 @@ func (s *Supervisor) Up(ctx context.Context, vm *trust.VerifiedManifest) error {
 }
 
 // prepare resolves images and turns each service into a container config.
-func (s *Supervisor) prepare(m *manifest.Manifest) ([]*service, error) {
+func (s *Supervisor) prepare(vm *trust.VerifiedManifest, m *manifest.Manifest) ([]*service, error) {
 	var out []*service
 	for _, def := range m.Services {
 		if len(def.Ports) > 0 {
 			return nil, fmt.Errorf("service %s: publishing ports (network private) is not implemented yet; use network: host", def.Name)
 		}
-		img, err := mount.ResolveDescriptor(s.Store, ocispec.Descriptor{MediaType: def.Image.MediaType, Digest: def.Image.Digest, Size: def.Image.Size})
+		img, err := mount.SystemImage(s.Store, vm, def.Image.Digest)
 		if err != nil {
-			return nil, fmt.Errorf("service %s: image %s: %w (pull it or create it first)", def.Name, def.Image.Digest, err)
+			return nil, fmt.Errorf("service %s: %w (pull it or create it first)", def.Name, err)
 		}
-		img.Name = def.Image.Ref
-		if img.Name == "" {
-			img.Name = def.Image.Digest.String()
-		}
-		cfg, err := Config(def, img.Config.Config)
+		cfg, err := Config(def, img.Config().Config)
 		if err != nil {
 			return nil, err
 		}
@@ -207,7 +203,7 @@ func (s *Supervisor) prepare(m *manifest.Manifest) ([]*service, error) {
 		}
 		out = append(out, &service{
 			def: def, img: img, cfg: cfg, restart: make(chan struct{}, 1),
-			st: Status{Name: def.Name, State: StateStarting, Image: img.Name, Digest: def.Image.Digest.String(), Restart: def.Restart},
+			st: Status{Name: def.Name, State: StateStarting, Image: img.Name(), Digest: def.Image.Digest.String(), Restart: def.Restart},
 		})
 	}
 	return out, nil
@@ -263,7 +259,7 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 			s.save(sv, func(st *Status) { st.State, st.Error = StateFailed, err.Error() })
 			return
 		}
-		fmt.Fprintf(logf, "[vessel %s] starting %s (%s)\n", time.Now().Format(time.RFC3339), name, sv.img.Digest)
+		fmt.Fprintf(logf, "[vessel %s] starting %s (%s)\n", time.Now().Format(time.RFC3339), name, sv.img.Digest())
 		s.save(sv, func(st *Status) {
 			st.State, st.Started, st.NextStart, st.Error, st.ExitCode = StateStarting, time.Now().UTC(), time.Time{}, "", nil
 		})

@@ -327,11 +327,11 @@ func TestRecoverAfterCrashedSupervisor(t *testing.T) {
 	vm := w.verified(t, 1, manifest.Service{Name: "sleeper", Command: []string{"/bin/sleep", "1000"}})
 	// Simulate a crash: run a container and its mount with a dead owner,
 	// then leave the runtime state and mount behind.
-	img, err := mount.ResolveDescriptor(w.s, ocispec.Descriptor{Digest: vm.Images()[0].Digest})
+	img, err := mount.SystemImage(w.s, vm, vm.Images()[0].Digest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, _ := Config(vm.Manifest().Services[0], img.Config.Config)
+	cfg, _ := Config(vm.Manifest().Services[0], img.Config().Config)
 	rootfs := filepath.Join(container.Dir(w.run, "svc-sleeper"), "rootfs")
 	dead := exec.Command("true")
 	dead.Run()
@@ -373,11 +373,11 @@ func TestRecoverAfterCrashedSupervisor(t *testing.T) {
 func TestRecoverOrphanedRunContainer(t *testing.T) {
 	w := newWorld(t)
 	vm := w.verified(t, 1, manifest.Service{Name: "sleeper", Command: []string{"/bin/sleep", "1000"}})
-	img, err := mount.ResolveDescriptor(w.s, ocispec.Descriptor{Digest: vm.Images()[0].Digest})
+	img, err := mount.SystemImage(w.s, vm, vm.Images()[0].Digest)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, _ := Config(vm.Manifest().Services[0], img.Config.Config)
+	cfg, _ := Config(vm.Manifest().Services[0], img.Config().Config)
 	const id = "run-orphan"
 	rootfs := filepath.Join(container.Dir(w.run, id), "rootfs")
 	dead := exec.Command("true")
