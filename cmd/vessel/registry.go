@@ -111,7 +111,9 @@ func (g *globals) location(cmd *cobra.Command, s string, source bool) (e registr
 		}
 		return registry.Layout(l.Dir, l.Tag), done, nil
 	}
-	e = registry.Location(r, nil)
+	if e, err = registry.Location(r, nil); err != nil {
+		return e, done, err
+	}
 	if e.IsStore() {
 		st, err := g.openStore()
 		if err != nil {
