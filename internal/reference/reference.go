@@ -14,19 +14,21 @@
 //
 // Rules, with the reasons:
 //
-//   - oci-archive: and docker-archive: split PATH from what follows at the
-//     first colon too, as containers/image does. The oci-archive tag is
-//     read as an oci: tag; the docker-archive NAME[:TAG] is read as a
-//     docker:// reference without the prefix (busybox is
-//     docker.io/library/busybox:latest) and picks one of the RepoTags.
 //   - oci: the directory ends at the FIRST colon and everything after it is
 //     the tag (the org.opencontainers.image.ref.name of the index entry), so
 //     "oci:/srv/a:b/lay:v1" is the directory /srv/a and the tag "b/lay:v1".
 //     skopeo (containers/image's oci transport) and stacker split it that
 //     way, so a tag may contain colons and a directory may not. The tag
-//     follows containers/image's rule for OCI reference names (letters,
-//     digits, . _ - separated by : @ /); an empty tag means "the layout's
-//     only image" as a source.
+//     follows the image-spec grammar of ref.name that containers/image
+//     checks (letters and digits joined by one of - . _ : @ + or "--",
+//     components separated by "/"); an empty tag means "the layout's only
+//     image" as a source.
+//   - oci-archive: and docker-archive: split PATH from what follows at the
+//     first colon too, as containers/image does. The oci-archive tag is
+//     read as an oci: tag; the docker-archive NAME[:TAG] is read as a
+//     docker:// reference without the prefix (busybox is
+//     docker.io/library/busybox:latest) and picks one of the RepoTags.
+//     Package archive unpacks them; they are sources only.
 //   - docker: as in containers/image, a first component that contains a
 //     "." or ":" or is "localhost" is the registry host; otherwise the host
 //     is docker.io and a one-component repository gets "library/"
@@ -47,7 +49,8 @@
 //     "X:..." when what follows the colon has a "/" ("foo:/tmp/x",
 //     "dir:./out"). "app:1" stays the store image app, tag 1, and so does
 //     "dir:x" (dir is a plausible image name). A one-component store name
-//     cannot be oci, sha256 or one of the transports above.
+//     cannot be oci, sha256, oci-archive, docker-archive or one of the
+//     transports above.
 package reference
 
 import (
