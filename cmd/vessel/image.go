@@ -10,8 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vesselos/vessel/internal/archive"
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/reference"
 	"github.com/vesselos/vessel/internal/store"
 )
 
@@ -200,20 +202,40 @@ layout (as written by skopeo, umoci or buildah), checks every digest, and stores
 it with one verified filesystem layer per tar layer. OCI whiteouts become
 overlay whiteouts; tar entries that would escape the root are refused. Needs root.
 
-In oci:DIR:TAG the directory ends at the first colon (as skopeo and stacker read
-it), so oci:./lay:a:b is the tag "a:b" of ./lay. Archives (docker-archive:,
-oci-archive:) are not read directly: copy them into a layout with skopeo first.`,
-		Example: `  skopeo copy docker-archive:busybox.tar oci:./layout:busybox
+The source may also be an archive: oci-archive:PATH[:TAG] or
+docker-archive:PATH[:NAME[:TAG]] (docker save), unpacked under $TMPDIR and
+removed afterwards. In oci:DIR:TAG (and in the archives) the path ends at the
+first colon, as skopeo and stacker read it, so oci:./lay:a:b is the tag "a:b"
+of ./lay.`,
+		Example: `  docker save busybox:latest -o busybox.tar
+  vessel image convert docker-archive:busybox.tar busybox:1
+  skopeo copy docker://docker.io/library/busybox:latest oci:./layout:busybox
   vessel image convert oci:./layout:busybox busybox:1`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := image.ParseSource(args[0])
-			if err != nil {
-				return usageError{err.Error()}
+			var src image.Source
+			r, err := reference.Parse(args[0])
+			isArchive := err == nil && r.IsArchive()
+			if !isArchive {
+				if src, err = image.ParseSource(args[0]); err != nil {
+					return usageError{err.Error()}
+				}
 			}
 			f, epoch, s, err := g.layerWork(cmd, typ, comp)
 			if err != nil {
 				return err
+			}
+			if isArchive {
+				l, err := archive.Open(cmd.Context(), r, "")
+				if err != nil {
+					return err
+				}
+				defer func() {
+					if err := l.Close(); err != nil {
+						fmt.Fprintf(cmd.ErrOrStderr(), "vessel: remove the unpacked %s: %v\n", args[0], err)
+					}
+				}()
+				src = image.Source{Dir: l.Dir, Tag: l.Tag}
 			}
 			res, err := image.Convert(cmd.Context(), s, src, args[1], image.ConvertOptions{Format: f, SourceDateEpoch: epoch, Progress: progress(cmd, g)})
 			if err != nil {

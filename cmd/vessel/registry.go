@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/vesselos/vessel/internal/archive"
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/reference"
 	"github.com/vesselos/vessel/internal/registry"
@@ -116,20 +117,50 @@ func isTerminal(w io.Writer) bool {
 }
 
 // location parses a command-line location and opens the store only when
-// the location is in it.
-func (g *globals) location(s string) (registry.Endpoint, error) {
-	e, err := registry.ParseLocation(s, nil)
+// the location is in it. An archive (oci-archive:, docker-archive:) can only
+// be a source: it is unpacked into a temporary layout under $TMPDIR, which
+// done removes (call it on every path).
+func (g *globals) location(cmd *cobra.Command, s string, source bool) (e registry.Endpoint, done func(), err error) {
+	done = func() {}
+	r, err := reference.Parse(s)
 	if err != nil {
-		return e, usageError{err.Error()}
+		return e, done, usageError{err.Error()}
+	}
+	if r.IsArchive() {
+		if !source {
+			return e, done, usageError{fmt.Sprintf("%s: archives are sources only: write a layout (oci:DIR[:TAG]) and, if you need the tar, skopeo copy oci:DIR:TAG %s", s, s)}
+		}
+		l, err := archive.Open(cmd.Context(), r, "")
+		if err != nil {
+			return e, done, err
+		}
+		done = func() {
+			if err := l.Close(); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "vessel: remove the unpacked %s: %v\n", s, err)
+			}
+		}
+		return registry.Layout(l.Dir, l.Tag), done, nil
+	}
+	if e, err = registry.Location(r, nil); err != nil {
+		return e, done, err
 	}
 	if e.IsStore() {
 		st, err := g.openStore()
 		if err != nil {
-			return e, err
+			return e, done, err
 		}
 		e = e.WithStore(st)
 	}
-	return e, nil
+	return e, done, nil
+}
+
+// archiveName is s if it names an archive (shown instead of the temporary
+// layout it was unpacked into), else "".
+func archiveName(s string) string {
+	if r, err := reference.Parse(s); err == nil && r.IsArchive() {
+		return s
+	}
+	return ""
 }
 
 // registryRef parses a command-line registry reference,
@@ -145,14 +176,16 @@ func registryRef(what, s string) (registry.Reference, error) {
 	return registry.FromRef(r), nil
 }
 
-// locations parses a SRC DST pair of command-line locations.
-func (g *globals) locations(src, dst string) (registry.Endpoint, registry.Endpoint, error) {
-	s, err := g.location(src)
+// locations parses a SRC DST pair of command-line locations; done removes
+// an unpacked archive source.
+func (g *globals) locations(cmd *cobra.Command, src, dst string) (s, d registry.Endpoint, done func(), err error) {
+	// the destination first: a bad one fails before an archive is unpacked
+	d, ddone, err := g.location(cmd, dst, false)
 	if err != nil {
-		return s, registry.Endpoint{}, err
+		return s, d, ddone, err
 	}
-	d, err := g.location(dst)
-	return s, d, err
+	s, done, err = g.location(cmd, src, true)
+	return s, d, done, err
 }
 
 // printEvent writes v as one compact JSON line (the last line of a --json
@@ -209,14 +242,15 @@ the tag is set last.` + registryHelp,
   vessel push oci:./layout:v1 docker://registry.example.com/acme/demo:v1 --authfile auth.json`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, dst, err := g.locations(args[0], args[1])
+			src, dst, done, err := g.locations(cmd, args[0], args[1])
+			defer done()
 			if err != nil {
 				return err
 			}
 			if _, ok := dst.IsRegistry(); !ok {
 				return usageError{"push: the destination must be docker://HOST/REPO[:TAG] (use 'vessel copy' for other destinations)"}
 			}
-			return runCopy(cmd, g, &rf, "pushed", src, dst, false)
+			return runCopy(cmd, g, &rf, "pushed", src, dst, false, archiveName(args[0]))
 		},
 	}
 	rf.add(c)
@@ -239,14 +273,14 @@ repository and tag (for a digest: the repository and sha256-<12 hex>).
   vessel pull docker://127.0.0.1:5000/demo@sha256:0f1e... demo:pinned --plain-http --verify`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, err := g.location(args[0])
+			ref, err := registryRef("pull", args[0])
 			if err != nil {
+				if archiveName(args[0]) != "" {
+					return usageError{"pull: the source must be docker://HOST/REPO[:TAG|@DIGEST] (use 'vessel copy' for archives)"}
+				}
 				return err
 			}
-			ref, ok := src.IsRegistry()
-			if !ok {
-				return usageError{"pull: the source must be docker://HOST/REPO[:TAG|@DIGEST] (use 'vessel copy' for other sources)"}
-			}
+			src := registry.Registry(ref)
 			name := ref.Repo + ":" + ref.Tag
 			if ref.Digest != "" {
 				name = ref.Repo + ":sha256-" + ref.Digest.Encoded()[:12]
@@ -254,14 +288,15 @@ repository and tag (for a digest: the repository and sha256-<12 hex>).
 			if len(args) == 2 {
 				name = args[1]
 			}
-			dst, err := g.location(name)
+			dst, done, err := g.location(cmd, name, false)
+			defer done()
 			if err != nil {
 				return err
 			}
 			if !dst.IsStore() {
 				return usageError{"pull: the destination is a store NAME[:TAG] (use 'vessel copy' for other destinations)"}
 			}
-			return runCopy(cmd, g, &rf, "pulled", src, dst, verify)
+			return runCopy(cmd, g, &rf, "pulled", src, dst, verify, "")
 		},
 	}
 	rf.add(c)
@@ -280,28 +315,37 @@ store NAME[:TAG] (NAME@sha256:DIGEST as a source). Manifests keep their exact
 bytes, so digests never change; every blob is checked on the way. Between two
 repositories of one registry, blobs are mounted instead of copied.
 
-References are read as skopeo reads them: in oci:DIR:TAG the directory ends at
-the first colon; docker://busybox is docker.io/library/busybox:latest. Other
-transports (docker-archive:, oci-archive:, dir:/PATH, ...) are refused with
-"unsupported transport"; store names are lower case. See docs/image.md#references.` + registryHelp,
+A source may also be an archive: oci-archive:PATH[:TAG] (a tar of an OCI
+layout) or docker-archive:PATH[:NAME[:TAG]] (docker save); it is unpacked
+under $TMPDIR, read with the same checks and removed afterwards.
+
+References are read as skopeo reads them: in oci:DIR:TAG (and in the
+archives) the path ends at the first colon; docker://busybox is
+docker.io/library/busybox:latest. Other transports (dir:/PATH,
+containers-storage:, ...) are refused with "unsupported transport"; store
+names are lower case. See docs/image.md#references.` + registryHelp,
 		Example: `  vessel copy docker://registry.example.com/acme/demo:1 oci:./demo-layout:1
   vessel copy oci:./demo-layout:1 demo:1
-  skopeo copy docker-archive:demo.tar oci:./demo-layout:2 && vessel copy oci:./demo-layout:2 demo:2
+  vessel copy docker-archive:demo.tar:demo:2 oci:./demo-layout:2
+  vessel copy oci-archive:demo-oci.tar:2 demo:2
   vessel copy docker://reg-a.example.com/acme/demo:1 docker://reg-b.example.com/mirror/demo:1`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			src, dst, err := g.locations(args[0], args[1])
+			src, dst, done, err := g.locations(cmd, args[0], args[1])
+			defer done()
 			if err != nil {
 				return err
 			}
-			return runCopy(cmd, g, &rf, "copied", src, dst, false)
+			return runCopy(cmd, g, &rf, "copied", src, dst, false, archiveName(args[0]))
 		},
 	}
 	rf.add(c)
 	return c
 }
 
-func runCopy(cmd *cobra.Command, g *globals, rf *registryFlags, verb string, src, dst registry.Endpoint, verify bool) error {
+// runCopy copies src to dst; srcName, if set, is shown as the source (an
+// archive's name rather than its temporary layout).
+func runCopy(cmd *cobra.Command, g *globals, rf *registryFlags, verb string, src, dst registry.Endpoint, verify bool, srcName string) error {
 	c, finish, err := rf.client(cmd, g)
 	if err != nil {
 		return err
@@ -310,6 +354,9 @@ func runCopy(cmd *cobra.Command, g *globals, rf *registryFlags, verb string, src
 	finish()
 	if err != nil {
 		return err
+	}
+	if srcName != "" {
+		res.Source = srcName
 	}
 	if verify {
 		st, err := g.openStore()

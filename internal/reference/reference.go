@@ -9,6 +9,8 @@
 //	sha256:HEX                         the same, without a name
 //	oci:DIR[:TAG]                      an image in an OCI layout directory
 //	docker://HOST/REPO[:TAG|@DIGEST]   an image in a registry
+//	oci-archive:PATH[:TAG]             a tar of an OCI layout (read only)
+//	docker-archive:PATH[:NAME[:TAG]]   a `docker save` tar (read only)
 //
 // Rules, with the reasons:
 //
@@ -17,9 +19,16 @@
 //     "oci:/srv/a:b/lay:v1" is the directory /srv/a and the tag "b/lay:v1".
 //     skopeo (containers/image's oci transport) and stacker split it that
 //     way, so a tag may contain colons and a directory may not. The tag
-//     follows containers/image's rule for OCI reference names (letters,
-//     digits, . _ - separated by : @ /); an empty tag means "the layout's
-//     only image" as a source.
+//     follows the image-spec grammar of ref.name that containers/image
+//     checks (letters and digits joined by one of - . _ : @ + or "--",
+//     components separated by "/"); an empty tag means "the layout's only
+//     image" as a source.
+//   - oci-archive: and docker-archive: split PATH from what follows at the
+//     first colon too, as containers/image does. The oci-archive tag is
+//     read as an oci: tag; the docker-archive NAME[:TAG] is read as a
+//     docker:// reference without the prefix (busybox is
+//     docker.io/library/busybox:latest) and picks one of the RepoTags.
+//     Package archive unpacks them; they are sources only.
 //   - docker: as in containers/image, a first component that contains a
 //     "." or ":" or is "localhost" is the registry host; otherwise the host
 //     is docker.io and a one-component repository gets "library/"
@@ -36,11 +45,12 @@
 //     stored or fetched.
 //   - Any other transport is refused with `unsupported transport "X"`:
 //     "X://..." for any X but docker; "X:..." when X is docker,
-//     docker-archive, oci-archive, docker-daemon or containers-storage; and
+//     docker-daemon or containers-storage; and
 //     "X:..." when what follows the colon has a "/" ("foo:/tmp/x",
 //     "dir:./out"). "app:1" stays the store image app, tag 1, and so does
 //     "dir:x" (dir is a plausible image name). A one-component store name
-//     cannot be oci, sha256 or one of the transports above.
+//     cannot be oci, sha256, oci-archive, docker-archive or one of the
+//     transports above.
 package reference
 
 import (
@@ -63,6 +73,11 @@ const (
 	// Docker is a registry speaking the distribution API:
 	// docker://HOST/REPO[:TAG|@DIGEST].
 	Docker Transport = "docker"
+	// OCIArchive is a tar of an OCI layout: oci-archive:PATH[:TAG]. Read only.
+	OCIArchive Transport = "oci-archive"
+	// DockerArchive is a `docker save` tar:
+	// docker-archive:PATH[:NAME[:TAG]]. Read only.
+	DockerArchive Transport = "docker-archive"
 )
 
 // DockerPrefix starts a registry reference.
@@ -151,25 +166,24 @@ var (
 
 // otherTransports are containers/image transport names that vessel does not
 // support and that no one names an image: "NAME:..." with one of them is
-// refused rather than read as a store tag. The other containers/image
+// refused rather than read as a store tag. (oci-archive and docker-archive
+// are supported, and reserved as store names too.) The other containers/image
 // transports (dir, tarball, sif, ostree) are plausible image names; they
 // are refused as transports only when a path follows ("dir:/tmp/x",
 // "dir:./x"), by the rule for any "X:" followed by a "/".
 var otherTransports = map[string]bool{
 	"docker":             true, // "docker:x" without "//": skopeo refuses it too
-	"docker-archive":     true,
 	"docker-daemon":      true,
-	"oci-archive":        true,
 	"containers-storage": true,
 }
 
 // Forms is the one-line list of accepted reference forms, for messages.
-const Forms = "NAME[:TAG], NAME@sha256:HEX, oci:DIR[:TAG] or docker://HOST/REPO[:TAG|@sha256:HEX]"
+const Forms = "NAME[:TAG], NAME@sha256:HEX, oci:DIR[:TAG], docker://HOST/REPO[:TAG|@sha256:HEX], oci-archive:PATH[:TAG] or docker-archive:PATH[:NAME[:TAG]]"
 
 func unsupported(in, transport string) error {
 	hint := ""
 	switch transport {
-	case "docker-archive", "oci-archive", "docker-daemon", "containers-storage", "dir":
+	case "docker-daemon", "containers-storage", "dir":
 		hint = fmt.Sprintf("; copy it to a layout first: skopeo copy %s:... oci:DIR:TAG", transport)
 	case "docker":
 		hint = "; a registry reference is docker://HOST/REPO[:TAG]"
@@ -183,7 +197,13 @@ func Parse(s string) (Ref, error) {
 		return Ref{}, invalid(s, "empty (want %s)", Forms)
 	}
 	if rest, ok := strings.CutPrefix(s, OCIPrefix); ok {
-		return parseLayout(s, rest)
+		return parseLayout(s, rest, OCI)
+	}
+	if rest, ok := strings.CutPrefix(s, string(OCIArchive)+":"); ok {
+		return parseLayout(s, rest, OCIArchive)
+	}
+	if rest, ok := strings.CutPrefix(s, string(DockerArchive)+":"); ok {
+		return parseDockerArchive(s, rest)
 	}
 	if scheme, _, ok := strings.Cut(s, "://"); ok && transportRE.MatchString(scheme) {
 		if scheme != "docker" {
@@ -298,17 +318,47 @@ func ParseDocker(s string) (Ref, error) {
 
 // ParseLayout parses the part of an OCI layout reference after "oci:",
 // DIR[:TAG] (the form a recipe's `from: {type: oci, url: DIR:TAG}` takes).
-func ParseLayout(s string) (Ref, error) { return parseLayout(s, s) }
+func ParseLayout(s string) (Ref, error) { return parseLayout(s, s, OCI) }
 
-func parseLayout(in, rest string) (Ref, error) {
+func parseLayout(in, rest string, t Transport) (Ref, error) {
 	dir, tag, _ := strings.Cut(rest, ":")
+	if dir == "" && t == OCIArchive {
+		return Ref{}, invalid(in, "no archive path (want oci-archive:PATH[:TAG])")
+	}
 	if dir == "" {
 		return Ref{}, invalid(in, "no layout directory (want oci:DIR[:TAG])")
 	}
 	if tag != "" && !ociRefRE.MatchString(tag) {
 		return Ref{}, invalid(in, "layout tag %q: a tag (org.opencontainers.image.ref.name) is letters and digits joined by one of - . _ : @ + or --, and /; note that the directory ends at the first colon", tag)
 	}
-	return Ref{Transport: OCI, Dir: dir, Tag: tag}, nil
+	return Ref{Transport: t, Dir: dir, Tag: tag}, nil
+}
+
+// parseDockerArchive parses PATH[:NAME[:TAG]] after "docker-archive:". As
+// in containers/image, PATH ends at the first colon and NAME[:TAG] names one
+// of the archive's RepoTags (tag latest if none; digests are refused).
+func parseDockerArchive(in, rest string) (Ref, error) {
+	path, name, _ := strings.Cut(rest, ":")
+	if path == "" {
+		return Ref{}, invalid(in, "no archive path (want docker-archive:PATH[:NAME[:TAG]])")
+	}
+	r := Ref{Transport: DockerArchive, Dir: path}
+	if name == "" {
+		return r, nil
+	}
+	if strings.Contains(name, "://") || strings.Contains(name, "@") {
+		return Ref{}, invalid(in, "docker-archive names an image by NAME[:TAG] from its RepoTags, not %q", name)
+	}
+	d, err := ParseDocker(name)
+	if err != nil {
+		var e *Error
+		if errors.As(err, &e) {
+			return Ref{}, invalid(in, "%s", e.Problem)
+		}
+		return Ref{}, err
+	}
+	r.Host, r.Name, r.Tag = d.Host, d.Name, d.Tag
+	return r, nil
 }
 
 func parseDigest(in, s string) (digest.Digest, error) {
@@ -350,7 +400,7 @@ func checkStoreName(in, name string) error {
 	if name == string(digest.SHA256) {
 		return invalid(in, "the name %q is reserved for digests (sha256:HEX)", name)
 	}
-	if otherTransports[name] || name+":" == OCIPrefix {
+	if otherTransports[name] || name+":" == OCIPrefix || name == string(OCIArchive) || name == string(DockerArchive) {
 		return invalid(in, "the name %q is reserved: %s:... names a transport", name, name)
 	}
 	return checkPath(in, "name", path)
@@ -393,6 +443,16 @@ func (r Ref) String() string {
 		return OCIPrefix + r.Dir + ":" + r.Tag
 	case Docker:
 		return DockerPrefix + r.Host + "/" + r.Name + r.suffix()
+	case OCIArchive:
+		if r.Tag == "" {
+			return string(OCIArchive) + ":" + r.Dir
+		}
+		return string(OCIArchive) + ":" + r.Dir + ":" + r.Tag
+	case DockerArchive:
+		if r.Name == "" {
+			return string(DockerArchive) + ":" + r.Dir
+		}
+		return string(DockerArchive) + ":" + r.Dir + ":" + r.Host + "/" + r.Name + ":" + r.Tag
 	}
 	if r.Name == "" {
 		return r.Digest.String()
@@ -407,9 +467,13 @@ func (r Ref) suffix() string {
 	return ":" + r.Tag
 }
 
-// Repository is HOST/REPO for a registry reference and NAME otherwise.
+// IsArchive reports whether r names an image in an archive file.
+func (r Ref) IsArchive() bool { return r.Transport == OCIArchive || r.Transport == DockerArchive }
+
+// Repository is HOST/REPO for a registry or docker-archive reference and
+// NAME otherwise.
 func (r Ref) Repository() string {
-	if r.Transport == Docker {
+	if r.Transport == Docker || (r.Transport == DockerArchive && r.Name != "") {
 		return r.Host + "/" + r.Name
 	}
 	return r.Name

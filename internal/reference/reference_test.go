@@ -44,6 +44,12 @@ func TestParse(t *testing.T) {
 		{"oci:lay:Upper_OK", Ref{Transport: OCI, Dir: "lay", Tag: "Upper_OK"}, ""},
 		{"oci:lay@sha256:" + hexA, Ref{Transport: OCI, Dir: "lay@sha256", Tag: hexA}, ""}, // as skopeo: dir "lay@sha256"
 		{"oci://x", Ref{Transport: OCI, Dir: "//x"}, ""},
+		// archives: PATH ends at the first colon, as containers/image splits it.
+		{"oci-archive:/tmp/x.tar", Ref{Transport: OCIArchive, Dir: "/tmp/x.tar"}, ""},
+		{"oci-archive:x.tar:v1:a", Ref{Transport: OCIArchive, Dir: "x.tar", Tag: "v1:a"}, ""},
+		{"docker-archive:/tmp/x.tar", Ref{Transport: DockerArchive, Dir: "/tmp/x.tar"}, ""},
+		{"docker-archive:x.tar:busybox", Ref{Transport: DockerArchive, Dir: "x.tar", Host: "docker.io", Name: "library/busybox", Tag: "latest"}, "docker-archive:x.tar:docker.io/library/busybox:latest"},
+		{"docker-archive:x.tar:localhost:5000/acme/app:1", Ref{Transport: DockerArchive, Dir: "x.tar", Host: "localhost:5000", Name: "acme/app", Tag: "1"}, ""},
 		// docker: containers/image defaults.
 		{"docker://busybox", Ref{Transport: Docker, Host: "docker.io", Name: "library/busybox", Tag: "latest"}, "docker://docker.io/library/busybox:latest"},
 		{"docker://acme/web:1", Ref{Transport: Docker, Host: "docker.io", Name: "acme/web", Tag: "1"}, "docker://docker.io/acme/web:1"},
@@ -82,9 +88,14 @@ func TestParseRejects(t *testing.T) {
 	}{
 		// The strings of issue 22: a transport vessel does not support, upper
 		// case, a path that climbs.
-		{"docker-archive:/tmp/x.tar", `unsupported transport "docker-archive"`, true},
-		{"docker-archive:x.tar", `unsupported transport "docker-archive"`, true},
-		{"oci-archive:/tmp/x.tar:v1", `unsupported transport "oci-archive"`, true},
+		{"docker-daemon:busybox:latest", `unsupported transport "docker-daemon"`, true},
+		{"docker-archive:", "no archive path", false},
+		{"docker-archive:x.tar:Busybox", "lower case", false},
+		{"docker-archive:x.tar:busybox@" + dA.String(), "RepoTags", false}, // containers/image: digests are not supported
+		{"oci-archive:", "no archive path", false},
+		{"oci-archive:x.tar:bad tag", `layout tag "bad tag"`, false},
+		{"oci-archive", "reserved", false},
+		{"docker-archive", "reserved", false},
 		{"dir:/tmp/x", `unsupported transport "dir"`, true},
 		{"dir:./x", `unsupported transport "dir"`, true},
 		{"tarball:../x.tar", `unsupported transport "tarball"`, true},
@@ -255,6 +266,7 @@ func TestUnsupportedTransportLikeSkopeo(t *testing.T) {
 
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{"app", "app:1", "localhost:5000/a:b", "app@" + dA.String(), dA.String(), "oci:/srv/a:b/c:d", "oci:x",
+		"oci-archive:x.tar:v1", "docker-archive:x.tar", "docker-archive:x.tar:busybox",
 		"docker://busybox", "docker://127.0.0.1:5000/acme/app:1", "docker://reg.example.com/a@" + dA.String(), "docker-archive:/x", "UPPER:1"} {
 		f.Add(s)
 	}
@@ -271,7 +283,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil || again != r {
 			t.Fatalf("%q -> %+v -> %q -> %+v, %v", s, r, r.String(), again, err)
 		}
-		if r.Transport != OCI && (r.Tag == "") == (r.Digest == "") {
+		if (r.Transport == Store || r.Transport == Docker) && (r.Tag == "") == (r.Digest == "") {
 			t.Fatalf("%q -> %+v: want exactly one of tag and digest", s, r)
 		}
 	})

@@ -202,7 +202,7 @@ func TestParseReference(t *testing.T) {
 			t.Errorf("%s: accepted", bad)
 		}
 	}
-	for _, bad := range []string{"ftp://x/y", "oci:", "name with space"} {
+	for _, bad := range []string{"ftp://x/y", "oci:", "name with space", "docker-daemon:x:1", "stacker://x/y", "UPPER:1", "../../etc:1", "docker-archive:/tmp/x.tar", "oci-archive:x.tar:v1"} {
 		if _, err := ParseLocation(bad, nil); err == nil {
 			t.Errorf("location %q accepted", bad)
 		}

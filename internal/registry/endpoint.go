@@ -55,24 +55,28 @@ func (e Endpoint) String() string {
 // ParseLocation parses a command-line image location with package
 // reference: docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:TAG] or a store
 // NAME[:TAG] (NAME@DIGEST as a source). Store locations get st (which may be
-// nil when the caller has none yet; see WithStore).
+// nil when the caller has none yet; see WithStore). Archives are refused:
+// unpack them with package archive and use the layout.
 func ParseLocation(s string, st *store.Store) (Endpoint, error) {
 	r, err := reference.Parse(s)
 	if err != nil {
 		return Endpoint{}, err
 	}
-	return Location(r, st), nil
+	return Location(r, st)
 }
 
-// Location is the endpoint of a parsed reference.
-func Location(r reference.Ref, st *store.Store) Endpoint {
+// Location is the endpoint of a parsed reference. An archive has none: it
+// must be unpacked first (package archive).
+func Location(r reference.Ref, st *store.Store) (Endpoint, error) {
 	switch r.Transport {
 	case reference.Docker:
-		return Registry(FromRef(r))
+		return Registry(FromRef(r)), nil
 	case reference.OCI:
-		return Layout(r.Dir, r.Tag)
+		return Layout(r.Dir, r.Tag), nil
+	case reference.Store:
+		return Store(st, r.String()), nil
 	}
-	return Store(st, r.String())
+	return Endpoint{}, fmt.Errorf("%s: a %s is read by unpacking it into a layout first", r, r.Transport)
 }
 
 // IsStore reports whether e is in the local store.

@@ -152,15 +152,17 @@ func (s *Store) Tag(ref string, desc ocispec.Descriptor) error {
 	})
 }
 
-// Untag removes ref from the index. Blobs stay until GC.
+// Untag removes ref from the index. Blobs stay until GC. A ref that breaks
+// today's name rules (package reference) is still removed when an entry has
+// exactly that name, so tags written by older versions can be cleaned up.
 func (s *Store) Untag(ref string) (ocispec.Descriptor, error) {
-	name, tag, err := ParseRef(ref)
-	if err != nil {
-		return ocispec.Descriptor{}, err
+	full := ref
+	name, tag, perr := ParseRef(ref)
+	if perr == nil {
+		full = name + ":" + tag
 	}
-	full := name + ":" + tag
 	var removed ocispec.Descriptor
-	err = s.withLock(func() error {
+	err := s.withLock(func() error {
 		idx, err := s.readIndex()
 		if err != nil {
 			return err
@@ -172,6 +174,9 @@ func (s *Store) Untag(ref string) (ocispec.Descriptor, error) {
 				continue
 			}
 			kept = append(kept, d)
+		}
+		if removed.Digest == "" && perr != nil {
+			return perr
 		}
 		if removed.Digest == "" {
 			return fmt.Errorf("image %s: %w", full, ErrNotFound)

@@ -143,7 +143,9 @@ func TestParseRef(t *testing.T) {
 			t.Errorf("ParseRef(%q) = %q %q %v, want %q", in, n, tg, err, want)
 		}
 	}
-	for _, bad := range []string{"", ":x", "a:", "a b", "a@sha256:00"} {
+	// issue 22: these were tags once
+	for _, bad := range []string{"", ":x", "a:", "a b", "a@sha256:00", "UPPER:1", "../../etc:1", "/etc:1", "docker-archive:/tmp/x.tar", "oci:lay:1",
+		"a@sha256:" + strings.Repeat("a", 64), "sha256:" + strings.Repeat("a", 64)} {
 		if _, _, err := ParseRef(bad); err == nil {
 			t.Errorf("ParseRef(%q) accepted", bad)
 		}
@@ -279,5 +281,41 @@ func TestOpenBlobReaderIsStreaming(t *testing.T) {
 	}
 	if fi, _ := os.Stat(filepath.Join(s.layout(), "oci-layout")); fi == nil {
 		t.Fatal("no oci-layout file")
+	}
+}
+
+// A tag that older versions wrote with a name today's rules refuse can still
+// be listed and removed; it cannot be created.
+func TestLegacyBadNameCanBeRemoved(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := putManifest(t, s, []byte("x"))
+	if err := s.Tag("Bad/../Name:1", m); err == nil {
+		t.Fatal("tagged a name with upper case and ..")
+	}
+	idx, err := s.readIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := m
+	d.Annotations = map[string]string{RefNameAnnotation: "Bad/../Name:1"}
+	idx.Manifests = append(idx.Manifests, d)
+	if err := s.writeIndex(idx); err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.List()
+	if err != nil || len(list) != 1 || list[0].Name != "Bad/../Name:1" {
+		t.Fatalf("list %+v %v", list, err)
+	}
+	if _, err := s.Untag("Bad/../Name:2"); err == nil || !strings.Contains(err.Error(), "upper case") {
+		t.Errorf("untag of an absent bad name: %v, want the name rule", err)
+	}
+	if _, err := s.Untag("Bad/../Name:1"); err != nil {
+		t.Fatal(err)
+	}
+	if list, _ := s.List(); len(list) != 0 {
+		t.Errorf("still listed: %+v", list)
 	}
 }
