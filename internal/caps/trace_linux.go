@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -26,7 +27,14 @@ const (
 	recPidTgid = 8  // u64: tgid<<32 | pid
 	recStack   = 16 // s64: kernel stack id in the stack map, <0: none
 	recComm    = 24 // [16]byte: current->comm
-	recSize    = 40
+	recFlags   = 40 // u64: flagBorrowed, flagCredKnown
+	recSize    = 48
+
+	// flagCredKnown: the task's credentials were read; flagBorrowed: the
+	// check was made with credentials the kernel put in place of the
+	// task's own (override_creds: overlayfs copy-up uses the mounter's).
+	flagCredKnown = 1
+	flagBorrowed  = 2
 
 	stackDepth   = 32 // frames kept per kernel stack
 	stackEntries = 8192
@@ -56,11 +64,11 @@ type Tracer struct {
 // NewTracer starts tracing the capability checks of the tasks in the
 // cgroup v2 whose id (its inode number in the cgroup2 file system) is
 // cgroupID, and in every cgroup below it. Close stops it.
-func NewTracer(cgroupID uint64) (t *Tracer, err error) {
+func NewTracer(cgroupID uint64) (_ *Tracer, err error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("%w: raise the locked-memory limit: %v", ErrNoTracer, err)
 	}
-	t = &Tracer{done: make(chan struct{})}
+	t := &Tracer{done: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			t.closeObjs()
@@ -82,9 +90,10 @@ func NewTracer(cgroupID uint64) (t *Tracer, err error) {
 		return nil, fmt.Errorf("%w: create counter map: %v", ErrNoTracer, err)
 	}
 	t.objs = append(t.objs, t.lost)
+	cred, credOK := credOffsets()
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "caps_capable", Type: ebpf.RawTracepoint, License: "GPL",
-		Instructions: program(cgroupID, ring.FD(), t.stacks.FD(), t.lost.FD()),
+		Instructions: program(cgroupID, ring.FD(), t.stacks.FD(), t.lost.FD(), cred, credOK),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: load the BPF program: %v", ErrNoTracer, err)
@@ -103,9 +112,37 @@ func NewTracer(cgroupID uint64) (t *Tracer, err error) {
 	return t, nil
 }
 
+// credOffsets finds the byte offsets of real_cred and cred in the
+// kernel's task_struct from its BTF; ok false when there is no BTF.
+func credOffsets() (off [2]int32, ok bool) {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return off, false
+	}
+	var task *btf.Struct
+	if err := spec.TypeByName("task_struct", &task); err != nil {
+		return off, false
+	}
+	found := 0
+	for _, m := range task.Members {
+		switch m.Name {
+		case "real_cred":
+			off[0] = int32(m.Offset.Bytes())
+			found++
+		case "cred":
+			off[1] = int32(m.Offset.Bytes())
+			found++
+		}
+	}
+	return off, found == 2
+}
+
 // program is the BPF program: raw tracepoint arguments are cap_capable's
-// (cred, target_ns, capable_ns, cap, ret).
-func program(cgroupID uint64, ring, stacks, lost int) asm.Instructions {
+// (cred, target_ns, capable_ns, cap, ret). With the offsets of
+// task_struct's real_cred and cred it also flags checks made with borrowed
+// credentials: the checked cred is the task's cred, and that is not its
+// real_cred.
+func program(cgroupID uint64, ring, stacks, lost int, cred [2]int32, credOK bool) asm.Instructions {
 	in := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // ctx
 		asm.LoadImm(asm.R7, int64(cgroupID), asm.DWord),
@@ -156,7 +193,38 @@ func program(cgroupID uint64, ring, stacks, lost int) asm.Instructions {
 		asm.Add.Imm(asm.R1, recComm),
 		asm.Mov.Imm(asm.R2, 16),
 		asm.FnGetCurrentComm.Call(),
-		asm.Mov.Reg(asm.R1, asm.R7),
+		asm.Mov.Imm(asm.R1, 0),
+		asm.StoreMem(asm.R7, recFlags, asm.R1, asm.DWord),
+	)
+	if credOK {
+		readPtr := func(off int32, slot int16) asm.Instructions {
+			return asm.Instructions{
+				asm.FnGetCurrentTask.Call(),
+				asm.Mov.Reg(asm.R3, asm.R0),
+				asm.Add.Imm(asm.R3, off),
+				asm.Mov.Reg(asm.R1, asm.R10),
+				asm.Add.Imm(asm.R1, int32(slot)),
+				asm.Mov.Imm(asm.R2, 8),
+				asm.FnProbeReadKernel.Call(),
+				asm.JNE.Imm(asm.R0, 0, "submit"),
+			}
+		}
+		in = append(in, readPtr(cred[0], -8)...)  // real_cred at fp-8
+		in = append(in, readPtr(cred[1], -16)...) // cred at fp-16
+		in = append(in,
+			asm.Mov.Imm(asm.R1, flagCredKnown),
+			asm.StoreMem(asm.R7, recFlags, asm.R1, asm.DWord),
+			asm.LoadMem(asm.R1, asm.R6, 0, asm.DWord), // args[0]: the checked cred
+			asm.LoadMem(asm.R2, asm.R10, -16, asm.DWord),
+			asm.JNE.Reg(asm.R1, asm.R2, "submit"), // not the task's cred: another task's
+			asm.LoadMem(asm.R3, asm.R10, -8, asm.DWord),
+			asm.JEq.Reg(asm.R2, asm.R3, "submit"), // its own cred
+			asm.Mov.Imm(asm.R1, flagCredKnown|flagBorrowed),
+			asm.StoreMem(asm.R7, recFlags, asm.R1, asm.DWord),
+		)
+	}
+	in = append(in,
+		asm.Mov.Reg(asm.R1, asm.R7).WithSymbol("submit"),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.FnRingbufSubmit.Call(),
 
@@ -184,6 +252,8 @@ func (t *Tracer) read() {
 			StackID: int64(binary.NativeEndian.Uint64(b[recStack:])),
 			Comm:    cstring(b[recComm : recComm+16]),
 		}
+		f := binary.NativeEndian.Uint64(b[recFlags:])
+		ev.Borrowed = f&flagBorrowed != 0
 		t.mu.Lock()
 		t.events = append(t.events, ev)
 		t.mu.Unlock()
