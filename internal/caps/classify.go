@@ -21,6 +21,7 @@ type Event struct {
 	// place of the task's own (override_creds; overlayfs copies a file up
 	// with the mounter's credentials).
 	Borrowed bool
+	Count    int // how many identical checks (0 means 1)
 }
 
 // Trace is what a Tracer recorded during one run.
@@ -119,7 +120,11 @@ func Classify(tr Trace, sym Symbolizer) []Check {
 			groups[k] = c
 			order = append(order, k)
 		}
-		c.Count++
+		if ev.Count > 0 {
+			c.Count += ev.Count
+		} else {
+			c.Count++
+		}
 	}
 	out := make([]Check, 0, len(order))
 	for _, k := range order {

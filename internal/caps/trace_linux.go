@@ -58,17 +58,25 @@ type Tracer struct {
 	done   chan struct{}
 
 	mu     sync.Mutex
-	events []Event
+	events map[Event]int // identical checks counted, not stored one by one
+	order  []Event
+}
+
+// TraceOptions tune a Tracer.
+type TraceOptions struct {
+	// DeniedOnly drops granted checks in the kernel: what watching a
+	// service for refusals needs, at a fraction of the records.
+	DeniedOnly bool
 }
 
 // NewTracer starts tracing the capability checks of the tasks in the
 // cgroup v2 whose id (its inode number in the cgroup2 file system) is
 // cgroupID, and in every cgroup below it. Close stops it.
-func NewTracer(cgroupID uint64) (_ *Tracer, err error) {
+func NewTracer(cgroupID uint64, opt TraceOptions) (_ *Tracer, err error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("%w: raise the locked-memory limit: %v", ErrNoTracer, err)
 	}
-	t := &Tracer{done: make(chan struct{})}
+	t := &Tracer{done: make(chan struct{}), events: map[Event]int{}}
 	defer func() {
 		if err != nil {
 			t.closeObjs()
@@ -93,7 +101,7 @@ func NewTracer(cgroupID uint64) (_ *Tracer, err error) {
 	cred, credOK := credOffsets()
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "caps_capable", Type: ebpf.RawTracepoint, License: "GPL",
-		Instructions: program(cgroupID, ring.FD(), t.stacks.FD(), t.lost.FD(), cred, credOK),
+		Instructions: program(cgroupID, opt.DeniedOnly, ring.FD(), t.stacks.FD(), t.lost.FD(), cred, credOK),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: load the BPF program: %v", ErrNoTracer, err)
@@ -142,7 +150,7 @@ func credOffsets() (off [2]int32, ok bool) {
 // task_struct's real_cred and cred it also flags checks made with borrowed
 // credentials: the checked cred is the task's cred, and that is not its
 // real_cred.
-func program(cgroupID uint64, ring, stacks, lost int, cred [2]int32, credOK bool) asm.Instructions {
+func program(cgroupID uint64, deniedOnly bool, ring, stacks, lost int, cred [2]int32, credOK bool) asm.Instructions {
 	in := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // ctx
 		asm.LoadImm(asm.R7, int64(cgroupID), asm.DWord),
@@ -160,8 +168,16 @@ func program(cgroupID uint64, ring, stacks, lost int, cred [2]int32, credOK bool
 	in = append(in,
 		asm.Mov.Imm(asm.R0, 0),
 		asm.Return(),
-
-		asm.LoadMapPtr(asm.R1, ring).WithSymbol("match"),
+		asm.Mov.Reg(asm.R0, asm.R0).WithSymbol("match"), // a no-op to carry the label
+	)
+	if deniedOnly {
+		in = append(in,
+			asm.LoadMem(asm.R1, asm.R6, 4*8, asm.DWord), // args[4]: ret
+			asm.JEq.Imm32(asm.R1, 0, "out"),
+		)
+	}
+	in = append(in,
+		asm.LoadMapPtr(asm.R1, ring),
 		asm.Mov.Imm(asm.R2, recSize),
 		asm.Mov.Imm(asm.R3, 0),
 		asm.FnRingbufReserve.Call(),
@@ -255,7 +271,10 @@ func (t *Tracer) read() {
 		f := binary.NativeEndian.Uint64(b[recFlags:])
 		ev.Borrowed = f&flagBorrowed != 0
 		t.mu.Lock()
-		t.events = append(t.events, ev)
+		if t.events[ev] == 0 {
+			t.order = append(t.order, ev)
+		}
+		t.events[ev]++
 		t.mu.Unlock()
 	}
 }
@@ -291,7 +310,10 @@ func (t *Tracer) Stop() (Trace, error) {
 	errs = append(errs, t.rd.Close())
 	tr := Trace{Stacks: map[int64][]uint64{}}
 	t.mu.Lock()
-	tr.Events = t.events
+	for _, ev := range t.order {
+		ev.Count = t.events[ev]
+		tr.Events = append(tr.Events, ev)
+	}
 	t.mu.Unlock()
 	for _, ev := range tr.Events {
 		if ev.StackID < 0 {

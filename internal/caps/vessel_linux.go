@@ -57,7 +57,7 @@ func CanTrace() error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrNoTracer, err)
 	}
-	t, err := NewTracer(cg.ID)
+	t, err := NewTracer(cg.ID, TraceOptions{})
 	if err == nil {
 		_, err = t.Stop()
 	}
@@ -73,7 +73,7 @@ func (v *VesselRunner) Run(ctx context.Context, caps []string) (res Run, err err
 	defer func() { err = errors.Join(err, cg.Remove(), removeV1(cg.Path)) }()
 	var tr *Tracer
 	if v.Trace {
-		if tr, err = NewTracer(cg.ID); err != nil {
+		if tr, err = NewTracer(cg.ID, TraceOptions{}); err != nil {
 			return Run{}, err
 		}
 		defer func() {
