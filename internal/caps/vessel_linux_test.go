@@ -253,3 +253,32 @@ func TestExplainAndService(t *testing.T) {
 		t.Errorf("system.yaml changed by a refused write")
 	}
 }
+
+// vessel run --why-denied names what a failed container was refused, and
+// says nothing when it succeeds; its cgroups are gone afterwards.
+func TestRunWhyDenied(t *testing.T) {
+	e := newEnv(t)
+	var stderr bytes.Buffer
+	c := e.cmd("run", "--why-denied", "--cap-drop", "ALL", "bb:1", "/bin/nc", "-l", "-p", "80")
+	c.Stderr = &stderr
+	if err := c.Run(); err == nil {
+		t.Fatal("nc bound port 80 without CAP_NET_BIND_SERVICE")
+	}
+	if !strings.Contains(stderr.String(), "vessel: note: the container was refused CAP_NET_BIND_SERVICE (bind by nc, 1x)") ||
+		!strings.Contains(stderr.String(), "--cap-add NET_BIND_SERVICE") {
+		t.Errorf("no note naming CAP_NET_BIND_SERVICE:\n%s", stderr.String())
+	}
+	out, err := e.cmd("run", "--why-denied", "--cap-drop", "ALL", "--cap-add", "CHOWN", "bb:1", "/bin/chown", "1", "/etc/motd").CombinedOutput()
+	if err != nil || strings.Contains(string(out), "note") {
+		t.Errorf("a successful run: %v\n%s", err, out)
+	}
+	mnt, err := Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, root := range []string{mnt, "/sys/fs/cgroup/memory"} {
+		if left, _ := filepath.Glob(filepath.Join(root, "vessel-watch-*")); len(left) > 0 {
+			t.Errorf("cgroups left behind: %v", left)
+		}
+	}
+}
