@@ -296,8 +296,8 @@ func watchDenials(on bool, cfg *ociruntime.Config) (finish func(w io.Writer, fai
 	}
 	cfg.CgroupParent = watch.Parent()
 	return func(w io.Writer, failed bool) error {
-		refused, err := watch.Stop()
-		if h := caps.Hint(refused); failed && h != "" {
+		refused, err := watch.Stop(failed)
+		if h := caps.Hint(refused); h != "" {
 			fmt.Fprintf(w, "vessel: note: %s\n", h)
 		}
 		return err

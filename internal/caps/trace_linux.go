@@ -98,7 +98,13 @@ func NewTracer(cgroupID uint64, opt TraceOptions) (_ *Tracer, err error) {
 		return nil, fmt.Errorf("%w: create counter map: %v", ErrNoTracer, err)
 	}
 	t.objs = append(t.objs, t.lost)
-	cred, credOK := credOffsets()
+	// Borrowed credentials are the mounter's, which are rarely refused: a
+	// denied-only tracer saves parsing the kernel's BTF (~100 ms).
+	var cred [2]int32
+	credOK := false
+	if !opt.DeniedOnly {
+		cred, credOK = credOffsets()
+	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "caps_capable", Type: ebpf.RawTracepoint, License: "GPL",
 		Instructions: program(cgroupID, opt.DeniedOnly, ring.FD(), t.stacks.FD(), t.lost.FD(), cred, credOK),

@@ -10,19 +10,14 @@ import (
 // failure can name the capability it lacked (EPERM never says which gate
 // it hit). Only refused checks leave the kernel.
 type Watch struct {
-	cg  *Cgroup
-	tr  *Tracer
-	sym Symbolizer
+	cg *Cgroup
+	tr *Tracer
 }
 
 // NewWatch makes a fresh cgroup for the container to be placed under (see
 // Parent) and traces the checks refused in it. It fails with ErrNoTracer
 // where tracing is not possible.
 func NewWatch() (*Watch, error) {
-	sym, err := LoadKallsyms()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoTracer, err)
-	}
 	cg, err := NewCgroup("vessel-watch")
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoTracer, err)
@@ -31,20 +26,30 @@ func NewWatch() (*Watch, error) {
 	if err != nil {
 		return nil, errors.Join(err, cg.Remove())
 	}
-	return &Watch{cg: cg, tr: tr, sym: sym}, nil
+	return &Watch{cg: cg, tr: tr}, nil
 }
 
 // Parent is the cgroup path to give the container as its parent
 // (ociruntime.Config.CgroupParent).
 func (w *Watch) Parent() string { return w.cg.Path }
 
-// Stop ends the watch, removes its cgroup and returns the refused checks
-// of the workload: no probes, no runc set-up, no borrowed credentials.
-func (w *Watch) Stop() ([]Check, error) {
+// Stop ends the watch, removes its cgroup and, when want is set, returns
+// the refused checks of the workload: no probes, no runc set-up, no
+// borrowed credentials. (Resolving kernel stacks costs a read of
+// /proc/kallsyms: a run that went well can skip it.)
+func (w *Watch) Stop(want bool) ([]Check, error) {
 	tr, err := w.tr.Stop()
 	err = errors.Join(err, w.cg.Remove(), removeV1(w.cg.Path))
+	if !want || len(tr.Events) == 0 {
+		return nil, err
+	}
+	// Symbols only when there is something to say.
+	sym, serr := LoadKallsyms()
+	if serr != nil {
+		return nil, errors.Join(err, serr)
+	}
 	var out []Check
-	for _, c := range Classify(tr, w.sym) {
+	for _, c := range Classify(tr, sym) {
 		if c.Class == Denied {
 			out = append(out, c)
 		}
