@@ -245,6 +245,9 @@ type Options struct {
 }
 
 func (o Options) runner(image string, args, flags []string) (*VesselRunner, []string, string, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil, "", errors.New("learning capabilities needs root (BPF tracing, cgroups, containers with any capability): run it with sudo")
+	}
 	offer := o.Offer
 	if offer == nil {
 		held, err := Held()
