@@ -103,11 +103,31 @@ func (v *VesselRunner) Run(ctx context.Context, caps []string) (res Run, err err
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	var timeout <-chan time.Time
+	// The duration counts from the container's start, not vessel run's
+	// (mounting and verifying can take a while on a loaded machine): runc
+	// makes the container's cgroup under ours just before starting it.
+	timeout := make(chan struct{})
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
 	if v.Duration > 0 {
-		t := time.NewTimer(v.Duration)
-		defer t.Stop()
-		timeout = t.C
+		go func() {
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for !hasSubdir(cg.Dir) {
+				select {
+				case <-stopWatch:
+					return
+				case <-tick.C:
+				}
+			}
+			t := time.NewTimer(v.Duration)
+			defer t.Stop()
+			select {
+			case <-stopWatch:
+			case <-t.C:
+				close(timeout)
+			}
+		}()
 	}
 	var werr error
 	select {
@@ -148,6 +168,20 @@ func (v *VesselRunner) Run(ctx context.Context, caps []string) (res Run, err err
 		}
 	}
 	return res, nil
+}
+
+// hasSubdir reports whether dir has a subdirectory.
+func hasSubdir(dir string) bool {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			return true
+		}
+	}
+	return false
 }
 
 // tail keeps the last 4 KiB written to it.
