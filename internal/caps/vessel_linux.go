@@ -160,7 +160,7 @@ func (v *VesselRunner) Run(ctx context.Context, caps []string) (res Run, err err
 		if serr != nil {
 			return Run{}, serr
 		}
-		res.Traced = true
+		res.Traced, res.Lost = true, t.Lost
 		for _, c := range Classify(t, v.Sym) {
 			if c.Class != Runtime {
 				res.Checks = append(res.Checks, c)
