@@ -231,6 +231,19 @@ func TestExplainAndService(t *testing.T) {
 		t.Errorf("explain: no granted CAP_CHOWN check in a chown syscall: %s", out)
 	}
 
+	// The human report.
+	human, err := e.cmd("caps", "learn", "bb:1", "--", "/bin/ping", "-c1", "127.0.0.1").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"method: trace+drop-one; 3 runs", "outcome to keep: exit 0\n",
+		"CAP_NET_RAW: open raw and packet sockets", "  used by socket: ", "  without it: exit 1 instead of exit 0\n",
+		"run it with: vessel run --cap-drop ALL --cap-add NET_RAW ...\n"} {
+		if !strings.Contains(string(human), want) {
+			t.Errorf("report lacks %q:\n%s", want, human)
+		}
+	}
+
 	sys := filepath.Join(t.TempDir(), "system.yaml")
 	src := "product: p\nversion: 1\nservices:\n  - name: web # the server\n    image: bb:1\n    command: [/bin/nc, -l, -p, \"80\"]\n    restart: always\n  - name: idle\n    image: bb:1\n    command: [/bin/sleep, \"600\"]\n"
 	os.WriteFile(sys, []byte(src), 0o644)
