@@ -32,7 +32,7 @@ trap 'exit 130' INT TERM
 echo "== tracing overhead (go test -bench Tracing -benchtime ${N}x ./internal/caps)"
 (cd "$repo" && go test -run '^$' -bench Tracing -benchtime "${N}x" ./internal/caps) | grep '^Benchmark' |
   tr -s ' \t' '\n' | awk '
-    /\/op$|untraced-(cpu|wall)$/ { printf "  %-20s %s\n", $0, prev } { prev = $0 }'
+    /\/op$|untraced-(cpu|wall)$/ { printf "  %-26s %s\n", $0, prev } { prev = $0 }'
 
 (cd "$repo" && CGO_ENABLED=0 go build -o bin/vessel ./cmd/vessel)
 vessel=$repo/bin/vessel

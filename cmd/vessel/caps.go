@@ -14,6 +14,7 @@ import (
 	"github.com/vesselos/vessel/internal/atomicfile"
 	"github.com/vesselos/vessel/internal/caps"
 	"github.com/vesselos/vessel/internal/manifest"
+	"github.com/vesselos/vessel/internal/ociruntime"
 )
 
 func init() { addCommand(capsCmd) }
@@ -280,4 +281,25 @@ capability:cap_capable tracepoint.`,
 	}
 	f.add(c)
 	return c
+}
+
+// watchDenials, when on, places the container under a cgroup traced for
+// refused capability checks (vessel run --why-denied); finish prints a
+// note naming them when the run failed.
+func watchDenials(on bool, cfg *ociruntime.Config) (finish func(w io.Writer, failed bool) error, err error) {
+	if !on {
+		return func(io.Writer, bool) error { return nil }, nil
+	}
+	watch, err := caps.NewWatch()
+	if err != nil {
+		return nil, fmt.Errorf("--why-denied: %w", err)
+	}
+	cfg.CgroupParent = watch.Parent()
+	return func(w io.Writer, failed bool) error {
+		refused, err := watch.Stop(failed)
+		if h := caps.Hint(refused); h != "" {
+			fmt.Fprintf(w, "vessel: note: %s\n", h)
+		}
+		return err
+	}, nil
 }

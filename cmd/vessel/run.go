@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -100,6 +101,7 @@ func runCmd(g *globals) *cobra.Command {
 		cfg                  ociruntime.Config
 		name, runtimeName    string
 		interactive, tty, rm bool
+		whyDenied            bool
 		volumes, securityOpt []string
 	)
 	c := &cobra.Command{
@@ -209,8 +211,15 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 				case <-runCtx.Done():
 				}
 			}()
+			finish, err := watchDenials(whyDenied, &cfg)
+			if err != nil {
+				return err
+			}
 			spec := container.Spec{ID: name, Image: img, Config: cfg, Started: func() { started.Store(true) }}
 			code, err := l.Run(runCtx, spec, stdio)
+			if ferr := finish(cmd.ErrOrStderr(), err != nil || code != 0); ferr != nil {
+				err = errors.Join(err, ferr)
+			}
 			if err != nil {
 				return err
 			}
@@ -236,6 +245,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 	f.StringArrayVarP(&volumes, "volume", "v", nil, "bind-mount HOST:CONTAINER[:ro] (repeatable)")
 	f.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	f.StringArrayVar(&securityOpt, "security-opt", nil, "seccomp=unconfined: no syscall filter")
+	f.BoolVar(&whyDenied, "why-denied", false, "trace refused capability checks and name them if the container fails (root, cap_capable tracepoint)")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup the container's cgroup is made in (default /vessel/...; vessel caps learn traces one it made)")
 	return c
 }

@@ -62,7 +62,7 @@ func BenchmarkTracing(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		u := workload()
 		base += u[1]
-		tr, err := NewTracer(cg.ID)
+		tr, err := NewTracer(cg.ID, TraceOptions{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -71,8 +71,10 @@ func BenchmarkTracing(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		events += len(trace.Events)
-		tr, err = NewTracer(other.ID)
+		for _, ev := range trace.Events {
+			events += ev.Count
+		}
+		tr, err = NewTracer(other.ID, TraceOptions{})
 		if err != nil {
 			b.Fatal(err)
 		}

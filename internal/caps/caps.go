@@ -7,15 +7,15 @@
 // capability check with its kernel stack; Classify sorts the checks into
 // granted, denied and no-audit probes (the memory-accounting path asks for
 // CAP_SYS_ADMIN on every mmap, brk and execve and must not count); the
-// granted capabilities are an upper bound that Minimise shrinks by running
+// granted capabilities are an upper bound that Learn shrinks by running
 // the workload again with one capability dropped at a time and keeping only
 // those whose removal changes the outcome. Where the kernel cannot trace
-// (no BPF permission, no tracepoint: Linux 6.1), Minimise starts from every
-// capability: slower, same answer for the outcome it can see.
+// (no BPF permission, no tracepoint: Linux 6.1), the search starts from
+// every capability: slower, same answer for the outcome it can see.
 //
 // Everything but the tracer and the runner that starts containers is plain
-// data and functions (Classify, Minimise, Explain) that tests drive without
-// root. Workloads are run by a Runner; VesselRunner starts them through the
+// data and functions (Classify, Learn over a Runner, Explain) that tests
+// drive without root. Workloads are run by a Runner; VesselRunner starts them through the
 // vessel binary (vessel run) in a cgroup it creates.
 package caps
 

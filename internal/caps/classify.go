@@ -17,6 +17,11 @@ type Event struct {
 	PID     int    // thread group id (host pid namespace)
 	StackID int64  // kernel stack in Trace.Stacks; negative: not recorded
 	Comm    string // the task's command name at the time
+	// Borrowed: the check was made with credentials the kernel put in
+	// place of the task's own (override_creds; overlayfs copies a file up
+	// with the mounter's credentials).
+	Borrowed bool
+	Count    int // how many identical checks (0 means 1)
 }
 
 // Trace is what a Tracer recorded during one run.
@@ -42,6 +47,10 @@ const (
 	// Runtime: the OCI runtime setting the container up before the
 	// workload's first instruction (runc's init process). Never reported.
 	Runtime Class = "runtime"
+	// Borrowed: checked against credentials the kernel lent the task
+	// (overlayfs copy-up runs with the mounter's): the workload's own
+	// capabilities play no part. Never counted.
+	Borrowed Class = "borrowed"
 )
 
 // Check is a group of identical capability checks: same capability, class,
@@ -80,10 +89,14 @@ var plumbing = map[string]bool{
 	"__traceiter_cap_capable": true,
 }
 
-// runtimePrefix starts the command name of runc's init process, which
-// runs in the container's cgroup, sets the container up with every
-// capability, drops them and execs the workload.
-const runtimePrefix = "runc:["
+// runtimeComm reports whether a command name is runc's: its init process
+// runs in the container's cgroup as "runc" and "exe" (re-executing
+// /proc/self/exe), then "runc:[0:PARENT]" to "runc:[2:INIT]", sets the
+// container up with every capability, drops them and execs the workload.
+// (A workload whose own command is named runc or exe is misread.)
+func runtimeComm(c string) bool {
+	return c == "runc" || c == "exe" || strings.HasPrefix(c, "runc:[")
+}
 
 // Classify groups the events of a trace into checks, most frequent first
 // within each capability, capabilities in number order.
@@ -107,7 +120,11 @@ func Classify(tr Trace, sym Symbolizer) []Check {
 			groups[k] = c
 			order = append(order, k)
 		}
-		c.Count++
+		if ev.Count > 0 {
+			c.Count += ev.Count
+		} else {
+			c.Count++
+		}
 	}
 	out := make([]Check, 0, len(order))
 	for _, k := range order {
@@ -136,8 +153,11 @@ func symbolize(addrs []uint64, sym Symbolizer) []string {
 }
 
 func classOf(ev Event, frames []string) Class {
-	if strings.HasPrefix(ev.Comm, runtimePrefix) {
+	if runtimeComm(ev.Comm) {
 		return Runtime
+	}
+	if ev.Borrowed {
+		return Borrowed
 	}
 	for _, f := range frames {
 		f = baseName(f)

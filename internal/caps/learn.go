@@ -16,6 +16,7 @@ type Run struct {
 	// capability checks, runtime set-up excluded.
 	Traced bool    `json:"traced"`
 	Checks []Check `json:"-"`
+	Lost   uint64  `json:"lost,omitempty"` // trace records lost to a full ring
 }
 
 // Outcome describes the run's end in words: "exit 0", "running after the
@@ -104,6 +105,7 @@ func Learn(ctx context.Context, r Runner, offered []string, noTrace string) (*Re
 		return nil, fmt.Errorf("run with every offered capability: %w", err)
 	}
 	upper, base := offered, first
+	rep.Lost = first.Lost
 	if first.Traced {
 		rep.Method = MethodTrace
 		rep.NoTrace = ""

@@ -180,15 +180,18 @@ func TestClassify(t *testing.T) {
 			{Cap: 21, Ret: -1, StackID: 2, Comm: "chown"},
 			{Cap: 21, StackID: 1, Comm: "runc:[2:INIT]"},
 			{Cap: 13, StackID: -14, Comm: "ping"},
+			{Cap: 21, StackID: 1, Comm: "exe"},
+			{Cap: 3, StackID: 1, Comm: "chown", Borrowed: true},
 		},
 	}
 	got := Classify(tr, sym)
 	want := []Check{
 		{Cap: "CAP_CHOWN", Class: Granted, Syscall: "fchownat", Path: []string{"chown_common", "setattr_prepare", "chown_ok"}, Comm: "chown", Count: 2},
 		{Cap: "CAP_CHOWN", Class: Denied, Syscall: "fchownat", Path: []string{"chown_common", "setattr_prepare", "chown_ok"}, Comm: "chown", Count: 1},
+		{Cap: "CAP_FOWNER", Class: Borrowed, Syscall: "fchownat", Path: []string{"chown_common", "setattr_prepare", "chown_ok"}, Comm: "chown", Count: 1},
 		{Cap: "CAP_NET_RAW", Class: Granted, Comm: "ping", Count: 1},
+		{Cap: "CAP_SYS_ADMIN", Class: Runtime, Syscall: "fchownat", Path: []string{"chown_common", "setattr_prepare", "chown_ok"}, Comm: "runc:[2:INIT]", Count: 2},
 		{Cap: "CAP_SYS_ADMIN", Class: Probe, Syscall: "brk", Path: []string{"do_brk_flags", "security_vm_enough_memory_mm"}, Comm: "chown", Count: 1},
-		{Cap: "CAP_SYS_ADMIN", Class: Runtime, Syscall: "fchownat", Path: []string{"chown_common", "setattr_prepare", "chown_ok"}, Comm: "runc:[2:INIT]", Count: 1},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Classify:\n got %+v\nwant %+v", got, want)

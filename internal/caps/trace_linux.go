@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
@@ -26,7 +27,14 @@ const (
 	recPidTgid = 8  // u64: tgid<<32 | pid
 	recStack   = 16 // s64: kernel stack id in the stack map, <0: none
 	recComm    = 24 // [16]byte: current->comm
-	recSize    = 40
+	recFlags   = 40 // u64: flagBorrowed, flagCredKnown
+	recSize    = 48
+
+	// flagCredKnown: the task's credentials were read; flagBorrowed: the
+	// check was made with credentials the kernel put in place of the
+	// task's own (override_creds: overlayfs copy-up uses the mounter's).
+	flagCredKnown = 1
+	flagBorrowed  = 2
 
 	stackDepth   = 32 // frames kept per kernel stack
 	stackEntries = 8192
@@ -50,17 +58,25 @@ type Tracer struct {
 	done   chan struct{}
 
 	mu     sync.Mutex
-	events []Event
+	events map[Event]int // identical checks counted, not stored one by one
+	order  []Event
+}
+
+// TraceOptions tune a Tracer.
+type TraceOptions struct {
+	// DeniedOnly drops granted checks in the kernel: what watching a
+	// service for refusals needs, at a fraction of the records.
+	DeniedOnly bool
 }
 
 // NewTracer starts tracing the capability checks of the tasks in the
 // cgroup v2 whose id (its inode number in the cgroup2 file system) is
 // cgroupID, and in every cgroup below it. Close stops it.
-func NewTracer(cgroupID uint64) (t *Tracer, err error) {
+func NewTracer(cgroupID uint64, opt TraceOptions) (_ *Tracer, err error) {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return nil, fmt.Errorf("%w: raise the locked-memory limit: %v", ErrNoTracer, err)
 	}
-	t = &Tracer{done: make(chan struct{})}
+	t := &Tracer{done: make(chan struct{}), events: map[Event]int{}}
 	defer func() {
 		if err != nil {
 			t.closeObjs()
@@ -82,9 +98,16 @@ func NewTracer(cgroupID uint64) (t *Tracer, err error) {
 		return nil, fmt.Errorf("%w: create counter map: %v", ErrNoTracer, err)
 	}
 	t.objs = append(t.objs, t.lost)
+	// Borrowed credentials are the mounter's, which are rarely refused: a
+	// denied-only tracer saves parsing the kernel's BTF (~100 ms).
+	var cred [2]int32
+	credOK := false
+	if !opt.DeniedOnly {
+		cred, credOK = credOffsets()
+	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "caps_capable", Type: ebpf.RawTracepoint, License: "GPL",
-		Instructions: program(cgroupID, ring.FD(), t.stacks.FD(), t.lost.FD()),
+		Instructions: program(cgroupID, opt.DeniedOnly, ring.FD(), t.stacks.FD(), t.lost.FD(), cred, credOK),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: load the BPF program: %v", ErrNoTracer, err)
@@ -103,9 +126,37 @@ func NewTracer(cgroupID uint64) (t *Tracer, err error) {
 	return t, nil
 }
 
+// credOffsets finds the byte offsets of real_cred and cred in the
+// kernel's task_struct from its BTF; ok false when there is no BTF.
+func credOffsets() (off [2]int32, ok bool) {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return off, false
+	}
+	var task *btf.Struct
+	if err := spec.TypeByName("task_struct", &task); err != nil {
+		return off, false
+	}
+	found := 0
+	for _, m := range task.Members {
+		switch m.Name {
+		case "real_cred":
+			off[0] = int32(m.Offset.Bytes())
+			found++
+		case "cred":
+			off[1] = int32(m.Offset.Bytes())
+			found++
+		}
+	}
+	return off, found == 2
+}
+
 // program is the BPF program: raw tracepoint arguments are cap_capable's
-// (cred, target_ns, capable_ns, cap, ret).
-func program(cgroupID uint64, ring, stacks, lost int) asm.Instructions {
+// (cred, target_ns, capable_ns, cap, ret). With the offsets of
+// task_struct's real_cred and cred it also flags checks made with borrowed
+// credentials: the checked cred is the task's cred, and that is not its
+// real_cred.
+func program(cgroupID uint64, deniedOnly bool, ring, stacks, lost int, cred [2]int32, credOK bool) asm.Instructions {
 	in := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1), // ctx
 		asm.LoadImm(asm.R7, int64(cgroupID), asm.DWord),
@@ -123,8 +174,16 @@ func program(cgroupID uint64, ring, stacks, lost int) asm.Instructions {
 	in = append(in,
 		asm.Mov.Imm(asm.R0, 0),
 		asm.Return(),
-
-		asm.LoadMapPtr(asm.R1, ring).WithSymbol("match"),
+		asm.Mov.Reg(asm.R0, asm.R0).WithSymbol("match"), // a no-op to carry the label
+	)
+	if deniedOnly {
+		in = append(in,
+			asm.LoadMem(asm.R1, asm.R6, 4*8, asm.DWord), // args[4]: ret
+			asm.JEq.Imm32(asm.R1, 0, "out"),
+		)
+	}
+	in = append(in,
+		asm.LoadMapPtr(asm.R1, ring),
 		asm.Mov.Imm(asm.R2, recSize),
 		asm.Mov.Imm(asm.R3, 0),
 		asm.FnRingbufReserve.Call(),
@@ -156,7 +215,38 @@ func program(cgroupID uint64, ring, stacks, lost int) asm.Instructions {
 		asm.Add.Imm(asm.R1, recComm),
 		asm.Mov.Imm(asm.R2, 16),
 		asm.FnGetCurrentComm.Call(),
-		asm.Mov.Reg(asm.R1, asm.R7),
+		asm.Mov.Imm(asm.R1, 0),
+		asm.StoreMem(asm.R7, recFlags, asm.R1, asm.DWord),
+	)
+	if credOK {
+		readPtr := func(off int32, slot int16) asm.Instructions {
+			return asm.Instructions{
+				asm.FnGetCurrentTask.Call(),
+				asm.Mov.Reg(asm.R3, asm.R0),
+				asm.Add.Imm(asm.R3, off),
+				asm.Mov.Reg(asm.R1, asm.R10),
+				asm.Add.Imm(asm.R1, int32(slot)),
+				asm.Mov.Imm(asm.R2, 8),
+				asm.FnProbeReadKernel.Call(),
+				asm.JNE.Imm(asm.R0, 0, "submit"),
+			}
+		}
+		in = append(in, readPtr(cred[0], -8)...)  // real_cred at fp-8
+		in = append(in, readPtr(cred[1], -16)...) // cred at fp-16
+		in = append(in,
+			asm.Mov.Imm(asm.R1, flagCredKnown),
+			asm.StoreMem(asm.R7, recFlags, asm.R1, asm.DWord),
+			asm.LoadMem(asm.R1, asm.R6, 0, asm.DWord), // args[0]: the checked cred
+			asm.LoadMem(asm.R2, asm.R10, -16, asm.DWord),
+			asm.JNE.Reg(asm.R1, asm.R2, "submit"), // not the task's cred: another task's
+			asm.LoadMem(asm.R3, asm.R10, -8, asm.DWord),
+			asm.JEq.Reg(asm.R2, asm.R3, "submit"), // its own cred
+			asm.Mov.Imm(asm.R1, flagCredKnown|flagBorrowed),
+			asm.StoreMem(asm.R7, recFlags, asm.R1, asm.DWord),
+		)
+	}
+	in = append(in,
+		asm.Mov.Reg(asm.R1, asm.R7).WithSymbol("submit"),
 		asm.Mov.Imm(asm.R2, 0),
 		asm.FnRingbufSubmit.Call(),
 
@@ -184,8 +274,13 @@ func (t *Tracer) read() {
 			StackID: int64(binary.NativeEndian.Uint64(b[recStack:])),
 			Comm:    cstring(b[recComm : recComm+16]),
 		}
+		f := binary.NativeEndian.Uint64(b[recFlags:])
+		ev.Borrowed = f&flagBorrowed != 0
 		t.mu.Lock()
-		t.events = append(t.events, ev)
+		if t.events[ev] == 0 {
+			t.order = append(t.order, ev)
+		}
+		t.events[ev]++
 		t.mu.Unlock()
 	}
 }
@@ -221,7 +316,10 @@ func (t *Tracer) Stop() (Trace, error) {
 	errs = append(errs, t.rd.Close())
 	tr := Trace{Stacks: map[int64][]uint64{}}
 	t.mu.Lock()
-	tr.Events = t.events
+	for _, ev := range t.order {
+		ev.Count = t.events[ev]
+		tr.Events = append(tr.Events, ev)
+	}
 	t.mu.Unlock()
 	for _, ev := range tr.Events {
 		if ev.StackID < 0 {

@@ -27,7 +27,7 @@ func startTracer(t *testing.T) (*Cgroup, *Tracer) {
 			t.Error(err)
 		}
 	})
-	tr, err := NewTracer(cg.ID)
+	tr, err := NewTracer(cg.ID, TraceOptions{})
 	if errors.Is(err, ErrNoTracer) {
 		t.Skipf("BPF tracing is not permitted or the tracepoint is missing here: %v", err)
 	}

@@ -57,7 +57,7 @@ func CanTrace() error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrNoTracer, err)
 	}
-	t, err := NewTracer(cg.ID)
+	t, err := NewTracer(cg.ID, TraceOptions{})
 	if err == nil {
 		_, err = t.Stop()
 	}
@@ -73,7 +73,7 @@ func (v *VesselRunner) Run(ctx context.Context, caps []string) (res Run, err err
 	defer func() { err = errors.Join(err, cg.Remove(), removeV1(cg.Path)) }()
 	var tr *Tracer
 	if v.Trace {
-		if tr, err = NewTracer(cg.ID); err != nil {
+		if tr, err = NewTracer(cg.ID, TraceOptions{}); err != nil {
 			return Run{}, err
 		}
 		defer func() {
@@ -103,11 +103,31 @@ func (v *VesselRunner) Run(ctx context.Context, caps []string) (res Run, err err
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	var timeout <-chan time.Time
+	// The duration counts from the container's start, not vessel run's
+	// (mounting and verifying can take a while on a loaded machine): runc
+	// makes the container's cgroup under ours just before starting it.
+	timeout := make(chan struct{})
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
 	if v.Duration > 0 {
-		t := time.NewTimer(v.Duration)
-		defer t.Stop()
-		timeout = t.C
+		go func() {
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for !hasSubdir(cg.Dir) {
+				select {
+				case <-stopWatch:
+					return
+				case <-tick.C:
+				}
+			}
+			t := time.NewTimer(v.Duration)
+			defer t.Stop()
+			select {
+			case <-stopWatch:
+			case <-t.C:
+				close(timeout)
+			}
+		}()
 	}
 	var werr error
 	select {
@@ -140,7 +160,7 @@ func (v *VesselRunner) Run(ctx context.Context, caps []string) (res Run, err err
 		if serr != nil {
 			return Run{}, serr
 		}
-		res.Traced = true
+		res.Traced, res.Lost = true, t.Lost
 		for _, c := range Classify(t, v.Sym) {
 			if c.Class != Runtime {
 				res.Checks = append(res.Checks, c)
@@ -148,6 +168,20 @@ func (v *VesselRunner) Run(ctx context.Context, caps []string) (res Run, err err
 		}
 	}
 	return res, nil
+}
+
+// hasSubdir reports whether dir has a subdirectory.
+func hasSubdir(dir string) bool {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			return true
+		}
+	}
+	return false
 }
 
 // tail keeps the last 4 KiB written to it.
@@ -245,6 +279,9 @@ type Options struct {
 }
 
 func (o Options) runner(image string, args, flags []string) (*VesselRunner, []string, string, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil, "", errors.New("learning capabilities needs root (BPF tracing, cgroups, containers with any capability): run it with sudo")
+	}
 	offer := o.Offer
 	if offer == nil {
 		held, err := Held()

@@ -156,6 +156,11 @@ func TestLearnKnownAnswers(t *testing.T) {
 			if rep.Method != MethodTrace {
 				t.Errorf("method %q, want %q", rep.Method, MethodTrace)
 			}
+			// The trace alone is exact for these: probes, runc's set-up and
+			// overlayfs copy-up under the mounter's credentials do not count.
+			if len(rep.Upper) != len(tc.want) {
+				t.Errorf("traced upper bound %v, want %v", rep.Upper, tc.want)
+			}
 			for _, n := range rep.Caps {
 				if len(n.Syscalls) == 0 || n.Without == "" {
 					t.Errorf("%s: no syscall or no evidence: %+v", n.Cap, n)
@@ -226,6 +231,19 @@ func TestExplainAndService(t *testing.T) {
 		t.Errorf("explain: no granted CAP_CHOWN check in a chown syscall: %s", out)
 	}
 
+	// The human report.
+	human, err := e.cmd("caps", "learn", "bb:1", "--", "/bin/ping", "-c1", "127.0.0.1").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"method: trace+drop-one; 3 runs", "outcome to keep: exit 0\n",
+		"CAP_NET_RAW: open raw and packet sockets", "  used by socket: ", "  without it: exit 1 instead of exit 0\n",
+		"run it with: vessel run --cap-drop ALL --cap-add NET_RAW ...\n"} {
+		if !strings.Contains(string(human), want) {
+			t.Errorf("report lacks %q:\n%s", want, human)
+		}
+	}
+
 	sys := filepath.Join(t.TempDir(), "system.yaml")
 	src := "product: p\nversion: 1\nservices:\n  - name: web # the server\n    image: bb:1\n    command: [/bin/nc, -l, -p, \"80\"]\n    restart: always\n  - name: idle\n    image: bb:1\n    command: [/bin/sleep, \"600\"]\n"
 	os.WriteFile(sys, []byte(src), 0o644)
@@ -246,5 +264,34 @@ func TestExplainAndService(t *testing.T) {
 	}
 	if b2, _ := os.ReadFile(sys); !bytes.Equal(b, b2) {
 		t.Errorf("system.yaml changed by a refused write")
+	}
+}
+
+// vessel run --why-denied names what a failed container was refused, and
+// says nothing when it succeeds; its cgroups are gone afterwards.
+func TestRunWhyDenied(t *testing.T) {
+	e := newEnv(t)
+	var stderr bytes.Buffer
+	c := e.cmd("run", "--why-denied", "--cap-drop", "ALL", "bb:1", "/bin/nc", "-l", "-p", "80")
+	c.Stderr = &stderr
+	if err := c.Run(); err == nil {
+		t.Fatal("nc bound port 80 without CAP_NET_BIND_SERVICE")
+	}
+	if !strings.Contains(stderr.String(), "vessel: note: the container was refused CAP_NET_BIND_SERVICE (bind by nc, 1x)") ||
+		!strings.Contains(stderr.String(), "--cap-add NET_BIND_SERVICE") {
+		t.Errorf("no note naming CAP_NET_BIND_SERVICE:\n%s", stderr.String())
+	}
+	out, err := e.cmd("run", "--why-denied", "--cap-drop", "ALL", "--cap-add", "CHOWN", "bb:1", "/bin/chown", "1", "/etc/motd").CombinedOutput()
+	if err != nil || strings.Contains(string(out), "note") {
+		t.Errorf("a successful run: %v\n%s", err, out)
+	}
+	mnt, err := Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, root := range []string{mnt, "/sys/fs/cgroup/memory"} {
+		if left, _ := filepath.Glob(filepath.Join(root, "vessel-watch-*")); len(left) > 0 {
+			t.Errorf("cgroups left behind: %v", left)
+		}
 	}
 }

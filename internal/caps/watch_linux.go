@@ -1,0 +1,80 @@
+package caps
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Watch records the capability checks a container is refused, so that a
+// failure can name the capability it lacked (EPERM never says which gate
+// it hit). Only refused checks leave the kernel.
+type Watch struct {
+	cg *Cgroup
+	tr *Tracer
+}
+
+// NewWatch makes a fresh cgroup for the container to be placed under (see
+// Parent) and traces the checks refused in it. It fails with ErrNoTracer
+// where tracing is not possible.
+func NewWatch() (*Watch, error) {
+	cg, err := NewCgroup("vessel-watch")
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoTracer, err)
+	}
+	tr, err := NewTracer(cg.ID, TraceOptions{DeniedOnly: true})
+	if err != nil {
+		return nil, errors.Join(err, cg.Remove())
+	}
+	return &Watch{cg: cg, tr: tr}, nil
+}
+
+// Parent is the cgroup path to give the container as its parent
+// (ociruntime.Config.CgroupParent).
+func (w *Watch) Parent() string { return w.cg.Path }
+
+// Stop ends the watch, removes its cgroup and, when want is set, returns
+// the refused checks of the workload: no probes, no runc set-up, no
+// borrowed credentials. (Resolving kernel stacks costs a read of
+// /proc/kallsyms: a run that went well can skip it.)
+func (w *Watch) Stop(want bool) ([]Check, error) {
+	tr, err := w.tr.Stop()
+	err = errors.Join(err, w.cg.Remove(), removeV1(w.cg.Path))
+	if !want || len(tr.Events) == 0 {
+		return nil, err
+	}
+	// Symbols only when there is something to say.
+	sym, serr := LoadKallsyms()
+	if serr != nil {
+		return nil, errors.Join(err, serr)
+	}
+	var out []Check
+	for _, c := range Classify(tr, sym) {
+		if c.Class == Denied {
+			out = append(out, c)
+		}
+	}
+	return out, err
+}
+
+// Hint names the refused capabilities in one line, "" when there are none.
+func Hint(refused []Check) string {
+	if len(refused) == 0 {
+		return ""
+	}
+	var what, add []string
+	seen := map[string]bool{}
+	for _, c := range refused {
+		where := c.Syscall
+		if where == "" {
+			where = "the kernel"
+		}
+		what = append(what, fmt.Sprintf("%s (%s by %s, %dx)", c.Cap, where, c.Comm, c.Count))
+		if !seen[c.Cap] {
+			seen[c.Cap] = true
+			add = append(add, "--cap-add "+Short(c.Cap))
+		}
+	}
+	return fmt.Sprintf("the container was refused %s; if it needs that, grant it (%s, or capabilities: in system.yaml); vessel caps learn finds the smallest set",
+		strings.Join(what, ", "), strings.Join(add, " "))
+}
