@@ -202,15 +202,14 @@ func printUKIReport(cmd *cobra.Command, path string, r *uki.Report) error {
 		}
 	}
 	if in := r.Initrd; in != nil {
-		fmt.Fprintf(&b, "initrd: %d bytes", in.Size)
-		switch {
-		case in.Compressed != "" && in.Files == 0:
-			fmt.Fprintf(&b, ", %s-compressed (contents not read)\n", in.Compressed)
-		case in.Compressed != "":
-			fmt.Fprintf(&b, ", %d files, then a %s-compressed part (not read)\n", in.Files, in.Compressed)
-		default:
-			fmt.Fprintf(&b, ", %d files\n", in.Files)
+		fmt.Fprintf(&b, "initrd: %d bytes, %d files", in.Size, in.Files)
+		if len(in.Compressed) > 0 {
+			fmt.Fprintf(&b, " (compressed: %s)", strings.Join(in.Compressed, ", "))
 		}
+		if in.Undecoded != "" {
+			fmt.Fprintf(&b, ", then a %s-compressed part (not read)", in.Undecoded)
+		}
+		fmt.Fprintf(&b, "\n")
 		if in.ManifestCA != "" {
 			fmt.Fprintf(&b, "  manifest CA: %s (sha256 %s)\n", in.ManifestCA, in.ManifestCASHA256)
 		}

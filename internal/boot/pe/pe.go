@@ -16,6 +16,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -181,6 +182,11 @@ func (f *File) AddSections(secs []NewSection, replace map[string]string) error {
 		put16(b, f.coff+18, u16(b, f.coff+18)|0x0008) // IMAGE_FILE_LOCAL_SYMS_STRIPPED
 	}
 	b = b[:rawEnd]
+	grow := 0
+	for _, ns := range secs {
+		grow += len(ns.Data) + 2*int(fileAlign)
+	}
+	b = slices.Grow(b, grow) // one allocation for the whole image
 
 	for _, ns := range secs {
 		if len(ns.Name) == 0 || len(ns.Name) > 8 {

@@ -27,7 +27,7 @@ func FuzzReadCpio(f *testing.F) {
 	f.Add(newc(map[string][]byte{"a": []byte("hello"), "b/c": nil}, []string{"a", "b/c"}))
 	f.Add([]byte("070701"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		entries, _, _ := ReadCpio(b)
+		entries, _, _, _ := ReadCpio(b)
 		for _, e := range entries {
 			if len(e.Data) > len(b) {
 				t.Fatal("entry larger than the archive")

@@ -56,10 +56,13 @@ func (s Signer) Cert() *x509.Certificate { return s.cert }
 // Initrd summarises the .initrd section.
 type Initrd struct {
 	Size int `json:"size"`
-	// Compressed names the compression of the archive (or of a member after
-	// uncompressed ones); its files are then not listed.
-	Compressed string `json:"compressed,omitempty"`
-	Files      int    `json:"files"`
+	// Compressed names the compression of the archive's members in order
+	// (gzip and zstd are unpacked and read).
+	Compressed []string `json:"compressed,omitempty"`
+	// Undecoded names a compression Inspect cannot unpack (xz, lz4, ...):
+	// files inside it are not listed.
+	Undecoded string `json:"undecoded,omitempty"`
+	Files     int    `json:"files"`
 	// ManifestCA is the subject of the certificate at InitrdManifestCAPath.
 	ManifestCA       string `json:"manifest_ca,omitempty"`
 	ManifestCASHA256 string `json:"manifest_ca_sha256,omitempty"`
@@ -248,8 +251,8 @@ func parseOSRelease(s string) map[string]string {
 
 func inspectInitrd(b []byte) *Initrd {
 	in := &Initrd{Size: len(b)}
-	entries, comp, err := ReadCpio(b)
-	in.Compressed = comp
+	entries, comp, undecoded, err := readInitrd(b)
+	in.Compressed, in.Undecoded = comp, undecoded
 	in.Files = len(entries)
 	if err != nil {
 		in.Error = err.Error()

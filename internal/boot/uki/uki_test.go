@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
+
 	bpe "github.com/vesselos/vessel/internal/boot/pe"
 	"github.com/vesselos/vessel/internal/boot/secureboot"
 )
@@ -61,15 +63,19 @@ func kernelPath(t *testing.T) string {
 	return m[len(m)-1]
 }
 
-func setup(t *testing.T) *fixture {
+// setup makes keys and inputs; the kernel is the stub itself (any EFI image
+// is a valid .linux payload) unless realKernel, which needs /boot/vmlinuz-*.
+func setup(t *testing.T, realKernel ...bool) *fixture {
 	t.Helper()
 	stub, err := os.ReadFile(DefaultStub)
 	if err != nil {
 		t.Skipf("systemd-boot stub missing (apt-get install systemd-boot-efi): %v", err)
 	}
-	kernel, err := os.ReadFile(kernelPath(t))
-	if err != nil {
-		t.Fatal(err)
+	kernel := stub
+	if len(realKernel) > 0 && realKernel[0] {
+		if kernel, err = os.ReadFile(kernelPath(t)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	dir := t.TempDir()
 	files, err := secureboot.Generate(filepath.Join(dir, "keys"), secureboot.GenerateOptions{Org: "UKI Test"})
@@ -112,7 +118,7 @@ func (f *fixture) write(t *testing.T, name string, b []byte) string {
 }
 
 func TestBuildSignInspect(t *testing.T) {
-	f := setup(t)
+	f := setup(t, true)
 	signed := f.build(t)
 	if again := f.build(t); !bytes.Equal(signed, again) {
 		t.Fatal("two builds from the same inputs differ")
@@ -240,8 +246,31 @@ func TestUnsignedAndCompressedInitrd(t *testing.T) {
 	if r.Valid() || len(r.Signatures) != 0 {
 		t.Fatalf("unsigned image: %+v", r.Signatures)
 	}
-	if r.Initrd.Compressed != "gzip" || r.Initrd.ProductID != "" {
+	// gzip is unpacked: the CA and product ID are found inside.
+	if len(r.Initrd.Compressed) != 1 || r.Initrd.Compressed[0] != "gzip" || r.Initrd.ProductID != testProductID || r.Initrd.Undecoded != "" {
 		t.Fatalf("initrd: %+v", r.Initrd)
+	}
+	// An uncompressed archive followed by a zstd one (early microcode +
+	// main archive, as Debian's initramfs-tools writes them).
+	zw, _ := zstd.NewWriter(nil)
+	early := newc(map[string][]byte{"kernel/x86/microcode/GenuineIntel.bin": []byte("ucode")}, []string{"kernel/x86/microcode/GenuineIntel.bin"})
+	f.opts.Initrd = append(early, zw.EncodeAll(newc(map[string][]byte{InitrdProductIDPath: []byte("zstd-id\n")}, []string{InitrdProductIDPath}), nil)...)
+	if img, err = Build(f.opts); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = Inspect(img); err != nil {
+		t.Fatal(err)
+	}
+	if r.Initrd.Files != 2 || r.Initrd.ProductID != "zstd-id" || len(r.Initrd.Compressed) != 1 || r.Initrd.Compressed[0] != "zstd" {
+		t.Fatalf("early + zstd initrd: %+v", r.Initrd)
+	}
+	// xz is named, not read.
+	f.opts.Initrd = append([]byte{0xfd, '7', 'z', 'X', 'Z', 0}, make([]byte, 64)...)
+	if img, err = Build(f.opts); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = Inspect(img); err != nil || r.Initrd.Undecoded != "xz" || r.Initrd.Files != 0 {
+		t.Fatalf("xz initrd: %v %+v", err, r.Initrd)
 	}
 }
 
@@ -250,7 +279,7 @@ func TestBadInputs(t *testing.T) {
 	for name, mod := range map[string]func(o *Options){
 		"non-PE stub":        func(o *Options) { o.Stub = []byte("#!/bin/sh\n") },
 		"stub is a UKI":      func(o *Options) { o.Stub, _ = Build(f.opts) },
-		"stub without magic": func(o *Options) { o.Stub = o.Kernel },
+		"stub without magic": func(o *Options) { o.Stub = bytes.Replace(o.Stub, []byte(".sdmagic"), []byte(".xxmagic"), 1) },
 		"non-PE kernel":      func(o *Options) { o.Kernel = o.Initrd },
 		"empty initrd":       func(o *Options) { o.Initrd = nil },
 		"long cmdline":       func(o *Options) { o.Cmdline = strings.Repeat("a", MaxCmdline+1) },
@@ -269,7 +298,7 @@ func TestBadInputs(t *testing.T) {
 	kernel := f.write(t, "vmlinuz", f.opts.Kernel)
 	initrd := f.write(t, "initrd", f.opts.Initrd)
 	db := f.keys.Keys[secureboot.DB]
-	base := MakeOptions{Stub: DefaultStub, Kernel: kernel, Initrd: initrd, Cmdline: "x", Key: db.Key, Cert: db.Cert,
+	base := MakeOptions{Stub: DefaultStub, Kernel: kernel, Initrd: initrd, Cmdline: "x", Uname: "6.1.0-x", Key: db.Key, Cert: db.Cert,
 		Output: filepath.Join(f.dir, "out.efi")}
 	o := base
 	o.Stub = filepath.Join(f.dir, "nostub")
@@ -288,7 +317,7 @@ func TestBadInputs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Size == 0 || res.Uname == "" {
+	if res.Size == 0 || res.Uname != "6.1.0-x" {
 		t.Errorf("result %+v", res)
 	}
 }
