@@ -2,6 +2,7 @@ package vmtest
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"os"
 	"os/exec"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vesselos/vessel/internal/boot/secureboot"
 )
 
 const productID = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -214,6 +217,17 @@ func TestSecureBoot(t *testing.T) {
 		}
 		if m[1] == strings.Repeat("0", 64) || m[3] == "0" {
 			t.Fatalf("PCR7 %s from %s events: nothing was measured", m[1], m[3])
+		}
+		ks, err := secureboot.Load(filepath.Join(e.dir, "sb"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := PredictPCR7(ks)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m[1] != hex.EncodeToString(want) {
+			t.Errorf("guest PCR7 %s differs from the offline prediction from the key set %x", m[1], want)
 		}
 		t.Logf("PCR7 (sha256) = %s, %s events; booted to /init marker in %v", m[1], m[3], started.At.Round(time.Millisecond))
 	})
