@@ -27,7 +27,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -341,11 +340,13 @@ func sparseFile(path string, size int64) error {
 // writeDisk writes the GPT (go-diskfs), then the ESP and data partition
 // images into their partitions.
 func writeImage(target string, size int64, res *Result, esp, ext4 string) error {
-	d, err := diskfs.Create(target, size, diskfs.SectorSizeDefault)
+	if err := sparseFile(target, size); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(target, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
 	table := &gpt.Table{
 		LogicalSectorSize:  sector,
 		PhysicalSectorSize: sector,
@@ -355,8 +356,14 @@ func writeImage(target string, size int64, res *Result, esp, ext4 string) error 
 			{Index: 2, Start: uint64(res.Data.Start / sector), End: uint64((res.Data.Start+res.Data.Size)/sector - 1), Type: gpt.Type(DataType), Name: DataLabel},
 		},
 	}
-	if err := d.Partition(table); err != nil {
+	// Only go-diskfs's gpt package: its root package would pull in every
+	// filesystem it supports (size, and init time of vessel as /init).
+	if err := table.Write(f, size); err != nil {
+		f.Close()
 		return fmt.Errorf("partition table: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return err
 	}
 	if err := copyPartition(target, res.ESP.Start, esp, true); err != nil {
 		return fmt.Errorf("ESP: %w", err)
