@@ -5,7 +5,7 @@
 # build time, the boot split (firmware, kernel, initrd to its first
 # userspace line) and the ratios against Debian's. Needs root (mkinitramfs
 # reads /lib/modules; the VM needs none) and make deps.
-#   bench/boot.sh [--json]
+#   bench/boot.sh [-n BOOTS] [--json]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
