@@ -28,7 +28,6 @@ const (
 	ProductIDFile = "/etc/vessel/product-id"
 	ModulesFile   = "/etc/vessel/modules"
 	CmdlineFile   = "/proc/cmdline"
-	UptimeFile    = "/proc/uptime"
 )
 
 // Stage is the PID-1 stage's state.
@@ -45,6 +44,7 @@ type system interface {
 	mount(m Mount) error
 	loadModule(path string) (loaded bool, err error)
 	powerOff() error
+	uptime() (float64, error) // seconds since the kernel started
 }
 
 // IsInit reports whether this process is the initrd's /init: PID 1 started
@@ -99,27 +99,29 @@ func (s *Stage) path(p string) string { return s.Root + p }
 
 // Run runs every step in order and stops at the first failure.
 func (s *Stage) Run() error {
+	// The marker comes first: it needs only the initrd's own files and the
+	// boot clock (CLOCK_BOOTTIME, what /proc/uptime shows).
+	pid, err := os.ReadFile(s.path(ProductIDFile))
+	if err != nil {
+		return fmt.Errorf("read product ID: %w", err)
+	}
+	up, err := s.sys.uptime()
+	if err != nil {
+		return fmt.Errorf("read the boot clock: %w", err)
+	}
+	s.printf("started (vessel %s, product %s) uptime %.3fs", s.Version, strings.TrimSpace(string(pid)), up)
 	for _, m := range EarlyMounts {
 		if err := s.sys.mount(m); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", m.FSType, m.Target, err)
 		}
 	}
-	pid, err := os.ReadFile(s.path(ProductIDFile))
-	if err != nil {
-		return fmt.Errorf("read product ID: %w", err)
-	}
-	up, err := s.uptime()
-	if err != nil {
-		return err
-	}
-	s.printf("started (vessel %s, product %s) uptime %.3fs", s.Version, strings.TrimSpace(string(pid)), up)
 	t0 := time.Now()
 	n, err := s.loadModules()
 	if err != nil {
 		return err
 	}
-	if up, err = s.uptime(); err != nil {
-		return err
+	if up, err = s.sys.uptime(); err != nil {
+		return fmt.Errorf("read the boot clock: %w", err)
 	}
 	s.printf("modules: %d loaded in %dms, uptime %.3fs", n, time.Since(t0).Milliseconds(), up)
 	cmd, err := os.ReadFile(s.path(CmdlineFile))
@@ -142,19 +144,6 @@ func (s *Stage) Run() error {
 	}
 	s.printf("done: the root filesystem stage is not implemented yet")
 	return nil
-}
-
-// uptime reads the seconds since the kernel started.
-func (s *Stage) uptime() (float64, error) {
-	b, err := os.ReadFile(s.path(UptimeFile))
-	if err != nil {
-		return 0, fmt.Errorf("read uptime: %w", err)
-	}
-	var up float64
-	if _, err := fmt.Sscanf(string(b), "%f", &up); err != nil {
-		return 0, fmt.Errorf("parse %s %q: %w", UptimeFile, b, err)
-	}
-	return up, nil
 }
 
 // TestFlags returns the values of every vessel.test= option on a kernel

@@ -34,7 +34,8 @@ func (f *fakeSystem) loadModule(p string) (bool, error) {
 	f.loaded = append(f.loaded, filepath.Base(p))
 	return !f.exists[filepath.Base(p)], nil
 }
-func (f *fakeSystem) powerOff() error { f.off = true; return nil }
+func (f *fakeSystem) powerOff() error          { f.off = true; return nil }
+func (f *fakeSystem) uptime() (float64, error) { return 0.5, nil }
 
 // root writes an initrd-and-proc fixture; pcr7 is what the TPM reports.
 func root(t *testing.T, cmdline string, pcr7 []byte, log *tcglog.Log) string {
@@ -44,7 +45,6 @@ func root(t *testing.T, cmdline string, pcr7 []byte, log *tcglog.Log) string {
 		ProductIDFile: "0f8fad5b-d9cb-469f-a165-70867728950e\n",
 		ModulesFile:   "/lib/modules/v/a.ko\n\n# comment\n/lib/modules/v/b.ko\n",
 		CmdlineFile:   cmdline + "\n",
-		UptimeFile:    "1.25 2.00\n",
 	}
 	if pcr7 != nil {
 		files[PCR7File] = fmt.Sprintf("%X\n", pcr7)
@@ -89,7 +89,7 @@ func TestRunMountsLoadsAndReports(t *testing.T) {
 	}
 	o := out.String()
 	for _, want := range []string{
-		"vessel-init: started (vessel v1, product 0f8fad5b-d9cb-469f-a165-70867728950e) uptime 1.250s\n",
+		"vessel-init: started (vessel v1, product 0f8fad5b-d9cb-469f-a165-70867728950e) uptime 0.500s\n",
 		"vessel-init: modules: 1 loaded in ",
 		fmt.Sprintf("vessel-init: pcr7 sha256 tpm=%x replay=%x events=7 match=true\n", pcr, pcr),
 	} {

@@ -40,3 +40,11 @@ func (linuxSystem) powerOff() error {
 	unix.Sync()
 	return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 }
+
+func (linuxSystem) uptime() (float64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0, err
+	}
+	return float64(ts.Sec) + float64(ts.Nsec)/1e9, nil
+}

@@ -2,6 +2,7 @@ package vmtest
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"os"
 	"os/exec"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vesselos/vessel/internal/boot/secureboot"
 )
 
 const productID = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -90,6 +93,42 @@ func run(t *testing.T, name string, args ...string) string {
 	return string(out)
 }
 
+// makeDisk makes a disk with vessel boot disk: an image in a fresh store,
+// a product key, a signed manifest. It returns "" and the reason when this
+// machine cannot make the image (vessel image create needs root and
+// mksquashfs).
+func makeDisk(t *testing.T, e *bootEnv, uki string) (string, string) {
+	if os.Geteuid() != 0 {
+		return "", "not root"
+	}
+	for _, tool := range []string{"mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return "", "no " + tool
+		}
+	}
+	dir := filepath.Join(e.dir, "disk")
+	app := filepath.Join(dir, "app")
+	os.MkdirAll(app, 0o755)
+	os.WriteFile(filepath.Join(app, "hello"), []byte("hello\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "system.yaml"), []byte("product: acme\nversion: 1\nservices:\n  - name: web\n    image: web:1\n"), 0o644)
+	v := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(e.vessel, append([]string{"--root", filepath.Join(dir, "store")}, args...)...)
+		cmd.Dir = dir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("vessel %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	v("image", "create", "web:1", "--layer", "app")
+	v("keys", "init", "keys", "--org", "Acme")
+	v("keys", "product", "keys", "--name", "acme", "--product-id", productID)
+	v("manifest", "build", "system.yaml", "--keys", "keys", "-o", "manifest.json")
+	v("manifest", "sign", "manifest.json", "--key", "keys/products/acme/product.key", "--cert", "keys/products/acme/product.pem", "-o", "manifest.signed")
+	img := filepath.Join(dir, "disk.img")
+	v("boot", "disk", "--manifest", "manifest.signed", "--uki", uki, "--ca", "keys/manifest-ca.pem", "--product-id", productID, "--size", "400M", "-o", img)
+	return img, ""
+}
+
 // esp makes an ESP directory holding uki as the removable-media boot path.
 func esp(t *testing.T, uki string) string {
 	dir := filepath.Join(t.TempDir(), "esp")
@@ -115,7 +154,7 @@ var pcr7Line = regexp.MustCompile(`vessel-init: pcr7 sha256 tpm=([0-9a-f]{64}) r
 // key and unsigned (both refused by the firmware). Three boots in all.
 func TestSecureBoot(t *testing.T) {
 	e := setupBoot(t)
-	cmdline := "console=ttyS0 vessel.test=pcr7"
+	cmdline := "console=ttyS0 vessel.test=pcr7,disk"
 	signed := filepath.Join(e.dir, "signed.efi")
 	run(t, e.vessel, "boot", "uki", "--kernel", e.kernel, "--initrd", e.initrd, "--cmdline", cmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", signed)
 	other := filepath.Join(e.dir, "other.efi")
@@ -128,9 +167,19 @@ func TestSecureBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The enrolled boot starts from a disk made by vessel boot disk when
+	// this machine can make one (root and mksquashfs for the image), else
+	// from an ESP directory.
+	enrolled := Config{ESPDir: esp(t, signed), Vars: e.vars, TPM: true}
+	if img, why := makeDisk(t, e, signed); img != "" {
+		enrolled.ESPDir, enrolled.Disk = "", img
+	} else {
+		t.Logf("booting the enrolled UKI from an ESP directory, not a disk: %s", why)
+	}
+
 	t.Run("enrolled-key-boots", func(t *testing.T) {
 		t.Parallel()
-		vm := StartT(t, Config{ESPDir: esp(t, signed), Vars: e.vars, TPM: true})
+		vm := StartT(t, enrolled)
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 		defer cancel()
 		if _, err := vm.Wait(ctx, "vessel-init: powering off"); err != nil {
@@ -149,6 +198,11 @@ func TestSecureBoot(t *testing.T) {
 		if _, ok := vm.Find("vessel-init: modules: "); !ok {
 			t.Fatal("no module-load line")
 		}
+		if enrolled.Disk != "" {
+			if _, ok := vm.Find("vessel-init: data partition /dev/vda2 (vessel-data)"); !ok {
+				t.Fatal("/init did not find the disk's vessel-data partition")
+			}
+		}
 		var m []string
 		for _, l := range vm.Lines() {
 			if m = pcr7Line.FindStringSubmatch(l.Text); m != nil {
@@ -163,6 +217,17 @@ func TestSecureBoot(t *testing.T) {
 		}
 		if m[1] == strings.Repeat("0", 64) || m[3] == "0" {
 			t.Fatalf("PCR7 %s from %s events: nothing was measured", m[1], m[3])
+		}
+		ks, err := secureboot.Load(filepath.Join(e.dir, "sb"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := PredictPCR7(ks)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m[1] != hex.EncodeToString(want) {
+			t.Errorf("guest PCR7 %s differs from the offline prediction from the key set %x", m[1], want)
 		}
 		t.Logf("PCR7 (sha256) = %s, %s events; booted to /init marker in %v", m[1], m[3], started.At.Round(time.Millisecond))
 	})

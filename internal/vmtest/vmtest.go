@@ -390,7 +390,10 @@ func (vm *VM) Wait(ctx context.Context, markers ...string) (string, error) {
 		}
 		if done, err := vm.Exited(); done {
 			vm.poll()
-			if len(vm.Lines()) > seen || len(vm.partial) > len(partial) {
+			vm.mu.Lock()
+			more := len(vm.lines) > seen || len(vm.partial) > len(partial)
+			vm.mu.Unlock()
+			if more {
 				continue // read what qemu wrote before exiting
 			}
 			return "", fmt.Errorf("qemu exited before %q appeared: %v", markers, err)

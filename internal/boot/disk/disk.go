@@ -27,8 +27,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	diskfs "github.com/diskfs/go-diskfs"
-	ddisk "github.com/diskfs/go-diskfs/disk"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -159,21 +157,24 @@ func Write(ctx context.Context, o Options) (*Result, error) {
 
 	res.ESP = PartitionInfo{Index: 1, Start: espStart, Size: espSize, Type: string(gpt.EFISystemPartition), Name: ESPLabel, FSType: "vfat"}
 	res.Data = PartitionInfo{Index: 2, Start: dataStart, Size: dataSize, Type: DataType, Name: DataLabel, FSType: "ext4"}
-	target := o.Output
-	if !isDev {
-		target = filepath.Join(work, "disk.img")
-	}
 	esp := filepath.Join(work, "esp.vfat")
 	if err := mkfsESP(ctx, o.UKI, esp, espSize); err != nil {
 		return nil, fmt.Errorf("disk: ESP: %w", err)
 	}
-	if err := writeDisk(target, isDev, size, res, esp, ext4); err != nil {
+	// The whole disk is laid out in a sparse file first: go-diskfs writes
+	// the GPT to a file without asking the kernel to re-read it.
+	img := filepath.Join(work, "disk.img")
+	if err := writeImage(img, size, res, esp, ext4); err != nil {
 		return nil, fmt.Errorf("disk: write %s: %w", o.Output, err)
 	}
 	if !isDev {
-		if err := os.Rename(target, o.Output); err != nil {
+		if err := os.Rename(img, o.Output); err != nil {
 			return nil, fmt.Errorf("disk: %w", err)
 		}
+		return res, nil
+	}
+	if err := writeDevice(o.Output, img, res, esp, ext4); err != nil {
+		return nil, fmt.Errorf("disk: write %s: %w", o.Output, err)
 	}
 	return res, nil
 }
@@ -338,18 +339,14 @@ func sparseFile(path string, size int64) error {
 
 // writeDisk writes the GPT (go-diskfs), then the ESP and data partition
 // images into their partitions.
-func writeDisk(target string, isDev bool, size int64, res *Result, esp, ext4 string) error {
-	var d *ddisk.Disk
-	var err error
-	if isDev {
-		d, err = diskfs.Open(target, diskfs.WithOpenMode(diskfs.ReadWrite))
-	} else {
-		d, err = diskfs.Create(target, size, diskfs.SectorSizeDefault)
+func writeImage(target string, size int64, res *Result, esp, ext4 string) error {
+	if err := sparseFile(target, size); err != nil {
+		return err
 	}
+	f, err := os.OpenFile(target, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
-	defer d.Close()
 	table := &gpt.Table{
 		LogicalSectorSize:  sector,
 		PhysicalSectorSize: sector,
@@ -359,13 +356,56 @@ func writeDisk(target string, isDev bool, size int64, res *Result, esp, ext4 str
 			{Index: 2, Start: uint64(res.Data.Start / sector), End: uint64((res.Data.Start+res.Data.Size)/sector - 1), Type: gpt.Type(DataType), Name: DataLabel},
 		},
 	}
-	if err := d.Partition(table); err != nil {
+	// Only go-diskfs's gpt package: its root package would pull in every
+	// filesystem it supports (size, and init time of vessel as /init).
+	if err := table.Write(f, size); err != nil {
+		f.Close()
 		return fmt.Errorf("partition table: %w", err)
 	}
-	if err := copyPartition(target, res.ESP.Start, esp, !isDev); err != nil {
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := copyPartition(target, res.ESP.Start, esp, true); err != nil {
 		return fmt.Errorf("ESP: %w", err)
 	}
-	return copyPartition(target, res.Data.Start, ext4, !isDev)
+	return copyPartition(target, res.Data.Start, ext4, true)
+}
+
+// writeDevice writes the image's partition tables (the protective MBR and
+// primary GPT before the first partition, the backup GPT after the last)
+// and every byte of both partitions to a block device, then asks the
+// kernel to re-read the table (best effort: a loop device without
+// partition scanning refuses, and the table on the device is right
+// regardless).
+func writeDevice(dev, img string, res *Result, esp, ext4 string) error {
+	in, err := os.Open(img)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	head := res.ESP.Start
+	tail := res.Data.Start + res.Data.Size
+	for _, r := range [][2]int64{{0, head}, {tail, res.Size - tail}} {
+		if _, err := io.Copy(io.NewOffsetWriter(out, r[0]), io.NewSectionReader(in, r[0], r[1])); err != nil {
+			out.Close()
+			return fmt.Errorf("partition table: %w", err)
+		}
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	if err := copyPartition(dev, res.ESP.Start, esp, false); err != nil {
+		return fmt.Errorf("ESP: %w", err)
+	}
+	if err := copyPartition(dev, res.Data.Start, ext4, false); err != nil {
+		return err
+	}
+	rereadPartitions(dev)
+	return nil
 }
 
 // copyPartition writes the file src at offset off of target. Into a new

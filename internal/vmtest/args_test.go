@@ -1,0 +1,43 @@
+package vmtest
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestArgs(t *testing.T) {
+	a, err := Config{ESPDir: "/esp"}.Args("vars.fd", "serial.log", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := strings.Join(a, " ")
+	for _, want := range []string{"-accel tcg", "-machine q35,smm=on", "driver=cfi.pflash01,property=secure,value=on",
+		"readonly=on,file=" + OVMFCode, "unit=1,file=vars.fd", "file=fat:rw:/esp,format=raw,if=virtio", "-nic none", "-serial file:serial.log", "-no-reboot"} {
+		if !strings.Contains(cmd, want) {
+			t.Errorf("args lack %q: %s", want, cmd)
+		}
+	}
+	if strings.Contains(cmd, "tpm") {
+		t.Error("a TPM without a socket")
+	}
+	a, err = Config{Disk: "/d.img", Net: []string{"hostfwd=tcp:127.0.0.1:8080-:80"}}.Args("v", "s", "/sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd = strings.Join(a, " ")
+	for _, want := range []string{"file=/d.img,format=raw,if=virtio", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:8080-:80", "path=/sock", "tpm-tis"} {
+		if !strings.Contains(cmd, want) {
+			t.Errorf("args lack %q: %s", want, cmd)
+		}
+	}
+	for _, c := range []Config{
+		{},
+		{ESPDir: "/e", Disk: "/d"},
+		{ESPDir: "/e", Net: []string{"hostfwd=tcp::8080-:80"}},
+		{ESPDir: "/e", Net: []string{"smb=/tmp,127.0.0.1"}},
+	} {
+		if _, err := c.Args("v", "s", ""); err == nil {
+			t.Errorf("%+v accepted", c)
+		}
+	}
+}
