@@ -128,10 +128,13 @@ func printPCR7Explain(w io.Writer, r *pcr7.Report, all bool) error {
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s%s\n", i, e.TypeName, short(pe), short(le), desc, mark)
 		}
 	}
-	fmt.Fprintf(tw, "predicted PCR7\t%s\n", r.Prediction.PCR7)
-	fmt.Fprintf(tw, "log PCR7\t%s\n", r.Log.PCR7)
-	if r.Difference == nil {
-		fmt.Fprintln(tw, "match\tthe prediction equals the log, event by event")
+	if err := tw.Flush(); err != nil {
+		return err
 	}
-	return tw.Flush()
+	verdict := "match: the prediction equals the log, event by event"
+	if r.Difference != nil {
+		verdict = fmt.Sprintf("MISMATCH at event %d: %s", r.Difference.Index, r.Difference.Reason)
+	}
+	_, err := fmt.Fprintf(w, "predicted PCR7  %s\nlog PCR7        %s\n%s\n", r.Prediction.PCR7, r.Log.PCR7, verdict)
+	return err
 }

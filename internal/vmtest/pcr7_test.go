@@ -28,7 +28,8 @@ import (
 // predict --keys`), the prediction from the VARS file (--vars), and the
 // replay of the guest's log (--eventlog), event by event.
 //
-// VESSEL_PCR7_TESTDATA=DIR saves the log, the certificates, the owner GUID
+// VESSEL_PCR7_DBX=FILE enrolls a dbx (as vessel boot vars --dbx) and
+// predicts with it. VESSEL_PCR7_TESTDATA=DIR saves the log, the certificates, the owner GUID
 // and PCR7 there (internal/boot/pcr7/testdata is such a capture).
 func TestPCR7Prediction(t *testing.T) {
 	if m := Missing(Config{}); m != "" {
@@ -57,7 +58,12 @@ func TestPCR7Prediction(t *testing.T) {
 	keys := filepath.Join(dir, "sb")
 	run(t, vessel, "keys", "uefi", keys, "--org", "vmtest pcr7")
 	vars := filepath.Join(dir, "VARS.fd")
-	run(t, vessel, "boot", "vars", "--keys", keys, "-o", vars)
+	dbx := os.Getenv("VESSEL_PCR7_DBX")
+	if dbx != "" {
+		run(t, vessel, "boot", "vars", "--keys", keys, "--dbx", dbx, "-o", vars)
+	} else {
+		run(t, vessel, "boot", "vars", "--keys", keys, "-o", vars)
+	}
 	initrd := filepath.Join(dir, "initrd.img")
 	writeLogdumpInitrd(t, logdump, initrd)
 	uki := filepath.Join(dir, "kernel.efi")
@@ -99,7 +105,17 @@ func TestPCR7Prediction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := pcr7.KeySetInputs(ks, nil, nil)
+	var dbxData []byte
+	if dbx != "" {
+		b, err := os.ReadFile(dbx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dbxData, err = secureboot.ParseDBX(b, ks.Owner); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in, err := pcr7.KeySetInputs(ks, dbxData, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,13 +141,17 @@ func TestPCR7Prediction(t *testing.T) {
 	if got := pcr7.Predict(sin).PCR7.String(); got != guestPCR {
 		t.Fatalf("predicted PCR7 from %s: %s, the guest has %s", vars, got, guestPCR)
 	}
-	checkPredictCLI(t, vessel, keys, vars, logFile, guestPCR)
+	checkPredictCLI(t, vessel, keys, dbx, vars, logFile, guestPCR)
 	t.Logf("guest PCR7 %s = prediction from the keys = from VARS = replay of the guest's log (%d events)", guestPCR, len(replay.Events))
 }
 
 // checkPredictCLI runs `vessel tpm pcr7 predict` in each input mode.
-func checkPredictCLI(t *testing.T, vessel, keys, vars, logFile, want string) {
-	for _, args := range [][]string{{"--keys", keys}, {"--vars", vars}, {"--eventlog", logFile}, {"--keys", keys, "--eventlog", logFile, "--explain"}} {
+func checkPredictCLI(t *testing.T, vessel, keys, dbx, vars, logFile, want string) {
+	k := []string{"--keys", keys}
+	if dbx != "" {
+		k = append(k, "--dbx", dbx)
+	}
+	for _, args := range [][]string{k, {"--vars", vars}, {"--eventlog", logFile}, append(k, "--eventlog", logFile, "--explain")} {
 		out := strings.TrimSpace(run(t, vessel, append([]string{"tpm", "pcr7", "predict"}, args...)...))
 		if !strings.Contains(out, want) {
 			t.Fatalf("vessel tpm pcr7 predict %s: want %s in the output, got:\n%s", strings.Join(args, " "), want, out)
@@ -206,6 +226,13 @@ func saveCapture(t *testing.T, dir, keys string, log []byte, pcr string) {
 		t.Fatal(err)
 	}
 	files := map[string][]byte{"binary_bios_measurements": log, "pcr7.txt": []byte(pcr + "\n")}
+	if dbx := os.Getenv("VESSEL_PCR7_DBX"); dbx != "" {
+		b, err := os.ReadFile(dbx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files["dbx.txt"] = b
+	}
 	for _, f := range []string{"PK.crt", "KEK.crt", "db.crt", secureboot.OwnerFile} {
 		b, err := os.ReadFile(filepath.Join(keys, f))
 		if err != nil {

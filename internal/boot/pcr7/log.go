@@ -94,7 +94,7 @@ func describe(typ uint32, data []byte) string {
 			}
 		}
 	}
-	d := fmt.Sprintf("%s (%d signature lists, %d entries)", name, len(lists), n)
+	d := fmt.Sprintf("%s (%s, %s)", name, plural(len(lists), "signature list"), plural(n, "entry"))
 	if len(subjects) > 0 {
 		d += ": " + strings.Join(subjects, "; ")
 	}
@@ -258,4 +258,14 @@ func why(p, l Event) string {
 			p.TypeName, pv.Name, at, len(pv.Data), len(lv.Data), p.Description, l.Description)
 	}
 	return fmt.Sprintf("%s %s: same data but the logged digest %s is not its SHA-256 %s", p.TypeName, pv.Name, l.Digest, p.Digest)
+}
+
+func plural(n int, s string) string {
+	switch {
+	case n == 1:
+		return "1 " + s
+	case strings.HasSuffix(s, "y"):
+		return fmt.Sprintf("%d %sies", n, strings.TrimSuffix(s, "y"))
+	}
+	return fmt.Sprintf("%d %ss", n, s)
 }
