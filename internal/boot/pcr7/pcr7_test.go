@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -431,5 +433,36 @@ func TestKnownAnswer(t *testing.T) {
 				t.Fatalf("a truncated real log: %v", err)
 			}
 		})
+	}
+}
+
+// TestReplayMatchesTPM2Tools: tpm2-tools' tpm2_eventlog, an independent
+// parser, replays the captured logs to the same sha256 PCR7.
+func TestReplayMatchesTPM2Tools(t *testing.T) {
+	tool, err := exec.LookPath("tpm2_eventlog")
+	if err != nil {
+		t.Skip("tpm2_eventlog is not installed (make deps installs tpm2-tools)")
+	}
+	dirs, _ := filepath.Glob("testdata/ovmf*")
+	for _, dir := range dirs {
+		log := filepath.Join(dir, "binary_bios_measurements")
+		out, err := exec.Command(tool, log).Output()
+		if err != nil {
+			t.Fatalf("tpm2_eventlog %s: %v", log, err)
+		}
+		_, pcrs, ok := strings.Cut(string(out), "\npcrs:\n")
+		_, sha256Bank, ok2 := strings.Cut(pcrs, "  sha256:\n")
+		m := regexp.MustCompile(`(?m)^\s+7\s+: 0x([0-9a-fA-F]{64})$`).FindStringSubmatch(sha256Bank)
+		if !ok || !ok2 || m == nil {
+			t.Fatalf("tpm2_eventlog %s: no sha256 PCR 7 in its output:\n%s", log, pcrs)
+		}
+		b, _ := os.ReadFile(log)
+		r, err := ParseLog(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.PCR7.String() != strings.ToLower(m[1]) {
+			t.Fatalf("%s: replay %s, tpm2_eventlog %s", dir, r.PCR7, m[1])
+		}
 	}
 }
