@@ -2,7 +2,6 @@ package vmtest
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"os"
 	"os/exec"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vesselos/vessel/internal/boot/pcr7"
 	"github.com/vesselos/vessel/internal/boot/secureboot"
 )
 
@@ -222,12 +222,12 @@ func TestSecureBoot(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, err := PredictPCR7(ks)
+		in, err := pcr7.KeySetInputs(ks, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if m[1] != hex.EncodeToString(want) {
-			t.Errorf("guest PCR7 %s differs from the offline prediction from the key set %x", m[1], want)
+		if want := pcr7.Predict(in).PCR7.String(); m[1] != want {
+			t.Errorf("guest PCR7 %s differs from the offline prediction from the key set %s", m[1], want)
 		}
 		t.Logf("PCR7 (sha256) = %s, %s events; booted to /init marker in %v", m[1], m[3], started.At.Round(time.Millisecond))
 	})
