@@ -608,3 +608,39 @@ func TestWritableBlobRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// LocalImage refuses, before any blob is read, what image verify refuses.
+func TestLocalImageRefusesBadDescriptors(t *testing.T) {
+	e := newEnv(t)
+	testImage(t, e.s, "ok:1")
+	for _, c := range []struct {
+		ref  string
+		edit func(*ocispec.Manifest)
+		want string
+	}{
+		{"none:1", func(m *ocispec.Manifest) { m.Layers = []ocispec.Descriptor{} }, "image has no layers"},
+		{"size0:1", func(m *ocispec.Manifest) { m.Layers[1].Size = 0 }, "layer 2 (sha256:"},
+		{"size:1", func(m *ocispec.Manifest) { m.Layers[0].Size-- }, "its descriptor says"},
+		{"twice:1", func(m *ocispec.Manifest) { m.Layers = append(m.Layers, m.Layers[1]) }, "the same layer as layer 2"},
+		{"noroot:1", func(m *ocispec.Manifest) { delete(m.Layers[0].Annotations, layer.AnnotationVerityRoot) }, "no verity root hash"},
+	} {
+		img, err := image.Read(e.s, "ok:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := img.Manifest()
+		c.edit(&m)
+		b, _ := json.Marshal(m)
+		d, err := e.s.PutBlob(bytes.NewReader(b), ocispec.Descriptor{Digest: digest.FromBytes(b), Size: int64(len(b))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.MediaType = ocispec.MediaTypeImageManifest
+		if err := e.s.Tag(c.ref, d); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LocalImage(e.s, c.ref); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("LocalImage(%s): %v, want an error saying %q", c.ref, err, c.want)
+		}
+	}
+}
