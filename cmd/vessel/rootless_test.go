@@ -135,6 +135,9 @@ func TestRootlessRun(t *testing.T) {
 			t.Errorf("%s/%s holds %d entries outside the namespace", run, d, len(ents))
 		}
 	}
+	if fi, err := os.Stat(run); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("rootless run directory %s: %v %v, want 0700", run, fi.Mode(), err)
+	}
 	if ents, _ := os.ReadDir(filepath.Join(run, "verified")); len(ents) != 2 {
 		t.Errorf("verification cache has %d records, want 2", len(ents))
 	}
@@ -145,9 +148,21 @@ func TestRootlessRun(t *testing.T) {
 	}
 	mnt := filepath.Join(xdg, "m")
 	out, errOut, code = vessel(env, "unshare", "sh", "-c",
-		fmt.Sprintf("%[1]s mount rl:1 %[2]s && ls %[2]s/data && cat %[2]s/etc/motd && %[1]s umount %[2]s", bin, mnt))
+		fmt.Sprintf("%[1]s mount rl:1 %[2]s && findmnt -n -o OPTIONS %[2]s && findmnt -rn -o TARGET,FSTYPE,OPTIONS | grep '/vessel/layers/[0-9a-f]* fuse' | sort -u && ls %[2]s/data && cat %[2]s/etc/motd && %[1]s umount %[2]s", bin, mnt))
 	if code != 0 || !strings.Contains(out, "fuse") || !strings.HasSuffix(out, "n\ntop\n") {
 		t.Errorf("vessel unshare + mount: exit %d\n%s%s", code, out, errOut)
+	}
+	// The overlay and the two squashfuse layer mounts are nosuid,nodev
+	// rootless too (an options line each, then the listing).
+	lines := strings.Split(out, "\n")
+	if len(lines) < 4 || !strings.Contains(lines[2], "fuse") || !strings.Contains(lines[3], "fuse") {
+		t.Errorf("want the overlay's options and two fuse layer mounts after the first line:\n%s", out)
+	} else {
+		for _, line := range lines[1:4] {
+			if !strings.Contains(line, "nosuid") || !strings.Contains(line, "nodev") {
+				t.Errorf("rootless mount options %q lack nosuid,nodev", line)
+			}
+		}
 	}
 	t.Logf("vessel unshare + mount:\n%s", out)
 	noLeftovers("after unshare")

@@ -395,3 +395,55 @@ func TestReadModel(t *testing.T) {
 		t.Errorf("JSON layers lack the root hash: %s", j["layers"])
 	}
 }
+
+// storeVariant stores a copy of image ref with its manifest changed by
+// edit, tagged as newRef.
+func storeVariant(t *testing.T, s *store.Store, ref, newRef string, edit func(*ocispec.Manifest)) {
+	t.Helper()
+	img, err := Read(s, ref)
+	must(t, err)
+	m := img.Manifest()
+	edit(&m)
+	b, err := json.Marshal(m)
+	must(t, err)
+	d, err := s.PutBlob(bytes.NewReader(b), ocispec.Descriptor{Digest: digest.FromBytes(b), Size: int64(len(b))})
+	must(t, err)
+	d.MediaType = ocispec.MediaTypeImageManifest
+	must(t, s.Tag(newRef, d))
+}
+
+// TestVerifyRefusesWhatRunRefuses: image verify fails an image with no
+// layers, a layer descriptor of size 0 or of the wrong size, and the same
+// layer twice, naming the layer, as every mount does (CheckLayers).
+func TestVerifyRefusesWhatRunRefuses(t *testing.T) {
+	need(t, "mksquashfs")
+	s := newStore(t)
+	_, err := Create(context.Background(), s, "good:1", []string{tree(t, map[string]string{"a": "1"}), tree(t, map[string]string{"b": "2"})}, CreateOptions{SourceDateEpoch: &epoch})
+	must(t, err)
+	if _, err := Verify(s, "good:1", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		ref   string
+		edit  func(*ocispec.Manifest)
+		layer int
+		want  string
+	}{
+		{"none:1", func(m *ocispec.Manifest) { m.Layers = []ocispec.Descriptor{} }, 0, "image has no layers"},
+		{"size0:1", func(m *ocispec.Manifest) { m.Layers[1].Size = 0 }, 2, "descriptor size is 0"},
+		{"sizebig:1", func(m *ocispec.Manifest) { m.Layers[0].Size++ }, 1, "size is"},
+		{"sizesmall:1", func(m *ocispec.Manifest) { m.Layers[1].Size-- }, 2, "size is"},
+		{"twice:1", func(m *ocispec.Manifest) { m.Layers = append(m.Layers, m.Layers[0]) }, 3, "the same layer as layer 1"},
+		{"badroot:1", func(m *ocispec.Manifest) { m.Layers[0].Annotations[layer.AnnotationVerityRoot] = "abcd" }, 1, "not 64 hex digits"},
+		{"sha512:1", func(m *ocispec.Manifest) {
+			m.Layers[1].Digest = digest.SHA512.FromString("x")
+		}, 2, "not a sha256 digest"},
+	} {
+		storeVariant(t, s, "good:1", c.ref, c.edit)
+		_, err := Verify(s, c.ref, nil)
+		var ve *VerifyError
+		if !errors.As(err, &ve) || ve.Layer != c.layer || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("verify %s: %v, want a *VerifyError on layer %d saying %q", c.ref, err, c.layer, c.want)
+		}
+	}
+}

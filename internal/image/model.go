@@ -1,6 +1,7 @@
 package image
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -180,6 +181,14 @@ func Verify(s *store.Store, ref string, progress func(LayerResult)) ([]LayerResu
 	if err != nil {
 		return nil, &VerifyError{Ref: ref, Err: err}
 	}
+	// What a mount would refuse before reading a blob, verify refuses too.
+	if err := img.CheckLayers(); err != nil {
+		var le *LayerError
+		if errors.As(err, &le) {
+			return nil, &VerifyError{Ref: ref, Layer: le.Index, Digest: le.Digest, Err: le.Err}
+		}
+		return nil, &VerifyError{Ref: ref, Err: err}
+	}
 	var results []LayerResult
 	for i, l := range img.manifest.Layers {
 		r := LayerResult{Index: i + 1, Digest: l.Digest}
@@ -224,4 +233,56 @@ func verifyLayer(s *store.Store, l ocispec.Descriptor) (uint64, error) {
 		return 0, err
 	}
 	return g.Params.DataBlocks, verity.Verify(f, f, g.Params, g.Root)
+}
+
+// LayerError names the layer (1-based) a check failed on.
+type LayerError struct {
+	Index  int
+	Digest digest.Digest
+	Err    error
+}
+
+func (e *LayerError) Error() string {
+	return fmt.Sprintf("layer %d (%s): %v", e.Index, e.Digest, e.Err)
+}
+func (e *LayerError) Unwrap() error { return e.Err }
+
+// ErrNoLayers means an image has no layers. Only the in-memory scratch base
+// of a build (mount.Empty) is declared empty; a stored image always has at
+// least one layer (vessel build gives even an empty step one).
+var ErrNoLayers = errors.New("image has no layers (a stored image needs at least one)")
+
+// CheckLayers checks the layer descriptors of img the way every mount does
+// before it reads a blob (package mount calls it; so does Verify): at least
+// one layer; each a squashfs or erofs media type with a verity root-hash
+// annotation of 64 hex digits, a sha256 digest and a size that is not 0;
+// no layer twice. The first failure is a *LayerError (or ErrNoLayers).
+func (img *Image) CheckLayers() error {
+	if len(img.layers) == 0 {
+		return ErrNoLayers
+	}
+	seen := map[digest.Digest]int{}
+	for i, l := range img.layers {
+		fail := func(err error) error { return &LayerError{Index: i + 1, Digest: l.Digest, Err: err} }
+		if _, err := layer.ParseMediaType(l.MediaType); err != nil {
+			return fail(fmt.Errorf("%w: %v", ErrUnverifiable, err))
+		}
+		if err := l.Digest.Validate(); err != nil || l.Digest.Algorithm() != digest.SHA256 {
+			return fail(fmt.Errorf("digest %q is not a sha256 digest", l.Digest))
+		}
+		if l.Size <= 0 {
+			return fail(fmt.Errorf("descriptor size is %d: a layer blob holds a filesystem image and its verity tree", l.Size))
+		}
+		if _, ok := layer.RootHash(l.desc); !ok {
+			return fail(fmt.Errorf("%w: %v", ErrUnverifiable, layer.ErrNoVerity))
+		}
+		if b, err := hex.DecodeString(l.RootHash); err != nil || len(b) != 32 {
+			return fail(fmt.Errorf("verity root hash annotation %q is not 64 hex digits", l.RootHash))
+		}
+		if j, ok := seen[l.Digest]; ok {
+			return fail(fmt.Errorf("the same layer as layer %d: an image lists each layer once", j))
+		}
+		seen[l.Digest] = i + 1
+	}
+	return nil
 }

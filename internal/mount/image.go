@@ -162,17 +162,11 @@ func open(s *store.Store, desc ocispec.Descriptor, name string) (*Image, error) 
 	if err != nil {
 		return nil, err
 	}
-	img := &Image{img: mi, name: name}
-	layers := mi.Layers()
-	if len(layers) == 0 {
-		return nil, errors.New("image has no layers")
+	if err := mi.CheckLayers(); err != nil {
+		return nil, err
 	}
-	seen := map[digest.Digest]int{}
-	for i, l := range layers {
-		if j, ok := seen[l.Digest]; ok {
-			return nil, fmt.Errorf("layer %d (%s) is layer %d again", i+1, l.Digest, j)
-		}
-		seen[l.Digest] = i + 1
+	img := &Image{img: mi, name: name}
+	for i, l := range mi.Layers() {
 		il, err := openLayer(s, l.Descriptor())
 		if err != nil {
 			return nil, fmt.Errorf("layer %d (%s): %w", i+1, l.Digest, err)
@@ -182,20 +176,9 @@ func open(s *store.Store, desc ocispec.Descriptor, name string) (*Image, error) 
 	return img, nil
 }
 
-// openLayer checks one layer descriptor and locates its verity tree.
+// openLayer checks the blob of one layer (its descriptor passed
+// image.CheckLayers) and locates its verity tree.
 func openLayer(s *store.Store, d ocispec.Descriptor) (imageLayer, error) {
-	if _, err := layer.ParseMediaType(d.MediaType); err != nil {
-		return imageLayer{}, err
-	}
-	if err := d.Digest.Validate(); err != nil || d.Digest.Algorithm() != digest.SHA256 {
-		return imageLayer{}, fmt.Errorf("layer digest %q is not a sha256 digest", d.Digest)
-	}
-	if d.Size <= 0 {
-		return imageLayer{}, fmt.Errorf("descriptor size is %d: a layer blob has its filesystem image and verity tree", d.Size)
-	}
-	if _, ok := layer.RootHash(d); !ok {
-		return imageLayer{}, layer.ErrNoVerity
-	}
 	p, err := s.BlobPath(d.Digest)
 	if err != nil {
 		return imageLayer{}, err

@@ -608,3 +608,78 @@ func TestWritableBlobRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// LocalImage refuses, before any blob is read, what image verify refuses.
+func TestLocalImageRefusesBadDescriptors(t *testing.T) {
+	e := newEnv(t)
+	testImage(t, e.s, "ok:1")
+	for _, c := range []struct {
+		ref  string
+		edit func(*ocispec.Manifest)
+		want string
+	}{
+		{"none:1", func(m *ocispec.Manifest) { m.Layers = []ocispec.Descriptor{} }, "image has no layers"},
+		{"size0:1", func(m *ocispec.Manifest) { m.Layers[1].Size = 0 }, "layer 2 (sha256:"},
+		{"size:1", func(m *ocispec.Manifest) { m.Layers[0].Size-- }, "its descriptor says"},
+		{"twice:1", func(m *ocispec.Manifest) { m.Layers = append(m.Layers, m.Layers[1]) }, "the same layer as layer 2"},
+		{"noroot:1", func(m *ocispec.Manifest) { delete(m.Layers[0].Annotations, layer.AnnotationVerityRoot) }, "no verity root hash"},
+	} {
+		img, err := image.Read(e.s, "ok:1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := img.Manifest()
+		c.edit(&m)
+		b, _ := json.Marshal(m)
+		d, err := e.s.PutBlob(bytes.NewReader(b), ocispec.Descriptor{Digest: digest.FromBytes(b), Size: int64(len(b))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.MediaType = ocispec.MediaTypeImageManifest
+		if err := e.s.Tag(c.ref, d); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LocalImage(e.s, c.ref); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("LocalImage(%s): %v, want an error saying %q", c.ref, err, c.want)
+		}
+	}
+}
+
+// Two stores with the same image share one run directory: the second
+// store's image shares the first one's layer mounts (same digest and root
+// hash, and the mounted file is unchanged), until that file is rewritten.
+func TestSharedLayersAcrossStores(t *testing.T) {
+	e := newEnv(t)
+	img1 := testImage(t, e.s, "same:1")
+	s2, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	img2 := testImage(t, s2, "same:1")
+	if img1.Digest() != img2.Digest() || img1.layers[0].blob == img2.layers[0].blob {
+		t.Fatalf("want the same image in two stores: %s %s", img1.Digest(), img2.Digest())
+	}
+	if _, err := e.m.Mount(context.Background(), img1, "one", filepath.Join(e.run, "one"), Self(), Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Mount(context.Background(), img2, "two", filepath.Join(e.run, "two"), Self(), Options{}); err != nil {
+		t.Fatalf("the same layers from another store: %v", err)
+	}
+	if st := e.m.Stats(); st.LayersShared != 2 {
+		t.Errorf("%+v: want both layers shared", st)
+	}
+	if err := e.m.Unmount("two"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	if err := os.WriteFile(img1.layers[1].blob, []byte(read(t, img1.layers[1].blob)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.m.Mount(context.Background(), img2, "two", filepath.Join(e.run, "two"), Self(), Options{})
+	if !errors.Is(err, ErrVerify) || !strings.Contains(err.Error(), img1.layers[1].blob+" changed since") {
+		t.Fatalf("mounted file rewritten: %v, want ErrVerify naming the mounted file", err)
+	}
+	if err := e.m.Unmount("one"); err != nil {
+		t.Fatal(err)
+	}
+}

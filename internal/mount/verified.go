@@ -108,6 +108,14 @@ func (m *Manager) verifyLayer(f *os.File, lm LayerMount) error {
 // A layer mount is shared only with images that name the same digest and
 // root hash, and (without dm-verity) only while the blob file still has
 // that identity.
+type layerRecord struct {
+	verifiedRecord
+	// Blob is the path the mounted file was opened by: a user from another
+	// store (the same digest, another file) shares the mount as long as
+	// this file is unchanged, since this file is what the mount reads.
+	Blob string `json:"blob"`
+}
+
 func layerRecordPath(run, hex string) string {
 	return filepath.Join(layerRecordsDir(run), hex+".json")
 }
@@ -119,7 +127,7 @@ func (m *Manager) writeLayerRecord(f *os.File, lm LayerMount) error {
 	if err != nil {
 		return err
 	}
-	b, err := json.Marshal(rec)
+	b, err := json.Marshal(layerRecord{verifiedRecord: rec, Blob: lm.Blob})
 	if err != nil {
 		return err
 	}
@@ -134,11 +142,13 @@ func (m *Manager) writeLayerRecord(f *os.File, lm LayerMount) error {
 // verified against the same digest and root hash, and without dm-verity
 // the blob file must be unchanged since then (same device, inode, size,
 // mtime and ctime), still owned by this user and writable by nobody else.
+// That is the file the mount reads, which is the new user's own blob unless
+// it comes from another store (then it holds the same bytes, by digest).
 // A layer mount without a record (a crashed mount) is refused: Cleanup, or
 // unmounting its users, removes it.
 func (m *Manager) checkShared(lm LayerMount) error {
 	b, err := os.ReadFile(layerRecordPath(m.run(), filepath.Base(lm.Dir)))
-	var got verifiedRecord
+	var got layerRecord
 	if err == nil {
 		err = json.Unmarshal(b, &got)
 	}
@@ -152,9 +162,9 @@ func (m *Manager) checkShared(lm LayerMount) error {
 	if !lm.VerifyInUserspace {
 		return nil // the kernel checks every block read against the root hash
 	}
-	f, err := openBlob(lm.Blob)
+	f, err := openBlob(got.Blob)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: the blob the mounted layer reads: %w", ErrVerify, err)
 	}
 	defer f.Close()
 	if err := checkBlobFile(f); err != nil {
@@ -164,8 +174,8 @@ func (m *Manager) checkShared(lm LayerMount) error {
 	if err != nil {
 		return err
 	}
-	if now != got {
-		return fmt.Errorf("%w: blob %s changed since its mounted layer was verified (was inode %d, %d bytes, ctime %d; now inode %d, %d bytes, ctime %d): the containers using it may see the change; stop them and run again", ErrVerify, lm.Blob, got.Ino, got.Size, got.Ctime, now.Ino, now.Size, now.Ctime)
+	if now != got.verifiedRecord {
+		return fmt.Errorf("%w: blob %s changed since its mounted layer was verified (was inode %d, %d bytes, ctime %d; now inode %d, %d bytes, ctime %d): the containers using it may see the change; stop them and run again", ErrVerify, got.Blob, got.Ino, got.Size, got.Ctime, now.Ino, now.Size, now.Ctime)
 	}
 	return nil
 }
