@@ -1,12 +1,9 @@
 package main
 
 import (
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"math/big"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -116,26 +113,8 @@ urn:vessel:machine:<machine-id> and is valid for TLS client and server auth.`,
 			if csrPath == "" || out == "" {
 				return usageError{"keys machine: --csr and -o are required"}
 			}
-			b, err := os.ReadFile(csrPath)
+			cert, err := trust.IssueMachineFile(trust.MachineRequest{KeysDir: args[0], CSR: csrPath, ProductID: pid, MachineID: mid, ValidFor: d, Output: out})
 			if err != nil {
-				return fmt.Errorf("keys machine: %w", err)
-			}
-			if blk, _ := pem.Decode(b); blk != nil {
-				b = blk.Bytes
-			}
-			csr, err := x509.ParseCertificateRequest(b)
-			if err != nil {
-				return fmt.Errorf("keys machine: parse CSR %s: %w", csrPath, err)
-			}
-			ca, key, err := trust.LoadCA(filepath.Join(args[0], trust.IdentityCACert), filepath.Join(args[0], trust.IdentityCAKey))
-			if err != nil {
-				return fmt.Errorf("keys machine: %w", err)
-			}
-			cert, err := trust.IssueMachineCert(ca, key, csr, pid, mid, d)
-			if err != nil {
-				return fmt.Errorf("keys machine: %w", err)
-			}
-			if err := os.WriteFile(out, trust.PEMCerts(cert), 0o644); err != nil {
 				return fmt.Errorf("keys machine: %w", err)
 			}
 			if g.json {
