@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -196,11 +195,7 @@ COMMAND exits. As root, COMMAND simply runs.`,
 				}
 				args = []string{sh}
 			}
-			path, err := exec.LookPath(args[0])
-			if err != nil {
-				return err
-			}
-			code, err := userns.RunReaping(path, args)
+			code, err := userns.RunReaping(args)
 			if err != nil {
 				return err
 			}

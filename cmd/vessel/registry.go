@@ -11,9 +11,9 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/registry"
 )
 
@@ -80,8 +80,7 @@ func isTerminal(w io.Writer) bool {
 	if !ok {
 		return false
 	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+	return ociruntime.IsTerminal(f)
 }
 
 // location parses a command-line location and opens the store only when

@@ -3,16 +3,21 @@ package userns
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"syscall"
 )
 
-// RunReaping runs path with args as a child and returns its exit code
+// RunReaping runs args[0] (looked up in PATH) with args as a child and returns its exit code
 // (128+N for signal N), forwarding SIGTERM and SIGHUP to it. It also reaps
 // any other child that exits meanwhile: in the namespace `vessel unshare`
 // makes, the caller is pid 1, and layer mounts made by vessel commands in
 // it leave their squashfuse daemons to it.
-func RunReaping(path string, args []string) (int, error) {
+func RunReaping(args []string) (int, error) {
+	path, err := exec.LookPath(args[0])
+	if err != nil {
+		return 1, err
+	}
 	sigc := make(chan os.Signal, 4)
 	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGHUP)
 	defer signal.Stop(sigc)
