@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
@@ -40,6 +41,9 @@ func keysInitCmd(g *globals) *cobra.Command {
 				return usageError{err.Error()}
 			}
 			res, err := trust.Init(args[0], trust.InitOptions{Org: org, ValidFor: d, Force: force})
+			if errors.Is(err, trust.ErrExists) {
+				return fmt.Errorf("%w (use --force to replace the CAs, which invalidates every certificate they signed)", err)
+			}
 			if err != nil {
 				return err
 			}
@@ -76,6 +80,9 @@ SAN urn:uuid:<id>; every manifest it signs must name that product.`,
 				return usageError{err.Error()}
 			}
 			res, err := trust.Product(args[0], trust.ProductOptions{Name: name, ProductID: id, ValidFor: d, Force: force})
+			if errors.Is(err, trust.ErrExists) {
+				return fmt.Errorf("%w (use --force to replace it)", err)
+			}
 			if err != nil {
 				return err
 			}

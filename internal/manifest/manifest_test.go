@@ -91,7 +91,7 @@ func TestBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	images := newMem("hostfs:1.0", "nginx:1.25", "agent:latest")
-	if _, err := Build(sys, images, BuildOptions{}); err == nil || !strings.Contains(err.Error(), "--product-id") {
+	if _, err := Build(sys, images, BuildOptions{}); !errors.Is(err, ErrProductName) || strings.Contains(err.Error(), "--") {
 		t.Fatalf("a product name without an ID: %v", err)
 	}
 	m, err := Build(sys, images, BuildOptions{ProductID: strings.ToUpper(pid)})
