@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -100,10 +99,10 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 				},
 			}
 			start := time.Now()
-			enc := json.NewEncoder(cmd.OutOrStdout())
 			if g.json {
+				emit := jsonEvents(cmd.OutOrStdout())
 				opt.Progress = func(e build.Event) {
-					enc.Encode(struct {
+					emit(struct {
 						Kind string `json:"event"`
 						build.Event
 					}{"step", e})
@@ -116,10 +115,7 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 				return err
 			}
 			if g.json {
-				return enc.Encode(struct {
-					Kind string `json:"event"`
-					*build.Result
-				}{"result", res})
+				return printResultEvent(cmd.OutOrStdout(), res)
 			}
 			w := cmd.OutOrStdout()
 			for _, im := range res.Images {

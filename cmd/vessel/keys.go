@@ -1,12 +1,10 @@
 package main
 
 import (
-	"crypto/x509"
-	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -43,6 +41,9 @@ func keysInitCmd(g *globals) *cobra.Command {
 				return usageError{err.Error()}
 			}
 			res, err := trust.Init(args[0], trust.InitOptions{Org: org, ValidFor: d, Force: force})
+			if errors.Is(err, trust.ErrExists) {
+				return fmt.Errorf("%w (use --force to replace the CAs, which invalidates every certificate they signed)", err)
+			}
 			if err != nil {
 				return err
 			}
@@ -79,6 +80,9 @@ SAN urn:uuid:<id>; every manifest it signs must name that product.`,
 				return usageError{err.Error()}
 			}
 			res, err := trust.Product(args[0], trust.ProductOptions{Name: name, ProductID: id, ValidFor: d, Force: force})
+			if errors.Is(err, trust.ErrExists) {
+				return fmt.Errorf("%w (use --force to replace it)", err)
+			}
 			if err != nil {
 				return err
 			}
@@ -116,26 +120,8 @@ urn:vessel:machine:<machine-id> and is valid for TLS client and server auth.`,
 			if csrPath == "" || out == "" {
 				return usageError{"keys machine: --csr and -o are required"}
 			}
-			b, err := os.ReadFile(csrPath)
+			cert, err := trust.IssueMachineFile(trust.MachineRequest{KeysDir: args[0], CSR: csrPath, ProductID: pid, MachineID: mid, ValidFor: d, Output: out})
 			if err != nil {
-				return fmt.Errorf("keys machine: %w", err)
-			}
-			if blk, _ := pem.Decode(b); blk != nil {
-				b = blk.Bytes
-			}
-			csr, err := x509.ParseCertificateRequest(b)
-			if err != nil {
-				return fmt.Errorf("keys machine: parse CSR %s: %w", csrPath, err)
-			}
-			ca, key, err := trust.LoadCA(filepath.Join(args[0], trust.IdentityCACert), filepath.Join(args[0], trust.IdentityCAKey))
-			if err != nil {
-				return fmt.Errorf("keys machine: %w", err)
-			}
-			cert, err := trust.IssueMachineCert(ca, key, csr, pid, mid, d)
-			if err != nil {
-				return fmt.Errorf("keys machine: %w", err)
-			}
-			if err := os.WriteFile(out, trust.PEMCerts(cert), 0o644); err != nil {
 				return fmt.Errorf("keys machine: %w", err)
 			}
 			if g.json {

@@ -1,19 +1,13 @@
 // Command vessel builds, stores, verifies, distributes and runs products made
 // of verified OCI images. The CLI is thin: each command parses its flags,
-// calls one library function from internal/ and prints the result.
-//
-// Output rules:
-//   - results go to stdout, progress and diagnostics to stderr;
-//   - --json prints one JSON document (or one event per line for streams)
-//     and nothing else on stdout;
-//   - errors are printed once, by main, as "vessel: <what failed>: <why>",
-//     and the exit code is 1 (2 for usage errors).
+// calls one library function from internal/ and prints the result through
+// the output module in ui.go, which states the output rules. A dependency
+// test (depcheck_test.go) keeps it off the packages it must not use.
 package main
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -66,7 +60,7 @@ func run(args []string) int {
 	if errors.As(err, &ee) && ee.err == nil {
 		return ee.code // a container's exit code: nothing to report
 	}
-	fmt.Fprintf(os.Stderr, "vessel: %v\n", err)
+	printError(os.Stderr, err)
 	if errors.As(err, &ee) {
 		return ee.code
 	}

@@ -104,50 +104,14 @@ func manifestSignCmd(g *globals) *cobra.Command {
 			if keyPath == "" || certPath == "" || out == "" {
 				return usageError{"manifest sign: --key, --cert and -o are required"}
 			}
-			payload, err := os.ReadFile(args[0])
-			if err != nil {
-				return fmt.Errorf("manifest sign: %w", err)
-			}
-			key, err := trust.LoadKey(keyPath)
-			if err != nil {
-				return fmt.Errorf("manifest sign: %w", err)
-			}
-			certs, err := trust.LoadCerts(certPath)
-			if err != nil {
-				return fmt.Errorf("manifest sign: %w", err)
-			}
-			certs = certs[:1]
-			if chainPath != "" {
-				b, err := os.ReadFile(chainPath)
-				if err != nil {
-					return fmt.Errorf("manifest sign: %w", err)
-				}
-				inter, err := trust.ParseCerts(b)
-				if err != nil {
-					return fmt.Errorf("manifest sign: chain %s: %w", chainPath, err)
-				}
-				certs = append(certs, inter...)
-			}
-			signed, err := trust.Sign(payload, key, certs)
+			signer, err := trust.SignFile(trust.SignFiles{Manifest: args[0], Key: keyPath, Cert: certPath, Chain: chainPath, Output: out, DetachedSig: detached})
 			if err != nil {
 				return fmt.Errorf("manifest %w", err)
 			}
-			if err := os.WriteFile(out, signed, 0o644); err != nil {
-				return fmt.Errorf("manifest sign: %w", err)
-			}
-			if detached != "" {
-				s, err := trust.ParseSigned(signed)
-				if err != nil {
-					return fmt.Errorf("manifest sign: %w", err)
-				}
-				if err := os.WriteFile(detached, s.Signature, 0o644); err != nil {
-					return fmt.Errorf("manifest sign: %w", err)
-				}
-			}
 			if g.json {
-				return printJSON(cmd.OutOrStdout(), map[string]string{"signed": out, "signer": certs[0].Subject.String()})
+				return printJSON(cmd.OutOrStdout(), map[string]string{"signed": out, "signer": signer.Subject.String()})
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: signed by %s\n", out, certs[0].Subject.CommonName)
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "%s: signed by %s\n", out, signer.Subject.CommonName)
 			return err
 		},
 	}

@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -198,11 +195,7 @@ COMMAND exits. As root, COMMAND simply runs.`,
 				}
 				args = []string{sh}
 			}
-			path, err := exec.LookPath(args[0])
-			if err != nil {
-				return err
-			}
-			code, err := runReaping(path, args)
+			code, err := userns.RunReaping(args)
 			if err != nil {
 				return err
 			}
@@ -214,41 +207,4 @@ COMMAND exits. As root, COMMAND simply runs.`,
 	}
 	c.Flags().SetInterspersed(false)
 	return c
-}
-
-// runReaping runs path and returns its exit code (128+N for signal N),
-// forwarding SIGTERM and SIGHUP to it. It also reaps any other child that
-// exits meanwhile: in the namespace vessel unshare makes this process is
-// pid 1, and layer mounts made by vessel commands in it leave their
-// squashfuse daemons to it.
-func runReaping(path string, args []string) (int, error) {
-	sigc := make(chan os.Signal, 4)
-	signal.Notify(sigc, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigc)
-	pid, err := syscall.ForkExec(path, args, &syscall.ProcAttr{Env: os.Environ(), Files: []uintptr{0, 1, 2}})
-	if err != nil {
-		return 1, fmt.Errorf("start %s: %w", path, err)
-	}
-	go func() {
-		for s := range sigc {
-			_ = syscall.Kill(pid, s.(syscall.Signal))
-		}
-	}()
-	for {
-		var ws syscall.WaitStatus
-		p, err := syscall.Wait4(-1, &ws, 0, nil)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return 1, fmt.Errorf("wait for %s: %w", path, err)
-		}
-		if p != pid {
-			continue
-		}
-		if ws.Signaled() {
-			return 128 + int(ws.Signal()), nil
-		}
-		return ws.ExitStatus(), nil
-	}
 }

@@ -1,11 +1,9 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,7 +11,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/vesselos/vessel/internal/archive"
 	"github.com/vesselos/vessel/internal/image"
@@ -96,8 +93,8 @@ func (f *registryFlags) client(cmd *cobra.Command, g *globals) (*registry.Client
 	finish := func() {}
 	switch {
 	case g.json:
-		enc := json.NewEncoder(cmd.OutOrStdout())
-		opts.Progress = func(e registry.Event) { enc.Encode(e) }
+		emit := jsonEvents(cmd.OutOrStdout())
+		opts.Progress = func(e registry.Event) { emit(e) }
 	case isTerminal(cmd.ErrOrStderr()):
 		b := &bars{w: cmd.ErrOrStderr(), start: time.Now()}
 		opts.Progress = b.event
@@ -105,15 +102,6 @@ func (f *registryFlags) client(cmd *cobra.Command, g *globals) (*registry.Client
 	}
 	c, err := registry.New(opts)
 	return c, finish, err
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
 }
 
 // location parses a command-line location and opens the store only when
@@ -186,25 +174,6 @@ func (g *globals) locations(cmd *cobra.Command, src, dst string) (s, d registry.
 	}
 	s, done, err = g.location(cmd, src, true)
 	return s, d, done, err
-}
-
-// printEvent writes v as one compact JSON line (the last line of a --json
-// event stream).
-func printEvent(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
-
-// printResultEvent prints v's JSON object with "event":"result" added: the
-// last line of a --json event stream.
-func printResultEvent(w io.Writer, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(b, &fields); err != nil {
-		return err
-	}
-	fields["event"] = json.RawMessage(`"result"`)
-	return printEvent(w, fields)
 }
 
 // printResult prints a copy's outcome: one line, or the final JSON event.

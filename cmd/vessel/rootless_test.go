@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"github.com/vesselos/vessel/internal/container"
 	"io"
 	"os"
 	"os/exec"
@@ -130,10 +131,8 @@ func TestRootlessRun(t *testing.T) {
 	// Per-namespace run state stays in the namespace; the verification
 	// cache is shared.
 	run := filepath.Join(xdg, "vessel")
-	for _, d := range []string{"layers", "mounts", "containers"} {
-		if ents, _ := os.ReadDir(filepath.Join(run, d)); len(ents) > 0 {
-			t.Errorf("%s/%s holds %d entries outside the namespace", run, d, len(ents))
-		}
+	for _, l := range container.Leftovers(run) {
+		t.Errorf("outside the namespace: %s", l)
 	}
 	if fi, err := os.Stat(run); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Errorf("rootless run directory %s: %v %v, want 0700", run, fi.Mode(), err)

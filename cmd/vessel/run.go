@@ -11,10 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/mount"
@@ -48,7 +46,7 @@ func (g *globals) enterUserNS(cmd *cobra.Command) (handled bool, err error) {
 		if err != nil {
 			return true, err
 		}
-		run, err := rootlessRunDir(cmd.ErrOrStderr())
+		run, err := userns.RunDir(cmd.ErrOrStderr())
 		if err != nil {
 			return true, err
 		}
@@ -56,8 +54,7 @@ func (g *globals) enterUserNS(cmd *cobra.Command) (handled bool, err error) {
 		os.Setenv("VESSEL_RUN", run)
 	}
 	run := g.runDir()
-	private := append(mount.PrivateDirs(run), filepath.Join(run, "runtime", "runc"), filepath.Join(run, "runtime", "crun"))
-	handled, code, err := userns.Reexec(cmd.Context(), userns.Options{PrivateDirs: private})
+	handled, code, err := userns.Reexec(cmd.Context(), userns.Options{PrivateDirs: container.PrivateDirs(run)})
 	if !handled || err != nil {
 		return handled, err
 	}
@@ -65,35 +62,6 @@ func (g *globals) enterUserNS(cmd *cobra.Command) (handled bool, err error) {
 		return true, exitError{code: code} // the child has said why
 	}
 	return true, nil
-}
-
-// rootlessRunDir is the run directory of an unprivileged user:
-// $VESSEL_RUN, $XDG_RUNTIME_DIR/vessel, or, when there is no runtime
-// directory (as after su or runuser), /tmp/vessel-run-UID, which must be
-// a directory of the user's own with mode 0700.
-func rootlessRunDir(note io.Writer) (string, error) {
-	if r := os.Getenv("VESSEL_RUN"); r != "" {
-		return r, nil
-	}
-	if x := os.Getenv("XDG_RUNTIME_DIR"); x != "" {
-		if fi, err := os.Stat(x); err == nil && fi.IsDir() {
-			return filepath.Join(x, "vessel"), nil
-		}
-	}
-	d := fmt.Sprintf("/tmp/vessel-run-%d", os.Getuid())
-	if err := os.Mkdir(d, 0o700); err != nil && !os.IsExist(err) {
-		return "", fmt.Errorf("run directory: %w", err)
-	}
-	fi, err := os.Lstat(d)
-	if err != nil {
-		return "", fmt.Errorf("run directory: %w", err)
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm() != 0o700 {
-		return "", fmt.Errorf("run directory %s is not a directory of yours with mode 0700: remove it, or set XDG_RUNTIME_DIR or VESSEL_RUN", d)
-	}
-	fmt.Fprintf(note, "vessel: note: XDG_RUNTIME_DIR is not set (or missing); keeping run state in %s (set XDG_RUNTIME_DIR or VESSEL_RUN to choose)\n", d)
-	return d, nil
 }
 
 func runCmd(g *globals) *cobra.Command {
@@ -185,7 +153,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 				stdio.Stdin = os.Stdin
 			}
 			if tty {
-				if _, err := unix.IoctlGetTermios(int(os.Stdin.Fd()), unix.TCGETS); err != nil {
+				if !ociruntime.IsTerminal(os.Stdin) {
 					return usageError{"run -t: the input is not a terminal (drop -t, or run from a terminal)"}
 				}
 				cfg.Terminal = true

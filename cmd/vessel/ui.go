@@ -1,3 +1,18 @@
+// The output module: every command writes through the functions here.
+//
+// Output rules:
+//   - results go to stdout (cmd.OutOrStdout), progress, notes and warnings
+//     to stderr (cmd.ErrOrStderr), never the other way round;
+//   - --json prints one JSON document (printJSON) or, for commands that
+//     stream, one compact event per line (jsonEvents) ending with a
+//     "result" event (printResultEvent), and nothing else on stdout;
+//   - progress bars only when stderr is a terminal (isTerminal);
+//   - notes and warnings are one line: "vessel: note: ..." (warnf);
+//   - errors are printed once, by main (printError), as
+//     "vessel: <what failed>: <why>", followed by the hint the CLI knows
+//     for the error, and the exit code is 1 (2 for usage errors). Library
+//     errors never name flags: the hints here do.
+
 package main
 
 import (
@@ -10,8 +25,13 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/ociruntime"
+	"github.com/vesselos/vessel/internal/recipe"
 	"github.com/vesselos/vessel/internal/reference"
+	"github.com/vesselos/vessel/internal/trust"
 )
 
 // globals are the flags every command shares.
@@ -56,17 +76,88 @@ func (g *globals) runDir() string {
 	}
 	g.runOnce.Do(func() {
 		if _, err := mount.PrepareRun(mount.DefaultRun); err != nil {
-			fmt.Fprintf(os.Stderr, "vessel: warning: %v; keeping run state on disk\n", err)
+			warnf(os.Stderr, "warning", "%v; keeping run state on disk", err)
 		}
 	})
 	return mount.DefaultRun
 }
 
-// printJSON writes v as indented JSON.
+// printJSON writes v as one indented JSON document: the whole --json
+// output of a command that does not stream.
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// jsonEvents returns the emitter of a --json event stream: each call
+// writes one compact JSON line. Write errors are dropped: progress must
+// not stop the work (the final printResultEvent reports them).
+func jsonEvents(w io.Writer) func(v any) {
+	enc := json.NewEncoder(w)
+	var mu sync.Mutex
+	return func(v any) {
+		mu.Lock()
+		defer mu.Unlock()
+		_ = enc.Encode(v)
+	}
+}
+
+// printResultEvent prints v's JSON object with "event":"result" added: the
+// last line of a --json event stream.
+func printResultEvent(w io.Writer, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return err
+	}
+	fields["event"] = json.RawMessage(`"result"`)
+	return json.NewEncoder(w).Encode(fields)
+}
+
+// isTerminal reports whether w is a terminal (progress bars go only there).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && ociruntime.IsTerminal(f)
+}
+
+// warnf writes one "vessel: KIND: ..." line (KIND is note or warning).
+func warnf(w io.Writer, kind, format string, args ...any) {
+	fmt.Fprintf(w, "vessel: "+kind+": "+format+"\n", args...)
+}
+
+// printError prints a command's error, and the CLI's hint for it if it
+// has one.
+func printError(w io.Writer, err error) {
+	fmt.Fprintf(w, "vessel: %v\n", err)
+	if h := hint(err); h != "" && !strings.Contains(err.Error(), h) {
+		fmt.Fprintf(w, "vessel: hint: %s\n", h)
+	}
+}
+
+// hint is what the user can do about err, in terms of vessel's commands
+// and flags (which the library does not know).
+func hint(err error) string {
+	switch {
+	case errors.Is(err, trust.ErrNoCA):
+		return "give the manifest-signing CA certificate with --ca"
+	case errors.Is(err, recipe.ErrCacheCorrupt):
+		return "run `vessel build --no-cache` to rebuild everything and rewrite the cache"
+	case errors.Is(err, manifest.ErrProductName):
+		return "give the product's UUID with --product-id, or its key directory with --keys"
+	case errors.Is(err, manifest.ErrProductMismatch):
+		return "the product in system.yaml and --product-id must agree"
+	case errors.Is(err, image.ErrNoLayerDirs):
+		return "give at least one --layer directory"
+	case errors.Is(err, recipe.ErrUndefined):
+		return "pass --substitute NAME=VALUE, or write ${{NAME:default}} in the recipe"
+	case errors.Is(err, trust.ErrNoManifestCA):
+		return "create the CAs first with `vessel keys init DIR --org NAME`"
+	}
+	return ""
 }
 
 // exitError carries a specific exit code (for example a container's) to main.

@@ -6,18 +6,15 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/vesselos/vessel/internal/registry"
+	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/supervise"
-	"github.com/vesselos/vessel/internal/trust"
 )
 
 func init() {
@@ -77,31 +74,27 @@ background and returns once every service has been started.`,
 			if err != nil {
 				return err
 			}
-			signedPath := ""
-			if len(args) == 1 {
-				signedPath = args[0]
-			} else {
-				cur, err := registry.ReadCurrent(root)
-				if err != nil {
-					return fmt.Errorf("up: give a signed manifest, or install one first: %w", err)
-				}
-				signedPath = filepath.Join(root, cur.Signed)
-			}
 			if detach && os.Getenv(detachedEnv) == "" {
-				return upDetached(cmd, g)
-			}
-			signed, err := os.ReadFile(signedPath)
-			if err != nil {
-				return fmt.Errorf("up: %w", err)
+				info, logPath, err := supervise.Detach(cmd.Context(), g.superviseDir(), os.Args, append(os.Environ(), detachedEnv+"=1"))
+				if err != nil {
+					return fmt.Errorf("up: %w", err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "up: product %s version %d, %d services, supervisor pid %d (log %s)\n",
+					info.Product, info.Version, len(info.Services), info.Owner.Pid, logPath)
+				return nil
 			}
 			s, err := g.openStore()
 			if err != nil {
 				return err
 			}
-			opts.Images = s
-			opts.Versions = trust.OpenVersions(root)
-			opts.Record = true
-			vm, err := trust.Verify(signed, opts)
+			signedPath := ""
+			if len(args) == 1 {
+				signedPath = args[0]
+			}
+			vm, err := supervise.VerifyForUp(root, s, signedPath, opts)
+			if errors.Is(err, store.ErrNotFound) && signedPath == "" {
+				return fmt.Errorf("up: give a signed manifest, or install one first: %w", err)
+			}
 			if err != nil {
 				return fmt.Errorf("up: %w", err)
 			}
@@ -121,86 +114,6 @@ background and returns once every service has been started.`,
 	c.Flags().StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	c.Flags().DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a service")
 	return c
-}
-
-// upDetached starts this same command in the background, in its own
-// session, logging to <run>/supervise/supervisor.log, and waits until it
-// has started every service (or failed).
-func upDetached(cmd *cobra.Command, g *globals) error {
-	dir := g.superviseDir()
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	logPath := filepath.Join(dir, "supervisor.log")
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	start, _ := logf.Seek(0, io.SeekEnd)
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	child := &exec.Cmd{
-		Path:        exe,
-		Args:        os.Args,
-		Env:         append(os.Environ(), detachedEnv+"=1"),
-		Stdout:      logf,
-		Stderr:      logf,
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
-	}
-	if err := child.Start(); err != nil {
-		return fmt.Errorf("up: start the supervisor: %w", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- child.Wait() }()
-	deadline := time.After(2 * time.Minute)
-	for {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("up: the supervisor exited (%v):\n%s", err, tailFrom(logPath, start))
-		case <-deadline:
-			return fmt.Errorf("up: the supervisor (pid %d) has not started every service after 2 minutes; see %s", child.Process.Pid, logPath)
-		case <-cmd.Context().Done():
-			child.Process.Signal(syscall.SIGTERM)
-			return cmd.Context().Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-		info, err := supervise.Running(dir)
-		if err != nil || info.Owner.Pid != child.Process.Pid {
-			continue
-		}
-		sts, _ := supervise.Services(dir)
-		if len(sts) < len(info.Services) || !allStarted(sts) {
-			continue
-		}
-		fmt.Fprintf(cmd.OutOrStdout(), "up: product %s version %d, %d services, supervisor pid %d (log %s)\n",
-			info.Product, info.Version, len(info.Services), info.Owner.Pid, logPath)
-		child.Process.Release()
-		return nil
-	}
-}
-
-func allStarted(sts []supervise.Status) bool {
-	for _, s := range sts {
-		if s.State == supervise.StateStarting {
-			return false
-		}
-	}
-	return true
-}
-
-func tailFrom(path string, off int64) string {
-	b, _ := os.ReadFile(path)
-	if off < int64(len(b)) {
-		b = b[off:]
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > 20 {
-		lines = lines[len(lines)-20:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 func psCmd(g *globals) *cobra.Command {

@@ -382,7 +382,7 @@ func TestBadInput(t *testing.T) {
 	}
 	opt := e.options()
 	opt.Only = []string{"nope"}
-	if _, err := e.build("a:\n  from: {type: scratch}\n", opt, nil); err == nil || !strings.Contains(err.Error(), "--only nope") {
+	if _, err := e.build("a:\n  from: {type: scratch}\n", opt, nil); err == nil || !strings.Contains(err.Error(), "image nope: no such image") {
 		t.Errorf("--only nope: %v", err)
 	}
 }

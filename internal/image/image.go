@@ -25,6 +25,9 @@ import (
 	"github.com/vesselos/vessel/internal/store"
 )
 
+// ErrNoLayerDirs: Create was given no layer directory.
+var ErrNoLayerDirs = errors.New("give at least one layer directory")
+
 // CreateOptions control Create.
 type CreateOptions struct {
 	Format          layer.Format
@@ -48,7 +51,7 @@ func Create(ctx context.Context, s *store.Store, ref string, dirs []string, opt 
 		return nil, err
 	}
 	if len(dirs) == 0 {
-		return nil, errors.New("create image: give at least one --layer directory")
+		return nil, fmt.Errorf("create image: %w", ErrNoLayerDirs)
 	}
 	done, err := s.Writer()
 	if err != nil {

@@ -31,6 +31,12 @@ type BlobChecker interface {
 // the manifest pins (missing, wrong size, no verity root hash, missing layer).
 var ErrImage = errors.New("image check failed")
 
+// Errors of Build about the product (the CLI adds which flags to use).
+var (
+	ErrProductMismatch = errors.New("product mismatch")
+	ErrProductName     = errors.New("product needs an id")
+)
+
 // BuildOptions configure Build.
 type BuildOptions struct {
 	// ProductID is the product UUID, required when system.yaml names the
@@ -47,14 +53,14 @@ func Build(sys *System, images Images, opts BuildOptions) (*Manifest, error) {
 	case uuidLike(sys.Product):
 		m.Product = lower(sys.Product)
 		if opts.ProductID != "" && lower(opts.ProductID) != m.Product {
-			return nil, fmt.Errorf("product %s in system.yaml differs from --product-id %s", sys.Product, opts.ProductID)
+			return nil, fmt.Errorf("%w: product %s in system.yaml differs from the product id %s given", ErrProductMismatch, sys.Product, opts.ProductID)
 		}
 	case sys.Product == "":
 		return nil, errors.New("system.yaml: product is required (a name or a UUID)")
 	default:
 		m.ProductName = sys.Product
 		if opts.ProductID == "" {
-			return nil, fmt.Errorf("product %q is a name: give its UUID with --product-id or the key directory with --keys", sys.Product)
+			return nil, fmt.Errorf("%w: product %q is a name, and no product id was given to pin it", ErrProductName, sys.Product)
 		}
 		m.Product = lower(opts.ProductID)
 	}

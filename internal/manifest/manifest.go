@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -146,13 +147,29 @@ func (m *Manifest) Marshal() ([]byte, error) {
 }
 
 var (
-	uuidRE    = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-	svcNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	envKeyRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	volNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
-	userRE    = regexp.MustCompile(`^([0-9]{1,10}(:[0-9]{1,10})?|[a-z_][a-z0-9_-]{0,31}(:[a-z_][a-z0-9_-]{0,31})?)$`)
-	capRE     = regexp.MustCompile(`^CAP_[A-Z_]{2,32}$`)
+	uuidRE    = lazyRegexp(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+	svcNameRE = lazyRegexp(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	envKeyRE  = lazyRegexp(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	volNameRE = lazyRegexp(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+	userRE    = lazyRegexp(`^([0-9]{1,10}(:[0-9]{1,10})?|[a-z_][a-z0-9_-]{0,31}(:[a-z_][a-z0-9_-]{0,31})?)$`)
+	capRE     = lazyRegexp(`^CAP_[A-Z_]{2,32}$`)
 )
+
+// lazyRegexp is a regular expression compiled on first use: every vessel
+// command links this package, and compiling these at start-up cost about
+// 2 ms of each `vessel run` (GODEBUG=inittrace=1).
+type lazyRegexpT struct {
+	src  string
+	once sync.Once
+	re   *regexp.Regexp
+}
+
+func lazyRegexp(src string) *lazyRegexpT { return &lazyRegexpT{src: src} }
+
+func (l *lazyRegexpT) MatchString(s string) bool {
+	l.once.Do(func() { l.re = regexp.MustCompile(l.src) })
+	return l.re.MatchString(s)
+}
 
 // knownCaps are the Linux capabilities (capability.h, Linux 6.x).
 var knownCaps = map[string]bool{}

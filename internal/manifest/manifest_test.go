@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -93,7 +94,7 @@ func TestBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	images := newMem("hostfs:1.0", "nginx:1.25", "agent:latest")
-	if _, err := Build(sys, images, BuildOptions{}); err == nil || !strings.Contains(err.Error(), "--product-id") {
+	if _, err := Build(sys, images, BuildOptions{}); !errors.Is(err, ErrProductName) || strings.Contains(err.Error(), "--") {
 		t.Fatalf("a product name without an ID: %v", err)
 	}
 	m, err := Build(sys, images, BuildOptions{ProductID: strings.ToUpper(pid)})
@@ -283,5 +284,15 @@ func TestExampleSystemYAML(t *testing.T) {
 	images := newMem("acme-hostfs:2026.11", "nginx:1.25", "unbound:1.19", "acme-agent:4")
 	if _, err := Build(sys, images, BuildOptions{ProductID: pid}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The lazily compiled expressions compile (a typo would panic on first
+// use instead of at start-up).
+func TestLazyRegexpsCompile(t *testing.T) {
+	for _, l := range []*lazyRegexpT{uuidRE, svcNameRE, envKeyRE, volNameRE, userRE, capRE} {
+		if _, err := regexp.Compile(l.src); err != nil {
+			t.Errorf("%q: %v", l.src, err)
+		}
 	}
 }

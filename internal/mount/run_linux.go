@@ -1,10 +1,10 @@
 package mount
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -41,16 +41,41 @@ func PrepareRun(dir string) (bool, error) {
 	if isTmpfs(dir) {
 		return false, nil
 	}
-	if records, _ := os.ReadDir(mountsDir(dir)); len(records) > 0 {
-		return false, nil // live mounts are recorded on the disk: keep using it
-	}
-	if _, err := os.Stat(filepath.Join(dir, "supervise", "supervisor.json")); !errors.Is(err, os.ErrNotExist) {
-		return false, nil
+	if holdsState(dir) {
+		return false, nil // live state is recorded on the disk: keep using it
 	}
 	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
 		return false, fmt.Errorf("mount a tmpfs on the run directory %s: %w", dir, err)
 	}
 	return true, nil
+}
+
+// holdsState reports whether the run directory holds a state record of
+// anyone (a mount record, a container's owner record, the supervisor's
+// record or socket): whatever package wrote it, a *.json file or a socket.
+// Caches that are cheap to lose (the verification cache, runtime probe
+// verdicts) and logs do not count. mount knows no other package's layout.
+func holdsState(dir string) bool {
+	found := false
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || found {
+			return filepath.SkipAll
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() {
+			if rel == filepath.Base(verifiedDir(dir)) || d.Name() == "logs" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		cache := filepath.Dir(rel) == "runtime" && strings.HasPrefix(d.Name(), "probe-")
+		if !cache && (strings.HasSuffix(d.Name(), ".json") || d.Type()&os.ModeSocket != 0) {
+			found = true
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return found
 }
 
 func isTmpfs(dir string) bool {

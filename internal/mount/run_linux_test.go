@@ -1,6 +1,7 @@
 package mount
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -25,11 +26,25 @@ func TestPrepareRun(t *testing.T) {
 	if again, err := PrepareRun(dir); err != nil || again {
 		t.Errorf("second PrepareRun: mounted=%v err=%v, want a no-op", again, err)
 	}
-	// A run directory on disk with live mount records is left alone.
-	busy := filepath.Join(base, "busy")
-	os.MkdirAll(mountsDir(busy), 0o700)
-	os.WriteFile(filepath.Join(mountsDir(busy), "x.json"), []byte("{}"), 0o600)
-	if m, err := PrepareRun(busy); err != nil || m || isTmpfs(busy) {
-		t.Errorf("run dir with records: mounted=%v err=%v", m, err)
+	// A run directory on disk with any state record is left alone: mount
+	// records, a container's owner record, a supervisor's record.
+	for i, rec := range []string{"mounts/x.json", "containers/c1/owner.json", "supervise/supervisor.json"} {
+		busy := filepath.Join(base, fmt.Sprint("busy", i))
+		os.MkdirAll(filepath.Dir(filepath.Join(busy, rec)), 0o700)
+		os.WriteFile(filepath.Join(busy, rec), []byte("{}"), 0o600)
+		if m, err := PrepareRun(busy); err != nil || m || isTmpfs(busy) {
+			t.Errorf("run dir with %s: mounted=%v err=%v", rec, m, err)
+			unix.Unmount(busy, unix.MNT_DETACH)
+		}
 	}
+	// Caches and logs do not hold it back.
+	cached := filepath.Join(base, "cached")
+	for _, f := range []string{"verified/abc.json", "runtime/probe-runc.json", "supervise/logs/web.log", "lock"} {
+		os.MkdirAll(filepath.Dir(filepath.Join(cached, f)), 0o700)
+		os.WriteFile(filepath.Join(cached, f), []byte("{}"), 0o600)
+	}
+	if m, err := PrepareRun(cached); err != nil || !m {
+		t.Errorf("run dir with caches only: mounted=%v err=%v", m, err)
+	}
+	unix.Unmount(cached, unix.MNT_DETACH)
 }

@@ -140,6 +140,7 @@ func (r Runtime) RunNotify(ctx context.Context, bundle, id string, stdio Stdio, 
 
 	cmd := r.command(nil, logPath, "run", "--bundle", bundle, id)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
+	cmd.Dir = bundle // where runc goes anyway: the runtime process is found under the bundle
 	if !IsTerminal(stdio.Stdin) {
 		// Own process group: a signal for vessel reaches the container
 		// once, through the forwarding below, not also from the tty.

@@ -45,12 +45,15 @@ func (id ID) Alive() bool {
 // exited, whoever it is.
 func Running(pid int) bool { return startTime(pid) != 0 }
 
-// Kill sends SIGKILL to the process if it is still the one id names, and
-// waits up to timeout until it has exited. A process that is already gone
-// is not an error.
+// Kill sends SIGKILL to the process if it is still the one id names (to
+// its whole process group when it leads one), and waits up to timeout
+// until it has exited. A process that is already gone is not an error.
 func (id ID) Kill(timeout time.Duration) error {
 	if !id.Alive() {
 		return nil
+	}
+	if pgid, err := syscall.Getpgid(id.Pid); err == nil && pgid == id.Pid {
+		_ = syscall.Kill(-id.Pid, syscall.SIGKILL)
 	}
 	_ = syscall.Kill(id.Pid, syscall.SIGKILL)
 	deadline := time.Now().Add(timeout)

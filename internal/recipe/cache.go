@@ -61,7 +61,7 @@ type cacheIndex struct {
 }
 
 func (c *Cache) corrupt(why error) error {
-	return fmt.Errorf("%w: %s: %v; run `vessel build --no-cache` to rebuild everything and rewrite it", ErrCacheCorrupt, c.path, why)
+	return fmt.Errorf("%w: %s: %v; rebuild without the cache to rewrite it", ErrCacheCorrupt, c.path, why)
 }
 
 // load reads the index; a missing file is an empty index.

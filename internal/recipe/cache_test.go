@@ -71,7 +71,7 @@ func TestCacheCorrupt(t *testing.T) {
 				t.Fatal(err)
 			}
 			_, _, err := c.Layer(digest.FromString("k"), allBlobs{})
-			if !errors.Is(err, ErrCacheCorrupt) || !containsAll(err.Error(), c.Path(), "--no-cache") {
+			if !errors.Is(err, ErrCacheCorrupt) || !containsAll(err.Error(), c.Path(), "without the cache") {
 				t.Fatalf("lookup: %v", err)
 			}
 			if err := c.PutLayer(digest.FromString("k"), desc("x")); !errors.Is(err, ErrCacheCorrupt) {

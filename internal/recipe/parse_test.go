@@ -131,7 +131,7 @@ func TestParseErrors(t *testing.T) {
 		line       int
 		contains   []string
 	}{
-		{"undefined", "a:\n  from: {type: scratch}\n  run: ${{NOPE}}\n", ErrUndefined, 3, []string{"NOPE (line 3)", "--substitute"}},
+		{"undefined", "a:\n  from: {type: scratch}\n  run: ${{NOPE}}\n", ErrUndefined, 3, []string{"NOPE (line 3)", "substitute a value"}},
 		{"unknown key", "a:\n  from: {type: scratch}\n  rnu: x\n", ErrUnknownKey, 3, []string{`image "a"`, `unknown key "rnu"`, "vessel.yaml:3"}},
 		{"unknown from key", "a:\n  from: {type: scratch, urll: x}\n", ErrUnknownKey, 2, []string{`"urll"`}},
 		{"unknown import key", "a:\n  from: {type: scratch}\n  imports:\n    - {path: x, dst: /y}\n", ErrUnknownKey, 4, []string{`"dst"`}},

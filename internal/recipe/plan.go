@@ -51,7 +51,7 @@ func (f *File) Plan(names ...string) (*Plan, error) {
 	}
 	for _, n := range names {
 		if f.Image(n) == nil {
-			return nil, fmt.Errorf("--only %s: no such image in %s (images: %s)", n, f.Path, strings.Join(imageNames(f), ", "))
+			return nil, fmt.Errorf("image %s: no such image in %s (images: %s)", n, f.Path, strings.Join(imageNames(f), ", "))
 		}
 		add(n)
 	}

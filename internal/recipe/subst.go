@@ -13,7 +13,7 @@ func ParseSubstitutions(kvs []string) (map[string]string, error) {
 	for _, kv := range kvs {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || !varName.MatchString(k) {
-			return nil, fmt.Errorf("--substitute %q: want KEY=VALUE with KEY made of letters, digits and _", kv)
+			return nil, fmt.Errorf("substitution %q: want KEY=VALUE with KEY made of letters, digits and _", kv)
 		}
 		m[k] = v
 	}
@@ -68,7 +68,7 @@ func substitute(file string, text string, vars map[string]string) (string, []int
 	}
 	if len(missing) > 0 {
 		return "", nil, &Error{File: file, Line: firstLine, Kind: ErrUndefined,
-			Msg: fmt.Sprintf("no value for %s: pass --substitute NAME=VALUE or write ${{NAME:default}}", strings.Join(missing, ", "))}
+			Msg: fmt.Sprintf("no value for %s: substitute a value or write ${{NAME:default}}", strings.Join(missing, ", "))}
 	}
 	return out.String(), lineOf, nil
 }

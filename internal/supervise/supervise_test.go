@@ -131,30 +131,16 @@ func newWorld(t *testing.T) *world {
 // assertClean checks that nothing of w is left mounted or running.
 func assertClean(t *testing.T, w *world) {
 	t.Helper()
-	mi, _ := os.ReadFile("/proc/self/mountinfo")
-	if strings.Contains(string(mi), w.run) {
-		t.Errorf("mounts left under %s:\n%s", w.run, grep(string(mi), w.run))
+	for _, l := range container.Leftovers(w.run) {
+		t.Errorf("left behind: %s", l)
 	}
 	states, _ := w.l.Runtime.List(context.Background())
 	if len(states) != 0 {
 		t.Errorf("containers left: %+v", states)
 	}
-	if ents, _ := os.ReadDir(filepath.Join(w.run, "containers")); len(ents) != 0 {
-		t.Errorf("%d bundle directories left", len(ents))
-	}
 	for _, l := range mount.WaitLoopsGone(w.root, 2*time.Second) {
 		t.Errorf("loop device left behind: %s", l)
 	}
-}
-
-func grep(s, sub string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
 }
 
 // verified signs a manifest for services and verifies it.

@@ -29,6 +29,10 @@ var (
 	ErrImageMismatch = errors.New("image mismatch")
 	// ErrExists: a key file exists and overwriting was not requested.
 	ErrExists = errors.New("already exists")
+	// ErrNoCA: Verify was given no CA certificate to trust.
+	ErrNoCA = errors.New("no CA certificate given")
+	// ErrNoManifestCA: a keys directory has no (readable) manifest CA.
+	ErrNoManifestCA = errors.New("no manifest-signing CA")
 )
 
 // VerifyError names the verification check that failed first.

@@ -77,7 +77,7 @@ type InitResult struct {
 // (ErrExists) unless opts.Force.
 func Init(dir string, opts InitOptions) (*InitResult, error) {
 	if strings.TrimSpace(opts.Org) == "" {
-		return nil, errors.New("keys init: an organisation name is required (--org)")
+		return nil, errors.New("keys init: an organisation name is required")
 	}
 	if opts.ValidFor == 0 {
 		opts.ValidFor = DefaultCAValidity
@@ -85,7 +85,7 @@ func Init(dir string, opts InitOptions) (*InitResult, error) {
 	if !opts.Force {
 		for _, f := range []string{ManifestCACert, ManifestCAKey, IdentityCACert, IdentityCAKey} {
 			if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
-				return nil, fmt.Errorf("keys init: %s: %w (use --force to replace the CAs, which invalidates every certificate they signed)", filepath.Join(dir, f), ErrExists)
+				return nil, fmt.Errorf("keys init: %s: %w", filepath.Join(dir, f), ErrExists)
 			}
 		}
 	}
@@ -190,19 +190,19 @@ func Product(dir string, opts ProductOptions) (*ProductResult, error) {
 	}
 	id, err := ParseUUID(id)
 	if err != nil {
-		return nil, fmt.Errorf("keys product: --product-id: %w", err)
+		return nil, fmt.Errorf("keys product: product id: %w", err)
 	}
 	if opts.ValidFor == 0 {
 		opts.ValidFor = DefaultProductValidity
 	}
 	ca, caKey, err := LoadCA(filepath.Join(dir, ManifestCACert), filepath.Join(dir, ManifestCAKey))
 	if err != nil {
-		return nil, fmt.Errorf("keys product: %w (run 'vessel keys init %s --org NAME' first)", err, dir)
+		return nil, fmt.Errorf("keys product: %w in %s: %w", ErrNoManifestCA, dir, err)
 	}
 	pdir := filepath.Join(dir, ProductsDir, opts.Name)
 	keyPath := filepath.Join(pdir, ProductKey)
 	if _, err := os.Stat(keyPath); err == nil && !opts.Force {
-		return nil, fmt.Errorf("keys product: %s: %w (use --force to replace it)", keyPath, ErrExists)
+		return nil, fmt.Errorf("keys product: %s: %w", keyPath, ErrExists)
 	}
 	if err := os.MkdirAll(pdir, 0o700); err != nil {
 		return nil, fmt.Errorf("keys product: %w", err)

@@ -67,7 +67,7 @@ func Verify(signed []byte, opts Options) (*VerifiedManifest, error) {
 	leafName := leaf.Subject.CommonName
 
 	if len(opts.CAs) == 0 {
-		return nil, verr("ca", ErrUntrusted, errors.New("no CA certificate given (--ca)"))
+		return nil, verr("ca", ErrUntrusted, ErrNoCA)
 	}
 	roots := x509.NewCertPool()
 	for _, ca := range opts.CAs {
