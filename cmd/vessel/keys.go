@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/trust"
 )
 
@@ -116,7 +117,7 @@ urn:vessel:machine:<machine-id> and is valid for TLS client and server auth.`,
 			if csrPath == "" || out == "" {
 				return usageError{"keys machine: --csr and -o are required"}
 			}
-			b, err := os.ReadFile(csrPath)
+			b, err := bounded.ReadFile(csrPath, trust.MaxPEMFileSize)
 			if err != nil {
 				return fmt.Errorf("keys machine: %w", err)
 			}

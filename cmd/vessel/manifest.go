@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
@@ -38,7 +39,7 @@ func manifestBuildCmd(g *globals) *cobra.Command {
   vessel manifest build system.yaml --product-id 0f8fad5b-d9cb-469f-a165-70867728950e -o manifest.json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := os.ReadFile(args[0])
+			b, err := bounded.ReadFile(args[0], manifest.MaxSystemSize)
 			if err != nil {
 				return fmt.Errorf("manifest build: %w", err)
 			}
@@ -105,7 +106,7 @@ func manifestSignCmd(g *globals) *cobra.Command {
 			if keyPath == "" || certPath == "" || out == "" {
 				return usageError{"manifest sign: --key, --cert and -o are required"}
 			}
-			payload, err := os.ReadFile(args[0])
+			payload, err := bounded.ReadFile(args[0], manifest.MaxSize)
 			if err != nil {
 				return fmt.Errorf("manifest sign: %w", err)
 			}
@@ -119,7 +120,7 @@ func manifestSignCmd(g *globals) *cobra.Command {
 			}
 			certs = certs[:1]
 			if chainPath != "" {
-				b, err := os.ReadFile(chainPath)
+				b, err := bounded.ReadFile(chainPath, trust.MaxPEMFileSize)
 				if err != nil {
 					return fmt.Errorf("manifest sign: %w", err)
 				}
@@ -205,7 +206,7 @@ records it unless --no-record; --min-version N replaces the record).`,
 				}
 				opts.Images = st
 			}
-			signed, err := os.ReadFile(args[0])
+			signed, err := bounded.ReadFile(args[0], trust.MaxSignedSize)
 			if err != nil {
 				return fmt.Errorf("manifest verify: %w", err)
 			}
@@ -301,7 +302,7 @@ without it). It verifies nothing: installers do.` + registryHelp,
 			if err != nil {
 				return usageError{err.Error()}
 			}
-			signed, err := os.ReadFile(args[0])
+			signed, err := bounded.ReadFile(args[0], trust.MaxSignedSize)
 			if err != nil {
 				return fmt.Errorf("manifest push: %w", err)
 			}

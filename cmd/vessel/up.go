@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/supervise"
 	"github.com/vesselos/vessel/internal/trust"
@@ -90,7 +91,7 @@ background and returns once every service has been started.`,
 			if detach && os.Getenv(detachedEnv) == "" {
 				return upDetached(cmd, g)
 			}
-			signed, err := os.ReadFile(signedPath)
+			signed, err := bounded.ReadFile(signedPath, trust.MaxSignedSize)
 			if err != nil {
 				return fmt.Errorf("up: %w", err)
 			}

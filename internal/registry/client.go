@@ -10,11 +10,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vesselos/vessel/internal/bounded"
 )
 
 // Options configure a Client. The zero value talks HTTPS with the system
@@ -154,7 +155,7 @@ func New(opts Options) (*Client, error) {
 			if err != nil || pool == nil {
 				pool = x509.NewCertPool()
 			}
-			b, err := os.ReadFile(opts.CAFile)
+			b, err := bounded.ReadFile(opts.CAFile, 16<<20)
 			if err != nil {
 				return nil, fmt.Errorf("CA file: %w", err)
 			}

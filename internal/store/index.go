@@ -13,6 +13,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/bounded"
 )
 
 func emptyIndex() ocispec.Index {
@@ -22,7 +23,7 @@ func emptyIndex() ocispec.Index {
 // readIndex parses index.json strictly enough to refuse a malformed one with
 // an error that names the file.
 func (s *Store) readIndex() (ocispec.Index, error) {
-	b, err := os.ReadFile(s.indexPath())
+	b, err := bounded.ReadFile(s.indexPath(), maxJSONSize)
 	if errors.Is(err, os.ErrNotExist) {
 		return emptyIndex(), nil
 	}
