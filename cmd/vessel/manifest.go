@@ -248,7 +248,7 @@ the openssl commands that check them independently.`,
 			if dir == "" {
 				return usageError{"manifest extract: -d is required"}
 			}
-			b, err := os.ReadFile(args[0])
+			b, err := bounded.ReadFile(args[0], trust.MaxSignedSize)
 			if err != nil {
 				return fmt.Errorf("manifest extract: %w", err)
 			}

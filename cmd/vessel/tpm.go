@@ -550,7 +550,7 @@ public key of the machine certificate, e.g.
 			case msg != "" && in == "":
 				data = []byte(msg)
 			case in != "" && msg == "":
-				b, err := os.ReadFile(in)
+				b, err := bounded.ReadFile(in, 64<<20)
 				if err != nil {
 					return fmt.Errorf("tpm identity sign: %w", err)
 				}

@@ -52,7 +52,7 @@ type loader struct {
 func readRecipe(path string) ([]byte, error) {
 	b, err := bounded.ReadFile(path, MaxSize)
 	if errors.Is(err, bounded.ErrTooLarge) {
-		return nil, &Error{File: path, Kind: ErrSyntax, Msg: err.Error()}
+		return nil, &Error{File: path, Kind: ErrSyntax, Msg: fmt.Sprintf("larger than %d bytes", MaxSize)}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read recipe: %w", err)

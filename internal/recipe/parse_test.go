@@ -369,7 +369,7 @@ func TestParseSubstitutionBomb(t *testing.T) {
 // A recipe file is size-limited while it is read: /dev/zero is refused.
 func TestLoadFileRefusesEndlessInput(t *testing.T) {
 	_, err := LoadFile("/dev/zero", Options{})
-	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("/dev/zero is larger than %d bytes", MaxSize)) {
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("/dev/zero: larger than %d bytes", MaxSize)) {
 		t.Fatalf("err = %v", err)
 	}
 }
