@@ -329,6 +329,11 @@ func (c *Client) sendOnce(ctx context.Context, r *request, host string, authRetr
 		return nil, retryable(err), err
 	}
 	resp.Body = newStallReader(resp.Body, c.opts.ReadTimeout, cancel)
+	if resp.Request != nil && !sameOrigin(&url.URL{Scheme: c.scheme(), Host: host}, resp.Request.URL) {
+		// answered by the host a redirect led to: its challenge is not
+		// the registry's, and must never get the registry's credentials
+		own = false
+	}
 	for _, s := range r.expect {
 		if resp.StatusCode == s {
 			return resp, false, nil
