@@ -9,7 +9,6 @@ import (
 	"os"
 	"runtime"
 	"strings"
-	"sync"
 
 	"github.com/klauspost/compress/zstd"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -164,12 +163,10 @@ func convertLayer(ctx context.Context, s *store.Store, in *store.Store, l ocispe
 		return ocispec.Descriptor{}, err
 	}
 	defer rc.Close()
-	r, closeDecompressor, err := decompress(l.MediaType, rc)
+	r, closeR, err := decompress(l.MediaType, rc)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	var once sync.Once
-	closeR := func() { once.Do(closeDecompressor) }
 	defer closeR()
 	tmp, err := s.TempDir("convert-*")
 	if err != nil {
@@ -183,7 +180,6 @@ func convertLayer(ctx context.Context, s *store.Store, in *store.Store, l ocispe
 	if err := layer.Unpack(r, root); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	closeR() // stop the decompressor before draining what it reads from
 	// drain, so the verifying reader checks the digest of the whole blob
 	// (tar padding after the end-of-archive marker included)
 	if _, err := io.Copy(io.Discard, rc); err != nil {
@@ -203,9 +199,7 @@ func decompress(mediaType string, r io.Reader) (io.Reader, func(), error) {
 		}
 		return z, func() { z.Close() }, nil
 	case ocispec.MediaTypeImageLayerZstd:
-		// one goroutine: the decoder reads r only while it is read, so the
-		// drain of r after the tar ends does not race with it
-		z, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1))
+		z, err := zstd.NewReader(r)
 		if err != nil {
 			return nil, nil, fmt.Errorf("zstd: %w", err)
 		}

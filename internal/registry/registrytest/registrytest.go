@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -37,7 +36,6 @@ type Distribution struct {
 	Host string // 127.0.0.1:PORT
 	Dir  string // its storage and logs
 	cfg  string
-	mu   sync.Mutex // guards cmd and log
 	cmd  *exec.Cmd
 	log  *os.File
 }
@@ -116,17 +114,15 @@ func (d *Distribution) Start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(Binary, "serve", d.cfg)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
+	d.log = log
+	d.cmd = exec.Command(Binary, "serve", d.cfg)
+	d.cmd.Stdout, d.cmd.Stderr = log, log
+	if err := d.cmd.Start(); err != nil {
 		log.Close()
 		return fmt.Errorf("start %s: %w", Binary, err)
 	}
-	d.mu.Lock() // Kill may run on another goroutine (a test's HTTP handler)
-	d.log, d.cmd = log, cmd
-	d.mu.Unlock()
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() { exited <- d.cmd.Wait() }()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get("http://" + d.Host + "/v2/")
@@ -148,8 +144,6 @@ func (d *Distribution) Start() error {
 
 // Kill stops the registry at once (SIGKILL), as a crash would.
 func (d *Distribution) Kill() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.cmd != nil && d.cmd.Process != nil {
 		d.cmd.Process.Kill()
 		// wait until the port is closed
@@ -169,9 +163,4 @@ func (d *Distribution) Kill() {
 }
 
 // Stop ends the registry.
-func (d *Distribution) Stop() {
-	d.Kill()
-	d.mu.Lock()
-	d.cmd = nil
-	d.mu.Unlock()
-}
+func (d *Distribution) Stop() { d.Kill(); d.cmd = nil }
