@@ -363,8 +363,11 @@ func gcCmd(g *globals) *cobra.Command {
 		Use:   "gc",
 		Short: "Delete blobs that no tag references",
 		Long: `gc deletes every blob that no tagged image, nested index or referrer
-(such as a signature) reaches, and stale temp files from interrupted writes.
-It waits for running writers and never deletes a referenced blob.`,
+(such as a signature) reaches, and stale temp files from interrupted writes:
+partial downloads that no running pull holds (a pull that failed on a full
+disk removes its own) and other temp files older than an hour. It waits for
+running writers, never deletes a referenced blob, and deletes nothing when a
+manifest it must follow cannot be parsed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := g.openStore()
@@ -378,7 +381,11 @@ It waits for running writers and never deletes a referenced blob.`,
 			if g.json {
 				return printJSON(cmd.OutOrStdout(), res)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %d blobs, %s\n", len(res.Removed), humanSize(res.Bytes))
+			temp := ""
+			if len(res.Temp) > 0 {
+				temp = fmt.Sprintf(" and %d stale temp files", len(res.Temp))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %d blobs%s, %s\n", len(res.Removed), temp, humanSize(res.Bytes))
 			return nil
 		},
 	}

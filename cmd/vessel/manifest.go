@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
@@ -37,7 +38,7 @@ func manifestBuildCmd(g *globals) *cobra.Command {
   vessel manifest build system.yaml --product-id 0f8fad5b-d9cb-469f-a165-70867728950e -o manifest.json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			b, err := os.ReadFile(args[0])
+			b, err := bounded.ReadFile(args[0], manifest.MaxSystemSize)
 			if err != nil {
 				return fmt.Errorf("manifest build: %w", err)
 			}
@@ -168,7 +169,7 @@ records it unless --no-record; --min-version N replaces the record).`,
 				}
 				opts.Images = st
 			}
-			signed, err := os.ReadFile(args[0])
+			signed, err := bounded.ReadFile(args[0], trust.MaxSignedSize)
 			if err != nil {
 				return fmt.Errorf("manifest verify: %w", err)
 			}
@@ -210,7 +211,7 @@ the openssl commands that check them independently.`,
 			if dir == "" {
 				return usageError{"manifest extract: -d is required"}
 			}
-			b, err := os.ReadFile(args[0])
+			b, err := bounded.ReadFile(args[0], trust.MaxSignedSize)
 			if err != nil {
 				return fmt.Errorf("manifest extract: %w", err)
 			}
@@ -264,7 +265,7 @@ without it). It verifies nothing: installers do.` + registryHelp,
 			if err != nil {
 				return err
 			}
-			signed, err := os.ReadFile(args[0])
+			signed, err := bounded.ReadFile(args[0], trust.MaxSignedSize)
 			if err != nil {
 				return fmt.Errorf("manifest push: %w", err)
 			}

@@ -17,7 +17,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/tpm"
+	"github.com/vesselos/vessel/internal/trust"
 )
 
 func init() { addCommand(tpmCmd) }
@@ -188,7 +190,7 @@ down. It unseals every secret when no signed policy matches the machine.`,
 			if keyPath == "" {
 				return usageError{"tpm provision: --policy-key PUB.pem is required"}
 			}
-			b, err := os.ReadFile(keyPath)
+			b, err := bounded.ReadFile(keyPath, trust.MaxPEMFileSize)
 			if err != nil {
 				return fmt.Errorf("tpm provision: %w", err)
 			}
@@ -255,7 +257,7 @@ replays it), so fleets sign policies without touching machines.`,
 			if keyPath == "" || out == "" || (pcr7Hex == "") == !fromCurrent {
 				return usageError{"tpm policy sign: need --key, -o and one of --pcr7 HEX or --from-current"}
 			}
-			b, err := os.ReadFile(keyPath)
+			b, err := bounded.ReadFile(keyPath, trust.MaxPEMFileSize)
 			if err != nil {
 				return fmt.Errorf("tpm policy sign: %w", err)
 			}
@@ -548,7 +550,7 @@ public key of the machine certificate, e.g.
 			case msg != "" && in == "":
 				data = []byte(msg)
 			case in != "" && msg == "":
-				b, err := os.ReadFile(in)
+				b, err := bounded.ReadFile(in, 64<<20)
 				if err != nil {
 					return fmt.Errorf("tpm identity sign: %w", err)
 				}

@@ -2,11 +2,11 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/trust"
 )
 
@@ -36,7 +36,7 @@ func (t *trustFlags) options(verb string) (trust.Options, error) {
 	}
 	opts.CAs = cas
 	if t.crl != "" {
-		b, err := os.ReadFile(t.crl)
+		b, err := bounded.ReadFile(t.crl, trust.MaxCRLSize)
 		if err != nil {
 			return opts, fmt.Errorf("%s: %w", verb, err)
 		}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/bounded"
 )
 
 // CacheFile is the name of the build cache index in the store root.
@@ -64,10 +65,13 @@ func (c *Cache) corrupt(why error) error {
 	return fmt.Errorf("%w: %s: %v; rebuild without the cache to rewrite it", ErrCacheCorrupt, c.path, why)
 }
 
+// maxCacheIndex bounds the cache index read into memory.
+const maxCacheIndex = 64 << 20
+
 // load reads the index; a missing file is an empty index.
 func (c *Cache) load() (*cacheIndex, error) {
 	idx := &cacheIndex{Version: cacheVersion, Layers: map[digest.Digest]ocispec.Descriptor{}, Images: map[digest.Digest]ocispec.Descriptor{}}
-	b, err := os.ReadFile(c.path)
+	b, err := bounded.ReadFile(c.path, maxCacheIndex)
 	if errors.Is(err, fs.ErrNotExist) {
 		return idx, nil
 	}

@@ -3,10 +3,11 @@ package recipe
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/vesselos/vessel/internal/bounded"
 )
 
 // LoadFile reads the recipe at path together with its prerequisites:
@@ -49,14 +50,12 @@ type loader struct {
 }
 
 func readRecipe(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	b, err := bounded.ReadFile(path, MaxSize)
+	if errors.Is(err, bounded.ErrTooLarge) {
+		return nil, &Error{File: path, Kind: ErrSyntax, Msg: fmt.Sprintf("larger than %d bytes", MaxSize)}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read recipe: %w", err)
-	}
-	defer f.Close() // read-only: a close error changes nothing
-	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("read recipe %s: %w", path, err)
 	}
 	return b, nil
 }

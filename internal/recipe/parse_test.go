@@ -2,6 +2,7 @@ package recipe
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"path/filepath"
 	"reflect"
@@ -364,5 +365,32 @@ func TestParseLayoutSplit(t *testing.T) {
 	dir, tag := f.Image("Builder").From.Layout()
 	if filepath.Base(dir) != "lay" || tag != "b/v1:x" {
 		t.Errorf("split %q %q, want dir lay and tag b/v1:x", dir, tag)
+	}
+}
+
+// Substitution cannot grow a recipe past MaxSize: the limit holds while
+// values are substituted (a 4 KiB recipe with a 1 MiB value used 10,000
+// times is refused without building the 10 GiB text).
+func TestParseSubstitutionBomb(t *testing.T) {
+	text := "a:\n  from: {type: scratch}\n  run: echo " + strings.Repeat("${{X}}", 10000) + "\n"
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := parse(t, text, map[string]string{"X": strings.Repeat("x", 1<<20)})
+	runtime.ReadMemStats(&after)
+	var e *Error
+	if !errors.As(err, &e) || !strings.Contains(err.Error(), fmt.Sprintf("after substitution the recipe is larger than %d bytes", MaxSize)) || e.Line != 3 {
+		t.Fatalf("err = %v, want a size error at line 3", err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 256<<20 {
+		t.Errorf("%d bytes allocated to refuse it", got)
+	}
+}
+
+// A recipe file is size-limited while it is read: /dev/zero is refused.
+func TestLoadFileRefusesEndlessInput(t *testing.T) {
+	_, err := LoadFile("/dev/zero", Options{})
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("/dev/zero: larger than %d bytes", MaxSize)) {
+		t.Fatalf("err = %v", err)
 	}
 }

@@ -37,7 +37,14 @@ func substitute(file string, text string, vars map[string]string) (string, []int
 	for i, line := range strings.SplitAfter(text, "\n") {
 		n := i + 1
 		var bad error
+		size := out.Len() + len(line) // what the text grows to, bounded while substituting
+		tooLarge := func() string {
+			return fmt.Sprintf("after substitution the recipe is larger than %d bytes", MaxSize)
+		}
 		line = placeholder.ReplaceAllStringFunc(line, func(m string) string {
+			if bad != nil {
+				return m
+			}
 			sub := placeholder.FindStringSubmatch(m)
 			name, def := sub[1], sub[2]
 			if !varName.MatchString(name) {
@@ -46,11 +53,16 @@ func substitute(file string, text string, vars map[string]string) (string, []int
 				}
 				return m
 			}
-			if v, ok := vars[name]; ok {
-				return v
+			v, ok := vars[name]
+			if !ok && def != "" {
+				v, ok = def[1:], true
 			}
-			if def != "" {
-				return def[1:]
+			if ok {
+				if size += len(v) - len(m); size > MaxSize {
+					bad = &Error{File: file, Line: n, Kind: ErrSyntax, Msg: tooLarge()}
+					return m
+				}
+				return v
 			}
 			if firstLine == 0 {
 				firstLine = n
@@ -62,6 +74,9 @@ func substitute(file string, text string, vars map[string]string) (string, []int
 			return "", nil, bad
 		}
 		out.WriteString(line)
+		if out.Len() > MaxSize {
+			return "", nil, &Error{File: file, Line: n, Kind: ErrSyntax, Msg: tooLarge()}
+		}
 		for range strings.Count(strings.TrimSuffix(line, "\n"), "\n") + 1 {
 			lineOf = append(lineOf, n)
 		}

@@ -13,6 +13,7 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
@@ -174,7 +175,7 @@ func (c *Client) fetchBytes(ctx context.Context, ref Reference, d ocispec.Descri
 		return nil, err
 	}
 	defer body.Close()
-	b, err := io.ReadAll(io.LimitReader(body, max+1))
+	b, err := bounded.ReadAll(body, max, "blob "+d.Digest.String())
 	if err != nil {
 		return nil, fmt.Errorf("pull blob %s: %w", d.Digest, err)
 	}

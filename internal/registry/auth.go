@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vesselos/vessel/internal/bounded"
 )
 
 // Credentials for one registry.
@@ -108,7 +110,7 @@ func helperCredentials(name, host string) (Credentials, error) {
 // Missing files are skipped; a malformed one is an error.
 func LookupCredentials(files []string, host, repo string) (Credentials, error) {
 	for _, f := range files {
-		b, err := os.ReadFile(f)
+		b, err := bounded.ReadFile(f, 4<<20)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}

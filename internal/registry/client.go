@@ -10,11 +10,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vesselos/vessel/internal/bounded"
 )
 
 // Options configure a Client. The zero value talks HTTPS with the system
@@ -154,7 +155,7 @@ func New(opts Options) (*Client, error) {
 			if err != nil || pool == nil {
 				pool = x509.NewCertPool()
 			}
-			b, err := os.ReadFile(opts.CAFile)
+			b, err := bounded.ReadFile(opts.CAFile, 16<<20)
 			if err != nil {
 				return nil, fmt.Errorf("CA file: %w", err)
 			}
@@ -260,7 +261,7 @@ func (c *Client) send(ctx context.Context, r *request) (*http.Response, error) {
 	rt := c.retrier()
 	authRetried := false
 	for {
-		resp, lastErr, retry := c.sendOnce(ctx, r, host, &authRetried)
+		resp, retry, lastErr := c.sendOnce(ctx, r, host, &authRetried)
 		if lastErr == nil && !retry {
 			return resp, nil
 		}
@@ -281,18 +282,18 @@ func (c *Client) send(ctx context.Context, r *request) (*http.Response, error) {
 	}
 }
 
-// sendOnce makes one attempt of r. It returns the response, or an error
-// and whether another attempt may succeed (retry with a nil error: the
+// sendOnce makes one attempt of r. It returns the response, or whether
+// another attempt may succeed and the error (retry with a nil error: the
 // attempt answered an authentication challenge).
-func (c *Client) sendOnce(ctx context.Context, r *request, host string, authRetried *bool) (*http.Response, error, bool) {
+func (c *Client) sendOnce(ctx context.Context, r *request, host string, authRetried *bool) (*http.Response, bool, error) {
 	u, err := c.url(r)
 	if err != nil {
-		return nil, err, false
+		return nil, false, err
 	}
 	var body io.ReadCloser
 	if r.body != nil {
 		if body, err = r.body(); err != nil {
-			return nil, fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err), false
+			return nil, false, fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err)
 		}
 	}
 	actx, cancel := context.WithCancelCause(ctx)
@@ -302,7 +303,7 @@ func (c *Client) sendOnce(ctx context.Context, r *request, host string, authRetr
 		if body != nil {
 			body.Close()
 		}
-		return nil, err, false
+		return nil, false, err
 	}
 	if body != nil {
 		req.ContentLength = r.size
@@ -322,15 +323,20 @@ func (c *Client) sendOnce(ctx context.Context, r *request, host string, authRetr
 	if err != nil {
 		cancel(nil)
 		if ctx.Err() != nil {
-			return nil, ctx.Err(), false
+			return nil, false, ctx.Err()
 		}
 		err = fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err)
-		return nil, err, retryable(err)
+		return nil, retryable(err), err
 	}
 	resp.Body = newStallReader(resp.Body, c.opts.ReadTimeout, cancel)
+	if resp.Request != nil && !sameOrigin(&url.URL{Scheme: c.scheme(), Host: host}, resp.Request.URL) {
+		// answered by the host a redirect led to: its challenge is not
+		// the registry's, and must never get the registry's credentials
+		own = false
+	}
 	for _, s := range r.expect {
 		if resp.StatusCode == s {
-			return resp, nil, false
+			return resp, false, nil
 		}
 	}
 	switch {
@@ -339,16 +345,16 @@ func (c *Client) sendOnce(ctx context.Context, r *request, host string, authRetr
 		ok, err := c.answerChallenge(ctx, resp, host, r.ref.Repo, r.scopes, sentAuth)
 		if err != nil {
 			drain(resp)
-			return nil, fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err), false
+			return nil, false, fmt.Errorf("%s %s: %w", r.op, r.ref.Name(), err)
 		}
 		if ok {
 			drain(resp)
-			return nil, nil, true
+			return nil, true, nil
 		}
 	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests:
-		return nil, responseError(r.op, r.ref.Name(), resp, sentAuth, host), true
+		return nil, true, responseError(r.op, r.ref.Name(), resp, sentAuth, host)
 	}
-	return nil, responseError(r.op, r.ref.Name(), resp, sentAuth, host), false
+	return nil, false, responseError(r.op, r.ref.Name(), resp, sentAuth, host)
 }
 
 // ErrStalled is returned (wrapped) when a registry sends nothing for

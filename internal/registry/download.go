@@ -23,7 +23,14 @@ var errPartialGone = errors.New("partial blob was committed by another process")
 // digest are right. A blob that does not match is deleted, never committed.
 // The partial file is locked (flock) from open to commit, so two processes
 // pulling the same blob take turns instead of mixing bytes.
-func (c *Client) download(ctx context.Context, ref Reference, desc ocispec.Descriptor, partial string, progress func(done, resumedAt int64), commit func(path string) error) error {
+//
+// A failed download keeps the partial file only when it holds bytes to
+// continue from and the failure was the registry's; after a local failure
+// (a full disk) or with nothing received it is removed.
+func (c *Client) download(ctx context.Context, ref Reference, desc ocispec.Descriptor, partial string, progress func(done, resumedAt int64), commit func(path string) error) (err error) {
+	if desc.Size > c.opts.MaxBlobSize || desc.Size < 0 {
+		return tooLarge("pull blob "+desc.Digest.String()+" from", ref, desc, c.opts.MaxBlobSize)
+	}
 	f, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return fmt.Errorf("pull blob %s: %w", desc.Digest, err)
@@ -32,9 +39,6 @@ func (c *Client) download(ctx context.Context, ref Reference, desc ocispec.Descr
 	if err := flock(f); err != nil {
 		return fmt.Errorf("pull blob %s: lock %s: %w", desc.Digest, partial, err)
 	}
-	if desc.Size > c.opts.MaxBlobSize || desc.Size < 0 {
-		return tooLarge("pull blob "+desc.Digest.String()+" from", ref, desc, c.opts.MaxBlobSize)
-	}
 	var fst, pst unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &fst); err != nil {
 		return err
@@ -42,7 +46,13 @@ func (c *Client) download(ctx context.Context, ref Reference, desc ocispec.Descr
 	if err := unix.Stat(partial, &pst); err != nil || pst.Ino != fst.Ino || pst.Dev != fst.Dev {
 		return errPartialGone
 	}
-	size := fst.Size
+	var size int64
+	defer func() {
+		if err != nil && size == 0 {
+			os.Remove(partial) // nothing to continue from
+		}
+	}()
+	size = fst.Size
 	if size > desc.Size {
 		size = 0
 	}
@@ -65,7 +75,7 @@ func (c *Client) download(ctx context.Context, ref Reference, desc ocispec.Descr
 				return err
 			}
 			if !ok {
-				return fmt.Errorf("pull blob %s from %s: gave up after %d attempts: %w (the %d bytes received so far are kept; run the pull again to continue)", desc.Digest, ref.Name(), attempt, lastErr, size)
+				return keptErr(fmt.Errorf("gave up after %d attempts: %w", attempt, lastErr), size)
 			}
 			c.emit(Event{Kind: EventRetry, Digest: desc.Digest, Offset: size, Error: lastErr.Error()})
 		}
@@ -102,7 +112,7 @@ func (c *Client) download(ctx context.Context, ref Reference, desc ocispec.Descr
 				return fmt.Errorf("pull blob %s: %w (the partial download was removed)", desc.Digest, le.err)
 			}
 			if !transient(err) {
-				return fmt.Errorf("pull blob %s: %w (the %d bytes received so far are kept; run the pull again to continue)", desc.Digest, err, size)
+				return keptErr(err, size)
 			}
 			lastErr = err
 			continue
@@ -128,6 +138,15 @@ func (c *Client) download(ctx context.Context, ref Reference, desc ocispec.Descr
 		return err
 	}
 	return nil
+}
+
+// keptErr says, when a download failed with size bytes in its partial
+// file, that they are kept for the next pull.
+func keptErr(err error, size int64) error {
+	if size == 0 {
+		return err
+	}
+	return fmt.Errorf("%w (the %d bytes received so far are kept; run the pull again to continue)", err, size)
 }
 
 // localError is a failure of the local file, not of the registry.

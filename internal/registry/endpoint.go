@@ -297,7 +297,7 @@ func (s *storeDest) has(ctx context.Context, d ocispec.Descriptor) (bool, error)
 // partialPath is where a download of d waits until it is complete:
 // <root>/tmp/partial-sha256-<hex>, the same file system as the blobs.
 func partialPath(dir string, d ocispec.Descriptor) string {
-	return filepath.Join(dir, "partial-"+d.Digest.Algorithm().String()+"-"+d.Digest.Encoded())
+	return filepath.Join(dir, store.PartialPrefix+d.Digest.Algorithm().String()+"-"+d.Digest.Encoded())
 }
 
 func (s *storeDest) putBlob(ctx context.Context, d ocispec.Descriptor, src source, progress func(int64, int64)) (bool, error) {

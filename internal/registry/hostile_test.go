@@ -342,3 +342,43 @@ func TestHostileHugeDescriptor(t *testing.T) {
 		t.Fatalf("%d blob requests for refused descriptors", blobGets.Load())
 	}
 }
+
+// A host that a redirect leads to cannot obtain the registry's credentials
+// by answering 401 with its own challenge (a token realm of its own).
+func TestRedirectTargetChallengeGetsNoCredentials(t *testing.T) {
+	var mu sync.Mutex
+	var leaked []string
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a := r.Header.Get("Authorization"); a != "" {
+			mu.Lock()
+			leaked = append(leaked, r.URL.Path+": "+a)
+			mu.Unlock()
+		}
+		if r.URL.Path == "/token" {
+			w.Write([]byte(`{"token":"t"}`))
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="http://`+r.Host+`/token",service="evil"`)
+		w.WriteHeader(http.StatusUnauthorized)
+	}))
+	t.Cleanup(other.Close)
+	srv := hostileAuthRegistry(t, "basic", other.URL)
+	c := newClient(t, Options{Credentials: &Credentials{Username: "user", Password: "password"}, Retries: NoRetries})
+	ref := mustRef(t, strings.TrimPrefix(srv.URL, "http://")+"/acme/app:1")
+	content := []byte("x")
+	desc := ocispec.Descriptor{MediaType: testLayerType, Digest: digest.FromBytes(content), Size: 1}
+	// the client learns the registry's challenge first (as a pull does with
+	// its manifest), so the blob request goes out with credentials at once
+	if _, err := c.blobExists(shortCtx(t), ref, desc.Digest, []string{pullScope(ref.Repo)}); err != nil {
+		t.Fatal(err)
+	}
+	err := pullBlob(c, shortCtx(t), ref, desc, filepath.Join(t.TempDir(), "partial"))
+	if !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("err = %v, want the other host's 401", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(leaked) > 0 {
+		t.Fatalf("credentials sent to the redirect target: %v", leaked)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
@@ -57,7 +58,7 @@ func CurrentPath(root string) string { return filepath.Join(root, "system", "cur
 // ReadCurrent reads the installed system's record (store.ErrNotFound if
 // nothing was installed).
 func ReadCurrent(root string) (*Current, error) {
-	b, err := os.ReadFile(CurrentPath(root))
+	b, err := bounded.ReadFile(CurrentPath(root), maxManifestSize)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("no system installed in %s: %w", root, store.ErrNotFound)
 	}

@@ -16,6 +16,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/store"
 )
 
@@ -99,7 +100,7 @@ func (l *layoutWriter) commit(f *os.File, dst string) error {
 }
 
 func (l *layoutWriter) readIndex() (ocispec.Index, error) {
-	b, err := os.ReadFile(filepath.Join(l.dir, ocispec.ImageIndexFile))
+	b, err := bounded.ReadFile(filepath.Join(l.dir, ocispec.ImageIndexFile), store.MaxJSONSize)
 	if err != nil {
 		return ocispec.Index{}, err
 	}

@@ -15,6 +15,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/bounded"
 )
 
 var timeAfter = time.After
@@ -45,12 +47,9 @@ func (c *Client) getManifest(ctx context.Context, ref Reference) (ocispec.Descri
 		return ocispec.Descriptor{}, nil, err
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxManifestSize+1))
+	b, err := bounded.ReadAll(resp.Body, maxManifestSize, "manifest "+ref.String())
 	if err != nil {
 		return ocispec.Descriptor{}, nil, fmt.Errorf("pull manifest %s: %w", ref, err)
-	}
-	if len(b) > maxManifestSize {
-		return ocispec.Descriptor{}, nil, fmt.Errorf("pull manifest %s: more than %d bytes", ref, maxManifestSize)
 	}
 	got := digest.FromBytes(b)
 	if ref.Digest != "" && ref.Digest != got {
@@ -119,7 +118,11 @@ func (c *Client) Referrers(ctx context.Context, ref Reference, subject digest.Di
 	var idx ocispec.Index
 	if resp.StatusCode == http.StatusOK && isIndexType(resp.Header.Get("Content-Type")) {
 		defer resp.Body.Close()
-		if err := json.NewDecoder(io.LimitReader(resp.Body, maxManifestSize)).Decode(&idx); err != nil {
+		b, err := bounded.ReadAll(resp.Body, maxManifestSize, "referrers index of "+subject.String())
+		if err != nil {
+			return nil, fmt.Errorf("referrers of %s in %s: %w", subject, ref.Name(), err)
+		}
+		if err := json.Unmarshal(b, &idx); err != nil {
 			return nil, fmt.Errorf("referrers of %s in %s: %w", subject, ref.Name(), err)
 		}
 	} else {

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/bounded"
 	"golang.org/x/sys/unix"
 )
 
@@ -278,14 +278,11 @@ func (s *Store) ReadBlob(desc ocispec.Descriptor) ([]byte, error) {
 		return nil, err
 	}
 	defer rc.Close()
-	var buf bytes.Buffer
-	if _, err := io.Copy(&buf, io.LimitReader(rc, maxJSONSize+1)); err != nil {
-		return nil, err
+	b, err := bounded.ReadAll(rc, maxJSONSize, "metadata blob")
+	if errors.Is(err, bounded.ErrTooLarge) {
+		return nil, &BlobError{Digest: desc.Digest, Problem: err.Error(), Err: ErrCorrupt}
 	}
-	if buf.Len() > maxJSONSize {
-		return nil, &BlobError{Digest: desc.Digest, Problem: "too large for a metadata blob", Err: ErrCorrupt}
-	}
-	return buf.Bytes(), nil
+	return b, err
 }
 
 // VerifyBlob reads the whole blob and checks its size and digest.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -16,7 +17,12 @@ import (
 // GCResult reports what a collection removed.
 type GCResult struct {
 	Removed []digest.Digest `json:"removed"`
-	Bytes   int64           `json:"bytes"`
+	// Bytes counts removed blobs and temp files.
+	Bytes int64 `json:"bytes"`
+	// Temp names the stale temp files and partial downloads removed from
+	// <root>/tmp; TempBytes is their size.
+	Temp      []string `json:"temp,omitempty"`
+	TempBytes int64    `json:"temp_bytes,omitempty"`
 }
 
 // GC deletes every blob that no index entry reaches (through manifests,
@@ -92,7 +98,8 @@ func (s *Store) GC() (GCResult, error) {
 	if err != nil {
 		return res, err
 	}
-	s.cleanTemp(time.Hour)
+	res.Temp, res.TempBytes = s.cleanTemp(time.Hour)
+	res.Bytes += res.TempBytes
 	return res, nil
 }
 
@@ -217,15 +224,58 @@ func (s *Store) keepReferrers(keep map[digest.Digest]bool, walk func(ocispec.Des
 	return nil
 }
 
-// cleanTemp removes temp files older than age left by killed writers.
-func (s *Store) cleanTemp(age time.Duration) {
+// cleanTemp removes what killed or failed writers left in <root>/tmp: a
+// partial download (partial-*) as soon as no process holds its lock (a
+// running pull holds it from open to commit), anything else once it is
+// older than age. It runs under the exclusive gc lock, so no writer that
+// announced itself (Writer) is running. It returns the names removed and
+// their size.
+func (s *Store) cleanTemp(age time.Duration) ([]string, int64) {
 	ents, err := os.ReadDir(s.tmpDir())
 	if err != nil {
-		return
+		return nil, 0
 	}
+	var names []string
+	var bytes int64
 	for _, e := range ents {
-		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > age {
-			os.RemoveAll(filepath.Join(s.tmpDir(), e.Name()))
+		p := filepath.Join(s.tmpDir(), e.Name())
+		info, err := e.Info()
+		if err != nil {
+			continue
+		}
+		stale := time.Since(info.ModTime()) > age
+		if strings.HasPrefix(e.Name(), PartialPrefix) && info.Mode().IsRegular() {
+			stale = stale || !locked(p)
+		}
+		if !stale {
+			continue
+		}
+		size := info.Size()
+		if info.IsDir() {
+			size = 0
+		}
+		if err := os.RemoveAll(p); err == nil {
+			names = append(names, e.Name())
+			bytes += size
 		}
 	}
+	return names, bytes
+}
+
+// PartialPrefix starts the names of partial downloads in <root>/tmp; the
+// downloader holds an exclusive flock on the file while it works on it.
+const PartialPrefix = "partial-"
+
+// locked reports whether some process holds a flock on the file at p.
+func locked(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return true // cannot tell: keep it
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return true
+	}
+	unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return false
 }

@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
@@ -117,5 +118,21 @@ func TestGCRefusesUnparsableManifests(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// index.json and oci-layout are size-limited while read: a sparse 1 TiB
+// index.json is refused at once, naming the file.
+func TestHugeIndexIsRefused(t *testing.T) {
+	s := open(t)
+	if err := os.Truncate(s.indexPath(), 1<<40); err != nil {
+		t.Skipf("no sparse 1 TiB file here: %v", err)
+	}
+	_, err := s.List()
+	if err == nil || !strings.Contains(err.Error(), "index.json is larger than") {
+		t.Fatalf("List with a 1 TiB index.json: %v", err)
+	}
+	if _, err := OpenLayout(s.LayoutDir()); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("OpenLayout with a 1 TiB index.json: %v", err)
 	}
 }

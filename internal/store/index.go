@@ -14,6 +14,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/atomicfile"
 	"github.com/vesselos/vessel/internal/reference"
+	"github.com/vesselos/vessel/internal/bounded"
 )
 
 func emptyIndex() ocispec.Index {
@@ -23,7 +24,7 @@ func emptyIndex() ocispec.Index {
 // readIndex parses index.json strictly enough to refuse a malformed one with
 // an error that names the file.
 func (s *Store) readIndex() (ocispec.Index, error) {
-	b, err := os.ReadFile(s.indexPath())
+	b, err := bounded.ReadFile(s.indexPath(), maxJSONSize)
 	if errors.Is(err, os.ErrNotExist) {
 		return emptyIndex(), nil
 	}

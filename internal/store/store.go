@@ -25,6 +25,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/atomicfile"
 	"github.com/vesselos/vessel/internal/reference"
+	"github.com/vesselos/vessel/internal/bounded"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,8 +40,10 @@ var (
 // RefNameAnnotation is the OCI annotation that names a tag in index.json.
 const RefNameAnnotation = ocispec.AnnotationRefName
 
-// maxJSONSize bounds manifests, configs and index.json read into memory.
-const maxJSONSize = 8 << 20
+// MaxJSONSize bounds manifests, configs and index.json read into memory.
+const MaxJSONSize = 8 << 20
+
+const maxJSONSize = MaxJSONSize
 
 // Store is an open image store. It is safe for concurrent use by several
 // goroutines and several processes.
@@ -95,7 +98,7 @@ func (s *Store) LayoutDir() string { return s.layout() }
 // one written by skopeo, to read images from it with the same checks.
 func OpenLayout(dir string) (*Store, error) {
 	s := &Store{dir: dir, readOnly: true}
-	b, err := os.ReadFile(filepath.Join(dir, ocispec.ImageLayoutFile))
+	b, err := bounded.ReadFile(filepath.Join(dir, ocispec.ImageLayoutFile), MaxJSONSize)
 	if err != nil {
 		return nil, fmt.Errorf("OCI layout %s: %w", dir, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
@@ -31,7 +32,7 @@ func VerifyForUp(root string, s *store.Store, signedPath string, opts trust.Opti
 		}
 		signedPath = filepath.Join(root, cur.Signed)
 	}
-	signed, err := os.ReadFile(signedPath)
+	signed, err := bounded.ReadFile(signedPath, trust.MaxSignedSize)
 	if err != nil {
 		return nil, err
 	}

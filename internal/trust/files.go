@@ -8,6 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/vesselos/vessel/internal/bounded"
+	"github.com/vesselos/vessel/internal/manifest"
 )
 
 // SignFiles says which files SignFile reads and writes.
@@ -29,7 +32,7 @@ func SignFile(f SignFiles) (*x509.Certificate, error) {
 	if f.Manifest == "" || f.Key == "" || f.Cert == "" || f.Output == "" {
 		return nil, errors.New("sign: the manifest, key, certificate and output files are required")
 	}
-	payload, err := os.ReadFile(f.Manifest)
+	payload, err := bounded.ReadFile(f.Manifest, manifest.MaxSize)
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
@@ -85,7 +88,7 @@ func IssueMachineFile(r MachineRequest) (*x509.Certificate, error) {
 	if r.CSR == "" || r.Output == "" {
 		return nil, errors.New("issue machine certificate: the request and output files are required")
 	}
-	b, err := os.ReadFile(r.CSR)
+	b, err := bounded.ReadFile(r.CSR, MaxPEMFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("issue machine certificate: %w", err)
 	}

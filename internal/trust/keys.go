@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/bounded"
 )
 
 // File names inside a key directory. Other packages depend on them.
@@ -282,7 +283,7 @@ func LoadCA(certPath, keyPath string) (*x509.Certificate, crypto.Signer, error) 
 // LoadCerts reads every PEM CERTIFICATE block of a file (or a single DER
 // certificate). It fails if there is none.
 func LoadCerts(path string) ([]*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
+	b, err := bounded.ReadFile(path, MaxPEMFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("read certificates: %w", err)
 	}
@@ -331,7 +332,7 @@ func ParseCerts(b []byte) ([]*x509.Certificate, error) {
 // LoadKey reads a PEM private key (PKCS#8, SEC1 EC or PKCS#1 RSA). Only
 // ECDSA and RSA keys are accepted.
 func LoadKey(path string) (crypto.Signer, error) {
-	b, err := os.ReadFile(path)
+	b, err := bounded.ReadFile(path, MaxPEMFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("read key: %w", err)
 	}

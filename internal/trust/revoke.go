@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/manifest/strictjson"
 )
 
@@ -26,7 +27,7 @@ type revokedList struct {
 }
 
 func readRevoked(dir string) (*revokedList, error) {
-	b, err := os.ReadFile(filepath.Join(dir, RevokedFile))
+	b, err := bounded.ReadFile(filepath.Join(dir, RevokedFile), maxStateSize)
 	if os.IsNotExist(err) {
 		return &revokedList{Revoked: []RevokedEntry{}}, nil
 	}

@@ -26,6 +26,12 @@ const (
 	MaxCertificates = 4       // leaf plus at most 3 intermediates
 	maxSignature    = 1024    // bytes (RSA-4096 is 512)
 	maxCertSize     = 16 << 10
+	// MaxPEMFileSize bounds a certificate, key or CSR file.
+	MaxPEMFileSize = 1 << 20
+	// MaxCRLSize bounds a CRL file.
+	MaxCRLSize = 16 << 20
+	// maxStateSize bounds vessel's own JSON state files (versions, revoked).
+	maxStateSize = 16 << 20
 )
 
 // Signed is a parsed (not yet verified) signed manifest file:

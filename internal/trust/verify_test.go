@@ -634,3 +634,14 @@ func TestChainErrorNamesIssuerProfile(t *testing.T) {
 		t.Fatalf("error %q", ve)
 	}
 }
+
+// Certificate and key files are size-limited while they are read:
+// /dev/zero is refused after MaxPEMFileSize bytes, not read forever.
+func TestLoadRefusesEndlessInput(t *testing.T) {
+	if _, err := LoadCerts("/dev/zero"); err == nil || !strings.Contains(err.Error(), "/dev/zero is larger than 1048576 bytes") {
+		t.Fatalf("LoadCerts(/dev/zero): %v", err)
+	}
+	if _, err := LoadKey("/dev/zero"); err == nil || !strings.Contains(err.Error(), "/dev/zero is larger than 1048576 bytes") {
+		t.Fatalf("LoadKey(/dev/zero): %v", err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/manifest/strictjson"
 )
 
@@ -51,7 +52,7 @@ func (v *Versions) Get(productID string) (VersionRecord, bool, error) {
 }
 
 func (v *Versions) read() (*versionsFile, error) {
-	b, err := os.ReadFile(v.Path())
+	b, err := bounded.ReadFile(v.Path(), maxStateSize)
 	if errors.Is(err, os.ErrNotExist) {
 		return &versionsFile{Products: map[string]VersionRecord{}}, nil
 	}
