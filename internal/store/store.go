@@ -24,8 +24,8 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
-	"github.com/vesselos/vessel/internal/reference"
 	"github.com/vesselos/vessel/internal/bounded"
+	"github.com/vesselos/vessel/internal/reference"
 	"golang.org/x/sys/unix"
 )
 
