@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
 
 	"github.com/opencontainers/go-digest"
@@ -219,11 +218,7 @@ func verifyLayer(s *store.Store, l ocispec.Descriptor) (uint64, error) {
 	if err := s.VerifyBlob(l); err != nil {
 		return 0, err
 	}
-	p, err := s.BlobPath(l.Digest)
-	if err != nil {
-		return 0, err
-	}
-	f, err := os.Open(p)
+	f, err := s.OpenBlobFile(l) // a regular file, never a FIFO or a link
 	if err != nil {
 		return 0, err
 	}
