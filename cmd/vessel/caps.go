@@ -4,16 +4,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/vesselos/vessel/internal/atomicfile"
 	"github.com/vesselos/vessel/internal/caps"
-	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/ociruntime"
 )
 
@@ -60,7 +56,7 @@ func (f *capsFlags) add(c *cobra.Command) {
 }
 
 func (f *capsFlags) options(g *globals, cmd *cobra.Command) (caps.Options, error) {
-	exe, err := vesselBinary()
+	exe, err := caps.VesselBinary()
 	if err != nil {
 		return caps.Options{}, err
 	}
@@ -82,22 +78,6 @@ func (f *capsFlags) options(g *globals, cmd *cobra.Command) (caps.Options, error
 		o.Output = cmd.ErrOrStderr()
 	}
 	return o, nil
-}
-
-// vesselBinary is the binary this command runs as (argv[0] on PATH, so a
-// test binary standing in for vessel is found as itself), for the learning
-// runs' vessel run.
-func vesselBinary() (string, error) {
-	if p, err := exec.LookPath(os.Args[0]); err == nil {
-		if abs, err := filepath.Abs(p); err == nil {
-			return abs, nil
-		}
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return "", fmt.Errorf("find the vessel binary: %w", err)
-	}
-	return exe, nil
 }
 
 func capsLearnCmd(g *globals) *cobra.Command {
@@ -148,7 +128,7 @@ Root only: tracing needs BPF and the runs need vessel run as root.`,
 					return err
 				}
 				if write {
-					if err := writeServiceCaps(manifestPath, src, svc, rep.Names()); err != nil {
+					if err := caps.WriteServiceCaps(manifestPath, src, svc, rep.Names()); err != nil {
 						return err
 					}
 					fmt.Fprintf(cmd.ErrOrStderr(), "vessel: wrote the capabilities of %s into %s\n", svc, manifestPath)
@@ -178,27 +158,6 @@ Root only: tracing needs BPF and the runs need vessel run as root.`,
 	c.Flags().StringVar(&svc, "service", "", "service name in --manifest")
 	c.Flags().BoolVar(&write, "write", false, "write the learned set into the service's capabilities: in --manifest")
 	return c
-}
-
-// writeServiceCaps sets a service's capabilities: in system.yaml. An empty
-// set cannot be written yet: an empty list means the default set.
-func writeServiceCaps(path string, src []byte, svc string, names []string) error {
-	if len(names) == 0 {
-		return fmt.Errorf("not written: %s needs no capabilities, but system.yaml cannot say so yet (an empty or missing capabilities: list gives the default set)", svc)
-	}
-	short := make([]string, len(names))
-	for i, n := range names {
-		short[i] = caps.Short(n)
-	}
-	out, err := manifest.SetCapabilities(src, svc, short)
-	if err != nil {
-		return err
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(path, out, fi.Mode().Perm())
 }
 
 func printReport(w io.Writer, r *caps.Report) {

@@ -16,8 +16,8 @@ func TestMain(m *testing.M) {
 }
 
 // TestScript runs every user story in testdata/script/*.txtar. Conditions:
-// [root] needs euid 0, [registry] is false here (TestRegistryScript runs
-// those stories), [exec:NAME] needs NAME on PATH (built into testscript),
+// [root] needs euid 0, [registry] and [hostile] are false here
+// (TestRegistryScript and TestHostileScript run those stories), [exec:NAME] needs NAME on PATH (built into testscript),
 // [exists:PATH] needs the file PATH; any other condition is an error.
 func TestScript(t *testing.T) {
 	testscript.Run(t, testscript.Params{
@@ -35,13 +35,15 @@ func TestScript(t *testing.T) {
 				return os.Geteuid() == 0, nil
 			case "registry":
 				return false, nil // TestRegistryScript runs those stories
+			case "hostile":
+				return false, nil // TestHostileScript runs those stories
 			}
 			if path, ok := strings.CutPrefix(cond, "exists:"); ok { // a file the script needs, e.g. a Debian package's
 				_, err := os.Stat(path)
 				return err == nil, nil
 			}
 			// A misspelt condition must not silently skip a story.
-			return false, fmt.Errorf("unknown condition %q (known: root, registry, exec:NAME, exists:PATH)", cond)
+			return false, fmt.Errorf("unknown condition %q (known: root, registry, hostile, exec:NAME, exists:PATH)", cond)
 		},
 	})
 }

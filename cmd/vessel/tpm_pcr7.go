@@ -55,6 +55,14 @@ The printed value is what 'vessel tpm policy sign --pcr7' takes.`,
 			if explain && (o.EventLog == "" || (o.Keys == "" && o.Vars == "")) {
 				return usageError{"tpm pcr7 predict: --explain needs --eventlog and one of --keys or --vars"}
 			}
+			switch {
+			case o.Keys != "" && o.Vars != "":
+				return usageError{"tpm pcr7 predict: give --keys or --vars, not both"}
+			case o.Keys == "" && o.Vars == "" && o.EventLog == "":
+				return usageError{"tpm pcr7 predict: give --keys DIR, --vars VARS.fd or --eventlog FILE"}
+			case o.Keys == "" && o.Vars == "" && (o.DBX != "" || o.Signer != ""):
+				return usageError{"tpm pcr7 predict: --dbx and --signer go with --keys or --vars"}
+			}
 			r, err := pcr7.Run(o)
 			if err != nil {
 				return err

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vesselos/vessel/internal/boot/secureboot"
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/mount"
@@ -150,6 +151,8 @@ func hint(err error) string {
 		return "give the product's UUID with --product-id, or its key directory with --keys"
 	case errors.Is(err, manifest.ErrProductMismatch):
 		return "the product in system.yaml and --product-id must agree"
+	case errors.Is(err, secureboot.ErrExists):
+		return "add --force to replace them (machines enrolled with the old keys will refuse what the new ones sign)"
 	case errors.Is(err, image.ErrNoLayerDirs):
 		return "give at least one --layer directory"
 	case errors.Is(err, recipe.ErrUndefined):

@@ -119,7 +119,7 @@ func Write(ctx context.Context, o Options) (*Result, error) {
 	}
 	espSize = (espSize + mib - 1) / mib * mib
 	if int64(len(uki)) > espSize-8*mib {
-		return nil, fmt.Errorf("disk: UKI %s (%d bytes) does not fit an ESP of %d MiB (--esp-size)", o.UKI, len(uki), espSize/mib)
+		return nil, fmt.Errorf("disk: UKI %s (%d bytes) does not fit an ESP of %d MiB: make the ESP larger", o.UKI, len(uki), espSize/mib)
 	}
 
 	size, isDev, err := outputSize(o.Output, o.Size)
@@ -199,7 +199,7 @@ func outputSize(path string, want int64) (int64, bool, error) {
 		return 0, false, fmt.Errorf("disk: %s is neither a regular file nor a block device", path)
 	}
 	if want <= 0 {
-		return 0, false, errors.New("disk: --size is required for a disk image file")
+		return 0, false, errors.New("disk: a disk image file needs a size")
 	}
 	return want, false, nil
 }

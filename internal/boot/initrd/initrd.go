@@ -189,7 +189,7 @@ func checkStatic(b []byte) error {
 	}
 	for _, prog := range f.Progs {
 		if prog.Type == elf.PT_INTERP {
-			return errors.New("dynamically linked (has an ELF interpreter): build it with CGO_ENABLED=0 (make build) and pass --vessel")
+			return errors.New("dynamically linked (has an ELF interpreter): /init must be a static binary: build vessel with CGO_ENABLED=0 (make build) and use that")
 		}
 	}
 	return nil

@@ -263,7 +263,7 @@ func Make(o MakeOptions) (*MakeResult, error) {
 	tmpl, err := os.ReadFile(o.Template)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("read template: %w (install Debian's ovmf or pass --template)", err)
+			return nil, fmt.Errorf("read template: %w (install Debian's ovmf package, or use another empty template)", err)
 		}
 		return nil, fmt.Errorf("read template: %w", err)
 	}

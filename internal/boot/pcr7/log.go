@@ -139,7 +139,7 @@ func StoreInputs(s *ovmf.Store, signer *x509.Certificate) (Inputs, error) {
 			}
 		}
 		if len(certs) != 1 {
-			return Inputs{}, fmt.Errorf("db holds %d certificates: say which one signed the image (--signer)", len(certs))
+			return Inputs{}, fmt.Errorf("db holds %d certificates: say which one signed the image", len(certs))
 		}
 		in.Authority = append(append([]byte(nil), certs[0].Owner[:]...), certs[0].Data...)
 		return in, nil

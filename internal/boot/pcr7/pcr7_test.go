@@ -347,9 +347,9 @@ func TestRun(t *testing.T) {
 		o    Options
 		want string
 	}{
-		"nothing":        {Options{}, "give --keys DIR, --vars VARS.fd or --eventlog FILE"},
+		"nothing":        {Options{}, "nothing to read"},
 		"both":           {Options{Keys: dir, Vars: "x"}, "not both"},
-		"dbx alone":      {Options{EventLog: logFile, DBX: dbxFile}, "--dbx and --signer go with"},
+		"dbx alone":      {Options{EventLog: logFile, DBX: dbxFile}, "only changes a prediction"},
 		"no keys":        {Options{Keys: tmp}, "read Secure Boot keys from"},
 		"signer not db":  {Options{Keys: dir, Signer: filepath.Join(otherDir, "db.crt")}, "not in db"},
 		"bad dbx":        {Options{Keys: dir, DBX: logFile}, "read dbx"},

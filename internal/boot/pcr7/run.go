@@ -61,14 +61,14 @@ func LoadCerts(dir string) (*secureboot.KeySet, error) {
 // compares them when both are given.
 func Run(o Options) (*Report, error) {
 	if o.Keys != "" && o.Vars != "" {
-		return nil, errors.New("give --keys or --vars, not both")
+		return nil, errors.New("predict from a key directory or from a VARS file, not both")
 	}
 	predict := o.Keys != "" || o.Vars != ""
 	if !predict && o.EventLog == "" {
-		return nil, errors.New("give --keys DIR, --vars VARS.fd or --eventlog FILE")
+		return nil, errors.New("nothing to read: give a key directory, a VARS file or an event log")
 	}
 	if !predict && (o.DBX != "" || o.Signer != "") {
-		return nil, errors.New("--dbx and --signer go with --keys or --vars")
+		return nil, errors.New("a dbx or a signer certificate only changes a prediction from keys or a VARS file")
 	}
 	r := &Report{}
 	if predict {
@@ -104,7 +104,7 @@ func inputs(o Options) (Inputs, string, error) {
 	if o.Signer != "" {
 		certs, err := trust.LoadCerts(o.Signer)
 		if err != nil {
-			return Inputs{}, "", fmt.Errorf("read --signer: %w", err)
+			return Inputs{}, "", fmt.Errorf("read the signer certificate: %w", err)
 		}
 		signer = certs[0]
 	}

@@ -45,7 +45,7 @@ const (
 const OwnerFile = "owner.guid"
 
 // ErrExists is returned when a key directory already holds keys and Force is not set.
-var ErrExists = errors.New("already exists (use --force to replace the Secure Boot keys)")
+var ErrExists = errors.New("already holds Secure Boot keys (they are replaced only when asked to)")
 
 // Key is one role's certificate and private key.
 type Key struct {
@@ -97,7 +97,7 @@ func roleFiles(dir, role string) KeyFiles {
 // setup mode; owner.guid is the owner GUID of the lists.
 func Generate(dir string, opts GenerateOptions) (*Files, error) {
 	if strings.TrimSpace(opts.Org) == "" {
-		return nil, errors.New("generate Secure Boot keys: an organisation name is required (--org)")
+		return nil, errors.New("generate Secure Boot keys: an organisation name is required")
 	}
 	if opts.ValidFor == 0 {
 		opts.ValidFor = 20 * 365 * 24 * time.Hour
@@ -231,7 +231,7 @@ func newKey(cn, org string, now time.Time, validFor time.Duration) (*Key, error)
 func Load(dir string) (*KeySet, error) {
 	b, err := os.ReadFile(filepath.Join(dir, OwnerFile))
 	if err != nil {
-		return nil, fmt.Errorf("load Secure Boot keys from %s (create them with 'vessel keys uefi %s --org NAME'): %w", dir, dir, err)
+		return nil, fmt.Errorf("load Secure Boot keys from %s (create them first: vessel keys uefi): %w", dir, err)
 	}
 	owner, err := ParseGUID(string(b))
 	if err != nil {

@@ -255,7 +255,7 @@ func readFile(what, path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) && what == "stub" {
-			return nil, fmt.Errorf("read stub: %w (install Debian's systemd-boot-efi or pass --stub)", err)
+			return nil, fmt.Errorf("read stub: %w (install Debian's systemd-boot-efi package, or use another stub)", err)
 		}
 		return nil, fmt.Errorf("read %s: %w", what, err)
 	}

@@ -1,0 +1,48 @@
+package caps
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/manifest"
+)
+
+// VesselBinary is the binary this command runs as (argv[0] on PATH, so a
+// test binary standing in for vessel is found as itself), for the learning
+// runs' vessel run.
+func VesselBinary() (string, error) {
+	if p, err := exec.LookPath(os.Args[0]); err == nil {
+		if abs, err := filepath.Abs(p); err == nil {
+			return abs, nil
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find the vessel binary: %w", err)
+	}
+	return exe, nil
+}
+
+// WriteServiceCaps sets a service's capabilities: in system.yaml. An empty
+// set cannot be written yet: an empty list means the default set.
+func WriteServiceCaps(path string, src []byte, svc string, names []string) error {
+	if len(names) == 0 {
+		return fmt.Errorf("not written: %s needs no capabilities, but system.yaml cannot say so yet (an empty or missing capabilities: list gives the default set)", svc)
+	}
+	short := make([]string, len(names))
+	for i, n := range names {
+		short[i] = Short(n)
+	}
+	out, err := manifest.SetCapabilities(src, svc, short)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(path, out, fi.Mode().Perm())
+}
