@@ -528,4 +528,3 @@ func (st *Status) Sort() {
 
 // MagicHex is the magic as hex (for JSON and display).
 func (e Entry) MagicHex() string { return hex.EncodeToString(e.Magic) }
-
