@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"strings"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/binfmt"
+	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/platform"
+	"github.com/vesselos/vessel/internal/store"
 )
 
 func init() { addCommand(binfmtCmd) }
@@ -158,4 +161,39 @@ func binfmtRemoveCmd(g *globals) *cobra.Command {
 	}
 	c.Flags().StringArrayVar(&arches, "arch", nil, "architecture to unregister (repeatable; default all of vessel's)")
 	return c
+}
+
+// imageFor reads the image ref for the platform arch ("" : this machine's)
+// and checks that it can run here: its config names that platform (an
+// image, or the entry of a multi-arch index), and a foreign architecture
+// has an emulator registered (package binfmt).
+func imageFor(s *store.Store, ref, arch string) (*mount.Image, error) {
+	var want ocispec.Platform
+	if arch != "" {
+		p, err := platform.Parse(arch)
+		if err != nil {
+			return nil, usageError{fmt.Sprintf("--arch: %v", err)}
+		}
+		want = p
+	}
+	d, err := s.ResolveImage(ref, want)
+	if err != nil {
+		return nil, err
+	}
+	name := ref
+	if top, err := s.Resolve(ref); err == nil && top.Digest != d.Digest {
+		name = d.Digest.String() // the platform's image of an index
+	}
+	img, err := mount.LocalImage(s, name)
+	if err != nil {
+		return nil, err
+	}
+	have := platform.OfConfig(img.Config())
+	if want.Architecture != "" && !platform.Match(want, have) {
+		return nil, fmt.Errorf("image %s is for %s, not %s: %w (build it with --arch %s, or drop --arch)", ref, platform.String(have), platform.String(want), platform.ErrNoMatch, want.Architecture)
+	}
+	if err := binfmt.Check(have.Architecture); err != nil {
+		return nil, fmt.Errorf("image %s is for %s: %w", ref, platform.String(have), err)
+	}
+	return img, nil
 }

@@ -1,0 +1,64 @@
+package store
+
+import (
+	"fmt"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/platform"
+)
+
+// ResolveImage is Resolve down to one image manifest: when ref names a
+// multi-platform image index (vessel build --arch amd64,arm64, or a pulled
+// multi-arch image), the entry for p is picked (zero p: this machine's
+// platform). A ref that names an image manifest is returned as it is; the
+// caller checks its config's platform (platform.OfConfig).
+func (s *Store) ResolveImage(ref string, p ocispec.Platform) (ocispec.Descriptor, error) {
+	d, err := s.Resolve(ref)
+	if err != nil {
+		return d, err
+	}
+	if d.MediaType != ocispec.MediaTypeImageIndex && d.MediaType != DockerManifestList {
+		return d, nil
+	}
+	if p.Architecture == "" {
+		p = platform.Host()
+	}
+	b, err := s.ReadBlob(ocispec.Descriptor{Digest: d.Digest, Size: d.Size})
+	if err != nil {
+		return d, fmt.Errorf("image %s: index: %w", ref, err)
+	}
+	idx, err := ParseIndex(b)
+	if err != nil {
+		return d, fmt.Errorf("image %s: %w", ref, err)
+	}
+	m, err := platform.Pick(idx, p)
+	if err != nil {
+		return d, fmt.Errorf("image %s: %w", ref, err)
+	}
+	return m, nil
+}
+
+// Platforms lists the platforms of the index that ref names (nil for an
+// image manifest).
+func (s *Store) Platforms(ref string) ([]ocispec.Platform, error) {
+	d, err := s.Resolve(ref)
+	if err != nil || (d.MediaType != ocispec.MediaTypeImageIndex && d.MediaType != DockerManifestList) {
+		return nil, err
+	}
+	b, err := s.ReadBlob(ocispec.Descriptor{Digest: d.Digest, Size: d.Size})
+	if err != nil {
+		return nil, fmt.Errorf("image %s: index: %w", ref, err)
+	}
+	idx, err := ParseIndex(b)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", ref, err)
+	}
+	var out []ocispec.Platform
+	for _, m := range idx.Manifests {
+		if m.Platform != nil && m.Platform.OS != "unknown" {
+			out = append(out, *m.Platform)
+		}
+	}
+	return out, nil
+}
