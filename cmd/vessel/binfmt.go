@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/binfmt"
+	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/store"
@@ -196,4 +197,32 @@ func imageFor(s *store.Store, ref, arch string) (*mount.Image, error) {
 		return nil, fmt.Errorf("image %s is for %s: %w", ref, platform.String(have), err)
 	}
 	return img, nil
+}
+
+func imageIndexCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "index NAME[:TAG] IMAGE...",
+		Short: "Combine images of different architectures into one multi-arch image",
+		Long: `Write an OCI image index over the IMAGEs (each for one platform, as its
+config says; a multi-arch IMAGE adds all of its images) and tag it
+NAME[:TAG]. Commands that run or mount NAME pick this machine's image from
+it (--arch picks another); push and pull carry the whole index. vessel
+build --arch amd64,arm64 writes such an index for each image itself.`,
+		Example: `  vessel image create web:amd64 --layer rootfs-amd64
+  vessel image create web:arm64 --layer rootfs-arm64 --arch arm64
+  vessel image index web:1 web:amd64 web:arm64
+  vessel push web:1 docker://registry.example/acme/web:1`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.openStore()
+			if err != nil {
+				return err
+			}
+			res, err := image.Index(s, args[0], args[1:])
+			if err != nil {
+				return err
+			}
+			return printCreated(cmd, g, res)
+		},
+	}
 }

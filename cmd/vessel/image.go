@@ -83,7 +83,7 @@ func imageCmd(g *globals) *cobra.Command {
 		Use:   "image",
 		Short: "Create, convert and verify images in the store",
 	}
-	c.AddCommand(imageCreateCmd(g), imageVerifyCmd(g), imageConvertCmd(g))
+	c.AddCommand(imageCreateCmd(g), imageVerifyCmd(g), imageConvertCmd(g), imageIndexCmd(g))
 	return c
 }
 

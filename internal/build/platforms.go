@@ -1,17 +1,13 @@
 package build
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
-	"github.com/opencontainers/go-digest"
-	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/vesselos/vessel/internal/platform"
+	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/recipe"
 )
 
@@ -95,30 +91,16 @@ func writeIndex(opt Options, ims []Built) (*Index, error) {
 	if same {
 		return &Index{Descriptor: ims[0].Descriptor, Platforms: []string{ims[0].Platform}}, nil
 	}
-	idx := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex}
 	out := &Index{}
+	var ms []ocispec.Descriptor
 	for _, im := range ims {
-		p, err := platform.Parse(im.Platform)
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range idx.Manifests {
-			if platform.Match(*m.Platform, p) {
-				return nil, fmt.Errorf("two builds for %s (%s and %s)", im.Platform, m.Digest, im.Descriptor.Digest)
-			}
-		}
-		d := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: im.Descriptor.Digest, Size: im.Descriptor.Size, Platform: &p}
-		idx.Manifests = append(idx.Manifests, d)
+		ms = append(ms, im.Descriptor)
 		out.Platforms = append(out.Platforms, im.Platform)
 	}
-	b, err := json.Marshal(idx)
+	d, err := image.WriteIndex(opt.Store, ms)
 	if err != nil {
 		return nil, err
 	}
-	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageIndex, Digest: digest.FromBytes(b), Size: int64(len(b))}
-	if desc, err = opt.Store.PutBlob(bytes.NewReader(b), desc); err != nil {
-		return nil, err
-	}
-	out.Descriptor = desc
+	out.Descriptor = d
 	return out, nil
 }
