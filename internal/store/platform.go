@@ -1,6 +1,7 @@
 package store
 
 import (
+	"errors"
 	"fmt"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -61,4 +62,49 @@ func (s *Store) Platforms(ref string) ([]ocispec.Platform, error) {
 		}
 	}
 	return out, nil
+}
+
+// ErrWrongPlatform means an image is for another platform than the one
+// asked for.
+var ErrWrongPlatform = errors.New("image for another platform")
+
+// CheckPlatform reads the config of the image manifest d and checks that
+// it declares platform p (zero p: this machine's).
+func (s *Store) CheckPlatform(d ocispec.Descriptor, p ocispec.Platform) error {
+	if p.Architecture == "" {
+		p = platform.Host()
+	}
+	m, err := s.Manifest(d.Digest)
+	if err != nil {
+		return err
+	}
+	c, err := s.Config(m.Config)
+	if err != nil {
+		return err
+	}
+	if have := platform.OfConfig(c); !platform.Match(p, have) {
+		return fmt.Errorf("%w: %s is for %s, not %s", ErrWrongPlatform, d.Digest, platform.String(have), platform.String(p))
+	}
+	return nil
+}
+
+// PlatformImages resolves image references for one platform: a
+// multi-platform index gives its entry for Platform, and an image for
+// another platform is refused (ErrWrongPlatform). It is what a system
+// manifest for one architecture is built from (manifest.Images).
+type PlatformImages struct {
+	*Store
+	Platform ocispec.Platform // zero: this machine's
+}
+
+// Resolve is ResolveImage for p.Platform, with the platform checked.
+func (p PlatformImages) Resolve(ref string) (ocispec.Descriptor, error) {
+	d, err := p.Store.ResolveImage(ref, p.Platform)
+	if err != nil {
+		return d, err
+	}
+	if err := p.Store.CheckPlatform(d, p.Platform); err != nil {
+		return d, fmt.Errorf("image %s: %w", ref, err)
+	}
+	return d, nil
 }
