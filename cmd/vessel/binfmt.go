@@ -12,6 +12,7 @@ import (
 	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/store"
+	"github.com/vesselos/vessel/internal/userns"
 )
 
 func init() { addCommand(binfmtCmd) }
@@ -225,4 +226,24 @@ build --arch amd64,arm64 writes such an index for each image itself.`,
 			return printCreated(cmd, g, res)
 		},
 	}
+}
+
+// checkEmulationOutside checks, before a rootless command enters its user
+// namespace (where binfmt_misc cannot be read), that the architectures of
+// --arch (a comma list) run here. As root the build and run check
+// themselves, for every image.
+func checkEmulationOutside(arch string) error {
+	if arch == "" || !userns.Needed() {
+		return nil
+	}
+	ps, err := platform.ParseList(arch)
+	if err != nil {
+		return usageError{fmt.Sprintf("--arch: %v", err)}
+	}
+	for _, p := range ps {
+		if err := binfmt.Check(p.Architecture); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -77,6 +77,9 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
   SOURCE_DATE_EPOCH=1700000000 vessel build --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkEmulationOutside(arch); err != nil {
+				return err
+			}
 			if handled, err := g.enterUserNS(cmd); handled || err != nil {
 				return err
 			}

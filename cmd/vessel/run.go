@@ -147,6 +147,9 @@ the platform from a multi-arch image and refuses an image for another.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_ = rm
+			if err := checkEmulationOutside(arch); err != nil {
+				return err
+			}
 			if handled, err := g.enterUserNS(cmd); handled {
 				return err
 			}

@@ -352,6 +352,12 @@ func Check(arch string) error {
 	if err != nil {
 		return err
 	}
+	if !st.Mounted && inUserNS() {
+		// A rootless build or run: the namespace's /proc has no binfmt_misc
+		// mounted, and exec uses the registrations of the parent namespace,
+		// which cannot be read from here. The CLI checks before entering.
+		return nil
+	}
 	if !st.Mounted {
 		return fmt.Errorf("%s binaries cannot run here: binfmt_misc is not mounted, %w (run 'vessel binfmt install --arch %s' as root; it needs Debian's %s)", a, ErrNotRegistered, a, Package)
 	}
@@ -424,6 +430,17 @@ func Plan(arches []string, confDir, binDir string) ([]Entry, error) {
 		return nil, fmt.Errorf("%w: no emulator for %s: install Debian's %s (apt-get install %s)", ErrNotInstalled, strings.Join(missing, ", "), Package, Package)
 	}
 	return out, nil
+}
+
+// inUserNS reports whether this process runs in a user namespace other
+// than the initial one (its uid map is not the identity over all ids).
+func inUserNS() bool {
+	b, err := os.ReadFile("/proc/self/uid_map")
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b))
+	return !(len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295")
 }
 
 // native reports architectures this machine runs without an emulator.
