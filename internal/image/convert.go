@@ -40,9 +40,10 @@ type ConvertOptions struct {
 	Format          layer.Format
 	SourceDateEpoch *int64
 	Progress        func(step string)
-	// Platform picks the image from a multi-platform index, and a
-	// single-platform source must match it; for a tar base it is the
-	// platform the image is labelled with. Zero: this machine's.
+	// Platform picks the image from a multi-platform index (zero: this
+	// machine's), and a single-platform source must match it when it is
+	// set (zero: any, labelled as the source says). For a tar base it is
+	// the platform the image is labelled with (zero: this machine's).
 	Platform ocispec.Platform
 }
 
@@ -80,7 +81,14 @@ func convert(ctx context.Context, s *store.Store, src Source, ref string, opt Co
 	if err != nil {
 		return nil, fmt.Errorf("source %s: config: %w", src.Dir, err)
 	}
-	if have := platform.OfConfig(cfg); !platform.Match(want, have) {
+	// The platform the converted image is labelled with: the source's
+	// own. One asked for (opt.Platform) must match it; a config that names
+	// no architecture takes the one wanted.
+	have := platform.OfConfig(cfg)
+	if cfg.Architecture == "" {
+		have = want
+	}
+	if opt.Platform.Architecture != "" && !platform.Match(want, have) {
 		return nil, fmt.Errorf("source %s: the image is for %s, not %s: %w", src.Dir, platform.String(have), platform.String(want), platform.ErrNoMatch)
 	}
 	done, err := s.Writer()
@@ -103,7 +111,7 @@ func convert(ctx context.Context, s *store.Store, src Source, ref string, opt Co
 	if cfg.Created != nil && opt.SourceDateEpoch == nil {
 		when = *cfg.Created
 	}
-	return commit(s, ref, layers, cfg.Config, platform.OfConfig(cfg), when, cfg.History)
+	return commit(s, ref, layers, cfg.Config, have, when, cfg.History)
 }
 
 // wantPlatform is p, or this machine's platform when p is zero.
