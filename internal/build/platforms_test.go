@@ -16,6 +16,8 @@ import (
 	"github.com/vesselos/vessel/internal/binfmt"
 	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/recipe"
+	"github.com/vesselos/vessel/internal/registry"
+	"github.com/vesselos/vessel/internal/registry/registrytest"
 )
 
 // arm64Busybox is Debian's static arm64 busybox, unpacked by scripts/deps.sh.
@@ -206,5 +208,70 @@ app:
 	_, err = e.build("other:\n  from: {type: oci, url: layout:bb}\n  arch: riscv64\n", e.options(), nil)
 	if err == nil || !strings.Contains(err.Error(), "no image for this platform: want linux/riscv64, the index has linux/amd64, linux/arm64/v8") {
 		t.Errorf("riscv64 on an amd64+arm64 base: %v", err)
+	}
+}
+
+// TestDockerBasePlatforms pushes a two-arch index to a real registry and
+// builds on it for both architectures: each build pulls the index once and
+// converts its own platform's image.
+func TestDockerBasePlatforms(t *testing.T) {
+	e := newEnv(t)
+	if platform.Host().Architecture != "amd64" {
+		t.Skip("the test's base images are amd64 and arm64 busybox: it runs on amd64")
+	}
+	if !registrytest.Available() {
+		t.Skip("docker-registry is not installed (make deps installs it)")
+	}
+	needArm64(t)
+	reg := registrytest.Start(t, registrytest.Options{})
+	trees := map[string]string{}
+	for arch, bb := range map[string]string{"amd64": busybox, "arm64": arm64Busybox} {
+		tree := t.TempDir()
+		os.MkdirAll(filepath.Join(tree, "bin"), 0o755)
+		if out, err := exec.Command("cp", bb, filepath.Join(tree, "bin/busybox")).CombinedOutput(); err != nil {
+			t.Fatal(err, string(out))
+		}
+		os.Symlink("busybox", filepath.Join(tree, "bin/sh"))
+		trees[arch] = tree
+	}
+	layout := filepath.Join(t.TempDir(), "layout")
+	makeMultiLayout(t, layout, "bb", trees)
+	c, err := registry.New(registry.Options{PlainHTTP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := registry.ParseReference("docker://" + reg.Host + "/bb:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Copy(context.Background(), registry.Layout(layout, "bb"), registry.Registry(ref)); err != nil {
+		t.Fatal(err)
+	}
+	opt := e.options()
+	opt.Registry = func(insecure bool) (*registry.Client, error) {
+		return registry.New(registry.Options{PlainHTTP: insecure})
+	}
+	p := filepath.Join(e.dir, "vessel.yaml")
+	text := "app:\n  from: {type: docker, url: \"docker://" + reg.Host + "/bb:1\", insecure: true}\n  run: /bin/busybox uname -m > /machine\n"
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	load := func(arch string) (*recipe.File, error) { return recipe.ParseFile(p, recipe.Options{Arch: arch}) }
+	if _, err := BuildPlatforms(context.Background(), []string{"arm64", "amd64"}, load, opt); err != nil {
+		t.Fatalf("build: %v\n%s", err, e.out.String())
+	}
+	for arch, machine := range map[string]string{"amd64": "x86_64\n", "arm64": "aarch64\n"} {
+		d, err := e.s.ResolveImage("app", ocispec.Platform{Architecture: arch})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.s.CheckPlatform(d, ocispec.Platform{Architecture: arch}); err != nil {
+			t.Error(err)
+		}
+		e.withMounted(d.Digest.String(), func(root string) {
+			if got := readFile(t, filepath.Join(root, "machine")); got != machine {
+				t.Errorf("%s: uname -m %q, want %q", arch, got, machine)
+			}
+		})
 	}
 }
