@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -19,15 +20,24 @@ func (s *Store) ResolveImage(ref string, p ocispec.Platform) (ocispec.Descriptor
 	if err != nil {
 		return d, err
 	}
+	b, err := s.ReadBlob(ocispec.Descriptor{Digest: d.Digest, Size: d.Size})
+	if err != nil {
+		return d, fmt.Errorf("image %s: %w", ref, err)
+	}
 	if d.MediaType != ocispec.MediaTypeImageIndex && d.MediaType != DockerManifestList {
-		return d, nil
+		// A digest reference to a blob that index.json does not list is
+		// resolved as an image manifest: look at what it is.
+		var probe struct {
+			MediaType string            `json:"mediaType"`
+			Manifests []json.RawMessage `json:"manifests"`
+		}
+		if json.Unmarshal(b, &probe) != nil || (probe.MediaType != ocispec.MediaTypeImageIndex && probe.MediaType != DockerManifestList && (probe.MediaType != "" || probe.Manifests == nil)) {
+			return d, nil
+		}
+		d.MediaType = ocispec.MediaTypeImageIndex
 	}
 	if p.Architecture == "" {
 		p = platform.Host()
-	}
-	b, err := s.ReadBlob(ocispec.Descriptor{Digest: d.Digest, Size: d.Size})
-	if err != nil {
-		return d, fmt.Errorf("image %s: index: %w", ref, err)
 	}
 	idx, err := ParseIndex(b)
 	if err != nil {
