@@ -201,7 +201,7 @@ func elfHeader(arch string) []byte {
 
 // Matches reports whether e runs a file that starts with head.
 func (e Entry) Matches(head []byte) bool {
-	if e.Type != "M" || e.Offset+len(e.Magic) > len(head) {
+	if e.Type != "M" || e.Offset+len(e.Magic) > len(head) || (len(e.Mask) > 0 && len(e.Mask) != len(e.Magic)) {
 		return false
 	}
 	for i, m := range e.Magic {

@@ -199,3 +199,59 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("after remove: %v (want ours gone, %s kept)", names, other.Name)
 	}
 }
+
+// TestInstallRemoveFakeDir runs Install and Remove against a directory laid
+// out like binfmt_misc (no root needed): an architecture another F entry
+// handles is left alone, the others are registered with the exact line,
+// and Remove writes -1 only to vessel's entries.
+func TestInstallRemoveFakeDir(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("status", "enabled\n")
+	write("register", "")
+	debian := "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: OPF\noffset 0\nmagic 7f454c460201010000000000000000000200b700\nmask ffffffffffffff00fffffffffffffffffeffffff\n"
+	write("qemu-aarch64", debian)
+	write("vessel-qemu-s390x", "enabled\ninterpreter /usr/bin/qemu-s390x-static\nflags: F\noffset 0\nmagic 7f454c4602020100000000000000000000020016\nmask ffffffffffffff00fffffffffffffffffffeffff\n")
+	conf, bin := t.TempDir(), t.TempDir()
+	riscv := `:qemu-riscv64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:/usr/libexec/qemu-binfmt/riscv64-binfmt-P:OPF`
+	for name, text := range map[string]string{"qemu-aarch64.conf": aarch64Conf, "qemu-riscv64.conf": riscv} {
+		if err := os.WriteFile(filepath.Join(conf, name), []byte(text+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, m := range []string{"aarch64", "riscv64"} {
+		if err := os.WriteFile(filepath.Join(bin, "qemu-"+m+"-static"), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	es, err := Plan([]string{"arm64", "riscv64"}, conf, bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Install(dir, es)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 2 || res[0].Action != "handled" || res[0].By != "qemu-aarch64" || res[1].Action != "registered" {
+		t.Fatalf("install: %+v", res)
+	}
+	reg, _ := os.ReadFile(filepath.Join(dir, "register"))
+	want := `:vessel-qemu-riscv64:M:0:\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xf3\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:` + filepath.Join(bin, "qemu-riscv64-static") + `:F`
+	if string(reg) != want {
+		t.Fatalf("register got\n%s\nwant\n%s", reg, want)
+	}
+	res, err = Remove(dir, nil)
+	if err != nil || len(res) != 1 || res[0].Entry.Name != "vessel-qemu-s390x" || res[0].Entry.Arch != "s390x" {
+		t.Fatalf("remove: %+v, %v", res, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "vessel-qemu-s390x")); string(b) != "-1" {
+		t.Errorf("vessel's entry got %q, want -1", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "qemu-aarch64")); string(b) != debian {
+		t.Errorf("Debian's entry was touched: %q", b)
+	}
+}
