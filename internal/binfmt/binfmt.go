@@ -18,6 +18,7 @@ package binfmt
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -545,3 +546,13 @@ func (st *Status) Sort() {
 
 // MagicHex is the magic as hex (for JSON and display).
 func (e Entry) MagicHex() string { return hex.EncodeToString(e.Magic) }
+
+// MarshalJSON adds the magic and mask as hex (vessel binfmt status --json).
+func (e Entry) MarshalJSON() ([]byte, error) {
+	type plain Entry
+	return json.Marshal(struct {
+		plain
+		Magic string `json:"magic,omitempty"`
+		Mask  string `json:"mask,omitempty"`
+	}{plain(e), hex.EncodeToString(e.Magic), hex.EncodeToString(e.Mask)})
+}

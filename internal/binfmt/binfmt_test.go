@@ -2,6 +2,7 @@ package binfmt
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -64,6 +65,9 @@ func TestParseProc(t *testing.T) {
 	}
 	if !e.Enabled || !e.Ours || e.Arch != "arm64" || !e.HasFlag('F') || e.Interpreter != "/usr/bin/qemu-aarch64-static" {
 		t.Fatalf("parsed %+v", e)
+	}
+	if j, err := json.Marshal(e); err != nil || !strings.Contains(string(j), `"magic":"7f454c460201010000000000000000000200b700","mask":"ffffffffffffff00fffffffffffffffffeffffff"`) || !strings.Contains(string(j), `"name":"vessel-qemu-aarch64"`) {
+		t.Errorf("json: %s %v", j, err)
 	}
 	st := &Status{Mounted: true, Enabled: true, Entries: []Entry{e}}
 	if _, ok := st.Handler("arm64"); !ok {
