@@ -11,6 +11,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/build"
 	"github.com/vesselos/vessel/internal/container"
+	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/recipe"
 	"github.com/vesselos/vessel/internal/registry"
 )
@@ -20,11 +21,12 @@ func init() { addCommand(buildCmd) }
 func buildCmd(g *globals) *cobra.Command {
 	var (
 		file, layerType, runtimeName string
+		arch                         string
 		subs, only                   []string
 		noCache                      bool
 	)
 	c := &cobra.Command{
-		Use:   "build [-f vessel.yaml] [--substitute KEY=VAL]... [--only NAME]...",
+		Use:   "build [-f vessel.yaml] [--arch ARCH[,ARCH...]] [--substitute KEY=VAL]... [--only NAME]...",
 		Short: "Build the images of a vessel.yaml (stacker.yaml) recipe into the store",
 		Long: `Build every image of a recipe (vessel.yaml in the current directory, or -f
 FILE), in dependency order, into verified images in the store. The recipe
@@ -58,14 +60,25 @@ Images are tagged NAME:latest in the store only after every image of their
 file built (build_only images are never tagged): a failure keeps the
 previous tags of the failing file, while prerequisites that completed are
 already tagged. With SOURCE_DATE_EPOCH set, the same
-recipe gives the same image digests on any clean store. See docs/build.md.`,
+recipe gives the same image digests on any clean store.
+
+Other architectures: --arch arm64 (or arch: in the recipe) builds for
+arm64; run scripts execute through qemu-user (vessel binfmt install), and
+oci and docker bases are picked for the platform from multi-arch indexes.
+--arch amd64,arm64 builds the recipe once per architecture and tags each
+image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 		Example: `  vessel build                                   # ./vessel.yaml
   vessel build -f examples/vessel.yaml
   vessel build -f examples/vessel.yaml --substitute BUSYBOX=/usr/bin/busybox
   vessel build --only app --layer-type erofs
+  vessel build --arch arm64                      # needs: vessel binfmt install
+  vessel build --arch amd64,arm64                # one multi-arch index per image
   SOURCE_DATE_EPOCH=1700000000 vessel build --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkEmulationOutside(arch); err != nil {
+				return err
+			}
 			if handled, err := g.enterUserNS(cmd); handled || err != nil {
 				return err
 			}
@@ -81,13 +94,29 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 			if err != nil {
 				return err
 			}
-			rf, err := recipe.LoadFile(file, recipe.Options{Substitutions: sm})
-			if err != nil {
-				var re *recipe.Error
-				if errors.Is(err, os.ErrNotExist) && !errors.As(err, &re) && !cmd.Flags().Changed("file") {
-					return fmt.Errorf("%w (give the recipe with -f FILE)", err)
+			var arches []string
+			if arch != "" {
+				ps, err := platform.ParseList(arch)
+				if err != nil {
+					return usageError{fmt.Sprintf("--arch: %v", err)}
 				}
-				return err
+				for _, p := range ps {
+					arches = append(arches, p.Architecture)
+				}
+			}
+			load := func(a string) (*recipe.File, error) {
+				rf, err := recipe.LoadFile(file, recipe.Options{Substitutions: sm, Arch: a})
+				if err != nil {
+					var re *recipe.Error
+					if errors.Is(err, os.ErrNotExist) && !errors.As(err, &re) && !cmd.Flags().Changed("file") {
+						return nil, fmt.Errorf("%w (give the recipe with -f FILE)", err)
+					}
+					return nil, err
+				}
+				return rf, nil
+			}
+			if len(arches) == 1 {
+				arch = arches[0]
 			}
 			stderr := cmd.ErrOrStderr()
 			opt := build.Options{
@@ -110,7 +139,14 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 			} else {
 				opt.Progress = func(e build.Event) { printBuildEvent(cmd, start, e) }
 			}
-			res, err := build.Build(cmd.Context(), rf, opt)
+			var res *build.Result
+			if len(arches) > 1 {
+				res, err = build.BuildPlatforms(cmd.Context(), arches, load, opt)
+			} else if rf, lerr := load(arch); lerr != nil {
+				return lerr
+			} else {
+				res, err = build.Build(cmd.Context(), rf, opt)
+			}
 			if err != nil {
 				return err
 			}
@@ -127,7 +163,13 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 				if im.File != "" {
 					from = " (prerequisite " + im.File + ")"
 				}
+				if len(arches) > 1 {
+					from = " (" + im.Platform + ")" + from
+				}
 				fmt.Fprintf(w, "%s %s%s\n", ref, im.Descriptor.Digest, from)
+			}
+			for _, ix := range res.Indexes {
+				fmt.Fprintf(w, "%s %s (index: %s)\n", ix.Ref, ix.Descriptor.Digest, strings.Join(ix.Platforms, ", "))
 			}
 			return nil
 		},
@@ -138,6 +180,7 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 	fl.BoolVar(&noCache, "no-cache", false, "ignore and reset the build cache: rebuild every image")
 	fl.StringVar(&layerType, "layer-type", "squashfs", "layer filesystem: squashfs or erofs")
 	fl.StringArrayVar(&only, "only", nil, "build only this image and what it needs (repeatable)")
+	fl.StringVar(&arch, "arch", "", "build for ARCH (arm64, amd64...); a comma list builds one multi-arch index per image (default: arch: in the recipe, else this machine's)")
 	fl.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	return c
 }

@@ -8,11 +8,13 @@ import (
 	"text/tabwriter"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/archive"
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/reference"
 	"github.com/vesselos/vessel/internal/store"
 )
@@ -81,15 +83,15 @@ func imageCmd(g *globals) *cobra.Command {
 		Use:   "image",
 		Short: "Create, convert and verify images in the store",
 	}
-	c.AddCommand(imageCreateCmd(g), imageVerifyCmd(g), imageConvertCmd(g))
+	c.AddCommand(imageCreateCmd(g), imageVerifyCmd(g), imageConvertCmd(g), imageIndexCmd(g))
 	return c
 }
 
 func imageCreateCmd(g *globals) *cobra.Command {
 	var dirs []string
-	var typ, comp string
+	var typ, comp, arch string
 	c := &cobra.Command{
-		Use:   "create NAME[:TAG] --layer DIR [--layer DIR]...",
+		Use:   "create NAME[:TAG] --layer DIR [--layer DIR]... [--arch ARCH]",
 		Short: "Create an image from directories, one verified layer each",
 		Long: `Create an image whose layers are the given directories, lowest first.
 Each directory becomes a filesystem image (squashfs by default) followed by its
@@ -104,15 +106,22 @@ NAME follows the distribution spec: lower-case letters and digits separated by
 leading "/"). TAG is letters, digits, "_", "." and "-" (latest if none). See
 docs/image.md#references.`,
 		Example: `  vessel image create demo:1 --layer ./rootfs-base --layer ./rootfs-app
-  SOURCE_DATE_EPOCH=1700000000 vessel image create demo:1 --layer ./rootfs --type erofs`,
+  SOURCE_DATE_EPOCH=1700000000 vessel image create demo:1 --layer ./rootfs --type erofs
+  vessel image create tiny:arm64 --layer ./rootfs-arm64 --arch arm64`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f, epoch, s, err := g.layerWork(cmd, typ, comp)
 			if err != nil {
 				return err
 			}
+			var p ocispec.Platform
+			if arch != "" {
+				if p, err = platform.Parse(arch); err != nil {
+					return usageError{fmt.Sprintf("--arch: %v", err)}
+				}
+			}
 			res, err := image.Create(cmd.Context(), s, args[0], dirs, image.CreateOptions{
-				Format: f, SourceDateEpoch: epoch, Progress: progress(cmd, g),
+				Format: f, SourceDateEpoch: epoch, Progress: progress(cmd, g), Platform: p,
 			})
 			if err != nil {
 				return err
@@ -123,6 +132,7 @@ docs/image.md#references.`,
 	c.Flags().StringArrayVarP(&dirs, "layer", "l", nil, "directory to make into a layer (repeat, lowest first)")
 	c.Flags().StringVar(&typ, "type", "squashfs", "layer filesystem: squashfs or erofs")
 	c.Flags().StringVar(&comp, "compression", "", "squashfs: zstd (default), gzip, xz; erofs: lz4hc (default), lz4, none")
+	c.Flags().StringVar(&arch, "arch", "", "platform the layers' files are for: arm64, linux/arm/v7... (default: this machine's)")
 	return c
 }
 
@@ -295,27 +305,48 @@ func imagesCmd(g *globals) *cobra.Command {
 }
 
 func inspectCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:     "inspect NAME[:TAG]",
+	var arch string
+	c := &cobra.Command{
+		Use:     "inspect NAME[:TAG] [--arch ARCH]",
 		Short:   "Show an image's digest, manifest, config and layers",
-		Example: "  vessel inspect demo:1\n  vessel inspect demo:1 --json | jq .layers",
+		Example: "  vessel inspect demo:1\n  vessel inspect demo:1 --json | jq .layers\n  vessel inspect app --arch arm64      # one platform of a multi-arch image",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.openStore()
 			if err != nil {
 				return err
 			}
-			img, err := image.Read(s, args[0])
+			var p ocispec.Platform
+			if arch != "" {
+				if p, err = platform.Parse(arch); err != nil {
+					return usageError{fmt.Sprintf("--arch: %v", err)}
+				}
+			}
+			d, err := s.ResolveImage(args[0], p)
 			if err != nil {
 				return err
+			}
+			img, err := image.ReadDescriptor(s, d, args[0])
+			if err != nil {
+				return fmt.Errorf("image %s: %w", args[0], err)
 			}
 			if g.json {
 				return printJSON(cmd.OutOrStdout(), img)
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "Image:    %s\nDigest:   %s\nSize:     %s\n", img.Ref(), img.Digest(), humanSize(img.Size()))
+			if ps, err := s.Platforms(args[0]); err != nil {
+				return err
+			} else if len(ps) > 0 {
+				idx, _ := s.Resolve(args[0])
+				var names []string
+				for _, q := range ps {
+					names = append(names, platform.String(q))
+				}
+				fmt.Fprintf(w, "Index:    %s (%s)\n", idx.Digest, strings.Join(names, ", "))
+			}
 			c := img.Config()
-			fmt.Fprintf(w, "Platform: %s/%s\n", c.OS, c.Architecture)
+			fmt.Fprintf(w, "Platform: %s\n", platform.String(platform.OfConfig(c)))
 			if c.Created != nil {
 				fmt.Fprintf(w, "Created:  %s\n", c.Created.Format(time.RFC3339))
 			}
@@ -332,6 +363,8 @@ func inspectCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	c.Flags().StringVar(&arch, "arch", "", "for a multi-arch image: the platform to show (default: this machine's)")
+	return c
 }
 
 func rmCmd(g *globals) *cobra.Command {

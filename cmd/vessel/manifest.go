@@ -5,10 +5,12 @@ import (
 	"os"
 	"path/filepath"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/manifest"
+	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 )
@@ -30,12 +32,20 @@ gate every later stage passes through. See docs/manifest.md.`,
 }
 
 func manifestBuildCmd(g *globals) *cobra.Command {
-	var out, pid, keys string
+	var out, pid, keys, arch string
 	c := &cobra.Command{
-		Use:   "build SYSTEM.yaml -o MANIFEST.json",
+		Use:   "build SYSTEM.yaml -o MANIFEST.json [--arch ARCH]",
 		Short: "Pin every image of system.yaml to its digest in the store",
+		Long: `Pin every image of system.yaml to its image manifest digest in the store.
+
+A system manifest is for one architecture: each image is resolved for
+--arch (default: this machine's), a multi-arch image (an index) gives its
+image for that architecture, and an image for another architecture is
+refused. A product for amd64 and arm64 has one manifest per architecture,
+each signed and pushed under its own tag. See docs/manifest.md.`,
 		Example: `  vessel manifest build system.yaml --keys ./keys -o manifest.json
-  vessel manifest build system.yaml --product-id 0f8fad5b-d9cb-469f-a165-70867728950e -o manifest.json`,
+  vessel manifest build system.yaml --product-id 0f8fad5b-d9cb-469f-a165-70867728950e -o manifest.json
+  vessel manifest build system.yaml --keys ./keys --arch arm64 -o manifest-arm64.json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			b, err := bounded.ReadFile(args[0], manifest.MaxSystemSize)
@@ -63,7 +73,13 @@ func manifestBuildCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("manifest build: %w", err)
 			}
-			m, err := manifest.Build(sys, st, manifest.BuildOptions{ProductID: pid})
+			var p ocispec.Platform
+			if arch != "" {
+				if p, err = platform.Parse(arch); err != nil {
+					return usageError{fmt.Sprintf("--arch: %v", err)}
+				}
+			}
+			m, err := manifest.Build(sys, store.PlatformImages{Store: st, Platform: p}, manifest.BuildOptions{ProductID: pid})
 			if err != nil {
 				return fmt.Errorf("manifest build: %w", err)
 			}
@@ -86,6 +102,7 @@ func manifestBuildCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringVarP(&out, "output", "o", "", "where to write the manifest (default stdout)")
+	c.Flags().StringVar(&arch, "arch", "", "the architecture the manifest is for: arm64, amd64... (default: this machine's)")
 	c.Flags().StringVar(&pid, "product-id", "", "product UUID, when system.yaml names the product by name")
 	c.Flags().StringVar(&keys, "keys", "", "key directory to look the product ID up in (DIR/products/NAME/product.pem)")
 	return c

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -49,8 +50,12 @@ func TestRegistryScript(t *testing.T) {
 			case "registry":
 				return true, nil
 			}
+			if path, ok := strings.CutPrefix(cond, "exists:"); ok { // a file the script needs, e.g. a Debian package's
+				_, err := os.Stat(path)
+				return err == nil, nil
+			}
 			// A misspelt condition must not silently skip a story.
-			return false, fmt.Errorf("unknown condition %q (known: root, registry, exec:NAME)", cond)
+			return false, fmt.Errorf("unknown condition %q (known: root, registry, exec:NAME, exists:PATH)", cond)
 		},
 	})
 }

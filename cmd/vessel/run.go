@@ -68,6 +68,7 @@ func runCmd(g *globals) *cobra.Command {
 	var (
 		cfg                  ociruntime.Config
 		name, runtimeName    string
+		arch                 string
 		interactive, tty, rm bool
 		whyDenied            bool
 		volumes, securityOpt []string
@@ -99,15 +100,24 @@ Rootless: run as an unprivileged user listed in /etc/subuid and
 the subordinate ids are mapped from 1 up (as podman does), verifies each
 layer in userspace, mounts it with squashfuse and stacks an overlay with
 user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
-/tmp/vessel-run-UID). See docs/rootless.md.`,
+/tmp/vessel-run-UID). See docs/rootless.md.
+
+An image for another architecture runs through a qemu-user emulator
+registered with binfmt_misc (vessel binfmt install; docs/binfmt.md);
+without one vessel refuses it and says how to register one. --arch picks
+the platform from a multi-arch image and refuses an image for another.`,
 		Example: `  vessel run demo:1 /bin/echo hello
   vessel run -it demo:1 /bin/sh
   vessel run --network host -e PORT=8080 demo:1
   vessel run --read-only --cap-drop ALL --user 1000:1000 demo:1 id
-  vessel run -v /srv/data:/data demo:1 ls /data`,
+  vessel run -v /srv/data:/data demo:1 ls /data
+  vessel run --arch arm64 app uname -m           # aarch64, through qemu-user (vessel binfmt install)`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			_ = rm
+			if err := checkEmulationOutside(arch); err != nil {
+				return err
+			}
 			if handled, err := g.enterUserNS(cmd); handled {
 				return err
 			}
@@ -115,7 +125,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 			if err != nil {
 				return err
 			}
-			img, err := mount.LocalImage(s, args[0])
+			img, err := imageFor(s, args[0], arch)
 			if err != nil {
 				return err
 			}
@@ -200,6 +210,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 	f := c.Flags()
 	f.SetInterspersed(false) // flags after IMAGE belong to COMMAND
 	f.StringVar(&name, "name", "", "container name (default run-RANDOM)")
+	f.StringVar(&arch, "arch", "", "run the image for ARCH (arm64...): picked from a multi-arch image, refused if the image is for another; foreign ones need vessel binfmt install")
 	f.BoolVar(&rm, "rm", true, "remove the container when it exits (always; accepted for familiarity)")
 	f.BoolVarP(&interactive, "interactive", "i", false, "connect stdin")
 	f.BoolVarP(&tty, "tty", "t", false, "allocate a terminal (stdin must be one)")

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/recipe"
 	"github.com/vesselos/vessel/internal/registry"
 )
@@ -47,12 +49,12 @@ func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (*mount.Im
 		if err != nil {
 			return nil, fmt.Errorf("tar base: %w", err)
 		}
-		return b.converted(ctx, i, "tar", sum, from.URL, func(opt image.ConvertOptions) (*image.Created, error) {
+		return b.converted(ctx, i, img, "tar", sum, from.URL, func(opt image.ConvertOptions) (*image.Created, error) {
 			return image.FromTar(ctx, b.s, from.URL, opt)
 		})
 	case recipe.OCI:
 		dir, tag := from.Layout()
-		return b.layoutBase(ctx, i, "oci", image.Source{Dir: dir, Tag: tag}, from.URL)
+		return b.layoutBase(ctx, i, img, "oci", image.Source{Dir: dir, Tag: tag}, from.URL)
 	case recipe.Docker:
 		if b.opt.Registry == nil {
 			return nil, errors.New("docker bases need a registry client")
@@ -72,25 +74,28 @@ func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (*mount.Im
 		if _, err := c.Copy(ctx, registry.Registry(ref), registry.Layout(dir, tag)); err != nil {
 			return nil, fmt.Errorf("pull %s: %w", from.URL, err)
 		}
-		return b.layoutBase(ctx, i, "docker", image.Source{Dir: dir, Tag: tag}, from.URL)
+		return b.layoutBase(ctx, i, img, "docker", image.Source{Dir: dir, Tag: tag}, from.URL)
 	}
 	return nil, fmt.Errorf("unknown base type %q", from.Type)
 }
 
-func (b *builder) layoutBase(ctx context.Context, i int, kind string, src image.Source, name string) (*mount.Image, error) {
-	md, err := image.SourceManifest(src)
+// layoutBase converts the image of src for img's platform (picked from a
+// multi-platform index).
+func (b *builder) layoutBase(ctx context.Context, i int, img *recipe.Image, kind string, src image.Source, name string) (*mount.Image, error) {
+	md, err := image.SourceManifest(src, imagePlatform(img))
 	if err != nil {
 		return nil, fmt.Errorf("%s base %s: %w", kind, name, err)
 	}
-	return b.converted(ctx, i, kind, md.Digest.String(), name, func(opt image.ConvertOptions) (*image.Created, error) {
+	return b.converted(ctx, i, img, kind, md.Digest.String(), name, func(opt image.ConvertOptions) (*image.Created, error) {
 		return image.ConvertUntagged(ctx, b.s, src, opt)
 	})
 }
 
 // converted returns the cached conversion of a base identified by
-// (kind, id), converting it first on a miss.
-func (b *builder) converted(ctx context.Context, i int, kind, id, name string, convert func(image.ConvertOptions) (*image.Created, error)) (*mount.Image, error) {
-	key := digest.FromString("vessel-build-base/v1\x00" + kind + "\x00" + id + "\x00" + b.opt.Format.MediaType() + "\x00" + b.sde)
+// (kind, id) for img's platform, converting it first on a miss.
+func (b *builder) converted(ctx context.Context, i int, img *recipe.Image, kind, id, name string, convert func(image.ConvertOptions) (*image.Created, error)) (*mount.Image, error) {
+	p := imagePlatform(img)
+	key := digest.FromString("vessel-build-base/v1\x00" + kind + "\x00" + id + "\x00" + b.opt.Format.MediaType() + "\x00" + b.sde + "\x00" + platform.String(p))
 	if d, ok, err := b.cache.Image(key, b.s); err != nil {
 		return nil, err
 	} else if ok {
@@ -99,7 +104,7 @@ func (b *builder) converted(ctx context.Context, i int, kind, id, name string, c
 		}
 	}
 	b.event(i, StatusBase, "", "convert "+kind+" base "+name+" to verified layers")
-	res, err := convert(image.ConvertOptions{Format: b.opt.Format, SourceDateEpoch: b.opt.SourceDateEpoch})
+	res, err := convert(image.ConvertOptions{Format: b.opt.Format, SourceDateEpoch: b.opt.SourceDateEpoch, Platform: p})
 	if err != nil {
 		return nil, fmt.Errorf("convert %s base %s: %w", kind, name, err)
 	}
@@ -113,6 +118,27 @@ func (b *builder) converted(ctx context.Context, i int, kind, id, name string, c
 // checked as a local image (mount.LocalImage).
 func (b *builder) resolve(d ocispec.Descriptor) (*mount.Image, error) {
 	return mount.LocalImage(b.s, d.Digest.String())
+}
+
+// imagePlatform is the platform img is built for.
+func imagePlatform(img *recipe.Image) ocispec.Platform {
+	arch := img.Arch
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	return platform.Normalize(ocispec.Platform{OS: img.OS, Architecture: arch})
+}
+
+// checkBasePlatform refuses a base built for another platform than img.
+func checkBasePlatform(img *recipe.Image, base *mount.Image) error {
+	if base.Image() == nil { // scratch
+		return nil
+	}
+	want, have := imagePlatform(img), platform.OfConfig(base.Config())
+	if !platform.Match(want, have) {
+		return fmt.Errorf("the base is a %s image and %s is built for %s (set arch: to match, or pick a base for %s)", platform.String(have), img.Name, platform.String(want), platform.String(want))
+	}
+	return nil
 }
 
 func fileSHA256(p string) (string, error) {

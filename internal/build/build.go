@@ -29,7 +29,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strconv"
 	"time"
 
@@ -40,6 +39,7 @@ import (
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/recipe"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
@@ -99,6 +99,8 @@ const (
 // Result is what a build produced, in build order.
 type Result struct {
 	Images []Built `json:"images"`
+	// Indexes are the multi-platform images of BuildPlatforms.
+	Indexes []Index `json:"indexes,omitempty"`
 }
 
 // Built is one image of a build.
@@ -114,6 +116,8 @@ type Built struct {
 	// File is the prerequisite recipe that defines the image; "" for the
 	// images of the recipe being built.
 	File string `json:"file,omitempty"`
+	// Platform is what the image runs on (os/arch[/variant]).
+	Platform string `json:"platform"`
 }
 
 // Build builds the images of f (all, or opt.Only and what they need) in
@@ -126,6 +130,12 @@ type Built struct {
 // tagged as soon as that file's images are all built, so a failure later
 // in the build keeps the tags of the prerequisites built before it.
 func Build(ctx context.Context, f *recipe.File, opt Options) (*Result, error) {
+	return build(ctx, f, opt, true)
+}
+
+// build is Build; tag false leaves the store's tags alone (BuildPlatforms
+// tags indexes instead) but still fills Built.Ref.
+func build(ctx context.Context, f *recipe.File, opt Options, tag bool) (*Result, error) {
 	if opt.Store == nil || opt.Mounts == nil {
 		return nil, errors.New("build: no store or mount manager")
 	}
@@ -153,7 +163,7 @@ func Build(ctx context.Context, f *recipe.File, opt Options) (*Result, error) {
 		plans[i] = plan
 		total += len(plan.Steps)
 	}
-	b := &builder{opt: opt, s: opt.Store, cache: recipe.OpenCache(opt.Store.Root()), top: f, total: total, done: map[string]*Built{}}
+	b := &builder{opt: opt, s: opt.Store, cache: recipe.OpenCache(opt.Store.Root()), top: f, total: total, done: map[string]*Built{}, tag: tag}
 	if opt.SourceDateEpoch != nil {
 		b.sde = strconv.FormatInt(*opt.SourceDateEpoch, 10)
 	}
@@ -205,6 +215,9 @@ func (b *builder) buildPlan(ctx context.Context, plan *recipe.Plan) ([]Built, er
 			return nil, fmt.Errorf("tag image %q: %w", step.Image.Name, err)
 		}
 		r.Ref = name + ":" + tag
+		if !b.tag {
+			continue
+		}
 		if err := b.s.Tag(r.Ref, r.Descriptor); err != nil {
 			return nil, fmt.Errorf("tag %s: %w", r.Ref, err)
 		}
@@ -224,6 +237,7 @@ type builder struct {
 	offset, total int
 	sde           string
 	done          map[string]*Built // every image built so far, of every file
+	tag           bool              // tag the images (not when BuildPlatforms does)
 	lnch          *container.Launcher
 }
 
@@ -281,6 +295,9 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	if err != nil {
 		return nil, fail("base", img.From.Line, err)
 	}
+	if err := checkBasePlatform(img, base); err != nil {
+		return nil, fail("base", img.From.Line, err)
+	}
 	src := &sources{b: b, ctx: ctx}
 	defer func() {
 		if cerr := src.close(); cerr != nil {
@@ -296,7 +313,7 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	} else if ok {
 		if mi, err := mount.LocalImage(b.s, d.Digest.String()); err == nil {
 			b.event(i, StatusCached, d.Digest, "")
-			return &Built{Name: img.Name, Descriptor: d, Layers: mi.Layers(), Cache: "image"}, nil
+			return &Built{Name: img.Name, Descriptor: d, Layers: mi.Layers(), Cache: "image", Platform: platform.String(imagePlatform(img))}, nil
 		}
 		// a blob went missing (gc, rm): build it again
 	}
@@ -332,7 +349,7 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	res, err := image.Commit(b.s, image.CommitOptions{
 		Layers:      layers,
 		Config:      img.ApplyConfig(baseCfg),
-		Platform:    ocispec.Platform{OS: img.OS, Architecture: img.Arch},
+		Platform:    imagePlatform(img),
 		Created:     when,
 		History:     history,
 		Annotations: img.Annotations,
@@ -344,7 +361,7 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 		return nil, fail("cache", 0, err)
 	}
 	b.event(i, StatusBuilt, res.Descriptor.Digest, "")
-	return &Built{Name: img.Name, Descriptor: res.Descriptor, Layers: len(layers), Cache: cached}, nil
+	return &Built{Name: img.Name, Descriptor: res.Descriptor, Layers: len(layers), Cache: cached, Platform: platform.String(imagePlatform(img))}, nil
 }
 
 // launcher finds the container runner once.
@@ -362,9 +379,6 @@ func (b *builder) launcher() (*container.Launcher, error) {
 	b.lnch = l
 	return l, nil
 }
-
-// hostArch reports whether arch runs natively here.
-func hostArch(arch string) bool { return arch == "" || arch == runtime.GOARCH }
 
 // tempDir makes a build directory in the store (same filesystem as the
 // blobs, and one overlayfs accepts as an upper directory).

@@ -373,7 +373,7 @@ func TestBadInput(t *testing.T) {
 		{"a:\n  from: {type: scratch}\n  imports: [missing.txt]\n", "missing.txt"},
 		{"a:\n  from: {type: oci, url: nolayout:tag}\n", "oci base"},
 		{"a:\n  from: {type: tar, url: none.tar}\n", "tar base"},
-		{"a:\n  from: {type: scratch}\n  arch: arm64\n  run: echo\n", "cross-architecture"},
+		{"a:\n  from: {type: scratch}\nb:\n  from: {type: built, tag: a}\n  arch: arm64\n", "the base is a linux/amd64 image and b is built for linux/arm64/v8"},
 	} {
 		_, err := e.build(tc.recipe, e.options(), nil)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -18,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
+	"github.com/vesselos/vessel/internal/binfmt"
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/mount"
@@ -82,8 +83,13 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 	}
 	id := containerID(img.Name)
 	if script := img.Script(); script != "" {
-		if !hostArch(img.Arch) {
-			return ocispec.Descriptor{}, fail("run", img.KeyLine("arch"), fmt.Errorf("arch %s: this machine runs %s, and cross-architecture run scripts are not supported yet", img.Arch, hostArchName()))
+		if err := binfmt.Check(imagePlatform(img).Architecture); err != nil {
+			// a foreign-architecture script runs through qemu-user
+			line := img.KeyLine("arch")
+			if line == 0 {
+				line = img.KeyLine("run")
+			}
+			return ocispec.Descriptor{}, fail("run", line, err)
 		}
 		l, err := b.launcher()
 		if err != nil {

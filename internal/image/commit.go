@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -49,18 +48,13 @@ func Commit(s *store.Store, opt CommitOptions) (*Created, error) {
 		}
 	}
 	when := opt.Created
+	p := wantPlatform(opt.Platform) // zero: this machine's
 	img := ocispec.Image{
 		Created:  &when,
-		Platform: opt.Platform,
+		Platform: p,
 		Config:   opt.Config,
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{}},
 		History:  opt.History,
-	}
-	if img.OS == "" {
-		img.OS = "linux"
-	}
-	if img.Architecture == "" {
-		img.Architecture = runtime.GOARCH
 	}
 	for _, l := range opt.Layers {
 		// filesystem-image layers are not compressed: the diff ID is the blob digest
@@ -99,12 +93,12 @@ func Commit(s *store.Store, opt CommitOptions) (*Created, error) {
 // SourceManifest is the manifest Convert would convert from src: the one
 // tagged src.Tag (or the layout's only image), the linux/GOARCH entry of an
 // index. Its digest identifies the source for caching conversions.
-func SourceManifest(src Source) (ocispec.Descriptor, error) {
+func SourceManifest(src Source, want ocispec.Platform) (ocispec.Descriptor, error) {
 	in, err := store.OpenLayout(src.Dir)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	return pickManifest(in, src)
+	return pickManifest(in, src, wantPlatform(want))
 }
 
 // ConvertUntagged is Convert without a tag: the converted image is stored
@@ -168,7 +162,7 @@ func FromTar(ctx context.Context, s *store.Store, path string, opt ConvertOption
 	}
 	return Commit(s, CommitOptions{
 		Layers:   []ocispec.Descriptor{d},
-		Platform: ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH},
+		Platform: opt.Platform,
 		Created:  created(opt.SourceDateEpoch),
 		History:  []ocispec.History{{Created: timePtr(created(opt.SourceDateEpoch)), CreatedBy: "vessel: rootfs tarball"}},
 	})

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 
 	"github.com/klauspost/compress/zstd"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/reference"
 	"github.com/vesselos/vessel/internal/store"
 )
@@ -40,6 +40,11 @@ type ConvertOptions struct {
 	Format          layer.Format
 	SourceDateEpoch *int64
 	Progress        func(step string)
+	// Platform picks the image from a multi-platform index (zero: this
+	// machine's), and a single-platform source must match it when it is
+	// set (zero: any, labelled as the source says). For a tar base it is
+	// the platform the image is labelled with (zero: this machine's).
+	Platform ocispec.Platform
 }
 
 // Convert reads a standard OCI image with tar layers (uncompressed, gzip or
@@ -63,7 +68,8 @@ func convert(ctx context.Context, s *store.Store, src Source, ref string, opt Co
 	if err != nil {
 		return nil, err
 	}
-	mDesc, err := pickManifest(in, src)
+	want := wantPlatform(opt.Platform)
+	mDesc, err := pickManifest(in, src, want)
 	if err != nil {
 		return nil, err
 	}
@@ -74,6 +80,16 @@ func convert(ctx context.Context, s *store.Store, src Source, ref string, opt Co
 	cfg, err := in.Config(m.Config)
 	if err != nil {
 		return nil, fmt.Errorf("source %s: config: %w", src.Dir, err)
+	}
+	// The platform the converted image is labelled with: the source's
+	// own. One asked for (opt.Platform) must match it; a config that names
+	// no architecture takes the one wanted.
+	have := platform.OfConfig(cfg)
+	if cfg.Architecture == "" {
+		have = want
+	}
+	if opt.Platform.Architecture != "" && !platform.Match(want, have) {
+		return nil, fmt.Errorf("source %s: the image is for %s, not %s: %w", src.Dir, platform.String(have), platform.String(want), platform.ErrNoMatch)
 	}
 	done, err := s.Writer()
 	if err != nil {
@@ -95,12 +111,20 @@ func convert(ctx context.Context, s *store.Store, src Source, ref string, opt Co
 	if cfg.Created != nil && opt.SourceDateEpoch == nil {
 		when = *cfg.Created
 	}
-	return commit(s, ref, layers, cfg.Config, when, cfg.History)
+	return commit(s, ref, layers, cfg.Config, have, when, cfg.History)
+}
+
+// wantPlatform is p, or this machine's platform when p is zero.
+func wantPlatform(p ocispec.Platform) ocispec.Platform {
+	if p.Architecture == "" {
+		return platform.Host()
+	}
+	return platform.Normalize(p)
 }
 
 // pickManifest finds the manifest for src.Tag (or the only one), descending
-// into an image index to the linux/GOARCH entry.
-func pickManifest(in *store.Store, src Source) (ocispec.Descriptor, error) {
+// into an image index to the entry for want.
+func pickManifest(in *store.Store, src Source, want ocispec.Platform) (ocispec.Descriptor, error) {
 	var d ocispec.Descriptor
 	var err error
 	if src.Tag != "" {
@@ -120,12 +144,11 @@ func pickManifest(in *store.Store, src Source) (ocispec.Descriptor, error) {
 		if err != nil {
 			return d, err
 		}
-		for _, m := range idx.Manifests {
-			if m.Platform != nil && m.Platform.OS == "linux" && m.Platform.Architecture == runtime.GOARCH {
-				return m, nil
-			}
+		m, err := platform.Pick(idx, want)
+		if err != nil {
+			return d, fmt.Errorf("source %s: %w", src.Dir, err)
 		}
-		return d, fmt.Errorf("source %s: no linux/%s image in the index", src.Dir, runtime.GOARCH)
+		return m, nil
 	}
 	return d, nil
 }

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -34,6 +33,8 @@ type CreateOptions struct {
 	SourceDateEpoch *int64              // reproducible builds: clamp times, fix the created date
 	Config          ocispec.ImageConfig // entrypoint, env, ...
 	Progress        func(step string)   // called before each long step (may be nil)
+	// Platform of the image (what its files run on); zero: this machine's.
+	Platform ocispec.Platform
 }
 
 // Created is the result of Create or Convert.
@@ -69,7 +70,7 @@ func Create(ctx context.Context, s *store.Store, ref string, dirs []string, opt 
 		}
 		layers = append(layers, d)
 	}
-	return commit(s, ref, layers, opt.Config, created(opt.SourceDateEpoch), nil)
+	return commit(s, ref, layers, opt.Config, opt.Platform, created(opt.SourceDateEpoch), nil)
 }
 
 // addLayer builds a layer from dir straight into the store.
@@ -97,10 +98,9 @@ func created(epoch *int64) time.Time {
 }
 
 // commit writes config and manifest for layers and tags them as ref.
-func commit(s *store.Store, ref string, layers []ocispec.Descriptor, cfg ocispec.ImageConfig, when time.Time, history []ocispec.History) (*Created, error) {
+func commit(s *store.Store, ref string, layers []ocispec.Descriptor, cfg ocispec.ImageConfig, p ocispec.Platform, when time.Time, history []ocispec.History) (*Created, error) {
 	return Commit(s, CommitOptions{
-		Ref: ref, Layers: layers, Config: cfg, Created: when, History: history,
-		Platform: ocispec.Platform{Architecture: runtime.GOARCH, OS: "linux"},
+		Ref: ref, Layers: layers, Config: cfg, Created: when, History: history, Platform: p,
 	})
 }
 

@@ -49,8 +49,11 @@ func (l Layer) Descriptor() ocispec.Descriptor {
 
 // Read reads the image ref (NAME[:TAG], NAME@DIGEST or a manifest digest)
 // from s.
+//
+// A ref that names a multi-platform index reads this machine's image from
+// it (store.ResolveImage).
 func Read(s *store.Store, ref string) (*Image, error) {
-	desc, err := s.Resolve(ref)
+	desc, err := s.ResolveImage(ref, ocispec.Platform{})
 	if err != nil {
 		return nil, err
 	}

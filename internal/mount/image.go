@@ -124,7 +124,7 @@ func (img *Image) valid() error {
 // `vessel mount` and build bases; images of a system manifest come from
 // SystemImage.
 func LocalImage(s *store.Store, ref string) (*Image, error) {
-	desc, err := s.Resolve(ref)
+	desc, err := s.ResolveImage(ref, ocispec.Platform{}) // an index: this machine's image
 	if err != nil {
 		return nil, err
 	}

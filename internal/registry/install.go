@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
 	"github.com/vesselos/vessel/internal/bounded"
@@ -27,6 +28,10 @@ type InstallOptions struct {
 	// ImageRepo is where the images are pulled from by digest; by default
 	// the repository of the system manifest.
 	ImageRepo *Reference
+	// Platform is the machine the system is installed for: every image
+	// must be for it (zero: this machine's). A system manifest is for one
+	// architecture (docs/manifest.md).
+	Platform ocispec.Platform
 }
 
 // InstalledImage is one image of an installed system.
@@ -120,6 +125,9 @@ func (c *Client) Install(ctx context.Context, st *store.Store, ref Reference, op
 		}
 		if _, err := image.Verify(st, img.Digest.String(), nil); err != nil {
 			return nil, fmt.Errorf("install %s: image %s: %w (nothing was installed)", ref, names[i], err)
+		}
+		if err := st.CheckPlatform(ocispec.Descriptor{Digest: img.Digest}, opts.Platform); err != nil {
+			return nil, fmt.Errorf("install %s: image %s: %w: this system manifest is for another architecture; install the one built for this machine (vessel manifest build --arch) (nothing was installed)", ref, names[i], err)
 		}
 		c.emit(Event{Kind: EventVerified, Digest: img.Digest, MediaType: img.MediaType, Ref: names[i]})
 		tag := fmt.Sprintf("system/%s:v%d", strings.ToLower(names[i]), vm.Version())
