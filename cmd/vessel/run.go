@@ -15,7 +15,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/container"
-	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/userns"
 )
