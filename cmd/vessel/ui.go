@@ -25,6 +25,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vesselos/vessel/internal/binfmt"
 	"github.com/vesselos/vessel/internal/boot/secureboot"
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/manifest"
@@ -142,6 +143,7 @@ func printError(w io.Writer, err error) {
 // hint is what the user can do about err, in terms of vessel's commands
 // and flags (which the library does not know).
 func hint(err error) string {
+	var notRegistered *binfmt.NotRegisteredError
 	switch {
 	case errors.Is(err, trust.ErrNoCA):
 		return "give the manifest-signing CA certificate with --ca"
@@ -151,6 +153,8 @@ func hint(err error) string {
 		return "give the product's UUID with --product-id, or its key directory with --keys"
 	case errors.Is(err, manifest.ErrProductMismatch):
 		return "the product in system.yaml and --product-id must agree"
+	case errors.As(err, &notRegistered):
+		return fmt.Sprintf("run 'vessel binfmt install --arch %s' as root", notRegistered.Arch)
 	case errors.Is(err, secureboot.ErrExists):
 		return "add --force to replace them (machines enrolled with the old keys will refuse what the new ones sign)"
 	case errors.Is(err, image.ErrNoLayerDirs):

@@ -50,6 +50,19 @@ var ErrNotInstalled = errors.New(Package + " is not installed")
 // binaries of an architecture.
 var ErrNotRegistered = errors.New("no emulator is registered")
 
+// NotRegisteredError says which architecture has no emulator; it matches
+// ErrNotRegistered with errors.Is.
+type NotRegisteredError struct {
+	Arch   string // the architecture, as binfmt names it (arm64, riscv64, ...)
+	Reason string // what is missing
+}
+
+func (e *NotRegisteredError) Error() string {
+	return fmt.Sprintf("%s binaries cannot run here: %s (register an emulator for %s as root; it needs Debian's %s)", e.Arch, e.Reason, e.Arch, Package)
+}
+
+func (e *NotRegisteredError) Is(target error) bool { return target == ErrNotRegistered }
+
 // Entry is one binfmt_misc rule.
 type Entry struct {
 	Name string `json:"name"`
@@ -360,13 +373,13 @@ func Check(arch string) error {
 		return nil
 	}
 	if !st.Mounted {
-		return fmt.Errorf("%s binaries cannot run here: binfmt_misc is not mounted, %w (run 'vessel binfmt install --arch %s' as root; it needs Debian's %s)", a, ErrNotRegistered, a, Package)
+		return &NotRegisteredError{Arch: a, Reason: "binfmt_misc is not mounted, " + ErrNotRegistered.Error()}
 	}
 	if !st.Enabled {
 		return fmt.Errorf("%s binaries cannot run here: binfmt_misc is disabled (echo 1 > %s/status as root)", a, Dir)
 	}
 	if _, ok := st.Handler(a); !ok {
-		return fmt.Errorf("%s binaries cannot run here: %w for %s with the F flag (run 'vessel binfmt install --arch %s' as root; it needs Debian's %s)", a, ErrNotRegistered, a, a, Package)
+		return &NotRegisteredError{Arch: a, Reason: ErrNotRegistered.Error() + " for " + a + " with the F flag"}
 	}
 	return nil
 }

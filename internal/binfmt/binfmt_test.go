@@ -158,7 +158,7 @@ func TestRoundTrip(t *testing.T) {
 	if _, err := Remove("", []string{"riscv64"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := Check("riscv64"); !errors.Is(err, ErrNotRegistered) || !strings.Contains(err.Error(), "vessel binfmt install --arch riscv64") {
+	if err := Check("riscv64"); !errors.Is(err, ErrNotRegistered) || !strings.Contains(err.Error(), "register an emulator for riscv64") {
 		t.Fatalf("Check before install: %v", err)
 	}
 	res, err := Install("", es)
