@@ -62,15 +62,21 @@ func keysInitCmd(g *globals) *cobra.Command {
 }
 
 func keysProductCmd(g *globals) *cobra.Command {
-	var name, id, validFor string
+	var name, id, validFor, key string
 	var force bool
+	var tk tpmKeyFlags
 	c := &cobra.Command{
-		Use:   "product DIR --name NAME [--product-id UUID]",
+		Use:   "product DIR --name NAME [--product-id UUID] [--key KEY|tpm:FILE]",
 		Short: "Create a product signing key and certificate signed by the manifest CA",
 		Long: `product writes DIR/products/NAME/product.pem, product.key (0600) and chain.pem
 and prints the product ID. The certificate carries the product ID as the URI
-SAN urn:uuid:<id>; every manifest it signs must name that product.`,
+SAN urn:uuid:<id>; every manifest it signs must name that product.
+
+With --key, no key is generated: the certificate is issued for that key (a
+PEM key, or tpm:FILE for a key held by a TPM, see 'vessel tpm key create')
+and product.key is not written.`,
 		Example: `  vessel keys product ./keys --name acme-router
+  vessel keys product ./keys --name acme-router --key tpm:product.tpmkey --tpm /dev/tpmrm0
   vessel keys product ./keys --name acme-router --product-id 0f8fad5b-d9cb-469f-a165-70867728950e --valid-for 2y
   openssl verify -CAfile ./keys/manifest-ca.pem ./keys/products/acme-router/product.pem`,
 		Args: cobra.ExactArgs(1),
@@ -79,7 +85,8 @@ SAN urn:uuid:<id>; every manifest it signs must name that product.`,
 			if err != nil {
 				return usageError{err.Error()}
 			}
-			res, err := trust.Product(args[0], trust.ProductOptions{Name: name, ProductID: id, ValidFor: d, Force: force})
+			res, err := trust.Product(args[0], trust.ProductOptions{Name: name, ProductID: id, ValidFor: d, Force: force,
+				Key: key, TPM: tk.opener(cmd.InOrStdin())})
 			if errors.Is(err, trust.ErrExists) {
 				return fmt.Errorf("%w (use --force to replace it)", err)
 			}
@@ -98,6 +105,8 @@ SAN urn:uuid:<id>; every manifest it signs must name that product.`,
 	c.Flags().StringVar(&id, "product-id", "", "product UUID (default: a new random UUID)")
 	c.Flags().StringVar(&validFor, "valid-for", "2y", "certificate validity (e.g. 2y, 90d)")
 	c.Flags().BoolVar(&force, "force", false, "replace an existing product key")
+	c.Flags().StringVar(&key, "key", "", "certify this existing key instead of generating one: a PEM file or tpm:FILE")
+	tk.add(c)
 	return c
 }
 

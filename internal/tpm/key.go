@@ -6,14 +6,21 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"crypto/x509"
 	"encoding/asn1"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"math/big"
+	"os"
+	"strings"
 
 	keyfile "github.com/foxboron/go-tpm-keyfiles"
 	"github.com/google/go-tpm/tpm2"
+	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/bounded"
+	"github.com/vesselos/vessel/internal/trust"
 )
 
 // Keys held by the TPM: a signing key created in (or imported into) the
@@ -366,3 +373,121 @@ func (s *KeySigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) (si
 	}
 	return sig, nil
 }
+
+// maxKeyFile bounds a key file read from disk (an RSA 2048 key file is
+// about 1.5 KiB).
+const maxKeyFile = 64 << 10
+
+// KeyOpener opens TSS2 key files on a TPM; it implements trust.KeyOpener,
+// so `--key tpm:FILE` works wherever a PEM key does.
+type KeyOpener struct {
+	Device string                 // the TPM, as for Open
+	Auth   func() ([]byte, error) // the key's password; called only for keys that have one
+}
+
+// OpenKey reads the key file at path, opens the TPM and checks that the
+// key loads there. Closing the closer closes the TPM connection.
+func (o KeyOpener) OpenKey(path string) (crypto.Signer, io.Closer, error) {
+	b, err := bounded.ReadFile(path, maxKeyFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read TPM key file: %w", err)
+	}
+	kf, err := ParseKeyFile(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	var auth []byte
+	if kf.NeedsAuth() {
+		if o.Auth == nil {
+			return nil, nil, errors.New("the key file needs its authorization (password) and none was given")
+		}
+		if auth, err = o.Auth(); err != nil {
+			return nil, nil, fmt.Errorf("key authorization: %w", err)
+		}
+	}
+	t, err := Open(o.Device)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := t.Signer(kf, auth)
+	if err != nil {
+		return nil, nil, errors.Join(err, t.Close())
+	}
+	return s, t, nil
+}
+
+// KeyFileResult describes a key file written by CreateKeyFile or
+// ImportKeyFile.
+type KeyFileResult struct {
+	File      string `json:"file"`
+	Type      string `json:"type"` // "ecc-p256", "ecc-p384" or "rsa-2048"
+	Auth      bool   `json:"auth"` // the key has an authorization value
+	Parent    string `json:"parent"`
+	PublicKey string `json:"publicKey"` // PEM (PKIX)
+}
+
+// CreateKeyFile creates a key in the TPM (CreateKey) and writes its key
+// file to path, mode 0600. An existing file is an error unless force.
+func (t *TPM) CreateKeyFile(path string, o KeyOptions, force bool) (*KeyFileResult, error) {
+	if err := checkNew(path, force); err != nil {
+		return nil, fmt.Errorf("create TPM key: %w", err)
+	}
+	b, err := t.CreateKey(o)
+	if err != nil {
+		return nil, err
+	}
+	return writeKeyFile(path, b)
+}
+
+// ImportKeyFile wraps the PEM private key at keyPath to the TPM
+// (ImportKey) and writes the key file to path, mode 0600. An existing
+// file is an error unless force.
+func (t *TPM) ImportKeyFile(keyPath, path string, o KeyOptions, force bool) (*KeyFileResult, error) {
+	if err := checkNew(path, force); err != nil {
+		return nil, fmt.Errorf("import key into TPM: %w", err)
+	}
+	k, err := trust.LoadKey(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("import key into TPM: %w", err)
+	}
+	b, err := t.ImportKey(k, o)
+	if err != nil {
+		return nil, err
+	}
+	return writeKeyFile(path, b)
+}
+
+func checkNew(path string, force bool) error {
+	if path == "" {
+		return errors.New("no output file given")
+	}
+	if _, err := os.Lstat(path); err == nil && !force {
+		return fmt.Errorf("%s exists (use --force to replace it)", path)
+	}
+	return nil
+}
+
+func writeKeyFile(path string, b []byte) (*KeyFileResult, error) {
+	kf, err := ParseKeyFile(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
+		return nil, fmt.Errorf("write TPM key file: %w", err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(kf.pub)
+	if err != nil {
+		return nil, err
+	}
+	r := &KeyFileResult{File: path, Auth: kf.NeedsAuth(), Parent: fmt.Sprintf("0x%08x", kf.Parent()),
+		PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}
+	switch k := kf.pub.(type) {
+	case *ecdsa.PublicKey:
+		r.Type = "ecc-" + strings.ToLower(strings.ReplaceAll(k.Curve.Params().Name, "-", ""))
+	case *rsa.PublicKey:
+		r.Type = fmt.Sprintf("rsa-%d", k.N.BitLen())
+	}
+	return r, nil
+}
+
+var _ trust.KeyOpener = KeyOpener{}

@@ -16,10 +16,12 @@ import (
 // SignFiles says which files SignFile reads and writes.
 type SignFiles struct {
 	Manifest string // the manifest to sign (its exact bytes are signed)
-	Key      string // the product's private key (PEM)
-	Cert     string // the product's certificate (PEM; the first one is used)
-	Chain    string // intermediate certificates (PEM), optional
-	Output   string // where the signed manifest goes
+	Key      string // the product's private key: a PEM file, or tpm:FILE (see LoadSigner)
+	// TPM opens tpm:FILE keys; nil when no TPM is available.
+	TPM    KeyOpener
+	Cert   string // the product's certificate (PEM; the first one is used)
+	Chain  string // intermediate certificates (PEM), optional
+	Output string // where the signed manifest goes
 	// DetachedSig, if set, also gets the raw signature (DER), which
 	// `openssl dgst -verify` checks against the manifest.
 	DetachedSig string
@@ -28,7 +30,7 @@ type SignFiles struct {
 // SignFile signs a manifest file with a product key (see Sign) and writes
 // the signed manifest, and the detached signature if asked. It returns the
 // signer's certificate.
-func SignFile(f SignFiles) (*x509.Certificate, error) {
+func SignFile(f SignFiles) (_ *x509.Certificate, err error) {
 	if f.Manifest == "" || f.Key == "" || f.Cert == "" || f.Output == "" {
 		return nil, errors.New("sign: the manifest, key, certificate and output files are required")
 	}
@@ -36,10 +38,15 @@ func SignFile(f SignFiles) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
-	key, err := LoadKey(f.Key)
+	key, closeKey, err := LoadSigner(f.Key, f.TPM)
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
+	defer func() {
+		if cerr := closeKey(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("sign: close key %s: %w", f.Key, cerr))
+		}
+	}()
 	certs, err := LoadCerts(f.Cert)
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
