@@ -77,7 +77,7 @@ $VESSEL_TPM_KEY_AUTH, never from the command line. See docs/tpm.md.`,
 }
 
 type keyCreateFlags struct {
-	out, authFile, desc string
+	out, authFile string
 	auth, force         bool
 }
 
@@ -85,12 +85,11 @@ func (k *keyCreateFlags) add(c *cobra.Command) {
 	c.Flags().StringVarP(&k.out, "output", "o", "", "key file to write (mode 0600)")
 	c.Flags().BoolVar(&k.auth, "auth", false, "protect the key with a password (from --key-auth-file or $"+keyAuthEnv+")")
 	c.Flags().StringVar(&k.authFile, "key-auth-file", "", "file holding the password, - for stdin (default $"+keyAuthEnv+")")
-	c.Flags().StringVar(&k.desc, "description", "", "description stored in the key file")
 	c.Flags().BoolVar(&k.force, "force", false, "replace an existing key file")
 }
 
 func (k *keyCreateFlags) options(cmd *cobra.Command, rsa bool) (tpm.KeyOptions, error) {
-	o := tpm.KeyOptions{RSA: rsa, Description: k.desc}
+	o := tpm.KeyOptions{RSA: rsa}
 	if k.out == "" {
 		return o, usageError{cmd.CommandPath() + ": -o FILE is required"}
 	}

@@ -39,9 +39,10 @@ var ErrKeyAuth = errors.New("key authorization refused")
 
 // KeyOptions configure CreateKey and ImportKey.
 type KeyOptions struct {
-	RSA         bool   // RSA 2048 instead of ECC P-256 (CreateKey only)
-	Auth        []byte // the key's authorization value (password); none when empty
-	Description string // stored in the key file
+	RSA  bool   // RSA 2048 instead of ECC P-256 (CreateKey only)
+	Auth []byte // the key's authorization value (password); none when empty
+	// No description field is written: the openssl tpm2 provider (1.1.1,
+	// Debian 12) refuses key files that carry one.
 }
 
 // MaxKeyAuth is the longest key authorization accepted (the SRK's name
@@ -128,7 +129,7 @@ func (t *TPM) CreateKey(o KeyOptions) ([]byte, error) {
 		return nil, classify("create TPM key under the SRK", err)
 	}
 	k := keyfile.NewTPMKey(keyfile.OIDLoadableKey, rsp.OutPublic, rsp.OutPrivate,
-		keyfile.WithParent(SRKHandle), keyfile.WithUserAuth(o.Auth), keyfile.WithDescription(o.Description))
+		keyfile.WithParent(SRKHandle), keyfile.WithUserAuth(o.Auth))
 	return encodeKey(k)
 }
 
@@ -160,7 +161,7 @@ func (t *TPM) ImportKey(priv crypto.Signer, o KeyOptions) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := []keyfile.TPMKeyOption{keyfile.WithParent(SRKHandle), keyfile.WithDescription(o.Description)}
+	opts := []keyfile.TPMKeyOption{keyfile.WithParent(SRKHandle)}
 	if len(o.Auth) > 0 {
 		opts = append(opts, keyfile.WithUserAuth(o.Auth))
 	}
@@ -178,7 +179,7 @@ func (t *TPM) ImportKey(priv crypto.Signer, o KeyOptions) ([]byte, error) {
 		return nil, classify("import key into TPM", err)
 	}
 	k := keyfile.NewTPMKey(keyfile.OIDLoadableKey, ik.Pubkey, rsp.OutPrivate,
-		keyfile.WithParent(SRKHandle), keyfile.WithUserAuth(o.Auth), keyfile.WithDescription(o.Description))
+		keyfile.WithParent(SRKHandle), keyfile.WithUserAuth(o.Auth))
 	return encodeKey(k)
 }
 

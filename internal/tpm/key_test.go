@@ -81,7 +81,7 @@ func runKeySuite(t *testing.T, open opener) {
 	}
 
 	t.Run("create ECC, sign SHA-256 and SHA-384", func(t *testing.T) {
-		b := create(t, KeyOptions{Description: "product"})
+		b := create(t, KeyOptions{})
 		if !strings.HasPrefix(string(b), "-----BEGIN TSS2 PRIVATE KEY-----") {
 			t.Fatalf("key file starts %q", b[:40])
 		}
