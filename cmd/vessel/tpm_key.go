@@ -78,7 +78,7 @@ $VESSEL_TPM_KEY_AUTH, never from the command line. See docs/tpm.md.`,
 
 type keyCreateFlags struct {
 	out, authFile string
-	auth, force         bool
+	auth, force   bool
 }
 
 func (k *keyCreateFlags) add(c *cobra.Command) {
