@@ -253,7 +253,7 @@ func (t *TPM) Signer(f *KeyFile, auth []byte) (*KeySigner, error) {
 		return nil, errors.New("TPM key: the key file needs its authorization (password)")
 	}
 	s := &KeySigner{t: t, f: f, auth: auth}
-	if err := s.withKey(func(tpm2.NamedHandle) error { return nil }); err != nil {
+	if err := s.withKey(func(tpm2.NamedHandle, tpm2.TPMTPublic) error { return nil }); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -264,11 +264,11 @@ func (s *KeySigner) Public() crypto.PublicKey { return s.f.pub }
 
 // withKey loads the key under the SRK, calls use and flushes the key on
 // every path.
-func (s *KeySigner) withKey(use func(tpm2.NamedHandle) error) (err error) {
+func (s *KeySigner) withKey(use func(key tpm2.NamedHandle, srkPub tpm2.TPMTPublic) error) (err error) {
 	if p := s.f.k.Parent; p != SRKHandle {
 		return fmt.Errorf("load TPM key: the key file's parent is 0x%08x, vessel loads key files under its SRK at 0x%08x (create the key with `vessel tpm key create` or `vessel tpm key import`)", uint32(p), uint32(SRKHandle))
 	}
-	srk, _, err := s.t.keyParent("load TPM key")
+	srk, srkPub, err := s.t.keyParent("load TPM key")
 	if err != nil {
 		return err
 	}
@@ -286,7 +286,7 @@ func (s *KeySigner) withKey(use func(tpm2.NamedHandle) error) (err error) {
 	}
 	h := tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name}
 	defer s.t.flush(h.Handle, &err)
-	return use(h)
+	return use(h, srkPub)
 }
 
 // Sign implements crypto.Signer. ECDSA keys return an ASN.1 DER signature
@@ -328,9 +328,16 @@ func (s *KeySigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) (si
 	default:
 		return nil, fmt.Errorf("TPM key: sign: key type %T not supported", s.f.pub)
 	}
-	err = s.withKey(func(h tpm2.NamedHandle) error {
+	err = s.withKey(func(h tpm2.NamedHandle, srkPub tpm2.TPMTPublic) error {
+		// A key with a password is authorized by a one-shot HMAC session
+		// salted by the SRK: the password never crosses the bus (go-tpm
+		// flushes the session when the command fails).
+		auth := tpm2.PasswordAuth(nil)
+		if len(s.auth) > 0 {
+			auth = tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(s.auth), tpm2.Salted(SRKHandle, srkPub))
+		}
 		rsp, err := (tpm2.Sign{
-			KeyHandle:  tpm2.AuthHandle{Handle: h.Handle, Name: h.Name, Auth: tpm2.PasswordAuth(s.auth)},
+			KeyHandle:  tpm2.AuthHandle{Handle: h.Handle, Name: h.Name, Auth: auth},
 			Digest:     tpm2.TPM2BDigest{Buffer: digest},
 			InScheme:   scheme,
 			Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
