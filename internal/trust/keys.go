@@ -164,6 +164,10 @@ type ProductOptions struct {
 	// key file is written then, and the result's Key is this reference.
 	Key string
 	TPM KeyOpener // opens tpm:FILE keys
+	// CSR, if set, is a certificate request (PEM or DER, see CSRFile) whose
+	// key is certified instead: its signature must verify (proof of
+	// possession); its subject is ignored. No key file is written.
+	CSR string
 }
 
 // ProductResult is what Product wrote.
@@ -209,7 +213,10 @@ func Product(dir string, opts ProductOptions) (*ProductResult, error) {
 	keyPath := filepath.Join(pdir, ProductKey)
 	certPath := filepath.Join(pdir, ProductCert)
 	existing := keyPath
-	if opts.Key != "" {
+	if opts.Key != "" && opts.CSR != "" {
+		return nil, errors.New("keys product: give an existing key or a certificate request, not both")
+	}
+	if opts.Key != "" || opts.CSR != "" {
 		existing = certPath
 	}
 	if _, err := os.Stat(existing); err == nil && !opts.Force {
@@ -229,6 +236,18 @@ func Product(dir string, opts ProductOptions) (*ProductResult, error) {
 		if err := checkSigningKey(pub); err != nil {
 			return nil, fmt.Errorf("keys product: key %s: %w", opts.Key, err)
 		}
+	} else if opts.CSR != "" {
+		csr, err := readCSR(opts.CSR)
+		if err != nil {
+			return nil, fmt.Errorf("keys product: %w", err)
+		}
+		if err := csr.CheckSignature(); err != nil {
+			return nil, fmt.Errorf("keys product: request %s: signature does not verify (not signed by its own key): %w", opts.CSR, err)
+		}
+		if err := checkSigningKey(csr.PublicKey); err != nil {
+			return nil, fmt.Errorf("keys product: request %s: %w", opts.CSR, err)
+		}
+		pub = csr.PublicKey
 	} else {
 		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
@@ -268,7 +287,7 @@ func Product(dir string, opts ProductOptions) (*ProductResult, error) {
 			return nil, fmt.Errorf("keys product: %w", err)
 		}
 	} else {
-		keyPath = opts.Key
+		keyPath = opts.Key // "" for a CSR: the key is wherever the request came from
 	}
 	chainPath := filepath.Join(pdir, ProductChain)
 	if err := writeFile(certPath, pemCert(cert), 0o644, true); err != nil {

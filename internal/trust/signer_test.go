@@ -108,3 +108,51 @@ func TestTPMKeyProductAndSign(t *testing.T) {
 		t.Errorf("%d opens, %d closes; want 2 each", f.opens, f.closes)
 	}
 }
+
+// TestProductFromCSR: CSRFile makes a request signed by the (fake TPM)
+// key; Product certifies its key; a request whose signature does not
+// verify is refused.
+func TestProductFromCSR(t *testing.T) {
+	p := newPKI(t, "Acme")
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeTPM{path: "p.tpmkey", key: k}
+	dir := t.TempDir()
+	csr := filepath.Join(dir, "p.csr")
+	if err := CSRFile("tpm:p.tpmkey", f, "acme-csr", csr); err != nil {
+		t.Fatal(err)
+	}
+	if f.opens != 1 || f.closes != 1 {
+		t.Errorf("%d opens, %d closes", f.opens, f.closes)
+	}
+	res, err := Product(p.dir, ProductOptions{Name: "acme-csr", CSR: csr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := LoadCerts(res.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !samePublicKey(certs[0].PublicKey, k.Public()) || certs[0].Subject.CommonName != "acme-csr" {
+		t.Fatalf("certificate for %v, CN %q", certs[0].PublicKey, certs[0].Subject.CommonName)
+	}
+	// Flip a bit of the signature (the last bytes of the DER request).
+	b, err := readCSR(csr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := append([]byte(nil), b.Raw...)
+	raw[len(raw)-3] ^= 1
+	bad := filepath.Join(dir, "bad.csr")
+	if err := os.WriteFile(bad, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Product(p.dir, ProductOptions{Name: "bad", CSR: bad}); err == nil || !strings.Contains(err.Error(), "signature does not verify") {
+		t.Errorf("Product with a bad request: %v", err)
+	}
+	if err := CSRFile("tpm:p.tpmkey", f, "bad name", csr); err == nil || !strings.Contains(err.Error(), "invalid name") {
+		t.Errorf("CSRFile with a bad name: %v", err)
+	}
+}
