@@ -200,7 +200,14 @@ type KeyFile struct {
 // ParseKeyFile parses a TSS2 "TSS2 PRIVATE KEY" PEM file holding a
 // loadable signing key.
 func ParseKeyFile(b []byte) (*KeyFile, error) {
-	k, err := keyfile.Decode(b)
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, errors.New("parse TPM key file: no PEM block found (want -----BEGIN TSS2 PRIVATE KEY-----)")
+	}
+	if blk.Type != "TSS2 PRIVATE KEY" {
+		return nil, fmt.Errorf("parse TPM key file: PEM block %q is not a TSS2 PRIVATE KEY (a PEM key is given as --key FILE, without tpm:)", blk.Type)
+	}
+	k, err := keyfile.Parse(blk.Bytes)
 	if err != nil {
 		return nil, fmt.Errorf("parse TPM key file: %w", err)
 	}
