@@ -264,8 +264,14 @@ func TestSwtpmKeys(t *testing.T) {
 		if _, err := exec.LookPath("openssl"); err != nil {
 			t.Skip("openssl is not installed")
 		}
-		if out, err := exec.Command("openssl", "list", "-providers", "-provider", "tpm2").CombinedOutput(); err != nil {
-			t.Skipf("the openssl tpm2 provider is not installed (apt-get install tpm2-openssl): %s", out)
+		// The provider is a module in openssl's MODULESDIR.
+		out, err := exec.Command("openssl", "version", "-m").Output()
+		if err != nil {
+			t.Fatalf("openssl version -m: %v", err)
+		}
+		modDir, ok := strings.CutPrefix(strings.TrimSpace(string(out)), "MODULESDIR: ")
+		if _, serr := os.Stat(filepath.Join(strings.Trim(modDir, `"`), "tpm2.so")); !ok || serr != nil {
+			t.Skipf("the openssl tpm2 provider is not installed (apt-get install tpm2-openssl): no tpm2.so in %s", out)
 		}
 		kp := filepath.Join(dir, "product.tpmkey")
 		write(t, kp, ecc)
@@ -273,7 +279,7 @@ func TestSwtpmKeys(t *testing.T) {
 		cmd := exec.Command("openssl", "pkeyutl", "-provider", "tpm2", "-provider", "default", "-propquery", "?provider=tpm2",
 			"-sign", "-inkey", kp, "-rawin", "-digest", "sha256", "-in", filepath.Join(dir, "data"), "-out", filepath.Join(dir, "osig"))
 		cmd.Env = append(os.Environ(), fmt.Sprintf("TPM2OPENSSL_TCTI=swtpm:host=127.0.0.1,port=%d", sw.port))
-		out, err := cmd.CombinedOutput()
+		out, err = cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("openssl pkeyutl -provider tpm2 -sign: %v\n%s", err, out)
 		}
