@@ -132,13 +132,23 @@ func runKeySuite(t *testing.T, open opener) {
 		})
 	})
 
-	t.Run("import ECDSA P-256 and RSA 2048", func(t *testing.T) {
+	t.Run("import ECDSA P-256, P-384 and RSA 2048", func(t *testing.T) {
 		ek := newKey(t)
+		ek384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
 		rk, err := rsa.GenerateKey(rand.Reader, 2048)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, k := range []crypto.Signer{ek, rk} {
+		// A P-256 key whose private scalar has a leading zero byte (1 in
+		// 256): the wrapping must still give the TPM the right key.
+		short := newKey(t)
+		for len(short.D.Bytes()) == 32 {
+			short = newKey(t)
+		}
+		for _, k := range []crypto.Signer{ek, ek384, rk, short} {
 			var b []byte
 			use(t, open, func(tp *TPM) {
 				if b, err = tp.ImportKey(k, KeyOptions{Auth: []byte("pw")}); err != nil {
