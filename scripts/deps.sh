@@ -7,6 +7,7 @@ pkgs=(
   skopeo umoci                                # independent OCI layout checkers
   runc crun squashfuse fuse-overlayfs uidmap  # containers (both OCI runtimes), rootless mounts
   swtpm swtpm-tools tpm2-tools libssl-dev gcc # TPM: emulator, checker, simulator (cgo, tests only)
+  tpm2-openssl                                # openssl tpm2 provider: signs with vessel's TPM key files (tests)
   docker-registry                             # a real registry for distribution tests
   busybox-static attr openssl util-linux make # example rootfs, xattr tools, cert checks, mount/losetup
   systemd-boot-efi ovmf                       # boot: the UKI stub, OVMF firmware and VARS templates

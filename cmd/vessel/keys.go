@@ -22,7 +22,7 @@ baked into the initrd), the machine-identity CA, one signing key per product,
 and the revocation list. Keep the directory offline; private keys are written
 with mode 0600 and never printed. See docs/keys.md.`,
 	}
-	c.AddCommand(keysInitCmd(g), keysProductCmd(g), keysMachineCmd(g), keysRevokeCmd(g), keysCRLCmd(g), keysUEFICmd(g))
+	c.AddCommand(keysInitCmd(g), keysProductCmd(g), keysCSRCmd(g), keysMachineCmd(g), keysRevokeCmd(g), keysCRLCmd(g), keysUEFICmd(g))
 	return c
 }
 
@@ -62,15 +62,24 @@ func keysInitCmd(g *globals) *cobra.Command {
 }
 
 func keysProductCmd(g *globals) *cobra.Command {
-	var name, id, validFor string
+	var name, id, validFor, key, csr string
 	var force bool
+	var tk tpmKeyFlags
 	c := &cobra.Command{
-		Use:   "product DIR --name NAME [--product-id UUID]",
+		Use:   "product DIR --name NAME [--product-id UUID] [--key KEY|tpm:FILE]",
 		Short: "Create a product signing key and certificate signed by the manifest CA",
 		Long: `product writes DIR/products/NAME/product.pem, product.key (0600) and chain.pem
 and prints the product ID. The certificate carries the product ID as the URI
-SAN urn:uuid:<id>; every manifest it signs must name that product.`,
+SAN urn:uuid:<id>; every manifest it signs must name that product.
+
+With --key, no key is generated: the certificate is issued for that key (a
+PEM key, or tpm:FILE for a key held by a TPM, see 'vessel tpm key create')
+and product.key is not written. With --csr, the key of a certificate request
+made by 'vessel keys csr' (for example on the machine that holds the TPM) is
+certified, after its signature is checked.`,
 		Example: `  vessel keys product ./keys --name acme-router
+  vessel keys product ./keys --name acme-router --key tpm:product.tpmkey --tpm /dev/tpmrm0
+  vessel keys product ./keys --name acme-router --csr acme-router.csr      # from 'vessel keys csr'
   vessel keys product ./keys --name acme-router --product-id 0f8fad5b-d9cb-469f-a165-70867728950e --valid-for 2y
   openssl verify -CAfile ./keys/manifest-ca.pem ./keys/products/acme-router/product.pem`,
 		Args: cobra.ExactArgs(1),
@@ -79,7 +88,8 @@ SAN urn:uuid:<id>; every manifest it signs must name that product.`,
 			if err != nil {
 				return usageError{err.Error()}
 			}
-			res, err := trust.Product(args[0], trust.ProductOptions{Name: name, ProductID: id, ValidFor: d, Force: force})
+			res, err := trust.Product(args[0], trust.ProductOptions{Name: name, ProductID: id, ValidFor: d, Force: force,
+				Key: key, TPM: tk.opener(cmd.InOrStdin()), CSR: csr})
 			if errors.Is(err, trust.ErrExists) {
 				return fmt.Errorf("%w (use --force to replace it)", err)
 			}
@@ -98,6 +108,45 @@ SAN urn:uuid:<id>; every manifest it signs must name that product.`,
 	c.Flags().StringVar(&id, "product-id", "", "product UUID (default: a new random UUID)")
 	c.Flags().StringVar(&validFor, "valid-for", "2y", "certificate validity (e.g. 2y, 90d)")
 	c.Flags().BoolVar(&force, "force", false, "replace an existing product key")
+	c.Flags().StringVar(&key, "key", "", "certify this existing key instead of generating one: a PEM file or tpm:FILE")
+	c.Flags().StringVar(&csr, "csr", "", "certify the key of this certificate request (from 'vessel keys csr') instead of generating one")
+	tk.add(c)
+	return c
+}
+
+func keysCSRCmd(g *globals) *cobra.Command {
+	var name, key, out string
+	var tk tpmKeyFlags
+	c := &cobra.Command{
+		Use:   "csr --key KEY|tpm:FILE --name NAME -o FILE",
+		Short: "Write a certificate request for an existing product key (PEM or held by a TPM)",
+		Long: `csr writes a PEM certificate request (subject CN=NAME) for a signing key,
+signed by that key, so an offline manifest CA can certify it with
+'vessel keys product DIR --name NAME --csr FILE' without the key leaving its
+machine or TPM.`,
+		Example: `  vessel tpm key create -o product.tpmkey
+  vessel keys csr --key tpm:product.tpmkey --name acme-router -o acme-router.csr
+  openssl req -in acme-router.csr -verify -noout
+  vessel keys product ./keys --name acme-router --csr acme-router.csr   # on the CA host`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if key == "" || name == "" || out == "" {
+				return usageError{"keys csr: --key, --name and -o are required"}
+			}
+			if err := trust.CSRFile(key, tk.opener(cmd.InOrStdin()), name, out); err != nil {
+				return fmt.Errorf("keys csr: %w", err)
+			}
+			if g.json {
+				return printJSON(cmd.OutOrStdout(), map[string]string{"csr": out, "name": name, "key": key})
+			}
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s: certificate request for %s (key %s)\n", out, name, key)
+			return err
+		},
+	}
+	c.Flags().StringVar(&key, "key", "", "the key: a PEM file or tpm:FILE")
+	c.Flags().StringVar(&name, "name", "", "product name (the request's common name)")
+	c.Flags().StringVarP(&out, "output", "o", "", "where to write the request (PEM)")
+	tk.add(c)
 	return c
 }
 

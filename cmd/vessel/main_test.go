@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -27,6 +29,15 @@ func TestScript(t *testing.T) {
 			e.Setenv("VESSEL_RUN", e.WorkDir+"/run")
 			e.Defer(cleanupRun(e.WorkDir + "/run"))
 			e.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+			// Free TCP ports FREE_PORT and FREE_PORT+1 on 127.0.0.1 for a
+			// story's server (swtpm's data and control ports, which the
+			// openssl tpm2 provider's swtpm TCTI needs).
+			p, err := freePortPair()
+			if err != nil {
+				return err
+			}
+			e.Setenv("FREE_PORT", strconv.Itoa(p))
+			e.Setenv("FREE_PORT1", strconv.Itoa(p+1))
 			return nil
 		},
 		Condition: func(cond string) (bool, error) {
@@ -46,4 +57,22 @@ func TestScript(t *testing.T) {
 			return false, fmt.Errorf("unknown condition %q (known: root, registry, hostile, exec:NAME, exists:PATH)", cond)
 		},
 	})
+}
+
+// freePortPair returns a port p such that p and p+1 were free.
+func freePortPair() (int, error) {
+	for try := 0; try < 100; try++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l2, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+1))
+		l.Close()
+		if err == nil {
+			l2.Close()
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("no free pair of TCP ports on 127.0.0.1")
 }

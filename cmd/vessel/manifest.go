@@ -110,19 +110,22 @@ each signed and pushed under its own tag. See docs/manifest.md.`,
 
 func manifestSignCmd(g *globals) *cobra.Command {
 	var keyPath, certPath, chainPath, out, detached string
+	var tk tpmKeyFlags
 	c := &cobra.Command{
 		Use:   "sign MANIFEST.json --key KEY --cert CERT [--chain CHAIN] -o SIGNED",
 		Short: "Sign the exact bytes of a manifest with a product key",
 		Example: `  vessel manifest sign manifest.json --key keys/products/acme/product.key \
       --cert keys/products/acme/product.pem -o manifest.signed
   vessel manifest sign manifest.json --key product.key --cert product.pem -o manifest.signed --detached-sig manifest.sig
-  openssl dgst -sha256 -verify product.pub -signature manifest.sig manifest.json`,
+  openssl dgst -sha256 -verify product.pub -signature manifest.sig manifest.json
+  vessel manifest sign manifest.json --key tpm:product.tpmkey --cert product.pem -o manifest.signed   # key held by the TPM`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if keyPath == "" || certPath == "" || out == "" {
 				return usageError{"manifest sign: --key, --cert and -o are required"}
 			}
-			signer, err := trust.SignFile(trust.SignFiles{Manifest: args[0], Key: keyPath, Cert: certPath, Chain: chainPath, Output: out, DetachedSig: detached})
+			signer, err := trust.SignFile(trust.SignFiles{Manifest: args[0], Key: keyPath, Cert: certPath, Chain: chainPath, Output: out, DetachedSig: detached,
+				TPM: tk.opener(cmd.InOrStdin())})
 			if err != nil {
 				return fmt.Errorf("manifest %w", err)
 			}
@@ -133,11 +136,12 @@ func manifestSignCmd(g *globals) *cobra.Command {
 			return err
 		},
 	}
-	c.Flags().StringVar(&keyPath, "key", "", "product private key (PEM)")
+	c.Flags().StringVar(&keyPath, "key", "", "product private key: a PEM file, or tpm:FILE for a key held by the TPM")
 	c.Flags().StringVar(&certPath, "cert", "", "product certificate (PEM)")
 	c.Flags().StringVar(&chainPath, "chain", "", "intermediate certificates (PEM), if any")
 	c.Flags().StringVarP(&out, "output", "o", "", "where to write the signed manifest")
 	c.Flags().StringVar(&detached, "detached-sig", "", "also write the raw signature (DER) here, for openssl dgst")
+	tk.add(c)
 	return c
 }
 

@@ -110,7 +110,7 @@ provisioning record live in --state (default <root>/tpm). See docs/tpm.md.`,
 	c.PersistentFlags().StringVar(&f.dev, "tpm", envOr("VESSEL_TPM", tpm.DefaultDevice), "TPM device: /dev/tpmrm0, /dev/tpm0, swtpm:HOST:PORT or a unix socket path ($VESSEL_TPM)")
 	c.PersistentFlags().StringVar(&f.state, "state", "", "state directory for sealed objects (default <root>/tpm)")
 	c.AddCommand(tpmInfoCmd(g, f), tpmProvisionCmd(g, f), tpmPolicyCmd(g, f), tpmSealCmd(g, f),
-		tpmUnsealCmd(g, f), tpmLockCmd(g, f), tpmIdentityCmd(g, f), tpmPCR7Cmd(g))
+		tpmUnsealCmd(g, f), tpmLockCmd(g, f), tpmIdentityCmd(g, f), tpmPCR7Cmd(g), tpmKeyCmd(g, f))
 	return c
 }
 

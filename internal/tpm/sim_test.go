@@ -20,3 +20,14 @@ func TestSimulator(t *testing.T) {
 	tr := transport.FromReadWriter(sim)
 	runSuite(t, func(t *testing.T) *TPM { return New(tr, nil, "simulator") })
 }
+
+// TestSimulatorKeys runs the TPM-held key suite against the simulator.
+func TestSimulatorKeys(t *testing.T) {
+	sim, err := simulator.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	tr := transport.FromReadWriter(sim)
+	runKeySuite(t, func(t *testing.T) *TPM { return New(tr, nil, "simulator") })
+}

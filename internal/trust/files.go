@@ -1,7 +1,9 @@
 package trust
 
 import (
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -16,10 +18,12 @@ import (
 // SignFiles says which files SignFile reads and writes.
 type SignFiles struct {
 	Manifest string // the manifest to sign (its exact bytes are signed)
-	Key      string // the product's private key (PEM)
-	Cert     string // the product's certificate (PEM; the first one is used)
-	Chain    string // intermediate certificates (PEM), optional
-	Output   string // where the signed manifest goes
+	Key      string // the product's private key: a PEM file, or tpm:FILE (see LoadSigner)
+	// TPM opens tpm:FILE keys; nil when no TPM is available.
+	TPM    KeyOpener
+	Cert   string // the product's certificate (PEM; the first one is used)
+	Chain  string // intermediate certificates (PEM), optional
+	Output string // where the signed manifest goes
 	// DetachedSig, if set, also gets the raw signature (DER), which
 	// `openssl dgst -verify` checks against the manifest.
 	DetachedSig string
@@ -28,7 +32,7 @@ type SignFiles struct {
 // SignFile signs a manifest file with a product key (see Sign) and writes
 // the signed manifest, and the detached signature if asked. It returns the
 // signer's certificate.
-func SignFile(f SignFiles) (*x509.Certificate, error) {
+func SignFile(f SignFiles) (_ *x509.Certificate, err error) {
 	if f.Manifest == "" || f.Key == "" || f.Cert == "" || f.Output == "" {
 		return nil, errors.New("sign: the manifest, key, certificate and output files are required")
 	}
@@ -36,10 +40,15 @@ func SignFile(f SignFiles) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
-	key, err := LoadKey(f.Key)
+	key, closeKey, err := LoadSigner(f.Key, f.TPM)
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}
+	defer func() {
+		if cerr := closeKey(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("sign: close key %s: %w", f.Key, cerr))
+		}
+	}()
 	certs, err := LoadCerts(f.Cert)
 	if err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
@@ -88,16 +97,9 @@ func IssueMachineFile(r MachineRequest) (*x509.Certificate, error) {
 	if r.CSR == "" || r.Output == "" {
 		return nil, errors.New("issue machine certificate: the request and output files are required")
 	}
-	b, err := bounded.ReadFile(r.CSR, MaxPEMFileSize)
+	csr, err := readCSR(r.CSR)
 	if err != nil {
 		return nil, fmt.Errorf("issue machine certificate: %w", err)
-	}
-	if blk, _ := pem.Decode(b); blk != nil {
-		b = blk.Bytes
-	}
-	csr, err := x509.ParseCertificateRequest(b)
-	if err != nil {
-		return nil, fmt.Errorf("issue machine certificate: parse request %s: %w", r.CSR, err)
 	}
 	ca, key, err := LoadCA(filepath.Join(r.KeysDir, IdentityCACert), filepath.Join(r.KeysDir, IdentityCAKey))
 	if err != nil {
@@ -111,4 +113,53 @@ func IssueMachineFile(r MachineRequest) (*x509.Certificate, error) {
 		return nil, fmt.Errorf("issue machine certificate: %w", err)
 	}
 	return cert, nil
+}
+
+// readCSR reads a certificate request (PEM or DER).
+func readCSR(path string) (*x509.CertificateRequest, error) {
+	b, err := bounded.ReadFile(path, MaxPEMFileSize)
+	if err != nil {
+		return nil, err
+	}
+	if blk, _ := pem.Decode(b); blk != nil {
+		b = blk.Bytes
+	}
+	csr, err := x509.ParseCertificateRequest(b)
+	if err != nil {
+		return nil, fmt.Errorf("parse request %s: %w", path, err)
+	}
+	return csr, nil
+}
+
+// CSRFile writes a PEM certificate request with subject CN=name for the
+// signing key ref names (a PEM file or tpm:FILE, see LoadSigner), signed
+// by that key: the proof of possession an offline CA checks in
+// `vessel keys product --csr`.
+func CSRFile(ref string, tpm KeyOpener, name, out string) (err error) {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("certificate request: invalid name %q (letters, digits, '.', '_', '-'; at most 64)", name)
+	}
+	if out == "" {
+		return errors.New("certificate request: the output file is required")
+	}
+	key, closeKey, err := LoadSigner(ref, tpm)
+	if err != nil {
+		return fmt.Errorf("certificate request: %w", err)
+	}
+	defer func() {
+		if cerr := closeKey(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("certificate request: close key %s: %w", ref, cerr))
+		}
+	}()
+	if err := checkSigningKey(key.Public()); err != nil {
+		return fmt.Errorf("certificate request: key %s: %w", ref, err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: name}}, key)
+	if err != nil {
+		return fmt.Errorf("certificate request: sign with %s: %w", ref, err)
+	}
+	if err := os.WriteFile(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), 0o644); err != nil {
+		return fmt.Errorf("certificate request: %w", err)
+	}
+	return nil
 }

@@ -159,6 +159,15 @@ type ProductOptions struct {
 	ProductID string        // UUID; a random UUIDv4 when empty
 	ValidFor  time.Duration // DefaultProductValidity when zero (capped at the CA's expiry)
 	Force     bool          // overwrite an existing product key
+	// Key, if set, is an existing signing key to certify instead of
+	// generating product.key: a PEM file or tpm:FILE (see LoadSigner). No
+	// key file is written then, and the result's Key is this reference.
+	Key string
+	TPM KeyOpener // opens tpm:FILE keys
+	// CSR, if set, is a certificate request (PEM or DER, see CSRFile) whose
+	// key is certified instead: its signature must verify (proof of
+	// possession); its subject is ignored. No key file is written.
+	CSR string
 }
 
 // ProductResult is what Product wrote.
@@ -202,15 +211,52 @@ func Product(dir string, opts ProductOptions) (*ProductResult, error) {
 	}
 	pdir := filepath.Join(dir, ProductsDir, opts.Name)
 	keyPath := filepath.Join(pdir, ProductKey)
-	if _, err := os.Stat(keyPath); err == nil && !opts.Force {
-		return nil, fmt.Errorf("keys product: %s: %w", keyPath, ErrExists)
+	certPath := filepath.Join(pdir, ProductCert)
+	existing := keyPath
+	if opts.Key != "" && opts.CSR != "" {
+		return nil, errors.New("keys product: give an existing key or a certificate request, not both")
+	}
+	if opts.Key != "" || opts.CSR != "" {
+		existing = certPath
+	}
+	if _, err := os.Stat(existing); err == nil && !opts.Force {
+		return nil, fmt.Errorf("keys product: %s: %w", existing, ErrExists)
+	}
+	var pub crypto.PublicKey
+	var key crypto.Signer
+	if opts.Key != "" {
+		k, closeKey, err := LoadSigner(opts.Key, opts.TPM)
+		if err != nil {
+			return nil, fmt.Errorf("keys product: %w", err)
+		}
+		pub = k.Public()
+		if err := closeKey(); err != nil {
+			return nil, fmt.Errorf("keys product: close key %s: %w", opts.Key, err)
+		}
+		if err := checkSigningKey(pub); err != nil {
+			return nil, fmt.Errorf("keys product: key %s: %w", opts.Key, err)
+		}
+	} else if opts.CSR != "" {
+		csr, err := readCSR(opts.CSR)
+		if err != nil {
+			return nil, fmt.Errorf("keys product: %w", err)
+		}
+		if err := csr.CheckSignature(); err != nil {
+			return nil, fmt.Errorf("keys product: request %s: signature does not verify (not signed by its own key): %w", opts.CSR, err)
+		}
+		if err := checkSigningKey(csr.PublicKey); err != nil {
+			return nil, fmt.Errorf("keys product: request %s: %w", opts.CSR, err)
+		}
+		pub = csr.PublicKey
+	} else {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		key, pub = k, k.Public()
 	}
 	if err := os.MkdirAll(pdir, 0o700); err != nil {
 		return nil, fmt.Errorf("keys product: %w", err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
 	}
 	serial, err := newSerial()
 	if err != nil {
@@ -228,7 +274,7 @@ func Product(dir string, opts ProductOptions) (*ProductResult, error) {
 		IsCA:                  false,
 		URIs:                  []*url.URL{{Scheme: "urn", Opaque: "uuid:" + id}},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, key.Public(), caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
 	if err != nil {
 		return nil, fmt.Errorf("keys product: sign certificate: %w", err)
 	}
@@ -236,10 +282,13 @@ func Product(dir string, opts ProductOptions) (*ProductResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeKey(keyPath, key, opts.Force); err != nil {
-		return nil, fmt.Errorf("keys product: %w", err)
+	if key != nil {
+		if err := writeKey(keyPath, key, opts.Force); err != nil {
+			return nil, fmt.Errorf("keys product: %w", err)
+		}
+	} else {
+		keyPath = opts.Key // "" for a CSR: the key is wherever the request came from
 	}
-	certPath := filepath.Join(pdir, ProductCert)
 	chainPath := filepath.Join(pdir, ProductChain)
 	if err := writeFile(certPath, pemCert(cert), 0o644, true); err != nil {
 		return nil, fmt.Errorf("keys product: %w", err)

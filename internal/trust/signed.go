@@ -168,21 +168,29 @@ func Sign(payload []byte, key crypto.Signer, certs []*x509.Certificate) ([]byte,
 
 func signDigest(payload []byte, key crypto.Signer) ([]byte, error) {
 	h := sha256.Sum256(payload)
-	switch k := key.Public().(type) {
-	case *ecdsa.PublicKey:
-		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
-			return nil, fmt.Errorf("ECDSA curve %s not supported (P-256, P-384)", k.Curve.Params().Name)
-		}
-	case *rsa.PublicKey:
-		if k.N.BitLen() < 2048 {
-			return nil, fmt.Errorf("RSA key of %d bits is too small (2048 or more)", k.N.BitLen())
-		}
-	default:
-		return nil, fmt.Errorf("key type %T not supported (ECDSA or RSA)", k)
+	if err := checkSigningKey(key.Public()); err != nil {
+		return nil, err
 	}
 	// ECDSA keys produce ASN.1 signatures, RSA keys PKCS#1 v1.5 with
 	// crypto.SHA256: both are what 'openssl dgst -sha256 -verify' checks.
 	return key.Sign(rand.Reader, h[:], crypto.SHA256)
+}
+
+// checkSigningKey checks that a product key is of a kind verifiers accept.
+func checkSigningKey(pub crypto.PublicKey) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return fmt.Errorf("ECDSA curve %s not supported (P-256, P-384)", k.Curve.Params().Name)
+		}
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return fmt.Errorf("RSA key of %d bits is too small (2048 or more)", k.N.BitLen())
+		}
+	default:
+		return fmt.Errorf("key type %T not supported (ECDSA or RSA)", k)
+	}
+	return nil
 }
 
 // checkSignature checks sig over payload with the certificate's key
