@@ -48,8 +48,10 @@ type system interface {
 }
 
 // IsInit reports whether this process is the initrd's /init: PID 1 started
-// under the name /init.
-func IsInit() bool { return os.Getpid() == 1 && (os.Args[0] == "/init" || os.Args[0] == "init") }
+// as /init (the kernel passes the path it ran as argv[0]). Nothing else
+// matches: vessel as PID 1 of a PID namespace (rootless re-exec) or as a
+// host's /sbin/init keeps its CLI.
+func IsInit() bool { return os.Getpid() == 1 && os.Args[0] == "/init" }
 
 // Main runs the stage as PID 1 and powers the machine off at the end, on
 // success or failure. It returns only if power-off itself fails (then the
