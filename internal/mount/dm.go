@@ -139,3 +139,44 @@ func (r dmReply) Minor() uint32 { return uint32(r.Dev&0xff) | uint32((r.Dev>>12)
 
 // Major is the device's major number.
 func (r dmReply) Major() uint32 { return uint32((r.Dev & 0xfff00) >> 8) }
+
+// dmStatusTableFlag asks DM_TABLE_STATUS for the table rather than the status.
+const dmStatusTableFlag = 1 << 4
+
+// parseDMTargets reads the targets the kernel wrote after the header of a
+// DM_TABLE_STATUS reply (n targets from data_start), as table lines.
+func parseDMTargets(b []byte) ([]string, error) {
+	if len(b) < dmHeaderSize {
+		return nil, fmt.Errorf("device-mapper reply of %d bytes", len(b))
+	}
+	ne := binary.NativeEndian
+	n := ne.Uint32(b[dmOffTargetCount:])
+	end := int(ne.Uint32(b[dmOffDataSize:]))
+	off := int(ne.Uint32(b[dmOffDataStart:]))
+	if end > len(b) {
+		end = len(b)
+	}
+	var out []string
+	for i := uint32(0); i < n; i++ {
+		if off < 0 || off+dmSpecSize > end {
+			return nil, fmt.Errorf("device-mapper reply: target %d at offset %d runs past %d bytes", i, off, end)
+		}
+		spec := b[off : off+dmSpecSize]
+		typ := spec[24 : 24+dmTypeLen]
+		if j := bytes.IndexByte(typ, 0); j >= 0 {
+			typ = typ[:j]
+		}
+		params := b[off+dmSpecSize : end]
+		if j := bytes.IndexByte(params, 0); j >= 0 {
+			params = params[:j]
+		}
+		out = append(out, fmt.Sprintf("%d %d %s %s", ne.Uint64(spec[0:]), ne.Uint64(spec[8:]), typ, params))
+		next := int(ne.Uint32(spec[20:]))
+		if next <= 0 && i+1 < n {
+			return nil, fmt.Errorf("device-mapper reply: target %d has no next offset", i)
+		}
+		// In replies, next is relative to the start of the data area.
+		off = int(ne.Uint32(b[dmOffDataStart:])) + next
+	}
+	return out, nil
+}

@@ -146,3 +146,24 @@ func removeVerity(hexOrName string) error {
 	}
 	return dmRemove(name)
 }
+
+// DMTable returns the live table of the device-mapper device name, as
+// `dmsetup table` prints it (devices as MAJOR:MINOR).
+func DMTable(name string) ([]string, error) {
+	req, err := dmRequest(name, dmStatusTableFlag, nil)
+	if err != nil {
+		return nil, err
+	}
+	ctl, err := os.OpenFile(DMControl, os.O_RDWR|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("device-mapper: %w", err)
+	}
+	defer ctl.Close()
+	buf := make([]byte, 16<<10)
+	copy(buf, req)
+	binary.NativeEndian.PutUint32(buf[dmOffDataSize:], uint32(len(buf)))
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, ctl.Fd(), unix.DM_TABLE_STATUS, uintptr(unsafe.Pointer(&buf[0]))); e != 0 {
+		return nil, fmt.Errorf("table of device-mapper device %s: %w", name, e)
+	}
+	return parseDMTargets(buf)
+}

@@ -92,3 +92,35 @@ func TestDMRequestRejects(t *testing.T) {
 		}
 	}
 }
+
+// A DM_TABLE_STATUS reply as the kernel's retrieve_status writes it: specs
+// from data_start, next relative to the data area, data_size = used.
+func TestParseDMTargets(t *testing.T) {
+	ne := binary.NativeEndian
+	b := make([]byte, 1024)
+	ne.PutUint32(b[dmOffDataStart:], dmHeaderSize)
+	ne.PutUint32(b[dmOffTargetCount:], 2)
+	off := dmHeaderSize
+	for i, c := range []struct{ typ, params string }{{"verity", "1 7:0 7:0 4096 4096 10 11 sha256 ab -"}, {"linear", "7:1 0"}} {
+		spec := b[off:]
+		ne.PutUint64(spec[0:], uint64(i*80))
+		ne.PutUint64(spec[8:], 80)
+		copy(spec[24:], c.typ)
+		copy(spec[dmSpecSize:], c.params)
+		used := off + dmSpecSize + len(c.params) + 1
+		ne.PutUint32(b[dmOffDataSize:], uint32(used))
+		off = (used + 7) &^ 7
+		ne.PutUint32(spec[20:], uint32(off-dmHeaderSize))
+	}
+	got, err := parseDMTargets(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, "|") != "0 80 verity 1 7:0 7:0 4096 4096 10 11 sha256 ab -|80 80 linear 7:1 0" {
+		t.Fatalf("%q", got)
+	}
+	ne.PutUint32(b[dmOffTargetCount:], 9)
+	if _, err := parseDMTargets(b); err == nil {
+		t.Fatal("a reply claiming more targets than it holds was accepted")
+	}
+}
