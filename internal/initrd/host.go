@@ -1,0 +1,92 @@
+package initrd
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/vesselos/vessel/internal/mount"
+)
+
+// HostMarker starts every line the host's init prints.
+const HostMarker = "vessel-host:"
+
+// IsHostInit reports whether this process is the host's init: PID 1
+// executed as /sbin/init by the initrd's switch_root.
+func IsHostInit() bool { return os.Getpid() == 1 && os.Args[0] == HostInit }
+
+// HostMain is the host's init for this step of the verified boot: it
+// prints what the initrd verified and mounted, and under vessel.test=root
+// every device-mapper device with its live table, then powers off.
+// (Starting the manifest's services under a supervisor is the next step.)
+func HostMain() {
+	sys := linuxSystem{}
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Printf("%s FAILED: panic: %v\n", HostMarker, r)
+		}
+		fmt.Printf("%s powering off\n", HostMarker)
+		if err := sys.powerOff(); err != nil {
+			fmt.Printf("%s FAILED: power off: %v\n", HostMarker, err)
+		}
+		for {
+			time.Sleep(time.Hour)
+		}
+	}()
+	if err := RunHost(os.Stdout, "", sys.uptime, mount.DMTable); err != nil {
+		fmt.Printf("%s FAILED: %v\n", HostMarker, err)
+	}
+}
+
+// RunHost prints the host's report; root prefixes every path (tests).
+func RunHost(w io.Writer, root string, uptime func() (float64, error), table func(string) ([]string, error)) error {
+	rec, err := ReadBootRecord(root + BootRecordFile)
+	if err != nil {
+		return fmt.Errorf("what the initrd verified: %w", err)
+	}
+	up, err := uptime()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s up (manifest %s, version %d) host %s, %d layers, switch_root at %.3fs, uptime %.3fs\n",
+		HostMarker, rec.Manifest, rec.Version, rec.Host, len(rec.Layers), rec.SwitchRoot, up)
+	cmd, err := os.ReadFile(root + CmdlineFile)
+	if err != nil {
+		return fmt.Errorf("read kernel command line: %w", err)
+	}
+	if !slices.Contains(TestFlags(string(cmd)), "root") {
+		return nil
+	}
+	names, _ := filepath.Glob(root + "/sys/block/dm-*/dm/name")
+	sort.Strings(names)
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err != nil {
+			return err
+		}
+		name := strings.TrimSpace(string(b))
+		dev := filepath.Base(filepath.Dir(filepath.Dir(n)))
+		tbl, err := table(name)
+		if err != nil {
+			return err
+		}
+		layer := ""
+		for _, l := range rec.Layers {
+			if l.Verity == name {
+				layer = " layer " + l.Digest
+			}
+		}
+		fmt.Fprintf(w, "%s dm %s %s%s table %s\n", HostMarker, dev, name, layer, strings.Join(tbl, "; "))
+	}
+	// The root is the overlay with a fresh upper: writable, and new at every boot.
+	if err := os.WriteFile(root+"/etc/vessel-host-written", []byte("x"), 0o644); err != nil {
+		return fmt.Errorf("the host root is not writable: %w", err)
+	}
+	fmt.Fprintf(w, "%s root writable\n", HostMarker)
+	return nil
+}
