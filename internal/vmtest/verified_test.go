@@ -1,0 +1,336 @@
+package vmtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+const otherProductID = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+
+// verifiedDisks builds what the verified-boot tests boot: a host image
+// (busybox-static and the static vessel as /sbin/init, one layer each),
+// a signed system manifest naming it as hostfs, and disks made by vessel
+// boot disk: the good one, the same with a flipped byte in the host's
+// bottom layer, one signed for another product, and one whose data
+// partition already accepted a higher version (rollback).
+type verifiedDisks struct {
+	good, corrupt, otherProduct, rollback string
+	layers                                []string // host layer digests, bottom first
+	manifest                              string   // digest of the good manifest
+}
+
+func makeVerifiedDisks(t *testing.T, e *bootEnv, uki string) *verifiedDisks {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("making images needs root (vessel image create)")
+	}
+	for _, tool := range []string{"mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("missing %s (make deps)", tool)
+		}
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("missing /bin/busybox (make deps installs busybox-static)")
+	}
+	dir := filepath.Join(e.dir, "verified")
+	bb := filepath.Join(dir, "busybox")
+	vs := filepath.Join(dir, "vessel")
+	for _, d := range []string{filepath.Join(bb, "bin"), filepath.Join(vs, "sbin"), filepath.Join(dir, "app")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyExec(t, "/bin/busybox", filepath.Join(bb, "bin", "busybox"))
+	os.Symlink("busybox", filepath.Join(bb, "bin", "sh"))
+	for _, d := range []string{"etc", "dev", "proc", "sys", "run", "tmp", "var/lib/vessel"} {
+		os.MkdirAll(filepath.Join(bb, d), 0o755)
+	}
+	copyExec(t, e.vessel, filepath.Join(vs, "sbin", "init"))
+	os.WriteFile(filepath.Join(dir, "app", "hello"), []byte("hello\n"), 0o644)
+	store := filepath.Join(dir, "store")
+	v := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(e.vessel, append([]string{"--root", store}, args...)...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("vessel %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	v("image", "create", "host:1", "--layer", "busybox", "--layer", "vessel")
+	v("image", "create", "web:1", "--layer", "app")
+	d := &verifiedDisks{}
+	for _, m := range regexp.MustCompile(`(?m)^\s+\d+\. (sha256:[0-9a-f]{64})$`).FindAllStringSubmatch(v("inspect", "host:1"), -1) {
+		d.layers = append(d.layers, m[1])
+	}
+	if len(d.layers) != 2 {
+		t.Fatalf("host image has layers %v, want 2", d.layers)
+	}
+	v("keys", "init", "keys", "--org", "Acme")
+	v("keys", "product", "keys", "--name", "acme", "--product-id", productID)
+	v("keys", "product", "keys", "--name", "other", "--product-id", otherProductID)
+	disk := func(name, product string, version int) string {
+		sys := fmt.Sprintf("product: %s\nversion: %d\nhostfs: host:1\nservices:\n  - name: web\n    image: web:1\n", product, version)
+		os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(sys), 0o644)
+		v("manifest", "build", name+".yaml", "--keys", "keys", "-o", name+".json")
+		v("manifest", "sign", name+".json", "--key", "keys/products/"+product+"/product.key", "--cert", "keys/products/"+product+"/product.pem", "-o", name+".signed")
+		pid := productID
+		if product == "other" {
+			pid = otherProductID
+		}
+		img := filepath.Join(dir, name+".img")
+		v("boot", "disk", "--manifest", name+".signed", "--uki", uki, "--ca", "keys/manifest-ca.pem", "--product-id", pid, "--size", "400M", "-o", img)
+		return img
+	}
+	d.good = disk("good", "acme", 2)
+	d.otherProduct = disk("other", "other", 2)
+	d.rollback = disk("rollback", "acme", 2)
+	var sum struct {
+		Digest string `json:"digest"`
+	}
+	out := v("--json", "manifest", "verify", "good.signed", "--ca", "keys/manifest-ca.pem", "--min-version", "1")
+	if err := json.Unmarshal([]byte(out), &sum); err != nil || sum.Digest == "" {
+		t.Fatalf("manifest verify --json: %v: %s", err, out)
+	}
+	d.manifest = sum.Digest
+
+	// The rollback disk's data partition remembers that version 3 was
+	// accepted before (as a machine that ran a newer manifest would).
+	setAcceptedVersion(t, d.rollback, 3)
+
+	// The corrupt disk: one byte of the host's bottom layer, inside its
+	// first data block (the squashfs superblock's block, read at mount).
+	d.corrupt = filepath.Join(dir, "corrupt.img")
+	run(t, "cp", "--sparse=always", d.good, d.corrupt)
+	blob := filepath.Join(store, "oci", "blobs", "sha256", strings.TrimPrefix(d.layers[0], "sha256:"))
+	off := findBlock(t, d.corrupt, blob)
+	flipByte(t, d.corrupt, off+512)
+	return d
+}
+
+func copyExec(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// findBlock returns the byte offset in img of the 1 KiB-aligned block equal
+// to the first 1 KiB of the file blob (ext4 stores the blob's first block
+// there; a small ext4 has 1 KiB blocks).
+func findBlock(t *testing.T, img, blob string) int64 {
+	t.Helper()
+	want := make([]byte, 1024)
+	bf, err := os.Open(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bf.Close()
+	if _, err := io.ReadFull(bf, want); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	var off int64
+	for {
+		n, err := io.ReadFull(f, buf)
+		for i := 0; i+1024 <= n; i += 1024 {
+			if bytes.Equal(buf[i:i+1024], want) {
+				return off + int64(i)
+			}
+		}
+		off += int64(n)
+		if err != nil {
+			t.Fatalf("the first block of %s is not in %s", blob, img)
+		}
+	}
+}
+
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// setAcceptedVersion rewrites trust/versions.json on the disk's data
+// partition (mounted through a loop device at its offset) so that version
+// is the highest accepted for the product.
+func setAcceptedVersion(t *testing.T, img string, version int) {
+	t.Helper()
+	var table struct {
+		PartitionTable struct {
+			SectorSize int64 `json:"sectorsize"`
+			Partitions []struct {
+				Start int64  `json:"start"`
+				Size  int64  `json:"size"`
+				Name  string `json:"name"`
+			} `json:"partitions"`
+		} `json:"partitiontable"`
+	}
+	if err := json.Unmarshal([]byte(run(t, "sfdisk", "-J", img)), &table); err != nil {
+		t.Fatal(err)
+	}
+	var start, size int64
+	for _, p := range table.PartitionTable.Partitions {
+		if p.Name == "vessel-data" {
+			start, size = p.Start*512, p.Size*512
+		}
+	}
+	if start == 0 {
+		t.Fatal("no vessel-data partition in the disk image")
+	}
+	mnt := t.TempDir()
+	run(t, "mount", "-o", fmt.Sprintf("loop,offset=%d,sizelimit=%d", start, size), img, mnt)
+	defer func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	}()
+	p := filepath.Join(mnt, "trust", "versions.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f map[string]map[string]map[string]any
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	rec, ok := f["products"][productID]
+	if !ok {
+		t.Fatalf("%s has no record for %s: %s", p, productID, b)
+	}
+	rec["version"] = version
+	rec["digest"] = "sha256:" + strings.Repeat("0", 64)
+	if b, err = json.MarshalIndent(f, "", "  "); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var dmLine = regexp.MustCompile(`vessel-host: dm (dm-\d+) (vessel-[0-9a-f]{32}) layer (sha256:[0-9a-f]{64}) table 0 (\d+) verity 1 (\d+:\d+) (\d+:\d+) 4096 4096 \d+ \d+ sha256 ([0-9a-f]{64}) `)
+
+// TestVerifiedBoot boots vessel boot disks under Secure Boot with
+// vessel.test=root: the good one reaches the host's init through a
+// dm-verity device per host layer; a flipped byte in a host layer stops
+// the boot naming the layer and the block; a manifest of another product
+// and a rolled-back version are refused before anything is mounted. Four
+// boots, in parallel.
+func TestVerifiedBoot(t *testing.T) {
+	e := setupBoot(t)
+	uki := filepath.Join(e.dir, "root.efi")
+	run(t, e.vessel, "boot", "uki", "--kernel", e.kernel, "--initrd", e.initrd, "--cmdline", "console=ttyS0 vessel.test=root", "--key", e.dbKey, "--cert", e.dbCert, "-o", uki)
+	d := makeVerifiedDisks(t, e, uki)
+
+	boot := func(t *testing.T, disk string, markers ...string) *VM {
+		vm := StartT(t, Config{Disk: disk, Vars: e.vars, MemoryMB: 768})
+		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+		defer cancel()
+		if _, err := vm.Wait(ctx, markers...); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Tail(40))
+		}
+		if err := vm.WaitExit(ctx); err != nil {
+			t.Fatalf("the guest did not power off: %v\n%s", err, vm.Tail(40))
+		}
+		return vm
+	}
+	t.Run("boots-verified-host", func(t *testing.T) {
+		t.Parallel()
+		vm := boot(t, d.good, "vessel-host: powering off", "vessel-init: powering off")
+		if l, ok := vm.Find("FAILED"); ok {
+			t.Fatalf("%s\n%s", l.Text, vm.Tail(40))
+		}
+		up, ok := vm.Find("vessel-host: up (manifest " + d.manifest + ", version 2)")
+		if !ok {
+			t.Fatalf("no host marker for manifest %s version 2:\n%s", d.manifest, vm.Tail(40))
+		}
+		seen := map[string]bool{}
+		for _, l := range vm.Lines() {
+			if m := dmLine.FindStringSubmatch(l.Text); m != nil {
+				if m[5] != m[6] {
+					t.Errorf("verity table reads data from %s and hashes from %s; vessel keeps both in one blob", m[5], m[6])
+				}
+				seen[m[3]] = true
+			}
+		}
+		for _, l := range d.layers {
+			if !seen[l] {
+				t.Errorf("no dm-verity target for host layer %s", l)
+			}
+		}
+		if _, ok := vm.Find("vessel-host: root writable"); !ok {
+			t.Error("the host root is not writable")
+		}
+		started, _ := vm.Find("vessel-init: started")
+		sw, _ := vm.Find("vessel-init: switch_root to ")
+		t.Logf("serial: %q\n%q\n%q", started.Text, sw.Text, up.Text)
+	})
+	t.Run("corrupt-host-layer-stops", func(t *testing.T) {
+		t.Parallel()
+		vm := boot(t, d.corrupt, "vessel-init: powering off")
+		if _, ok := vm.Find("vessel-host:"); ok {
+			t.Fatalf("the host ran from a corrupted layer:\n%s", vm.Tail(40))
+		}
+		l, ok := vm.Find("vessel-init: FAILED")
+		if !ok {
+			t.Fatalf("no failure line:\n%s", vm.Tail(40))
+		}
+		for _, want := range []string{"layer 1 of 2 (" + d.layers[0] + ")", "dm-verity: data block 0 is corrupted"} {
+			if !strings.Contains(l.Text, want) {
+				t.Errorf("failure line lacks %q: %s", want, l.Text)
+			}
+		}
+		t.Logf("console: %s", l.Text)
+	})
+	for name, c := range map[string]struct{ disk, want string }{
+		"other-product-refused": {d.otherProduct, "product"},
+		"rollback-refused":      {d.rollback, "lower than version 3 already accepted"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			vm := boot(t, c.disk, "vessel-init: powering off")
+			l, ok := vm.Find("vessel-init: FAILED")
+			if !ok {
+				t.Fatalf("no failure line:\n%s", vm.Tail(40))
+			}
+			if !strings.Contains(l.Text, "refused before mounting anything") || !strings.Contains(l.Text, c.want) {
+				t.Errorf("failure line lacks %q: %s", c.want, l.Text)
+			}
+			if _, ok := vm.Find("vessel-init: host image"); ok {
+				t.Error("a host image was mounted after the manifest was refused")
+			}
+			t.Logf("console: %s", l.Text)
+		})
+	}
+}
