@@ -29,7 +29,7 @@ type verifiedDisks struct {
 	manifest                              string   // digest of the good manifest
 }
 
-func makeVerifiedDisks(t *testing.T, e *bootEnv, uki string) *verifiedDisks {
+func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("making images needs root (vessel image create)")
@@ -80,6 +80,12 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, uki string) *verifiedDisks {
 	v("keys", "init", "keys", "--org", "Acme")
 	v("keys", "product", "keys", "--name", "acme", "--product-id", productID)
 	v("keys", "product", "keys", "--name", "other", "--product-id", otherProductID)
+	// The initrd carries this key set's manifest CA; the UKI is signed
+	// with the enrolled db key.
+	initrd := filepath.Join(dir, "initrd.img")
+	v("boot", "initrd", "--ca", "keys/manifest-ca.pem", "--product-id", productID, "--modules", e.modules, "-o", initrd)
+	uki := filepath.Join(dir, "root.efi")
+	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", cmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", uki)
 	disk := func(name, product string, version int) string {
 		sys := fmt.Sprintf("product: %s\nversion: %d\nhostfs: host:1\nservices:\n  - name: web\n    image: web:1\n", product, version)
 		os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(sys), 0o644)
@@ -249,9 +255,7 @@ var dmLine = regexp.MustCompile(`vessel-host: dm (dm-\d+) (vessel-[0-9a-f]{32}) 
 // boots, in parallel.
 func TestVerifiedBoot(t *testing.T) {
 	e := setupBoot(t)
-	uki := filepath.Join(e.dir, "root.efi")
-	run(t, e.vessel, "boot", "uki", "--kernel", e.kernel, "--initrd", e.initrd, "--cmdline", "console=ttyS0 vessel.test=root", "--key", e.dbKey, "--cert", e.dbCert, "-o", uki)
-	d := makeVerifiedDisks(t, e, uki)
+	d := makeVerifiedDisks(t, e, "console=ttyS0 vessel.test=root")
 
 	boot := func(t *testing.T, disk string, markers ...string) *VM {
 		vm := StartT(t, Config{Disk: disk, Vars: e.vars, MemoryMB: 768})
@@ -282,6 +286,7 @@ func TestVerifiedBoot(t *testing.T) {
 					t.Errorf("verity table reads data from %s and hashes from %s; vessel keeps both in one blob", m[5], m[6])
 				}
 				seen[m[3]] = true
+				t.Logf("%s", l.Text)
 			}
 		}
 		for _, l := range d.layers {
@@ -314,7 +319,7 @@ func TestVerifiedBoot(t *testing.T) {
 		t.Logf("console: %s", l.Text)
 	})
 	for name, c := range map[string]struct{ disk, want string }{
-		"other-product-refused": {d.otherProduct, "product"},
+		"other-product-refused": {d.otherProduct, ": product: "},
 		"rollback-refused":      {d.rollback, "lower than version 3 already accepted"},
 	} {
 		t.Run(name, func(t *testing.T) {
