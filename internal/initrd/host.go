@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/vesselos/vessel/internal/mount"
 )
 
@@ -22,25 +24,50 @@ func IsHostInit() bool { return os.Getpid() == 1 && os.Args[0] == HostInit }
 
 // HostMain is the host's init for this step of the verified boot: it
 // prints what the initrd verified and mounted, and under vessel.test=root
-// every device-mapper device with its live table, then powers off.
-// (Starting the manifest's services under a supervisor is the next step.)
+// every device-mapper device with its live table. Then it starts the
+// manifest's services (runServices) and stays PID 1 until SIGTERM or
+// SIGINT; with vessel.test=root alone it powers off after the report.
 func HostMain() {
 	sys := linuxSystem{}
+	printf := func(format string, args ...any) { fmt.Printf(HostMarker+" "+format+"\n", args...) }
+	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
 	defer func() {
 		if r := recover(); r != nil {
-			fmt.Printf("%s FAILED: panic: %v\n", HostMarker, r)
+			printf("FAILED: panic: %v", r)
 		}
-		fmt.Printf("%s powering off\n", HostMarker)
-		if err := sys.powerOff(); err != nil {
-			fmt.Printf("%s FAILED: power off: %v\n", HostMarker, err)
+		unix.Sync()
+		if cmd == unix.LINUX_REBOOT_CMD_RESTART {
+			printf("rebooting")
+		} else {
+			printf("powering off")
+		}
+		if err := unix.Reboot(cmd); err != nil {
+			printf("FAILED: %v", err)
 		}
 		for {
 			time.Sleep(time.Hour)
 		}
 	}()
 	if err := RunHost(os.Stdout, "", sys.uptime, mount.DMTable); err != nil {
-		fmt.Printf("%s FAILED: %v\n", HostMarker, err)
+		printf("FAILED: %v", err)
+		return
 	}
+	b, _ := os.ReadFile(CmdlineFile)
+	flags := TestFlags(string(b))
+	if slices.Contains(flags, "root") && !slices.Contains(flags, "services") {
+		return // the report was the test
+	}
+	var window time.Duration
+	if slices.Contains(flags, "services") {
+		window = 3 * time.Minute // a test boot ends by itself
+	}
+	c, err := runServices(printf, string(b), window)
+	if err != nil {
+		printf("FAILED: %v", err)
+		shutdown(printf)
+		return
+	}
+	cmd = c
 }
 
 // RunHost prints the host's report; root prefixes every path (tests).

@@ -219,3 +219,21 @@ func TestRunChoosesVerifiedBoot(t *testing.T) {
 		}
 	}
 }
+
+func TestParseNet(t *testing.T) {
+	nc, ok, err := ParseNet("console=ttyS0 vessel.ip=10.0.2.15/24 quiet")
+	if err != nil || !ok || nc.Prefix.String() != "10.0.2.15/24" {
+		t.Fatalf("%v %v %v", nc, ok, err)
+	}
+	if _, ok, err := ParseNet("console=ttyS0"); ok || err != nil {
+		t.Fatal("found an address in a command line without vessel.ip=")
+	}
+	for _, bad := range []string{"vessel.ip=10.0.2.15", "vessel.ip=fe80::1/64", "vessel.ip=x/24"} {
+		if _, _, err := ParseNet(bad); err == nil || !strings.Contains(err.Error(), "vessel.ip=") {
+			t.Errorf("%s: want an error naming vessel.ip, got %v", bad, err)
+		}
+	}
+	if got := strings.Join(SupervisorArgs("u"), " "); got != "vessel --root /var/lib/vessel up --ca /run/vessel/manifest-ca.pem --product-id u" {
+		t.Fatal(got)
+	}
+}

@@ -95,6 +95,13 @@ func (s *Stage) bootRoot(started float64) error {
 	if rec.SwitchRoot, err = s.sys.uptime(); err != nil {
 		return fmt.Errorf("read the boot clock: %w", err)
 	}
+	// The host's supervisor verifies the same manifest with the same trust.
+	if err := os.WriteFile(s.path(HostCAFile), trust.PEMCerts(cas...), 0o644); err != nil {
+		return fmt.Errorf("verified boot: hand the CA to the host: %w", err)
+	}
+	if err := os.WriteFile(s.path(HostProductIDFile), pid, 0o644); err != nil {
+		return fmt.Errorf("verified boot: hand the product ID to the host: %w", err)
+	}
 	if err := writeBootRecord(s.path(BootRecordFile), rec); err != nil {
 		return fmt.Errorf("verified boot: write %s: %w", BootRecordFile, err)
 	}

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,7 +26,7 @@ const otherProductID = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
 // bottom layer, one signed for another product, and one whose data
 // partition already accepted a higher version (rollback).
 type verifiedDisks struct {
-	good, corrupt, otherProduct, rollback string
+	good, corrupt, otherProduct, rollback, services string
 	layers                                []string // host layer digests, bottom first
 	manifest                              string   // digest of the good manifest
 }
@@ -56,7 +58,18 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 		os.MkdirAll(filepath.Join(bb, d), 0o755)
 	}
 	copyExec(t, e.vessel, filepath.Join(vs, "sbin", "init"))
-	os.WriteFile(filepath.Join(dir, "app", "hello"), []byte("hello\n"), 0o644)
+	// runc and the libraries it links (the supervisor's OCI runtime).
+	rc := filepath.Join(dir, "runc")
+	runcPath, err := exec.LookPath("runc")
+	if err != nil {
+		t.Skip("missing runc (make deps installs it)")
+	}
+	for _, f := range append([]string{runcPath}, sharedLibs(t, runcPath)...) {
+		os.MkdirAll(filepath.Join(rc, filepath.Dir(f)), 0o755)
+		copyExec(t, f, filepath.Join(rc, f))
+	}
+	os.MkdirAll(filepath.Join(dir, "app", "www"), 0o755)
+	os.WriteFile(filepath.Join(dir, "app", "www", "index.html"), []byte("hello from a verified service\n"), 0o644)
 	store := filepath.Join(dir, "store")
 	v := func(args ...string) string {
 		t.Helper()
@@ -68,14 +81,14 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 		}
 		return string(out)
 	}
-	v("image", "create", "host:1", "--layer", "busybox", "--layer", "vessel")
-	v("image", "create", "web:1", "--layer", "app")
+	v("image", "create", "host:1", "--layer", "busybox", "--layer", "vessel", "--layer", "runc")
+	v("image", "create", "web:1", "--layer", "busybox", "--layer", "app")
 	d := &verifiedDisks{}
 	for _, m := range regexp.MustCompile(`(?m)^\s+\d+\. (sha256:[0-9a-f]{64})$`).FindAllStringSubmatch(v("inspect", "host:1"), -1) {
 		d.layers = append(d.layers, m[1])
 	}
-	if len(d.layers) != 2 {
-		t.Fatalf("host image has layers %v, want 2", d.layers)
+	if len(d.layers) != 3 {
+		t.Fatalf("host image has layers %v, want 3", d.layers)
 	}
 	v("keys", "init", "keys", "--org", "Acme")
 	v("keys", "product", "keys", "--name", "acme", "--product-id", productID)
@@ -86,8 +99,11 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	v("boot", "initrd", "--ca", "keys/manifest-ca.pem", "--product-id", productID, "--modules", e.modules, "-o", initrd)
 	uki := filepath.Join(dir, "root.efi")
 	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", cmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", uki)
-	disk := func(name, product string, version int) string {
-		sys := fmt.Sprintf("product: %s\nversion: %d\nhostfs: host:1\nservices:\n  - name: web\n    image: web:1\n", product, version)
+	svcUKI := filepath.Join(dir, "services.efi")
+	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", servicesCmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", svcUKI)
+	disk := func(name, product string, version int, uki string) string {
+		sys := fmt.Sprintf("product: %s\nversion: %d\nhostfs: host:1\nservices:\n  - name: web\n    image: web:1\n"+
+			"    command: [/bin/busybox, httpd, -f, -p, \"8080\", -h, /www]\n    network: host\n", product, version)
 		os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(sys), 0o644)
 		v("manifest", "build", name+".yaml", "--keys", "keys", "-o", name+".json")
 		v("manifest", "sign", name+".json", "--key", "keys/products/"+product+"/product.key", "--cert", "keys/products/"+product+"/product.pem", "-o", name+".signed")
@@ -99,9 +115,10 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 		v("boot", "disk", "--manifest", name+".signed", "--uki", uki, "--ca", "keys/manifest-ca.pem", "--product-id", pid, "--size", "400M", "-o", img)
 		return img
 	}
-	d.good = disk("good", "acme", 2)
-	d.otherProduct = disk("other", "other", 2)
-	d.rollback = disk("rollback", "acme", 2)
+	d.good = disk("good", "acme", 2, uki)
+	d.otherProduct = disk("other", "other", 2, uki)
+	d.rollback = disk("rollback", "acme", 2, uki)
+	d.services = disk("services", "acme", 2, svcUKI)
 	var sum struct {
 		Digest string `json:"digest"`
 	}
@@ -123,6 +140,23 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	off := findBlock(t, d.corrupt, blob)
 	flipByte(t, d.corrupt, off+512)
 	return d
+}
+
+// servicesCmdline boots to the services: the host starts the manifest's
+// services under vessel up, with the address qemu's user network expects.
+const servicesCmdline = "console=ttyS0 vessel.test=root,services vessel.ip=10.0.2.15/24"
+
+// sharedLibs lists the shared libraries ldd says bin needs (and the loader).
+func sharedLibs(t *testing.T, bin string) []string {
+	t.Helper()
+	var out []string
+	for _, m := range regexp.MustCompile(`(?m)(/\S+\.so[.0-9]*) \(0x`).FindAllStringSubmatch(run(t, "ldd", bin), -1) {
+		out = append(out, m[1])
+	}
+	if len(out) == 0 {
+		t.Fatalf("ldd %s lists no libraries", bin)
+	}
+	return out
 }
 
 func copyExec(t *testing.T, src, dst string) {
@@ -311,12 +345,58 @@ func TestVerifiedBoot(t *testing.T) {
 		if !ok {
 			t.Fatalf("no failure line:\n%s", vm.Tail(40))
 		}
-		for _, want := range []string{"layer 1 of 2 (" + d.layers[0] + ")", "dm-verity: data block 0 is corrupted"} {
+		for _, want := range []string{fmt.Sprintf("layer 1 of %d (%s)", len(d.layers), d.layers[0]), "dm-verity: data block 0 is corrupted"} {
 			if !strings.Contains(l.Text, want) {
 				t.Errorf("failure line lacks %q: %s", want, l.Text)
 			}
 		}
 		t.Logf("console: %s", l.Text)
+	})
+	t.Run("services-answer", func(t *testing.T) {
+		t.Parallel()
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		vm := StartT(t, Config{Disk: d.services, Vars: e.vars, MemoryMB: 768, Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:8080", port)}})
+		deadline := time.Now().Add(6 * time.Minute)
+		var body string
+		for time.Now().Before(deadline) {
+			if l, ok := vm.Find("FAILED"); ok {
+				t.Fatalf("%s\n%s", l.Text, vm.Tail(40))
+			}
+			if done, _ := vm.Exited(); done {
+				t.Fatalf("the guest stopped before the service answered:\n%s", vm.Tail(40))
+			}
+			c := http.Client{Timeout: 5 * time.Second}
+			if resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/index.html", port)); err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					body = string(b)
+					break
+				}
+			}
+			time.Sleep(time.Second)
+		}
+		if body != "hello from a verified service\n" {
+			t.Fatalf("the web service did not answer through hostfwd (got %q):\n%s", body, vm.Tail(40))
+		}
+		if _, ok := vm.Find("vessel-host: supervisor started"); !ok {
+			t.Errorf("no supervisor line:\n%s", vm.Tail(40))
+		}
+		seen := 0
+		for _, l := range vm.Lines() {
+			if dmLine.MatchString(l.Text) {
+				seen++
+			}
+		}
+		if seen < len(d.layers) {
+			t.Errorf("%d dm-verity targets listed before the services, want at least %d host layers", seen, len(d.layers))
+		}
+		t.Logf("the service answered %q through hostfwd", body)
 	})
 	for name, c := range map[string]struct{ disk, want string }{
 		"other-product-refused": {d.otherProduct, ": product: "},
