@@ -27,7 +27,7 @@ test: deps build vet
 # Boots UKIs around vessel's initrd under OVMF Secure Boot with a vTPM (qemu TCG): 3 boots, a few minutes.
 # Also part of make test (./... includes it); skips with the reason when qemu/ovmf/swtpm/kernel are missing.
 vm-test: deps build
-	$(GO) test -tags '$(TEST_TAGS)' $(GOFLAGS_TEST) -v -run 'TestSecureBoot' ./internal/vmtest/
+	$(GO) test -tags '$(TEST_TAGS)' $(GOFLAGS_TEST) -v -run 'TestSecureBoot|TestVerifiedBoot' ./internal/vmtest/
 
 demo: deps build
 	./scripts/demo.sh

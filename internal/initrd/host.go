@@ -59,7 +59,7 @@ func HostMain() {
 	}
 	var window time.Duration
 	if slices.Contains(flags, "services") {
-		window = 3 * time.Minute // a test boot ends by itself
+		window = 20 * time.Second // a test boot ends by itself, cleanly
 	}
 	c, err := runServices(printf, string(b), window)
 	if err != nil {

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/supervise"
 )
 
 // runServices starts the manifest's services under vessel's supervisor
@@ -19,7 +22,8 @@ import (
 // turns SIGTERM into a power-off and SIGINT (Ctrl-Alt-Del) into a reboot,
 // stops the supervisor (which stops the services and unmounts their
 // roots), syncs and remounts the data partition read-only before the
-// machine goes down. window > 0 ends the run after that long (tests).
+// machine goes down. window > 0 ends the run that long after every
+// service is running (tests).
 // It returns the reboot command to use.
 func runServices(printf func(string, ...any), cmdline string, window time.Duration) (int, error) {
 	if err := os.MkdirAll("/sys/fs/cgroup", 0o755); err == nil {
@@ -55,10 +59,9 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 		return unix.LINUX_REBOOT_CMD_POWER_OFF, fmt.Errorf("start the supervisor: %w", err)
 	}
 	printf("supervisor started (pid %d): %s", p.Pid, strings.Join(args, " "))
+	up := make(chan string, 1)
+	go watchServices(p.Pid, up)
 	var timeout <-chan time.Time
-	if window > 0 {
-		timeout = time.After(window)
-	}
 	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
 	stopping := false
 	var stopDeadline <-chan time.Time
@@ -80,6 +83,12 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 			case unix.SIGINT:
 				cmd = unix.LINUX_REBOOT_CMD_RESTART
 				stop("SIGINT (reboot)")
+			}
+		case names := <-up:
+			printf("services up: %s", names)
+			printDM(printf)
+			if window > 0 {
+				timeout = time.After(window)
 			}
 		case <-timeout:
 			stop("vessel.test window over")
@@ -195,4 +204,53 @@ func ifUp(name string, addr []byte, bits int) error {
 		return fmt.Errorf("%s: bring up: %w", name, err)
 	}
 	return nil
+}
+
+// SuperviseDir is where vessel up keeps its state in the host.
+const SuperviseDir = RunDir + "/supervise"
+
+// watchServices sends the service names once the supervisor pid reports
+// every service running.
+func watchServices(pid int, up chan<- string) {
+	for {
+		time.Sleep(200 * time.Millisecond)
+		info, err := supervise.Running(SuperviseDir)
+		if err != nil || info.Owner.Pid != pid {
+			continue
+		}
+		sts, err := supervise.Services(SuperviseDir)
+		if err != nil || len(sts) < len(info.Services) {
+			continue
+		}
+		var names []string
+		for _, st := range sts {
+			if st.State != supervise.StateRunning {
+				names = nil
+				break
+			}
+			names = append(names, st.Name)
+		}
+		if names != nil {
+			up <- strings.Join(names, ",")
+			return
+		}
+	}
+}
+
+// printDM lists every device-mapper device with its table.
+func printDM(printf func(string, ...any)) {
+	names, _ := filepath.Glob("/sys/block/dm-*/dm/name")
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err != nil {
+			continue
+		}
+		name := strings.TrimSpace(string(b))
+		tbl, err := mount.DMTable(name)
+		if err != nil {
+			printf("dm %s: %v", name, err)
+			continue
+		}
+		printf("dm %s %s table %s", filepath.Base(filepath.Dir(filepath.Dir(n))), name, strings.Join(tbl, "; "))
+	}
 }

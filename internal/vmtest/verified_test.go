@@ -27,7 +27,7 @@ const otherProductID = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
 // partition already accepted a higher version (rollback).
 type verifiedDisks struct {
 	good, corrupt, otherProduct, rollback, services string
-	layers                                []string // host layer digests, bottom first
+	layers, webLayers                     []string // host and web layer digests, bottom first
 	manifest                              string   // digest of the good manifest
 }
 
@@ -87,7 +87,10 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	for _, m := range regexp.MustCompile(`(?m)^\s+\d+\. (sha256:[0-9a-f]{64})$`).FindAllStringSubmatch(v("inspect", "host:1"), -1) {
 		d.layers = append(d.layers, m[1])
 	}
-	if len(d.layers) != 3 {
+	for _, m := range regexp.MustCompile(`(?m)^\s+\d+\. (sha256:[0-9a-f]{64})$`).FindAllStringSubmatch(v("inspect", "web:1"), -1) {
+		d.webLayers = append(d.webLayers, m[1])
+	}
+	if len(d.layers) != 3 || len(d.webLayers) != 2 {
 		t.Fatalf("host image has layers %v, want 3", d.layers)
 	}
 	v("keys", "init", "keys", "--org", "Acme")
@@ -387,16 +390,49 @@ func TestVerifiedBoot(t *testing.T) {
 		if _, ok := vm.Find("vessel-host: supervisor started"); !ok {
 			t.Errorf("no supervisor line:\n%s", vm.Tail(40))
 		}
-		seen := 0
-		for _, l := range vm.Lines() {
-			if dmLine.MatchString(l.Text) {
-				seen++
+		t.Logf("the service answered %q through hostfwd", body)
+		// Then the guest lists its verity devices with the services up,
+		// stops the supervisor and powers off cleanly.
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		if _, err := vm.Wait(ctx, "vessel-host: powering off"); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Tail(40))
+		}
+		if err := vm.WaitExit(ctx); err != nil {
+			t.Fatalf("the guest did not power off: %v", err)
+		}
+		upAt := -1
+		tables := map[string]string{}
+		for i, l := range vm.Lines() {
+			if strings.HasPrefix(l.Text, "vessel-host: services up: web") {
+				upAt = i
+			}
+			if m := regexp.MustCompile(`^vessel-host: dm dm-\d+ (vessel-[0-9a-f]{32}) table (0 \d+ verity 1 .*)$`).FindStringSubmatch(l.Text); m != nil && upAt >= 0 {
+				tables[m[1]] = m[2]
 			}
 		}
-		if seen < len(d.layers) {
-			t.Errorf("%d dm-verity targets listed before the services, want at least %d host layers", seen, len(d.layers))
+		if upAt < 0 {
+			t.Fatalf("no services-up line:\n%s", vm.Tail(40))
 		}
-		t.Logf("the service answered %q through hostfwd", body)
+		for _, l := range append(append([]string{}, d.layers...), d.webLayers...) {
+			name := "vessel-" + strings.TrimPrefix(l, "sha256:")[:32]
+			if tables[name] == "" {
+				t.Errorf("no dm-verity target %s for layer %s with the services up", name, l)
+			}
+		}
+		for _, want := range []string{"vessel-host: vessel.test window over: stopping the supervisor", "vessel-host: supervisor exited", "vessel-host: data partition clean (read-only)"} {
+			if _, ok := vm.Find(want); !ok {
+				t.Errorf("no %q in the shutdown:\n%s", want, vm.Tail(30))
+			}
+		}
+		if l, ok := vm.Find("FAILED"); ok {
+			t.Errorf("%s", l.Text)
+		}
+		for _, l := range vm.Lines() {
+			if strings.HasPrefix(l.Text, "vessel-") && !strings.Contains(l.Text, " dm dm-") {
+				t.Logf("%8v %s", l.At.Round(time.Millisecond), l.Text)
+			}
+		}
 	})
 	for name, c := range map[string]struct{ disk, want string }{
 		"other-product-refused": {d.otherProduct, ": product: "},
