@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Boot benchmark: vessel's initrd (as built, stripped, stripped+zstd) against a Debian
+# Boot benchmark: vessel's initrd (none, zstd: the default, stripped+zstd) against a Debian
 # mkinitramfs initrd for the same kernel, each in a UKI signed with the same
 # db key, booted once under OVMF Secure Boot (qemu TCG, swtpm). Prints size,
 # build time, the boot split (firmware, kernel, initrd to its first

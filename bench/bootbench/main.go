@@ -1,6 +1,6 @@
 // Command bootbench boots the same kernel under OVMF Secure Boot (qemu
 // TCG, swtpm) with vessel's initrd and with a Debian mkinitramfs initrd,
-// (uncompressed, stripped, stripped+zstd) and prints build time, size and the boot split into firmware, kernel and
+// (uncompressed, zstd as by default, stripped+zstd) and prints build time, size and the boot split into firmware, kernel and
 // initrd up to the first userspace line. Run by bench/boot.sh.
 package main
 
@@ -105,8 +105,8 @@ func run(vessel, dir string, jsonOut bool) error {
 	}
 	var boots []*boot
 	for _, v := range []struct{ name, bin, comp string }{
-		{"vessel", vessel, "none"},
-		{"vessel -s -w", stripped, "none"},
+		{"vessel none", vessel, "none"},
+		{"vessel zstd", vessel, "zstd"}, // the default
 		{"vessel -s -w zstd", stripped, "zstd"},
 	} {
 		b := &boot{Name: v.name, Initrd: filepath.Join(dir, strings.ReplaceAll(v.name, " ", "_")+".img")}

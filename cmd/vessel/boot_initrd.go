@@ -31,12 +31,13 @@ func bootInitrdCmd(g *globals) *cobra.Command {
 The default modules are virtio_pci virtio_blk virtio_net dm_verity squashfs
 erofs overlay efivarfs ext4; --module replaces the list. Compressed modules
 (.ko.xz, .ko.zst, .ko.gz) are stored uncompressed (their signature stays
-valid). The same inputs give the same bytes. See docs/boot.md.`,
+valid). The archive is zstd-compressed unless --compress none. The same
+inputs give the same bytes. See docs/boot.md.`,
 		Example: `  vessel boot initrd --ca keys/manifest-ca.pem --product-id 0f8fad5b-d9cb-469f-a165-70867728950e \
       --modules /lib/modules/6.1.0-57-amd64 -o initrd.img
   vessel boot initrd --ca ca.pem --product-id $ID --modules /lib/modules/$(uname -r) \
-      --module virtio_blk --module dm-verity --compress zstd -o initrd.img --json
-  cpio -tv < initrd.img`,
+      --module virtio_blk --module dm-verity -o initrd.img --json
+  zstd -dc initrd.img | cpio -tv`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.CA == "" || o.ProductID == "" || o.Modules == "" || out == "" {
@@ -77,7 +78,7 @@ valid). The same inputs give the same bytes. See docs/boot.md.`,
 	f.StringVar(&o.Modules, "modules", "", "kernel modules tree, /lib/modules/VERSION; required")
 	f.StringArrayVar(&o.Names, "module", nil, "module to include with its dependencies (repeatable; replaces the default list)")
 	f.StringVar(&o.Vessel, "vessel", "", "static vessel binary to use as /init (default: this one)")
-	f.StringVar(&o.Compress, "compress", initrd.CompressNone, "archive compression: none or zstd")
+	f.StringVar(&o.Compress, "compress", initrd.CompressZstd, "archive compression: zstd or none")
 	f.StringVarP(&out, "output", "o", "", "where to write the initrd; required")
 	return c
 }

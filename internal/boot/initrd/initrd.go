@@ -64,7 +64,7 @@ type Options struct {
 	ProductID string   // product UUID
 	Modules   string   // /lib/modules/VERSION
 	Names     []string // modules to include (with their dependencies); DefaultModules when nil
-	Compress  string   // CompressNone (default) or CompressZstd
+	Compress  string   // CompressZstd (default) or CompressNone
 }
 
 // Entry is one file, directory or device of the archive.
@@ -94,7 +94,7 @@ func Make(o Options) (*Plan, error) {
 	}
 	comp := o.Compress
 	if comp == "" {
-		comp = CompressNone
+		comp = CompressZstd
 	}
 	if comp != CompressNone && comp != CompressZstd {
 		return nil, fmt.Errorf("initrd: compression %q: want none or zstd", o.Compress)
