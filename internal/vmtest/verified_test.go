@@ -27,8 +27,8 @@ const otherProductID = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
 // partition already accepted a higher version (rollback).
 type verifiedDisks struct {
 	good, corrupt, otherProduct, rollback, services string
-	layers, webLayers                     []string // host and web layer digests, bottom first
-	manifest                              string   // digest of the good manifest
+	layers, webLayers                               []string // host and web layer digests, bottom first
+	manifest                                        string   // digest of the good manifest
 }
 
 func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks {
