@@ -133,7 +133,7 @@ func (s *Stage) Run() error {
 	flags := TestFlags(string(cmd))
 	for _, t := range flags {
 		switch t {
-		case "root":
+		case "root", "services":
 			// the verified boot below, with checks in the host
 		case "pcr7":
 			if err := s.checkPCR7(); err != nil {

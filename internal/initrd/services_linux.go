@@ -209,8 +209,9 @@ func ifUp(name string, addr []byte, bits int) error {
 // SuperviseDir is where vessel up keeps its state in the host.
 const SuperviseDir = RunDir + "/supervise"
 
-// watchServices sends the service names once the supervisor pid reports
-// every service running.
+// watchServices sends the names of the running services (and of those
+// refused, with the reason) once the supervisor pid reports every service
+// running or refused.
 func watchServices(pid int, up chan<- string) {
 	for {
 		time.Sleep(200 * time.Millisecond)
@@ -222,16 +223,24 @@ func watchServices(pid int, up chan<- string) {
 		if err != nil || len(sts) < len(info.Services) {
 			continue
 		}
-		var names []string
+		var names, refused []string
+		settled := true
 		for _, st := range sts {
-			if st.State != supervise.StateRunning {
-				names = nil
-				break
+			switch {
+			case st.State == supervise.StateRunning:
+				names = append(names, st.Name)
+			case st.Error != "" && (st.State == supervise.StateFailed || st.State == supervise.StateBackoff):
+				refused = append(refused, st.Name+" ("+st.Error+")")
+			default:
+				settled = false
 			}
-			names = append(names, st.Name)
 		}
-		if names != nil {
-			up <- strings.Join(names, ",")
+		if settled {
+			msg := strings.Join(names, ",")
+			if len(refused) > 0 {
+				msg += "; refused: " + strings.Join(refused, "; ")
+			}
+			up <- msg
 			return
 		}
 	}

@@ -29,6 +29,7 @@ type verifiedDisks struct {
 	good, corrupt, otherProduct, rollback, services string
 	layers, webLayers                               []string // host and web layer digests, bottom first
 	manifest                                        string   // digest of the good manifest
+	web2Layer                                       string   // the layer corrupted on the services disk
 }
 
 func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks {
@@ -70,6 +71,8 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	}
 	os.MkdirAll(filepath.Join(dir, "app", "www"), 0o755)
 	os.WriteFile(filepath.Join(dir, "app", "www", "index.html"), []byte("hello from a verified service\n"), 0o644)
+	os.MkdirAll(filepath.Join(dir, "app2", "www"), 0o755)
+	os.WriteFile(filepath.Join(dir, "app2", "www", "index.html"), []byte("a service whose layer is corrupted\n"), 0o644)
 	store := filepath.Join(dir, "store")
 	v := func(args ...string) string {
 		t.Helper()
@@ -83,6 +86,7 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	}
 	v("image", "create", "host:1", "--layer", "busybox", "--layer", "vessel", "--layer", "runc")
 	v("image", "create", "web:1", "--layer", "busybox", "--layer", "app")
+	v("image", "create", "web2:1", "--layer", "busybox", "--layer", "app2")
 	d := &verifiedDisks{}
 	for _, m := range regexp.MustCompile(`(?m)^\s+\d+\. (sha256:[0-9a-f]{64})$`).FindAllStringSubmatch(v("inspect", "host:1"), -1) {
 		d.layers = append(d.layers, m[1])
@@ -90,6 +94,14 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	for _, m := range regexp.MustCompile(`(?m)^\s+\d+\. (sha256:[0-9a-f]{64})$`).FindAllStringSubmatch(v("inspect", "web:1"), -1) {
 		d.webLayers = append(d.webLayers, m[1])
 	}
+	var web2 []string
+	for _, m := range regexp.MustCompile(`(?m)^\s+\d+\. (sha256:[0-9a-f]{64})$`).FindAllStringSubmatch(v("inspect", "web2:1"), -1) {
+		web2 = append(web2, m[1])
+	}
+	if len(web2) != 2 {
+		t.Fatalf("web2 has layers %v, want 2", web2)
+	}
+	d.web2Layer = web2[1]
 	if len(d.layers) != 3 || len(d.webLayers) != 2 {
 		t.Fatalf("host image has layers %v, want 3", d.layers)
 	}
@@ -106,7 +118,9 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", servicesCmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", svcUKI)
 	disk := func(name, product string, version int, uki string) string {
 		sys := fmt.Sprintf("product: %s\nversion: %d\nhostfs: host:1\nservices:\n  - name: web\n    image: web:1\n"+
-			"    command: [/bin/busybox, httpd, -f, -p, \"8080\", -h, /www]\n    network: host\n", product, version)
+			"    command: [/bin/busybox, httpd, -f, -p, \"8080\", -h, /www]\n    network: host\n"+
+			"  - name: web2\n    image: web2:1\n"+
+			"    command: [/bin/busybox, httpd, -f, -p, \"8081\", -h, /www]\n    network: host\n", product, version)
 		os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(sys), 0o644)
 		v("manifest", "build", name+".yaml", "--keys", "keys", "-o", name+".json")
 		v("manifest", "sign", name+".json", "--key", "keys/products/"+product+"/product.key", "--cert", "keys/products/"+product+"/product.pem", "-o", name+".signed")
@@ -130,6 +144,10 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 		t.Fatalf("manifest verify --json: %v: %s", err, out)
 	}
 	d.manifest = sum.Digest
+
+	// On the services disk web2's own layer has a flipped byte in its
+	// first block: that service must be refused, web must run.
+	flipByte(t, d.services, findBlock(t, d.services, filepath.Join(store, "oci", "blobs", "sha256", strings.TrimPrefix(d.web2Layer, "sha256:")))+512)
 
 	// The rollback disk's data partition remembers that version 3 was
 	// accepted before (as a machine that ran a newer manifest would).
@@ -413,6 +431,13 @@ func TestVerifiedBoot(t *testing.T) {
 		}
 		if upAt < 0 {
 			t.Fatalf("no services-up line:\n%s", vm.Tail(40))
+		}
+		upLine := vm.Lines()[upAt].Text
+		if !strings.HasPrefix(upLine, "vessel-host: services up: web; refused: web2 (") || !strings.Contains(upLine, d.web2Layer) || !strings.Contains(upLine, "input/output error") {
+			t.Errorf("want web up and web2 refused naming its layer %s and the I/O error: %s", d.web2Layer, upLine)
+		}
+		if _, ok := vm.Find("data block 0 is corrupted"); !ok {
+			t.Error("no dm-verity corruption line from the kernel for web2's layer")
 		}
 		for _, l := range append(append([]string{}, d.layers...), d.webLayers...) {
 			name := "vessel-" + strings.TrimPrefix(l, "sha256:")[:32]
