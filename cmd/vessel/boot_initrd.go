@@ -28,7 +28,7 @@ func bootInitrdCmd(g *globals) *cobra.Command {
   /etc/vessel/manifest-ca.pem   the manifest-signing CA
   /etc/vessel/product-id        the product UUID
 
-The default modules are virtio_pci virtio_blk virtio_net dm_verity squashfs
+The default modules are virtio_pci virtio_blk virtio_net loop dm_verity squashfs
 erofs overlay efivarfs ext4; --module replaces the list. Compressed modules
 (.ko.xz, .ko.zst, .ko.gz) are stored uncompressed (their signature stays
 valid). The archive is zstd-compressed unless --compress none. The same

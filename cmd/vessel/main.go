@@ -74,5 +74,8 @@ func main() {
 	if initrd.IsInit() {
 		initrd.Main() // PID 1 in the initrd: never returns
 	}
+	if initrd.IsHostInit() {
+		initrd.HostMain() // PID 1 in the verified host root: never returns
+	}
 	os.Exit(run(os.Args[1:]))
 }

@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 )
@@ -112,6 +113,7 @@ func (s *Stage) Run() error {
 		return fmt.Errorf("read the boot clock: %w", err)
 	}
 	s.printf("started (vessel %s, product %s) uptime %.3fs", s.Version, strings.TrimSpace(string(pid)), up)
+	started := up
 	for _, m := range EarlyMounts {
 		if err := s.sys.mount(m); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", m.FSType, m.Target, err)
@@ -130,8 +132,11 @@ func (s *Stage) Run() error {
 	if err != nil {
 		return fmt.Errorf("read kernel command line: %w", err)
 	}
-	for _, t := range TestFlags(string(cmd)) {
+	flags := TestFlags(string(cmd))
+	for _, t := range flags {
 		switch t {
+		case "root", "services":
+			// the verified boot below, with checks in the host
 		case "pcr7":
 			if err := s.checkPCR7(); err != nil {
 				return err
@@ -144,8 +149,13 @@ func (s *Stage) Run() error {
 			s.printf("unknown vessel.test=%s ignored", t)
 		}
 	}
-	s.printf("done: the root filesystem stage is not implemented yet")
-	return nil
+	if len(flags) > 0 && !slices.Contains(flags, "root") {
+		// A check-only boot: the command line (inside the signed UKI)
+		// asked for checks, not for the host; nothing else runs.
+		s.printf("done: check-only boot (vessel.test=%s)", strings.Join(flags, ","))
+		return nil
+	}
+	return s.bootRoot(started)
 }
 
 // TestFlags returns the values of every vessel.test= option on a kernel

@@ -1,7 +1,6 @@
 package mount
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -15,7 +14,7 @@ import (
 )
 
 // DetectMode picks how layers are mounted on this machine: dm-verity when
-// the kernel has device-mapper and dmsetup is installed, squashfuse inside
+// the kernel has device-mapper (device-mapper ioctls, no dmsetup needed), squashfuse inside
 // a user namespace (where the kernel refuses squashfs and erofs mounts),
 // userspace verification otherwise.
 func DetectMode() (Mode, error) {
@@ -25,11 +24,8 @@ func DetectMode() (Mode, error) {
 		}
 		return ModeFuse, nil
 	}
-	if f, err := os.OpenFile("/dev/mapper/control", os.O_RDWR, 0); err == nil {
-		f.Close()
-		if _, err := exec.LookPath("dmsetup"); err == nil {
-			return ModeVerity, nil
-		}
+	if dmAvailable() {
+		return ModeVerity, nil
 	}
 	return ModeUserspace, nil
 }
@@ -83,7 +79,9 @@ func (m *Manager) mountLayer(lm LayerMount) error {
 	}
 	if err := applyMount(lm.Mount, dev); err != nil {
 		if lm.Verity != nil {
-			removeVerity(lm.Verity.Name)
+			if rerr := removeVerity(lm.Verity.Name); rerr != nil {
+				return fmt.Errorf("%w (and removing its verity device: %v)", err, rerr)
+			}
 		}
 		return err
 	}
@@ -205,35 +203,6 @@ func isMountPoint(path string) bool {
 		return false
 	}
 	return st.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && st.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
-}
-
-// createVerity opens the dm-verity device and returns its path.
-func createVerity(v *Verity, dev string) (string, error) {
-	out, err := exec.Command("dmsetup", "create", v.Name, "--readonly", "--table", v.Table(dev)).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("dmsetup create %s: %v: %s", v.Name, err, bytes.TrimSpace(out))
-	}
-	return "/dev/mapper/" + v.Name, nil
-}
-
-// removeVerity removes the verity device of the layer with the given hex
-// digest (or device name), if there is one.
-func removeVerity(hexOrName string) error {
-	name := hexOrName
-	if !strings.HasPrefix(name, "vessel-") {
-		if len(name) < 32 {
-			return nil
-		}
-		name = "vessel-" + name[:32]
-	}
-	if _, err := os.Stat("/dev/mapper/" + name); err != nil {
-		return nil
-	}
-	out, err := exec.Command("dmsetup", "remove", "--retry", name).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("dmsetup remove %s: %v: %s", name, err, bytes.TrimSpace(out))
-	}
-	return nil
 }
 
 // LoopDevices lists the loop devices whose backing file is under prefix,

@@ -39,11 +39,11 @@ const (
 )
 
 // DefaultModules are what the boot needs on Debian's kernel: virtio
-// (PCI, block, network), dm-verity, the layer filesystems, overlay,
+// (PCI, block, network), loop devices (the layer blobs), dm-verity, the layer filesystems, overlay,
 // efivarfs and the data partition's ext4. Built-in ones are skipped.
 var DefaultModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_net",
-	"dm_verity", "squashfs", "erofs", "overlay",
+	"loop", "dm_verity", "squashfs", "erofs", "overlay",
 	"efivarfs", "ext4",
 }
 

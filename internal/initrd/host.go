@@ -1,0 +1,119 @@
+package initrd
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselos/vessel/internal/mount"
+)
+
+// HostMarker starts every line the host's init prints.
+const HostMarker = "vessel-host:"
+
+// IsHostInit reports whether this process is the host's init: PID 1
+// executed as /sbin/init by the initrd's switch_root.
+func IsHostInit() bool { return os.Getpid() == 1 && os.Args[0] == HostInit }
+
+// HostMain is the host's init for this step of the verified boot: it
+// prints what the initrd verified and mounted, and under vessel.test=root
+// every device-mapper device with its live table. Then it starts the
+// manifest's services (runServices) and stays PID 1 until SIGTERM or
+// SIGINT; with vessel.test=root alone it powers off after the report.
+func HostMain() {
+	sys := linuxSystem{}
+	printf := func(format string, args ...any) { fmt.Printf(HostMarker+" "+format+"\n", args...) }
+	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
+	defer func() {
+		if r := recover(); r != nil {
+			printf("FAILED: panic: %v", r)
+		}
+		unix.Sync()
+		if cmd == unix.LINUX_REBOOT_CMD_RESTART {
+			printf("rebooting")
+		} else {
+			printf("powering off")
+		}
+		if err := unix.Reboot(cmd); err != nil {
+			printf("FAILED: %v", err)
+		}
+		for {
+			time.Sleep(time.Hour)
+		}
+	}()
+	if err := RunHost(os.Stdout, "", sys.uptime, mount.DMTable); err != nil {
+		printf("FAILED: %v", err)
+		return
+	}
+	b, _ := os.ReadFile(CmdlineFile)
+	flags := TestFlags(string(b))
+	if slices.Contains(flags, "root") && !slices.Contains(flags, "services") {
+		return // the report was the test
+	}
+	var window time.Duration
+	if slices.Contains(flags, "services") {
+		window = 20 * time.Second // a test boot ends by itself, cleanly
+	}
+	c, err := runServices(printf, string(b), window)
+	if err != nil {
+		printf("FAILED: %v", err)
+		shutdown(printf)
+		return
+	}
+	cmd = c
+}
+
+// RunHost prints the host's report; root prefixes every path (tests).
+func RunHost(w io.Writer, root string, uptime func() (float64, error), table func(string) ([]string, error)) error {
+	rec, err := ReadBootRecord(root + BootRecordFile)
+	if err != nil {
+		return fmt.Errorf("what the initrd verified: %w", err)
+	}
+	up, err := uptime()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%s up (manifest %s, version %d) host %s, %d layers, switch_root at %.3fs, uptime %.3fs\n",
+		HostMarker, rec.Manifest, rec.Version, rec.Host, len(rec.Layers), rec.SwitchRoot, up)
+	cmd, err := os.ReadFile(root + CmdlineFile)
+	if err != nil {
+		return fmt.Errorf("read kernel command line: %w", err)
+	}
+	if !slices.Contains(TestFlags(string(cmd)), "root") {
+		return nil
+	}
+	names, _ := filepath.Glob(root + "/sys/block/dm-*/dm/name")
+	sort.Strings(names)
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err != nil {
+			return err
+		}
+		name := strings.TrimSpace(string(b))
+		dev := filepath.Base(filepath.Dir(filepath.Dir(n)))
+		tbl, err := table(name)
+		if err != nil {
+			return err
+		}
+		layer := ""
+		for _, l := range rec.Layers {
+			if l.Verity == name {
+				layer = " layer " + l.Digest
+			}
+		}
+		fmt.Fprintf(w, "%s dm %s %s%s table %s\n", HostMarker, dev, name, layer, strings.Join(tbl, "; "))
+	}
+	// The root is the overlay with a fresh upper: writable, and new at every boot.
+	if err := os.WriteFile(root+"/etc/vessel-host-written", []byte("x"), 0o644); err != nil {
+		return fmt.Errorf("the host root is not writable: %w", err)
+	}
+	fmt.Fprintf(w, "%s root writable\n", HostMarker)
+	return nil
+}
