@@ -1,0 +1,273 @@
+package build
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/registry"
+	"github.com/vesselos/vessel/internal/registry/registrytest"
+)
+
+// Tests of stacker compatibility (issue 23): recipes written as stacker
+// users write them.
+
+// layoutLayer is one layer of a hand-made OCI layout.
+type layoutLayer struct {
+	blob        []byte
+	mediaType   string
+	annotations map[string]string
+}
+
+// writeLayout writes an OCI image layout at dir with layers (bottom first)
+// tagged tag.
+func writeLayout(t *testing.T, dir, tag string, layers []layoutLayer) {
+	t.Helper()
+	put := func(b []byte) ocispec.Descriptor {
+		d := digest.FromBytes(b)
+		p := filepath.Join(dir, "blobs", "sha256", d.Encoded())
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return ocispec.Descriptor{Digest: d, Size: int64(len(b))}
+	}
+	js := func(v any) []byte {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	cfg := ocispec.Image{
+		Platform: ocispec.Platform{OS: "linux", Architecture: goruntime.GOARCH},
+		Config:   ocispec.ImageConfig{Env: []string{"PATH=/bin", "FROM_LAYOUT=1"}},
+		RootFS:   ocispec.RootFS{Type: "layers"},
+	}
+	var descs []ocispec.Descriptor
+	for _, l := range layers {
+		d := put(l.blob)
+		d.MediaType, d.Annotations = l.mediaType, l.annotations
+		descs = append(descs, d)
+		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, d.Digest)
+	}
+	cd := put(js(cfg))
+	cd.MediaType = ocispec.MediaTypeImageConfig
+	md := put(js(ocispec.Manifest{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageManifest, Config: cd, Layers: descs}))
+	md.MediaType = ocispec.MediaTypeImageManifest
+	md.Annotations = map[string]string{ocispec.AnnotationRefName: tag}
+	idx := ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{md}}
+	if err := os.WriteFile(filepath.Join(dir, "index.json"), js(idx), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// squashLayer builds a verified squashfs layer from tree, as stacker
+// writes it (the +verity media type and the older annotation name).
+func squashLayer(t *testing.T, tree string) (layoutLayer, ocispec.Descriptor) {
+	t.Helper()
+	epoch := testEpoch
+	b, err := layer.Build(context.Background(), tree, filepath.Join(t.TempDir(), "blob"), layer.BuildOptions{Format: layer.DefaultFormat(layer.Squashfs), SourceDateEpoch: &epoch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := os.ReadFile(b.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := layer.RootHash(b.Descriptor)
+	return layoutLayer{blob: blob, mediaType: b.Descriptor.MediaType + "+verity",
+		annotations: map[string]string{layer.AnnotationVerityRootOld: root}}, b.Descriptor
+}
+
+// busyboxTree is a root with a static busybox as /bin/sh.
+func busyboxTree(t *testing.T) string {
+	t.Helper()
+	tree := t.TempDir()
+	os.MkdirAll(filepath.Join(tree, "bin"), 0o755)
+	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
+	if out, err := exec.Command("cp", busybox, filepath.Join(tree, "bin/busybox")).CombinedOutput(); err != nil {
+		t.Fatal(err, string(out))
+	}
+	os.Symlink("busybox", filepath.Join(tree, "bin/sh"))
+	os.WriteFile(filepath.Join(tree, "etc/os-release"), []byte("ID=tarbase\n"), 0o644)
+	return tree
+}
+
+func tarOf(t *testing.T, tree string) []byte {
+	t.Helper()
+	b, err := exec.Command("tar", "-C", tree, "--sort=name", "--mtime=@1700000000", "-cf", "-", ".").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// unsquashList lists a squashfs layer blob of the store with unsquashfs,
+// independently of vessel's own mounts.
+func (e *env) unsquashList(d digest.Digest) string {
+	e.t.Helper()
+	p, err := e.s.BlobPath(d)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out, err := exec.Command("unsquashfs", "-l", "-d", "", p).CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("unsquashfs -l %s: %v\n%s", p, err, out)
+	}
+	return string(out)
+}
+
+// TestVerifiedLayerBases: an OCI layout whose layers are already verified
+// squashfs (stacker's output), and a mixed one (a tar layer below, a
+// squashfs layer above), are bases: tar layers are converted, verified
+// layers are reused byte for byte after a verity check, and a layer whose
+// root hash does not match is refused.
+func TestVerifiedLayerBases(t *testing.T) {
+	e := newEnv(t)
+	tree := busyboxTree(t)
+	lower, lowerDesc := squashLayer(t, tree)
+	top := t.TempDir()
+	os.MkdirAll(filepath.Join(top, "etc"), 0o755)
+	os.WriteFile(filepath.Join(top, "etc/os-release"), []byte("ID=stackerlayer\n"), 0o644)
+	upper, upperDesc := squashLayer(t, top)
+
+	writeLayout(t, filepath.Join(e.dir, "stackeroci"), "base", []layoutLayer{lower, upper})
+	writeLayout(t, filepath.Join(e.dir, "mixed"), "v1", []layoutLayer{
+		{blob: tarOf(t, tree), mediaType: ocispec.MediaTypeImageLayer}, upper})
+
+	rec := `
+from-stacker:
+  from:
+    type: oci
+    url: stackeroci:base
+  run: |
+    cat /etc/os-release > /seen
+from-mixed:
+  from:
+    type: oci
+    url: mixed
+    tag: v1
+  run: |
+    cat /etc/os-release > /seen
+`
+	e.mustBuild(rec)
+	for _, n := range []string{"from-stacker", "from-mixed"} {
+		img, err := image.Read(e.s, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls := img.Layers()
+		if len(ls) != 3 {
+			t.Fatalf("%s: %d layers, want 3 (two base layers and the run's)", n, len(ls))
+		}
+		if ls[1].Digest != upperDesc.Digest {
+			t.Errorf("%s: the verified base layer was not reused as it is: %s, want %s", n, ls[1].Digest, upperDesc.Digest)
+		}
+		if n == "from-stacker" && ls[0].Digest != lowerDesc.Digest {
+			t.Errorf("%s: lower layer %s, want %s (reused)", n, ls[0].Digest, lowerDesc.Digest)
+		}
+		if n == "from-mixed" {
+			if _, err := layer.ParseMediaType(ls[0].MediaType); err != nil {
+				t.Errorf("%s: the tar layer was not converted: %v", n, err)
+			}
+			if l := e.unsquashList(ls[0].Digest); !strings.Contains(l, "bin/busybox") {
+				t.Errorf("%s: converted tar layer lacks bin/busybox:\n%s", n, l)
+			}
+		}
+		if l := e.unsquashList(ls[2].Digest); !strings.Contains(l, "seen") {
+			t.Errorf("%s: the run's layer lacks /seen:\n%s", n, l)
+		}
+		if _, err := image.Verify(e.s, n, nil); err != nil {
+			t.Errorf("%s: %v", n, err)
+		}
+		e.withMounted(n, func(root string) {
+			if got := readFile(t, filepath.Join(root, "seen")); got != "ID=stackerlayer\n" {
+				t.Errorf("%s: /seen = %q, want the upper squashfs layer's file", n, got)
+			}
+		})
+	}
+
+	// A verified layer whose root hash annotation is wrong is refused,
+	// naming the layer and the recipe line.
+	bad := upper
+	bad.annotations = map[string]string{layer.AnnotationVerityRootOld: strings.Repeat("ab", 32)}
+	writeLayout(t, filepath.Join(e.dir, "bad"), "v1", []layoutLayer{lower, bad})
+	_, err := e.build("x:\n  from: {type: oci, url: bad:v1}\n  run: true\n", e.options(), nil)
+	if err == nil || !strings.Contains(err.Error(), "vessel.yaml:2") || !strings.Contains(err.Error(), "layer 2") || !strings.Contains(err.Error(), "verity") {
+		t.Errorf("a layer with a wrong root hash: %v", err)
+	}
+}
+
+// TestOwnPublishedBase: an image vessel built and pushed to a registry is
+// a docker base of the next build (a product built on its own published
+// base), its layers reused as they are.
+func TestOwnPublishedBase(t *testing.T) {
+	e := newEnv(t)
+	if !registrytest.Available() {
+		t.Skip("docker-registry is not installed (make deps installs it)")
+	}
+	reg := registrytest.Start(t, registrytest.Options{})
+	e.mustBuild(baseRecipe)
+	baseImg, err := image.Read(e.s, "base")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := registry.New(registry.Options{PlainHTTP: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := registry.ParseReference("docker://" + reg.Host + "/product/base:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Copy(context.Background(), registry.Store(e.s, "base:latest"), registry.Registry(ref)); err != nil {
+		t.Fatal(err)
+	}
+	// A fresh store, as on another build machine.
+	e2 := newEnv(t)
+	opt := e2.options()
+	opt.Registry = func(insecure bool) (*registry.Client, error) {
+		return registry.New(registry.Options{PlainHTTP: insecure})
+	}
+	rec := `
+app:
+  from:
+    type: docker
+    url: docker://` + reg.Host + `/product/base:1
+    insecure: true
+  run: |
+    cat /data/keep > /seen
+`
+	if _, err := e2.build(rec, opt, nil); err != nil {
+		t.Fatal(err, e2.out.String())
+	}
+	app, err := image.Read(e2.s, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := app.Layers()[0].Digest, baseImg.Layers()[0].Digest; got != want {
+		t.Errorf("the published base layer was not reused: %s, want %s", got, want)
+	}
+	e2.withMounted("app", func(root string) {
+		if got := readFile(t, filepath.Join(root, "seen")); got != "keep\n" {
+			t.Errorf("/seen = %q", got)
+		}
+	})
+}
