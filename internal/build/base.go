@@ -28,7 +28,7 @@ const BasesDir = "build-bases"
 // base resolves img's base (mount.Empty for scratch), converting tar, oci and docker bases to
 // verified layers once (the conversion is cached by source digest, layer
 // format and SOURCE_DATE_EPOCH).
-func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (*mount.Image, error) {
+func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (_ *mount.Image, err error) {
 	from := img.From
 	switch from.Type {
 	case recipe.Scratch:
@@ -43,12 +43,26 @@ func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (*mount.Im
 		if strings.HasPrefix(from.URL, "http://") || strings.HasPrefix(from.URL, "https://") {
 			return nil, fmt.Errorf("tar base %s: http(s) bases are not supported: vessel builds offline; download the tarball and give its path", from.URL)
 		}
-		sum, err := fileSHA256(from.URL)
+		path := from.URL
+		if from.FromImage != "" {
+			// stacker://IMAGE/PATH: a tarball inside an image built earlier,
+			// read from that image mounted verified, for this step only.
+			src := &sources{b: b, ctx: ctx}
+			defer func() {
+				if cerr := src.close(); cerr != nil {
+					err = errors.Join(err, cerr)
+				}
+			}()
+			if path, err = src.resolve(from.FromImage, from.ImagePath); err != nil {
+				return nil, fmt.Errorf("tar base %s: %w", from.URL, err)
+			}
+		}
+		sum, err := fileSHA256(path)
 		if err != nil {
-			return nil, fmt.Errorf("tar base: %w", err)
+			return nil, fmt.Errorf("tar base %s: %w", from.URL, err)
 		}
 		return b.converted(ctx, i, "tar", sum, from.URL, func(opt image.ConvertOptions) (*image.Created, error) {
-			return image.FromTar(ctx, b.s, from.URL, opt)
+			return image.FromTar(ctx, b.s, path, opt)
 		})
 	case recipe.OCI:
 		dir, tag := from.Layout()

@@ -271,3 +271,60 @@ app:
 		}
 	})
 }
+
+// TestTarBaseFromImage: `from: type: tar` with a stacker://IMAGE/PATH url
+// reads a tarball that an earlier build_only image produced, as stacker
+// users chain a rootfs-making image into a final one.
+func TestTarBaseFromImage(t *testing.T) {
+	e := newEnv(t)
+	rec := baseRecipe + `
+rootfs-maker:
+  from:
+    type: built
+    tag: base
+  build_only: true
+  run: |
+    echo made-by-maker > /etc/marker
+    mkdir -p /out
+    cd / && tar -cf /out/rootfs.tar bin etc
+final:
+  from:
+    type: tar
+    url: stacker://rootfs-maker/out/rootfs.tar
+  run: |
+    cat /etc/marker > /seen
+    test ! -e /data
+`
+	res := e.mustBuild(rec)
+	var final Built
+	for _, im := range res.Images {
+		if im.Name == "final" {
+			final = im
+		}
+	}
+	if final.Layers != 2 {
+		t.Errorf("final has %d layers, want 2 (the converted tarball and the run's)", final.Layers)
+	}
+	e.withMounted("final", func(root string) {
+		if got := readFile(t, filepath.Join(root, "seen")); got != "made-by-maker\n" {
+			t.Errorf("/seen = %q", got)
+		}
+	})
+	img, err := image.Read(e.s, "final")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := e.unsquashList(img.Layers()[0].Digest); !strings.Contains(l, "etc/marker") || strings.Contains(l, "data/keep") {
+		t.Errorf("converted tarball layer:\n%s", l)
+	}
+	// Unchanged: the whole build is cached, the tarball not converted again.
+	e.mustBuild(rec)
+	if st := e.statuses(); st["final"] != StatusCached || e.runs != 0 {
+		t.Errorf("second build: %v, %d runs", st, e.runs)
+	}
+	// A missing tarball names the url and the line.
+	_, err = e.build(baseRecipe+"bad:\n  from: {type: tar, url: stacker://base/nope.tar}\n", e.options(), nil)
+	if err == nil || !strings.Contains(err.Error(), "stacker://base/nope.tar") || !strings.Contains(err.Error(), "vessel.yaml:20") {
+		t.Errorf("missing tarball: %v", err)
+	}
+}

@@ -540,9 +540,19 @@ func (p *parser) from(image string, n *yaml.Node) From {
 	switch f.Type {
 	case Scratch:
 	case Tar:
-		if f.URL == "" {
+		switch {
+		case f.URL == "":
 			p.fail(at, image, "from", ErrSyntax, "type tar needs url: (a path to a rootfs tarball)")
-		} else if !isHTTP(f.URL) {
+		case strings.HasPrefix(f.URL, "stacker://"):
+			img, pth, ok := strings.Cut(strings.TrimPrefix(f.URL, "stacker://"), "/")
+			if !ok || img == "" || pth == "" {
+				p.fail(at, image, "from", ErrSyntax, "type tar: want url: stacker://IMAGE/PATH (a tarball in an image built earlier), got %q", f.URL)
+				break
+			}
+			f.FromImage, f.ImagePath = img, "/"+pth
+		case strings.Contains(f.URL, "://") && !isHTTP(f.URL):
+			p.fail(at, image, "from", ErrSyntax, "type tar: unsupported url %q (a local path, stacker://IMAGE/PATH or http(s)://)", f.URL)
+		case !isHTTP(f.URL):
 			f.URL = p.abs(f.URL)
 		}
 	case OCI:
@@ -754,6 +764,9 @@ func (p *parser) config(f *File, n *yaml.Node) {
 // Names not defined in the file must be in external, unless deferExternal.
 func (p *parser) validate(f *File, external map[string]string, deferExternal bool) {
 	for _, img := range f.Images {
+		if img.From.FromImage == img.Name {
+			p.errs = append(p.errs, &Error{File: p.file, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrCycle, Msg: "an image cannot be built on a tarball inside itself"})
+		}
 		if img.From.Type == Built && img.From.Tag == img.Name {
 			p.errs = append(p.errs, &Error{File: p.file, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrCycle, Msg: "an image cannot be built on itself"})
 		}
@@ -811,6 +824,10 @@ func unknownRefs(f *File, external map[string]string) []error {
 		if img.From.Type == Built && img.From.Tag != img.Name && !known(img.From.Tag) {
 			errs = append(errs, &Error{File: f.Path, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrMissingBase,
 				Msg: fmt.Sprintf("built base %q is not %s", img.From.Tag, where())})
+		}
+		if img.From.FromImage != "" && img.From.FromImage != img.Name && !known(img.From.FromImage) {
+			errs = append(errs, &Error{File: f.Path, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrMissingBase,
+				Msg: fmt.Sprintf("%s: %q is not %s", img.From.URL, img.From.FromImage, where())})
 		}
 		for _, imp := range img.Imports {
 			if imp.FromImage != "" && !known(imp.FromImage) {

@@ -162,6 +162,10 @@ func TestParseErrors(t *testing.T) {
 		{"missing built base", "a:\n  from: {type: built, tag: nope}\n", ErrMissingBase, 2, []string{`"nope"`, "images: a"}},
 		{"missing stacker import", "a:\n  from: {type: scratch}\n  imports: [stacker://nope/x]\n", ErrMissingBase, 3, []string{`"nope"`}},
 		{"self", "a:\n  from: {type: built, tag: a}\n", ErrCycle, 2, []string{"itself"}},
+		{"tar stacker unknown", "a:\n  from:\n    type: tar\n    url: stacker://nope/x.tar\n", ErrMissingBase, 3, []string{`"nope"`, "stacker://nope/x.tar"}},
+		{"tar stacker no path", "a:\n  from:\n    type: tar\n    url: stacker://b\nb:\n  from: {type: scratch}\n", ErrSyntax, 3, []string{"stacker://IMAGE/PATH"}},
+		{"tar stacker self", "a:\n  from: {type: tar, url: stacker://a/x.tar}\n", ErrCycle, 2, []string{"inside itself"}},
+		{"tar other scheme", "a:\n  from: {type: tar, url: ftp://x/y.tar}\n", ErrSyntax, 2, []string{"ftp://x/y.tar"}},
 		{"cycle", "a:\n  from: {type: built, tag: c}\nb:\n  from: {type: built, tag: a}\nc:\n  from: {type: scratch}\n  imports: [stacker://b/x]\n", ErrCycle, 1, []string{"a -> c -> b -> a"}},
 		{"duplicate image", "a:\n  from: {type: scratch}\nb:\n  from: {type: scratch}\na:\n  from: {type: scratch}\n", ErrDuplicate, 5, []string{"lines 1 and 5"}},
 		{"duplicate key", "a:\n  from: {type: scratch}\n  run: x\n  run: y\n", ErrDuplicate, 4, []string{"lines 3 and 4"}},
@@ -193,6 +197,22 @@ func TestParseErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A tar base inside an image built earlier: the image is a dependency.
+func TestParseTarFromImage(t *testing.T) {
+	f := mustParse(t, "final:\n  from: {type: tar, url: stacker://maker/out/rootfs.tar}\nmaker:\n  from: {type: scratch}\n  build_only: true\n", nil)
+	from := f.Image("final").From
+	if from.FromImage != "maker" || from.ImagePath != "/out/rootfs.tar" {
+		t.Errorf("from = %+v", from)
+	}
+	plan, err := f.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Steps) != 2 || plan.Steps[0].Image.Name != "maker" {
+		t.Errorf("plan does not build maker first: %+v", plan.Steps)
 	}
 }
 

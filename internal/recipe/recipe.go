@@ -105,6 +105,10 @@ type From struct {
 	URL string
 	// Tag names the base image for built.
 	Tag string
+	// FromImage and ImagePath are set for a tar base whose url is
+	// stacker://IMAGE/PATH: a tarball inside an image built earlier (of
+	// this file or of a prerequisite), typically a build_only one.
+	FromImage, ImagePath string
 	// Insecure allows plain http to a docker registry.
 	Insecure bool
 	Line     int
@@ -213,6 +217,7 @@ func (i *Image) Needs() []string {
 	if i.From.Type == Built {
 		add(i.From.Tag)
 	}
+	add(i.From.FromImage)
 	for _, imp := range i.Imports {
 		add(imp.FromImage)
 	}
