@@ -281,6 +281,13 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	if err != nil {
 		return nil, fail("base", img.From.Line, err)
 	}
+	if err := img.CheckBinds(); err != nil {
+		line := img.KeyLine("binds")
+		if re := (*recipe.Error)(nil); errors.As(err, &re) {
+			line = re.Line
+		}
+		return nil, fail("binds", line, err)
+	}
 	src := &sources{b: b, ctx: ctx}
 	defer func() {
 		if cerr := src.close(); cerr != nil {

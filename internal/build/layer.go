@@ -68,9 +68,10 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 	}
 	upper := filepath.Join(tmp, "upper")
 	var missing []string
+	points := append(slices.Clone(runtimeMountPoints), bindMountPoints(img)...)
 	prepare := func(rootfs string) error {
 		missing = missing[:0]
-		for _, p := range runtimeMountPoints {
+		for _, p := range points {
 			if _, err := os.Lstat(filepath.Join(rootfs, p)); errors.Is(err, fs.ErrNotExist) {
 				missing = append(missing, p)
 			}
@@ -92,6 +93,9 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		var binds []ociruntime.Bind
 		for _, m := range st.Mounts {
 			binds = append(binds, ociruntime.Bind{Source: m.Source, Target: m.Destination, ReadOnly: m.ReadOnly})
+		}
+		for _, hb := range img.Binds { // stacker's binds: read-write, never in the layer
+			binds = append(binds, ociruntime.Bind{Source: hb.Source, Target: hb.Dest})
 		}
 		baseEnv := base.Config().Config.Env
 		// One pipe for stdout and stderr keeps their order as written.
@@ -164,6 +168,19 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 	return built.Descriptor, nil
 }
 
+// bindMountPoints are the destinations of img's host binds and their
+// parents: the runtime creates the ones the base lacks, and cleanUpper
+// removes them again when they are still empty.
+func bindMountPoints(img *recipe.Image) []string {
+	var out []string
+	for _, b := range img.Binds {
+		for p := b.Dest; p != "/" && p != "."; p = filepath.Dir(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // containerID names a build container: unique per build, valid as a
 // runtime id whatever the image is called.
 func containerID(name string) string {
@@ -193,7 +210,16 @@ func cleanUpper(dir string, missing []string) (opaque []string, err error) {
 	for _, p := range ms {
 		full := filepath.Join(dir, p)
 		fi, err := os.Lstat(full)
-		if err != nil || !fi.IsDir() {
+		if err != nil {
+			continue
+		}
+		if !fi.IsDir() {
+			// the runtime's mount point for a file bind: an empty file
+			if fi.Mode().IsRegular() && fi.Size() == 0 {
+				if err := os.Remove(full); err != nil {
+					return nil, fmt.Errorf("remove mount point %s from the layer: %w", p, err)
+				}
+			}
 			continue
 		}
 		if err := os.Remove(full); err != nil && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {

@@ -328,3 +328,88 @@ final:
 		t.Errorf("missing tarball: %v", err)
 	}
 }
+
+// TestBindsAndOverlayDirs: stacker's binds (both forms) are read-write in
+// the build and never in the layer, a missing source is an error at its
+// line, a changed bind rebuilds; overlay_dirs land in the image at dest.
+func TestBindsAndOverlayDirs(t *testing.T) {
+	e := newEnv(t)
+	hostDir := t.TempDir()
+	os.WriteFile(filepath.Join(hostDir, "in"), []byte("from-host-dir\n"), 0o644)
+	hostFile := filepath.Join(t.TempDir(), "hostfile")
+	os.WriteFile(hostFile, []byte("from-host-file\n"), 0o644)
+	same := t.TempDir() // bound at its own path, whose parents the base lacks
+	os.WriteFile(filepath.Join(same, "s"), []byte("same-path\n"), 0o644)
+	e.write(map[string]string{"overlay/share/extra/readme": "overlaid\n"})
+	image1 := func(dest string) string {
+		return baseRecipe + `
+with-binds:
+  from:
+    type: built
+    tag: base
+  binds:
+    - ` + hostDir + ` -> ` + dest + `
+    - source: ` + hostFile + `
+      dest: /etc/hostfile
+    - ` + same + `
+  overlay_dirs:
+    - source: overlay
+      dest: /usr
+  run: |
+    cat ` + dest + `/in /etc/hostfile ` + same + `/s > /from-bind
+    echo written-in-build > ` + dest + `/out
+    ls /usr/share/extra > /overlay-seen
+`
+	}
+	e.mustBuild(image1("/mnt/host"))
+	if got := readFile(t, filepath.Join(hostDir, "out")); got != "written-in-build\n" {
+		t.Errorf("the bind is not writable: host sees %q", got)
+	}
+	img, err := image.Read(e.s, "with-binds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := img.Layers()
+	list := e.unsquashList(ls[len(ls)-1].Digest)
+	for _, want := range []string{"from-bind", "usr/share/extra/readme", "overlay-seen"} {
+		if !strings.Contains(list, want) {
+			t.Errorf("the layer lacks %s:\n%s", want, list)
+		}
+	}
+	for _, not := range []string{"mnt", "hostfile", strings.Split(same, "/")[1]} {
+		if strings.Contains(list, "\n"+not) || strings.Contains(list, "/"+not+"\n") {
+			t.Errorf("a bind mount point (%s) is in the layer:\n%s", not, list)
+		}
+	}
+	e.withMounted("with-binds", func(root string) {
+		if got := readFile(t, filepath.Join(root, "from-bind")); got != "from-host-dir\nfrom-host-file\nsame-path\n" {
+			t.Errorf("/from-bind = %q", got)
+		}
+		if got := readFile(t, filepath.Join(root, "overlay-seen")); got != "readme\n" {
+			t.Errorf("/overlay-seen = %q", got)
+		}
+		if got := readFile(t, filepath.Join(root, "usr/share/extra/readme")); got != "overlaid\n" {
+			t.Errorf("overlay dir in the image: %q", got)
+		}
+	})
+	// Unchanged: cached. A changed bind: built again.
+	e.mustBuild(image1("/mnt/host"))
+	if st := e.statuses(); st["with-binds"] != StatusCached {
+		t.Errorf("unchanged binds: %v", st)
+	}
+	e.mustBuild(image1("/mnt/other"))
+	if e.runs != 1 {
+		t.Errorf("a changed bind ran %d scripts, want 1", e.runs)
+	}
+	// A changed overlay dir: built again.
+	e.write(map[string]string{"overlay/share/extra/readme": "changed\n"})
+	e.mustBuild(image1("/mnt/other"))
+	if e.runs != 1 {
+		t.Errorf("a changed overlay dir ran %d scripts, want 1", e.runs)
+	}
+	// A missing source names the line and the path.
+	_, err = e.build(baseRecipe+"b:\n  from: {type: built, tag: base}\n  binds:\n    - /nonexistent/vessel-bind -> /x\n  run: true\n", e.options(), nil)
+	if err == nil || !strings.Contains(err.Error(), "vessel.yaml:22: image") || !strings.Contains(err.Error(), "/nonexistent/vessel-bind") || !strings.Contains(err.Error(), "not on this host") {
+		t.Errorf("missing bind source: %v", err)
+	}
+}

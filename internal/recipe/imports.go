@@ -41,6 +41,18 @@ func (i *Image) importError(imp Import, format string, args ...any) error {
 	return &Error{File: i.file, Line: imp.Line, Image: i.Name, Key: "imports", Kind: ErrImport, Msg: fmt.Sprintf("%s: ", imp.Path) + fmt.Sprintf(format, args...)}
 }
 
+// CheckBinds checks that the source of every bind exists on this host: a
+// missing one is an error naming its line, as in stacker.
+func (i *Image) CheckBinds() error {
+	for _, b := range i.Binds {
+		if _, err := os.Stat(b.Source); err != nil {
+			return &Error{File: i.file, Line: b.Line, Image: i.Name, Key: "binds", Kind: ErrImport,
+				Msg: fmt.Sprintf("bind source %s (for %s) is not on this host", b.Source, b.Dest), Err: err}
+		}
+	}
+	return nil
+}
+
 // placements resolves every import of i to a host source and a container
 // target. It fails on missing sources, URLs, and two imports that would land
 // on the same path.

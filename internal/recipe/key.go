@@ -39,7 +39,8 @@ type KeyOptions struct {
 // environment (environment and build_env, sorted), and every import: where
 // it lands, its uid/gid/mode overrides, and for every file its path, type,
 // permission bits, size, sha256 and symlink target, but not mtimes or host
-// ownership. Equal layer keys mean `run` need not execute again.
+// ownership; and the host binds (source and destination, not contents).
+// Equal layer keys mean `run` need not execute again.
 //
 // Config covers the layer key and every field that only shapes the image
 // config or manifest: entrypoint, cmd, full_command, environment, labels,
@@ -78,6 +79,15 @@ type layerKeyDoc struct {
 	Env             []string    `json:"env"`
 	Legacy          bool        `json:"legacy_import"`
 	Imports         []keyImport `json:"imports"`
+	// Binds are the host binds (source and destination, in file order):
+	// changing one changes the key. Their contents are not read, as in
+	// stacker: use --no-cache when only what a bind holds changed.
+	Binds []keyBind `json:"binds,omitempty"`
+}
+
+type keyBind struct {
+	Source string `json:"source"`
+	Dest   string `json:"dest"`
 }
 
 type configKeyDoc struct {
@@ -122,6 +132,9 @@ func Key(img *Image, opts KeyOptions) (Keys, error) {
 		Imports:         []keyImport{},
 	}
 	slices.Sort(doc.Env)
+	for _, b := range img.Binds {
+		doc.Binds = append(doc.Binds, keyBind{Source: b.Source, Dest: b.Dest})
+	}
 	pls, err := img.placements(opts.Resolve)
 	if err != nil {
 		return Keys{}, err

@@ -369,13 +369,11 @@ func (p *parser) boolean(n *yaml.Node, image, key string) (bool, bool) {
 var imageKeys = []string{
 	"from", "imports", "import", "run", "environment", "build_env", "labels", "annotations",
 	"entrypoint", "cmd", "full_command", "working_dir", "volumes", "runtime_user",
-	"build_only", "arch", "os",
+	"build_only", "arch", "os", "binds", "overlay_dirs",
 }
 
 // stackerOnly are stacker keys that vessel does not implement.
 var stackerOnly = map[string]string{
-	"overlay_dirs":          "use imports with dest: instead",
-	"binds":                 "builds see no host paths besides imports",
 	"build_env_passthrough": "the host environment does not leak into builds; use build_env",
 	"generate_labels":       "",
 	"apply":                 "",
@@ -413,6 +411,10 @@ func (p *parser) image(kn, vn *yaml.Node) *Image {
 				continue
 			}
 			img.Imports = append(img.Imports, p.imports(name, key, v)...)
+		case "binds":
+			img.Binds = append(img.Binds, p.binds(name, v)...)
+		case "overlay_dirs":
+			img.Imports = append(img.Imports, p.overlayDirs(name, v)...)
 		case "run":
 			img.Run, _ = p.strs(v, name, key)
 		case "environment":
@@ -692,6 +694,129 @@ func (p *parser) imports(image, key string, n *yaml.Node) []Import {
 			continue
 		default:
 			imp.Source = p.abs(imp.Path)
+		}
+		out = append(out, imp)
+	}
+	return out
+}
+
+// binds reads stacker's binds: a list whose entries are "SRC -> DEST",
+// "SRC" (the same path inside) or a mapping {source: SRC, dest: DEST}.
+func (p *parser) binds(image string, n *yaml.Node) []HostBind {
+	d := p.deref(n)
+	if d == nil || d.Kind != yaml.SequenceNode {
+		p.fail(n, image, "binds", ErrSyntax, "expected a list of binds (\"SRC -> DEST\", \"SRC\" or {source: SRC, dest: DEST}), got %s", kindName(d))
+		return nil
+	}
+	var out []HostBind
+	for _, it := range d.Content {
+		it = p.deref(it)
+		b := HostBind{Line: p.line(it)}
+		switch {
+		case it != nil && it.Kind == yaml.ScalarNode && it.Tag != "!!null":
+			src, dst, arrow := strings.Cut(it.Value, "->")
+			b.Source = strings.TrimSpace(src)
+			if arrow {
+				b.Dest = strings.TrimSpace(dst)
+			}
+		case it != nil && it.Kind == yaml.MappingNode:
+			pairs, ok := p.mapping(it, image, "binds entry", false)
+			if !ok {
+				continue
+			}
+			for _, kv := range pairs {
+				switch kv.k.Value {
+				case "source":
+					b.Source, _ = p.str(kv.v, image, "binds.source")
+				case "dest":
+					b.Dest, _ = p.str(kv.v, image, "binds.dest")
+				default:
+					p.fail(kv.k, image, "binds", ErrUnknownKey, "unknown key %q in a bind (known keys: source, dest)", kv.k.Value)
+				}
+			}
+		default:
+			p.fail(it, image, "binds", ErrSyntax, "a bind is \"SRC -> DEST\", \"SRC\" or {source: SRC, dest: DEST}, got %s", kindName(it))
+			continue
+		}
+		if b.Source == "" {
+			p.fail(it, image, "binds", ErrSyntax, "a bind needs a source (a host path)")
+			continue
+		}
+		if strings.Contains(b.Source, "://") {
+			p.fail(it, image, "binds", ErrSyntax, "bind source %q: want a host path", b.Source)
+			continue
+		}
+		b.Source = strings.TrimSuffix(p.abs(b.Source), "/")
+		if b.Dest == "" {
+			b.Dest = b.Source
+		}
+		if !strings.HasPrefix(b.Dest, "/") {
+			p.fail(it, image, "binds.dest", ErrSyntax, "dest must be an absolute path in the container, got %q", b.Dest)
+			continue
+		}
+		b.Dest = filepath.Clean(b.Dest)
+		if b.Dest == "/" || reservedPath(b.Dest) {
+			p.fail(it, image, "binds.dest", ErrSyntax, "cannot bind over %s: vessel mounts the root, /proc, /dev, /sys, /stacker and /vessel itself", b.Dest)
+			continue
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// reservedPath reports whether a container path is one the build mounts
+// itself (or lies below one).
+func reservedPath(p string) bool {
+	for _, r := range []string{"/proc", "/dev", "/sys", "/stacker", "/vessel"} {
+		if p == r || strings.HasPrefix(p, r+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// overlayDirs reads stacker's overlay_dirs: a list of {source: DIR,
+// dest: PATH} whose contents become part of the image at dest (default
+// "/"). They are imports with dest: (a directory's contents copied into
+// dest), so their content is in the cache key like any import's.
+func (p *parser) overlayDirs(image string, n *yaml.Node) []Import {
+	d := p.deref(n)
+	if d == nil || d.Kind != yaml.SequenceNode {
+		p.fail(n, image, "overlay_dirs", ErrSyntax, "expected a list of {source: DIR, dest: PATH}, got %s", kindName(d))
+		return nil
+	}
+	var out []Import
+	for _, it := range d.Content {
+		it = p.deref(it)
+		imp := Import{Line: p.line(it), Dest: "/"}
+		pairs, ok := p.mapping(it, image, "overlay_dirs entry", false)
+		if !ok {
+			continue
+		}
+		for _, kv := range pairs {
+			switch kv.k.Value {
+			case "source":
+				imp.Path, _ = p.str(kv.v, image, "overlay_dirs.source")
+			case "dest":
+				if s, ok := p.str(kv.v, image, "overlay_dirs.dest"); ok && s != "" {
+					imp.Dest = s
+				}
+			default:
+				p.fail(kv.k, image, "overlay_dirs", ErrUnknownKey, "unknown key %q in an overlay dir (known keys: source, dest)", kv.k.Value)
+			}
+		}
+		if imp.Path == "" || strings.Contains(imp.Path, "://") {
+			p.fail(it, image, "overlay_dirs", ErrSyntax, "an overlay dir needs source: (a host directory), got %q", imp.Path)
+			continue
+		}
+		if !strings.HasPrefix(imp.Dest, "/") {
+			p.fail(it, image, "overlay_dirs.dest", ErrSyntax, "dest must be an absolute path in the image, got %q", imp.Dest)
+			continue
+		}
+		// The directory's contents go into dest.
+		imp.Source = strings.TrimSuffix(p.abs(imp.Path), "/") + "/"
+		if !strings.HasSuffix(imp.Dest, "/") {
+			imp.Dest += "/"
 		}
 		out = append(out, imp)
 	}

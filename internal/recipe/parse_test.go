@@ -136,7 +136,14 @@ func TestParseErrors(t *testing.T) {
 		{"unknown key", "a:\n  from: {type: scratch}\n  rnu: x\n", ErrUnknownKey, 3, []string{`image "a"`, `unknown key "rnu"`, "vessel.yaml:3"}},
 		{"unknown from key", "a:\n  from: {type: scratch, urll: x}\n", ErrUnknownKey, 2, []string{`"urll"`}},
 		{"unknown import key", "a:\n  from: {type: scratch}\n  imports:\n    - {path: x, dst: /y}\n", ErrUnknownKey, 4, []string{`"dst"`}},
-		{"stacker only", "a:\n  from: {type: scratch}\n  binds: [/x]\n", ErrUnknownKey, 3, []string{"not supported by vessel"}},
+		{"stacker only", "a:\n  from: {type: scratch}\n  apply: [docker://x]\n", ErrUnknownKey, 3, []string{"not supported by vessel"}},
+		{"bind relative dest", "a:\n  from: {type: scratch}\n  binds:\n    - /x -> rel\n", ErrSyntax, 4, []string{"binds.dest", "absolute"}},
+		{"bind over proc", "a:\n  from: {type: scratch}\n  binds:\n    - /x -> /proc/x\n", ErrSyntax, 4, []string{"/proc/x"}},
+		{"bind unknown key", "a:\n  from: {type: scratch}\n  binds:\n    - {source: /x, target: /y}\n", ErrUnknownKey, 4, []string{`"target"`}},
+		{"bind no source", "a:\n  from: {type: scratch}\n  binds:\n    - {dest: /y}\n", ErrSyntax, 4, []string{"needs a source"}},
+		{"binds not a list", "a:\n  from: {type: scratch}\n  binds: /x\n", ErrSyntax, 3, []string{"list of binds"}},
+		{"overlay dir no source", "a:\n  from: {type: scratch}\n  overlay_dirs:\n    - {dest: /y}\n", ErrSyntax, 4, []string{"needs source"}},
+		{"overlay dir relative dest", "a:\n  from: {type: scratch}\n  overlay_dirs:\n    - {source: d, dest: y}\n", ErrSyntax, 4, []string{"absolute"}},
 		{"unknown config key", "config: {prereqs: []}\na:\n  from: {type: scratch}\n", ErrUnknownKey, 1, []string{`"prereqs"`}},
 		{"run mapping", "a:\n  from: {type: scratch}\n  run: {x: y}\n", ErrSyntax, 3, []string{"run", "a mapping"}},
 		{"run nested list", "a:\n  from: {type: scratch}\n  run:\n    - [x]\n", ErrSyntax, 4, []string{"run"}},
@@ -197,6 +204,65 @@ func TestParseErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// binds in stacker's string and struct forms, and overlay_dirs as imports
+// with dest.
+func TestParseBindsAndOverlayDirs(t *testing.T) {
+	f := mustParse(t, `
+a:
+  from: {type: scratch}
+  binds:
+    - /host/cache -> /root/.cache
+    - /srv/data
+    - rel/dir ->/mnt
+    - source: /etc/resolv.conf
+      dest: /etc/resolv.conf
+    - {source: /x/}
+  overlay_dirs:
+    - source: overlay
+      dest: /usr/local
+    - source: /abs/root-overlay
+`, nil)
+	img := f.Image("a")
+	want := []HostBind{
+		{Source: "/host/cache", Dest: "/root/.cache", Line: 5},
+		{Source: "/srv/data", Dest: "/srv/data", Line: 6},
+		{Source: "/recipes/rel/dir", Dest: "/mnt", Line: 7},
+		{Source: "/etc/resolv.conf", Dest: "/etc/resolv.conf", Line: 8},
+		{Source: "/x", Dest: "/x", Line: 10},
+	}
+	if !reflect.DeepEqual(img.Binds, want) {
+		t.Errorf("binds:\n got %+v\nwant %+v", img.Binds, want)
+	}
+	if len(img.Imports) != 2 {
+		t.Fatalf("overlay_dirs: %+v", img.Imports)
+	}
+	if i := img.Imports[0]; i.Source != "/recipes/overlay/" || i.Dest != "/usr/local/" || i.Line != 12 {
+		t.Errorf("overlay dir 1: %+v", i)
+	}
+	if i := img.Imports[1]; i.Source != "/abs/root-overlay/" || i.Dest != "/" {
+		t.Errorf("overlay dir 2 (dest defaults to /): %+v", i)
+	}
+	// A bind change changes the layer key; the same binds give the same key.
+	key := func(text string) digest.Digest {
+		t.Helper()
+		k, err := Key(mustParse(t, text, nil).Image("a"), KeyOptions{LayerType: "squashfs"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k.Layer
+	}
+	k1 := key("a:\n  from: {type: scratch}\n  run: x\n  binds: [/a -> /b]\n")
+	if k1 != key("a:\n  from: {type: scratch}\n  run: x\n  binds: [{source: /a, dest: /b}]\n") {
+		t.Error("the two forms of one bind give different keys")
+	}
+	if k1 == key("a:\n  from: {type: scratch}\n  run: x\n  binds: [/a -> /c]\n") {
+		t.Error("a changed bind dest keeps the key")
+	}
+	if key("a:\n  from: {type: scratch}\n  run: x\n") != key("a:\n  from: {type: scratch}\n  run: x\n  binds: []\n") {
+		t.Error("an empty binds list changes the key")
 	}
 }
 

@@ -154,6 +154,17 @@ type Import struct {
 	Line int
 }
 
+// HostBind is one entry of stacker's `binds:`: a host path bind-mounted
+// read-write into the build container, never part of the image.
+type HostBind struct {
+	// Source is the absolute host path (relative ones are resolved
+	// against the recipe's directory).
+	Source string
+	// Dest is the absolute path in the build container (default: Source).
+	Dest string
+	Line int
+}
+
 // Remote reports whether the import names an http(s) URL.
 func (i Import) Remote() bool { return isHTTP(i.Source) }
 
@@ -166,6 +177,10 @@ type Image struct {
 	// as `import:` (stacker then also offers them directly under /stacker).
 	Imports      []Import
 	LegacyImport bool
+	// Binds are host paths mounted into the build container (stacker's
+	// binds:). overlay_dirs are read as imports with dest: (their
+	// contents land in the image).
+	Binds []HostBind
 	// Run holds the script lines; a single string is one element.
 	Run []string
 	// Environment goes into the image config and into the build
