@@ -21,7 +21,7 @@ func buildCmd(g *globals) *cobra.Command {
 	var (
 		file, layerType, runtimeName string
 		subs, only                   []string
-		noCache                      bool
+		noCache, requireHash         bool
 	)
 	c := &cobra.Command{
 		Use:   "build [-f vessel.yaml] [--substitute KEY=VAL]... [--only NAME]...",
@@ -52,7 +52,12 @@ Layers are cached (<root>/build-cache.json): an image whose base, script,
 environment and import contents are unchanged is not run again, and
 rebuilding an unchanged recipe starts no container ("cached"). Changing one
 image rebuilds it and the images built on it. --no-cache rebuilds all.
-tar, oci and docker bases are converted to verified layers once.
+tar, oci and docker bases are converted to verified layers once; their
+layers that already are verified squashfs/erofs are reused as they are.
+http(s) imports are downloaded on the host into <root>/build-downloads,
+revalidated by ETag/Last-Modified or found by their hash: without a
+request; --require-hash refuses those without hash:. binds mount host
+paths into the build container; overlay_dirs add host directories.
 
 Images are tagged NAME:latest in the store only after every image of their
 file built (build_only images are never tagged): a failure keeps the
@@ -63,6 +68,7 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
   vessel build -f examples/vessel.yaml
   vessel build -f examples/vessel.yaml --substitute BUSYBOX=/usr/bin/busybox
   vessel build --only app --layer-type erofs
+  vessel build --require-hash                    # every http(s) import pinned by hash:
   SOURCE_DATE_EPOCH=1700000000 vessel build --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -92,7 +98,7 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 			stderr := cmd.ErrOrStderr()
 			opt := build.Options{
 				Store: s, Mounts: g.mounter(), Format: f, SourceDateEpoch: epoch,
-				NoCache: noCache, Only: only, Output: stderr,
+				NoCache: noCache, RequireHash: requireHash, Only: only, Output: stderr,
 				Launcher: func() (*container.Launcher, error) { return g.launcher(cmd, runtimeName) },
 				Registry: func(insecure bool) (*registry.Client, error) {
 					return registry.New(registry.Options{PlainHTTP: insecure, Insecure: insecure})
@@ -136,6 +142,7 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 	fl.StringVarP(&file, "file", "f", "vessel.yaml", "the recipe")
 	fl.StringArrayVar(&subs, "substitute", nil, "set ${{KEY}} in the recipe: KEY=VALUE (repeatable)")
 	fl.BoolVar(&noCache, "no-cache", false, "ignore and reset the build cache: rebuild every image")
+	fl.BoolVar(&requireHash, "require-hash", false, "refuse http(s) imports without hash: (reproducible builds)")
 	fl.StringVar(&layerType, "layer-type", "squashfs", "layer filesystem: squashfs or erofs")
 	fl.StringArrayVar(&only, "only", nil, "build only this image and what it needs (repeatable)")
 	fl.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")

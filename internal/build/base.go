@@ -40,10 +40,14 @@ func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (_ *mount.
 		}
 		return b.resolve(r.Descriptor)
 	case recipe.Tar:
-		if strings.HasPrefix(from.URL, "http://") || strings.HasPrefix(from.URL, "https://") {
-			return nil, fmt.Errorf("tar base %s: http(s) bases are not supported: vessel builds offline; download the tarball and give its path", from.URL)
-		}
 		path := from.URL
+		if strings.HasPrefix(from.URL, "http://") || strings.HasPrefix(from.URL, "https://") {
+			// downloaded like an http(s) import: cached by URL, revalidated
+			b.event(i, StatusBase, "", "fetch "+from.URL)
+			if path, err = b.fetch.fetch(ctx, recipe.Import{Source: from.URL}); err != nil {
+				return nil, fmt.Errorf("tar base %s: %w", from.URL, err)
+			}
+		}
 		if from.FromImage != "" {
 			// stacker://IMAGE/PATH: a tarball inside an image built earlier,
 			// read from that image mounted verified, for this step only.
@@ -153,6 +157,12 @@ type sources struct {
 }
 
 func (r *sources) resolve(name, p string) (string, error) {
+	if name == "" { // an http(s) import, fetched before the keys
+		if hp := r.b.fetch.path(p); hp != "" {
+			return hp, nil
+		}
+		return "", fmt.Errorf("%s was not downloaded", p)
+	}
 	root, ok := r.mounts[name]
 	if !ok {
 		built := r.b.done[name]

@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"runtime"
 	"strconv"
@@ -61,6 +62,12 @@ type Options struct {
 	SourceDateEpoch *int64
 	// NoCache empties the build cache first, so everything is rebuilt.
 	NoCache bool
+	// RequireHash refuses http(s) imports without hash: (stacker's
+	// --require-hash), before anything is built.
+	RequireHash bool
+	// HTTPClient downloads http(s) imports (nil: a default client that
+	// honours the proxy environment).
+	HTTPClient *http.Client
 	// Only narrows the build to these images and what they need.
 	Only []string
 	// Output receives the run scripts' stdout and stderr as they run
@@ -125,7 +132,7 @@ type Built struct {
 // in File.BuildOrder; opt.Only applies to f alone. Each file's images are
 // tagged as soon as that file's images are all built, so a failure later
 // in the build keeps the tags of the prerequisites built before it.
-func Build(ctx context.Context, f *recipe.File, opt Options) (*Result, error) {
+func Build(ctx context.Context, f *recipe.File, opt Options) (_ *Result, err error) {
 	if opt.Store == nil || opt.Mounts == nil {
 		return nil, errors.New("build: no store or mount manager")
 	}
@@ -153,7 +160,18 @@ func Build(ctx context.Context, f *recipe.File, opt Options) (*Result, error) {
 		plans[i] = plan
 		total += len(plan.Steps)
 	}
-	b := &builder{opt: opt, s: opt.Store, cache: recipe.OpenCache(opt.Store.Root()), top: f, total: total, done: map[string]*Built{}}
+	if opt.RequireHash {
+		if err := requireHashes(files); err != nil {
+			return nil, err
+		}
+	}
+	b := &builder{opt: opt, s: opt.Store, cache: recipe.OpenCache(opt.Store.Root()), top: f, total: total, done: map[string]*Built{},
+		fetch: newFetcher(opt.Store.Root(), opt.HTTPClient)}
+	defer func() {
+		if cerr := b.fetch.close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
 	if opt.SourceDateEpoch != nil {
 		b.sde = strconv.FormatInt(*opt.SourceDateEpoch, 10)
 	}
@@ -225,6 +243,7 @@ type builder struct {
 	sde           string
 	done          map[string]*Built // every image built so far, of every file
 	lnch          *container.Launcher
+	fetch         *fetcher // http(s) imports
 }
 
 // prereq is the path of the file being built when it is a prerequisite,
@@ -287,6 +306,14 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 			line = re.Line
 		}
 		return nil, fail("binds", line, err)
+	}
+	for _, imp := range img.Imports {
+		if imp.Remote() {
+			b.event(i, StatusMessage, "", "fetch "+imp.Source)
+			if _, err := b.fetch.fetch(ctx, imp); err != nil {
+				return nil, fail("imports", imp.Line, fmt.Errorf("%s: %w", imp.Source, err))
+			}
+		}
 	}
 	src := &sources{b: b, ctx: ctx}
 	defer func() {

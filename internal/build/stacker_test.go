@@ -2,13 +2,23 @@ package build
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
+	"reflect"
 	goruntime "runtime"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
@@ -411,5 +421,182 @@ with-binds:
 	_, err = e.build(baseRecipe+"b:\n  from: {type: built, tag: base}\n  binds:\n    - /nonexistent/vessel-bind -> /x\n  run: true\n", e.options(), nil)
 	if err == nil || !strings.Contains(err.Error(), "vessel.yaml:22: image") || !strings.Contains(err.Error(), "/nonexistent/vessel-bind") || !strings.Contains(err.Error(), "not on this host") {
 		t.Errorf("missing bind source: %v", err)
+	}
+}
+
+// fileServer serves files with ETag (under /e/) or Last-Modified only
+// (under /m/) through http.ServeContent, which answers conditional
+// requests with 304, and counts what it answered.
+type fileServer struct {
+	mu    sync.Mutex
+	files map[string]string
+	mtime time.Time
+	codes map[string][]int // path -> status codes sent
+}
+
+func (fs *fileServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	fs.mu.Lock()
+	body, ok := fs.files[r.URL.Path]
+	mtime := fs.mtime
+	fs.mu.Unlock()
+	rec := &codeRecorder{ResponseWriter: w, code: 200}
+	defer func() {
+		fs.mu.Lock()
+		fs.codes[r.URL.Path] = append(fs.codes[r.URL.Path], rec.code)
+		fs.mu.Unlock()
+	}()
+	if !ok {
+		http.NotFound(rec, r)
+		return
+	}
+	if strings.HasPrefix(r.URL.Path, "/e/") {
+		sum := sha256.Sum256([]byte(body))
+		rec.Header().Set("ETag", `"`+hex.EncodeToString(sum[:8])+`"`)
+		mtime = time.Time{}
+	}
+	http.ServeContent(rec, r, path.Base(r.URL.Path), mtime, strings.NewReader(body))
+}
+
+func (fs *fileServer) set(p, body string) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.files[p] = body
+	fs.mtime = fs.mtime.Add(time.Hour)
+}
+
+func (fs *fileServer) take() map[string][]int {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	c := fs.codes
+	fs.codes = map[string][]int{}
+	return c
+}
+
+type codeRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (c *codeRecorder) WriteHeader(code int) { c.code = code; c.ResponseWriter.WriteHeader(code) }
+
+// TestHTTPImports: http(s) imports are downloaded on the host, cached by
+// URL and revalidated with ETag or Last-Modified (a 304 reuses the copy),
+// or found by hash: with no request at all; --require-hash refuses an
+// import without hash: before anything is built.
+func TestHTTPImports(t *testing.T) {
+	e := newEnv(t)
+	fsrv := &fileServer{files: map[string]string{
+		"/e/tool.sh":  "echo tool-v1\n",
+		"/m/data.txt": "data-v1\n",
+		"/e/pinned":   "pinned content\n",
+	}, mtime: time.Unix(1600000000, 0).UTC(), codes: map[string][]int{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(fsrv)
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
+	defer srv.Close()
+	u := srv.URL
+	sum := sha256.Sum256([]byte("pinned content\n"))
+	pinned := hex.EncodeToString(sum[:])
+	rec := func(extra string) string {
+		return baseRecipe + `
+app:
+  from:
+    type: built
+    tag: base
+  imports:
+    - ` + u + `/e/tool.sh
+    - path: ` + u + `/m/data.txt?x=1
+      dest: /opt/
+    - path: ` + u + `/e/pinned
+      hash: ` + pinned + `
+      dest: /opt/pinned
+` + extra + `  run: |
+    sh /stacker/imports/tool.sh > /tool-out
+`
+	}
+	e.mustBuild(rec(""))
+	if c := fsrv.take(); !reflect.DeepEqual(c, map[string][]int{"/e/tool.sh": {200}, "/m/data.txt": {200}, "/e/pinned": {200}}) {
+		t.Errorf("first build requests: %v", c)
+	}
+	e.withMounted("app", func(root string) {
+		for p, want := range map[string]string{"tool-out": "tool-v1\n", "opt/data.txt": "data-v1\n", "opt/pinned": "pinned content\n"} {
+			if got := readFile(t, filepath.Join(root, p)); got != want {
+				t.Errorf("/%s = %q, want %q", p, got, want)
+			}
+		}
+	})
+	// Unchanged: revalidated (304), the pinned file not asked for, cached.
+	e.mustBuild(rec(""))
+	if c := fsrv.take(); !reflect.DeepEqual(c, map[string][]int{"/e/tool.sh": {304}, "/m/data.txt": {304}}) {
+		t.Errorf("second build requests: %v", c)
+	}
+	if st := e.statuses(); st["app"] != StatusCached {
+		t.Errorf("second build: %v", st)
+	}
+	// Changed on the server (new ETag, new Last-Modified): downloaded, rebuilt.
+	fsrv.set("/e/tool.sh", "echo tool-v2\n")
+	fsrv.set("/m/data.txt", "data-v2\n")
+	e.mustBuild(rec(""))
+	if c := fsrv.take(); !reflect.DeepEqual(c, map[string][]int{"/e/tool.sh": {200}, "/m/data.txt": {200}}) {
+		t.Errorf("third build requests: %v", c)
+	}
+	if e.runs != 1 {
+		t.Errorf("a changed download ran %d scripts, want 1", e.runs)
+	}
+	e.withMounted("app", func(root string) {
+		if got := readFile(t, filepath.Join(root, "tool-out")); got != "tool-v2\n" {
+			t.Errorf("/tool-out = %q after the change", got)
+		}
+	})
+
+	// --require-hash: refused before any request, naming the line.
+	opt := e.options()
+	opt.RequireHash = true
+	_, err = e.build(rec(""), opt, nil)
+	if err == nil || !errors.Is(err, ErrHashRequired) || !strings.Contains(err.Error(), "vessel.yaml:25") || !strings.Contains(err.Error(), "/e/tool.sh") {
+		t.Errorf("--require-hash: %v", err)
+	}
+	if c := fsrv.take(); len(c) != 0 {
+		t.Errorf("--require-hash sent requests: %v", c)
+	}
+	// Pinned only: builds with --require-hash, and offline from the cache.
+	onlyPinned := baseRecipe + "pinned:\n  from: {type: built, tag: base}\n  imports:\n    - path: " + u + "/e/pinned\n      hash: " + pinned + "\n  run: cp /stacker/imports/pinned /p\n"
+	srv.Close()
+	if _, err := e.build(onlyPinned, opt, nil); err != nil {
+		t.Errorf("a pinned import, server gone: %v", err)
+	}
+	// A wrong hash and a missing file name the line.
+	srv2 := httptest.NewServer(fsrv)
+	defer srv2.Close()
+	bad := baseRecipe + "x:\n  from: {type: built, tag: base}\n  imports:\n    - path: " + srv2.URL + "/e/tool.sh\n      hash: " + strings.Repeat("0", 64) + "\n"
+	_, err = e.build(bad, e.options(), nil)
+	if err == nil || !strings.Contains(err.Error(), "vessel.yaml:22") || !strings.Contains(err.Error(), "hash: says") {
+		t.Errorf("wrong hash: %v", err)
+	}
+	_, err = e.build(baseRecipe+"x:\n  from: {type: built, tag: base}\n  imports:\n    - "+srv2.URL+"/nope\n", e.options(), nil)
+	if err == nil || !strings.Contains(err.Error(), "vessel.yaml:22") || !strings.Contains(err.Error(), "404") {
+		t.Errorf("missing file: %v", err)
+	}
+	// An http(s) tar base: downloaded, converted, revalidated next time.
+	fsrv.set("/e/rootfs.tar", string(tarOf(t, busyboxTree(t))))
+	fsrv.take()
+	tarRec := "fromhttp:\n  from:\n    type: tar\n    url: " + srv2.URL + "/e/rootfs.tar\n  run: cat /etc/os-release > /seen\n"
+	e.mustBuild(tarRec)
+	e.mustBuild(tarRec)
+	if c := fsrv.take(); !reflect.DeepEqual(c, map[string][]int{"/e/rootfs.tar": {200, 304}}) {
+		t.Errorf("http tar base requests: %v", c)
+	}
+	e.withMounted("fromhttp", func(root string) {
+		if got := readFile(t, filepath.Join(root, "seen")); got != "ID=tarbase\n" {
+			t.Errorf("http tar base: /seen = %q", got)
+		}
+	})
+	if left, _ := filepath.Glob(filepath.Join(e.s.Root(), DownloadsDir, "tmp", "*")); len(left) != 0 {
+		t.Errorf("temporary downloads left behind: %v", left)
 	}
 }

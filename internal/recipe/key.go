@@ -106,7 +106,8 @@ type configKeyDoc struct {
 }
 
 // Key computes the cache keys of img. It reads every import (so it fails
-// like Stage does on a missing or remote import) but writes nothing.
+// like Stage does on a missing import; http(s) imports come through
+// opts.Resolve, downloaded by the executor) but writes nothing.
 func Key(img *Image, opts KeyOptions) (Keys, error) {
 	if img.From.Type == Scratch {
 		if opts.BaseDigest != "" {
