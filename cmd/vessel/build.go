@@ -19,9 +19,9 @@ func init() { addCommand(buildCmd) }
 
 func buildCmd(g *globals) *cobra.Command {
 	var (
-		file, layerType, runtimeName string
-		subs, only                   []string
-		noCache, requireHash         bool
+		file, runtimeName, subFile string
+		subs, only, layerTypes     []string
+		noCache, requireHash       bool
 	)
 	c := &cobra.Command{
 		Use:   "build [-f vessel.yaml] [--substitute KEY=VAL]... [--only NAME]...",
@@ -69,13 +69,23 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
   vessel build -f examples/vessel.yaml --substitute BUSYBOX=/usr/bin/busybox
   vessel build --only app --layer-type erofs
   vessel build --require-hash                    # every http(s) import pinned by hash:
+  vessel build --substitute-file subs.yaml       # stacker's KEY: VALUE file
   SOURCE_DATE_EPOCH=1700000000 vessel build --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if handled, err := g.enterUserNS(cmd); handled || err != nil {
 				return err
 			}
+			layerType, err := oneLayerType(layerTypes)
+			if err != nil {
+				return err
+			}
 			sm := map[string]string{}
+			if subFile != "" {
+				if sm, err = recipe.ReadSubstituteFile(subFile); err != nil {
+					return err
+				}
+			}
 			for _, s := range subs {
 				k, v, ok := strings.Cut(s, "=")
 				if !ok || k == "" {
@@ -86,6 +96,9 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 			f, epoch, s, err := g.layerWork(cmd, layerType, "")
 			if err != nil {
 				return err
+			}
+			if !cmd.Flags().Changed("file") {
+				file = defaultRecipe()
 			}
 			rf, err := recipe.LoadFile(file, recipe.Options{Substitutions: sm})
 			if err != nil {
@@ -139,14 +152,45 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 		},
 	}
 	fl := c.Flags()
-	fl.StringVarP(&file, "file", "f", "vessel.yaml", "the recipe")
+	fl.StringVarP(&file, "file", "f", "vessel.yaml", "the recipe (default vessel.yaml, else stacker.yaml)")
 	fl.StringArrayVar(&subs, "substitute", nil, "set ${{KEY}} in the recipe: KEY=VALUE (repeatable)")
 	fl.BoolVar(&noCache, "no-cache", false, "ignore and reset the build cache: rebuild every image")
 	fl.BoolVar(&requireHash, "require-hash", false, "refuse http(s) imports without hash: (reproducible builds)")
-	fl.StringVar(&layerType, "layer-type", "squashfs", "layer filesystem: squashfs or erofs")
+	fl.StringArrayVar(&layerTypes, "layer-type", nil, "layer filesystem: squashfs (default) or erofs; one per build")
+	fl.StringVar(&subFile, "substitute-file", "", "a YAML file of KEY: VALUE substitutions (--substitute wins)")
 	fl.StringArrayVar(&only, "only", nil, "build only this image and what it needs (repeatable)")
 	fl.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	return c
+}
+
+// defaultRecipe is the recipe vessel build reads without -f: vessel.yaml,
+// or stacker.yaml when only that exists (a stacker project as it is).
+func defaultRecipe() string {
+	if _, err := os.Stat("vessel.yaml"); err != nil {
+		if _, err := os.Stat("stacker.yaml"); err == nil {
+			return "stacker.yaml"
+		}
+	}
+	return "vessel.yaml"
+}
+
+// oneLayerType checks --layer-type: stacker builds one image per layer
+// type given; vessel builds one layer type per run and says so instead of
+// keeping the last value silently. tar output is refused: vessel layers
+// are verified filesystem images.
+func oneLayerType(types []string) (string, error) {
+	for _, t := range types {
+		if t == "tar" {
+			return "", usageError{"--layer-type tar: vessel builds verified squashfs or erofs layers only; tar layers (for docker or podman) are not supported"}
+		}
+	}
+	switch len(types) {
+	case 0:
+		return "squashfs", nil
+	case 1:
+		return types[0], nil
+	}
+	return "", usageError{fmt.Sprintf("--layer-type given %d times (%s): vessel builds one layer type per run; run vessel build once per type", len(types), strings.Join(types, ", "))}
 }
 
 // printBuildEvent writes one progress line to stderr.

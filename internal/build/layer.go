@@ -116,7 +116,7 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 			Image: base,
 			Config: ociruntime.Config{
 				Args:    []string{recipe.ScriptPath},
-				Env:     img.RunEnv(baseEnv),
+				Env:     b.runEnv(img, baseEnv),
 				Cwd:     "/",
 				User:    "0:0",
 				Network: ociruntime.NetworkNone,
@@ -166,6 +166,18 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		return ocispec.Descriptor{}, fail("layer", 0, err)
 	}
 	return built.Descriptor, nil
+}
+
+// runEnv is the run script's environment: img.RunEnv, plus
+// SOURCE_DATE_EPOCH when the build has one (as stacker passes it on), so
+// that tools in the script can be reproducible too. A value the recipe
+// sets itself wins.
+func (b *builder) runEnv(img *recipe.Image, baseEnv []string) []string {
+	env := img.RunEnv(baseEnv)
+	if b.sde != "" && !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "SOURCE_DATE_EPOCH=") }) {
+		env = append(env, "SOURCE_DATE_EPOCH="+b.sde)
+	}
+	return env
 }
 
 // bindMountPoints are the destinations of img's host binds and their

@@ -600,3 +600,25 @@ app:
 		t.Errorf("temporary downloads left behind: %v", left)
 	}
 }
+
+// TestSourceDateEpochInRun: the run script sees SOURCE_DATE_EPOCH, as
+// under stacker, unless the recipe sets it itself.
+func TestSourceDateEpochInRun(t *testing.T) {
+	e := newEnv(t)
+	e.mustBuild(baseRecipe + `
+sde:
+  from: {type: built, tag: base}
+  run: echo "$SOURCE_DATE_EPOCH" > /sde
+own:
+  from: {type: built, tag: base}
+  build_env: {SOURCE_DATE_EPOCH: "42"}
+  run: echo "$SOURCE_DATE_EPOCH" > /sde
+`)
+	for name, want := range map[string]string{"sde": "1700000000\n", "own": "42\n"} {
+		e.withMounted(name, func(root string) {
+			if got := readFile(t, filepath.Join(root, "sde")); got != want {
+				t.Errorf("%s: /sde = %q, want %q", name, got, want)
+			}
+		})
+	}
+}

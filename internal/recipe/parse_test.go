@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -478,5 +479,36 @@ func TestLoadFileRefusesEndlessInput(t *testing.T) {
 	_, err := LoadFile("/dev/zero", Options{})
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("/dev/zero: larger than %d bytes", MaxSize)) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// stacker's --substitute-file: a YAML mapping; bad input names the line.
+func TestReadSubstituteFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "subs.yaml")
+	os.WriteFile(p, []byte("VERSION: 1.2\nNAME: web\nDEBUG: true\n"), 0o644)
+	m, err := ReadSubstituteFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(m, map[string]string{"VERSION": "1.2", "NAME": "web", "DEBUG": "true"}) {
+		t.Errorf("got %v", m)
+	}
+	f := mustParse(t, "${{NAME}}:\n  from: {type: scratch}\n  labels: {v: \"${{VERSION}}\"}\n", m)
+	if f.Images[0].Name != "web" || f.Images[0].Labels["v"] != "1.2" {
+		t.Errorf("substituted: %+v", f.Images[0])
+	}
+	for text, want := range map[string]string{
+		"- a\n":             "subs.yaml:1: want a mapping",
+		"A: 1\nB-C: 2\n":    `subs.yaml:2: "B-C" is not a variable name`,
+		"A: 1\nB: [x, y]\n": "subs.yaml:2: B: want a string value",
+	} {
+		os.WriteFile(p, []byte(text), 0o644)
+		if _, err := ReadSubstituteFile(p); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", text, err, want)
+		}
+	}
+	if _, err := ReadSubstituteFile(filepath.Join(dir, "nope.yaml")); err == nil || !strings.Contains(err.Error(), "substitute file") {
+		t.Errorf("missing file: %v", err)
 	}
 }
