@@ -109,6 +109,11 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 				return err
 			}
 			stderr := cmd.ErrOrStderr()
+			for _, rfile := range rf.BuildOrder() {
+				for _, w := range rfile.Warnings {
+					fmt.Fprintf(stderr, "vessel: warning: %v\n", w)
+				}
+			}
 			opt := build.Options{
 				Store: s, Mounts: g.mounter(), Format: f, SourceDateEpoch: epoch,
 				NoCache: noCache, RequireHash: requireHash, Only: only, Output: stderr,

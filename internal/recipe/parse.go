@@ -140,16 +140,18 @@ func parseRecipe(name string, b []byte, opts Options, deferExternal bool) (*File
 	if err := p.result(); err != nil {
 		return nil, err
 	}
+	f.Warnings = p.warnings
 	return f, nil
 }
 
 type parser struct {
-	file   string
-	dir    string
-	arch   string
-	lineOf []int
-	errs   []error
-	budget int
+	warnings []*Error
+	file     string
+	dir      string
+	arch     string
+	lineOf   []int
+	errs     []error
+	budget   int
 }
 
 type pair struct{ k, v *yaml.Node }
@@ -195,6 +197,11 @@ func (p *parser) fail(n *yaml.Node, image, key string, kind error, format string
 		return
 	}
 	p.errs = append(p.errs, &Error{File: p.file, Line: p.line(n), Image: image, Key: key, Kind: kind, Msg: fmt.Sprintf(format, args...)})
+}
+
+// warn records a problem that does not stop the build (File.Warnings).
+func (p *parser) warn(n *yaml.Node, image, key string, format string, args ...any) {
+	p.warnings = append(p.warnings, &Error{File: p.file, Line: p.line(n), Image: image, Key: key, Kind: ErrUnknownKey, Msg: fmt.Sprintf(format, args...)})
 }
 
 // deref follows aliases, charging the alias budget so that a recipe built
@@ -664,7 +671,9 @@ func (p *parser) imports(image, key string, n *yaml.Node) []Import {
 						}
 					}
 				default:
-					p.fail(kv.k, image, key, ErrUnknownKey, "unknown key %q in an import (known keys: %s)", k, strings.Join(importKeys, ", "))
+					// stacker ignores keys it does not know here; vessel
+					// warns, so a recipe that stacker builds builds too
+					p.warn(kv.k, image, key, "unknown key %q in an import is ignored (known keys: %s)", k, strings.Join(importKeys, ", "))
 				}
 			}
 		default:

@@ -136,7 +136,6 @@ func TestParseErrors(t *testing.T) {
 		{"undefined", "a:\n  from: {type: scratch}\n  run: ${{NOPE}}\n", ErrUndefined, 3, []string{"NOPE (line 3)", "substitute a value"}},
 		{"unknown key", "a:\n  from: {type: scratch}\n  rnu: x\n", ErrUnknownKey, 3, []string{`image "a"`, `unknown key "rnu"`, "vessel.yaml:3"}},
 		{"unknown from key", "a:\n  from: {type: scratch, urll: x}\n", ErrUnknownKey, 2, []string{`"urll"`}},
-		{"unknown import key", "a:\n  from: {type: scratch}\n  imports:\n    - {path: x, dst: /y}\n", ErrUnknownKey, 4, []string{`"dst"`}},
 		{"stacker only", "a:\n  from: {type: scratch}\n  apply: [docker://x]\n", ErrUnknownKey, 3, []string{"not supported by vessel"}},
 		{"bind relative dest", "a:\n  from: {type: scratch}\n  binds:\n    - /x -> rel\n", ErrSyntax, 4, []string{"binds.dest", "absolute"}},
 		{"bind over proc", "a:\n  from: {type: scratch}\n  binds:\n    - /x -> /proc/x\n", ErrSyntax, 4, []string{"/proc/x"}},
@@ -264,6 +263,21 @@ a:
 	}
 	if key("a:\n  from: {type: scratch}\n  run: x\n") != key("a:\n  from: {type: scratch}\n  run: x\n  binds: []\n") {
 		t.Error("an empty binds list changes the key")
+	}
+}
+
+// An unknown key in an import (stacker's perms, say) is a warning that
+// names its line, not an error: stacker ignores it.
+func TestParseUnknownImportKeyWarns(t *testing.T) {
+	f := mustParse(t, "a:\n  from: {type: scratch}\n  imports:\n    - path: x\n      perms: 0644\n", nil)
+	if len(f.Warnings) != 1 {
+		t.Fatalf("warnings: %v", f.Warnings)
+	}
+	if w := f.Warnings[0].Error(); !strings.Contains(w, "vessel.yaml:5") || !strings.Contains(w, `"perms"`) || !strings.Contains(w, "ignored") {
+		t.Errorf("warning %q", w)
+	}
+	if len(f.Images[0].Imports) != 1 || f.Images[0].Imports[0].Source != "/recipes/x" {
+		t.Errorf("import: %+v", f.Images[0].Imports)
 	}
 }
 

@@ -50,6 +50,9 @@ type File struct {
 	// LoadFile (Parse and ParseFile leave it empty). A file listed by
 	// several files of one build is one *File, shared.
 	PrerequisiteFiles []*File
+	// Warnings are problems that do not stop the build (an unknown key
+	// in an import, which stacker ignores), each naming its line.
+	Warnings []*Error
 	// prereqLines are the lines where Prerequisites were written.
 	prereqLines []int
 }
