@@ -167,6 +167,7 @@ func Build(ctx context.Context, f *recipe.File, opt Options) (_ *Result, err err
 	}
 	b := &builder{opt: opt, s: opt.Store, cache: recipe.OpenCache(opt.Store.Root()), top: f, total: total, done: map[string]*Built{},
 		fetch: newFetcher(opt.Store.Root(), opt.HTTPClient)}
+	b.cache.Note = func(msg string) { b.event(b.cur, StatusMessage, "", msg) }
 	defer func() {
 		if cerr := b.fetch.close(); cerr != nil {
 			err = errors.Join(err, cerr)
@@ -205,6 +206,7 @@ func (b *builder) buildPlan(ctx context.Context, plan *recipe.Plan) ([]Built, er
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		b.cur = i
 		r, err := b.step(ctx, i, step)
 		if err != nil {
 			return nil, err
@@ -244,6 +246,7 @@ type builder struct {
 	done          map[string]*Built // every image built so far, of every file
 	lnch          *container.Launcher
 	fetch         *fetcher // http(s) imports
+	cur           int      // the step being built, for notes
 }
 
 // prereq is the path of the file being built when it is a prerequisite,

@@ -622,3 +622,27 @@ own:
 		})
 	}
 }
+
+// TestOldCacheDiscarded: a build cache another vessel wrote (another
+// format version) is discarded with a note, and the build goes on.
+func TestOldCacheDiscarded(t *testing.T) {
+	e := newEnv(t)
+	p := filepath.Join(e.s.Root(), "build-cache.json")
+	if err := os.WriteFile(p, []byte(`{"version":0,"entries":{}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.mustBuild(baseRecipe)
+	noted := false
+	for _, ev := range e.events {
+		if ev.Status == StatusMessage && strings.Contains(ev.Message, "format version 0") && strings.Contains(ev.Message, "discarded") {
+			noted = true
+		}
+	}
+	if !noted {
+		t.Errorf("no note about the discarded cache in %+v", e.events)
+	}
+	e.mustBuild(baseRecipe)
+	if st := e.statuses(); st["base"] != StatusCached {
+		t.Errorf("second build after the rewrite: %v", st)
+	}
+}
