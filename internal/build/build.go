@@ -349,19 +349,30 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 		if err != nil {
 			return nil, fail("cache", 0, err)
 		}
+		empty := false
 		if ok {
 			cached = "layer"
 			b.event(i, StatusReuse, "", "layer "+d.Digest.String())
 		} else {
-			if d, err = b.buildLayer(ctx, i, img, base, src); err != nil {
+			if d, empty, err = b.buildLayer(ctx, i, img, base, src); err != nil {
 				return nil, err
 			}
-			if err := b.cache.PutLayer(keys.Layer, d); err != nil {
-				return nil, fail("cache", 0, err)
+			// A run that changed nothing adds no layer (as in stacker).
+			// That is not recorded by layer key, only by the image's
+			// config key: a config-only change runs the script again.
+			if !empty {
+				if err := b.cache.PutLayer(keys.Layer, d); err != nil {
+					return nil, fail("cache", 0, err)
+				}
 			}
 		}
-		layers = append(layers, d)
-		history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name})
+		if empty {
+			b.event(i, StatusMessage, "", "the run changed nothing: no new layer")
+			history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
+		} else {
+			layers = append(layers, d)
+			history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name})
+		}
 	} else {
 		history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
 	}

@@ -38,13 +38,17 @@ var runtimeMountPoints = []string{
 // buildLayer stages img's imports, runs its script on the mounted base
 // with a writable upper directory and makes the upper directory a layer in
 // the store.
-func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base *mount.Image, src *sources) (ocispec.Descriptor, error) {
+//
+// empty reports that the run changed nothing on a base with layers: then
+// no layer is made (a scratch base always gets one, even an empty one: a
+// stored image has at least one layer).
+func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base *mount.Image, src *sources) (_ ocispec.Descriptor, empty bool, _ error) {
 	fail := func(phase string, line int, err error) error {
 		return b.stepError(i, img, phase, line, err)
 	}
 	tmp, err := b.tempDir("build-*")
 	if err != nil {
-		return ocispec.Descriptor{}, fail("prepare", 0, err)
+		return ocispec.Descriptor{}, false, fail("prepare", 0, err)
 	}
 	defer os.RemoveAll(tmp)
 	mtime := time.Unix(0, 0)
@@ -53,17 +57,17 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 	}
 	st, err := recipe.Stage(img, filepath.Join(tmp, "stage"), recipe.StageOptions{Resolve: src.resolve, MTime: mtime})
 	if err != nil {
-		return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+		return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), err)
 	}
 	// The source images are no longer needed once their files are copied.
 	if err := src.close(); err != nil {
-		return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+		return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), err)
 	}
 	// This process is root of the build's user namespace (the real root,
 	// or mapped root in a rootless build): chown applies there.
 	for _, c := range st.Chowns {
 		if err := os.Lchown(c.HostPath, c.UID, c.GID); err != nil {
-			return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), fmt.Errorf("chown %s: %w", c.ContainerPath, err))
+			return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), fmt.Errorf("chown %s: %w", c.ContainerPath, err))
 		}
 	}
 	upper := filepath.Join(tmp, "upper")
@@ -84,11 +88,11 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 	id := containerID(img.Name)
 	if script := img.Script(); script != "" {
 		if !hostArch(img.Arch) {
-			return ocispec.Descriptor{}, fail("run", img.KeyLine("arch"), fmt.Errorf("arch %s: this machine runs %s, and cross-architecture run scripts are not supported yet", img.Arch, hostArchName()))
+			return ocispec.Descriptor{}, false, fail("run", img.KeyLine("arch"), fmt.Errorf("arch %s: this machine runs %s, and cross-architecture run scripts are not supported yet", img.Arch, hostArchName()))
 		}
 		l, err := b.launcher()
 		if err != nil {
-			return ocispec.Descriptor{}, fail("run", img.KeyLine("run"), err)
+			return ocispec.Descriptor{}, false, fail("run", img.KeyLine("run"), err)
 		}
 		var binds []ociruntime.Bind
 		for _, m := range st.Mounts {
@@ -101,7 +105,7 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		// One pipe for stdout and stderr keeps their order as written.
 		pr, pw, err := os.Pipe()
 		if err != nil {
-			return ocispec.Descriptor{}, fail("run", img.KeyLine("run"), err)
+			return ocispec.Descriptor{}, false, fail("run", img.KeyLine("run"), err)
 		}
 		tail := &tailWriter{max: tailLines}
 		copied := make(chan struct{})
@@ -133,39 +137,46 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 			if err == nil {
 				e.Err = nil
 			}
-			return ocispec.Descriptor{}, e
+			return ocispec.Descriptor{}, false, e
 		}
 	} else {
 		target := filepath.Join(tmp, "rootfs")
 		if _, err := b.opt.Mounts.Mount(ctx, base, id, target, mount.Self(), mount.Options{Writable: true, Upper: upper}); err != nil {
-			return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+			return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), err)
 		}
 		err := prepare(target)
 		if uerr := b.opt.Mounts.Unmount(id); uerr != nil {
 			err = errors.Join(err, uerr)
 		}
 		if err != nil {
-			return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+			return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), err)
 		}
 		missing = nil // no runtime ran
 	}
 	dir := filepath.Join(upper, "upper")
 	opaque, err := cleanUpper(dir, missing)
 	if err != nil {
-		return ocispec.Descriptor{}, fail("layer", 0, err)
+		return ocispec.Descriptor{}, false, fail("layer", 0, err)
 	}
 	if err := b.flattenOpaque(ctx, base, dir, opaque, id); err != nil {
-		return ocispec.Descriptor{}, fail("layer", 0, err)
+		return ocispec.Descriptor{}, false, fail("layer", 0, err)
+	}
+	if base.Layers() > 0 {
+		if ents, err := os.ReadDir(dir); err != nil {
+			return ocispec.Descriptor{}, false, fail("layer", 0, err)
+		} else if len(ents) == 0 {
+			return ocispec.Descriptor{}, true, nil
+		}
 	}
 	b.event(i, StatusLayer, "", "")
 	built, err := layer.Build(ctx, dir, filepath.Join(tmp, "blob"), layer.BuildOptions{Format: b.opt.Format, SourceDateEpoch: b.opt.SourceDateEpoch})
 	if err != nil {
-		return ocispec.Descriptor{}, fail("layer", 0, err)
+		return ocispec.Descriptor{}, false, fail("layer", 0, err)
 	}
 	if err := b.s.PutBlobFile(built.Path, built.Descriptor.Digest); err != nil {
-		return ocispec.Descriptor{}, fail("layer", 0, err)
+		return ocispec.Descriptor{}, false, fail("layer", 0, err)
 	}
-	return built.Descriptor, nil
+	return built.Descriptor, false, nil
 }
 
 // runEnv is the run script's environment: img.RunEnv, plus

@@ -646,3 +646,38 @@ func TestOldCacheDiscarded(t *testing.T) {
 		t.Errorf("second build after the rewrite: %v", st)
 	}
 }
+
+// TestRunChangingNothing: a run that changes no file adds no layer (as in
+// stacker); its history entry says empty_layer.
+func TestRunChangingNothing(t *testing.T) {
+	e := newEnv(t)
+	res := e.mustBuild(baseRecipe + `
+check:
+  from: {type: built, tag: base}
+  run: |
+    test -f /data/keep
+    cat /data/a > /dev/null
+`)
+	layers := map[string]int{}
+	for _, im := range res.Images {
+		layers[im.Name] = im.Layers
+	}
+	if layers["check"] != layers["base"] {
+		t.Errorf("check has %d layers, base %d: the run changed nothing", layers["check"], layers["base"])
+	}
+	img, err := image.Read(e.s, "check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := img.Config().History
+	if len(h) == 0 || !h[len(h)-1].EmptyLayer {
+		t.Errorf("history: %+v", h)
+	}
+	if len(img.Config().RootFS.DiffIDs) != len(img.Layers()) {
+		t.Errorf("diff ids %d, layers %d", len(img.Config().RootFS.DiffIDs), len(img.Layers()))
+	}
+	e.mustBuild(baseRecipe + "check:\n  from: {type: built, tag: base}\n  run: |\n    test -f /data/keep\n    cat /data/a > /dev/null\n")
+	if st := e.statuses(); st["check"] != StatusCached {
+		t.Errorf("second build: %v", st)
+	}
+}
