@@ -19,9 +19,9 @@ func init() { addCommand(buildCmd) }
 
 func buildCmd(g *globals) *cobra.Command {
 	var (
-		file, runtimeName, subFile string
-		subs, only, layerTypes     []string
-		noCache, requireHash       bool
+		file, runtimeName, subFile, annNS string
+		subs, only, layerTypes            []string
+		noCache, requireHash              bool
 	)
 	c := &cobra.Command{
 		Use:   "build [-f vessel.yaml] [--substitute KEY=VAL]... [--only NAME]...",
@@ -116,7 +116,7 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 			}
 			opt := build.Options{
 				Store: s, Mounts: g.mounter(), Format: f, SourceDateEpoch: epoch,
-				NoCache: noCache, RequireHash: requireHash, Only: only, Output: stderr,
+				NoCache: noCache, RequireHash: requireHash, Only: only, Output: stderr, AnnotationsNamespace: annNS,
 				Launcher: func() (*container.Launcher, error) { return g.launcher(cmd, runtimeName) },
 				Registry: func(insecure bool) (*registry.Client, error) {
 					return registry.New(registry.Options{PlainHTTP: insecure, Insecure: insecure})
@@ -162,6 +162,7 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 	fl.BoolVar(&noCache, "no-cache", false, "ignore and reset the build cache: rebuild every image")
 	fl.BoolVar(&requireHash, "require-hash", false, "refuse http(s) imports without hash: (reproducible builds)")
 	fl.StringArrayVar(&layerTypes, "layer-type", nil, "layer filesystem: squashfs (default) or erofs; one per build")
+	fl.StringVar(&annNS, "annotations-namespace", build.DefaultAnnotationsNamespace, "prefix of the stacker annotations on each manifest (NS.stacker.stacker_yaml, NS.stacker.git_version)")
 	fl.StringVar(&subFile, "substitute-file", "", "a YAML file of KEY: VALUE substitutions (--substitute wins)")
 	fl.StringArrayVar(&only, "only", nil, "build only this image and what it needs (repeatable)")
 	fl.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")

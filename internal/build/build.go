@@ -30,8 +30,10 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -65,6 +67,12 @@ type Options struct {
 	// RequireHash refuses http(s) imports without hash: (stacker's
 	// --require-hash), before anything is built.
 	RequireHash bool
+	// AnnotationsNamespace prefixes the annotations stacker writes on
+	// every image manifest (NS.stacker.stacker_yaml: the recipe as
+	// written, before substitution; NS.stacker.git_version: `git describe`
+	// of the recipe's directory, when it is in a git work tree). Default
+	// "io.stackeroci", stacker's --annotations-namespace default.
+	AnnotationsNamespace string
 	// HTTPClient downloads http(s) imports (nil: a default client that
 	// honours the proxy environment).
 	HTTPClient *http.Client
@@ -142,6 +150,9 @@ func Build(ctx context.Context, f *recipe.File, opt Options) (_ *Result, err err
 	if opt.Output == nil {
 		opt.Output = io.Discard
 	}
+	if opt.AnnotationsNamespace == "" {
+		opt.AnnotationsNamespace = DefaultAnnotationsNamespace
+	}
 	files := f.BuildOrder()
 	plans := make([]*recipe.Plan, len(files))
 	total := 0
@@ -200,6 +211,7 @@ func Build(ctx context.Context, f *recipe.File, opt Options) (_ *Result, err err
 // buildPlan builds the steps of one file and tags its images.
 func (b *builder) buildPlan(ctx context.Context, plan *recipe.Plan) ([]Built, error) {
 	b.plan = plan
+	b.gitVersion = gitVersion(ctx, plan.File.Dir)
 	defer func() { b.offset += len(plan.Steps) }()
 	var out []Built
 	for i, step := range plan.Steps {
@@ -247,6 +259,7 @@ type builder struct {
 	lnch          *container.Launcher
 	fetch         *fetcher // http(s) imports
 	cur           int      // the step being built, for notes
+	gitVersion    string   // of the file being built ("": none)
 }
 
 // prereq is the path of the file being built when it is a prerequisite,
@@ -324,7 +337,8 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 			err = errors.Join(err, cerr)
 		}
 	}()
-	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: base.Digest(), LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve})
+	extra := b.stackerAnnotations(img)
+	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: baseIdentity(base), LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve, Annotations: extra})
 	if err != nil {
 		return nil, fail("imports", img.KeyLine("imports"), err)
 	}
@@ -383,7 +397,7 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 		Platform:    ocispec.Platform{OS: img.OS, Architecture: img.Arch},
 		Created:     when,
 		History:     history,
-		Annotations: img.Annotations,
+		Annotations: mergeAnnotations(extra, img.Annotations),
 	})
 	if err != nil {
 		return nil, fail("commit", 0, err)
@@ -426,4 +440,72 @@ func (b *builder) tempDir(pattern string) (string, error) {
 		return "", err
 	}
 	return d, nil
+}
+
+// DefaultAnnotationsNamespace is stacker's default --annotations-namespace.
+const DefaultAnnotationsNamespace = "io.stackeroci"
+
+// stackerAnnotations are the manifest annotations stacker writes for an
+// image: NS.stacker.stacker_yaml, the image's definition as written
+// (before substitution, so --substitute values never reach the image),
+// and NS.stacker.git_version, `git describe --tags --always --dirty` of the
+// recipe's directory when it is in a git work tree.
+func (b *builder) stackerAnnotations(img *recipe.Image) map[string]string {
+	ns := b.opt.AnnotationsNamespace
+	out := map[string]string{ns + ".stacker.stacker_yaml": b.plan.File.Section(img)}
+	if b.gitVersion != "" {
+		out[ns+".stacker.git_version"] = b.gitVersion
+	}
+	return out
+}
+
+// baseIdentity is what the layer key knows of the base: a digest over its
+// config digest and layer digests, not its manifest digest, because
+// manifest annotations (a new git_version, say) change nothing a build
+// sees. "" for scratch.
+func baseIdentity(base *mount.Image) digest.Digest {
+	bi := base.Image()
+	if bi == nil {
+		return ""
+	}
+	m := bi.Manifest()
+	var sb strings.Builder
+	sb.WriteString("vessel-build-base-identity/v1\n" + m.Config.Digest.String() + "\n")
+	for _, l := range m.Layers {
+		sb.WriteString(l.Digest.String() + "\n")
+	}
+	return digest.FromString(sb.String())
+}
+
+// gitVersion describes the git work tree dir is in, or "" (no git, not a
+// work tree, no commit).
+func gitVersion(ctx context.Context, dir string) string {
+	if _, err := exec.LookPath("git"); err != nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	// safe.directory: a rootless build sees the user's tree as owned by
+	// another uid, and must describe it as a root build does.
+	out, err := exec.CommandContext(ctx, "git", "-c", "safe.directory=*", "-C", dir, "describe", "--tags", "--always", "--dirty").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// mergeAnnotations is base with over's entries set (the recipe's own
+// annotations win over stacker's).
+func mergeAnnotations(base, over map[string]string) map[string]string {
+	if len(base) == 0 && len(over) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(base)+len(over))
+	for k, v := range base {
+		out[k] = v
+	}
+	for k, v := range over {
+		out[k] = v
+	}
+	return out
 }

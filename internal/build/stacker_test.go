@@ -681,3 +681,75 @@ check:
 		t.Errorf("second build: %v", st)
 	}
 }
+
+// TestStackerAnnotations: every manifest carries the recipe as written
+// (io.stackeroci.stacker.stacker_yaml) and, in a git work tree, its git
+// version; a value given with --substitute (a secret) appears in no
+// manifest or config; the namespace can be changed.
+func TestStackerAnnotations(t *testing.T) {
+	e := newEnv(t)
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git is not installed")
+	}
+	git := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-C", e.dir, "-c", "user.name=t", "-c", "user.email=t@example.com"}, args...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	const secret = "s3cr3t-token-value"
+	rec := baseRecipe + `
+app:
+  from: {type: built, tag: base}
+  imports:
+    - expected
+  run: |
+    test "${{TOKEN}}" = "$(cat /stacker/imports/expected)"
+    echo ok > /ok
+`
+	e.write(map[string]string{"vessel.yaml": rec, "expected": secret})
+	git("init", "-q")
+	git("add", "vessel.yaml")
+	git("commit", "-q", "-m", "recipe")
+	git("tag", "v1.0")
+	if _, err := e.build(rec, e.options(), map[string]string{"TOKEN": secret}); err != nil {
+		t.Fatal(err, e.out.String())
+	}
+	img, err := image.Read(e.s, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ann := img.Manifest().Annotations
+	if want := rec[strings.Index(rec, "\napp:")+1:]; ann["io.stackeroci.stacker.stacker_yaml"] != want || !strings.Contains(want, "${{TOKEN}}") {
+		t.Errorf("stacker_yaml annotation: %q", ann["io.stackeroci.stacker.stacker_yaml"])
+	}
+	if ann["io.stackeroci.stacker.git_version"] != "v1.0" {
+		t.Errorf("git_version annotation: %q", ann["io.stackeroci.stacker.git_version"])
+	}
+	for _, d := range []digest.Digest{img.Digest(), img.Manifest().Config.Digest} {
+		p, err := e.s.BlobPath(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(readFile(t, p), secret) {
+			t.Errorf("the --substitute value is in blob %s:\n%s", d, readFile(t, p))
+		}
+	}
+	// Another namespace: new manifests, the base's layer reused.
+	opt := e.options()
+	opt.AnnotationsNamespace = "com.example"
+	if _, err := e.build(rec, opt, map[string]string{"TOKEN": secret}); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.statuses(); st["base.work"] != StatusReuse {
+		t.Errorf("a namespace change rebuilt the base's layer: %v", st)
+	}
+	img, err = image.Read(e.s, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ann := img.Manifest().Annotations; ann["com.example.stacker.git_version"] != "v1.0" || ann["io.stackeroci.stacker.git_version"] != "" {
+		t.Errorf("annotations with namespace com.example: %v", ann)
+	}
+}

@@ -18,10 +18,12 @@ const keyVersion = "vessel-build-key/v1"
 // KeyOptions are the inputs of a cache key that the recipe does not hold:
 // what the executor resolved or was told on the command line.
 type KeyOptions struct {
-	// BaseDigest is the digest of the base image's manifest: for built,
-	// the manifest of the image built (or found in the cache) for the base;
-	// for tar, oci and docker, the manifest of the base after conversion to
-	// vessel layers. Empty for scratch, required otherwise.
+	// BaseDigest identifies the base image's content: the executor passes
+	// a digest over the config and layer digests of the base (for built,
+	// the image built or found in the cache for it; for tar, oci and
+	// docker, the base after conversion to vessel layers), not the
+	// manifest digest, whose annotations change nothing the build sees.
+	// Empty for scratch, required otherwise.
 	BaseDigest digest.Digest
 	// LayerType is the layer format (squashfs or erofs, with compression).
 	LayerType string
@@ -29,6 +31,10 @@ type KeyOptions struct {
 	SourceDateEpoch string
 	// Resolve finds stacker:// imports; see Resolver.
 	Resolve Resolver
+	// Annotations are manifest annotations the executor adds besides the
+	// recipe's (stacker's stacker_yaml and git_version): part of the
+	// config key.
+	Annotations map[string]string
 }
 
 // Keys are the two cache keys of an image.
@@ -49,7 +55,7 @@ type KeyOptions struct {
 // executor reuses the layer and writes a new config and manifest.
 //
 // An image built on another changes key when its base does, through
-// BaseDigest: the base's new manifest digest is part of the layer key.
+// BaseDigest: the base's new config or layers are part of the layer key.
 type Keys struct {
 	Layer  digest.Digest
 	Config digest.Digest
@@ -103,6 +109,7 @@ type configKeyDoc struct {
 	WorkingDir  string            `json:"working_dir"`
 	Volumes     []string          `json:"volumes"`
 	RuntimeUser string            `json:"runtime_user"`
+	Extra       map[string]string `json:"extra_annotations,omitempty"`
 }
 
 // Key computes the cache keys of img. It reads every import (so it fails
@@ -167,6 +174,7 @@ func Key(img *Image, opts KeyOptions) (Keys, error) {
 		WorkingDir:  img.WorkingDir,
 		Volumes:     vols,
 		RuntimeUser: img.RuntimeUser,
+		Extra:       opts.Annotations,
 	})
 	if err != nil {
 		return Keys{}, err

@@ -83,7 +83,7 @@ func parseRecipe(name string, b []byte, opts Options, deferExternal bool) (*File
 		arch = runtime.GOARCH
 	}
 	p := &parser{file: name, dir: dir, lineOf: lineOf, budget: 100000, arch: arch}
-	f := &File{Path: name, Dir: dir}
+	f := &File{Path: name, Dir: dir, Text: string(b)}
 
 	var doc yaml.Node
 	dec := yaml.NewDecoder(strings.NewReader(text))

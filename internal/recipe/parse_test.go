@@ -526,3 +526,18 @@ func TestReadSubstituteFile(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+// Section is an image's own text, as written: what stacker_yaml carries.
+func TestSection(t *testing.T) {
+	text := "# a recipe\na:\n  from: {type: scratch}\n  # comment\n  run: echo ${{X:1}}\n\nb:\n  from:\n    type: built\n    tag: a\n\n\nconfig:\n  prerequisites: []\n"
+	f, err := Parse("vessel.yaml", []byte(text), Options{Dir: "/recipes"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Section(f.Image("a")); got != "a:\n  from: {type: scratch}\n  # comment\n  run: echo ${{X:1}}\n" {
+		t.Errorf("a: %q", got)
+	}
+	if got := f.Section(f.Image("b")); got != "b:\n  from:\n    type: built\n    tag: a\n" {
+		t.Errorf("b: %q", got)
+	}
+}

@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 
 	"github.com/vesselos/vessel/internal/reference"
 )
@@ -38,6 +39,11 @@ import (
 type File struct {
 	// Path is the recipe's file name as given to Parse.
 	Path string
+	// Text is the recipe as written, before substitution (Section gives
+	// an image's part of it, which the stacker_yaml annotation carries:
+	// --substitute values, which may be secrets, never reach an image
+	// through it).
+	Text string
 	// Dir is the directory that relative paths (imports, tar and oci
 	// bases, prerequisites) were resolved against.
 	Dir string
@@ -76,6 +82,30 @@ func (f *File) BuildOrder() []*File {
 	}
 	visit(f)
 	return out
+}
+
+// Section is the text of img's definition as written in f (before
+// substitution): from its name's line to the last non-blank line before
+// the next top-level key. It is what the stacker_yaml annotation carries,
+// so that editing one image changes only that image's manifest.
+func (f *File) Section(img *Image) string {
+	lines := strings.SplitAfter(f.Text, "\n")
+	start := img.Line - 1
+	if start < 0 || start >= len(lines) {
+		return ""
+	}
+	end := len(lines)
+	for j := start + 1; j < len(lines); j++ {
+		l := lines[j]
+		if l != "" && l[0] != ' ' && l[0] != '\t' && l[0] != '#' && l[0] != '\n' && l[0] != '\r' && l[0] != '-' {
+			end = j
+			break
+		}
+	}
+	for end > start+1 && strings.TrimSpace(lines[end-1]) == "" {
+		end--
+	}
+	return strings.Join(lines[start:end], "")
 }
 
 // Image returns the image called name, or nil.
