@@ -100,6 +100,15 @@ func (b *builder) layoutBase(ctx context.Context, i int, kind string, src image.
 	if err != nil {
 		return nil, fmt.Errorf("%s base %s: %w", kind, name, err)
 	}
+	m, cfg, err := image.SourceImage(src)
+	if err != nil {
+		return nil, fmt.Errorf("%s base %s: %w", kind, name, err)
+	}
+	if len(m.Layers) == 0 {
+		// An image with a config and no layers (umoci new): an empty root
+		// with that config, nothing to convert or verify.
+		return mount.EmptyWithConfig(name, cfg), nil
+	}
 	return b.converted(ctx, i, kind, md.Digest.String(), name, func(opt image.ConvertOptions) (*image.Created, error) {
 		return image.ConvertUntagged(ctx, b.s, src, opt)
 	})

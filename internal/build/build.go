@@ -25,6 +25,7 @@ package build
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -294,8 +295,8 @@ func (b *builder) created() time.Time {
 // changesFiles reports whether img adds a layer on top of its base: a run
 // script or imports that land in the image. An image from scratch always
 // has one layer, even an empty one.
-func changesFiles(img *recipe.Image) bool {
-	if img.From.Type == recipe.Scratch || img.Script() != "" {
+func changesFiles(img *recipe.Image, base *mount.Image) bool {
+	if img.From.Type == recipe.Scratch || base.Layers() == 0 || img.Script() != "" {
 		return true
 	}
 	for _, imp := range img.Imports {
@@ -338,7 +339,7 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 		}
 	}()
 	extra := b.stackerAnnotations(img)
-	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: baseIdentity(base), LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve, Annotations: extra})
+	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: baseIdentity(img, base), LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve, Annotations: extra})
 	if err != nil {
 		return nil, fail("imports", img.KeyLine("imports"), err)
 	}
@@ -358,7 +359,7 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	cached := ""
 	history := append([]ocispec.History(nil), base.Config().History...)
 	when := b.created()
-	if changesFiles(img) {
+	if changesFiles(img, base) {
 		d, ok, err := b.cache.Layer(keys.Layer, b.s)
 		if err != nil {
 			return nil, fail("cache", 0, err)
@@ -463,10 +464,18 @@ func (b *builder) stackerAnnotations(img *recipe.Image) map[string]string {
 // config digest and layer digests, not its manifest digest, because
 // manifest annotations (a new git_version, say) change nothing a build
 // sees. "" for scratch.
-func baseIdentity(base *mount.Image) digest.Digest {
+func baseIdentity(img *recipe.Image, base *mount.Image) digest.Digest {
+	if img.From.Type == recipe.Scratch {
+		return ""
+	}
 	bi := base.Image()
 	if bi == nil {
-		return ""
+		// an image with a config and no layers: named by its config
+		b, err := json.Marshal(base.Config())
+		if err != nil {
+			return digest.FromString("vessel-build-base-identity/v1\nunencodable")
+		}
+		return digest.FromString("vessel-build-base-identity/v1\nempty\n" + string(b))
 	}
 	m := bi.Manifest()
 	var sb strings.Builder

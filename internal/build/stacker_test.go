@@ -753,3 +753,84 @@ app:
 		t.Errorf("annotations with namespace com.example: %v", ann)
 	}
 }
+
+// TestZeroLayerBase: an OCI image with a config and no layers (what
+// `umoci new` makes) is a base: an empty root with that config.
+func TestZeroLayerBase(t *testing.T) {
+	e := newEnv(t)
+	writeLayout(t, filepath.Join(e.dir, "empty"), "new", nil)
+	if _, err := exec.LookPath("skopeo"); err == nil {
+		// the hand-made layout is a valid OCI image to an independent tool
+		if out, err := exec.Command("skopeo", "inspect", "oci:"+filepath.Join(e.dir, "empty")+":new").CombinedOutput(); err != nil {
+			t.Fatalf("skopeo inspect the zero-layer layout: %v\n%s", err, out)
+		}
+	}
+	res := e.mustBuild(`
+onempty:
+  from:
+    type: oci
+    url: empty:new
+  imports:
+    - /bin/busybox
+  run: |
+    #!/stacker/imports/busybox sh
+    /stacker/imports/busybox mkdir /bin
+    /stacker/imports/busybox cp /stacker/imports/busybox /bin/busybox
+    echo "$FROM_LAYOUT" > /from-layout
+nothing:
+  from:
+    type: oci
+    url: empty:new
+`)
+	for _, im := range res.Images {
+		if im.Layers != 1 {
+			t.Errorf("%s: %d layers, want 1", im.Name, im.Layers)
+		}
+	}
+	// A base made by umoci itself, when it is installed.
+	if _, err := exec.LookPath("umoci"); err == nil {
+		dir := filepath.Join(e.dir, "umoci")
+		for _, args := range [][]string{{"init", "--layout", dir}, {"new", "--image", dir + ":new"}} {
+			if out, err := exec.Command("umoci", args...).CombinedOutput(); err != nil {
+				t.Fatalf("umoci %v: %v\n%s", args, err, out)
+			}
+		}
+		res := e.mustBuild("fromumoci:\n  from: {type: oci, url: umoci:new}\n  imports: [/bin/busybox]\n  run: |\n    #!/stacker/imports/busybox sh\n    /stacker/imports/busybox touch /made\n")
+		if res.Images[0].Layers != 1 {
+			t.Errorf("on umoci new: %d layers", res.Images[0].Layers)
+		}
+		e.withMounted("fromumoci", func(root string) {
+			if !exists(filepath.Join(root, "made")) {
+				t.Error("on umoci new: /made missing")
+			}
+		})
+	}
+	e.withMounted("onempty", func(root string) {
+		if got := readFile(t, filepath.Join(root, "from-layout")); got != "1\n" {
+			t.Errorf("/from-layout = %q: the config's environment did not reach the run", got)
+		}
+	})
+	img, err := image.Read(e.s, "onempty")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env := strings.Join(img.Config().Config.Env, " "); !strings.Contains(env, "FROM_LAYOUT=1") {
+		t.Errorf("config env %q lacks the base's", env)
+	}
+	e.mustBuild(`
+onempty:
+  from:
+    type: oci
+    url: empty:new
+  imports:
+    - /bin/busybox
+  run: |
+    #!/stacker/imports/busybox sh
+    /stacker/imports/busybox mkdir /bin
+    /stacker/imports/busybox cp /stacker/imports/busybox /bin/busybox
+    echo "$FROM_LAYOUT" > /from-layout
+`)
+	if st := e.statuses(); st["onempty"] != StatusCached {
+		t.Errorf("second build: %v", st)
+	}
+}

@@ -541,3 +541,13 @@ func TestSection(t *testing.T) {
 		t.Errorf("b: %q", got)
 	}
 }
+
+// The docker URL forms stacker accepts parse.
+func TestParseDockerForms(t *testing.T) {
+	for _, u := range []string{"docker://ubuntu:latest", "docker://ubuntu", "docker://docker.io/library/ubuntu:22.04",
+		"docker://localhost:5000/repo/x:tag", "docker://127.0.0.1:5000/a@sha256:" + strings.Repeat("01", 32), "docker://quay.io/org/img"} {
+		if _, err := parse(t, "a:\n  from: {type: docker, url: \""+u+"\"}\n", nil); err != nil {
+			t.Errorf("%s: %v", u, err)
+		}
+	}
+}
