@@ -392,9 +392,19 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 		history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
 	}
 	baseCfg := base.Config().Config
+	cfg := img.ApplyConfig(baseCfg)
+	if img.LabelsScript() != "" {
+		gen, err := b.generateLabels(ctx, i, img, baseCfg.Env, layers, cfg, history, when)
+		if err != nil {
+			return nil, err
+		}
+		if len(gen) > 0 {
+			cfg.Labels = mergeAnnotations(cfg.Labels, gen)
+		}
+	}
 	res, err := image.Commit(b.s, image.CommitOptions{
 		Layers:      layers,
-		Config:      img.ApplyConfig(baseCfg),
+		Config:      cfg,
 		Platform:    ocispec.Platform{OS: img.OS, Architecture: img.Arch},
 		Created:     when,
 		History:     history,

@@ -834,3 +834,46 @@ onempty:
 		t.Errorf("second build: %v", st)
 	}
 }
+
+// TestGenerateLabels: stacker's generate_labels runs on the finished image
+// and turns the files it writes to /oci-labels into config labels; what
+// it changes elsewhere is not in the image; a failure names the line.
+func TestGenerateLabels(t *testing.T) {
+	e := newEnv(t)
+	rec := baseRecipe + `
+app:
+  from: {type: built, tag: base}
+  run: echo 2.1 > /version
+  labels:
+    fixed: yes
+  generate_labels: |
+    echo "$(cat /version)" > /oci-labels/org.example.version
+    printf 'no newline' > /oci-labels/plain
+    echo junk > /junk
+`
+	e.mustBuild(rec)
+	img, err := image.Read(e.s, "app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"fixed": "yes", "org.example.version": "2.1", "plain": "no newline"}
+	if got := img.Config().Config.Labels; !reflect.DeepEqual(got, want) {
+		t.Errorf("labels %v, want %v", got, want)
+	}
+	if len(img.Layers()) != 2 {
+		t.Errorf("%d layers, want 2 (generate_labels adds none)", len(img.Layers()))
+	}
+	e.withMounted("app", func(root string) {
+		if exists(filepath.Join(root, "junk")) || exists(filepath.Join(root, "oci-labels")) {
+			t.Error("generate_labels changed the image's files")
+		}
+	})
+	e.mustBuild(rec)
+	if st := e.statuses(); st["app"] != StatusCached {
+		t.Errorf("second build: %v", st)
+	}
+	_, err = e.build(baseRecipe+"bad:\n  from: {type: built, tag: base}\n  generate_labels: exit 3\n", e.options(), nil)
+	if err == nil || !strings.Contains(err.Error(), "generate_labels (") || !strings.Contains(err.Error(), "vessel.yaml:21") || !strings.Contains(err.Error(), "code 3") {
+		t.Errorf("failing generate_labels: %v", err)
+	}
+}

@@ -110,6 +110,9 @@ type configKeyDoc struct {
 	Volumes     []string          `json:"volumes"`
 	RuntimeUser string            `json:"runtime_user"`
 	Extra       map[string]string `json:"extra_annotations,omitempty"`
+	// GenerateLabels is the generate_labels script: its labels shape
+	// only the config.
+	GenerateLabels string `json:"generate_labels,omitempty"`
 }
 
 // Key computes the cache keys of img. It reads every import (so it fails
@@ -162,19 +165,20 @@ func Key(img *Image, opts KeyOptions) (Keys, error) {
 	slices.Sort(vols)
 	vols = slices.Compact(vols)
 	config, err := hashDoc(configKeyDoc{
-		Version:     keyVersion,
-		Layer:       layer,
-		Platform:    platform,
-		Entrypoint:  img.Entrypoint,
-		Cmd:         img.Cmd,
-		FullCommand: img.FullCommand,
-		Environment: img.Environment,
-		Labels:      img.Labels,
-		Annotations: img.Annotations,
-		WorkingDir:  img.WorkingDir,
-		Volumes:     vols,
-		RuntimeUser: img.RuntimeUser,
-		Extra:       opts.Annotations,
+		Version:        keyVersion,
+		Layer:          layer,
+		Platform:       platform,
+		Entrypoint:     img.Entrypoint,
+		Cmd:            img.Cmd,
+		FullCommand:    img.FullCommand,
+		Environment:    img.Environment,
+		Labels:         img.Labels,
+		Annotations:    img.Annotations,
+		WorkingDir:     img.WorkingDir,
+		Volumes:        vols,
+		RuntimeUser:    img.RuntimeUser,
+		Extra:          opts.Annotations,
+		GenerateLabels: img.LabelsScript(),
 	})
 	if err != nil {
 		return Keys{}, err

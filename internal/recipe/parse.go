@@ -376,13 +376,12 @@ func (p *parser) boolean(n *yaml.Node, image, key string) (bool, bool) {
 var imageKeys = []string{
 	"from", "imports", "import", "run", "environment", "build_env", "labels", "annotations",
 	"entrypoint", "cmd", "full_command", "working_dir", "volumes", "runtime_user",
-	"build_only", "arch", "os", "binds", "overlay_dirs",
+	"build_only", "arch", "os", "binds", "overlay_dirs", "generate_labels",
 }
 
 // stackerOnly are stacker keys that vessel does not implement.
 var stackerOnly = map[string]string{
 	"build_env_passthrough": "the host environment does not leak into builds; use build_env",
-	"generate_labels":       "",
 	"apply":                 "",
 	"bom":                   "",
 	"was_legacy_import":     "",
@@ -424,6 +423,8 @@ func (p *parser) image(kn, vn *yaml.Node) *Image {
 			img.Imports = append(img.Imports, p.overlayDirs(name, v)...)
 		case "run":
 			img.Run, _ = p.strs(v, name, key)
+		case "generate_labels":
+			img.GenerateLabels, _ = p.strs(v, name, key)
 		case "environment":
 			img.Environment, _ = p.strMap(v, name, key)
 		case "build_env":

@@ -216,6 +216,9 @@ type Image struct {
 	Binds []HostBind
 	// Run holds the script lines; a single string is one element.
 	Run []string
+	// GenerateLabels is stacker's generate_labels script (see
+	// LabelsScript), nil when not written.
+	GenerateLabels []string
 	// Environment goes into the image config and into the build
 	// environment; BuildEnv only into the build environment.
 	Environment map[string]string
