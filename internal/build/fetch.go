@@ -53,8 +53,6 @@ type fetcher struct {
 	dir    string
 	client *http.Client
 	got    map[string]string // url (+ NUL + hash) -> host path, for this build
-	// Requests counts requests sent (tests).
-	requests int
 }
 
 func newFetcher(root string, client *http.Client) *fetcher {
@@ -108,7 +106,6 @@ func (f *fetcher) fetch(ctx context.Context, imp recipe.Import) (string, error) 
 			req.Header.Set("If-Modified-Since", meta.LastModified)
 		}
 	}
-	f.requests++
 	resp, err := f.client.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("download: %w", err)
