@@ -134,7 +134,8 @@ func TestBuildRootlessSameDigests(t *testing.T) {
 // TestBuildRootlessStackerBase: an unprivileged user builds on an OCI
 // layout whose layers are verified squashfs (here: vessel's own base,
 // copied out of the store with vessel copy) with no root to convert it,
-// using binds and overlay_dirs, and gets the digests of a root build.
+// using binds, overlay_dirs, generate_labels and a tar base made by a
+// build_only image (stacker://), and gets the digests of a root build.
 func TestBuildRootlessStackerBase(t *testing.T) {
 	for _, tool := range []string{"squashfuse", "mksquashfs", "runc"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -190,6 +191,19 @@ app:
   run: |
     cat /mnt/host/in > /from-bind
     ls /opt > /opt-list
+  generate_labels: |
+    cat /from-bind > /oci-labels/from-bind
+maker:
+  from: {type: built, tag: app}
+  build_only: true
+  run: |
+    mkdir -p /out
+    cd / && tar -cf /out/rootfs.tar bin etc opt from-bind
+final:
+  from:
+    type: tar
+    url: stacker://maker/out/rootfs.tar
+  run: cat /from-bind > /again
 `,
 		"overlay/tool": "a tool\n",
 	})
@@ -206,8 +220,12 @@ app:
 					} `json:"descriptor"`
 				} `json:"images"`
 			}
-			if json.Unmarshal([]byte(line), &ev) == nil && ev.Event == "result" && len(ev.Images) == 1 {
-				return ev.Images[0].Descriptor.Digest
+			if json.Unmarshal([]byte(line), &ev) == nil && ev.Event == "result" && len(ev.Images) == 3 {
+				var ds []string
+				for _, im := range ev.Images {
+					ds = append(ds, im.Descriptor.Digest)
+				}
+				return strings.Join(ds, " ")
 			}
 		}
 		t.Fatalf("no result in:\n%s", out)
