@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -21,7 +22,7 @@ func buildCmd(g *globals) *cobra.Command {
 	var (
 		file, runtimeName, subFile, annNS string
 		subs, only, layerTypes            []string
-		noCache, requireHash              bool
+		noCache, requireHash, orderOnly   bool
 	)
 	c := &cobra.Command{
 		Use:   "build [-f vessel.yaml] [--substitute KEY=VAL]... [--only NAME]...",
@@ -69,6 +70,7 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
   vessel build -f examples/vessel.yaml --substitute BUSYBOX=/usr/bin/busybox
   vessel build --only app --layer-type erofs
   vessel build --require-hash                    # every http(s) import pinned by hash:
+  vessel build --order-only                      # the build order, nothing built
   vessel build --substitute-file subs.yaml       # stacker's KEY: VALUE file
   SOURCE_DATE_EPOCH=1700000000 vessel build --json`,
 		Args: cobra.NoArgs,
@@ -107,6 +109,13 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 					return fmt.Errorf("%w (give the recipe with -f FILE)", err)
 				}
 				return err
+			}
+			if orderOnly {
+				order, err := build.Order(rf, only)
+				if err != nil {
+					return err
+				}
+				return printOrder(cmd, g.json, order)
 			}
 			stderr := cmd.ErrOrStderr()
 			for _, rfile := range rf.BuildOrder() {
@@ -160,6 +169,7 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 	fl.StringVarP(&file, "file", "f", "vessel.yaml", "the recipe (default vessel.yaml, else stacker.yaml)")
 	fl.StringArrayVar(&subs, "substitute", nil, "set ${{KEY}} in the recipe: KEY=VALUE (repeatable)")
 	fl.BoolVar(&noCache, "no-cache", false, "ignore and reset the build cache: rebuild every image")
+	fl.BoolVar(&orderOnly, "order-only", false, "print the order the images would be built in, and build nothing")
 	fl.BoolVar(&requireHash, "require-hash", false, "refuse http(s) imports without hash: (reproducible builds)")
 	fl.StringArrayVar(&layerTypes, "layer-type", nil, "layer filesystem: squashfs (default) or erofs; one per build")
 	fl.StringVar(&annNS, "annotations-namespace", build.DefaultAnnotationsNamespace, "prefix of the stacker annotations on each manifest (NS.stacker.stacker_yaml, NS.stacker.git_version)")
@@ -167,6 +177,30 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 	fl.StringArrayVar(&only, "only", nil, "build only this image and what it needs (repeatable)")
 	fl.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	return c
+}
+
+// printOrder writes --order-only's answer: one line per image, or JSON.
+func printOrder(cmd *cobra.Command, asJSON bool, order []build.Planned) error {
+	w := cmd.OutOrStdout()
+	if asJSON {
+		if order == nil {
+			order = []build.Planned{}
+		}
+		return json.NewEncoder(w).Encode(struct {
+			Order []build.Planned `json:"order"`
+		}{order})
+	}
+	for _, p := range order {
+		line := fmt.Sprintf("%d %s", p.Step, p.Image)
+		if p.BuildOnly {
+			line += " (build_only)"
+		}
+		if p.File != "" {
+			line += " (prerequisite " + p.File + ")"
+		}
+		fmt.Fprintln(w, line)
+	}
+	return nil
 }
 
 // defaultRecipe is the recipe vessel build reads without -f: vessel.yaml,
