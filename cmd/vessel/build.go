@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -20,10 +21,10 @@ func init() { addCommand(buildCmd) }
 
 func buildCmd(g *globals) *cobra.Command {
 	var (
-		file, layerType, runtimeName string
-		arch                         string
-		subs, only                   []string
-		noCache                      bool
+		file, runtimeName, subFile, annNS string
+		arch                              string
+		subs, only, layerTypes            []string
+		noCache, requireHash, orderOnly   bool
 	)
 	c := &cobra.Command{
 		Use:   "build [-f vessel.yaml] [--arch ARCH[,ARCH...]] [--substitute KEY=VAL]... [--only NAME]...",
@@ -73,6 +74,9 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
   vessel build --only app --layer-type erofs
   vessel build --arch arm64                      # needs: vessel binfmt install
   vessel build --arch amd64,arm64                # one multi-arch index per image
+  vessel build --require-hash                    # every http(s) import pinned by hash:
+  vessel build --order-only                      # the build order, nothing built
+  vessel build --substitute-file subs.yaml       # stacker's KEY: VALUE file
   SOURCE_DATE_EPOCH=1700000000 vessel build --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -82,7 +86,16 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 			if handled, err := g.enterUserNS(cmd); handled || err != nil {
 				return err
 			}
+			layerType, err := oneLayerType(layerTypes)
+			if err != nil {
+				return err
+			}
 			sm := map[string]string{}
+			if subFile != "" {
+				if sm, err = recipe.ReadSubstituteFile(subFile); err != nil {
+					return err
+				}
+			}
 			for _, s := range subs {
 				k, v, ok := strings.Cut(s, "=")
 				if !ok || k == "" {
@@ -104,6 +117,9 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 					arches = append(arches, p.Architecture)
 				}
 			}
+			if !cmd.Flags().Changed("file") {
+				file = defaultRecipe()
+			}
 			load := func(a string) (*recipe.File, error) {
 				rf, err := recipe.LoadFile(file, recipe.Options{Substitutions: sm, Arch: a})
 				if err != nil {
@@ -119,9 +135,27 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 				arch = arches[0]
 			}
 			stderr := cmd.ErrOrStderr()
+			if orderOnly || len(arches) <= 1 {
+				rf, err := load(arch)
+				if err != nil {
+					return err
+				}
+				if orderOnly {
+					order, err := build.Order(rf, only)
+					if err != nil {
+						return err
+					}
+					return printOrder(cmd, g.json, order)
+				}
+				for _, rfile := range rf.BuildOrder() {
+					for _, w := range rfile.Warnings {
+						fmt.Fprintf(stderr, "vessel: warning: %v\n", w)
+					}
+				}
+			}
 			opt := build.Options{
 				Store: s, Mounts: g.mounter(), Format: f, SourceDateEpoch: epoch,
-				NoCache: noCache, Only: only, Output: stderr,
+				NoCache: noCache, RequireHash: requireHash, Only: only, Output: stderr, AnnotationsNamespace: annNS,
 				Launcher: func() (*container.Launcher, error) { return g.launcher(cmd, runtimeName) },
 				Registry: func(insecure bool) (*registry.Client, error) {
 					return registry.New(registry.Options{PlainHTTP: insecure, Insecure: insecure})
@@ -175,14 +209,72 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 		},
 	}
 	fl := c.Flags()
-	fl.StringVarP(&file, "file", "f", "vessel.yaml", "the recipe")
+	fl.StringVarP(&file, "file", "f", "vessel.yaml", "the recipe (default vessel.yaml, else stacker.yaml)")
 	fl.StringArrayVar(&subs, "substitute", nil, "set ${{KEY}} in the recipe: KEY=VALUE (repeatable)")
 	fl.BoolVar(&noCache, "no-cache", false, "ignore and reset the build cache: rebuild every image")
-	fl.StringVar(&layerType, "layer-type", "squashfs", "layer filesystem: squashfs or erofs")
+	fl.BoolVar(&orderOnly, "order-only", false, "print the order the images would be built in, and build nothing")
+	fl.BoolVar(&requireHash, "require-hash", false, "refuse http(s) imports without hash: (reproducible builds)")
+	fl.StringArrayVar(&layerTypes, "layer-type", nil, "layer filesystem: squashfs (default) or erofs; one per build")
+	fl.StringVar(&annNS, "annotations-namespace", build.DefaultAnnotationsNamespace, "prefix of the stacker annotations on each manifest (NS.stacker.stacker_yaml, NS.stacker.git_version)")
+	fl.StringVar(&subFile, "substitute-file", "", "a YAML file of KEY: VALUE substitutions (--substitute wins)")
 	fl.StringArrayVar(&only, "only", nil, "build only this image and what it needs (repeatable)")
 	fl.StringVar(&arch, "arch", "", "build for ARCH (arm64, amd64...); a comma list builds one multi-arch index per image (default: arch: in the recipe, else this machine's)")
 	fl.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	return c
+}
+
+// printOrder writes --order-only's answer: one line per image, or JSON.
+func printOrder(cmd *cobra.Command, asJSON bool, order []build.Planned) error {
+	w := cmd.OutOrStdout()
+	if asJSON {
+		if order == nil {
+			order = []build.Planned{}
+		}
+		return json.NewEncoder(w).Encode(struct {
+			Order []build.Planned `json:"order"`
+		}{order})
+	}
+	for _, p := range order {
+		line := fmt.Sprintf("%d %s", p.Step, p.Image)
+		if p.BuildOnly {
+			line += " (build_only)"
+		}
+		if p.File != "" {
+			line += " (prerequisite " + p.File + ")"
+		}
+		fmt.Fprintln(w, line)
+	}
+	return nil
+}
+
+// defaultRecipe is the recipe vessel build reads without -f: vessel.yaml,
+// or stacker.yaml when only that exists (a stacker project as it is).
+func defaultRecipe() string {
+	if _, err := os.Stat("vessel.yaml"); err != nil {
+		if _, err := os.Stat("stacker.yaml"); err == nil {
+			return "stacker.yaml"
+		}
+	}
+	return "vessel.yaml"
+}
+
+// oneLayerType checks --layer-type: stacker builds one image per layer
+// type given; vessel builds one layer type per run and says so instead of
+// keeping the last value silently. tar output is refused: vessel layers
+// are verified filesystem images.
+func oneLayerType(types []string) (string, error) {
+	for _, t := range types {
+		if t == "tar" {
+			return "", usageError{"--layer-type tar: vessel builds verified squashfs or erofs layers only; tar layers (for docker or podman) are not supported"}
+		}
+	}
+	switch len(types) {
+	case 0:
+		return "squashfs", nil
+	case 1:
+		return types[0], nil
+	}
+	return "", usageError{fmt.Sprintf("--layer-type given %d times (%s): vessel builds one layer type per run; run vessel build once per type", len(types), strings.Join(types, ", "))}
 }
 
 // printBuildEvent writes one progress line to stderr.

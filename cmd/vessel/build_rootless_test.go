@@ -130,3 +130,128 @@ func TestBuildRootlessSameDigests(t *testing.T) {
 		t.Errorf("mounts left behind: %v", m)
 	}
 }
+
+// TestBuildRootlessStackerBase: an unprivileged user builds on an OCI
+// layout whose layers are verified squashfs (here: vessel's own base,
+// copied out of the store with vessel copy) with no root to convert it,
+// using binds, overlay_dirs, generate_labels and a tar base made by a
+// build_only image (stacker://), and gets the digests of a root build.
+func TestBuildRootlessStackerBase(t *testing.T) {
+	for _, tool := range []string{"squashfuse", "mksquashfs", "runc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
+		}
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("busybox is not installed (package busybox-static)")
+	}
+	u := usernstest.NewUser(t) // skips unless root with useradd, newuidmap and user namespaces
+	tmp := t.TempDir()
+	for d := tmp; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
+		if strings.HasPrefix(d, os.TempDir()) {
+			os.Chmod(d, 0o755)
+		}
+	}
+	bin := filepath.Join(tmp, "bin", "vessel")
+	copyExe(t, bin)
+	src, err := os.ReadFile("../../examples/vessel.yaml")
+	must(t, err)
+	html, err := os.ReadFile("../../examples/www/index.html")
+	must(t, err)
+	edir := filepath.Join(tmp, "example")
+	writeTree(t, edir, map[string]string{"vessel.yaml": string(src), "www/index.html": string(html)})
+	rootEnv := append(os.Environ(), "VESSEL_ROOT="+filepath.Join(tmp, "rootstore"), "VESSEL_RUN="+filepath.Join(tmp, "rootrun"), "SOURCE_DATE_EPOCH=1700000000")
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		cmd.Env = rootEnv
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("vessel %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	run("build", "-f", filepath.Join(edir, "vessel.yaml"))
+	layout := filepath.Join(tmp, "layout")
+	run("copy", "base:latest", "oci:"+layout+":base")
+	must(t, exec.Command("chmod", "-R", "a+rX", layout).Run())
+
+	rdir := filepath.Join(tmp, "stackerproj")
+	writeTree(t, rdir, map[string]string{
+		"stacker.yaml": `
+app:
+  from:
+    type: oci
+    url: ` + layout + `:base
+  binds:
+    - ` + filepath.Join(tmp, "hostdir") + ` -> /mnt/host
+  overlay_dirs:
+    - source: overlay
+      dest: /opt
+  run: |
+    cat /mnt/host/in > /from-bind
+    ls /opt > /opt-list
+  generate_labels: |
+    cat /from-bind > /oci-labels/from-bind
+maker:
+  from: {type: built, tag: app}
+  build_only: true
+  run: |
+    mkdir -p /out
+    cd / && tar -cf /out/rootfs.tar bin etc opt from-bind
+final:
+  from:
+    type: tar
+    url: stacker://maker/out/rootfs.tar
+  run: cat /from-bind > /again
+`,
+		"overlay/tool": "a tool\n",
+	})
+	writeTree(t, filepath.Join(tmp, "hostdir"), map[string]string{"in": "from the host\n"})
+	recipe := filepath.Join(rdir, "stacker.yaml")
+	digest := func(out string) string {
+		t.Helper()
+		for _, line := range strings.Split(out, "\n") {
+			var ev struct {
+				Event  string `json:"event"`
+				Images []struct {
+					Descriptor struct {
+						Digest string `json:"digest"`
+					} `json:"descriptor"`
+				} `json:"images"`
+			}
+			if json.Unmarshal([]byte(line), &ev) == nil && ev.Event == "result" && len(ev.Images) == 3 {
+				var ds []string
+				for _, im := range ev.Images {
+					ds = append(ds, im.Descriptor.Digest)
+				}
+				return strings.Join(ds, " ")
+			}
+		}
+		t.Fatalf("no result in:\n%s", out)
+		return ""
+	}
+	rootDigest := digest(run("--json", "build", "-f", recipe))
+
+	store := filepath.Join(tmp, "userstore")
+	xdg := filepath.Join(tmp, "xdg")
+	must(t, os.Mkdir(store, 0o755))
+	must(t, os.Mkdir(xdg, 0o700))
+	u.Chown(t, store)
+	u.Chown(t, xdg)
+	var o, e bytes.Buffer
+	cmd := u.Command([]string{"VESSEL_ROOT=" + store, "XDG_RUNTIME_DIR=" + xdg, "SOURCE_DATE_EPOCH=1700000000"}, bin, "--json", "build", "-f", recipe)
+	cmd.Stdout, cmd.Stderr = &o, &e
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("rootless build: %v\n%s", err, e.String())
+	}
+	if got := digest(o.String()); got != rootDigest {
+		t.Errorf("rootless %s, root %s", got, rootDigest)
+	}
+	if pids := u.Pids(); len(pids) > 0 {
+		t.Errorf("processes of the user still run after the build: %v", pids)
+	}
+	if m := mountsUnder(tmp); len(m) > 0 {
+		t.Errorf("mounts left behind: %v", m)
+	}
+}

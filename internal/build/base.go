@@ -30,7 +30,7 @@ const BasesDir = "build-bases"
 // base resolves img's base (mount.Empty for scratch), converting tar, oci and docker bases to
 // verified layers once (the conversion is cached by source digest, layer
 // format and SOURCE_DATE_EPOCH).
-func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (*mount.Image, error) {
+func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (_ *mount.Image, err error) {
 	from := img.From
 	switch from.Type {
 	case recipe.Scratch:
@@ -42,15 +42,33 @@ func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (*mount.Im
 		}
 		return b.resolve(r.Descriptor)
 	case recipe.Tar:
+		path := from.URL
 		if strings.HasPrefix(from.URL, "http://") || strings.HasPrefix(from.URL, "https://") {
-			return nil, fmt.Errorf("tar base %s: http(s) bases are not supported: vessel builds offline; download the tarball and give its path", from.URL)
+			// downloaded like an http(s) import: cached by URL, revalidated
+			b.event(i, StatusBase, "", "fetch "+from.URL)
+			if path, err = b.fetch.fetch(ctx, recipe.Import{Source: from.URL}); err != nil {
+				return nil, fmt.Errorf("tar base %s: %w", from.URL, err)
+			}
 		}
-		sum, err := fileSHA256(from.URL)
+		if from.FromImage != "" {
+			// stacker://IMAGE/PATH: a tarball inside an image built earlier,
+			// read from that image mounted verified, for this step only.
+			src := &sources{b: b, ctx: ctx}
+			defer func() {
+				if cerr := src.close(); cerr != nil {
+					err = errors.Join(err, cerr)
+				}
+			}()
+			if path, err = src.resolve(from.FromImage, from.ImagePath); err != nil {
+				return nil, fmt.Errorf("tar base %s: %w", from.URL, err)
+			}
+		}
+		sum, err := fileSHA256(path)
 		if err != nil {
-			return nil, fmt.Errorf("tar base: %w", err)
+			return nil, fmt.Errorf("tar base %s: %w", from.URL, err)
 		}
 		return b.converted(ctx, i, img, "tar", sum, from.URL, func(opt image.ConvertOptions) (*image.Created, error) {
-			return image.FromTar(ctx, b.s, from.URL, opt)
+			return image.FromTar(ctx, b.s, path, opt)
 		})
 	case recipe.OCI:
 		dir, tag := from.Layout()
@@ -85,6 +103,15 @@ func (b *builder) layoutBase(ctx context.Context, i int, img *recipe.Image, kind
 	md, err := image.SourceManifest(src, imagePlatform(img))
 	if err != nil {
 		return nil, fmt.Errorf("%s base %s: %w", kind, name, err)
+	}
+	m, cfg, err := image.SourceImage(src, imagePlatform(img))
+	if err != nil {
+		return nil, fmt.Errorf("%s base %s: %w", kind, name, err)
+	}
+	if len(m.Layers) == 0 {
+		// An image with a config and no layers (umoci new): an empty root
+		// with that config, nothing to convert or verify.
+		return mount.EmptyWithConfig(name, cfg), nil
 	}
 	return b.converted(ctx, i, img, kind, md.Digest.String(), name, func(opt image.ConvertOptions) (*image.Created, error) {
 		return image.ConvertUntagged(ctx, b.s, src, opt)
@@ -165,6 +192,12 @@ type sources struct {
 }
 
 func (r *sources) resolve(name, p string) (string, error) {
+	if name == "" { // an http(s) import, fetched before the keys
+		if hp := r.b.fetch.path(p); hp != "" {
+			return hp, nil
+		}
+		return "", fmt.Errorf("%s was not downloaded", p)
+	}
 	root, ok := r.mounts[name]
 	if !ok {
 		built := r.b.done[name]

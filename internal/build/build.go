@@ -25,11 +25,15 @@ package build
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -61,6 +65,18 @@ type Options struct {
 	SourceDateEpoch *int64
 	// NoCache empties the build cache first, so everything is rebuilt.
 	NoCache bool
+	// RequireHash refuses http(s) imports without hash: (stacker's
+	// --require-hash), before anything is built.
+	RequireHash bool
+	// AnnotationsNamespace prefixes the annotations stacker writes on
+	// every image manifest (NS.stacker.stacker_yaml: the recipe as
+	// written, before substitution; NS.stacker.git_version: `git describe`
+	// of the recipe's directory, when it is in a git work tree). Default
+	// "io.stackeroci", stacker's --annotations-namespace default.
+	AnnotationsNamespace string
+	// HTTPClient downloads http(s) imports (nil: a default client that
+	// honours the proxy environment).
+	HTTPClient *http.Client
 	// Only narrows the build to these images and what they need.
 	Only []string
 	// Output receives the run scripts' stdout and stderr as they run
@@ -135,7 +151,7 @@ func Build(ctx context.Context, f *recipe.File, opt Options) (*Result, error) {
 
 // build is Build; tag false leaves the store's tags alone (BuildPlatforms
 // tags indexes instead) but still fills Built.Ref.
-func build(ctx context.Context, f *recipe.File, opt Options, tag bool) (*Result, error) {
+func build(ctx context.Context, f *recipe.File, opt Options, tag bool) (_ *Result, err error) {
 	if opt.Store == nil || opt.Mounts == nil {
 		return nil, errors.New("build: no store or mount manager")
 	}
@@ -144,6 +160,9 @@ func build(ctx context.Context, f *recipe.File, opt Options, tag bool) (*Result,
 	}
 	if opt.Output == nil {
 		opt.Output = io.Discard
+	}
+	if opt.AnnotationsNamespace == "" {
+		opt.AnnotationsNamespace = DefaultAnnotationsNamespace
 	}
 	files := f.BuildOrder()
 	plans := make([]*recipe.Plan, len(files))
@@ -163,7 +182,19 @@ func build(ctx context.Context, f *recipe.File, opt Options, tag bool) (*Result,
 		plans[i] = plan
 		total += len(plan.Steps)
 	}
-	b := &builder{opt: opt, s: opt.Store, cache: recipe.OpenCache(opt.Store.Root()), top: f, total: total, done: map[string]*Built{}, tag: tag}
+	if opt.RequireHash {
+		if err := requireHashes(files); err != nil {
+			return nil, err
+		}
+	}
+	b := &builder{opt: opt, s: opt.Store, cache: recipe.OpenCache(opt.Store.Root()), top: f, total: total, done: map[string]*Built{}, tag: tag,
+		fetch: newFetcher(opt.Store.Root(), opt.HTTPClient)}
+	b.cache.Note = func(msg string) { b.event(b.cur, StatusMessage, "", msg) }
+	defer func() {
+		if cerr := b.fetch.close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
 	if opt.SourceDateEpoch != nil {
 		b.sde = strconv.FormatInt(*opt.SourceDateEpoch, 10)
 	}
@@ -191,12 +222,14 @@ func build(ctx context.Context, f *recipe.File, opt Options, tag bool) (*Result,
 // buildPlan builds the steps of one file and tags its images.
 func (b *builder) buildPlan(ctx context.Context, plan *recipe.Plan) ([]Built, error) {
 	b.plan = plan
+	b.gitVersion = gitVersion(ctx, plan.File.Dir)
 	defer func() { b.offset += len(plan.Steps) }()
 	var out []Built
 	for i, step := range plan.Steps {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		b.cur = i
 		r, err := b.step(ctx, i, step)
 		if err != nil {
 			return nil, err
@@ -239,6 +272,9 @@ type builder struct {
 	done          map[string]*Built // every image built so far, of every file
 	tag           bool              // tag the images (not when BuildPlatforms does)
 	lnch          *container.Launcher
+	fetch         *fetcher // http(s) imports
+	cur           int      // the step being built, for notes
+	gitVersion    string   // of the file being built ("": none)
 }
 
 // prereq is the path of the file being built when it is a prerequisite,
@@ -273,8 +309,8 @@ func (b *builder) created() time.Time {
 // changesFiles reports whether img adds a layer on top of its base: a run
 // script or imports that land in the image. An image from scratch always
 // has one layer, even an empty one.
-func changesFiles(img *recipe.Image) bool {
-	if img.From.Type == recipe.Scratch || img.Script() != "" {
+func changesFiles(img *recipe.Image, base *mount.Image) bool {
+	if img.From.Type == recipe.Scratch || base.Layers() == 0 || img.Script() != "" {
 		return true
 	}
 	for _, imp := range img.Imports {
@@ -298,13 +334,29 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	if err := checkBasePlatform(img, base); err != nil {
 		return nil, fail("base", img.From.Line, err)
 	}
+	if err := img.CheckBinds(); err != nil {
+		line := img.KeyLine("binds")
+		if re := (*recipe.Error)(nil); errors.As(err, &re) {
+			line = re.Line
+		}
+		return nil, fail("binds", line, err)
+	}
+	for _, imp := range img.Imports {
+		if imp.Remote() {
+			b.event(i, StatusMessage, "", "fetch "+imp.Source)
+			if _, err := b.fetch.fetch(ctx, imp); err != nil {
+				return nil, fail("imports", imp.Line, fmt.Errorf("%s: %w", imp.Source, err))
+			}
+		}
+	}
 	src := &sources{b: b, ctx: ctx}
 	defer func() {
 		if cerr := src.close(); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
 	}()
-	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: base.Digest(), LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve})
+	extra := b.stackerAnnotations(img)
+	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: baseIdentity(img, base), LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve, Annotations: extra})
 	if err != nil {
 		return nil, fail("imports", img.KeyLine("imports"), err)
 	}
@@ -324,35 +376,56 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	cached := ""
 	history := append([]ocispec.History(nil), base.Config().History...)
 	when := b.created()
-	if changesFiles(img) {
+	if changesFiles(img, base) {
 		d, ok, err := b.cache.Layer(keys.Layer, b.s)
 		if err != nil {
 			return nil, fail("cache", 0, err)
 		}
+		empty := false
 		if ok {
 			cached = "layer"
 			b.event(i, StatusReuse, "", "layer "+d.Digest.String())
 		} else {
-			if d, err = b.buildLayer(ctx, i, img, base, src); err != nil {
+			if d, empty, err = b.buildLayer(ctx, i, img, base, src); err != nil {
 				return nil, err
 			}
-			if err := b.cache.PutLayer(keys.Layer, d); err != nil {
-				return nil, fail("cache", 0, err)
+			// A run that changed nothing adds no layer (as in stacker).
+			// That is not recorded by layer key, only by the image's
+			// config key: a config-only change runs the script again.
+			if !empty {
+				if err := b.cache.PutLayer(keys.Layer, d); err != nil {
+					return nil, fail("cache", 0, err)
+				}
 			}
 		}
-		layers = append(layers, d)
-		history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name})
+		if empty {
+			b.event(i, StatusMessage, "", "the run changed nothing: no new layer")
+			history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
+		} else {
+			layers = append(layers, d)
+			history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name})
+		}
 	} else {
 		history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
 	}
 	baseCfg := base.Config().Config
+	cfg := img.ApplyConfig(baseCfg)
+	if img.LabelsScript() != "" {
+		gen, err := b.generateLabels(ctx, i, img, baseCfg.Env, layers, cfg, history, when)
+		if err != nil {
+			return nil, err
+		}
+		if len(gen) > 0 {
+			cfg.Labels = mergeAnnotations(cfg.Labels, gen)
+		}
+	}
 	res, err := image.Commit(b.s, image.CommitOptions{
 		Layers:      layers,
-		Config:      img.ApplyConfig(baseCfg),
+		Config:      cfg,
 		Platform:    imagePlatform(img),
 		Created:     when,
 		History:     history,
-		Annotations: img.Annotations,
+		Annotations: mergeAnnotations(extra, img.Annotations),
 	})
 	if err != nil {
 		return nil, fail("commit", 0, err)
@@ -392,4 +465,80 @@ func (b *builder) tempDir(pattern string) (string, error) {
 		return "", err
 	}
 	return d, nil
+}
+
+// DefaultAnnotationsNamespace is stacker's default --annotations-namespace.
+const DefaultAnnotationsNamespace = "io.stackeroci"
+
+// stackerAnnotations are the manifest annotations stacker writes for an
+// image: NS.stacker.stacker_yaml, the image's definition as written
+// (before substitution, so --substitute values never reach the image),
+// and NS.stacker.git_version, `git describe --tags --always --dirty` of the
+// recipe's directory when it is in a git work tree.
+func (b *builder) stackerAnnotations(img *recipe.Image) map[string]string {
+	ns := b.opt.AnnotationsNamespace
+	out := map[string]string{ns + ".stacker.stacker_yaml": b.plan.File.Section(img)}
+	if b.gitVersion != "" {
+		out[ns+".stacker.git_version"] = b.gitVersion
+	}
+	return out
+}
+
+// baseIdentity is what the layer key knows of the base: a digest over its
+// config digest and layer digests, not its manifest digest, because
+// manifest annotations (a new git_version, say) change nothing a build
+// sees. "" for scratch.
+func baseIdentity(img *recipe.Image, base *mount.Image) digest.Digest {
+	if img.From.Type == recipe.Scratch {
+		return ""
+	}
+	bi := base.Image()
+	if bi == nil {
+		// an image with a config and no layers: named by its config
+		b, err := json.Marshal(base.Config())
+		if err != nil {
+			return digest.FromString("vessel-build-base-identity/v1\nunencodable")
+		}
+		return digest.FromString("vessel-build-base-identity/v1\nempty\n" + string(b))
+	}
+	m := bi.Manifest()
+	var sb strings.Builder
+	sb.WriteString("vessel-build-base-identity/v1\n" + m.Config.Digest.String() + "\n")
+	for _, l := range m.Layers {
+		sb.WriteString(l.Digest.String() + "\n")
+	}
+	return digest.FromString(sb.String())
+}
+
+// gitVersion describes the git work tree dir is in, or "" (no git, not a
+// work tree, no commit).
+func gitVersion(ctx context.Context, dir string) string {
+	if _, err := exec.LookPath("git"); err != nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	// safe.directory: a rootless build sees the user's tree as owned by
+	// another uid, and must describe it as a root build does.
+	out, err := exec.CommandContext(ctx, "git", "-c", "safe.directory=*", "-C", dir, "describe", "--tags", "--always", "--dirty").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// mergeAnnotations is base with over's entries set (the recipe's own
+// annotations win over stacker's).
+func mergeAnnotations(base, over map[string]string) map[string]string {
+	if len(base) == 0 && len(over) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(base)+len(over))
+	for k, v := range base {
+		out[k] = v
+	}
+	for k, v := range over {
+		out[k] = v
+	}
+	return out
 }

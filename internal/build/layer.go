@@ -39,13 +39,17 @@ var runtimeMountPoints = []string{
 // buildLayer stages img's imports, runs its script on the mounted base
 // with a writable upper directory and makes the upper directory a layer in
 // the store.
-func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base *mount.Image, src *sources) (ocispec.Descriptor, error) {
+//
+// empty reports that the run changed nothing on a base with layers: then
+// no layer is made (a scratch base always gets one, even an empty one: a
+// stored image has at least one layer).
+func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base *mount.Image, src *sources) (_ ocispec.Descriptor, empty bool, _ error) {
 	fail := func(phase string, line int, err error) error {
 		return b.stepError(i, img, phase, line, err)
 	}
 	tmp, err := b.tempDir("build-*")
 	if err != nil {
-		return ocispec.Descriptor{}, fail("prepare", 0, err)
+		return ocispec.Descriptor{}, false, fail("prepare", 0, err)
 	}
 	defer os.RemoveAll(tmp)
 	mtime := time.Unix(0, 0)
@@ -54,24 +58,25 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 	}
 	st, err := recipe.Stage(img, filepath.Join(tmp, "stage"), recipe.StageOptions{Resolve: src.resolve, MTime: mtime})
 	if err != nil {
-		return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+		return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), err)
 	}
 	// The source images are no longer needed once their files are copied.
 	if err := src.close(); err != nil {
-		return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+		return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), err)
 	}
 	// This process is root of the build's user namespace (the real root,
 	// or mapped root in a rootless build): chown applies there.
 	for _, c := range st.Chowns {
 		if err := os.Lchown(c.HostPath, c.UID, c.GID); err != nil {
-			return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), fmt.Errorf("chown %s: %w", c.ContainerPath, err))
+			return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), fmt.Errorf("chown %s: %w", c.ContainerPath, err))
 		}
 	}
 	upper := filepath.Join(tmp, "upper")
 	var missing []string
+	points := append(slices.Clone(runtimeMountPoints), bindMountPoints(img)...)
 	prepare := func(rootfs string) error {
 		missing = missing[:0]
-		for _, p := range runtimeMountPoints {
+		for _, p := range points {
 			if _, err := os.Lstat(filepath.Join(rootfs, p)); errors.Is(err, fs.ErrNotExist) {
 				missing = append(missing, p)
 			}
@@ -89,21 +94,24 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 			if line == 0 {
 				line = img.KeyLine("run")
 			}
-			return ocispec.Descriptor{}, fail("run", line, err)
+			return ocispec.Descriptor{}, false, fail("run", line, err)
 		}
 		l, err := b.launcher()
 		if err != nil {
-			return ocispec.Descriptor{}, fail("run", img.KeyLine("run"), err)
+			return ocispec.Descriptor{}, false, fail("run", img.KeyLine("run"), err)
 		}
 		var binds []ociruntime.Bind
 		for _, m := range st.Mounts {
 			binds = append(binds, ociruntime.Bind{Source: m.Source, Target: m.Destination, ReadOnly: m.ReadOnly})
 		}
+		for _, hb := range img.Binds { // stacker's binds: read-write, never in the layer
+			binds = append(binds, ociruntime.Bind{Source: hb.Source, Target: hb.Dest})
+		}
 		baseEnv := base.Config().Config.Env
 		// One pipe for stdout and stderr keeps their order as written.
 		pr, pw, err := os.Pipe()
 		if err != nil {
-			return ocispec.Descriptor{}, fail("run", img.KeyLine("run"), err)
+			return ocispec.Descriptor{}, false, fail("run", img.KeyLine("run"), err)
 		}
 		tail := &tailWriter{max: tailLines}
 		copied := make(chan struct{})
@@ -118,7 +126,7 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 			Image: base,
 			Config: ociruntime.Config{
 				Args:    []string{recipe.ScriptPath},
-				Env:     img.RunEnv(baseEnv),
+				Env:     b.runEnv(img, baseEnv),
 				Cwd:     "/",
 				User:    "0:0",
 				Network: ociruntime.NetworkNone,
@@ -135,39 +143,71 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 			if err == nil {
 				e.Err = nil
 			}
-			return ocispec.Descriptor{}, e
+			return ocispec.Descriptor{}, false, e
 		}
 	} else {
 		target := filepath.Join(tmp, "rootfs")
 		if _, err := b.opt.Mounts.Mount(ctx, base, id, target, mount.Self(), mount.Options{Writable: true, Upper: upper}); err != nil {
-			return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+			return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), err)
 		}
 		err := prepare(target)
 		if uerr := b.opt.Mounts.Unmount(id); uerr != nil {
 			err = errors.Join(err, uerr)
 		}
 		if err != nil {
-			return ocispec.Descriptor{}, fail("imports", img.KeyLine("imports"), err)
+			return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), err)
 		}
 		missing = nil // no runtime ran
 	}
 	dir := filepath.Join(upper, "upper")
 	opaque, err := cleanUpper(dir, missing)
 	if err != nil {
-		return ocispec.Descriptor{}, fail("layer", 0, err)
+		return ocispec.Descriptor{}, false, fail("layer", 0, err)
 	}
 	if err := b.flattenOpaque(ctx, base, dir, opaque, id); err != nil {
-		return ocispec.Descriptor{}, fail("layer", 0, err)
+		return ocispec.Descriptor{}, false, fail("layer", 0, err)
+	}
+	if base.Layers() > 0 {
+		if ents, err := os.ReadDir(dir); err != nil {
+			return ocispec.Descriptor{}, false, fail("layer", 0, err)
+		} else if len(ents) == 0 {
+			return ocispec.Descriptor{}, true, nil
+		}
 	}
 	b.event(i, StatusLayer, "", "")
 	built, err := layer.Build(ctx, dir, filepath.Join(tmp, "blob"), layer.BuildOptions{Format: b.opt.Format, SourceDateEpoch: b.opt.SourceDateEpoch})
 	if err != nil {
-		return ocispec.Descriptor{}, fail("layer", 0, err)
+		return ocispec.Descriptor{}, false, fail("layer", 0, err)
 	}
 	if err := b.s.PutBlobFile(built.Path, built.Descriptor.Digest); err != nil {
-		return ocispec.Descriptor{}, fail("layer", 0, err)
+		return ocispec.Descriptor{}, false, fail("layer", 0, err)
 	}
-	return built.Descriptor, nil
+	return built.Descriptor, false, nil
+}
+
+// runEnv is the run script's environment: img.RunEnv, plus
+// SOURCE_DATE_EPOCH when the build has one (as stacker passes it on), so
+// that tools in the script can be reproducible too. A value the recipe
+// sets itself wins.
+func (b *builder) runEnv(img *recipe.Image, baseEnv []string) []string {
+	env := img.RunEnv(baseEnv)
+	if b.sde != "" && !slices.ContainsFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "SOURCE_DATE_EPOCH=") }) {
+		env = append(env, "SOURCE_DATE_EPOCH="+b.sde)
+	}
+	return env
+}
+
+// bindMountPoints are the destinations of img's host binds and their
+// parents: the runtime creates the ones the base lacks, and cleanUpper
+// removes them again when they are still empty.
+func bindMountPoints(img *recipe.Image) []string {
+	var out []string
+	for _, b := range img.Binds {
+		for p := b.Dest; p != "/" && p != "."; p = filepath.Dir(p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // containerID names a build container: unique per build, valid as a
@@ -199,7 +239,16 @@ func cleanUpper(dir string, missing []string) (opaque []string, err error) {
 	for _, p := range ms {
 		full := filepath.Join(dir, p)
 		fi, err := os.Lstat(full)
-		if err != nil || !fi.IsDir() {
+		if err != nil {
+			continue
+		}
+		if !fi.IsDir() {
+			// the runtime's mount point for a file bind: an empty file
+			if fi.Mode().IsRegular() && fi.Size() == 0 {
+				if err := os.Remove(full); err != nil {
+					return nil, fmt.Errorf("remove mount point %s from the layer: %w", p, err)
+				}
+			}
 			continue
 		}
 		if err := os.Remove(full); err != nil && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {

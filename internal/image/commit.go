@@ -101,6 +101,29 @@ func SourceManifest(src Source, want ocispec.Platform) (ocispec.Descriptor, erro
 	return pickManifest(in, src, wantPlatform(want))
 }
 
+// SourceImage reads the manifest and config Convert would convert from
+// src (digest-checked): a build looks at them before it converts, for
+// example to take an image with no layers (`umoci new`) as it is.
+func SourceImage(src Source, want ocispec.Platform) (ocispec.Manifest, ocispec.Image, error) {
+	in, err := store.OpenLayout(src.Dir)
+	if err != nil {
+		return ocispec.Manifest{}, ocispec.Image{}, err
+	}
+	d, err := pickManifest(in, src, wantPlatform(want))
+	if err != nil {
+		return ocispec.Manifest{}, ocispec.Image{}, err
+	}
+	m, err := in.Manifest(d.Digest)
+	if err != nil {
+		return m, ocispec.Image{}, fmt.Errorf("source %s: %w", src.Dir, err)
+	}
+	cfg, err := in.Config(m.Config)
+	if err != nil {
+		return m, cfg, fmt.Errorf("source %s: config: %w", src.Dir, err)
+	}
+	return m, cfg, nil
+}
+
 // ConvertUntagged is Convert without a tag: the converted image is stored
 // and its manifest descriptor returned (Created.Ref is empty).
 func ConvertUntagged(ctx context.Context, s *store.Store, src Source, opt ConvertOptions) (*Created, error) {

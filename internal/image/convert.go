@@ -3,7 +3,7 @@ package image
 import (
 	"compress/gzip"
 	"context"
-	"errors"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -47,11 +47,20 @@ type ConvertOptions struct {
 	Platform ocispec.Platform
 }
 
-// Convert reads a standard OCI image with tar layers (uncompressed, gzip or
-// zstd) from an OCI layout, checking every digest, and stores it as ref with
-// one verified filesystem layer per tar layer. OCI whiteouts become overlay
-// whiteouts; tar entries that escape the root are refused (see
-// layer.Unpack). It needs root to recreate ownership and device nodes.
+// Convert reads an OCI image from an OCI layout, checking every digest, and
+// stores it as ref with one verified filesystem layer per source layer:
+//
+//   - a tar layer (uncompressed, gzip or zstd) is unpacked and built into a
+//     new squashfs or erofs layer: OCI whiteouts become overlay whiteouts,
+//     tar entries that escape the root are refused (see layer.Unpack). This
+//     needs root to recreate ownership and device nodes.
+//   - a layer that already is a verified filesystem image (squashfs or
+//     erofs with a verity root-hash annotation, as vessel and stacker write
+//     them) is copied as it is, after every block was checked against the
+//     root hash its descriptor names; it needs no root.
+//
+// Mixed images (tar layers below, verified layers above, or any order)
+// convert layer by layer: each layer is a filesystem of its own.
 func Convert(ctx context.Context, s *store.Store, src Source, ref string, opt ConvertOptions) (*Created, error) {
 	if _, _, err := store.ParseRef(ref); err != nil {
 		return nil, err
@@ -61,9 +70,6 @@ func Convert(ctx context.Context, s *store.Store, src Source, ref string, opt Co
 
 // convert is Convert; an empty ref stores the result without tagging it.
 func convert(ctx context.Context, s *store.Store, src Source, ref string, opt ConvertOptions) (*Created, error) {
-	if os.Geteuid() != 0 {
-		return nil, errors.New("convert needs root: tar layers carry file owners and device nodes that only root can recreate")
-	}
 	in, err := store.OpenLayout(src.Dir)
 	if err != nil {
 		return nil, err
@@ -96,14 +102,30 @@ func convert(ctx context.Context, s *store.Store, src Source, ref string, opt Co
 		return nil, err
 	}
 	defer done()
+	for i, l := range m.Layers {
+		if _, err := layer.ParseMediaType(l.MediaType); err != nil && os.Geteuid() != 0 {
+			return nil, fmt.Errorf("layer %d (%s, %s): convert needs root: tar layers carry file owners and device nodes that only root can recreate (images whose layers are all squashfs or erofs with verity need no root)", i+1, l.Digest, l.MediaType)
+		}
+	}
 	var layers []ocispec.Descriptor
 	for i, l := range m.Layers {
-		if opt.Progress != nil {
-			opt.Progress(fmt.Sprintf("layer %d/%d: %s (%d bytes)", i+1, len(m.Layers), l.Digest, l.Size))
-		}
-		d, err := convertLayer(ctx, s, in, l, layer.BuildOptions{Format: opt.Format, SourceDateEpoch: opt.SourceDateEpoch})
-		if err != nil {
-			return nil, fmt.Errorf("convert layer %d (%s): %w", i+1, l.Digest, err)
+		var d ocispec.Descriptor
+		if _, ferr := layer.ParseMediaType(l.MediaType); ferr == nil {
+			if opt.Progress != nil {
+				opt.Progress(fmt.Sprintf("layer %d/%d: %s (%d bytes, verified layer, reused)", i+1, len(m.Layers), l.Digest, l.Size))
+			}
+			d, err = reuseLayer(ctx, s, in, l)
+			if err != nil {
+				return nil, fmt.Errorf("reuse verified layer %d (%s): %w", i+1, l.Digest, err)
+			}
+		} else {
+			if opt.Progress != nil {
+				opt.Progress(fmt.Sprintf("layer %d/%d: %s (%d bytes)", i+1, len(m.Layers), l.Digest, l.Size))
+			}
+			d, err = convertLayer(ctx, s, in, l, layer.BuildOptions{Format: opt.Format, SourceDateEpoch: opt.SourceDateEpoch})
+			if err != nil {
+				return nil, fmt.Errorf("convert layer %d (%s): %w", i+1, l.Digest, err)
+			}
 		}
 		layers = append(layers, d)
 	}
@@ -162,6 +184,53 @@ func onlyManifest(in *store.Store) (ocispec.Descriptor, error) {
 		return ocispec.Descriptor{}, fmt.Errorf("the layout has %d images: name one with oci:DIR:TAG", len(list))
 	}
 	return list[0], nil
+}
+
+// reuseLayer copies a layer that already is a verified filesystem image
+// (squashfs or erofs plus its verity tree) from in to s, digest-checked,
+// and then checks every block of the copy against the verity root hash of
+// its descriptor: a layer whose tree or root hash does not match is refused
+// (and not left in the store). The descriptor keeps its media type and
+// root-hash annotation (stacker's older annotation name is rewritten to the
+// current one); other layer annotations are dropped.
+func reuseLayer(ctx context.Context, s, in *store.Store, l ocispec.Descriptor) (ocispec.Descriptor, error) {
+	root, err := layer.VerityRoot(l)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	out := ocispec.Descriptor{MediaType: l.MediaType, Digest: l.Digest, Size: l.Size,
+		Annotations: map[string]string{layer.AnnotationVerityRoot: hex.EncodeToString(root)}}
+	had := s.HasBlob(l.Digest)
+	if !had {
+		rc, err := in.OpenBlobContext(ctx, l)
+		if err != nil {
+			return out, err
+		}
+		_, err = s.PutBlob(rc, ocispec.Descriptor{MediaType: l.MediaType, Digest: l.Digest, Size: l.Size})
+		if cerr := rc.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return out, fmt.Errorf("copy: %w", err)
+		}
+	}
+	f, err := s.OpenBlobFile(out)
+	if err != nil {
+		return out, err
+	}
+	err = layer.Verify(f, out)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		if !had {
+			if p, perr := s.BlobPath(l.Digest); perr == nil {
+				os.Remove(p) // never leave an unverifiable blob behind for later reuse
+			}
+		}
+		return out, fmt.Errorf("verity check against root hash %x: %w", root, err)
+	}
+	return out, nil
 }
 
 // convertLayer streams one tar layer (digest-checked) into a directory and

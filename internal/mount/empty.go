@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Empty is the image with no layers: the base of `vessel build` for an
@@ -12,6 +14,13 @@ import (
 // only lower layer, so everything the container writes lands in the upper
 // directory. There is nothing to verify.
 func Empty(name string) *Image { return &Image{name: name, empty: true} }
+
+// EmptyWithConfig is Empty with an image config: the base of a build on
+// an image that has a config but no layers (what `umoci new` makes). The
+// config is the caller's, already digest-checked where it was read.
+func EmptyWithConfig(name string, cfg ocispec.Image) *Image {
+	return &Image{name: name, empty: true, emptyConfig: &cfg}
+}
 
 // emptyLower is the shared empty lower directory of layerless mounts.
 func emptyLower(run string) string { return filepath.Join(run, "empty") }

@@ -72,6 +72,8 @@ type Image struct {
 	name   string
 	layers []imageLayer // bottom first
 	empty  bool         // made by Empty
+	// emptyConfig is the config of EmptyWithConfig (nil otherwise).
+	emptyConfig *ocispec.Image
 }
 
 // imageLayer is one layer blob of an Image.
@@ -102,6 +104,9 @@ func (img *Image) Digest() digest.Digest {
 // Config returns the image config (digest-checked; zero for Empty).
 func (img *Image) Config() ocispec.Image {
 	if img.img == nil {
+		if img.emptyConfig != nil {
+			return *img.emptyConfig
+		}
 		return ocispec.Image{}
 	}
 	return img.img.Config()

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -37,6 +38,10 @@ var ErrCacheCorrupt = errors.New("build cache corrupt")
 type Cache struct {
 	path string
 	lock string
+	// Note, when set, is told when an index of another format version is
+	// discarded (a cache written by an older or newer vessel).
+	Note  func(msg string)
+	noted atomic.Bool
 }
 
 // BlobChecker reports whether a store has a blob; *store.Store is one.
@@ -78,6 +83,18 @@ func (c *Cache) load() (*cacheIndex, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read build cache: %w", err)
 	}
+	// An index of another format version (an older or newer vessel wrote
+	// it) is discarded: its keys mean something else, so every entry would
+	// be a miss anyway. The next write replaces it.
+	var ver struct {
+		Version int `json:"version"`
+	}
+	if json.Unmarshal(b, &ver) == nil && ver.Version != cacheVersion {
+		if c.Note != nil && c.noted.CompareAndSwap(false, true) {
+			c.Note(fmt.Sprintf("the build cache %s has format version %d, this vessel writes %d: discarded, everything is built again", c.path, ver.Version, cacheVersion))
+		}
+		return idx, nil
+	}
 	var in cacheIndex
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
@@ -86,9 +103,6 @@ func (c *Cache) load() (*cacheIndex, error) {
 	}
 	if dec.More() {
 		return nil, c.corrupt(errors.New("data after the index"))
-	}
-	if in.Version != cacheVersion {
-		return nil, c.corrupt(fmt.Errorf("version %d, want %d", in.Version, cacheVersion))
 	}
 	for _, m := range []map[digest.Digest]ocispec.Descriptor{in.Layers, in.Images} {
 		for k, d := range m {

@@ -58,7 +58,6 @@ func TestCacheCorrupt(t *testing.T) {
 	for name, content := range map[string]string{
 		"garbage":     "{not json",
 		"truncated":   `{"version":1,"layers":{`,
-		"version":     `{"version":9,"layers":{},"images":{}}`,
 		"unknown":     `{"version":1,"layers":{},"images":{},"x":1}`,
 		"bad key":     `{"version":1,"layers":{"nope":{"mediaType":"x","digest":"sha256:` + strings.Repeat("0", 64) + `","size":1}},"images":{}}`,
 		"bad digest":  `{"version":1,"layers":{"sha256:` + strings.Repeat("0", 64) + `":{"mediaType":"x","digest":"md5:1","size":1}},"images":{}}`,
@@ -84,6 +83,35 @@ func TestCacheCorrupt(t *testing.T) {
 				t.Fatalf("put after reset: %v", err)
 			}
 		})
+	}
+}
+
+// TestCacheOtherVersion: an index another vessel wrote (another format
+// version) is discarded with one note, not refused; the next write
+// replaces it with this version.
+func TestCacheOtherVersion(t *testing.T) {
+	c := OpenCache(t.TempDir())
+	old := `{"version":0,"entries":{"sha256:` + strings.Repeat("1", 64) + `":"x"}}`
+	if err := os.WriteFile(c.Path(), []byte(old), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var notes []string
+	c.Note = func(m string) { notes = append(notes, m) }
+	if _, ok, err := c.Layer(digest.FromString("k"), allBlobs{}); err != nil || ok {
+		t.Fatalf("lookup in an old cache: %v %v", ok, err)
+	}
+	c.Layer(digest.FromString("k2"), allBlobs{})
+	if len(notes) != 1 || !containsAll(notes[0], c.Path(), "version 0", "discarded") {
+		t.Errorf("notes: %q", notes)
+	}
+	if err := c.PutLayer(digest.FromString("k"), desc("x")); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(c.Path()); !strings.Contains(string(b), `"version": 1`) || strings.Contains(string(b), "entries") {
+		t.Errorf("index after a write: %s", b)
+	}
+	if _, ok, err := c.Layer(digest.FromString("k"), allBlobs{}); err != nil || !ok {
+		t.Errorf("entry after the rewrite: %v %v", ok, err)
 	}
 }
 

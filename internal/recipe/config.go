@@ -22,11 +22,18 @@ const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bi
 // interpreter, for example "#!/stacker/imports/busybox sh"). The executor
 // writes nothing else around it; Stage puts it at /stacker/.vessel-run.sh.
 // An image without run has the empty script and needs no container.
-func (i *Image) Script() string {
-	if len(i.Run) == 0 {
+func (i *Image) Script() string { return script(i.Run) }
+
+// LabelsScript is the generate_labels script, written like Script: it runs
+// on the finished image with /oci-labels writable, and each file it writes
+// there becomes a label (file name = key, content = value), as in stacker.
+func (i *Image) LabelsScript() string { return script(i.GenerateLabels) }
+
+func script(lines []string) string {
+	if len(lines) == 0 {
 		return ""
 	}
-	s := strings.Join(i.Run, "\n")
+	s := strings.Join(lines, "\n")
 	if strings.TrimSpace(s) == "" {
 		return ""
 	}

@@ -23,8 +23,9 @@ const (
 
 // Resolver finds the content of a stacker://IMAGE/PATH import: the host
 // path where PATH of the already built IMAGE can be read (for example inside
-// a read-only mount of that image). The executor supplies it; without one,
-// such imports are an error.
+// a read-only mount of that image). For an http(s) import it is called with
+// an empty image and the URL as path, and returns the downloaded file. The
+// executor supplies it; without one, such imports are an error.
 type Resolver func(image, path string) (hostPath string, err error)
 
 // placement is where one import's content goes.
@@ -41,6 +42,31 @@ func (i *Image) importError(imp Import, format string, args ...any) error {
 	return &Error{File: i.file, Line: imp.Line, Image: i.Name, Key: "imports", Kind: ErrImport, Msg: fmt.Sprintf("%s: ", imp.Path) + fmt.Sprintf(format, args...)}
 }
 
+// CheckBinds checks that the source of every bind exists on this host: a
+// missing one is an error naming its line, as in stacker.
+func (i *Image) CheckBinds() error {
+	for _, b := range i.Binds {
+		if _, err := os.Stat(b.Source); err != nil {
+			return &Error{File: i.file, Line: b.Line, Image: i.Name, Key: "binds", Kind: ErrImport,
+				Msg: fmt.Sprintf("bind source %s (for %s) is not on this host", b.Source, b.Dest), Err: err}
+		}
+	}
+	return nil
+}
+
+// urlName is the file name an http(s) import gets: the last element of
+// the URL's path, without query or fragment.
+func urlName(u string) string {
+	if i := strings.IndexAny(u, "?#"); i >= 0 {
+		u = u[:i]
+	}
+	u = strings.TrimSuffix(u, "/")
+	if i := strings.LastIndex(u, "/"); i >= 0 && i > strings.Index(u, "://")+2 {
+		return u[i+1:]
+	}
+	return "download"
+}
+
 // placements resolves every import of i to a host source and a container
 // target. It fails on missing sources, URLs, and two imports that would land
 // on the same path.
@@ -51,7 +77,14 @@ func (i *Image) placements(resolve Resolver) ([]placement, error) {
 		var src string
 		switch {
 		case imp.Remote():
-			return nil, i.importError(imp, "http(s) imports are not supported: vessel builds offline. Download the file, import the local copy, and pin it with hash:")
+			if resolve == nil {
+				return nil, i.importError(imp, "http(s) imports need the executor to download them first")
+			}
+			p, err := resolve("", imp.Source)
+			if err != nil {
+				return nil, i.importError(imp, "%v", err)
+			}
+			src = p
 		case imp.FromImage != "":
 			if resolve == nil {
 				return nil, i.importError(imp, "stacker:// imports need the image %q to be built and mounted first", imp.FromImage)
@@ -67,6 +100,9 @@ func (i *Image) placements(resolve Resolver) ([]placement, error) {
 		written := imp.Source
 		if imp.FromImage != "" {
 			written = imp.ImagePath
+		}
+		if imp.Remote() {
+			written = urlName(imp.Source)
 		}
 		contents := strings.HasSuffix(written, "/")
 		real, err := filepath.EvalSymlinks(strings.TrimSuffix(src, "/"))

@@ -18,10 +18,12 @@ const keyVersion = "vessel-build-key/v1"
 // KeyOptions are the inputs of a cache key that the recipe does not hold:
 // what the executor resolved or was told on the command line.
 type KeyOptions struct {
-	// BaseDigest is the digest of the base image's manifest: for built,
-	// the manifest of the image built (or found in the cache) for the base;
-	// for tar, oci and docker, the manifest of the base after conversion to
-	// vessel layers. Empty for scratch, required otherwise.
+	// BaseDigest identifies the base image's content: the executor passes
+	// a digest over the config and layer digests of the base (for built,
+	// the image built or found in the cache for it; for tar, oci and
+	// docker, the base after conversion to vessel layers), not the
+	// manifest digest, whose annotations change nothing the build sees.
+	// Empty for scratch, required otherwise.
 	BaseDigest digest.Digest
 	// LayerType is the layer format (squashfs or erofs, with compression).
 	LayerType string
@@ -29,6 +31,10 @@ type KeyOptions struct {
 	SourceDateEpoch string
 	// Resolve finds stacker:// imports; see Resolver.
 	Resolve Resolver
+	// Annotations are manifest annotations the executor adds besides the
+	// recipe's (stacker's stacker_yaml and git_version): part of the
+	// config key.
+	Annotations map[string]string
 }
 
 // Keys are the two cache keys of an image.
@@ -39,7 +45,8 @@ type KeyOptions struct {
 // environment (environment and build_env, sorted), and every import: where
 // it lands, its uid/gid/mode overrides, and for every file its path, type,
 // permission bits, size, sha256 and symlink target, but not mtimes or host
-// ownership. Equal layer keys mean `run` need not execute again.
+// ownership; and the host binds (source and destination, not contents).
+// Equal layer keys mean `run` need not execute again.
 //
 // Config covers the layer key and every field that only shapes the image
 // config or manifest: entrypoint, cmd, full_command, environment, labels,
@@ -48,7 +55,7 @@ type KeyOptions struct {
 // executor reuses the layer and writes a new config and manifest.
 //
 // An image built on another changes key when its base does, through
-// BaseDigest: the base's new manifest digest is part of the layer key.
+// BaseDigest: the base's new config or layers are part of the layer key.
 type Keys struct {
 	Layer  digest.Digest
 	Config digest.Digest
@@ -78,6 +85,15 @@ type layerKeyDoc struct {
 	Env             []string    `json:"env"`
 	Legacy          bool        `json:"legacy_import"`
 	Imports         []keyImport `json:"imports"`
+	// Binds are the host binds (source and destination, in file order):
+	// changing one changes the key. Their contents are not read, as in
+	// stacker: use --no-cache when only what a bind holds changed.
+	Binds []keyBind `json:"binds,omitempty"`
+}
+
+type keyBind struct {
+	Source string `json:"source"`
+	Dest   string `json:"dest"`
 }
 
 type configKeyDoc struct {
@@ -93,10 +109,15 @@ type configKeyDoc struct {
 	WorkingDir  string            `json:"working_dir"`
 	Volumes     []string          `json:"volumes"`
 	RuntimeUser string            `json:"runtime_user"`
+	Extra       map[string]string `json:"extra_annotations,omitempty"`
+	// GenerateLabels is the generate_labels script: its labels shape
+	// only the config.
+	GenerateLabels string `json:"generate_labels,omitempty"`
 }
 
 // Key computes the cache keys of img. It reads every import (so it fails
-// like Stage does on a missing or remote import) but writes nothing.
+// like Stage does on a missing import; http(s) imports come through
+// opts.Resolve, downloaded by the executor) but writes nothing.
 func Key(img *Image, opts KeyOptions) (Keys, error) {
 	if img.From.Type == Scratch {
 		if opts.BaseDigest != "" {
@@ -122,6 +143,9 @@ func Key(img *Image, opts KeyOptions) (Keys, error) {
 		Imports:         []keyImport{},
 	}
 	slices.Sort(doc.Env)
+	for _, b := range img.Binds {
+		doc.Binds = append(doc.Binds, keyBind{Source: b.Source, Dest: b.Dest})
+	}
 	pls, err := img.placements(opts.Resolve)
 	if err != nil {
 		return Keys{}, err
@@ -141,18 +165,20 @@ func Key(img *Image, opts KeyOptions) (Keys, error) {
 	slices.Sort(vols)
 	vols = slices.Compact(vols)
 	config, err := hashDoc(configKeyDoc{
-		Version:     keyVersion,
-		Layer:       layer,
-		Platform:    platform,
-		Entrypoint:  img.Entrypoint,
-		Cmd:         img.Cmd,
-		FullCommand: img.FullCommand,
-		Environment: img.Environment,
-		Labels:      img.Labels,
-		Annotations: img.Annotations,
-		WorkingDir:  img.WorkingDir,
-		Volumes:     vols,
-		RuntimeUser: img.RuntimeUser,
+		Version:        keyVersion,
+		Layer:          layer,
+		Platform:       platform,
+		Entrypoint:     img.Entrypoint,
+		Cmd:            img.Cmd,
+		FullCommand:    img.FullCommand,
+		Environment:    img.Environment,
+		Labels:         img.Labels,
+		Annotations:    img.Annotations,
+		WorkingDir:     img.WorkingDir,
+		Volumes:        vols,
+		RuntimeUser:    img.RuntimeUser,
+		Extra:          opts.Annotations,
+		GenerateLabels: img.LabelsScript(),
 	})
 	if err != nil {
 		return Keys{}, err

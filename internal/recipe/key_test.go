@@ -173,7 +173,25 @@ func TestKeyErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = Key(f.Images[0], KeyOptions{LayerType: "squashfs"})
-	if err == nil || !containsAll(err.Error(), "v.yaml:4", "offline") {
-		t.Errorf("remote import: %v", err)
+	if err == nil || !containsAll(err.Error(), "v.yaml:4", "download them first") {
+		t.Errorf("remote import without a resolver: %v", err)
+	}
+	// With a resolver, the downloaded file is keyed by content under the
+	// URL's file name.
+	dl := filepath.Join(t.TempDir(), "whatever")
+	os.WriteFile(dl, []byte("content"), 0o644)
+	resolve := func(image, p string) (string, error) {
+		if image != "" || p != "https://example.com/x.tgz" {
+			t.Errorf("resolve(%q, %q)", image, p)
+		}
+		return dl, nil
+	}
+	k1, err := Key(f.Images[0], KeyOptions{LayerType: "squashfs", Resolve: resolve})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(dl, []byte("changed"), 0o644)
+	if k2, err := Key(f.Images[0], KeyOptions{LayerType: "squashfs", Resolve: resolve}); err != nil || k2.Layer == k1.Layer {
+		t.Errorf("changed download content kept the key (%v)", err)
 	}
 }

@@ -83,7 +83,7 @@ func parseRecipe(name string, b []byte, opts Options, deferExternal bool) (*File
 		arch = runtime.GOARCH
 	}
 	p := &parser{file: name, dir: dir, lineOf: lineOf, budget: 100000, arch: arch}
-	f := &File{Path: name, Dir: dir}
+	f := &File{Path: name, Dir: dir, Text: string(b)}
 
 	var doc yaml.Node
 	dec := yaml.NewDecoder(strings.NewReader(text))
@@ -140,16 +140,18 @@ func parseRecipe(name string, b []byte, opts Options, deferExternal bool) (*File
 	if err := p.result(); err != nil {
 		return nil, err
 	}
+	f.Warnings = p.warnings
 	return f, nil
 }
 
 type parser struct {
-	file   string
-	dir    string
-	arch   string
-	lineOf []int
-	errs   []error
-	budget int
+	warnings []*Error
+	file     string
+	dir      string
+	arch     string
+	lineOf   []int
+	errs     []error
+	budget   int
 }
 
 type pair struct{ k, v *yaml.Node }
@@ -195,6 +197,11 @@ func (p *parser) fail(n *yaml.Node, image, key string, kind error, format string
 		return
 	}
 	p.errs = append(p.errs, &Error{File: p.file, Line: p.line(n), Image: image, Key: key, Kind: kind, Msg: fmt.Sprintf(format, args...)})
+}
+
+// warn records a problem that does not stop the build (File.Warnings).
+func (p *parser) warn(n *yaml.Node, image, key string, format string, args ...any) {
+	p.warnings = append(p.warnings, &Error{File: p.file, Line: p.line(n), Image: image, Key: key, Kind: ErrUnknownKey, Msg: fmt.Sprintf(format, args...)})
 }
 
 // deref follows aliases, charging the alias budget so that a recipe built
@@ -369,15 +376,12 @@ func (p *parser) boolean(n *yaml.Node, image, key string) (bool, bool) {
 var imageKeys = []string{
 	"from", "imports", "import", "run", "environment", "build_env", "labels", "annotations",
 	"entrypoint", "cmd", "full_command", "working_dir", "volumes", "runtime_user",
-	"build_only", "arch", "os",
+	"build_only", "arch", "os", "binds", "overlay_dirs", "generate_labels",
 }
 
 // stackerOnly are stacker keys that vessel does not implement.
 var stackerOnly = map[string]string{
-	"overlay_dirs":          "use imports with dest: instead",
-	"binds":                 "builds see no host paths besides imports",
 	"build_env_passthrough": "the host environment does not leak into builds; use build_env",
-	"generate_labels":       "",
 	"apply":                 "",
 	"bom":                   "",
 	"was_legacy_import":     "",
@@ -413,8 +417,14 @@ func (p *parser) image(kn, vn *yaml.Node) *Image {
 				continue
 			}
 			img.Imports = append(img.Imports, p.imports(name, key, v)...)
+		case "binds":
+			img.Binds = append(img.Binds, p.binds(name, v)...)
+		case "overlay_dirs":
+			img.Imports = append(img.Imports, p.overlayDirs(name, v)...)
 		case "run":
 			img.Run, _ = p.strs(v, name, key)
+		case "generate_labels":
+			img.GenerateLabels, _ = p.strs(v, name, key)
 		case "environment":
 			img.Environment, _ = p.strMap(v, name, key)
 		case "build_env":
@@ -540,9 +550,19 @@ func (p *parser) from(image string, n *yaml.Node) From {
 	switch f.Type {
 	case Scratch:
 	case Tar:
-		if f.URL == "" {
+		switch {
+		case f.URL == "":
 			p.fail(at, image, "from", ErrSyntax, "type tar needs url: (a path to a rootfs tarball)")
-		} else if !isHTTP(f.URL) {
+		case strings.HasPrefix(f.URL, "stacker://"):
+			img, pth, ok := strings.Cut(strings.TrimPrefix(f.URL, "stacker://"), "/")
+			if !ok || img == "" || pth == "" {
+				p.fail(at, image, "from", ErrSyntax, "type tar: want url: stacker://IMAGE/PATH (a tarball in an image built earlier), got %q", f.URL)
+				break
+			}
+			f.FromImage, f.ImagePath = img, "/"+pth
+		case strings.Contains(f.URL, "://") && !isHTTP(f.URL):
+			p.fail(at, image, "from", ErrSyntax, "type tar: unsupported url %q (a local path, stacker://IMAGE/PATH or http(s)://)", f.URL)
+		case !isHTTP(f.URL):
 			f.URL = p.abs(f.URL)
 		}
 	case OCI:
@@ -652,7 +672,9 @@ func (p *parser) imports(image, key string, n *yaml.Node) []Import {
 						}
 					}
 				default:
-					p.fail(kv.k, image, key, ErrUnknownKey, "unknown key %q in an import (known keys: %s)", k, strings.Join(importKeys, ", "))
+					// stacker ignores keys it does not know here; vessel
+					// warns, so a recipe that stacker builds builds too
+					p.warn(kv.k, image, key, "unknown key %q in an import is ignored (known keys: %s)", k, strings.Join(importKeys, ", "))
 				}
 			}
 		default:
@@ -682,6 +704,129 @@ func (p *parser) imports(image, key string, n *yaml.Node) []Import {
 			continue
 		default:
 			imp.Source = p.abs(imp.Path)
+		}
+		out = append(out, imp)
+	}
+	return out
+}
+
+// binds reads stacker's binds: a list whose entries are "SRC -> DEST",
+// "SRC" (the same path inside) or a mapping {source: SRC, dest: DEST}.
+func (p *parser) binds(image string, n *yaml.Node) []HostBind {
+	d := p.deref(n)
+	if d == nil || d.Kind != yaml.SequenceNode {
+		p.fail(n, image, "binds", ErrSyntax, "expected a list of binds (\"SRC -> DEST\", \"SRC\" or {source: SRC, dest: DEST}), got %s", kindName(d))
+		return nil
+	}
+	var out []HostBind
+	for _, it := range d.Content {
+		it = p.deref(it)
+		b := HostBind{Line: p.line(it)}
+		switch {
+		case it != nil && it.Kind == yaml.ScalarNode && it.Tag != "!!null":
+			src, dst, arrow := strings.Cut(it.Value, "->")
+			b.Source = strings.TrimSpace(src)
+			if arrow {
+				b.Dest = strings.TrimSpace(dst)
+			}
+		case it != nil && it.Kind == yaml.MappingNode:
+			pairs, ok := p.mapping(it, image, "binds entry", false)
+			if !ok {
+				continue
+			}
+			for _, kv := range pairs {
+				switch kv.k.Value {
+				case "source":
+					b.Source, _ = p.str(kv.v, image, "binds.source")
+				case "dest":
+					b.Dest, _ = p.str(kv.v, image, "binds.dest")
+				default:
+					p.fail(kv.k, image, "binds", ErrUnknownKey, "unknown key %q in a bind (known keys: source, dest)", kv.k.Value)
+				}
+			}
+		default:
+			p.fail(it, image, "binds", ErrSyntax, "a bind is \"SRC -> DEST\", \"SRC\" or {source: SRC, dest: DEST}, got %s", kindName(it))
+			continue
+		}
+		if b.Source == "" {
+			p.fail(it, image, "binds", ErrSyntax, "a bind needs a source (a host path)")
+			continue
+		}
+		if strings.Contains(b.Source, "://") {
+			p.fail(it, image, "binds", ErrSyntax, "bind source %q: want a host path", b.Source)
+			continue
+		}
+		b.Source = strings.TrimSuffix(p.abs(b.Source), "/")
+		if b.Dest == "" {
+			b.Dest = b.Source
+		}
+		if !strings.HasPrefix(b.Dest, "/") {
+			p.fail(it, image, "binds.dest", ErrSyntax, "dest must be an absolute path in the container, got %q", b.Dest)
+			continue
+		}
+		b.Dest = filepath.Clean(b.Dest)
+		if b.Dest == "/" || reservedPath(b.Dest) {
+			p.fail(it, image, "binds.dest", ErrSyntax, "cannot bind over %s: vessel mounts the root, /proc, /dev, /sys, /stacker and /vessel itself", b.Dest)
+			continue
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// reservedPath reports whether a container path is one the build mounts
+// itself (or lies below one).
+func reservedPath(p string) bool {
+	for _, r := range []string{"/proc", "/dev", "/sys", "/stacker", "/vessel"} {
+		if p == r || strings.HasPrefix(p, r+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// overlayDirs reads stacker's overlay_dirs: a list of {source: DIR,
+// dest: PATH} whose contents become part of the image at dest (default
+// "/"). They are imports with dest: (a directory's contents copied into
+// dest), so their content is in the cache key like any import's.
+func (p *parser) overlayDirs(image string, n *yaml.Node) []Import {
+	d := p.deref(n)
+	if d == nil || d.Kind != yaml.SequenceNode {
+		p.fail(n, image, "overlay_dirs", ErrSyntax, "expected a list of {source: DIR, dest: PATH}, got %s", kindName(d))
+		return nil
+	}
+	var out []Import
+	for _, it := range d.Content {
+		it = p.deref(it)
+		imp := Import{Line: p.line(it), Dest: "/"}
+		pairs, ok := p.mapping(it, image, "overlay_dirs entry", false)
+		if !ok {
+			continue
+		}
+		for _, kv := range pairs {
+			switch kv.k.Value {
+			case "source":
+				imp.Path, _ = p.str(kv.v, image, "overlay_dirs.source")
+			case "dest":
+				if s, ok := p.str(kv.v, image, "overlay_dirs.dest"); ok && s != "" {
+					imp.Dest = s
+				}
+			default:
+				p.fail(kv.k, image, "overlay_dirs", ErrUnknownKey, "unknown key %q in an overlay dir (known keys: source, dest)", kv.k.Value)
+			}
+		}
+		if imp.Path == "" || strings.Contains(imp.Path, "://") {
+			p.fail(it, image, "overlay_dirs", ErrSyntax, "an overlay dir needs source: (a host directory), got %q", imp.Path)
+			continue
+		}
+		if !strings.HasPrefix(imp.Dest, "/") {
+			p.fail(it, image, "overlay_dirs.dest", ErrSyntax, "dest must be an absolute path in the image, got %q", imp.Dest)
+			continue
+		}
+		// The directory's contents go into dest.
+		imp.Source = strings.TrimSuffix(p.abs(imp.Path), "/") + "/"
+		if !strings.HasSuffix(imp.Dest, "/") {
+			imp.Dest += "/"
 		}
 		out = append(out, imp)
 	}
@@ -754,6 +899,9 @@ func (p *parser) config(f *File, n *yaml.Node) {
 // Names not defined in the file must be in external, unless deferExternal.
 func (p *parser) validate(f *File, external map[string]string, deferExternal bool) {
 	for _, img := range f.Images {
+		if img.From.FromImage == img.Name {
+			p.errs = append(p.errs, &Error{File: p.file, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrCycle, Msg: "an image cannot be built on a tarball inside itself"})
+		}
 		if img.From.Type == Built && img.From.Tag == img.Name {
 			p.errs = append(p.errs, &Error{File: p.file, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrCycle, Msg: "an image cannot be built on itself"})
 		}
@@ -811,6 +959,10 @@ func unknownRefs(f *File, external map[string]string) []error {
 		if img.From.Type == Built && img.From.Tag != img.Name && !known(img.From.Tag) {
 			errs = append(errs, &Error{File: f.Path, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrMissingBase,
 				Msg: fmt.Sprintf("built base %q is not %s", img.From.Tag, where())})
+		}
+		if img.From.FromImage != "" && img.From.FromImage != img.Name && !known(img.From.FromImage) {
+			errs = append(errs, &Error{File: f.Path, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrMissingBase,
+				Msg: fmt.Sprintf("%s: %q is not %s", img.From.URL, img.From.FromImage, where())})
 		}
 		for _, imp := range img.Imports {
 			if imp.FromImage != "" && !known(imp.FromImage) {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -135,8 +136,14 @@ func TestParseErrors(t *testing.T) {
 		{"undefined", "a:\n  from: {type: scratch}\n  run: ${{NOPE}}\n", ErrUndefined, 3, []string{"NOPE (line 3)", "substitute a value"}},
 		{"unknown key", "a:\n  from: {type: scratch}\n  rnu: x\n", ErrUnknownKey, 3, []string{`image "a"`, `unknown key "rnu"`, "vessel.yaml:3"}},
 		{"unknown from key", "a:\n  from: {type: scratch, urll: x}\n", ErrUnknownKey, 2, []string{`"urll"`}},
-		{"unknown import key", "a:\n  from: {type: scratch}\n  imports:\n    - {path: x, dst: /y}\n", ErrUnknownKey, 4, []string{`"dst"`}},
-		{"stacker only", "a:\n  from: {type: scratch}\n  binds: [/x]\n", ErrUnknownKey, 3, []string{"not supported by vessel"}},
+		{"stacker only", "a:\n  from: {type: scratch}\n  apply: [docker://x]\n", ErrUnknownKey, 3, []string{"not supported by vessel"}},
+		{"bind relative dest", "a:\n  from: {type: scratch}\n  binds:\n    - /x -> rel\n", ErrSyntax, 4, []string{"binds.dest", "absolute"}},
+		{"bind over proc", "a:\n  from: {type: scratch}\n  binds:\n    - /x -> /proc/x\n", ErrSyntax, 4, []string{"/proc/x"}},
+		{"bind unknown key", "a:\n  from: {type: scratch}\n  binds:\n    - {source: /x, target: /y}\n", ErrUnknownKey, 4, []string{`"target"`}},
+		{"bind no source", "a:\n  from: {type: scratch}\n  binds:\n    - {dest: /y}\n", ErrSyntax, 4, []string{"needs a source"}},
+		{"binds not a list", "a:\n  from: {type: scratch}\n  binds: /x\n", ErrSyntax, 3, []string{"list of binds"}},
+		{"overlay dir no source", "a:\n  from: {type: scratch}\n  overlay_dirs:\n    - {dest: /y}\n", ErrSyntax, 4, []string{"needs source"}},
+		{"overlay dir relative dest", "a:\n  from: {type: scratch}\n  overlay_dirs:\n    - {source: d, dest: y}\n", ErrSyntax, 4, []string{"absolute"}},
 		{"unknown config key", "config: {prereqs: []}\na:\n  from: {type: scratch}\n", ErrUnknownKey, 1, []string{`"prereqs"`}},
 		{"run mapping", "a:\n  from: {type: scratch}\n  run: {x: y}\n", ErrSyntax, 3, []string{"run", "a mapping"}},
 		{"run nested list", "a:\n  from: {type: scratch}\n  run:\n    - [x]\n", ErrSyntax, 4, []string{"run"}},
@@ -162,6 +169,10 @@ func TestParseErrors(t *testing.T) {
 		{"missing built base", "a:\n  from: {type: built, tag: nope}\n", ErrMissingBase, 2, []string{`"nope"`, "images: a"}},
 		{"missing stacker import", "a:\n  from: {type: scratch}\n  imports: [stacker://nope/x]\n", ErrMissingBase, 3, []string{`"nope"`}},
 		{"self", "a:\n  from: {type: built, tag: a}\n", ErrCycle, 2, []string{"itself"}},
+		{"tar stacker unknown", "a:\n  from:\n    type: tar\n    url: stacker://nope/x.tar\n", ErrMissingBase, 3, []string{`"nope"`, "stacker://nope/x.tar"}},
+		{"tar stacker no path", "a:\n  from:\n    type: tar\n    url: stacker://b\nb:\n  from: {type: scratch}\n", ErrSyntax, 3, []string{"stacker://IMAGE/PATH"}},
+		{"tar stacker self", "a:\n  from: {type: tar, url: stacker://a/x.tar}\n", ErrCycle, 2, []string{"inside itself"}},
+		{"tar other scheme", "a:\n  from: {type: tar, url: ftp://x/y.tar}\n", ErrSyntax, 2, []string{"ftp://x/y.tar"}},
 		{"cycle", "a:\n  from: {type: built, tag: c}\nb:\n  from: {type: built, tag: a}\nc:\n  from: {type: scratch}\n  imports: [stacker://b/x]\n", ErrCycle, 1, []string{"a -> c -> b -> a"}},
 		{"duplicate image", "a:\n  from: {type: scratch}\nb:\n  from: {type: scratch}\na:\n  from: {type: scratch}\n", ErrDuplicate, 5, []string{"lines 1 and 5"}},
 		{"duplicate key", "a:\n  from: {type: scratch}\n  run: x\n  run: y\n", ErrDuplicate, 4, []string{"lines 3 and 4"}},
@@ -193,6 +204,96 @@ func TestParseErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// binds in stacker's string and struct forms, and overlay_dirs as imports
+// with dest.
+func TestParseBindsAndOverlayDirs(t *testing.T) {
+	f := mustParse(t, `
+a:
+  from: {type: scratch}
+  binds:
+    - /host/cache -> /root/.cache
+    - /srv/data
+    - rel/dir ->/mnt
+    - source: /etc/resolv.conf
+      dest: /etc/resolv.conf
+    - {source: /x/}
+  overlay_dirs:
+    - source: overlay
+      dest: /usr/local
+    - source: /abs/root-overlay
+`, nil)
+	img := f.Image("a")
+	want := []HostBind{
+		{Source: "/host/cache", Dest: "/root/.cache", Line: 5},
+		{Source: "/srv/data", Dest: "/srv/data", Line: 6},
+		{Source: "/recipes/rel/dir", Dest: "/mnt", Line: 7},
+		{Source: "/etc/resolv.conf", Dest: "/etc/resolv.conf", Line: 8},
+		{Source: "/x", Dest: "/x", Line: 10},
+	}
+	if !reflect.DeepEqual(img.Binds, want) {
+		t.Errorf("binds:\n got %+v\nwant %+v", img.Binds, want)
+	}
+	if len(img.Imports) != 2 {
+		t.Fatalf("overlay_dirs: %+v", img.Imports)
+	}
+	if i := img.Imports[0]; i.Source != "/recipes/overlay/" || i.Dest != "/usr/local/" || i.Line != 12 {
+		t.Errorf("overlay dir 1: %+v", i)
+	}
+	if i := img.Imports[1]; i.Source != "/abs/root-overlay/" || i.Dest != "/" {
+		t.Errorf("overlay dir 2 (dest defaults to /): %+v", i)
+	}
+	// A bind change changes the layer key; the same binds give the same key.
+	key := func(text string) digest.Digest {
+		t.Helper()
+		k, err := Key(mustParse(t, text, nil).Image("a"), KeyOptions{LayerType: "squashfs"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k.Layer
+	}
+	k1 := key("a:\n  from: {type: scratch}\n  run: x\n  binds: [/a -> /b]\n")
+	if k1 != key("a:\n  from: {type: scratch}\n  run: x\n  binds: [{source: /a, dest: /b}]\n") {
+		t.Error("the two forms of one bind give different keys")
+	}
+	if k1 == key("a:\n  from: {type: scratch}\n  run: x\n  binds: [/a -> /c]\n") {
+		t.Error("a changed bind dest keeps the key")
+	}
+	if key("a:\n  from: {type: scratch}\n  run: x\n") != key("a:\n  from: {type: scratch}\n  run: x\n  binds: []\n") {
+		t.Error("an empty binds list changes the key")
+	}
+}
+
+// An unknown key in an import (stacker's perms, say) is a warning that
+// names its line, not an error: stacker ignores it.
+func TestParseUnknownImportKeyWarns(t *testing.T) {
+	f := mustParse(t, "a:\n  from: {type: scratch}\n  imports:\n    - path: x\n      perms: 0644\n", nil)
+	if len(f.Warnings) != 1 {
+		t.Fatalf("warnings: %v", f.Warnings)
+	}
+	if w := f.Warnings[0].Error(); !strings.Contains(w, "vessel.yaml:5") || !strings.Contains(w, `"perms"`) || !strings.Contains(w, "ignored") {
+		t.Errorf("warning %q", w)
+	}
+	if len(f.Images[0].Imports) != 1 || f.Images[0].Imports[0].Source != "/recipes/x" {
+		t.Errorf("import: %+v", f.Images[0].Imports)
+	}
+}
+
+// A tar base inside an image built earlier: the image is a dependency.
+func TestParseTarFromImage(t *testing.T) {
+	f := mustParse(t, "final:\n  from: {type: tar, url: stacker://maker/out/rootfs.tar}\nmaker:\n  from: {type: scratch}\n  build_only: true\n", nil)
+	from := f.Image("final").From
+	if from.FromImage != "maker" || from.ImagePath != "/out/rootfs.tar" {
+		t.Errorf("from = %+v", from)
+	}
+	plan, err := f.Plan()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.Steps) != 2 || plan.Steps[0].Image.Name != "maker" {
+		t.Errorf("plan does not build maker first: %+v", plan.Steps)
 	}
 }
 
@@ -392,5 +493,61 @@ func TestLoadFileRefusesEndlessInput(t *testing.T) {
 	_, err := LoadFile("/dev/zero", Options{})
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("/dev/zero: larger than %d bytes", MaxSize)) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// stacker's --substitute-file: a YAML mapping; bad input names the line.
+func TestReadSubstituteFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "subs.yaml")
+	os.WriteFile(p, []byte("VERSION: 1.2\nNAME: web\nDEBUG: true\n"), 0o644)
+	m, err := ReadSubstituteFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(m, map[string]string{"VERSION": "1.2", "NAME": "web", "DEBUG": "true"}) {
+		t.Errorf("got %v", m)
+	}
+	f := mustParse(t, "${{NAME}}:\n  from: {type: scratch}\n  labels: {v: \"${{VERSION}}\"}\n", m)
+	if f.Images[0].Name != "web" || f.Images[0].Labels["v"] != "1.2" {
+		t.Errorf("substituted: %+v", f.Images[0])
+	}
+	for text, want := range map[string]string{
+		"- a\n":             "subs.yaml:1: want a mapping",
+		"A: 1\nB-C: 2\n":    `subs.yaml:2: "B-C" is not a variable name`,
+		"A: 1\nB: [x, y]\n": "subs.yaml:2: B: want a string value",
+	} {
+		os.WriteFile(p, []byte(text), 0o644)
+		if _, err := ReadSubstituteFile(p); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", text, err, want)
+		}
+	}
+	if _, err := ReadSubstituteFile(filepath.Join(dir, "nope.yaml")); err == nil || !strings.Contains(err.Error(), "substitute file") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// Section is an image's own text, as written: what stacker_yaml carries.
+func TestSection(t *testing.T) {
+	text := "# a recipe\na:\n  from: {type: scratch}\n  # comment\n  run: echo ${{X:1}}\n\nb:\n  from:\n    type: built\n    tag: a\n\n\nconfig:\n  prerequisites: []\n"
+	f, err := Parse("vessel.yaml", []byte(text), Options{Dir: "/recipes"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Section(f.Image("a")); got != "a:\n  from: {type: scratch}\n  # comment\n  run: echo ${{X:1}}\n" {
+		t.Errorf("a: %q", got)
+	}
+	if got := f.Section(f.Image("b")); got != "b:\n  from:\n    type: built\n    tag: a\n" {
+		t.Errorf("b: %q", got)
+	}
+}
+
+// The docker URL forms stacker accepts parse.
+func TestParseDockerForms(t *testing.T) {
+	for _, u := range []string{"docker://ubuntu:latest", "docker://ubuntu", "docker://docker.io/library/ubuntu:22.04",
+		"docker://localhost:5000/repo/x:tag", "docker://127.0.0.1:5000/a@sha256:" + strings.Repeat("01", 32), "docker://quay.io/org/img"} {
+		if _, err := parse(t, "a:\n  from: {type: docker, url: \""+u+"\"}\n", nil); err != nil {
+			t.Errorf("%s: %v", u, err)
+		}
 	}
 }

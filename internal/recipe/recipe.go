@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 
 	"github.com/vesselos/vessel/internal/reference"
 )
@@ -38,6 +39,11 @@ import (
 type File struct {
 	// Path is the recipe's file name as given to Parse.
 	Path string
+	// Text is the recipe as written, before substitution (Section gives
+	// an image's part of it, which the stacker_yaml annotation carries:
+	// --substitute values, which may be secrets, never reach an image
+	// through it).
+	Text string
 	// Dir is the directory that relative paths (imports, tar and oci
 	// bases, prerequisites) were resolved against.
 	Dir string
@@ -50,6 +56,9 @@ type File struct {
 	// LoadFile (Parse and ParseFile leave it empty). A file listed by
 	// several files of one build is one *File, shared.
 	PrerequisiteFiles []*File
+	// Warnings are problems that do not stop the build (an unknown key
+	// in an import, which stacker ignores), each naming its line.
+	Warnings []*Error
 	// prereqLines are the lines where Prerequisites were written.
 	prereqLines []int
 }
@@ -73,6 +82,30 @@ func (f *File) BuildOrder() []*File {
 	}
 	visit(f)
 	return out
+}
+
+// Section is the text of img's definition as written in f (before
+// substitution): from its name's line to the last non-blank line before
+// the next top-level key. It is what the stacker_yaml annotation carries,
+// so that editing one image changes only that image's manifest.
+func (f *File) Section(img *Image) string {
+	lines := strings.SplitAfter(f.Text, "\n")
+	start := img.Line - 1
+	if start < 0 || start >= len(lines) {
+		return ""
+	}
+	end := len(lines)
+	for j := start + 1; j < len(lines); j++ {
+		l := lines[j]
+		if l != "" && l[0] != ' ' && l[0] != '\t' && l[0] != '#' && l[0] != '\n' && l[0] != '\r' && l[0] != '-' {
+			end = j
+			break
+		}
+	}
+	for end > start+1 && strings.TrimSpace(lines[end-1]) == "" {
+		end--
+	}
+	return strings.Join(lines[start:end], "")
 }
 
 // Image returns the image called name, or nil.
@@ -105,6 +138,10 @@ type From struct {
 	URL string
 	// Tag names the base image for built.
 	Tag string
+	// FromImage and ImagePath are set for a tar base whose url is
+	// stacker://IMAGE/PATH: a tarball inside an image built earlier (of
+	// this file or of a prerequisite), typically a build_only one.
+	FromImage, ImagePath string
 	// Insecure allows plain http to a docker registry.
 	Insecure bool
 	Line     int
@@ -150,6 +187,17 @@ type Import struct {
 	Line int
 }
 
+// HostBind is one entry of stacker's `binds:`: a host path bind-mounted
+// read-write into the build container, never part of the image.
+type HostBind struct {
+	// Source is the absolute host path (relative ones are resolved
+	// against the recipe's directory).
+	Source string
+	// Dest is the absolute path in the build container (default: Source).
+	Dest string
+	Line int
+}
+
 // Remote reports whether the import names an http(s) URL.
 func (i Import) Remote() bool { return isHTTP(i.Source) }
 
@@ -162,8 +210,15 @@ type Image struct {
 	// as `import:` (stacker then also offers them directly under /stacker).
 	Imports      []Import
 	LegacyImport bool
+	// Binds are host paths mounted into the build container (stacker's
+	// binds:). overlay_dirs are read as imports with dest: (their
+	// contents land in the image).
+	Binds []HostBind
 	// Run holds the script lines; a single string is one element.
 	Run []string
+	// GenerateLabels is stacker's generate_labels script (see
+	// LabelsScript), nil when not written.
+	GenerateLabels []string
 	// Environment goes into the image config and into the build
 	// environment; BuildEnv only into the build environment.
 	Environment map[string]string
@@ -213,6 +268,7 @@ func (i *Image) Needs() []string {
 	if i.From.Type == Built {
 		add(i.From.Tag)
 	}
+	add(i.From.FromImage)
 	for _, imp := range i.Imports {
 		add(imp.FromImage)
 	}

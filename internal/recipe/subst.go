@@ -4,6 +4,10 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/vesselos/vessel/internal/bounded"
 )
 
 // ParseSubstitutions turns --substitute KEY=VAL arguments into a map. A key
@@ -86,4 +90,37 @@ func substitute(file string, text string, vars map[string]string) (string, []int
 			Msg: fmt.Sprintf("no value for %s: substitute a value or write ${{NAME:default}}", strings.Join(missing, ", "))}
 	}
 	return out.String(), lineOf, nil
+}
+
+// ReadSubstituteFile reads stacker's --substitute-file: a YAML mapping of
+// KEY: VALUE (scalars; numbers and booleans as written). Values given with
+// --substitute override the file's (the caller merges them).
+func ReadSubstituteFile(path string) (map[string]string, error) {
+	b, err := bounded.ReadFile(path, MaxSize)
+	if err != nil {
+		return nil, fmt.Errorf("read substitute file: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("substitute file %s: not valid YAML: %w", path, err)
+	}
+	out := map[string]string{}
+	if len(doc.Content) == 0 {
+		return out, nil
+	}
+	m := doc.Content[0]
+	if m.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("substitute file %s:%d: want a mapping of KEY: VALUE", path, m.Line)
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		if !varName.MatchString(k.Value) {
+			return nil, fmt.Errorf("substitute file %s:%d: %q is not a variable name", path, k.Line, k.Value)
+		}
+		if v.Kind != yaml.ScalarNode {
+			return nil, fmt.Errorf("substitute file %s:%d: %s: want a string value", path, v.Line, k.Value)
+		}
+		out[k.Value] = v.Value
+	}
+	return out, nil
 }
