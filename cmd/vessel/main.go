@@ -10,6 +10,7 @@ import (
 	"errors"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -48,8 +49,22 @@ select another.`,
 
 // run executes the CLI and returns the process exit code.
 func run(args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// SIGINT and SIGTERM cancel the command's context; a command that
+	// ends because of that exits 128+N (130 for Ctrl-C), as shells expect.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var got atomic.Int32
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigc)
+	go func() {
+		select {
+		case s := <-sigc:
+			got.Store(int32(s.(syscall.Signal)))
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	root := newRoot()
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
@@ -59,6 +74,9 @@ func run(args []string) int {
 	var ee exitError
 	if errors.As(err, &ee) && ee.err == nil {
 		return ee.code // a container's exit code: nothing to report
+	}
+	if sig := got.Load(); sig != 0 && errors.Is(err, context.Canceled) {
+		return 128 + int(sig) // interrupted: the user knows why
 	}
 	printError(os.Stderr, err)
 	if errors.As(err, &ee) {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -27,6 +28,11 @@ func TestScript(t *testing.T) {
 			e.Setenv("VESSEL_RUN", e.WorkDir+"/run")
 			e.Defer(cleanupRun(e.WorkDir + "/run"))
 			e.Setenv("SOURCE_DATE_EPOCH", "1700000000")
+			examples, err := filepath.Abs("../../examples") // stories run the README's examples as written
+			if err != nil {
+				return err
+			}
+			e.Setenv("EXAMPLES", examples)
 			return nil
 		},
 		Condition: func(cond string) (bool, error) {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -70,6 +71,8 @@ func runCmd(g *globals) *cobra.Command {
 		name, runtimeName    string
 		interactive, tty, rm bool
 		whyDenied            bool
+		entrypoint           string
+		stopTimeout          time.Duration
 		volumes, securityOpt []string
 	)
 	c := &cobra.Command{
@@ -89,10 +92,19 @@ syscalls reaching un-namespaced kernel interfaces (keyrings, modules, the
 clock, BPF, perf, new user namespaces...) unless the matching capability
 is granted (--security-opt seccomp=unconfined turns it off).
 
-COMMAND defaults to the image's entrypoint and cmd. The container's exit
-code becomes vessel's (128+N when signal N killed it); SIGINT and SIGTERM
-are passed on to the container. -it gives an interactive terminal.
-Containers never outlive the command, so --rm is always in effect.
+As with docker and podman, the container runs the image's entrypoint
+followed by COMMAND, or by the image's cmd when no COMMAND is given; an
+image without an entrypoint runs COMMAND itself. --entrypoint replaces the
+entrypoint (and drops the image's cmd).
+
+The container's exit code becomes vessel's (128+N when signal N killed
+it; 127 when COMMAND is not found, 126 when it cannot be executed). The
+first Ctrl-C (SIGINT) or SIGTERM is passed on to the container; if it has
+not exited --stop-timeout later, or at a second Ctrl-C, it is killed and
+vessel exits 130 (143 for SIGTERM). -it gives an interactive terminal.
+Containers never outlive the command, so --rm is always in effect:
+vessel ps --all lists them while they run, vessel stop NAME and vessel
+kill NAME end them from another terminal.
 
 Rootless: run as an unprivileged user listed in /etc/subuid and
 /etc/subgid, vessel enters a user namespace where the user is root and
@@ -101,6 +113,8 @@ layer in userspace, mounts it with squashfuse and stacks an overlay with
 user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 /tmp/vessel-run-UID). See docs/rootless.md.`,
 		Example: `  vessel run demo:1 /bin/echo hello
+  vessel run --name web app                       # the image's entrypoint and cmd
+  vessel run --entrypoint /bin/cat app /www/index.html
   vessel run -it demo:1 /bin/sh
   vessel run --network host -e PORT=8080 demo:1
   vessel run --read-only --cap-drop ALL --user 1000:1000 demo:1 id
@@ -124,8 +138,18 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 				rand.Read(b)
 				name = "run-" + hex.EncodeToString(b)
 			}
-			proc, err := ociruntime.FromImage(img.Config().Config, ociruntime.Overrides{
-				Cmd: args[1:], Env: envFlags(cfg.Env), User: cfg.User, Cwd: cfg.Cwd,
+			imgCfg := img.Config().Config
+			var ep []string
+			if cmd.Flags().Changed("entrypoint") {
+				// As docker and podman: --entrypoint replaces the image's
+				// entrypoint and drops its cmd; "" clears the entrypoint.
+				imgCfg.Entrypoint, imgCfg.Cmd = nil, nil
+				if ep, err = parseEntrypoint(entrypoint); err != nil {
+					return err
+				}
+			}
+			proc, err := ociruntime.FromImage(imgCfg, ociruntime.Overrides{
+				Entrypoint: ep, Cmd: args[1:], Env: envFlags(cfg.Env), User: cfg.User, Cwd: cfg.Cwd,
 			})
 			if err != nil {
 				return fmt.Errorf("run %s: %w (give a COMMAND)", args[0], err)
@@ -162,23 +186,11 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 			if err != nil {
 				return err
 			}
-			// Before the container starts (mounting, verifying a big layer),
-			// SIGINT or SIGTERM aborts the run. Once it starts they go to the
-			// container (ociruntime.Run forwards them), which decides how to
-			// end: they must not cancel the run and SIGKILL it from under
-			// its handler.
 			runCtx, abort := context.WithCancel(context.WithoutCancel(cmd.Context()))
 			defer abort()
 			var started atomic.Bool
-			go func() {
-				select {
-				case <-cmd.Context().Done():
-					if !started.Load() {
-						abort()
-					}
-				case <-runCtx.Done():
-				}
-			}()
+			stopper := stopOnSignals(abort, &started, stopTimeout)
+			defer stopper.close()
 			finish, err := watchDenials(whyDenied, &cfg)
 			if err != nil {
 				return err
@@ -188,8 +200,14 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 			if ferr := finish(cmd.ErrOrStderr(), err != nil || code != 0); ferr != nil {
 				err = errors.Join(err, ferr)
 			}
+			if sig, killed := stopper.result(); killed {
+				if started.Load() {
+					warnf(cmd.ErrOrStderr(), "note", "container %s did not exit on %v; killed it", name, sig)
+				}
+				return exitError{code: 128 + int(sig)}
+			}
 			if err != nil {
-				return err
+				return execExitCode(err)
 			}
 			if code != 0 {
 				return exitError{code: code}
@@ -200,6 +218,8 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 	f := c.Flags()
 	f.SetInterspersed(false) // flags after IMAGE belong to COMMAND
 	f.StringVar(&name, "name", "", "container name (default run-RANDOM)")
+	f.StringVar(&entrypoint, "entrypoint", "", `replace the image's entrypoint (and its cmd): a path, or a JSON array; "" clears it`)
+	f.DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "after Ctrl-C or SIGTERM is passed on, how long to wait before killing the container")
 	f.BoolVar(&rm, "rm", true, "remove the container when it exits (always; accepted for familiarity)")
 	f.BoolVarP(&interactive, "interactive", "i", false, "connect stdin")
 	f.BoolVarP(&tty, "tty", "t", false, "allocate a terminal (stdin must be one)")

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/supervise"
 )
@@ -117,11 +118,26 @@ background and returns once every service has been started.`,
 }
 
 func psCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "ps",
-		Short: "Show the services vessel up runs: state, restarts, image, uptime",
-		Args:  cobra.NoArgs,
+	var all bool
+	c := &cobra.Command{
+		Use:   "ps [--all]",
+		Short: "Show the services vessel up runs: state, restarts, image, uptime (--all: every container)",
+		Long: `Show the services of the running vessel up: state, restarts, uptime and
+image. --all also lists every container a vessel process runs: vessel run
+containers, service containers and build steps (vessel stop and vessel
+kill take their names).`,
+		Example: `  vessel ps
+  vessel ps --all
+  vessel ps --json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var cs []container.Info
+			if all {
+				var err error
+				if cs, err = container.List(cmd.Context(), g.runDir()); err != nil {
+					return err
+				}
+			}
 			dir := g.superviseDir()
 			info, rerr := supervise.Running(dir)
 			if rerr != nil && !errors.Is(rerr, supervise.ErrNotRunning) {
@@ -138,10 +154,17 @@ func psCmd(g *globals) *cobra.Command {
 				if sts == nil {
 					sts = []supervise.Status{}
 				}
-				return printJSON(cmd.OutOrStdout(), map[string]any{"supervisor": info, "services": sts})
+				out := map[string]any{"supervisor": info, "services": sts}
+				if all {
+					out["containers"] = cs
+				}
+				return printJSON(cmd.OutOrStdout(), out)
 			}
 			if info == nil {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%v\n", rerr)
+				if all {
+					return printContainers(cmd.OutOrStdout(), cs)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "%v (vessel ps --all lists vessel run containers too)\n", rerr)
 				return nil
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "product %s version %d, supervisor pid %d, up %s\n",
@@ -159,9 +182,15 @@ func psCmd(g *globals) *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", s.Name, state, s.Restarts, up, s.Image, shortDigest(s.Digest))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil || !all {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
+			return printContainers(cmd.OutOrStdout(), cs)
 		},
 	}
+	c.Flags().BoolVarP(&all, "all", "a", false, "also list every running container (vessel run, services, builds)")
+	return c
 }
 
 func logsCmd(g *globals) *cobra.Command {

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/vesselos/vessel/internal/container"
+)
+
+func init() {
+	addCommand(stopCmd)
+	addCommand(killCmd)
+}
+
+// printContainers writes the table of vessel ps --all.
+func printContainers(w io.Writer, cs []container.Info) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONTAINER\tSTATE\tCREATED\tIMAGE\tCOMMAND")
+	for _, c := range cs {
+		created := "-"
+		if !c.Created.IsZero() {
+			created = time.Since(c.Created).Round(time.Second).String() + " ago"
+		}
+		img := c.Image
+		if img == "" {
+			img = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.ID, c.State, created, img, strings.Join(c.Command, " "))
+	}
+	return tw.Flush()
+}
+
+func noContainerHint(err error) error {
+	if errors.Is(err, container.ErrNoContainer) {
+		return fmt.Errorf("%w (vessel ps --all lists the running containers)", err)
+	}
+	return err
+}
+
+func stopCmd(g *globals) *cobra.Command {
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "stop NAME...",
+		Short: "Stop running containers: SIGTERM, then SIGKILL after --time",
+		Long: `Stop containers that vessel run (or vessel up, or a build) runs: send
+SIGTERM, wait --time for the container to exit, then send SIGKILL. The
+vessel process that runs the container removes it, as after any exit, and
+exits with the container's code. vessel ps --all lists the containers.
+To stop a service for good use vessel down; its supervisor restarts a
+service container that vessel stop ended, per its restart policy.`,
+		Example: `  vessel run --name web app &
+  vessel stop web
+  vessel stop --time 2s web`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var errs []error
+			for _, id := range args {
+				killed, err := container.Stop(cmd.Context(), g.runDir(), id, timeout)
+				if err != nil {
+					errs = append(errs, noContainerHint(err))
+					continue
+				}
+				if killed {
+					warnf(cmd.ErrOrStderr(), "note", "container %s did not exit %s after SIGTERM; killed it", id, timeout)
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), id)
+			}
+			return errors.Join(errs...)
+		},
+	}
+	c.Flags().DurationVarP(&timeout, "time", "t", 10*time.Second, "how long to wait after SIGTERM before SIGKILL")
+	return c
+}
+
+func killCmd(g *globals) *cobra.Command {
+	var sigName string
+	c := &cobra.Command{
+		Use:   "kill NAME...",
+		Short: "Send a signal (default SIGKILL) to running containers",
+		Long: `Send a signal to the process of containers that vessel runs; SIGKILL by
+default, as podman kill. The vessel process that runs a container removes
+it once it has exited.`,
+		Example: `  vessel kill web
+  vessel kill --signal HUP web`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sig, err := parseSignal(sigName)
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, id := range args {
+				if err := container.Signal(cmd.Context(), g.runDir(), id, sig); err != nil {
+					errs = append(errs, noContainerHint(err))
+					continue
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), id)
+			}
+			return errors.Join(errs...)
+		},
+	}
+	c.Flags().StringVarP(&sigName, "signal", "s", "KILL", "signal name (KILL, TERM, HUP, SIGINT...) or number")
+	return c
+}
+
+// parseSignal reads a signal name (with or without SIG) or number.
+func parseSignal(s string) (syscall.Signal, error) {
+	var n int
+	if _, err := fmt.Sscanf(s, "%d", &n); err == nil && fmt.Sprint(n) == s {
+		if n <= 0 || n > 64 {
+			return 0, usageError{fmt.Sprintf("--signal %s: not a signal number", s)}
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, usageError{fmt.Sprintf("--signal %s: unknown signal (try TERM, KILL, HUP, INT)", s)}
+}
