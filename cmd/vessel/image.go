@@ -30,6 +30,9 @@ func (g *globals) openStore() (*store.Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := g.checkStoreRoot(root); err != nil {
+		return nil, err
+	}
 	return store.Open(root)
 }
 

@@ -8,8 +8,10 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 
@@ -44,6 +46,7 @@ select another.`,
 	for _, f := range commands {
 		root.AddCommand(f(g))
 	}
+	finishTree(root, g)
 	return root
 }
 
@@ -67,7 +70,8 @@ func run(args []string) int {
 	}()
 	root := newRoot()
 	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
+	c, err := root.ExecuteContextC(ctx)
+	err = oneLineSuggestion(err)
 	if err == nil {
 		return 0
 	}
@@ -83,6 +87,9 @@ func run(args []string) int {
 		return ee.code
 	}
 	if isUsageError(err) {
+		if c != nil && !strings.Contains(err.Error(), "--help") {
+			fmt.Fprintf(os.Stderr, "vessel: hint: see `%s --help`\n", c.CommandPath())
+		}
 		return 2
 	}
 	return 1

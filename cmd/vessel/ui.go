@@ -39,6 +39,9 @@ type globals struct {
 	root string
 	json bool
 
+	rootFlag     bool // --root was given
+	createsStore bool // the command may create a new store (usage.go)
+
 	runOnce sync.Once
 }
 

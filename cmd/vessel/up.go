@@ -107,7 +107,12 @@ background and returns once every service has been started.`,
 				Dir: g.superviseDir(), Launcher: l, Store: s,
 				Volumes: filepath.Join(root, "volumes"), Log: cmd.ErrOrStderr(), StopTimeout: stopTimeout,
 			}
-			return sup.Up(cmd.Context(), vm)
+			if err := sup.Up(cmd.Context(), vm); err != nil {
+				return err
+			}
+			// Ctrl-C or SIGTERM stopped the services (with SIGTERM, then
+			// SIGKILL after --stop-timeout): exit 130 or 143, as shells expect.
+			return cmd.Context().Err()
 		},
 	}
 	tf.add(c.Flags())
@@ -219,7 +224,7 @@ until Ctrl-C or until the supervisor stops.`,
 			for {
 				select {
 				case <-cmd.Context().Done():
-					return nil
+					return cmd.Context().Err() // Ctrl-C: exit 130
 				case <-time.After(100 * time.Millisecond):
 				}
 				if _, err := io.Copy(w, f); err != nil {

@@ -270,7 +270,7 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 			code, err := s.Launcher.Run(runCtx, container.Spec{
 				ID: id, Image: sv.img, Config: sv.cfg,
 				Started: func() { go s.markRunning(runCtx, sv, id) },
-			}, ociruntime.Stdio{Stdout: logf, Stderr: logf})
+			}, ociruntime.Stdio{Stdout: logf, Stderr: logf, NoForward: true})
 			done <- result{code, err}
 		}()
 		var r result
