@@ -10,8 +10,11 @@
 //   - notes and warnings are one line: "vessel: note: ..." (warnf);
 //   - errors are printed once, by main (printError), as
 //     "vessel: <what failed>: <why>", followed by the hint the CLI knows
-//     for the error, and the exit code is 1 (2 for usage errors). Library
-//     errors never name flags: the hints here do.
+//     for the error, and the exit code is 1 (2 for usage errors, with a
+//     hint naming the command's --help; 128+N when signal N, Ctrl-C or
+//     SIGTERM, ended the command, printing nothing). Library errors never
+//     name flags: the hints here do. usage.go makes cobra's argument and
+//     flag errors usage errors and adds suggestions.
 
 package main
 
