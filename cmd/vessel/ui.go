@@ -162,6 +162,14 @@ func hint(err error) string {
 		return "pass --substitute NAME=VALUE, or write ${{NAME:default}} in the recipe"
 	case errors.Is(err, trust.ErrNoManifestCA):
 		return "create the CAs first with `vessel keys init DIR --org NAME`"
+	case errors.Is(err, manifest.ErrSystemYAML):
+		return "build it into a manifest with `vessel manifest build FILE --keys DIR -o manifest.json`, then sign that with `vessel manifest sign`"
+	case errors.Is(err, manifest.ErrUnsignedManifest):
+		return "sign it first: `vessel manifest sign FILE --key product.key --cert product.pem -o manifest.signed`"
+	case errors.Is(err, manifest.ErrSignedManifest):
+		return "a signed manifest is what `vessel up`, `vessel manifest verify` and `vessel install` take"
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return "the registry speaks plain HTTP, not HTTPS: add --plain-http (only for a registry on loopback or a network you trust)"
 	}
 	return ""
 }

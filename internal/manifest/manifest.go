@@ -125,6 +125,9 @@ func Parse(b []byte) (*Manifest, error) {
 	}
 	var m Manifest
 	if err := strictjson.Unmarshal(b, &m); err != nil {
+		if werr := WrongFile(b, KindManifest); werr != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, werr)
+		}
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	if err := m.Validate(); err != nil {

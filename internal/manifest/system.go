@@ -116,6 +116,9 @@ func ParseSystem(name string, b []byte) (*System, error) {
 		return nil, fmt.Errorf("%s:%d: more than one YAML document", name, extra.Line)
 	}
 	if err := checkKeys(name, &doc, reflect.TypeFor[System](), "", 0); err != nil {
+		if werr := WrongFile(b, KindSystemYAML); werr != nil {
+			return nil, fmt.Errorf("%s: %w", name, werr)
+		}
 		return nil, err
 	}
 	var sys System
