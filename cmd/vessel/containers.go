@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/vesselos/vessel/internal/container"
 )
@@ -111,21 +110,11 @@ it once it has exited.`,
 	return c
 }
 
-// parseSignal reads a signal name (with or without SIG) or number.
+// parseSignal reads --signal (container.ParseSignal) as a usage error.
 func parseSignal(s string) (syscall.Signal, error) {
-	var n int
-	if _, err := fmt.Sscanf(s, "%d", &n); err == nil && fmt.Sprint(n) == s {
-		if n <= 0 || n > 64 {
-			return 0, usageError{fmt.Sprintf("--signal %s: not a signal number", s)}
-		}
-		return syscall.Signal(n), nil
+	sig, err := container.ParseSignal(s)
+	if err != nil {
+		return 0, usageError{"--signal " + err.Error()}
 	}
-	name := strings.ToUpper(s)
-	if !strings.HasPrefix(name, "SIG") {
-		name = "SIG" + name
-	}
-	if sig := unix.SignalNum(name); sig != 0 {
-		return sig, nil
-	}
-	return 0, usageError{fmt.Sprintf("--signal %s: unknown signal (try TERM, KILL, HUP, INT)", s)}
+	return sig, nil
 }

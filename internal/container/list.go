@@ -7,9 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrNoContainer is returned for a container name no live vessel runs.
@@ -146,4 +149,22 @@ func waitRemoved(ctx context.Context, run, id string, timeout time.Duration) boo
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// ParseSignal reads a signal name (TERM, SIGTERM, term) or number.
+func ParseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n <= 0 || n > 64 {
+			return 0, fmt.Errorf("%s: not a signal number", s)
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.ToUpper(s)
+	if !strings.HasPrefix(name, "SIG") {
+		name = "SIG" + name
+	}
+	if sig := unix.SignalNum(name); sig != 0 {
+		return sig, nil
+	}
+	return 0, fmt.Errorf("%s: unknown signal (try TERM, KILL, HUP, INT)", s)
 }
