@@ -254,7 +254,9 @@ of ./lay.`,
 
 func imagesCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "images",
+		Use: "images",
+		Example: `  vessel images
+  vessel images --json`,
 		Short: "List the images in the store",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -339,9 +341,13 @@ func inspectCmd(g *globals) *cobra.Command {
 
 func rmCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "rm NAME[:TAG]...",
-		Short: "Remove tags (blobs stay until 'vessel gc')",
-		Args:  cobra.MinimumNArgs(1),
+		Use: "rm NAME[:TAG]...",
+		Example: `  vessel rm demo:1
+  vessel rmi demo:1 demo:2
+  vessel gc`,
+		Aliases: []string{"rmi"},
+		Short:   "Remove tags (blobs stay until 'vessel gc'); also vessel rmi",
+		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.openStore()
 			if err != nil {
@@ -363,7 +369,9 @@ func rmCmd(g *globals) *cobra.Command {
 
 func gcCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "gc",
+		Use: "gc",
+		Example: `  vessel rm demo:1 && vessel gc
+  vessel gc --json`,
 		Short: "Delete blobs that no tag references",
 		Long: `gc deletes every blob that no tagged image, nested index or referrer
 (such as a signature) reaches, and stale temp files from interrupted writes:

@@ -40,7 +40,9 @@ when run as root, $XDG_DATA_HOME/vessel otherwise; --root or VESSEL_ROOT
 select another.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       readBuildInfo().String(),
 	}
+	root.SetVersionTemplate("vessel {{.Version}}\n")
 	root.PersistentFlags().StringVar(&g.root, "root", "", "store directory (default $VESSEL_ROOT, /var/lib/vessel as root, $XDG_DATA_HOME/vessel otherwise)")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print machine-readable JSON")
 	for _, f := range commands {

@@ -271,7 +271,9 @@ func parseVolume(v string) (ociruntime.Bind, error) {
 
 func runtimeCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "runtime",
+		Use: "runtime",
+		Example: `  vessel runtime
+  vessel runtime --json`,
 		Short: "Show which OCI runtime vessel uses and why others were skipped",
 		Long: `Probe the OCI runtimes vessel knows (runc, crun) by really creating and
 deleting a throwaway container with each, and show which one vessel uses.

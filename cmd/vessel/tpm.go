@@ -123,7 +123,9 @@ func envOr(k, def string) string {
 
 func tpmInfoCmd(g *globals, f *tpmFlags) *cobra.Command {
 	return &cobra.Command{
-		Use:   "info",
+		Use: "info",
+		Example: `  vessel tpm info
+  vessel tpm info --tpm swtpm:127.0.0.1:2321 --json`,
 		Short: "Show the TPM's manufacturer, firmware, algorithms, PCR banks, handles and vessel's state",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -357,9 +359,10 @@ the write), so the machine never ends up with no valid policy. Versions only go 
 
 func tpmPolicyShowCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "show FILE",
-		Short: "Check a signed policy file and print what it allows",
-		Args:  cobra.ExactArgs(1),
+		Use:     "show FILE",
+		Example: `  vessel tpm policy show policy.signed`,
+		Short:   "Check a signed policy file and print what it allows",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := tpm.ReadPolicy(args[0])
 			if err != nil {
@@ -438,8 +441,9 @@ func tpmUnsealCmd(g *globals, f *tpmFlags) *cobra.Command {
 
 func tpmLockCmd(g *globals, f *tpmFlags) *cobra.Command {
 	return &cobra.Command{
-		Use:   "lock",
-		Short: "Extend PCR7 so nothing later in this boot can unseal",
+		Use:     "lock",
+		Example: `  vessel tpm unseal disk --policy policy.signed > /run/disk.key && vessel tpm lock`,
+		Short:   "Extend PCR7 so nothing later in this boot can unseal",
 		Long: `lock extends PCR7 in every PCR bank with a fixed event. Run it once the
 initrd has unsealed what it needs: until the next reboot no signed policy
 matches PCR7, so nothing started later can unseal the disk key.`,
@@ -536,7 +540,9 @@ func tpmIdentitySignCmd(g *globals, f *tpmFlags) *cobra.Command {
 	var a authFlags
 	var msg, in, out string
 	c := &cobra.Command{
-		Use:   "sign (-m MSG | --in FILE) [-o SIG]",
+		Use: "sign (-m MSG | --in FILE) [-o SIG]",
+		Example: `  vessel tpm identity sign -m hello
+  vessel tpm identity sign --in msg -o sig.der`,
 		Short: "Sign a message with the identity key (ECDSA P-256, SHA-256, DER signature)",
 		Long: `sign hashes the message with SHA-256 and has the TPM sign it with the identity
 key. The DER signature goes to -o, or base64 to stdout. Verify it with the
@@ -601,9 +607,10 @@ public key of the machine certificate, e.g.
 
 func tpmIdentityPublicCmd(g *globals, f *tpmFlags) *cobra.Command {
 	return &cobra.Command{
-		Use:   "public",
-		Short: "Print the identity public key (PEM); needs no TPM",
-		Args:  cobra.NoArgs,
+		Use:     "public",
+		Example: `  vessel tpm identity public > id.pub`,
+		Short:   "Print the identity public key (PEM); needs no TPM",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := f.stateDir(g)
 			if err != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -199,13 +200,19 @@ kill take their names).`,
 }
 
 func logsCmd(g *globals) *cobra.Command {
-	var follow bool
+	var (
+		follow bool
+		tail   int
+	)
 	c := &cobra.Command{
-		Use:   "logs NAME [-f]",
+		Use: "logs [--tail N] [-f] NAME",
+		Example: `  vessel logs web
+  vessel logs --tail 20 -f web`,
 		Short: "Print a service's output (-f: keep following)",
 		Long: `Print what service NAME wrote to stdout and stderr, across restarts, with
-vessel's start and exit lines between runs. -f keeps printing new output
-until Ctrl-C or until the supervisor stops.`,
+vessel's start and exit lines between runs. --tail N prints only the last
+N lines; -f keeps printing new output until Ctrl-C or until the supervisor
+stops.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := supervise.LogFile(g.superviseDir(), args[0])
@@ -218,7 +225,12 @@ until Ctrl-C or until the supervisor stops.`,
 			}
 			defer f.Close()
 			w := cmd.OutOrStdout()
-			if _, err := io.Copy(w, f); err != nil || !follow {
+			if tail >= 0 {
+				err = copyTail(w, f, tail)
+			} else {
+				_, err = io.Copy(w, f)
+			}
+			if err != nil || !follow {
 				return err
 			}
 			for {
@@ -238,13 +250,16 @@ until Ctrl-C or until the supervisor stops.`,
 		},
 	}
 	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	c.Flags().IntVarP(&tail, "tail", "n", -1, "print only the last N lines first (-1: all)")
 	return c
 }
 
 func restartCmd(g *globals) *cobra.Command {
 	var wait time.Duration
 	c := &cobra.Command{
-		Use:   "restart NAME",
+		Use: "restart NAME",
+		Example: `  vessel restart web
+  vessel restart --wait 1m web`,
 		Short: "Restart a service on a fresh root filesystem",
 		Long: `Stop service NAME gracefully and start it again from its verified image
 with a fresh writable layer (volumes are kept). Waits until it runs again.`,
@@ -300,7 +315,9 @@ func serviceStatus(dir, name string) (supervise.Status, error) {
 func downCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
 	c := &cobra.Command{
-		Use:   "down",
+		Use: "down",
+		Example: `  vessel down
+  vessel down --json`,
 		Short: "Stop every service and the supervisor, and unmount everything",
 		Long: `Ask the running vessel up to stop: every service gets SIGTERM, then
 SIGKILL after its stop timeout, and every mount is undone. Returns when the
@@ -334,4 +351,36 @@ crashed one left behind (containers, mounts, state files).`,
 	}
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the supervisor to stop")
 	return c
+}
+
+// copyTail writes the last n lines of r (the whole of an unfinished last
+// line counts as one) and leaves r at its end, for -f to go on from.
+func copyTail(w io.Writer, r io.Reader, n int) error {
+	if n == 0 {
+		_, err := io.Copy(io.Discard, r)
+		return err
+	}
+	ring := make([]string, n)
+	count := 0
+	br := bufio.NewReader(r)
+	for {
+		line, err := br.ReadString('\n')
+		if line != "" {
+			ring[count%n] = line
+			count++
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	start := max(count-n, 0)
+	for i := start; i < count; i++ {
+		if _, err := io.WriteString(w, ring[i%n]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
