@@ -17,6 +17,7 @@ import (
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/supervise"
+	"github.com/vesselos/vessel/internal/trust"
 )
 
 func init() {
@@ -43,8 +44,8 @@ func upCmd(g *globals) *cobra.Command {
 		Use:   "up [SIGNED] --ca CA.pem",
 		Short: "Verify a signed system manifest and run every service it lists",
 		Long: `up verifies the signed system manifest (every check of vessel manifest
-verify, with the images checked in the store and the version recorded, so
-an older manifest is refused), then starts every service and keeps it
+verify, with the images checked in the store and no older version than
+one accepted before), then starts every service and keeps it
 running until SIGTERM, Ctrl-C or vessel down. Without SIGNED it runs the
 system vessel install recorded as current.
 
@@ -107,6 +108,7 @@ background and returns once every service has been started.`,
 			sup := &supervise.Supervisor{
 				Dir: g.superviseDir(), Launcher: l, Store: s,
 				Volumes: filepath.Join(root, "volumes"), Log: cmd.ErrOrStderr(), StopTimeout: stopTimeout,
+				Versions: trust.OpenVersions(root),
 			}
 			if err := sup.Up(cmd.Context(), vm); err != nil {
 				return err

@@ -46,6 +46,12 @@ type Supervisor struct {
 	MinBackoff  time.Duration // first restart delay (default 100ms), doubled per failure
 	MaxBackoff  time.Duration // (default 30s)
 	ResetAfter  time.Duration // a run this long resets the backoff (default 10s)
+
+	// Versions, when set, records the manifest's version as accepted once
+	// every service has started (its container ran); until then going back
+	// to the previous version is no rollback. If recording fails (a higher
+	// version was accepted meanwhile), Up stops the services.
+	Versions *trust.Versions
 }
 
 // IDPrefix starts the container id of every service.
@@ -58,8 +64,21 @@ type service struct {
 	binds   []ociruntime.Bind
 	restart chan struct{}
 
+	started     chan<- struct{} // told once, when the container first ran
+	startedOnce sync.Once
+
 	mu sync.Mutex
 	st Status
+}
+
+// markStarted tells Up that the service's container ran (it was running,
+// or it exited by itself, not failing to start).
+func (sv *service) markStarted() {
+	sv.startedOnce.Do(func() {
+		if sv.started != nil {
+			sv.started <- struct{}{}
+		}
+	})
 }
 
 func (s *Supervisor) logf(format string, args ...any) {
@@ -166,7 +185,30 @@ func (s *Supervisor) Up(ctx context.Context, vm *trust.VerifiedManifest) error {
 	defer stopControl()
 
 	s.logf("up: product %s version %d (%s), %d services", info.Product, info.Version, info.Manifest, len(services))
+	started := make(chan struct{}, len(services))
+	for _, sv := range services {
+		sv.started = started
+	}
 	var wg sync.WaitGroup
+	if s.Versions != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range services {
+				select {
+				case <-started:
+				case <-ctx.Done():
+					return
+				}
+			}
+			if err := s.Versions.Record(vm); err != nil {
+				s.logf("recording version %d as accepted: %v; stopping", info.Version, err)
+				down()
+				return
+			}
+			s.logf("accepted: every service started, version %d recorded", info.Version)
+		}()
+	}
 	for _, sv := range services {
 		wg.Add(1)
 		go func() {
@@ -286,6 +328,9 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 			requested = true
 		}
 		kill()
+		if r.err == nil && r.code >= 0 {
+			sv.markStarted() // it ran, however briefly
+		}
 		ran := time.Since(start)
 		msg := fmt.Sprintf("exited with code %d after %s", r.code, ran.Round(time.Millisecond))
 		if r.err != nil {
@@ -369,6 +414,7 @@ func (s *Supervisor) markRunning(ctx context.Context, sv *service, id string) {
 				// on: a run that is over must not mark the next one.
 				if st.State == StateStarting && ctx.Err() == nil {
 					st.State = StateRunning
+					sv.markStarted()
 				}
 			})
 			return
