@@ -104,10 +104,14 @@ Raising the policy version ('vessel tpm policy bump') revokes older policies.
 A recovery secret printed once by 'provision' unseals when no policy fits.
 
 --tpm selects the TPM: /dev/tpmrm0 (default), /dev/tpm0, swtpm:HOST:PORT or the
-path of a unix socket (swtpm --server type=unixio). Sealed objects and the
+path of a unix socket (swtpm --server type=unixio); tpm2-tools' TCTI forms
+swtpm:host=H,port=P and device:PATH work too, and $TPM2TOOLS_TCTI is the
+default when $VESSEL_TPM is not set. Other TCTIs (mssim, tabrmd) are refused
+at once; a TCP address that does not answer a TPM command within 3s (swtpm's
+control port) is refused naming it. Sealed objects and the
 provisioning record live in --state (default <root>/tpm). See docs/tpm.md.`,
 	}
-	c.PersistentFlags().StringVar(&f.dev, "tpm", envOr("VESSEL_TPM", tpm.DefaultDevice), "TPM device: /dev/tpmrm0, /dev/tpm0, swtpm:HOST:PORT or a unix socket path ($VESSEL_TPM)")
+	c.PersistentFlags().StringVar(&f.dev, "tpm", envOr("VESSEL_TPM", envOr("TPM2TOOLS_TCTI", tpm.DefaultDevice)), "TPM: /dev/tpmrm0, /dev/tpm0, swtpm:HOST:PORT (or tpm2-tools' swtpm:host=H,port=P), a unix socket path ($VESSEL_TPM, else $TPM2TOOLS_TCTI)")
 	c.PersistentFlags().StringVar(&f.state, "state", "", "state directory for sealed objects (default <root>/tpm)")
 	c.AddCommand(tpmInfoCmd(g, f), tpmProvisionCmd(g, f), tpmPolicyCmd(g, f), tpmSealCmd(g, f),
 		tpmUnsealCmd(g, f), tpmLockCmd(g, f), tpmIdentityCmd(g, f), tpmPCR7Cmd(g))
