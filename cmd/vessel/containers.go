@@ -3,10 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -19,22 +17,25 @@ func init() {
 	addCommand(killCmd)
 }
 
-// printContainers writes the table of vessel ps --all.
-func printContainers(w io.Writer, cs []container.Info) error {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CONTAINER\tSTATE\tCREATED\tIMAGE\tCOMMAND")
-	for _, c := range cs {
-		created := "-"
-		if !c.Created.IsZero() {
-			created = time.Since(c.Created).Round(time.Second).String() + " ago"
-		}
-		img := c.Image
-		if img == "" {
-			img = "-"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.ID, c.State, created, img, strings.Join(c.Command, " "))
+// containerTable is the table of vessel ps --all.
+func containerTable(cs []container.Info) listTable {
+	ids := make([]string, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
 	}
-	return tw.Flush()
+	return listTable{rows: cs, ids: ids, header: "CONTAINER\tSTATE\tCREATED\tIMAGE\tCOMMAND",
+		line: func(i int) string {
+			c := cs[i]
+			created := "-"
+			if !c.Created.IsZero() {
+				created = time.Since(c.Created).Round(time.Second).String() + " ago"
+			}
+			img := c.Image
+			if img == "" {
+				img = "-"
+			}
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", c.ID, c.State, created, img, strings.Join(c.Command, " "))
+		}}
 }
 
 func noContainerHint(err error) error {

@@ -5,7 +5,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -253,10 +252,14 @@ of ./lay.`,
 }
 
 func imagesCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var lf listFlags
+	c := &cobra.Command{
 		Use: "images",
 		Example: `  vessel images
-  vessel images --json`,
+  vessel images --json
+  vessel images -q                      # NAME:TAG, one per line: vessel rmi $(vessel images -q)
+  vessel images --format '{{.Name}}:{{.Tag}} {{.Digest}}'
+  vessel images --noheading`,
 		Short: "List the images in the store",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -286,17 +289,20 @@ func imagesCmd(g *globals) *cobra.Command {
 				}
 				rows = append(rows, r)
 			}
-			if g.json {
-				return printJSON(cmd.OutOrStdout(), rows)
+			ids := make([]string, len(rows))
+			for i, r := range rows {
+				ids[i] = r.Name + ":" + r.Tag
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTAG\tDIGEST\tSIZE\tCREATED")
-			for _, r := range rows {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, r.Tag, shortDigest(r.Digest), humanSize(r.Size), r.Created.Format(time.RFC3339))
-			}
-			return tw.Flush()
+			return lf.print(cmd.OutOrStdout(), g.json, listTable{rows: rows, ids: ids,
+				header: "NAME\tTAG\tDIGEST\tSIZE\tCREATED",
+				line: func(i int) string {
+					r := rows[i]
+					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", r.Name, r.Tag, shortDigest(r.Digest), humanSize(r.Size), r.Created.Format(time.RFC3339))
+				}})
 		},
 	}
+	lf.add(c.Flags(), "NAME:TAG")
+	return c
 }
 
 func inspectCmd(g *globals) *cobra.Command {

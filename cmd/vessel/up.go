@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -126,7 +125,10 @@ background and returns once every service has been started.`,
 }
 
 func psCmd(g *globals) *cobra.Command {
-	var all bool
+	var (
+		all bool
+		lf  listFlags
+	)
 	c := &cobra.Command{
 		Use:   "ps [--all]",
 		Short: "Show the services vessel up runs: state, restarts, image, uptime (--all: every container)",
@@ -136,7 +138,9 @@ containers, service containers and build steps (vessel stop and vessel
 kill take their names).`,
 		Example: `  vessel ps
   vessel ps --all
-  vessel ps --json`,
+  vessel ps --json
+  vessel ps -a -q                       # names, one per line: vessel stop $(vessel ps -a -q)
+  vessel ps --format '{{.Name}} {{.State}}'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var cs []container.Info
@@ -158,7 +162,7 @@ kill take their names).`,
 					return err
 				}
 			}
-			if g.json {
+			if g.json || lf.format == "json" {
 				if sts == nil {
 					sts = []supervise.Status{}
 				}
@@ -168,35 +172,46 @@ kill take their names).`,
 				}
 				return printJSON(cmd.OutOrStdout(), out)
 			}
+			w := cmd.OutOrStdout()
 			if info == nil {
 				if all {
-					return printContainers(cmd.OutOrStdout(), cs)
+					return lf.print(w, false, containerTable(cs))
 				}
 				fmt.Fprintf(cmd.ErrOrStderr(), "%v (vessel ps --all lists vessel run containers too)\n", rerr)
 				return nil
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "product %s version %d, supervisor pid %d, up %s\n",
-				info.Product, info.Version, info.Owner.Pid, time.Since(info.Started).Round(time.Second))
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tRESTARTS\tUPTIME\tIMAGE\tDIGEST")
-			for _, s := range sts {
-				up := "-"
-				if s.State == supervise.StateRunning {
-					up = time.Since(s.Started).Round(time.Second).String()
-				}
-				state := s.State
-				if s.ExitCode != nil && s.State != supervise.StateRunning {
-					state = fmt.Sprintf("%s (%d)", s.State, *s.ExitCode)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", s.Name, state, s.Restarts, up, s.Image, shortDigest(s.Digest))
+			if !lf.quiet && lf.format == "" && !lf.noHeading {
+				fmt.Fprintf(w, "product %s version %d, supervisor pid %d, up %s\n",
+					info.Product, info.Version, info.Owner.Pid, time.Since(info.Started).Round(time.Second))
 			}
-			if err := tw.Flush(); err != nil || !all {
+			ids := make([]string, len(sts))
+			for i, s := range sts {
+				ids[i] = s.Name
+			}
+			err := lf.print(w, false, listTable{rows: sts, ids: ids,
+				header: "NAME\tSTATE\tRESTARTS\tUPTIME\tIMAGE\tDIGEST",
+				line: func(i int) string {
+					s := sts[i]
+					up := "-"
+					if s.State == supervise.StateRunning {
+						up = time.Since(s.Started).Round(time.Second).String()
+					}
+					state := s.State
+					if s.ExitCode != nil && s.State != supervise.StateRunning {
+						state = fmt.Sprintf("%s (%d)", s.State, *s.ExitCode)
+					}
+					return fmt.Sprintf("%s\t%s\t%d\t%s\t%s\t%s", s.Name, state, s.Restarts, up, s.Image, shortDigest(s.Digest))
+				}})
+			if err != nil || !all {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout())
-			return printContainers(cmd.OutOrStdout(), cs)
+			if !lf.quiet && lf.format == "" {
+				fmt.Fprintln(w)
+			}
+			return lf.print(w, false, containerTable(cs))
 		},
 	}
+	lf.add(c.Flags(), "service names (and with --all container names)")
 	c.Flags().BoolVarP(&all, "all", "a", false, "also list every running container (vessel run, services, builds)")
 	return c
 }
