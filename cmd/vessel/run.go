@@ -286,9 +286,18 @@ remembered until reboot (in the run directory).`,
 			}
 			rt, skipped, err := ociruntime.Detect(cmd.Context(), "", filepath.Join(g.runDir(), "runtime"))
 			if g.json {
-				out := map[string]any{"skipped": skipped}
+				// camelCase and [] for none, as every --json document.
+				type skip struct {
+					Name   string `json:"name"`
+					Reason string `json:"reason"`
+				}
+				sk := []skip{}
+				for _, s := range skipped {
+					sk = append(sk, skip{s.Name, s.Reason})
+				}
+				out := map[string]any{"skipped": sk}
 				if err == nil {
-					out["runtime"] = rt
+					out["runtime"] = map[string]string{"name": rt.Name, "path": rt.Path, "stateRoot": rt.StateRoot}
 				} else {
 					out["error"] = err.Error()
 				}
