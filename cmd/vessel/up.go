@@ -38,6 +38,7 @@ func upCmd(g *globals) *cobra.Command {
 		detach      bool
 		runtimeName string
 		stopTimeout time.Duration
+		logMax      int64
 	)
 	c := &cobra.Command{
 		Use:   "up [SIGNED] --ca CA.pem",
@@ -54,7 +55,7 @@ filesystem is gone after a restart, a file in a declared volume is kept
 (volumes live in <root>/volumes/SERVICE/NAME). Services restart per their
 policy (always, on-failure, never) with exponential backoff (100ms doubling
 to 30s; reset after 10s of running). Output goes to one log per service
-(vessel logs). Stopping sends SIGTERM, waits --stop-timeout, then SIGKILL,
+(vessel logs), rotated past --log-max. Stopping sends SIGTERM, waits --stop-timeout, then SIGKILL,
 and unmounts everything.
 
 A vessel up that crashed leaves containers and mounts behind; the next up
@@ -108,6 +109,7 @@ background and returns once every service has been started.`,
 				Dir: g.superviseDir(), Launcher: l, Store: s,
 				Volumes: filepath.Join(root, "volumes"), Log: cmd.ErrOrStderr(), StopTimeout: stopTimeout,
 				Versions: trust.OpenVersions(root),
+				LogMax:   logMax,
 			}
 			if err := sup.Up(cmd.Context(), vm); err != nil {
 				return err
@@ -121,6 +123,7 @@ background and returns once every service has been started.`,
 	c.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background; return once the services are started")
 	c.Flags().StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	c.Flags().DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a service")
+	c.Flags().Int64Var(&logMax, "log-max", supervise.DefaultLogMax, "rotate a service's log past this many bytes, keeping one older part")
 	return c
 }
 
@@ -227,9 +230,10 @@ func logsCmd(g *globals) *cobra.Command {
   vessel logs --tail 20 -f web`,
 		Short: "Print a service's output (-f: keep following)",
 		Long: `Print what service NAME wrote to stdout and stderr, across restarts, with
-vessel's start and exit lines between runs. --tail N prints only the last
-N lines; -f keeps printing new output until Ctrl-C or until the supervisor
-stops.`,
+vessel's start and exit lines between runs. Each log is capped (10 MiB):
+past it the log is rotated, keeping one older part, which is printed first.
+--tail N prints only the last N lines; -f keeps printing new output until
+Ctrl-C or until the supervisor stops.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := supervise.LogFile(g.superviseDir(), args[0])
@@ -240,12 +244,18 @@ stops.`,
 			if err != nil {
 				return err
 			}
-			defer f.Close()
+			defer func() { f.Close() }()
 			w := cmd.OutOrStdout()
+			// A rotated log's older part comes first.
+			var in io.Reader = f
+			if old, err := os.Open(supervise.OldLogFile(g.superviseDir(), args[0])); err == nil {
+				defer old.Close()
+				in = io.MultiReader(old, f)
+			}
 			if tail >= 0 {
-				err = copyTail(w, f, tail)
+				err = copyTail(w, in, tail)
 			} else {
-				_, err = io.Copy(w, f)
+				_, err = io.Copy(w, in)
 			}
 			if err != nil || !follow {
 				return err
@@ -258,6 +268,21 @@ stops.`,
 				}
 				if _, err := io.Copy(w, f); err != nil {
 					return err
+				}
+				// Rotated: finish the old file, go on with the new one.
+				if cur, err := os.Stat(path); err == nil {
+					if fi, err := f.Stat(); err == nil && !os.SameFile(cur, fi) {
+						if _, err := io.Copy(w, f); err != nil {
+							return err
+						}
+						nf, err := os.Open(path)
+						if err != nil {
+							return err
+						}
+						f.Close()
+						f = nf
+						continue
+					}
 				}
 				if _, err := supervise.Running(g.superviseDir()); err != nil {
 					_, err := io.Copy(w, f)

@@ -46,6 +46,9 @@ type Supervisor struct {
 	MinBackoff  time.Duration // first restart delay (default 100ms), doubled per failure
 	MaxBackoff  time.Duration // (default 30s)
 	ResetAfter  time.Duration // a run this long resets the backoff (default 10s)
+	// LogMax caps each service's log: past it the log is rotated, keeping
+	// one older part (default DefaultLogMax; negative: no cap).
+	LogMax int64
 
 	// Versions, when set, records the manifest's version as accepted once
 	// every service has started (its container ran); until then going back
@@ -99,6 +102,9 @@ func (s *Supervisor) defaults() {
 	}
 	if s.ResetAfter == 0 {
 		s.ResetAfter = 10 * time.Second
+	}
+	if s.LogMax == 0 {
+		s.LogMax = DefaultLogMax
 	}
 }
 
@@ -296,7 +302,7 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 	logPath := LogFile(s.Dir, name)
 	failures := 0
 	for {
-		logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC, 0o644)
+		logf, err := openLog(logPath, s.LogMax)
 		if err != nil {
 			s.save(sv, func(st *Status) { st.State, st.Error = StateFailed, err.Error() })
 			return
