@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/ociruntime"
@@ -90,7 +91,9 @@ capability set for an unprivileged container (narrow or widen it with
 --cap-drop and --cap-add), no_new_privs and a seccomp filter that denies
 syscalls reaching un-namespaced kernel interfaces (keyrings, modules, the
 clock, BPF, perf, new user namespaces...) unless the matching capability
-is granted (--security-opt seccomp=unconfined turns it off).
+is granted (--security-opt seccomp=unconfined turns it off;
+--security-opt seccomp=PROFILE.json uses a profile in Docker's or the OCI
+runtime spec's JSON format instead, such as moby's default.json).
 
 As with docker and podman, the container runs the image's entrypoint
 followed by COMMAND, or by the image's cmd when no COMMAND is given; an
@@ -162,7 +165,21 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 				case "no-new-privileges", "no-new-privileges:true", "no-new-privileges=true":
 					// always on
 				default:
-					return usageError{fmt.Sprintf("--security-opt %q: vessel knows seccomp=unconfined and no-new-privileges", o)}
+					file, ok := strings.CutPrefix(o, "seccomp=")
+					if !ok {
+						file, ok = strings.CutPrefix(o, "seccomp:")
+					}
+					if !ok || file == "" {
+						return usageError{fmt.Sprintf("--security-opt %q: vessel knows seccomp=unconfined, seccomp=PROFILE.json and no-new-privileges", o)}
+					}
+					b, err := bounded.ReadFile(file, ociruntime.MaxSeccompProfile)
+					if err != nil {
+						return fmt.Errorf("--security-opt seccomp: %w", err)
+					}
+					if _, err := ociruntime.ParseSeccompProfile(b, nil); err != nil {
+						return fmt.Errorf("--security-opt seccomp=%s: %w", file, err)
+					}
+					cfg.SeccompProfile = b
 				}
 			}
 			for _, v := range volumes {
@@ -232,7 +249,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 	f.BoolVar(&cfg.ReadOnly, "read-only", false, "mount the root filesystem read-only")
 	f.StringArrayVarP(&volumes, "volume", "v", nil, "bind-mount HOST:CONTAINER[:ro] (repeatable)")
 	f.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
-	f.StringArrayVar(&securityOpt, "security-opt", nil, "seccomp=unconfined: no syscall filter")
+	f.StringArrayVar(&securityOpt, "security-opt", nil, "seccomp=unconfined: no syscall filter; seccomp=PROFILE.json: a profile in Docker's or the OCI JSON format")
 	f.BoolVar(&whyDenied, "why-denied", false, "trace refused capability checks and name them if the container fails (root, cap_capable tracepoint)")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup the container's cgroup is made in (default /vessel/...; vessel caps learn traces one it made)")
 	return c
