@@ -6,6 +6,7 @@ pkgs=(
   squashfs-tools erofs-utils cryptsetup-bin   # layer images and the independent verity checker
   skopeo umoci                                # independent OCI layout checkers
   runc crun squashfuse fuse-overlayfs uidmap  # containers (both OCI runtimes), rootless mounts
+  catatonit                                   # vessel run --init: podman's tiny static init
   swtpm swtpm-tools tpm2-tools libssl-dev gcc # TPM: emulator, checker, simulator (cgo, tests only)
   docker-registry                             # a real registry for distribution tests
   busybox-static attr openssl util-linux make # example rootfs, xattr tools, cert checks, mount/losetup

@@ -73,6 +73,8 @@ func runCmd(g *globals) *cobra.Command {
 		interactive, tty, rm bool
 		whyDenied            bool
 		entrypoint           string
+		withInit             bool
+		initPath             string
 		stopTimeout          time.Duration
 		volumes, securityOpt []string
 	)
@@ -104,7 +106,10 @@ The container's exit code becomes vessel's (128+N when signal N killed
 it; 127 when COMMAND is not found, 126 when it cannot be executed). The
 first Ctrl-C (SIGINT) or SIGTERM is passed on to the container; if it has
 not exited --stop-timeout later, or at a second Ctrl-C, it is killed and
-vessel exits 130 (143 for SIGTERM). -it gives an interactive terminal.
+vessel exits 130 (143 for SIGTERM). A process that is PID 1 of the container ignores
+signals it has no handler for (a shell, busybox httpd): --init runs a tiny
+init (catatonit, tini or dumb-init, statically linked) as PID 1 instead,
+which passes signals on and reaps zombies, so the first Ctrl-C stops it. -it gives an interactive terminal.
 Containers never outlive the command, so --rm is always in effect:
 vessel ps --all lists them while they run, vessel stop NAME and vessel
 kill NAME end them from another terminal.
@@ -118,6 +123,7 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 		Example: `  vessel run demo:1 /bin/echo hello
   vessel run --name web app                       # the image's entrypoint and cmd
   vessel run --entrypoint /bin/cat app /www/index.html
+  vessel run --init app                          # httpd stops at the first Ctrl-C
   vessel run -it demo:1 /bin/sh
   vessel run --network host -e PORT=8080 demo:1
   vessel run --read-only --cap-drop ALL --user 1000:1000 demo:1 id
@@ -182,6 +188,13 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 					cfg.SeccompProfile = b
 				}
 			}
+			if withInit || initPath != "" {
+				p, err := ociruntime.FindInit(initPath)
+				if err != nil {
+					return err
+				}
+				ociruntime.WithInit(&cfg, p)
+			}
 			for _, v := range volumes {
 				b, err := parseVolume(v)
 				if err != nil {
@@ -236,6 +249,8 @@ user xattrs. Run state goes to $XDG_RUNTIME_DIR/vessel (or
 	f.SetInterspersed(false) // flags after IMAGE belong to COMMAND
 	f.StringVar(&name, "name", "", "container name (default run-RANDOM)")
 	f.StringVar(&entrypoint, "entrypoint", "", `replace the image's entrypoint (and its cmd): a path, or a JSON array; "" clears it`)
+	f.BoolVar(&withInit, "init", false, "run a tiny init (catatonit, tini or dumb-init) as PID 1: it reaps zombies and passes signals on, so Ctrl-C and vessel stop work on any command")
+	f.StringVar(&initPath, "init-path", "", "the static init binary for --init (default: catatonit, tini or dumb-init on PATH)")
 	f.DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "after Ctrl-C or SIGTERM is passed on, how long to wait before killing the container")
 	f.BoolVar(&rm, "rm", true, "remove the container when it exits (always; accepted for familiarity)")
 	f.BoolVarP(&interactive, "interactive", "i", false, "connect stdin")
