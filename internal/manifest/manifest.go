@@ -69,6 +69,9 @@ type Service struct {
 	Ports        []Port   `json:"ports,omitempty"`
 	Volumes      []Volume `json:"volumes,omitempty"`
 	ReadOnly     bool     `json:"readonly,omitempty"`
+	// Init runs a tiny static init as the container's PID 1, which passes
+	// signals on and reaps zombies (podman run --init).
+	Init bool `json:"init,omitempty"`
 }
 
 // Port publishes a container port on the host (network "private" only).

@@ -39,6 +39,7 @@ type ServiceSpec struct {
 	Ports        []string   `yaml:"ports"`   // "HOST:CONTAINER[/udp]" or "PORT[/udp]"
 	Volumes      []string   `yaml:"volumes"` // "NAME:/path"
 	ReadOnly     bool       `yaml:"readonly"`
+	Init         bool       `yaml:"init"` // a tiny init as PID 1 (vessel run --init)
 }
 
 // StringList is a YAML sequence of strings; a single scalar is a list of one

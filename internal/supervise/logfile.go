@@ -55,14 +55,31 @@ func (l *logFile) Write(p []byte) (int, error) {
 	if l.f == nil {
 		return 0, errors.New("log closed")
 	}
-	if l.max > 0 && l.size > 0 && l.size+int64(len(p)) > l.max {
-		if err := l.rotate(); err != nil {
-			return 0, fmt.Errorf("rotate %s: %w", l.path, err)
-		}
+	if l.max <= 0 {
+		n, err := l.f.Write(p)
+		l.size += int64(n)
+		return n, err
 	}
-	n, err := l.f.Write(p)
-	l.size += int64(n)
-	return n, err
+	// A write larger than what is left goes in pieces, rotating between
+	// them (a pipe delivers up to 32 KiB at once); vessel logs joins the
+	// parts again.
+	written := 0
+	for len(p) > 0 {
+		if l.size >= l.max {
+			if err := l.rotate(); err != nil {
+				return written, fmt.Errorf("rotate %s: %w", l.path, err)
+			}
+		}
+		chunk := p[:min(int64(len(p)), l.max-l.size)]
+		n, err := l.f.Write(chunk)
+		l.size += int64(n)
+		written += n
+		if err != nil {
+			return written, err
+		}
+		p = p[n:]
+	}
+	return written, nil
 }
 
 func (l *logFile) rotate() error {

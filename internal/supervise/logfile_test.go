@@ -57,6 +57,26 @@ func TestLogFileRotates(t *testing.T) {
 	}
 }
 
+// One write larger than the cap (a pipe's 32 KiB) is split, not let
+// through whole.
+func TestLogFileBigWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "web.log")
+	l, err := openLog(path, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := bytes.Repeat([]byte("0123456789"), 350)
+	if n, err := l.Write(big); n != len(big) || err != nil {
+		t.Fatalf("write: %d, %v", n, err)
+	}
+	l.Close()
+	cur, _ := os.ReadFile(path)
+	old, _ := os.ReadFile(path + ".1")
+	if len(cur) > 1000 || len(old) > 1000 || !bytes.HasSuffix(big, append(old, cur...)) {
+		t.Fatalf("parts of %d and %d bytes", len(old), len(cur))
+	}
+}
+
 // Two writers at once (stdout and stderr) lose nothing.
 func TestLogFileConcurrent(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "web.log")

@@ -275,6 +275,13 @@ func Config(def manifest.Service, img ocispec.ImageConfig) (ociruntime.Config, e
 		caps = def.Capabilities
 	}
 	cfg.Hostname, cfg.Capabilities, cfg.Network, cfg.ReadOnly = def.Name, caps, network, def.ReadOnly
+	if def.Init {
+		p, err := ociruntime.FindInit("")
+		if err != nil {
+			return ociruntime.Config{}, fmt.Errorf("service %s: init: %w", def.Name, err)
+		}
+		ociruntime.WithInit(&cfg, p)
+	}
 	return cfg, nil
 }
 
