@@ -215,6 +215,9 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 	}
 	if p.Upper != "" {
 		if p.OwnUp {
+			if err := mountScratch(filepath.Dir(p.Upper)); err != nil {
+				return nil, err
+			}
 			if err := os.RemoveAll(p.Upper); err != nil {
 				return nil, err
 			}
@@ -344,6 +347,9 @@ func (m *Manager) Cleanup() ([]string, error) {
 		}
 		done = append(done, "layer "+e.Name())
 	}
+	if err := releaseScratch(upperDir(m.run(), "")); err != nil {
+		errs = append(errs, err)
+	}
 	return done, errors.Join(errs...)
 }
 
@@ -367,6 +373,8 @@ func (m *Manager) undo(r record) error {
 	}
 	if p.OwnUp {
 		if err := os.RemoveAll(p.Upper); err != nil {
+			errs = append(errs, err)
+		} else if err := releaseScratch(filepath.Dir(p.Upper)); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -157,6 +157,10 @@ func TestMountWritableAndFresh(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(target, "scratch"), []byte("x"), 0o644); err != nil {
 			t.Fatalf("writable root refused a write: %v", err)
 		}
+		// A fresh upper is on tmpfs even when the run directory is not.
+		if !isTmpfs(p.Upper) {
+			t.Errorf("fresh upper %s is not on tmpfs", p.Upper)
+		}
 		if err := os.Remove(filepath.Join(target, "data/keep")); err != nil {
 			t.Fatal(err)
 		}
@@ -175,6 +179,9 @@ func TestMountWritableAndFresh(t *testing.T) {
 		}
 		if _, err := os.Stat(p.Upper); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("own upper dir %s not removed", p.Upper)
+		}
+		if isMountPoint(filepath.Dir(p.Upper)) {
+			t.Errorf("the tmpfs of fresh uppers is still mounted after the last unmount")
 		}
 	}
 	st := e.m.Stats()

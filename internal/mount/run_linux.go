@@ -1,6 +1,7 @@
 package mount
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -48,6 +49,52 @@ func PrepareRun(dir string) (bool, error) {
 		return false, fmt.Errorf("mount a tmpfs on the run directory %s: %w", dir, err)
 	}
 	return true, nil
+}
+
+// mountScratch makes sure dir, the directory of fresh (throwaway) upper
+// layers, is on a tmpfs. When the run directory is on a disk, it mounts
+// one there for as long as a fresh upper exists (releaseScratch takes it
+// down with the last): an overlay mount with its upper on ext4 costs about
+// 8 ms (the filesystem's feature checks write xattrs through the journal)
+// and creating and removing the upper 5 ms more, against 0.3 ms on tmpfs.
+// The writable layer of a container is then in memory, as it is with the
+// default run directory /run/vessel (a tmpfs, see PrepareRun). Only root
+// outside a user namespace mounts one; a rootless vessel's upper directory
+// is a tmpfs of its namespace already (PrivateDirs). The caller holds the
+// Manager's lock.
+func mountScratch(dir string) error {
+	if os.Geteuid() != 0 || inUserNS() {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if isTmpfs(dir) {
+		return nil
+	}
+	if err := unix.Mount("vessel-uppers", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
+		return fmt.Errorf("mount a tmpfs for fresh upper layers on %s: %w", dir, err)
+	}
+	return nil
+}
+
+// releaseScratch unmounts the tmpfs of mountScratch once no upper is left
+// in it. The caller holds the Manager's lock.
+func releaseScratch(dir string) error {
+	if os.Geteuid() != 0 || inUserNS() || !isMountPoint(dir) || !isTmpfs(dir) {
+		return nil
+	}
+	if ents, err := os.ReadDir(dir); err != nil || len(ents) > 0 {
+		return err
+	}
+	// Detached at once: the overlay that used it may hold it a moment
+	// longer (until the container's mount namespace is gone), and a plain
+	// unmount would wait for that in unmount's EBUSY retries. Nothing of
+	// vessel's is left in it.
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("unmount the tmpfs of fresh upper layers %s: %w", dir, err)
+	}
+	return nil
 }
 
 // holdsState reports whether the run directory holds a state record of
