@@ -11,8 +11,11 @@ GOFLAGS_TEST ?= -count=1 -timeout 30m
 
 all: build
 
+# vessel --version names the commit (also when the toolchain does not stamp it)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN) ./cmd/vessel
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.commit=$(COMMIT)" -o $(BIN) ./cmd/vessel
 
 deps:
 	./scripts/deps.sh

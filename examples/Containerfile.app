@@ -6,4 +6,4 @@ RUN chmod 0644 /www/index.html
 ENV HTTPD_PORT=8080
 LABEL org.opencontainers.image.title=vessel-example-app
 WORKDIR /www
-ENTRYPOINT ["/bin/httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"]
+CMD ["/bin/httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"]

@@ -6,6 +6,7 @@ pkgs=(
   squashfs-tools erofs-utils cryptsetup-bin   # layer images and the independent verity checker
   skopeo umoci                                # independent OCI layout checkers
   runc crun squashfuse fuse-overlayfs uidmap  # containers (both OCI runtimes), rootless mounts
+  catatonit                                   # vessel run --init: podman's tiny static init
   swtpm swtpm-tools tpm2-tools libssl-dev gcc # TPM: emulator, checker, simulator (cgo, tests only)
   tpm2-openssl                                # openssl tpm2 provider: signs with vessel's TPM key files (tests)
   docker-registry                             # a real registry for distribution tests

@@ -5,7 +5,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -30,6 +29,9 @@ func init() {
 func (g *globals) openStore() (*store.Store, error) {
 	root, err := g.storeRoot()
 	if err != nil {
+		return nil, err
+	}
+	if err := g.checkStoreRoot(root); err != nil {
 		return nil, err
 	}
 	return store.Open(root)
@@ -260,8 +262,14 @@ of ./lay.`,
 }
 
 func imagesCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "images",
+	var lf listFlags
+	c := &cobra.Command{
+		Use: "images",
+		Example: `  vessel images
+  vessel images --json
+  vessel images -q                      # NAME:TAG, one per line: vessel rmi $(vessel images -q)
+  vessel images --format '{{.Name}}:{{.Tag}} {{.Digest}}'
+  vessel images --noheading`,
 		Short: "List the images in the store",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -291,17 +299,20 @@ func imagesCmd(g *globals) *cobra.Command {
 				}
 				rows = append(rows, r)
 			}
-			if g.json {
-				return printJSON(cmd.OutOrStdout(), rows)
+			ids := make([]string, len(rows))
+			for i, r := range rows {
+				ids[i] = r.Name + ":" + r.Tag
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTAG\tDIGEST\tSIZE\tCREATED")
-			for _, r := range rows {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Name, r.Tag, shortDigest(r.Digest), humanSize(r.Size), r.Created.Format(time.RFC3339))
-			}
-			return tw.Flush()
+			return lf.print(cmd.OutOrStdout(), g.json, listTable{rows: rows, ids: ids,
+				header: "NAME\tTAG\tDIGEST\tSIZE\tCREATED",
+				line: func(i int) string {
+					r := rows[i]
+					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", r.Name, r.Tag, shortDigest(r.Digest), humanSize(r.Size), r.Created.Format(time.RFC3339))
+				}})
 		},
 	}
+	lf.add(c.Flags(), "NAME:TAG")
+	return c
 }
 
 func inspectCmd(g *globals) *cobra.Command {
@@ -369,9 +380,13 @@ func inspectCmd(g *globals) *cobra.Command {
 
 func rmCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "rm NAME[:TAG]...",
-		Short: "Remove tags (blobs stay until 'vessel gc')",
-		Args:  cobra.MinimumNArgs(1),
+		Use: "rm NAME[:TAG]...",
+		Example: `  vessel rm demo:1
+  vessel rmi demo:1 demo:2
+  vessel gc`,
+		Aliases: []string{"rmi"},
+		Short:   "Remove tags (blobs stay until 'vessel gc'); also vessel rmi",
+		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			s, err := g.openStore()
 			if err != nil {
@@ -393,7 +408,9 @@ func rmCmd(g *globals) *cobra.Command {
 
 func gcCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "gc",
+		Use: "gc",
+		Example: `  vessel rm demo:1 && vessel gc
+  vessel gc --json`,
 		Short: "Delete blobs that no tag references",
 		Long: `gc deletes every blob that no tagged image, nested index or referrer
 (such as a signature) reaches, and stale temp files from interrupted writes:

@@ -8,8 +8,11 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/signal"
+	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -37,22 +40,40 @@ when run as root, $XDG_DATA_HOME/vessel otherwise; --root or VESSEL_ROOT
 select another.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       readBuildInfo().String(),
 	}
+	root.SetVersionTemplate("vessel {{.Version}}\n")
 	root.PersistentFlags().StringVar(&g.root, "root", "", "store directory (default $VESSEL_ROOT, /var/lib/vessel as root, $XDG_DATA_HOME/vessel otherwise)")
 	root.PersistentFlags().BoolVar(&g.json, "json", false, "print machine-readable JSON")
 	for _, f := range commands {
 		root.AddCommand(f(g))
 	}
+	finishTree(root, g)
 	return root
 }
 
 // run executes the CLI and returns the process exit code.
 func run(args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// SIGINT and SIGTERM cancel the command's context; a command that
+	// ends because of that exits 128+N (130 for Ctrl-C), as shells expect.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var got atomic.Int32
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigc)
+	go func() {
+		select {
+		case s := <-sigc:
+			got.Store(int32(s.(syscall.Signal)))
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	root := newRoot()
 	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
+	c, err := root.ExecuteContextC(ctx)
+	err = oneLineSuggestion(err)
 	if err == nil {
 		return 0
 	}
@@ -60,11 +81,17 @@ func run(args []string) int {
 	if errors.As(err, &ee) && ee.err == nil {
 		return ee.code // a container's exit code: nothing to report
 	}
+	if sig := got.Load(); sig != 0 && errors.Is(err, context.Canceled) {
+		return 128 + int(sig) // interrupted: the user knows why
+	}
 	printError(os.Stderr, err)
 	if errors.As(err, &ee) {
 		return ee.code
 	}
 	if isUsageError(err) {
+		if c != nil && !strings.Contains(err.Error(), "--help") {
+			fmt.Fprintf(os.Stderr, "vessel: hint: see `%s --help`\n", c.CommandPath())
+		}
 		return 2
 	}
 	return 1

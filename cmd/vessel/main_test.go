@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -38,6 +39,11 @@ func TestScript(t *testing.T) {
 			}
 			e.Setenv("FREE_PORT", strconv.Itoa(p))
 			e.Setenv("FREE_PORT1", strconv.Itoa(p+1))
+			examples, err := filepath.Abs("../../examples") // stories run the README's examples as written
+			if err != nil {
+				return err
+			}
+			e.Setenv("EXAMPLES", examples)
 			return nil
 		},
 		Condition: func(cond string) (bool, error) {

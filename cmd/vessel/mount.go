@@ -157,7 +157,9 @@ func listMounts(g *globals, cmd *cobra.Command, m *mount.Manager) error {
 
 func umountCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "umount DIR",
+		Use: "umount DIR",
+		Example: `  vessel mount demo:1 /mnt/demo
+  vessel umount /mnt/demo`,
 		Short: "Unmount an image mounted with vessel mount",
 		Long: `Unmount the image vessel mounted at DIR, release its layers (a layer that
 no other mount uses is unmounted and its loop device freed) and delete the

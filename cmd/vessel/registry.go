@@ -332,8 +332,18 @@ func runCopy(cmd *cobra.Command, g *globals, rf *registryFlags, verb string, src
 		if err != nil {
 			return err
 		}
-		if _, err := image.Verify(st, dst.String(), nil); err != nil {
+		layers, err := image.Verify(st, dst.String(), nil)
+		if err != nil {
 			return fmt.Errorf("%s, but verification failed: %w", verb, err)
+		}
+		var blocks uint64
+		for _, l := range layers {
+			blocks += l.Blocks
+		}
+		if g.json {
+			jsonEvents(cmd.OutOrStdout())(map[string]any{"event": "verified", "image": dst.String(), "layers": len(layers), "dataBlocks": blocks})
+		} else {
+			defer fmt.Fprintf(cmd.OutOrStdout(), "  verified: %d layers, %d data blocks checked against their verity root hashes\n", len(layers), blocks)
 		}
 	}
 	return printResult(cmd, g, verb, res)

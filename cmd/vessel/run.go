@@ -11,9 +11,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/userns"
@@ -70,6 +72,10 @@ func runCmd(g *globals) *cobra.Command {
 		arch                 string
 		interactive, tty, rm bool
 		whyDenied            bool
+		entrypoint           string
+		withInit             bool
+		initPath             string
+		stopTimeout          time.Duration
 		volumes, securityOpt []string
 	)
 	c := &cobra.Command{
@@ -87,12 +93,26 @@ capability set for an unprivileged container (narrow or widen it with
 --cap-drop and --cap-add), no_new_privs and a seccomp filter that denies
 syscalls reaching un-namespaced kernel interfaces (keyrings, modules, the
 clock, BPF, perf, new user namespaces...) unless the matching capability
-is granted (--security-opt seccomp=unconfined turns it off).
+is granted (--security-opt seccomp=unconfined turns it off;
+--security-opt seccomp=PROFILE.json uses a profile in Docker's or the OCI
+runtime spec's JSON format instead, such as moby's default.json).
 
-COMMAND defaults to the image's entrypoint and cmd. The container's exit
-code becomes vessel's (128+N when signal N killed it); SIGINT and SIGTERM
-are passed on to the container. -it gives an interactive terminal.
-Containers never outlive the command, so --rm is always in effect.
+As with docker and podman, the container runs the image's entrypoint
+followed by COMMAND, or by the image's cmd when no COMMAND is given; an
+image without an entrypoint runs COMMAND itself. --entrypoint replaces the
+entrypoint (and drops the image's cmd).
+
+The container's exit code becomes vessel's (128+N when signal N killed
+it; 127 when COMMAND is not found, 126 when it cannot be executed). The
+first Ctrl-C (SIGINT) or SIGTERM is passed on to the container; if it has
+not exited --stop-timeout later, or at a second Ctrl-C, it is killed and
+vessel exits 130 (143 for SIGTERM). A process that is PID 1 of the container ignores
+signals it has no handler for (a shell, busybox httpd): --init runs a tiny
+init (catatonit, tini or dumb-init, statically linked) as PID 1 instead,
+which passes signals on and reaps zombies, so the first Ctrl-C stops it. -it gives an interactive terminal.
+Containers never outlive the command, so --rm is always in effect:
+vessel ps --all lists them while they run, vessel stop NAME and vessel
+kill NAME end them from another terminal.
 
 Rootless: run as an unprivileged user listed in /etc/subuid and
 /etc/subgid, vessel enters a user namespace where the user is root and
@@ -106,6 +126,9 @@ registered with binfmt_misc (vessel binfmt install; docs/binfmt.md);
 without one vessel refuses it and says how to register one. --arch picks
 the platform from a multi-arch image and refuses an image for another.`,
 		Example: `  vessel run demo:1 /bin/echo hello
+  vessel run --name web app                       # the image's entrypoint and cmd
+  vessel run --entrypoint /bin/cat app /www/index.html
+  vessel run --init app                          # httpd stops at the first Ctrl-C
   vessel run -it demo:1 /bin/sh
   vessel run --network host -e PORT=8080 demo:1
   vessel run --read-only --cap-drop ALL --user 1000:1000 demo:1 id
@@ -133,8 +156,18 @@ the platform from a multi-arch image and refuses an image for another.`,
 				rand.Read(b)
 				name = "run-" + hex.EncodeToString(b)
 			}
-			proc, err := ociruntime.FromImage(img.Config().Config, ociruntime.Overrides{
-				Cmd: args[1:], Env: envFlags(cfg.Env), User: cfg.User, Cwd: cfg.Cwd,
+			imgCfg := img.Config().Config
+			var ep []string
+			if cmd.Flags().Changed("entrypoint") {
+				// As docker and podman: --entrypoint replaces the image's
+				// entrypoint and drops its cmd; "" clears the entrypoint.
+				imgCfg.Entrypoint, imgCfg.Cmd = nil, nil
+				if ep, err = parseEntrypoint(entrypoint); err != nil {
+					return err
+				}
+			}
+			proc, err := ociruntime.FromImage(imgCfg, ociruntime.Overrides{
+				Entrypoint: ep, Cmd: args[1:], Env: envFlags(cfg.Env), User: cfg.User, Cwd: cfg.Cwd,
 			})
 			if err != nil {
 				return fmt.Errorf("run %s: %w (give a COMMAND)", args[0], err)
@@ -147,8 +180,29 @@ the platform from a multi-arch image and refuses an image for another.`,
 				case "no-new-privileges", "no-new-privileges:true", "no-new-privileges=true":
 					// always on
 				default:
-					return usageError{fmt.Sprintf("--security-opt %q: vessel knows seccomp=unconfined and no-new-privileges", o)}
+					file, ok := strings.CutPrefix(o, "seccomp=")
+					if !ok {
+						file, ok = strings.CutPrefix(o, "seccomp:")
+					}
+					if !ok || file == "" {
+						return usageError{fmt.Sprintf("--security-opt %q: vessel knows seccomp=unconfined, seccomp=PROFILE.json and no-new-privileges", o)}
+					}
+					b, err := bounded.ReadFile(file, ociruntime.MaxSeccompProfile)
+					if err != nil {
+						return fmt.Errorf("--security-opt seccomp: %w", err)
+					}
+					if _, err := ociruntime.ParseSeccompProfile(b, nil); err != nil {
+						return fmt.Errorf("--security-opt seccomp=%s: %w", file, err)
+					}
+					cfg.SeccompProfile = b
 				}
+			}
+			if withInit || initPath != "" {
+				p, err := ociruntime.FindInit(initPath)
+				if err != nil {
+					return err
+				}
+				ociruntime.WithInit(&cfg, p)
 			}
 			for _, v := range volumes {
 				b, err := parseVolume(v)
@@ -171,23 +225,11 @@ the platform from a multi-arch image and refuses an image for another.`,
 			if err != nil {
 				return err
 			}
-			// Before the container starts (mounting, verifying a big layer),
-			// SIGINT or SIGTERM aborts the run. Once it starts they go to the
-			// container (ociruntime.Run forwards them), which decides how to
-			// end: they must not cancel the run and SIGKILL it from under
-			// its handler.
 			runCtx, abort := context.WithCancel(context.WithoutCancel(cmd.Context()))
 			defer abort()
 			var started atomic.Bool
-			go func() {
-				select {
-				case <-cmd.Context().Done():
-					if !started.Load() {
-						abort()
-					}
-				case <-runCtx.Done():
-				}
-			}()
+			stopper := stopOnSignals(abort, &started, stopTimeout)
+			defer stopper.close()
 			finish, err := watchDenials(whyDenied, &cfg)
 			if err != nil {
 				return err
@@ -197,8 +239,14 @@ the platform from a multi-arch image and refuses an image for another.`,
 			if ferr := finish(cmd.ErrOrStderr(), err != nil || code != 0); ferr != nil {
 				err = errors.Join(err, ferr)
 			}
+			if sig, killed := stopper.result(); killed {
+				if started.Load() {
+					warnf(cmd.ErrOrStderr(), "note", "container %s did not exit on %v; killed it", name, sig)
+				}
+				return exitError{code: 128 + int(sig)}
+			}
 			if err != nil {
-				return err
+				return execExitCode(err)
 			}
 			if code != 0 {
 				return exitError{code: code}
@@ -210,6 +258,10 @@ the platform from a multi-arch image and refuses an image for another.`,
 	f.SetInterspersed(false) // flags after IMAGE belong to COMMAND
 	f.StringVar(&name, "name", "", "container name (default run-RANDOM)")
 	f.StringVar(&arch, "arch", "", "run the image for ARCH (arm64...): picked from a multi-arch image, refused if the image is for another; foreign ones need vessel binfmt install")
+	f.StringVar(&entrypoint, "entrypoint", "", `replace the image's entrypoint (and its cmd): a path, or a JSON array; "" clears it`)
+	f.BoolVar(&withInit, "init", false, "run a tiny init (catatonit, tini or dumb-init) as PID 1: it reaps zombies and passes signals on, so Ctrl-C and vessel stop work on any command")
+	f.StringVar(&initPath, "init-path", "", "the static init binary for --init (default: catatonit, tini or dumb-init on PATH)")
+	f.DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "after Ctrl-C or SIGTERM is passed on, how long to wait before killing the container")
 	f.BoolVar(&rm, "rm", true, "remove the container when it exits (always; accepted for familiarity)")
 	f.BoolVarP(&interactive, "interactive", "i", false, "connect stdin")
 	f.BoolVarP(&tty, "tty", "t", false, "allocate a terminal (stdin must be one)")
@@ -222,7 +274,7 @@ the platform from a multi-arch image and refuses an image for another.`,
 	f.BoolVar(&cfg.ReadOnly, "read-only", false, "mount the root filesystem read-only")
 	f.StringArrayVarP(&volumes, "volume", "v", nil, "bind-mount HOST:CONTAINER[:ro] (repeatable)")
 	f.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
-	f.StringArrayVar(&securityOpt, "security-opt", nil, "seccomp=unconfined: no syscall filter")
+	f.StringArrayVar(&securityOpt, "security-opt", nil, "seccomp=unconfined: no syscall filter; seccomp=PROFILE.json: a profile in Docker's or the OCI JSON format")
 	f.BoolVar(&whyDenied, "why-denied", false, "trace refused capability checks and name them if the container fails (root, cap_capable tracepoint)")
 	f.StringVar(&cfg.CgroupParent, "cgroup-parent", "", "cgroup the container's cgroup is made in (default /vessel/...; vessel caps learn traces one it made)")
 	return c
@@ -261,7 +313,9 @@ func parseVolume(v string) (ociruntime.Bind, error) {
 
 func runtimeCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "runtime",
+		Use: "runtime",
+		Example: `  vessel runtime
+  vessel runtime --json`,
 		Short: "Show which OCI runtime vessel uses and why others were skipped",
 		Long: `Probe the OCI runtimes vessel knows (runc, crun) by really creating and
 deleting a throwaway container with each, and show which one vessel uses.
@@ -274,9 +328,18 @@ remembered until reboot (in the run directory).`,
 			}
 			rt, skipped, err := ociruntime.Detect(cmd.Context(), "", filepath.Join(g.runDir(), "runtime"))
 			if g.json {
-				out := map[string]any{"skipped": skipped}
+				// camelCase and [] for none, as every --json document.
+				type skip struct {
+					Name   string `json:"name"`
+					Reason string `json:"reason"`
+				}
+				sk := []skip{}
+				for _, s := range skipped {
+					sk = append(sk, skip{s.Name, s.Reason})
+				}
+				out := map[string]any{"skipped": sk}
 				if err == nil {
-					out["runtime"] = rt
+					out["runtime"] = map[string]string{"name": rt.Name, "path": rt.Path, "stateRoot": rt.StateRoot}
 				} else {
 					out["error"] = err.Error()
 				}

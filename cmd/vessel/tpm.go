@@ -104,10 +104,14 @@ Raising the policy version ('vessel tpm policy bump') revokes older policies.
 A recovery secret printed once by 'provision' unseals when no policy fits.
 
 --tpm selects the TPM: /dev/tpmrm0 (default), /dev/tpm0, swtpm:HOST:PORT or the
-path of a unix socket (swtpm --server type=unixio). Sealed objects and the
+path of a unix socket (swtpm --server type=unixio); tpm2-tools' TCTI forms
+swtpm:host=H,port=P and device:PATH work too, and $TPM2TOOLS_TCTI is the
+default when $VESSEL_TPM is not set. Other TCTIs (mssim, tabrmd) are refused
+at once; a TCP address that does not answer a TPM command within 3s (swtpm's
+control port) is refused naming it. Sealed objects and the
 provisioning record live in --state (default <root>/tpm). See docs/tpm.md.`,
 	}
-	c.PersistentFlags().StringVar(&f.dev, "tpm", envOr("VESSEL_TPM", tpm.DefaultDevice), "TPM device: /dev/tpmrm0, /dev/tpm0, swtpm:HOST:PORT or a unix socket path ($VESSEL_TPM)")
+	c.PersistentFlags().StringVar(&f.dev, "tpm", envOr("VESSEL_TPM", envOr("TPM2TOOLS_TCTI", tpm.DefaultDevice)), "TPM: /dev/tpmrm0, /dev/tpm0, swtpm:HOST:PORT (or tpm2-tools' swtpm:host=H,port=P), a unix socket path ($VESSEL_TPM, else $TPM2TOOLS_TCTI)")
 	c.PersistentFlags().StringVar(&f.state, "state", "", "state directory for sealed objects (default <root>/tpm)")
 	c.AddCommand(tpmInfoCmd(g, f), tpmProvisionCmd(g, f), tpmPolicyCmd(g, f), tpmSealCmd(g, f),
 		tpmUnsealCmd(g, f), tpmLockCmd(g, f), tpmIdentityCmd(g, f), tpmPCR7Cmd(g), tpmKeyCmd(g, f))
@@ -123,7 +127,9 @@ func envOr(k, def string) string {
 
 func tpmInfoCmd(g *globals, f *tpmFlags) *cobra.Command {
 	return &cobra.Command{
-		Use:   "info",
+		Use: "info",
+		Example: `  vessel tpm info
+  vessel tpm info --tpm swtpm:127.0.0.1:2321 --json`,
 		Short: "Show the TPM's manufacturer, firmware, algorithms, PCR banks, handles and vessel's state",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -357,9 +363,10 @@ the write), so the machine never ends up with no valid policy. Versions only go 
 
 func tpmPolicyShowCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
-		Use:   "show FILE",
-		Short: "Check a signed policy file and print what it allows",
-		Args:  cobra.ExactArgs(1),
+		Use:     "show FILE",
+		Example: `  vessel tpm policy show policy.signed`,
+		Short:   "Check a signed policy file and print what it allows",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := tpm.ReadPolicy(args[0])
 			if err != nil {
@@ -438,8 +445,9 @@ func tpmUnsealCmd(g *globals, f *tpmFlags) *cobra.Command {
 
 func tpmLockCmd(g *globals, f *tpmFlags) *cobra.Command {
 	return &cobra.Command{
-		Use:   "lock",
-		Short: "Extend PCR7 so nothing later in this boot can unseal",
+		Use:     "lock",
+		Example: `  vessel tpm unseal disk --policy policy.signed > /run/disk.key && vessel tpm lock`,
+		Short:   "Extend PCR7 so nothing later in this boot can unseal",
 		Long: `lock extends PCR7 in every PCR bank with a fixed event. Run it once the
 initrd has unsealed what it needs: until the next reboot no signed policy
 matches PCR7, so nothing started later can unseal the disk key.`,
@@ -536,7 +544,9 @@ func tpmIdentitySignCmd(g *globals, f *tpmFlags) *cobra.Command {
 	var a authFlags
 	var msg, in, out string
 	c := &cobra.Command{
-		Use:   "sign (-m MSG | --in FILE) [-o SIG]",
+		Use: "sign (-m MSG | --in FILE) [-o SIG]",
+		Example: `  vessel tpm identity sign -m hello
+  vessel tpm identity sign --in msg -o sig.der`,
 		Short: "Sign a message with the identity key (ECDSA P-256, SHA-256, DER signature)",
 		Long: `sign hashes the message with SHA-256 and has the TPM sign it with the identity
 key. The DER signature goes to -o, or base64 to stdout. Verify it with the
@@ -601,9 +611,10 @@ public key of the machine certificate, e.g.
 
 func tpmIdentityPublicCmd(g *globals, f *tpmFlags) *cobra.Command {
 	return &cobra.Command{
-		Use:   "public",
-		Short: "Print the identity public key (PEM); needs no TPM",
-		Args:  cobra.NoArgs,
+		Use:     "public",
+		Example: `  vessel tpm identity public > id.pub`,
+		Short:   "Print the identity public key (PEM); needs no TPM",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := f.stateDir(g)
 			if err != nil {

@@ -10,8 +10,11 @@
 //   - notes and warnings are one line: "vessel: note: ..." (warnf);
 //   - errors are printed once, by main (printError), as
 //     "vessel: <what failed>: <why>", followed by the hint the CLI knows
-//     for the error, and the exit code is 1 (2 for usage errors). Library
-//     errors never name flags: the hints here do.
+//     for the error, and the exit code is 1 (2 for usage errors, with a
+//     hint naming the command's --help; 128+N when signal N, Ctrl-C or
+//     SIGTERM, ended the command, printing nothing). Library errors never
+//     name flags: the hints here do. usage.go makes cobra's argument and
+//     flag errors usage errors and adds suggestions.
 
 package main
 
@@ -40,6 +43,9 @@ import (
 type globals struct {
 	root string
 	json bool
+
+	rootFlag     bool // --root was given
+	createsStore bool // the command may create a new store (usage.go)
 
 	runOnce sync.Once
 }
@@ -163,6 +169,14 @@ func hint(err error) string {
 		return "pass --substitute NAME=VALUE, or write ${{NAME:default}} in the recipe"
 	case errors.Is(err, trust.ErrNoManifestCA):
 		return "create the CAs first with `vessel keys init DIR --org NAME`"
+	case errors.Is(err, manifest.ErrSystemYAML):
+		return "build it into a manifest with `vessel manifest build FILE --keys DIR -o manifest.json`, then sign that with `vessel manifest sign`"
+	case errors.Is(err, manifest.ErrUnsignedManifest):
+		return "sign it first: `vessel manifest sign FILE --key product.key --cert product.pem -o manifest.signed`"
+	case errors.Is(err, manifest.ErrSignedManifest):
+		return "a signed manifest is what `vessel up`, `vessel manifest verify` and `vessel install` take"
+	case strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"):
+		return "the registry speaks plain HTTP, not HTTPS: add --plain-http (only for a registry on loopback or a network you trust)"
 	}
 	return ""
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -8,13 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/supervise"
+	"github.com/vesselos/vessel/internal/trust"
 )
 
 func init() {
@@ -36,13 +38,14 @@ func upCmd(g *globals) *cobra.Command {
 		detach      bool
 		runtimeName string
 		stopTimeout time.Duration
+		logMax      int64
 	)
 	c := &cobra.Command{
 		Use:   "up [SIGNED] --ca CA.pem",
 		Short: "Verify a signed system manifest and run every service it lists",
 		Long: `up verifies the signed system manifest (every check of vessel manifest
-verify, with the images checked in the store and the version recorded, so
-an older manifest is refused), then starts every service and keeps it
+verify, with the images checked in the store and no older version than
+one accepted before), then starts every service and keeps it
 running until SIGTERM, Ctrl-C or vessel down. Without SIGNED it runs the
 system vessel install recorded as current.
 
@@ -52,7 +55,7 @@ filesystem is gone after a restart, a file in a declared volume is kept
 (volumes live in <root>/volumes/SERVICE/NAME). Services restart per their
 policy (always, on-failure, never) with exponential backoff (100ms doubling
 to 30s; reset after 10s of running). Output goes to one log per service
-(vessel logs). Stopping sends SIGTERM, waits --stop-timeout, then SIGKILL,
+(vessel logs), rotated past --log-max. Stopping sends SIGTERM, waits --stop-timeout, then SIGKILL,
 and unmounts everything.
 
 A vessel up that crashed leaves containers and mounts behind; the next up
@@ -105,23 +108,51 @@ background and returns once every service has been started.`,
 			sup := &supervise.Supervisor{
 				Dir: g.superviseDir(), Launcher: l, Store: s,
 				Volumes: filepath.Join(root, "volumes"), Log: cmd.ErrOrStderr(), StopTimeout: stopTimeout,
+				Versions: trust.OpenVersions(root),
+				LogMax:   logMax,
 			}
-			return sup.Up(cmd.Context(), vm)
+			if err := sup.Up(cmd.Context(), vm); err != nil {
+				return err
+			}
+			// Ctrl-C or SIGTERM stopped the services (with SIGTERM, then
+			// SIGKILL after --stop-timeout): exit 130 or 143, as shells expect.
+			return cmd.Context().Err()
 		},
 	}
 	tf.add(c.Flags())
 	c.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background; return once the services are started")
 	c.Flags().StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	c.Flags().DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a service")
+	c.Flags().Int64Var(&logMax, "log-max", supervise.DefaultLogMax, "rotate a service's log past this many bytes, keeping one older part")
 	return c
 }
 
 func psCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "ps",
-		Short: "Show the services vessel up runs: state, restarts, image, uptime",
-		Args:  cobra.NoArgs,
+	var (
+		all bool
+		lf  listFlags
+	)
+	c := &cobra.Command{
+		Use:   "ps [--all]",
+		Short: "Show the services vessel up runs: state, restarts, image, uptime (--all: every container)",
+		Long: `Show the services of the running vessel up: state, restarts, uptime and
+image. --all also lists every container a vessel process runs: vessel run
+containers, service containers and build steps (vessel stop and vessel
+kill take their names).`,
+		Example: `  vessel ps
+  vessel ps --all
+  vessel ps --json
+  vessel ps -a -q                       # names, one per line: vessel stop $(vessel ps -a -q)
+  vessel ps --format '{{.Name}} {{.State}}'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var cs []container.Info
+			if all {
+				var err error
+				if cs, err = container.List(cmd.Context(), g.runDir()); err != nil {
+					return err
+				}
+			}
 			dir := g.superviseDir()
 			info, rerr := supervise.Running(dir)
 			if rerr != nil && !errors.Is(rerr, supervise.ErrNotRunning) {
@@ -134,44 +165,75 @@ func psCmd(g *globals) *cobra.Command {
 					return err
 				}
 			}
-			if g.json {
+			if g.json || lf.format == "json" {
 				if sts == nil {
 					sts = []supervise.Status{}
 				}
-				return printJSON(cmd.OutOrStdout(), map[string]any{"supervisor": info, "services": sts})
+				out := map[string]any{"supervisor": info, "services": sts}
+				if all {
+					out["containers"] = cs
+				}
+				return printJSON(cmd.OutOrStdout(), out)
 			}
+			w := cmd.OutOrStdout()
 			if info == nil {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%v\n", rerr)
+				if all {
+					return lf.print(w, false, containerTable(cs))
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "%v (vessel ps --all lists vessel run containers too)\n", rerr)
 				return nil
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "product %s version %d, supervisor pid %d, up %s\n",
-				info.Product, info.Version, info.Owner.Pid, time.Since(info.Started).Round(time.Second))
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tRESTARTS\tUPTIME\tIMAGE\tDIGEST")
-			for _, s := range sts {
-				up := "-"
-				if s.State == supervise.StateRunning {
-					up = time.Since(s.Started).Round(time.Second).String()
-				}
-				state := s.State
-				if s.ExitCode != nil && s.State != supervise.StateRunning {
-					state = fmt.Sprintf("%s (%d)", s.State, *s.ExitCode)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", s.Name, state, s.Restarts, up, s.Image, shortDigest(s.Digest))
+			if !lf.quiet && lf.format == "" && !lf.noHeading {
+				fmt.Fprintf(w, "product %s version %d, supervisor pid %d, up %s\n",
+					info.Product, info.Version, info.Owner.Pid, time.Since(info.Started).Round(time.Second))
 			}
-			return tw.Flush()
+			ids := make([]string, len(sts))
+			for i, s := range sts {
+				ids[i] = s.Name
+			}
+			err := lf.print(w, false, listTable{rows: sts, ids: ids,
+				header: "NAME\tSTATE\tRESTARTS\tUPTIME\tIMAGE\tDIGEST",
+				line: func(i int) string {
+					s := sts[i]
+					up := "-"
+					if s.State == supervise.StateRunning {
+						up = time.Since(s.Started).Round(time.Second).String()
+					}
+					state := s.State
+					if s.ExitCode != nil && s.State != supervise.StateRunning {
+						state = fmt.Sprintf("%s (%d)", s.State, *s.ExitCode)
+					}
+					return fmt.Sprintf("%s\t%s\t%d\t%s\t%s\t%s", s.Name, state, s.Restarts, up, s.Image, shortDigest(s.Digest))
+				}})
+			if err != nil || !all {
+				return err
+			}
+			if !lf.quiet && lf.format == "" {
+				fmt.Fprintln(w)
+			}
+			return lf.print(w, false, containerTable(cs))
 		},
 	}
+	lf.add(c.Flags(), "service names (and with --all container names)")
+	c.Flags().BoolVarP(&all, "all", "a", false, "also list every running container (vessel run, services, builds)")
+	return c
 }
 
 func logsCmd(g *globals) *cobra.Command {
-	var follow bool
+	var (
+		follow bool
+		tail   int
+	)
 	c := &cobra.Command{
-		Use:   "logs NAME [-f]",
+		Use: "logs [--tail N] [-f] NAME",
+		Example: `  vessel logs web
+  vessel logs --tail 20 -f web`,
 		Short: "Print a service's output (-f: keep following)",
 		Long: `Print what service NAME wrote to stdout and stderr, across restarts, with
-vessel's start and exit lines between runs. -f keeps printing new output
-until Ctrl-C or until the supervisor stops.`,
+vessel's start and exit lines between runs. Each log is capped (10 MiB):
+past it the log is rotated, keeping one older part, which is printed first.
+--tail N prints only the last N lines; -f keeps printing new output until
+Ctrl-C or until the supervisor stops.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			path := supervise.LogFile(g.superviseDir(), args[0])
@@ -182,19 +244,45 @@ until Ctrl-C or until the supervisor stops.`,
 			if err != nil {
 				return err
 			}
-			defer f.Close()
+			defer func() { f.Close() }()
 			w := cmd.OutOrStdout()
-			if _, err := io.Copy(w, f); err != nil || !follow {
+			// A rotated log's older part comes first.
+			var in io.Reader = f
+			if old, err := os.Open(supervise.OldLogFile(g.superviseDir(), args[0])); err == nil {
+				defer old.Close()
+				in = io.MultiReader(old, f)
+			}
+			if tail >= 0 {
+				err = copyTail(w, in, tail)
+			} else {
+				_, err = io.Copy(w, in)
+			}
+			if err != nil || !follow {
 				return err
 			}
 			for {
 				select {
 				case <-cmd.Context().Done():
-					return nil
+					return cmd.Context().Err() // Ctrl-C: exit 130
 				case <-time.After(100 * time.Millisecond):
 				}
 				if _, err := io.Copy(w, f); err != nil {
 					return err
+				}
+				// Rotated: finish the old file, go on with the new one.
+				if cur, err := os.Stat(path); err == nil {
+					if fi, err := f.Stat(); err == nil && !os.SameFile(cur, fi) {
+						if _, err := io.Copy(w, f); err != nil {
+							return err
+						}
+						nf, err := os.Open(path)
+						if err != nil {
+							return err
+						}
+						f.Close()
+						f = nf
+						continue
+					}
 				}
 				if _, err := supervise.Running(g.superviseDir()); err != nil {
 					_, err := io.Copy(w, f)
@@ -204,13 +292,16 @@ until Ctrl-C or until the supervisor stops.`,
 		},
 	}
 	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	c.Flags().IntVarP(&tail, "tail", "n", -1, "print only the last N lines first (-1: all)")
 	return c
 }
 
 func restartCmd(g *globals) *cobra.Command {
 	var wait time.Duration
 	c := &cobra.Command{
-		Use:   "restart NAME",
+		Use: "restart NAME",
+		Example: `  vessel restart web
+  vessel restart --wait 1m web`,
 		Short: "Restart a service on a fresh root filesystem",
 		Long: `Stop service NAME gracefully and start it again from its verified image
 with a fresh writable layer (volumes are kept). Waits until it runs again.`,
@@ -266,7 +357,9 @@ func serviceStatus(dir, name string) (supervise.Status, error) {
 func downCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
 	c := &cobra.Command{
-		Use:   "down",
+		Use: "down",
+		Example: `  vessel down
+  vessel down --json`,
 		Short: "Stop every service and the supervisor, and unmount everything",
 		Long: `Ask the running vessel up to stop: every service gets SIGTERM, then
 SIGKILL after its stop timeout, and every mount is undone. Returns when the
@@ -300,4 +393,36 @@ crashed one left behind (containers, mounts, state files).`,
 	}
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the supervisor to stop")
 	return c
+}
+
+// copyTail writes the last n lines of r (the whole of an unfinished last
+// line counts as one) and leaves r at its end, for -f to go on from.
+func copyTail(w io.Writer, r io.Reader, n int) error {
+	if n == 0 {
+		_, err := io.Copy(io.Discard, r)
+		return err
+	}
+	ring := make([]string, n)
+	count := 0
+	br := bufio.NewReader(r)
+	for {
+		line, err := br.ReadString('\n')
+		if line != "" {
+			ring[count%n] = line
+			count++
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	start := max(count-n, 0)
+	for i := start; i < count; i++ {
+		if _, err := io.WriteString(w, ring[i%n]); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -62,8 +62,8 @@ func TestExample(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := img.Config().Config
-	if strings.Join(c.Entrypoint, " ") != "/bin/httpd -f -p 127.0.0.1:8080 -h /www" || c.WorkingDir != "/www" {
-		t.Errorf("config: entrypoint %q, working dir %q", c.Entrypoint, c.WorkingDir)
+	if strings.Join(c.Cmd, " ") != "/bin/httpd -f -p 127.0.0.1:8080 -h /www" || c.WorkingDir != "/www" {
+		t.Errorf("config: cmd %q, working dir %q", c.Cmd, c.WorkingDir)
 	}
 	if strings.Join(c.Env, ",") != "PATH=/bin,HTTPD_PORT=8080" {
 		t.Errorf("env %q: want the base's PATH then HTTPD_PORT", c.Env)

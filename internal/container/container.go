@@ -73,6 +73,11 @@ type Record struct {
 	// (`runc run`), once started.
 	Runtime        ociruntime.Runtime `json:"runtime"`
 	RuntimeProcess proc.ID            `json:"runtimeProcess,omitzero"`
+	// What it runs, for vessel ps --all: the image reference, the
+	// process's arguments, when the record was made.
+	Image   string    `json:"image,omitempty"`
+	Command []string  `json:"command,omitempty"`
+	Created time.Time `json:"created,omitzero"`
 }
 
 // The owner record is written once; the runtime process goes into a file
@@ -123,7 +128,10 @@ func (l *Launcher) Run(ctx context.Context, s Spec, stdio ociruntime.Stdio) (cod
 	if _, _, err := l.removeDead(ctx); err != nil {
 		return -1, fmt.Errorf("remove what a killed vessel left: %w", err)
 	}
-	rec := Record{ID: s.ID, Owner: proc.Self(), Runtime: l.Runtime}
+	rec := Record{ID: s.ID, Owner: proc.Self(), Runtime: l.Runtime, Command: s.Config.Args, Created: time.Now().UTC()}
+	if s.Image != nil {
+		rec.Image = s.Image.Name()
+	}
 	if err := l.create(ctx, rec); err != nil {
 		return -1, err
 	}

@@ -37,6 +37,11 @@ var (
 	ErrProductName     = errors.New("product needs an id")
 )
 
+// ErrPortsUnsupported is returned by Build for a service with ports:
+// publishing ports from a private network namespace is not implemented by
+// vessel up, so a manifest with them would be signed and then refused.
+var ErrPortsUnsupported = errors.New("publishing ports (network: private) is not implemented yet by vessel up; use network: host and let the service listen on its port")
+
 // BuildOptions configure Build.
 type BuildOptions struct {
 	// ProductID is the product UUID, required when system.yaml names the
@@ -84,7 +89,7 @@ func Build(sys *System, images Images, opts BuildOptions) (*Manifest, error) {
 		}
 		svc := Service{
 			Name: s.Name, Image: im, Command: s.Command, Args: s.Args, User: s.User,
-			Restart: s.Restart, Network: s.Network, ReadOnly: s.ReadOnly,
+			Restart: s.Restart, Network: s.Network, ReadOnly: s.ReadOnly, Init: s.Init,
 		}
 		if svc.Restart == "" {
 			svc.Restart = RestartAlways
@@ -116,6 +121,11 @@ func Build(sys *System, images Images, opts BuildOptions) (*Manifest, error) {
 				return nil, fmt.Errorf("service %q: %w", s.Name, err)
 			}
 			svc.Ports = append(svc.Ports, port)
+		}
+		if len(svc.Ports) > 0 {
+			// The model keeps ports, but vessel up cannot publish them yet:
+			// a manifest must not promise what the machine will refuse.
+			return nil, fmt.Errorf("service %q: ports %v: %w", s.Name, s.Ports, ErrPortsUnsupported)
 		}
 		for _, v := range s.Volumes {
 			vol, err := parseVolume(v)

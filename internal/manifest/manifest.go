@@ -69,6 +69,9 @@ type Service struct {
 	Ports        []Port   `json:"ports,omitempty"`
 	Volumes      []Volume `json:"volumes,omitempty"`
 	ReadOnly     bool     `json:"readonly,omitempty"`
+	// Init runs a tiny static init as the container's PID 1, which passes
+	// signals on and reaps zombies (podman run --init).
+	Init bool `json:"init,omitempty"`
 }
 
 // Port publishes a container port on the host (network "private" only).
@@ -125,6 +128,9 @@ func Parse(b []byte) (*Manifest, error) {
 	}
 	var m Manifest
 	if err := strictjson.Unmarshal(b, &m); err != nil {
+		if werr := WrongFile(b, KindManifest); werr != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, werr)
+		}
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	if err := m.Validate(); err != nil {

@@ -80,7 +80,7 @@ services:
     user: "101:101"
     restart: on-failure
     capabilities: [net_bind_service]
-    ports: ["8080:80", "53/udp"]
+    network: private
     volumes: ["cache:/var/cache/nginx"]
     readonly: true
   - name: agent
@@ -105,7 +105,7 @@ func TestBuild(t *testing.T) {
 	if m.Product != pid || m.ProductName != "acme" || m.Version != 7 || m.Hostfs.Digest != fakeDigest("hostfs:1.0") ||
 		web.Image.Digest != fakeDigest("nginx:1.25") || web.Network != NetworkPrivate || web.Restart != RestartOnFailure ||
 		strings.Join(web.Env, ",") != "A=one,B=two" || web.Capabilities[0] != "CAP_NET_BIND_SERVICE" ||
-		web.Ports[1] != (Port{Host: 53, Container: 53, Protocol: "udp"}) || web.Command[0] != "/usr/sbin/nginx" || !web.ReadOnly {
+		len(web.Ports) != 0 || web.Command[0] != "/usr/sbin/nginx" || !web.ReadOnly {
 		t.Fatalf("unexpected manifest %+v", m)
 	}
 	agent, _ := m.Service("agent")
@@ -131,6 +131,19 @@ func TestBuild(t *testing.T) {
 	sys.Services[1].Image = "missing:1"
 	if _, err := Build(sys, images, BuildOptions{ProductID: pid}); err == nil || !strings.Contains(err.Error(), "missing:1") {
 		t.Fatalf("missing image: %v", err)
+	}
+}
+
+// vessel up cannot publish ports yet: build refuses them rather than sign
+// a manifest every machine would refuse (issue 22).
+func TestBuildRefusesPorts(t *testing.T) {
+	sys, err := ParseSystem("system.yaml", []byte(strings.Replace(systemYAML, "    network: private\n", "    ports: [\"8080:80\", \"53/udp\"]\n", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Build(sys, newMem("hostfs:1.0", "nginx:1.25", "agent:latest"), BuildOptions{ProductID: pid})
+	if !errors.Is(err, ErrPortsUnsupported) || !strings.Contains(err.Error(), `service "web"`) {
+		t.Fatalf("ports: %v, want ErrPortsUnsupported naming the service", err)
 	}
 }
 

@@ -39,6 +39,7 @@ type ServiceSpec struct {
 	Ports        []string   `yaml:"ports"`   // "HOST:CONTAINER[/udp]" or "PORT[/udp]"
 	Volumes      []string   `yaml:"volumes"` // "NAME:/path"
 	ReadOnly     bool       `yaml:"readonly"`
+	Init         bool       `yaml:"init"` // a tiny init as PID 1 (vessel run --init)
 }
 
 // StringList is a YAML sequence of strings; a single scalar is a list of one
@@ -116,6 +117,9 @@ func ParseSystem(name string, b []byte) (*System, error) {
 		return nil, fmt.Errorf("%s:%d: more than one YAML document", name, extra.Line)
 	}
 	if err := checkKeys(name, &doc, reflect.TypeFor[System](), "", 0); err != nil {
+		if werr := WrongFile(b, KindSystemYAML); werr != nil {
+			return nil, fmt.Errorf("%s: %w", name, werr)
+		}
 		return nil, err
 	}
 	var sys System

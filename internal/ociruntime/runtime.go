@@ -46,6 +46,10 @@ type Runtime struct {
 type Stdio struct {
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
+	// NoForward keeps Run from passing this process's signals to the
+	// container: a supervisor that stops its services itself (SIGTERM,
+	// then SIGKILL) sets it, so Ctrl-C reaches them as that SIGTERM.
+	NoForward bool
 }
 
 // State is a container as the runtime lists it.
@@ -153,8 +157,10 @@ func (r Runtime) RunNotify(ctx context.Context, bundle, id string, stdio Stdio, 
 	}
 
 	sigc := make(chan os.Signal, 16)
-	signal.Notify(sigc, forwarded...)
-	defer signal.Stop(sigc)
+	if !stdio.NoForward {
+		signal.Notify(sigc, forwarded...)
+		defer signal.Stop(sigc)
+	}
 
 	if err := cmd.Start(); err != nil {
 		return -1, fmt.Errorf("run container %s: start %s: %w", id, r.Name, err)

@@ -41,6 +41,9 @@ type Config struct {
 	ReadOnly        bool   // mount the root read-only
 	// Unconfined turns off the default seccomp filter (see seccomp.go).
 	Unconfined bool
+	// SeccompProfile, if set, replaces the default filter: a profile in
+	// Docker's or the OCI runtime spec's JSON format (ParseSeccompProfile).
+	SeccompProfile []byte
 	// CgroupParent is the cgroup directory the container's cgroup is made
 	// in (default /vessel). Container ids are unique only within one run
 	// directory, so callers with several give each its own parent.
@@ -283,7 +286,14 @@ func Spec(c Config) (*specs.Spec, error) {
 			Destination: filepath.Clean(b.Target), Type: "bind", Source: filepath.Clean(b.Source), Options: opts,
 		})
 	}
-	if !c.Unconfined {
+	switch {
+	case c.SeccompProfile != nil:
+		sp, err := ParseSeccompProfile(c.SeccompProfile, caps)
+		if err != nil {
+			return nil, fmt.Errorf("container %s: %w", c.ID, err)
+		}
+		s.Linux.Seccomp = sp
+	case !c.Unconfined:
 		s.Linux.Seccomp = seccompProfile(caps)
 	}
 	if inUserNS() {

@@ -384,7 +384,7 @@ func TestParseExample(t *testing.T) {
 	if base.From.Type != Scratch || base.Imports[0].Source != "/bin/busybox" || !strings.HasPrefix(base.Script(), "#!/stacker/imports/busybox sh\n") {
 		t.Errorf("base %+v", base)
 	}
-	if app.From.Tag != "base" || !reflect.DeepEqual(app.Entrypoint, []string{"/bin/httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"}) {
+	if app.From.Tag != "base" || !reflect.DeepEqual(app.Cmd, []string{"/bin/httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"}) {
 		t.Errorf("app %+v", app)
 	}
 	abs, _ := filepath.Abs("../../examples/www/index.html")

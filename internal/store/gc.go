@@ -22,7 +22,7 @@ type GCResult struct {
 	// Temp names the stale temp files and partial downloads removed from
 	// <root>/tmp; TempBytes is their size.
 	Temp      []string `json:"temp,omitempty"`
-	TempBytes int64    `json:"temp_bytes,omitempty"`
+	TempBytes int64    `json:"tempBytes,omitempty"`
 }
 
 // GC deletes every blob that no index entry reaches (through manifests,
@@ -30,7 +30,7 @@ type GCResult struct {
 // kept manifest, such as signatures), and stale temp files. It waits for
 // in-flight writers (see Writer) and holds them off while it runs.
 func (s *Store) GC() (GCResult, error) {
-	var res GCResult
+	res := GCResult{Removed: []digest.Digest{}} // [] in JSON when nothing goes
 	unlockGC, err := s.lockFile("gc.lock", unix.LOCK_EX)
 	if err != nil {
 		return res, err

@@ -38,7 +38,10 @@ func VerifyForUp(root string, s *store.Store, signedPath string, opts trust.Opti
 	}
 	opts.Images = s
 	opts.Versions = trust.OpenVersions(root)
-	opts.Record = true
+	// Checked here (no rollback), recorded only once the services have
+	// started (Supervisor.Versions): a manifest that fails to come up must
+	// not make going back to the working one a rollback.
+	opts.Record = false
 	return trust.Verify(signed, opts)
 }
 

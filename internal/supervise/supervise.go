@@ -46,6 +46,15 @@ type Supervisor struct {
 	MinBackoff  time.Duration // first restart delay (default 100ms), doubled per failure
 	MaxBackoff  time.Duration // (default 30s)
 	ResetAfter  time.Duration // a run this long resets the backoff (default 10s)
+	// LogMax caps each service's log: past it the log is rotated, keeping
+	// one older part (default DefaultLogMax; negative: no cap).
+	LogMax int64
+
+	// Versions, when set, records the manifest's version as accepted once
+	// every service has started (its container ran); until then going back
+	// to the previous version is no rollback. If recording fails (a higher
+	// version was accepted meanwhile), Up stops the services.
+	Versions *trust.Versions
 }
 
 // IDPrefix starts the container id of every service.
@@ -58,8 +67,21 @@ type service struct {
 	binds   []ociruntime.Bind
 	restart chan struct{}
 
+	started     chan<- struct{} // told once, when the container first ran
+	startedOnce sync.Once
+
 	mu sync.Mutex
 	st Status
+}
+
+// markStarted tells Up that the service's container ran (it was running,
+// or it exited by itself, not failing to start).
+func (sv *service) markStarted() {
+	sv.startedOnce.Do(func() {
+		if sv.started != nil {
+			sv.started <- struct{}{}
+		}
+	})
 }
 
 func (s *Supervisor) logf(format string, args ...any) {
@@ -80,6 +102,9 @@ func (s *Supervisor) defaults() {
 	}
 	if s.ResetAfter == 0 {
 		s.ResetAfter = 10 * time.Second
+	}
+	if s.LogMax == 0 {
+		s.LogMax = DefaultLogMax
 	}
 }
 
@@ -166,7 +191,30 @@ func (s *Supervisor) Up(ctx context.Context, vm *trust.VerifiedManifest) error {
 	defer stopControl()
 
 	s.logf("up: product %s version %d (%s), %d services", info.Product, info.Version, info.Manifest, len(services))
+	started := make(chan struct{}, len(services))
+	for _, sv := range services {
+		sv.started = started
+	}
 	var wg sync.WaitGroup
+	if s.Versions != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range services {
+				select {
+				case <-started:
+				case <-ctx.Done():
+					return
+				}
+			}
+			if err := s.Versions.Record(vm); err != nil {
+				s.logf("recording version %d as accepted: %v; stopping", info.Version, err)
+				down()
+				return
+			}
+			s.logf("accepted: every service started, version %d recorded", info.Version)
+		}()
+	}
 	for _, sv := range services {
 		wg.Add(1)
 		go func() {
@@ -227,6 +275,13 @@ func Config(def manifest.Service, img ocispec.ImageConfig) (ociruntime.Config, e
 		caps = def.Capabilities
 	}
 	cfg.Hostname, cfg.Capabilities, cfg.Network, cfg.ReadOnly = def.Name, caps, network, def.ReadOnly
+	if def.Init {
+		p, err := ociruntime.FindInit("")
+		if err != nil {
+			return ociruntime.Config{}, fmt.Errorf("service %s: init: %w", def.Name, err)
+		}
+		ociruntime.WithInit(&cfg, p)
+	}
 	return cfg, nil
 }
 
@@ -254,7 +309,7 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 	logPath := LogFile(s.Dir, name)
 	failures := 0
 	for {
-		logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_CLOEXEC, 0o644)
+		logf, err := openLog(logPath, s.LogMax)
 		if err != nil {
 			s.save(sv, func(st *Status) { st.State, st.Error = StateFailed, err.Error() })
 			return
@@ -270,7 +325,7 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 			code, err := s.Launcher.Run(runCtx, container.Spec{
 				ID: id, Image: sv.img, Config: sv.cfg,
 				Started: func() { go s.markRunning(runCtx, sv, id) },
-			}, ociruntime.Stdio{Stdout: logf, Stderr: logf})
+			}, ociruntime.Stdio{Stdout: logf, Stderr: logf, NoForward: true})
 			done <- result{code, err}
 		}()
 		var r result
@@ -286,6 +341,9 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 			requested = true
 		}
 		kill()
+		if r.err == nil && r.code >= 0 {
+			sv.markStarted() // it ran, however briefly
+		}
 		ran := time.Since(start)
 		msg := fmt.Sprintf("exited with code %d after %s", r.code, ran.Round(time.Millisecond))
 		if r.err != nil {
@@ -369,6 +427,7 @@ func (s *Supervisor) markRunning(ctx context.Context, sv *service, id string) {
 				// on: a run that is over must not mark the next one.
 				if st.State == StateStarting && ctx.Err() == nil {
 					st.State = StateRunning
+					sv.markStarted()
 				}
 			})
 			return

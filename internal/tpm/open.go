@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,21 +41,37 @@ func New(t transport.TPM, c io.Closer, where string) *TPM {
 //
 //	/dev/tpmrm0, /dev/tpm0   a character device
 //	swtpm:HOST:PORT          swtpm's (or any raw TPM command) TCP server
+//	swtpm:host=H,port=P      the same in tpm2-tools' TCTI form (TPM2TOOLS_TCTI)
+//	device:PATH              a device in tpm2-tools' form
 //	PATH                     a unix socket speaking raw TPM commands (swtpm --server type=unixio)
 //
-// An empty dev means DefaultDevice. Failure wraps ErrNoTPM.
+// An empty dev means DefaultDevice. Failure wraps ErrNoTPM; an address
+// vessel cannot use (another TCTI, a malformed one) wraps ErrAddress at
+// once. A TCP TPM must answer a first command within ProbeTimeout: swtpm's
+// control port, given by mistake, never does.
 func Open(dev string) (*TPM, error) {
 	if dev == "" {
 		dev = DefaultDevice
 	}
-	if rest, ok := strings.CutPrefix(dev, "swtpm:"); ok {
-		c, err := net.DialTimeout("tcp", rest, 5*time.Second)
+	network, addr, err := ParseAddress(dev)
+	if err != nil {
+		return nil, err
+	}
+	if network == "tcp" {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 		if err != nil {
 			return nil, &tpmError{op: "open TPM " + dev, sentinel: ErrNoTPM, err: err,
 				hint: "is swtpm running with `--server type=tcp,port=PORT`?"}
 		}
-		return New(&streamTPM{c: c}, c, dev), nil
+		st := &streamTPM{c: c}
+		if err := st.probe(); err != nil {
+			c.Close()
+			return nil, &tpmError{op: "open TPM " + dev, sentinel: ErrNoTPM, err: err,
+				hint: "is this swtpm's --ctrl port? give its --server port (swtpm:HOST:PORT, often the control port minus 1)"}
+		}
+		return New(st, c, dev), nil
 	}
+	dev = addr
 	fi, err := os.Stat(dev)
 	if err != nil {
 		return nil, &tpmError{op: "open TPM " + dev, sentinel: ErrNoTPM, err: err,
@@ -133,14 +150,92 @@ func (t *TPM) Send(cmd []byte) ([]byte, error) {
 	return rsp, nil
 }
 
+// ErrAddress is wrapped by Open and ParseAddress for a TPM address vessel
+// cannot use.
+var ErrAddress = errors.New("unusable TPM address")
+
+// ProbeTimeout bounds the first exchange with a TCP TPM; IOTimeout bounds
+// every later read and write (key generation in swtpm takes seconds, not
+// minutes).
+var (
+	ProbeTimeout = 3 * time.Second
+	IOTimeout    = 30 * time.Second
+)
+
+// ParseAddress reads a TPM address (see Open) into a network ("tcp", or
+// "" for a path: a device or a unix socket) and an address. Forms of
+// tpm2-tools' TCTI strings that vessel speaks are translated; the others
+// are refused naming the forms that work.
+func ParseAddress(dev string) (network, addr string, err error) {
+	bad := func(why string) (string, string, error) {
+		return "", "", fmt.Errorf("TPM address %q: %w: %s (want /dev/tpmrm0, /dev/tpm0, a unix socket path, swtpm:HOST:PORT or swtpm:host=HOST,port=PORT)", dev, ErrAddress, why)
+	}
+	kind, rest, hasColon := strings.Cut(dev, ":")
+	if !hasColon || strings.HasPrefix(dev, "/") || strings.HasPrefix(dev, ".") {
+		return "", dev, nil
+	}
+	switch kind {
+	case "device":
+		if rest == "" {
+			return "", DefaultDevice, nil
+		}
+		return "", rest, nil
+	case "swtpm":
+		if rest == "" {
+			return "tcp", "localhost:2321", nil // tpm2-tools' default
+		}
+		if strings.Contains(rest, "=") {
+			host, port := "localhost", "2321"
+			for _, kv := range strings.Split(rest, ",") {
+				k, v, ok := strings.Cut(kv, "=")
+				switch {
+				case !ok:
+					return bad(fmt.Sprintf("%q is not KEY=VALUE", kv))
+				case k == "host":
+					host = v
+				case k == "port":
+					port = v
+				default:
+					return bad(fmt.Sprintf("unknown key %q (host and port are known)", k))
+				}
+			}
+			rest = net.JoinHostPort(host, port)
+		}
+		host, port, err := net.SplitHostPort(rest)
+		if err != nil || host == "" {
+			return bad("want HOST:PORT after swtpm:")
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return bad(fmt.Sprintf("port %q is not 1-65535", port))
+		}
+		return "tcp", rest, nil
+	case "mssim", "tabrmd", "libtpms", "cmd", "spi-helper", "spi-ltt2go", "spi-ftdi", "i2c-helper":
+		return bad(fmt.Sprintf("the %s TCTI is not supported by vessel", kind))
+	}
+	return bad(fmt.Sprintf("unknown kind %q", kind))
+}
+
+// probe sends TPM2_GetRandom(1) and waits up to ProbeTimeout for a
+// well-formed response (any response code: a TPM that needs Startup still
+// answers).
+func (s *streamTPM) probe() error {
+	cmd := []byte{0x80, 0x01, 0, 0, 0, 12, 0, 0, 0x01, 0x7b, 0, 1}
+	if _, err := s.exchange(cmd, ProbeTimeout); err != nil {
+		return fmt.Errorf("no TPM response within %s: %w", ProbeTimeout, err)
+	}
+	return nil
+}
+
 // streamTPM speaks raw TPM commands over a stream (swtpm's TCP or unix
 // socket server): write a command, read a response framed by its header.
 type streamTPM struct{ c net.Conn }
 
 const maxResponse = 64 << 10
 
-func (s *streamTPM) Send(cmd []byte) ([]byte, error) {
-	if err := s.c.SetDeadline(time.Now().Add(2 * time.Minute)); err != nil {
+func (s *streamTPM) Send(cmd []byte) ([]byte, error) { return s.exchange(cmd, IOTimeout) }
+
+func (s *streamTPM) exchange(cmd []byte, timeout time.Duration) ([]byte, error) {
+	if err := s.c.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return nil, err
 	}
 	if _, err := s.c.Write(cmd); err != nil {

@@ -65,9 +65,15 @@ func ParseSigned(b []byte) (*Signed, error) {
 	}
 	var e envelope
 	if err := strictjson.Unmarshal(b, &e); err != nil {
+		if werr := manifest.WrongFile(b, manifest.KindSigned); werr != nil {
+			return nil, werr
+		}
 		return nil, err
 	}
 	if e.MediaType != SignedMediaType {
+		if werr := manifest.WrongFile(b, manifest.KindSigned); werr != nil {
+			return nil, werr
+		}
 		return nil, fmt.Errorf("mediaType %q: want %q", e.MediaType, SignedMediaType)
 	}
 	s := &Signed{}

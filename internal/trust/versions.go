@@ -70,6 +70,12 @@ func (v *Versions) read() (*versionsFile, error) {
 	return &f, nil
 }
 
+// Record records vm as accepted for its product, under the lock, after the
+// same checks as Verify (a higher version, or the same version with other
+// bytes, recorded meanwhile is refused). vessel up calls it once the
+// manifest's services have started, not at verification.
+func (v *Versions) Record(vm *VerifiedManifest) error { return v.check(vm, true) }
+
 // check rejects vm if a higher version was accepted for its product, or the
 // same version with different bytes; with record it then records vm.
 func (v *Versions) check(vm *VerifiedManifest, record bool) error {
