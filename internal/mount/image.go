@@ -57,6 +57,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 )
@@ -155,6 +156,11 @@ func SystemImage(s *store.Store, vm *trust.VerifiedManifest, d digest.Digest) (*
 		img, err := open(s, ocispec.Descriptor{MediaType: im.MediaType, Digest: im.Digest, Size: im.Size}, name)
 		if err != nil {
 			return nil, fmt.Errorf("image %s (%s): %w", name, d, err)
+		}
+		// A system manifest is for one architecture (docs/manifest.md): an
+		// image that declares another cannot run on this machine.
+		if have := platform.OfConfig(img.Config()); have.Architecture != "" && !platform.Match(platform.Host(), have) {
+			return nil, fmt.Errorf("image %s (%s): %w: it is for %s, this machine is %s", name, d, store.ErrWrongPlatform, platform.String(have), platform.String(platform.Host()))
 		}
 		return img, nil
 	}

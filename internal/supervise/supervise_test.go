@@ -20,6 +20,7 @@ import (
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/ociruntime"
+	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/proc"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
@@ -395,5 +396,30 @@ func TestRecoverOrphanedRunContainer(t *testing.T) {
 			t.Errorf("container %s left behind (%s)", id, st.Status)
 			w.l.Runtime.Delete(context.Background(), id, true)
 		}
+	}
+}
+
+// A system manifest is for one architecture: an image that declares
+// another is refused before anything is mounted, naming both.
+func TestForeignArchitectureRefused(t *testing.T) {
+	w := newWorld(t)
+	other := "arm64"
+	if platform.Host().Architecture == "arm64" {
+		other = "amd64"
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
+	epoch := int64(1700000000)
+	// Re-tag bb:1 as an image for the other architecture; w.verified pins bb:1.
+	if _, err := image.Create(context.Background(), w.s, "bb:1", []string{dir}, image.CreateOptions{
+		Format: layer.DefaultFormat(layer.Squashfs), SourceDateEpoch: &epoch,
+		Platform: ocispec.Platform{OS: "linux", Architecture: other},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	vm := w.verified(t, 1, manifest.Service{Name: "foreign", Command: []string{"/bin/true"}})
+	_, err := mount.SystemImage(w.s, vm, vm.Images()[0].Digest)
+	if !errors.Is(err, store.ErrWrongPlatform) || !strings.Contains(err.Error(), "it is for linux/"+other) {
+		t.Fatalf("SystemImage of a %s image = %v, want ErrWrongPlatform naming linux/%s", other, err, other)
 	}
 }
