@@ -914,3 +914,36 @@ child:
 		t.Errorf("a base environment change: runs %d, statuses %v", e.runs, st)
 	}
 }
+
+// TestVerifiedBaseOtherFormat: squashfs base layers are reused as they
+// are under --layer-type erofs; the new layer is erofs, and the image of
+// mixed layer types mounts.
+func TestVerifiedBaseOtherFormat(t *testing.T) {
+	if _, err := exec.LookPath("mkfs.erofs"); err != nil {
+		t.Skip("mkfs.erofs is not installed (apt-get install erofs-utils)")
+	}
+	e := newEnv(t)
+	lower, lowerDesc := squashLayer(t, busyboxTree(t))
+	writeLayout(t, filepath.Join(e.dir, "sq"), "v1", []layoutLayer{lower})
+	opt := e.options()
+	opt.Format = layer.DefaultFormat(layer.Erofs)
+	if _, err := e.build("x:\n  from: {type: oci, url: sq:v1}\n  run: echo mixed > /m\n", opt, nil); err != nil {
+		t.Fatal(err, e.out.String())
+	}
+	img, err := image.Read(e.s, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := img.Layers()
+	if len(ls) != 2 || ls[0].Digest != lowerDesc.Digest {
+		t.Fatalf("layers %+v: want the squashfs base layer reused", ls)
+	}
+	if f, err := layer.ParseMediaType(ls[1].MediaType); err != nil || f.Type != layer.Erofs {
+		t.Errorf("new layer %s (%v), want erofs", ls[1].MediaType, err)
+	}
+	e.withMounted("x", func(root string) {
+		if got := readFile(t, filepath.Join(root, "m")); got != "mixed\n" || !exists(filepath.Join(root, "bin/busybox")) {
+			t.Errorf("/m = %q", got)
+		}
+	})
+}
