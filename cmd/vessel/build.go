@@ -144,9 +144,6 @@ recipe gives the same image digests on any clean store. See docs/build.md.`,
 				opt.Progress = func(e build.Event) { printBuildEvent(cmd, start, e) }
 			}
 			res, err := build.Build(cmd.Context(), rf, opt)
-			if errors.Is(err, build.ErrHashRequired) {
-				return fmt.Errorf("%w\n(--require-hash is set)", err)
-			}
 			if err != nil {
 				return err
 			}

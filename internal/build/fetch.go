@@ -243,7 +243,7 @@ func requireHashes(files []*recipe.File) error {
 			for _, imp := range img.Imports {
 				if imp.Remote() && imp.Hash == "" {
 					errs = append(errs, &recipe.Error{File: f.Path, Line: imp.Line, Image: img.Name, Key: "imports", Kind: ErrHashRequired,
-						Msg: imp.Path + ": hashes are required: an http(s) import needs hash: (its sha256) for a reproducible build"})
+						Msg: imp.Path + ": hashes are required (a reproducible build): an http(s) import needs hash: (its sha256)"})
 				}
 			}
 		}
