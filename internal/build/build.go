@@ -356,7 +356,8 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 		}
 	}()
 	extra := b.stackerAnnotations(img)
-	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: baseIdentity(img, base), LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve, Annotations: extra})
+	baseRun, baseMeta := baseIdentity(img, base)
+	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: baseRun, BaseConfig: baseMeta, LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve, Annotations: extra})
 	if err != nil {
 		return nil, fail("imports", img.KeyLine("imports"), err)
 	}
@@ -484,30 +485,39 @@ func (b *builder) stackerAnnotations(img *recipe.Image) map[string]string {
 	return out
 }
 
-// baseIdentity is what the layer key knows of the base: a digest over its
-// config digest and layer digests, not its manifest digest, because
-// manifest annotations (a new git_version, say) change nothing a build
-// sees. "" for scratch.
-func baseIdentity(img *recipe.Image, base *mount.Image) digest.Digest {
+// baseIdentity names the base in the cache keys, split the way the keys
+// are. run is what the layer key knows: the layer digests and what the run
+// script sees of the config (its environment and platform; scripts run as
+// root in / whatever the config says), not labels, creation times, history
+// or manifest annotations (a new git_version, say). meta is the
+// digest of the whole config, for the config key: a base whose metadata
+// alone changed gives its dependents a new config (their history is the
+// base's plus one entry) without running their scripts again. Both are ""
+// for scratch.
+func baseIdentity(img *recipe.Image, base *mount.Image) (run, meta digest.Digest) {
 	if img.From.Type == recipe.Scratch {
-		return ""
+		return "", ""
 	}
-	bi := base.Image()
-	if bi == nil {
-		// an image with a config and no layers: named by its config
-		b, err := json.Marshal(base.Config())
-		if err != nil {
-			return digest.FromString("vessel-build-base-identity/v1\nunencodable")
-		}
-		return digest.FromString("vessel-build-base-identity/v1\nempty\n" + string(b))
+	cfg := base.Config()
+	seen, err := json.Marshal(struct {
+		Env      []string         `json:"env"`
+		Platform ocispec.Platform `json:"platform"`
+	}{cfg.Config.Env, cfg.Platform})
+	if err != nil {
+		seen = []byte("unencodable")
 	}
-	m := bi.Manifest()
+	all, err := json.Marshal(cfg)
+	if err != nil {
+		all = []byte("unencodable")
+	}
 	var sb strings.Builder
-	sb.WriteString("vessel-build-base-identity/v1\n" + m.Config.Digest.String() + "\n")
-	for _, l := range m.Layers {
-		sb.WriteString(l.Digest.String() + "\n")
+	sb.WriteString("vessel-build-base-identity/v2\n" + string(seen) + "\n")
+	if bi := base.Image(); bi != nil {
+		for _, l := range bi.Manifest().Layers {
+			sb.WriteString(l.Digest.String() + "\n")
+		}
 	}
-	return digest.FromString(sb.String())
+	return digest.FromString(sb.String()), digest.FromBytes(all)
 }
 
 // gitVersion describes the git work tree dir is in, or "" (no git, not a

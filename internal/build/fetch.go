@@ -25,7 +25,7 @@ const DownloadsDir = "build-downloads"
 // MaxDownload bounds one http(s) import.
 const MaxDownload = 8 << 30
 
-// ErrHashRequired: --require-hash and an http(s) import without hash:.
+// ErrHashRequired: Options.RequireHash and an http(s) import without hash:.
 var ErrHashRequired = errors.New("http(s) import without hash:")
 
 // downloadMeta is what the cache keeps next to a URL's last copy.
@@ -235,7 +235,7 @@ func copyFileAtomic(src, dst, tmpDir string) error {
 }
 
 // requireHashes refuses http(s) imports without hash: in every file of
-// the build (--require-hash), naming each one's file and line.
+// the build (Options.RequireHash), naming each one's file and line.
 func requireHashes(files []*recipe.File) error {
 	var errs []error
 	for _, f := range files {
@@ -243,7 +243,7 @@ func requireHashes(files []*recipe.File) error {
 			for _, imp := range img.Imports {
 				if imp.Remote() && imp.Hash == "" {
 					errs = append(errs, &recipe.Error{File: f.Path, Line: imp.Line, Image: img.Name, Key: "imports", Kind: ErrHashRequired,
-						Msg: imp.Path + ": --require-hash: an http(s) import needs hash: (its sha256) for a reproducible build"})
+						Msg: imp.Path + ": hashes are required (a reproducible build): an http(s) import needs hash: (its sha256)"})
 				}
 			}
 		}

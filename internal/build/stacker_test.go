@@ -877,3 +877,73 @@ app:
 		t.Errorf("failing generate_labels: %v", err)
 	}
 }
+
+// TestBaseMetadataReusesLayers: a change of a base that a run cannot see
+// (a label, a new git_version) gives the images built on it a new config
+// and manifest but runs nothing again.
+func TestBaseMetadataReusesLayers(t *testing.T) {
+	e := newEnv(t)
+	rec := func(label, env string) string {
+		return baseRecipe + `    EXTRA: "` + env + `"
+  labels: {l: "` + label + `"}
+child:
+  from: {type: built, tag: base}
+  run: echo child > /child
+`
+	}
+	first := e.mustBuild(rec("a", "1"))
+	second := e.mustBuild(rec("b", "1"))
+	st := e.statuses()
+	if e.runs != 0 || st["base.work"] != StatusReuse || st["child.work"] != StatusReuse {
+		t.Errorf("a base label change: runs %d, statuses %v", e.runs, st)
+	}
+	if first.Images[1].Descriptor.Digest == second.Images[1].Descriptor.Digest {
+		t.Error("the child kept its manifest: its config must carry the base's new label")
+	}
+	img, err := image.Read(e.s, "child")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Config().Config.Labels["l"] != "b" {
+		t.Errorf("child labels %v, want the base's new l=b", img.Config().Config.Labels)
+	}
+	// The base's environment is seen by the child's run (and by the
+	// base's own): a change there runs both again.
+	e.mustBuild(rec("b", "2"))
+	if st := e.statuses(); e.runs != 2 || st["child.work"] != StatusRun {
+		t.Errorf("a base environment change: runs %d, statuses %v", e.runs, st)
+	}
+}
+
+// TestVerifiedBaseOtherFormat: squashfs base layers are reused as they
+// are under --layer-type erofs; the new layer is erofs, and the image of
+// mixed layer types mounts.
+func TestVerifiedBaseOtherFormat(t *testing.T) {
+	if _, err := exec.LookPath("mkfs.erofs"); err != nil {
+		t.Skip("mkfs.erofs is not installed (apt-get install erofs-utils)")
+	}
+	e := newEnv(t)
+	lower, lowerDesc := squashLayer(t, busyboxTree(t))
+	writeLayout(t, filepath.Join(e.dir, "sq"), "v1", []layoutLayer{lower})
+	opt := e.options()
+	opt.Format = layer.DefaultFormat(layer.Erofs)
+	if _, err := e.build("x:\n  from: {type: oci, url: sq:v1}\n  run: echo mixed > /m\n", opt, nil); err != nil {
+		t.Fatal(err, e.out.String())
+	}
+	img, err := image.Read(e.s, "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := img.Layers()
+	if len(ls) != 2 || ls[0].Digest != lowerDesc.Digest {
+		t.Fatalf("layers %+v: want the squashfs base layer reused", ls)
+	}
+	if f, err := layer.ParseMediaType(ls[1].MediaType); err != nil || f.Type != layer.Erofs {
+		t.Errorf("new layer %s (%v), want erofs", ls[1].MediaType, err)
+	}
+	e.withMounted("x", func(root string) {
+		if got := readFile(t, filepath.Join(root, "m")); got != "mixed\n" || !exists(filepath.Join(root, "bin/busybox")) {
+			t.Errorf("/m = %q", got)
+		}
+	})
+}

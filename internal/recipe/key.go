@@ -18,13 +18,16 @@ const keyVersion = "vessel-build-key/v1"
 // KeyOptions are the inputs of a cache key that the recipe does not hold:
 // what the executor resolved or was told on the command line.
 type KeyOptions struct {
-	// BaseDigest identifies the base image's content: the executor passes
-	// a digest over the config and layer digests of the base (for built,
-	// the image built or found in the cache for it; for tar, oci and
-	// docker, the base after conversion to vessel layers), not the
-	// manifest digest, whose annotations change nothing the build sees.
-	// Empty for scratch, required otherwise.
+	// BaseDigest identifies what a build sees of the base image: the
+	// executor passes a digest over its layer digests and the parts of its
+	// config a run sees, environment and platform (for built, the image built or found in the cache
+	// for it; for tar, oci and docker, the base after conversion to vessel
+	// layers), not its manifest digest or creation time, which change
+	// nothing the build sees. Empty for scratch, required otherwise.
 	BaseDigest digest.Digest
+	// BaseConfig identifies the base's whole config (history, times):
+	// part of the config key only, since the image's config inherits it.
+	BaseConfig digest.Digest
 	// LayerType is the layer format (squashfs or erofs, with compression).
 	LayerType string
 	// SourceDateEpoch is $SOURCE_DATE_EPOCH as given, or "".
@@ -55,7 +58,8 @@ type KeyOptions struct {
 // executor reuses the layer and writes a new config and manifest.
 //
 // An image built on another changes key when its base does, through
-// BaseDigest: the base's new config or layers are part of the layer key.
+// BaseDigest: the base's new layers or run-visible config are part of the
+// layer key, its whole config (BaseConfig) part of the config key.
 type Keys struct {
 	Layer  digest.Digest
 	Config digest.Digest
@@ -112,7 +116,8 @@ type configKeyDoc struct {
 	Extra       map[string]string `json:"extra_annotations,omitempty"`
 	// GenerateLabels is the generate_labels script: its labels shape
 	// only the config.
-	GenerateLabels string `json:"generate_labels,omitempty"`
+	GenerateLabels string        `json:"generate_labels,omitempty"`
+	BaseConfig     digest.Digest `json:"base_config,omitempty"`
 }
 
 // Key computes the cache keys of img. It reads every import (so it fails
@@ -179,6 +184,7 @@ func Key(img *Image, opts KeyOptions) (Keys, error) {
 		RuntimeUser:    img.RuntimeUser,
 		Extra:          opts.Annotations,
 		GenerateLabels: img.LabelsScript(),
+		BaseConfig:     opts.BaseConfig,
 	})
 	if err != nil {
 		return Keys{}, err
