@@ -375,6 +375,15 @@ func (l *Launcher) Recover(ctx context.Context) ([]string, error) {
 			done = append(done, "container "+st.ID)
 		}
 	}
+	// A runtime killed while it created a container (its vessel died)
+	// leaves a state directory the runtime neither lists nor deletes.
+	ids, err := l.Runtime.RemoveIncomplete(func(id string) bool { return live[id] })
+	for _, id := range ids {
+		done = append(done, "incomplete container "+id)
+	}
+	if err != nil {
+		errs = append(errs, err)
+	}
 	removed, err := l.Mounts.Cleanup()
 	done = append(done, removed...)
 	if err != nil {
