@@ -116,7 +116,7 @@ const (
 		"`vessel tpm policy sign --version N` (N >= the version `vessel tpm info` shows)"
 	hintLocked = "`vessel tpm lock` ran in this boot, after the policy's PCR7: nothing unseals until the next " +
 		"reboot, by design (do not sign a policy for the locked PCR7: that would undo the lock)"
-		hintWrongKey = "sign the policy with the key given to `vessel tpm provision --policy-key`"
+	hintWrongKey = "sign the policy with the key given to `vessel tpm provision --policy-key`"
 	hintLockout  = "too many wrong authorizations: wait for the TPM's lockout interval to pass, " +
 		"or clear the lockout with the lockout authorization (kept sealed by vessel)"
 	hintNoSRK = "provision the TPM first with `vessel tpm provision --policy-key PUB.pem`"
