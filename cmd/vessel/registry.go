@@ -99,6 +99,15 @@ func (f *registryFlags) client(cmd *cobra.Command, g *globals) (*registry.Client
 		b := &bars{w: cmd.ErrOrStderr(), start: time.Now()}
 		opts.Progress = b.event
 		finish = b.finish
+	default:
+		// No bars when piped, but retries are said: an unreachable
+		// registry must not look like a hang.
+		w := cmd.ErrOrStderr()
+		opts.Progress = func(e registry.Event) {
+			if e.Kind == registry.EventRetry {
+				warnf(w, "note", "%s", retryText(e))
+			}
+		}
 	}
 	c, err := registry.New(opts)
 	return c, finish, err
@@ -388,7 +397,7 @@ func (b *bars) event(e registry.Event) {
 		}
 	case registry.EventRetry:
 		b.clear()
-		fmt.Fprintf(b.w, "retrying %s: %s\n", shortDigest(e.Digest.String()), e.Error)
+		fmt.Fprintln(b.w, retryText(e))
 	default:
 		return
 	}
@@ -434,4 +443,12 @@ func (b *bars) finish() {
 		b.active = nil
 		b.draw()
 	}
+}
+
+// retryText says what a retry event retries, why, and when.
+func retryText(e registry.Event) string {
+	if e.Digest == "" {
+		return fmt.Sprintf("%s; retry %d of at most %d in %s", e.Error, e.Attempt, e.Of, e.Wait)
+	}
+	return fmt.Sprintf("retrying %s: %s", shortDigest(e.Digest.String()), e.Error)
 }
