@@ -3,8 +3,8 @@ package store
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
