@@ -1,12 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/archive"
@@ -306,12 +308,20 @@ func imagesCmd(g *globals) *cobra.Command {
 }
 
 func inspectCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:     "inspect NAME[:TAG]",
-		Short:   "Show an image's digest, manifest, config and layers",
-		Example: "  vessel inspect demo:1\n  vessel inspect demo:1 --json | jq .layers",
+	rf := registryFlags{quiet: true}
+	c := &cobra.Command{
+		Use:   "inspect NAME[:TAG] | docker://HOST/REPO[:TAG|@DIGEST]",
+		Short: "Show an image's digest, manifest, config and layers (in the store or a registry)",
+		Long: `Show an image in the store: digest, size, platform, command, environment
+and each layer with its verity root hash. With docker://HOST/REPO[:TAG|@DIGEST]
+it reads the manifest (digest-checked) and config from the registry, as
+skopeo inspect does, without pulling layers or storing anything.`,
+		Example: "  vessel inspect demo:1\n  vessel inspect demo:1 --json | jq .layers\n  vessel inspect docker://127.0.0.1:5000/demo:1 --plain-http",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if strings.HasPrefix(args[0], "docker://") {
+				return inspectRemote(cmd, g, &rf, args[0])
+			}
 			s, err := g.openStore()
 			if err != nil {
 				return err
@@ -343,6 +353,8 @@ func inspectCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	rf.add(c)
+	return c
 }
 
 func rmCmd(g *globals) *cobra.Command {
@@ -433,4 +445,59 @@ func humanSize(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// inspectRemote shows an image in a registry without pulling it.
+func inspectRemote(cmd *cobra.Command, g *globals, rf *registryFlags, arg string) error {
+	ref, err := registryRef("inspect", arg)
+	if err != nil {
+		return err
+	}
+	c, finish, err := rf.client(cmd, g)
+	if err != nil {
+		return err
+	}
+	r, err := c.Inspect(cmd.Context(), ref)
+	finish()
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return printJSON(cmd.OutOrStdout(), r)
+	}
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "Image:    %s\nDigest:   %s\nType:     %s\n", arg, r.Descriptor.Digest, r.Descriptor.MediaType)
+	if r.Index != nil {
+		for _, m := range r.Index.Manifests {
+			p := "-"
+			if m.Platform != nil {
+				p = m.Platform.OS + "/" + m.Platform.Architecture
+				if m.Platform.Variant != "" {
+					p += "/" + m.Platform.Variant
+				}
+			}
+			fmt.Fprintf(w, "Manifest: %s %s (%s)\n", p, m.Digest, humanSize(m.Size))
+		}
+		return nil
+	}
+	var cfg ocispec.Image
+	_ = json.Unmarshal(r.Config, &cfg)
+	fmt.Fprintf(w, "Platform: %s/%s\n", cfg.OS, cfg.Architecture)
+	if cfg.Created != nil {
+		fmt.Fprintf(w, "Created:  %s\n", cfg.Created.Format(time.RFC3339))
+	}
+	if len(cfg.Config.Entrypoint)+len(cfg.Config.Cmd) > 0 {
+		fmt.Fprintf(w, "Command:  %s\n", strings.Join(append(append([]string{}, cfg.Config.Entrypoint...), cfg.Config.Cmd...), " "))
+	}
+	for _, e := range cfg.Config.Env {
+		fmt.Fprintf(w, "Env:      %s\n", e)
+	}
+	for i, l := range r.Image.Layers {
+		verity := "no verity root hash (a tar layer: vessel image convert makes it verified)"
+		if h, ok := layer.RootHash(l); ok {
+			verity = "verity " + h
+		}
+		fmt.Fprintf(w, "Layer %d:  %s %s %s, %s\n", i+1, l.Digest, humanSize(l.Size), l.MediaType, verity)
+	}
+	return nil
 }

@@ -42,6 +42,7 @@ type registryFlags struct {
 	jobs                    int
 	maxBlobSize             string
 	readTimeout             time.Duration
+	quiet                   bool // no progress events or bars (inspect): retry notes only
 }
 
 func (f *registryFlags) add(c *cobra.Command) {
@@ -92,10 +93,10 @@ func (f *registryFlags) client(cmd *cobra.Command, g *globals) (*registry.Client
 	}
 	finish := func() {}
 	switch {
-	case g.json:
+	case g.json && !f.quiet:
 		emit := jsonEvents(cmd.OutOrStdout())
 		opts.Progress = func(e registry.Event) { emit(e) }
-	case isTerminal(cmd.ErrOrStderr()):
+	case isTerminal(cmd.ErrOrStderr()) && !f.quiet:
 		b := &bars{w: cmd.ErrOrStderr(), start: time.Now()}
 		opts.Progress = b.event
 		finish = b.finish
