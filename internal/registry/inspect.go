@@ -19,7 +19,7 @@ type Remote struct {
 	Config     json.RawMessage    `json:"config,omitempty"`
 	// Index is set when the reference names an image index (multi-arch):
 	// its manifests, one per platform.
-	Index *ocispec.Index `json:"-"`
+	Index *ocispec.Index    `json:"-"`
 	Image *ocispec.Manifest `json:"-"`
 }
 
