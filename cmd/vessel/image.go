@@ -15,6 +15,7 @@ import (
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/reference"
+	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
 )
 
@@ -197,21 +198,27 @@ and the block.`,
 }
 
 func imageConvertCmd(g *globals) *cobra.Command {
-	var typ, comp string
+	var (
+		typ, comp string
+		rf        = registryFlags{quiet: true}
+	)
 	c := &cobra.Command{
-		Use:   "convert oci:DIR[:TAG] NAME[:TAG]",
+		Use:   "convert oci:DIR[:TAG]|docker://HOST/REPO[:TAG] NAME[:TAG]",
 		Short: "Convert a standard OCI image (tar layers) into verified layers",
 		Long: `Convert reads an image with tar, tar+gzip or tar+zstd layers from an OCI
 layout (as written by skopeo, umoci or buildah), checks every digest, and stores
 it with one verified filesystem layer per tar layer. OCI whiteouts become
 overlay whiteouts; tar entries that would escape the root are refused. Needs root.
 
-The source may also be an archive: oci-archive:PATH[:TAG] or
+The source may be a registry: docker://HOST/REPO[:TAG|@DIGEST] is copied
+(digest-checked) into a temporary layout and converted in one step. It
+may also be an archive: oci-archive:PATH[:TAG] or
 docker-archive:PATH[:NAME[:TAG]] (docker save), unpacked under $TMPDIR and
 removed afterwards. In oci:DIR:TAG (and in the archives) the path ends at the
 first colon, as skopeo and stacker read it, so oci:./lay:a:b is the tag "a:b"
 of ./lay.`,
-		Example: `  docker save busybox:latest -o busybox.tar
+		Example: `  vessel image convert docker://docker.io/library/busybox:latest busybox:1
+  docker save busybox:latest -o busybox.tar
   vessel image convert docker-archive:busybox.tar busybox:1
   skopeo copy docker://docker.io/library/busybox:latest oci:./layout:busybox
   vessel image convert oci:./layout:busybox busybox:1`,
@@ -220,7 +227,35 @@ of ./lay.`,
 			var src image.Source
 			r, err := reference.Parse(args[0])
 			isArchive := err == nil && r.IsArchive()
-			if !isArchive {
+			if err == nil && r.Transport == reference.Docker {
+				// From a registry in one step: copy it (digest-checked)
+				// into a temporary layout, convert, remove the layout.
+				tmp, err := os.MkdirTemp("", "vessel-convert-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(tmp)
+				c, finish, err := rf.client(cmd, g)
+				if err != nil {
+					return err
+				}
+				dst, _, err := g.location(cmd, "oci:"+tmp+":src", false)
+				if err != nil {
+					finish()
+					return err
+				}
+				ref, err := registryRef("convert", args[0])
+				if err != nil {
+					finish()
+					return err
+				}
+				_, err = c.Copy(cmd.Context(), registry.Registry(ref), dst)
+				finish()
+				if err != nil {
+					return err
+				}
+				src, isArchive = image.Source{Dir: tmp, Tag: "src"}, false
+			} else if !isArchive {
 				if src, err = image.ParseSource(args[0]); err != nil {
 					return usageError{err.Error()}
 				}
@@ -250,6 +285,7 @@ of ./lay.`,
 	}
 	c.Flags().StringVar(&typ, "type", "squashfs", "layer filesystem: squashfs or erofs")
 	c.Flags().StringVar(&comp, "compression", "", "squashfs: zstd (default), gzip, xz; erofs: lz4hc (default), lz4, none")
+	rf.add(c) // for docker:// sources
 	return c
 }
 

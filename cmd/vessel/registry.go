@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -10,10 +11,12 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/archive"
 	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/reference"
 	"github.com/vesselos/vessel/internal/registry"
 )
@@ -329,6 +332,12 @@ func runCopy(cmd *cobra.Command, g *globals, rf *registryFlags, verb string, src
 	if err != nil {
 		return err
 	}
+	var prev ocispec.Descriptor // what the tag named before, restored if verification fails
+	if verify && dst.IsStore() {
+		if st, err := g.openStore(); err == nil {
+			prev, _ = st.Resolve(dst.String())
+		}
+	}
 	res, err := c.Copy(cmd.Context(), src, dst)
 	finish()
 	if err != nil {
@@ -344,7 +353,19 @@ func runCopy(cmd *cobra.Command, g *globals, rf *registryFlags, verb string, src
 		}
 		layers, err := image.Verify(st, dst.String(), nil)
 		if err != nil {
-			return fmt.Errorf("%s, but verification failed: %w", verb, err)
+			// Never leave a tag on what failed verification: the tag goes
+			// back to what it named before (or away); the blobs stay for
+			// gc. A tar-layer image has no verity to check: say how to
+			// convert it.
+			if prev.Digest != "" {
+				err = errors.Join(err, st.Tag(dst.String(), prev))
+			} else if _, uerr := st.Untag(dst.String()); uerr != nil {
+				err = errors.Join(err, uerr)
+			}
+			if errors.Is(err, layer.ErrNoVerity) || errors.Is(err, image.ErrUnverifiable) {
+				return fmt.Errorf("%s %s, but it has tar layers without verity (an ordinary OCI or Docker image), so it was not tagged; convert it instead: vessel image convert %s %s: %w", verb, res.Source, res.Source, dst.String(), err)
+			}
+			return fmt.Errorf("%s, but verification failed, so it was not tagged: %w", verb, err)
 		}
 		var blocks uint64
 		for _, l := range layers {
