@@ -3,9 +3,11 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -116,9 +118,11 @@ docs/image.md#references.`,
 			if err != nil {
 				return err
 			}
+			lp := newLayerProgress(cmd, g)
 			res, err := image.Create(cmd.Context(), s, args[0], dirs, image.CreateOptions{
-				Format: f, SourceDateEpoch: epoch, Progress: progress(cmd, g),
+				Format: f, SourceDateEpoch: epoch, Progress: lp.step, Written: lp.written,
 			})
+			lp.done()
 			if err != nil {
 				return err
 			}
@@ -129,6 +133,58 @@ docs/image.md#references.`,
 	c.Flags().StringVar(&typ, "type", "squashfs", "layer filesystem: squashfs or erofs")
 	c.Flags().StringVar(&comp, "compression", "", "squashfs: zstd (default), gzip, xz; erofs: lz4hc (default), lz4, none")
 	return c
+}
+
+// layerProgress reports image create's steps on stderr (unless --json)
+// and, on a terminal only, a live line with the bytes of the layer being
+// built and the rate; piped output gets the step lines alone.
+type layerProgress struct {
+	w     io.Writer
+	start time.Time
+	live  bool // stderr is a terminal
+	quiet bool // --json
+	mu    sync.Mutex
+	drawn bool // the live line is on screen
+	since time.Time
+}
+
+func newLayerProgress(cmd *cobra.Command, g *globals) *layerProgress {
+	return &layerProgress{w: cmd.ErrOrStderr(), start: time.Now(), live: isTerminal(cmd.ErrOrStderr()), quiet: g.json}
+}
+
+func (p *layerProgress) step(s string) {
+	if p.quiet {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.endLine()
+	p.since = time.Now()
+	fmt.Fprintf(p.w, "[%5.1fs] %s\n", time.Since(p.start).Seconds(), s)
+}
+
+func (p *layerProgress) written(layer int, n int64) {
+	if p.quiet || !p.live {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	rate := float64(n) / max(time.Since(p.since).Seconds(), 0.001)
+	fmt.Fprintf(p.w, "\r\x1b[2K[%5.1fs]   layer %d: %s written, %s/s", time.Since(p.start).Seconds(), layer, humanSize(n), humanSize(int64(rate)))
+	p.drawn = true
+}
+
+func (p *layerProgress) endLine() {
+	if p.drawn {
+		fmt.Fprintln(p.w)
+		p.drawn = false
+	}
+}
+
+func (p *layerProgress) done() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.endLine()
 }
 
 // progress returns a step reporter that writes to stderr unless --json.
