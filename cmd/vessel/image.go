@@ -141,19 +141,25 @@ docs/image.md#references.`,
 type layerProgress struct {
 	w     io.Writer
 	start time.Time
-	live  bool // stderr is a terminal
-	quiet bool // --json
+	live  bool        // stderr is a terminal
+	quiet bool        // --json
+	emit  func(v any) // --json: events on stdout
 	mu    sync.Mutex
 	drawn bool // the live line is on screen
 	since time.Time
 }
 
 func newLayerProgress(cmd *cobra.Command, g *globals) *layerProgress {
-	return &layerProgress{w: cmd.ErrOrStderr(), start: time.Now(), live: isTerminal(cmd.ErrOrStderr()), quiet: g.json}
+	p := &layerProgress{w: cmd.ErrOrStderr(), start: time.Now(), live: isTerminal(cmd.ErrOrStderr()), quiet: g.json}
+	if g.json {
+		p.emit = jsonEvents(cmd.OutOrStdout())
+	}
+	return p
 }
 
 func (p *layerProgress) step(s string) {
 	if p.quiet {
+		p.emit(map[string]any{"event": "step", "step": s, "seconds": time.Since(p.start).Seconds()})
 		return
 	}
 	p.mu.Lock()
@@ -164,7 +170,11 @@ func (p *layerProgress) step(s string) {
 }
 
 func (p *layerProgress) written(layer int, n int64) {
-	if p.quiet || !p.live {
+	if p.quiet {
+		p.emit(map[string]any{"event": "progress", "layer": layer, "written": n})
+		return
+	}
+	if !p.live {
 		return
 	}
 	p.mu.Lock()
@@ -187,20 +197,9 @@ func (p *layerProgress) done() {
 	p.endLine()
 }
 
-// progress returns a step reporter that writes to stderr unless --json.
-func progress(cmd *cobra.Command, g *globals) func(string) {
-	if g.json {
-		return nil
-	}
-	start := time.Now()
-	return func(step string) {
-		fmt.Fprintf(cmd.ErrOrStderr(), "[%5.1fs] %s\n", time.Since(start).Seconds(), step)
-	}
-}
-
 func printCreated(cmd *cobra.Command, g *globals, res *image.Created) error {
 	if g.json {
-		return printJSON(cmd.OutOrStdout(), res)
+		return printResultEvent(cmd.OutOrStdout(), res) // the last line of the event stream
 	}
 	w := cmd.OutOrStdout()
 	fmt.Fprintf(w, "%s %s\n", res.Ref, res.Descriptor.Digest)
@@ -332,7 +331,9 @@ of ./lay.`,
 				}()
 				src = image.Source{Dir: l.Dir, Tag: l.Tag}
 			}
-			res, err := image.Convert(cmd.Context(), s, src, args[1], image.ConvertOptions{Format: f, SourceDateEpoch: epoch, Progress: progress(cmd, g)})
+			lp := newLayerProgress(cmd, g)
+			res, err := image.Convert(cmd.Context(), s, src, args[1], image.ConvertOptions{Format: f, SourceDateEpoch: epoch, Progress: lp.step})
+			lp.done()
 			if err != nil {
 				return err
 			}
