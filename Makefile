@@ -7,7 +7,7 @@ BIN       := bin/vessel
 TEST_TAGS ?= tpmsim
 GOFLAGS_TEST ?= -count=1 -timeout 30m
 
-.PHONY: all build deps test vet vm-test demo bench fuzz clean
+.PHONY: all build deps test vet vm-test demo bench fuzz clean man
 
 all: build
 
@@ -54,3 +54,7 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# man pages, one per command, generated from the command tree (as --help)
+man: build
+	$(BIN) man docs/man

@@ -1,10 +1,13 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -15,6 +18,7 @@ import (
 	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/reference"
+	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
 )
 
@@ -122,9 +126,11 @@ docs/image.md#references.`,
 					return usageError{fmt.Sprintf("--arch: %v", err)}
 				}
 			}
+			lp := newLayerProgress(cmd, g)
 			res, err := image.Create(cmd.Context(), s, args[0], dirs, image.CreateOptions{
-				Format: f, SourceDateEpoch: epoch, Progress: progress(cmd, g), Platform: p,
+				Format: f, SourceDateEpoch: epoch, Progress: lp.step, Written: lp.written, Platform: p,
 			})
+			lp.done()
 			if err != nil {
 				return err
 			}
@@ -138,20 +144,71 @@ docs/image.md#references.`,
 	return c
 }
 
-// progress returns a step reporter that writes to stderr unless --json.
-func progress(cmd *cobra.Command, g *globals) func(string) {
+// layerProgress reports image create's steps on stderr (unless --json)
+// and, on a terminal only, a live line with the bytes of the layer being
+// built and the rate; piped output gets the step lines alone.
+type layerProgress struct {
+	w     io.Writer
+	start time.Time
+	live  bool        // stderr is a terminal
+	quiet bool        // --json
+	emit  func(v any) // --json: events on stdout
+	mu    sync.Mutex
+	drawn bool // the live line is on screen
+	since time.Time
+}
+
+func newLayerProgress(cmd *cobra.Command, g *globals) *layerProgress {
+	p := &layerProgress{w: cmd.ErrOrStderr(), start: time.Now(), live: isTerminal(cmd.ErrOrStderr()), quiet: g.json}
 	if g.json {
-		return nil
+		p.emit = jsonEvents(cmd.OutOrStdout())
 	}
-	start := time.Now()
-	return func(step string) {
-		fmt.Fprintf(cmd.ErrOrStderr(), "[%5.1fs] %s\n", time.Since(start).Seconds(), step)
+	return p
+}
+
+func (p *layerProgress) step(s string) {
+	if p.quiet {
+		p.emit(map[string]any{"event": "step", "step": s, "seconds": time.Since(p.start).Seconds()})
+		return
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.endLine()
+	p.since = time.Now()
+	fmt.Fprintf(p.w, "[%5.1fs] %s\n", time.Since(p.start).Seconds(), s)
+}
+
+func (p *layerProgress) written(layer int, n int64) {
+	if p.quiet {
+		p.emit(map[string]any{"event": "progress", "layer": layer, "written": n})
+		return
+	}
+	if !p.live {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	rate := float64(n) / max(time.Since(p.since).Seconds(), 0.001)
+	fmt.Fprintf(p.w, "\r\x1b[2K[%5.1fs]   layer %d: %s written, %s/s", time.Since(p.start).Seconds(), layer, humanSize(n), humanSize(int64(rate)))
+	p.drawn = true
+}
+
+func (p *layerProgress) endLine() {
+	if p.drawn {
+		fmt.Fprintln(p.w)
+		p.drawn = false
+	}
+}
+
+func (p *layerProgress) done() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.endLine()
 }
 
 func printCreated(cmd *cobra.Command, g *globals, res *image.Created) error {
 	if g.json {
-		return printJSON(cmd.OutOrStdout(), res)
+		return printResultEvent(cmd.OutOrStdout(), res) // the last line of the event stream
 	}
 	w := cmd.OutOrStdout()
 	fmt.Fprintf(w, "%s %s\n", res.Ref, res.Descriptor.Digest)
@@ -205,21 +262,27 @@ and the block.`,
 }
 
 func imageConvertCmd(g *globals) *cobra.Command {
-	var typ, comp string
+	var (
+		typ, comp string
+		rf        = registryFlags{quiet: true}
+	)
 	c := &cobra.Command{
-		Use:   "convert oci:DIR[:TAG] NAME[:TAG]",
+		Use:   "convert oci:DIR[:TAG]|docker://HOST/REPO[:TAG] NAME[:TAG]",
 		Short: "Convert a standard OCI image (tar layers) into verified layers",
 		Long: `Convert reads an image with tar, tar+gzip or tar+zstd layers from an OCI
 layout (as written by skopeo, umoci or buildah), checks every digest, and stores
 it with one verified filesystem layer per tar layer. OCI whiteouts become
 overlay whiteouts; tar entries that would escape the root are refused. Needs root.
 
-The source may also be an archive: oci-archive:PATH[:TAG] or
+The source may be a registry: docker://HOST/REPO[:TAG|@DIGEST] is copied
+(digest-checked) into a temporary layout and converted in one step. It
+may also be an archive: oci-archive:PATH[:TAG] or
 docker-archive:PATH[:NAME[:TAG]] (docker save), unpacked under $TMPDIR and
 removed afterwards. In oci:DIR:TAG (and in the archives) the path ends at the
 first colon, as skopeo and stacker read it, so oci:./lay:a:b is the tag "a:b"
 of ./lay.`,
-		Example: `  docker save busybox:latest -o busybox.tar
+		Example: `  vessel image convert docker://docker.io/library/busybox:latest busybox:1
+  docker save busybox:latest -o busybox.tar
   vessel image convert docker-archive:busybox.tar busybox:1
   skopeo copy docker://docker.io/library/busybox:latest oci:./layout:busybox
   vessel image convert oci:./layout:busybox busybox:1`,
@@ -228,7 +291,35 @@ of ./lay.`,
 			var src image.Source
 			r, err := reference.Parse(args[0])
 			isArchive := err == nil && r.IsArchive()
-			if !isArchive {
+			if err == nil && r.Transport == reference.Docker {
+				// From a registry in one step: copy it (digest-checked)
+				// into a temporary layout, convert, remove the layout.
+				tmp, err := os.MkdirTemp("", "vessel-convert-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(tmp)
+				c, finish, err := rf.client(cmd, g)
+				if err != nil {
+					return err
+				}
+				dst, _, err := g.location(cmd, "oci:"+tmp+":src", false)
+				if err != nil {
+					finish()
+					return err
+				}
+				ref, err := registryRef("convert", args[0])
+				if err != nil {
+					finish()
+					return err
+				}
+				_, err = c.Copy(cmd.Context(), registry.Registry(ref), dst)
+				finish()
+				if err != nil {
+					return err
+				}
+				src, isArchive = image.Source{Dir: tmp, Tag: "src"}, false
+			} else if !isArchive {
 				if src, err = image.ParseSource(args[0]); err != nil {
 					return usageError{err.Error()}
 				}
@@ -249,7 +340,9 @@ of ./lay.`,
 				}()
 				src = image.Source{Dir: l.Dir, Tag: l.Tag}
 			}
-			res, err := image.Convert(cmd.Context(), s, src, args[1], image.ConvertOptions{Format: f, SourceDateEpoch: epoch, Progress: progress(cmd, g)})
+			lp := newLayerProgress(cmd, g)
+			res, err := image.Convert(cmd.Context(), s, src, args[1], image.ConvertOptions{Format: f, SourceDateEpoch: epoch, Progress: lp.step})
+			lp.done()
 			if err != nil {
 				return err
 			}
@@ -258,6 +351,7 @@ of ./lay.`,
 	}
 	c.Flags().StringVar(&typ, "type", "squashfs", "layer filesystem: squashfs or erofs")
 	c.Flags().StringVar(&comp, "compression", "", "squashfs: zstd (default), gzip, xz; erofs: lz4hc (default), lz4, none")
+	rf.add(c) // for docker:// sources
 	return c
 }
 
@@ -317,12 +411,20 @@ func imagesCmd(g *globals) *cobra.Command {
 
 func inspectCmd(g *globals) *cobra.Command {
 	var arch string
+	rf := registryFlags{quiet: true}
 	c := &cobra.Command{
-		Use:     "inspect NAME[:TAG] [--arch ARCH]",
-		Short:   "Show an image's digest, manifest, config and layers",
-		Example: "  vessel inspect demo:1\n  vessel inspect demo:1 --json | jq .layers\n  vessel inspect app --arch arm64      # one platform of a multi-arch image",
+		Use:   "inspect NAME[:TAG] [--arch ARCH] | docker://HOST/REPO[:TAG|@DIGEST]",
+		Short: "Show an image's digest, manifest, config and layers (in the store or a registry)",
+		Long: `Show an image in the store: digest, size, platform, command, environment
+and each layer with its verity root hash. With docker://HOST/REPO[:TAG|@DIGEST]
+it reads the manifest (digest-checked) and config from the registry, as
+skopeo inspect does, without pulling layers or storing anything.`,
+		Example: "  vessel inspect demo:1\n  vessel inspect demo:1 --json | jq .layers\n  vessel inspect app --arch arm64      # one platform of a multi-arch image\n  vessel inspect docker://127.0.0.1:5000/demo:1 --plain-http",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if strings.HasPrefix(args[0], "docker://") {
+				return inspectRemote(cmd, g, &rf, args[0])
+			}
 			s, err := g.openStore()
 			if err != nil {
 				return err
@@ -375,6 +477,7 @@ func inspectCmd(g *globals) *cobra.Command {
 		},
 	}
 	c.Flags().StringVar(&arch, "arch", "", "for a multi-arch image: the platform to show (default: this machine's)")
+	rf.add(c)
 	return c
 }
 
@@ -466,4 +569,59 @@ func humanSize(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// inspectRemote shows an image in a registry without pulling it.
+func inspectRemote(cmd *cobra.Command, g *globals, rf *registryFlags, arg string) error {
+	ref, err := registryRef("inspect", arg)
+	if err != nil {
+		return err
+	}
+	c, finish, err := rf.client(cmd, g)
+	if err != nil {
+		return err
+	}
+	r, err := c.Inspect(cmd.Context(), ref)
+	finish()
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return printJSON(cmd.OutOrStdout(), r)
+	}
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "Image:    %s\nDigest:   %s\nType:     %s\n", arg, r.Descriptor.Digest, r.Descriptor.MediaType)
+	if r.Index != nil {
+		for _, m := range r.Index.Manifests {
+			p := "-"
+			if m.Platform != nil {
+				p = m.Platform.OS + "/" + m.Platform.Architecture
+				if m.Platform.Variant != "" {
+					p += "/" + m.Platform.Variant
+				}
+			}
+			fmt.Fprintf(w, "Manifest: %s %s (%s)\n", p, m.Digest, humanSize(m.Size))
+		}
+		return nil
+	}
+	var cfg ocispec.Image
+	_ = json.Unmarshal(r.Config, &cfg)
+	fmt.Fprintf(w, "Platform: %s/%s\n", cfg.OS, cfg.Architecture)
+	if cfg.Created != nil {
+		fmt.Fprintf(w, "Created:  %s\n", cfg.Created.Format(time.RFC3339))
+	}
+	if len(cfg.Config.Entrypoint)+len(cfg.Config.Cmd) > 0 {
+		fmt.Fprintf(w, "Command:  %s\n", strings.Join(append(append([]string{}, cfg.Config.Entrypoint...), cfg.Config.Cmd...), " "))
+	}
+	for _, e := range cfg.Config.Env {
+		fmt.Fprintf(w, "Env:      %s\n", e)
+	}
+	for i, l := range r.Image.Layers {
+		verity := "no verity root hash (a tar layer: vessel image convert makes it verified)"
+		if h, ok := layer.RootHash(l); ok {
+			verity = "verity " + h
+		}
+		fmt.Fprintf(w, "Layer %d:  %s %s %s, %s\n", i+1, l.Digest, humanSize(l.Size), l.MediaType, verity)
+	}
+	return nil
 }

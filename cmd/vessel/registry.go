@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -10,10 +11,12 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/archive"
 	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/reference"
 	"github.com/vesselos/vessel/internal/registry"
 )
@@ -42,6 +45,7 @@ type registryFlags struct {
 	jobs                    int
 	maxBlobSize             string
 	readTimeout             time.Duration
+	quiet                   bool // no progress events or bars (inspect): retry notes only
 }
 
 func (f *registryFlags) add(c *cobra.Command) {
@@ -92,13 +96,22 @@ func (f *registryFlags) client(cmd *cobra.Command, g *globals) (*registry.Client
 	}
 	finish := func() {}
 	switch {
-	case g.json:
+	case g.json && !f.quiet:
 		emit := jsonEvents(cmd.OutOrStdout())
 		opts.Progress = func(e registry.Event) { emit(e) }
-	case isTerminal(cmd.ErrOrStderr()):
+	case isTerminal(cmd.ErrOrStderr()) && !f.quiet:
 		b := &bars{w: cmd.ErrOrStderr(), start: time.Now()}
 		opts.Progress = b.event
 		finish = b.finish
+	default:
+		// No bars when piped, but retries are said: an unreachable
+		// registry must not look like a hang.
+		w := cmd.ErrOrStderr()
+		opts.Progress = func(e registry.Event) {
+			if e.Kind == registry.EventRetry {
+				warnf(w, "note", "%s", retryText(e))
+			}
+		}
 	}
 	c, err := registry.New(opts)
 	return c, finish, err
@@ -319,6 +332,12 @@ func runCopy(cmd *cobra.Command, g *globals, rf *registryFlags, verb string, src
 	if err != nil {
 		return err
 	}
+	var prev ocispec.Descriptor // what the tag named before, restored if verification fails
+	if verify && dst.IsStore() {
+		if st, err := g.openStore(); err == nil {
+			prev, _ = st.Resolve(dst.String())
+		}
+	}
 	res, err := c.Copy(cmd.Context(), src, dst)
 	finish()
 	if err != nil {
@@ -334,7 +353,19 @@ func runCopy(cmd *cobra.Command, g *globals, rf *registryFlags, verb string, src
 		}
 		layers, err := image.Verify(st, dst.String(), nil)
 		if err != nil {
-			return fmt.Errorf("%s, but verification failed: %w", verb, err)
+			// Never leave a tag on what failed verification: the tag goes
+			// back to what it named before (or away); the blobs stay for
+			// gc. A tar-layer image has no verity to check: say how to
+			// convert it.
+			if prev.Digest != "" {
+				err = errors.Join(err, st.Tag(dst.String(), prev))
+			} else if _, uerr := st.Untag(dst.String()); uerr != nil {
+				err = errors.Join(err, uerr)
+			}
+			if errors.Is(err, layer.ErrNoVerity) || errors.Is(err, image.ErrUnverifiable) {
+				return fmt.Errorf("%s %s, but it has tar layers without verity (an ordinary OCI or Docker image), so it was not tagged; convert it instead: vessel image convert %s %s: %w", verb, res.Source, res.Source, dst.String(), err)
+			}
+			return fmt.Errorf("%s, but verification failed, so it was not tagged: %w", verb, err)
 		}
 		var blocks uint64
 		for _, l := range layers {
@@ -388,7 +419,7 @@ func (b *bars) event(e registry.Event) {
 		}
 	case registry.EventRetry:
 		b.clear()
-		fmt.Fprintf(b.w, "retrying %s: %s\n", shortDigest(e.Digest.String()), e.Error)
+		fmt.Fprintln(b.w, retryText(e))
 	default:
 		return
 	}
@@ -434,4 +465,12 @@ func (b *bars) finish() {
 		b.active = nil
 		b.draw()
 	}
+}
+
+// retryText says what a retry event retries, why, and when.
+func retryText(e registry.Event) string {
+	if e.Digest == "" {
+		return fmt.Sprintf("%s; retry %d of at most %d in %s", e.Error, e.Attempt, e.Of, e.Wait)
+	}
+	return fmt.Sprintf("retrying %s: %s", shortDigest(e.Digest.String()), e.Error)
 }

@@ -52,6 +52,7 @@ func finishTree(root *cobra.Command, g *globals) {
 				return nil
 			}
 		}
+		addCompletion(c, g)
 		for _, s := range c.Commands() {
 			walk(s)
 		}

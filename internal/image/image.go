@@ -35,6 +35,10 @@ type CreateOptions struct {
 	Progress        func(step string)   // called before each long step (may be nil)
 	// Platform of the image (what its files run on); zero: this machine's.
 	Platform ocispec.Platform
+	// Written, if set, reports a layer being built: its number (from 1)
+	// and the bytes of filesystem image written so far (see
+	// layer.BuildOptions.Written).
+	Written func(layer int, n int64)
 }
 
 // Created is the result of Create or Convert.
@@ -64,7 +68,12 @@ func Create(ctx context.Context, s *store.Store, ref string, dirs []string, opt 
 		if opt.Progress != nil {
 			opt.Progress(fmt.Sprintf("layer %d/%d: %s", i+1, len(dirs), dir))
 		}
-		d, err := addLayer(ctx, s, dir, layer.BuildOptions{Format: opt.Format, SourceDateEpoch: opt.SourceDateEpoch})
+		bo := layer.BuildOptions{Format: opt.Format, SourceDateEpoch: opt.SourceDateEpoch}
+		if opt.Written != nil {
+			n := i + 1
+			bo.Written = func(w int64) { opt.Written(n, w) }
+		}
+		d, err := addLayer(ctx, s, dir, bo)
 		if err != nil {
 			return nil, fmt.Errorf("create %s: layer %d (%s): %w", ref, i+1, dir, err)
 		}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -29,7 +30,14 @@ type BuildOptions struct {
 	// Stderr receives the filesystem tool's diagnostics (nil: discarded,
 	// but kept for the error message).
 	Stderr io.Writer
+	// Written, if set, is called about every ProgressInterval while the
+	// filesystem tool runs with the bytes it has written so far, and once
+	// more when it is done (long layers are not silent).
+	Written func(n int64)
 }
+
+// ProgressInterval paces BuildOptions.Written.
+var ProgressInterval = 250 * time.Millisecond
 
 // Built is a finished layer blob in a temp file, ready to be committed to a
 // store by rename (store.PutBlobFile).
@@ -70,7 +78,10 @@ func Build(ctx context.Context, dir, path string, opt BuildOptions) (_ *Built, e
 	if opt.Stderr != nil {
 		cmd.Stderr = io.MultiWriter(&tail, opt.Stderr)
 	}
-	if err := cmd.Run(); err != nil {
+	stop := watchSize(path, opt.Written)
+	err = cmd.Run()
+	stop()
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -206,3 +217,36 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 }
 
 func (t *tailBuffer) String() string { return string(t.b) }
+
+// watchSize calls written with path's size every ProgressInterval until
+// stop, and a last time at stop. It does nothing when written is nil.
+func watchSize(path string, written func(int64)) (stop func()) {
+	if written == nil {
+		return func() {}
+	}
+	size := func() {
+		if fi, err := os.Stat(path); err == nil {
+			written(fi.Size())
+		}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(ProgressInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				size()
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+		size()
+	}
+}

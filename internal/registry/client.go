@@ -95,7 +95,11 @@ func (c *Client) retrier() *retrier { return &retrier{c: c, wait: c.opts.Backoff
 
 // next waits before another attempt and reports whether there may be one;
 // it returns ctx's error when ctx ends while waiting.
-func (r *retrier) next(ctx context.Context) (bool, error) {
+func (r *retrier) next(ctx context.Context) (bool, error) { return r.nextNotify(ctx, nil) }
+
+// nextNotify is next, calling before (if not nil) with the attempt number
+// and the wait when there will be another attempt.
+func (r *retrier) nextNotify(ctx context.Context, before func(attempt int, wait time.Duration)) (bool, error) {
 	if r.start.IsZero() {
 		r.start = time.Now()
 	}
@@ -103,6 +107,9 @@ func (r *retrier) next(ctx context.Context) (bool, error) {
 		return false, nil
 	}
 	r.n++
+	if before != nil {
+		before(r.n, r.wait)
+	}
 	select {
 	case <-ctx.Done():
 		return false, ctx.Err()
@@ -272,7 +279,12 @@ func (c *Client) send(ctx context.Context, r *request) (*http.Response, error) {
 		if !retry || r.noRetry {
 			return nil, lastErr
 		}
-		ok, err := rt.next(ctx)
+		// Say what is retried and why: an unreachable registry must not
+		// look like a hang.
+		ok, err := rt.nextNotify(ctx, func(attempt int, wait time.Duration) {
+			c.emit(Event{Kind: EventRetry, Request: r.op,
+				Error: lastErr.Error(), Attempt: attempt, Of: c.opts.Retries, Wait: wait.String()})
+		})
 		if err != nil {
 			return nil, err
 		}

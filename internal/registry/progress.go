@@ -30,4 +30,10 @@ type Event struct {
 	Count     int           `json:"count,omitempty"`
 	Ref       string        `json:"ref,omitempty"`
 	Error     string        `json:"error,omitempty"`
+	// A retried registry request (EventRetry without a Digest): what was
+	// asked, which attempt comes next of how many at most, and the wait.
+	Request string `json:"request,omitempty"`
+	Attempt int    `json:"attempt,omitempty"`
+	Of      int    `json:"of,omitempty"`
+	Wait    string `json:"wait,omitempty"`
 }

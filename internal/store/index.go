@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -225,9 +226,17 @@ func (s *Store) List() ([]Tagged, error) {
 // reference): "name[:tag]" (tag defaults to latest), "name@sha256:..." or a
 // bare "sha256:..." digest. For digest references the manifest blob must be
 // in the store.
+//
+// A short digest (4 to 63 hex digits, with or without "sha256:") names the
+// one manifest in the index whose digest starts with it, as podman accepts
+// short image IDs; a name or tag of the same spelling wins.
 func (s *Store) Resolve(ref string) (ocispec.Descriptor, error) {
 	r, err := reference.Parse(ref)
+	short, isShort := shortDigest(ref)
 	if err != nil {
+		if isShort {
+			return s.resolveShort(ref, short)
+		}
 		return ocispec.Descriptor{}, err
 	}
 	if r.Transport != reference.Store {
@@ -256,7 +265,48 @@ func (s *Store) Resolve(ref string) (ocispec.Descriptor, error) {
 			return m, nil
 		}
 	}
+	if isShort {
+		return s.resolveShort(ref, short)
+	}
 	return ocispec.Descriptor{}, fmt.Errorf("image %s: %w (see 'vessel images')", full, ErrNotFound)
+}
+
+var shortDigestRE = regexp.MustCompile(`^(?:sha256:)?([0-9a-f]{4,63})$`)
+
+// shortDigest returns the hex prefix of a short digest reference.
+func shortDigest(ref string) (string, bool) {
+	m := shortDigestRE.FindStringSubmatch(ref)
+	if m == nil {
+		return "", false
+	}
+	return m[1], true
+}
+
+// ErrAmbiguous is returned for a short digest that more than one manifest
+// in the store starts with.
+var ErrAmbiguous = errors.New("ambiguous short digest")
+
+func (s *Store) resolveShort(ref, prefix string) (ocispec.Descriptor, error) {
+	idx, err := s.readIndex()
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	var found *ocispec.Descriptor
+	for i, m := range idx.Manifests {
+		if !strings.HasPrefix(m.Digest.Encoded(), prefix) {
+			continue
+		}
+		if found != nil && found.Digest != m.Digest {
+			return ocispec.Descriptor{}, fmt.Errorf("image %s: %w: %s and %s both start with it (give more digits)", ref, ErrAmbiguous, found.Digest, m.Digest)
+		}
+		found = &idx.Manifests[i]
+	}
+	if found == nil {
+		return ocispec.Descriptor{}, fmt.Errorf("image %s: %w (no tag of that name, and no image digest starts with it; see 'vessel images')", ref, ErrNotFound)
+	}
+	d := *found
+	d.Annotations = nil // the digest's, not one of its tags'
+	return d, nil
 }
 
 // ResolveLayoutTag finds the manifest an oci:DIR:TAG reference names in an

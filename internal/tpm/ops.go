@@ -357,8 +357,21 @@ func (t *TPM) verifyPolicy(p *SignedPolicy) (ticket tpm2.TPMTTKVerified, err err
 	return vrsp.Validation, nil
 }
 
+// lockedPCR7 is the sha256-bank PCR7 that Lock makes of pcr7.
+func lockedPCR7(pcr7 []byte) []byte {
+	ev := sha256.Sum256([]byte(lockEvent))
+	h := sha256.New()
+	h.Write(pcr7)
+	h.Write(ev[:])
+	return h.Sum(nil)
+}
+
 func (t *TPM) explainPCR(p *SignedPolicy, err error) error {
 	cur, rerr := t.PCR7()
+	if rerr == nil && equal(cur, lockedPCR7(p.PCR7)) {
+		return &tpmError{op: fmt.Sprintf("PolicyPCR (current PCR7 %x is the policy's %x after vessel tpm lock)", cur, []byte(p.PCR7)),
+			sentinel: ErrLocked, err: fmt.Errorf("%w; %w", ErrPolicyMismatch, err), hint: hintLocked}
+	}
 	if rerr == nil && !equal(cur, p.PCR7) {
 		return &tpmError{op: fmt.Sprintf("PolicyPCR (current PCR7 %x, policy allows %x)", cur, []byte(p.PCR7)),
 			sentinel: ErrPolicyMismatch, err: err, hint: hintPCR}

@@ -42,6 +42,9 @@ var (
 	ErrSRKMismatch = errors.New("persistent handle holds a different key")
 	// ErrPolicyMismatch: the current PCR7 is not the one the signed policy allows.
 	ErrPolicyMismatch = errors.New("PCR7 does not match the signed policy")
+	// ErrLocked: PCR7 is the policy's value extended by Lock: vessel tpm
+	// lock ran in this boot, and nothing unseals until the next reboot.
+	ErrLocked = errors.New("PCR7 was locked in this boot")
 	// ErrRevokedPolicy: the signed policy's version is older than the TPM's policy version.
 	ErrRevokedPolicy = errors.New("signed policy was revoked")
 	// ErrWrongPolicyKey: the policy was signed by a key other than the provisioned one,
@@ -111,6 +114,8 @@ const (
 		"sign a policy for the current PCR7 with `vessel tpm policy sign --from-current`"
 	hintRevoked = "the TPM's policy version is newer than this policy's: sign a new policy with " +
 		"`vessel tpm policy sign --version N` (N >= the version `vessel tpm info` shows)"
+	hintLocked = "`vessel tpm lock` ran in this boot, after the policy's PCR7: nothing unseals until the next " +
+		"reboot, by design (do not sign a policy for the locked PCR7: that would undo the lock)"
 	hintWrongKey = "sign the policy with the key given to `vessel tpm provision --policy-key`"
 	hintLockout  = "too many wrong authorizations: wait for the TPM's lockout interval to pass, " +
 		"or clear the lockout with the lockout authorization (kept sealed by vessel)"
