@@ -240,7 +240,18 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 	if err := os.MkdirAll(p.Target, 0o755); err != nil {
 		return nil, err
 	}
-	if err := applyMount(p.Overlay, ""); err != nil {
+	if p.IDMap != nil {
+		// The overlay's root is the upper directory's: the mapped root
+		// owns it (the layers' files are mapped by the idmapped mounts).
+		uid, _ := root(p.IDMap.UIDs)
+		gid, _ := root(p.IDMap.GIDs)
+		if err := os.Chown(filepath.Join(p.Upper, "upper"), int(uid), int(gid)); err != nil {
+			return nil, fmt.Errorf("image %s: upper directory for the mapped root: %w", img.name, err)
+		}
+		if err := applyIdmappedOverlay(p.Overlay, p.IDMap); err != nil {
+			return nil, fmt.Errorf("image %s: %w", img.name, err)
+		}
+	} else if err := applyMount(p.Overlay, ""); err != nil {
 		return nil, fmt.Errorf("image %s: %w", img.name, err)
 	}
 	if err := os.WriteFile(m.markerFile(id), nil, 0o600); err != nil {
