@@ -519,6 +519,14 @@ func makeRootParent(run, id string, gids []specs.LinuxIDMapping) (string, error)
 		return "", errors.New("the gid map does not map gid 0")
 	}
 	roots := RootsDir(run)
+	for d := filepath.Dir(roots); ; d = filepath.Dir(d) {
+		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o001 == 0 {
+			return "", fmt.Errorf("%s is mode %#o: the container's mapped root, an unprivileged host id, cannot pass it to reach %s; let others search it (chmod o+x) or use a run directory under one they can", d, fi.Mode().Perm(), roots)
+		}
+		if d == "/" || d == "." {
+			break
+		}
+	}
 	if err := os.MkdirAll(roots, 0o711); err != nil {
 		return "", err
 	}
