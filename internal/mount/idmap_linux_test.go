@@ -2,6 +2,8 @@ package mount
 
 import (
 	"context"
+
+	"github.com/vesselos/vessel/internal/store"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -94,5 +96,47 @@ func TestIdmapPlanChecks(t *testing.T) {
 	}
 	if _, err := NewPlan(e.run, "x", img, "/x", ModeFuse, Options{Writable: true, UIDMap: m, GIDMap: m}); err == nil {
 		t.Error("fuse mode with an id map accepted")
+	}
+}
+
+// BenchmarkContainerRoot: mount and unmount a container root, plain and
+// idmapped (the layers stay mounted and verified across iterations).
+//
+//	go test -run XX -bench ContainerRoot -benchtime 200x ./internal/mount/
+func BenchmarkContainerRoot(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	for _, mapped := range []bool{false, true} {
+		name := "plain"
+		opt := Options{Writable: true}
+		if mapped {
+			name = "idmapped"
+			m := []IDMapping{{ContainerID: 0, HostID: 1100000, Size: 65536}}
+			opt.UIDMap, opt.GIDMap = m, m
+		}
+		b.Run(name, func(b *testing.B) {
+			s, err := store.Open(b.TempDir())
+			if err != nil {
+				b.Fatal(err)
+			}
+			run := b.TempDir()
+			m := &Manager{Run: run, Mode: ModeUserspace}
+			img := testImage(b, s, "bench:1")
+			// A holder keeps the layers mounted, as a running service does.
+			if _, err := m.Mount(context.Background(), img, "hold", filepath.Join(run, "hold"), Self(), Options{Writable: true}); err != nil {
+				b.Fatal(err)
+			}
+			defer m.Unmount("hold")
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if _, err := m.Mount(context.Background(), img, "c", filepath.Join(run, "c"), Self(), opt); err != nil {
+					b.Fatal(err)
+				}
+				if err := m.Unmount("c"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
