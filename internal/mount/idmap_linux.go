@@ -57,12 +57,7 @@ func usernsFD(uids, gids []IDMapping) (*os.File, error) {
 
 // applyIdmappedOverlay makes the overlay mt with every lowerdir an
 // idmapped clone of itself.
-func applyIdmappedOverlay(mt Mount, idm *IDMap) (err error) {
-	ns, err := usernsFD(idm.UIDs, idm.GIDs)
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
+func applyIdmappedOverlay(mt Mount, ns *os.File) (err error) {
 	fs, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("overlay on %s: fsopen: %w", mt.Target, err)
@@ -132,4 +127,25 @@ func addIdmappedLower(fs int, dir string, ns *os.File) (int, error) {
 		return -1, fmt.Errorf("layer %s as lowerdir+: %w", dir, err)
 	}
 	return fd, nil
+}
+
+// usernsFor returns a user namespace holding idm's maps, made once per
+// map and kept open for the Manager's life (a supervisor has one map per
+// service): making one costs a process start, several milliseconds.
+func (m *Manager) usernsFor(idm *IDMap) (*os.File, error) {
+	key := fmt.Sprint(idm.UIDs, idm.GIDs)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if f, ok := m.userns[key]; ok {
+		return f, nil
+	}
+	f, err := usernsFD(idm.UIDs, idm.GIDs)
+	if err != nil {
+		return nil, err
+	}
+	if m.userns == nil {
+		m.userns = map[string]*os.File{}
+	}
+	m.userns[key] = f
+	return f, nil
 }
