@@ -12,6 +12,7 @@ package userns
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -129,6 +130,13 @@ func (a *Allocator) Sync(product string, wants []Want) (map[string]Assignment, [
 	if product == "" {
 		return nil, nil, errors.New("user namespaces: empty product name")
 	}
+	if len(wants) == 0 && a.Dir != "" {
+		// Nothing to allocate and no record: nothing to free either, and
+		// no need to write to the store root (it may be read-only).
+		if _, err := os.Stat(filepath.Join(a.Dir, RecordName)); errors.Is(err, os.ErrNotExist) {
+			return map[string]Assignment{}, nil, nil
+		}
+	}
 	unlock, err := a.lock()
 	if err != nil {
 		return nil, nil, err
@@ -138,6 +146,7 @@ func (a *Allocator) Sync(product string, wants []Want) (map[string]Assignment, [
 	if err != nil {
 		return nil, nil, err
 	}
+	before, _ := json.Marshal(rec)
 	byOwner := map[string][]string{}
 	var order []string
 	for _, w := range wants {
@@ -208,8 +217,10 @@ func (a *Allocator) Sync(product string, wants []Want) (map[string]Assignment, [
 		}
 	}
 	rec.Assignments = kept
-	if err := a.write(rec); err != nil {
-		return nil, nil, err
+	if after, _ := json.Marshal(rec); !bytes.Equal(before, after) {
+		if err := a.write(rec); err != nil {
+			return nil, nil, err
+		}
 	}
 	out := map[string]Assignment{}
 	for _, as := range kept {

@@ -178,3 +178,37 @@ func TestFirstFit(t *testing.T) {
 		t.Error("fit where there is no room")
 	}
 }
+
+// An up with no userns services on a machine that never had any touches
+// nothing (the store root may be read-only); an unchanged sync does not
+// rewrite the record.
+func TestAllocNoWantsWritesNothing(t *testing.T) {
+	a := testAllocator(t, delegation, delegation)
+	if _, _, err := a.Sync("p", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(a.Dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("sync without wants created %s (%v)", a.Dir, err)
+	}
+	if _, _, err := a.Sync("p", []Want{{"web", "auto"}}); err != nil {
+		t.Fatal(err)
+	}
+	rec := filepath.Join(a.Dir, RecordName)
+	_, err := os.Stat(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Replace the record by a copy with another inode: an unchanged sync
+	// must leave that inode in place.
+	b, _ := os.ReadFile(rec)
+	os.Remove(rec)
+	os.WriteFile(rec, b, 0o644)
+	fi2, _ := os.Stat(rec)
+	if _, _, err := a.Sync("p", []Want{{"web", "auto"}}); err != nil {
+		t.Fatal(err)
+	}
+	fi3, _ := os.Stat(rec)
+	if !os.SameFile(fi2, fi3) {
+		t.Error("an unchanged sync rewrote the record")
+	}
+}
