@@ -212,3 +212,22 @@ func TestAllocNoWantsWritesNothing(t *testing.T) {
 		t.Error("an unchanged sync rewrote the record")
 	}
 }
+
+// A damaged record is refused with a message, never replaced: it says
+// which ids services' files belong to.
+func TestAllocDamagedRecord(t *testing.T) {
+	a := testAllocator(t, delegation, delegation)
+	if err := os.MkdirAll(a.Dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(a.Dir, RecordName), []byte(`{"version":1,"assignments":[{"product":`), 0o644)
+	if _, _, err := a.Sync("p", []Want{{"web", "auto"}}); err == nil || !strings.Contains(err.Error(), "is damaged") {
+		t.Errorf("damaged record: %v", err)
+	}
+	if _, err := a.List(); err == nil {
+		t.Error("list of a damaged record succeeded")
+	}
+	if b, _ := os.ReadFile(filepath.Join(a.Dir, RecordName)); !strings.HasSuffix(string(b), `"product":`) {
+		t.Errorf("damaged record was rewritten: %s", b)
+	}
+}
