@@ -105,8 +105,13 @@ background and returns once every service has been started.`,
 			if err != nil {
 				return err
 			}
+			alloc, err := g.usernsAllocator()
+			if err != nil {
+				return err
+			}
 			sup := &supervise.Supervisor{
-				Dir: g.superviseDir(), Launcher: l, Store: s,
+				UserNS: alloc,
+				Dir:    g.superviseDir(), Launcher: l, Store: s,
 				Volumes: filepath.Join(root, "volumes"), Log: cmd.ErrOrStderr(), StopTimeout: stopTimeout,
 				Versions: trust.OpenVersions(root),
 				LogMax:   logMax,

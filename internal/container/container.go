@@ -33,6 +33,8 @@ import (
 	"syscall"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/vesselos/vessel/internal/atomicfile"
 	"github.com/vesselos/vessel/internal/faultpoint"
 	"github.com/vesselos/vessel/internal/mount"
@@ -144,6 +146,9 @@ func (l *Launcher) Run(ctx context.Context, s Spec, stdio ociruntime.Stdio) (cod
 				err = errors.Join(err, fmt.Errorf("unmount container %s: %w", s.ID, uerr))
 				return // vessel down or the next run retries
 			}
+			if rerr := os.RemoveAll(filepath.Join(RootsDir(run), s.ID)); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("remove container %s: %w", s.ID, rerr))
+			}
 		}
 		if rerr := os.RemoveAll(dir); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("remove container %s: %w", s.ID, rerr))
@@ -152,6 +157,23 @@ func (l *Launcher) Run(ctx context.Context, s Spec, stdio ociruntime.Stdio) (cod
 	faultpoint.Pause(faultpoint.ContainerCreated)
 	rootfs := filepath.Join(dir, "rootfs")
 	opt := mount.Options{Writable: true, Upper: s.Upper}
+	if len(s.Config.UIDMappings) > 0 {
+		// A container in a user namespace of its own: its root sees the
+		// image through idmapped layers, and the runtime, running as the
+		// mapped root, must reach the root filesystem, which the private
+		// run directory would not let it do (see RootsDir).
+		opt.UIDMap, opt.GIDMap = idMappings(s.Config.UIDMappings), idMappings(s.Config.GIDMappings)
+		parent, err := makeRootParent(run, s.ID, s.Config.GIDMappings)
+		if err != nil {
+			return -1, fmt.Errorf("container %s: %w", s.ID, err)
+		}
+		defer func() {
+			if !mounted { // else removed after the unmount, below
+				os.RemoveAll(parent)
+			}
+		}()
+		rootfs = filepath.Join(parent, "rootfs")
+	}
 	if _, err := l.Mounts.Mount(ctx, s.Image, s.ID, rootfs, mount.Self(), opt); err != nil {
 		if errors.Is(err, mount.ErrMounted) {
 			return -1, fmt.Errorf("container %s already exists (is it still running?); choose another name", s.ID)
@@ -303,6 +325,14 @@ func (l *Launcher) remove(ctx context.Context, dir string, rec Record) (done []s
 	if err := os.RemoveAll(dir); err != nil {
 		return done, err
 	}
+	if ociruntime.ValidID(id) {
+		if p := filepath.Join(RootsDir(l.run()), id); !isMounted(filepath.Join(p, "rootfs")) {
+			if err := os.Remove(filepath.Join(p, "rootfs")); err == nil || os.Remove(p) == nil {
+				os.Remove(p)
+				done = append(done, "root directory "+p)
+			}
+		}
+	}
 	return append(done, "bundle "+dir), nil
 }
 
@@ -440,10 +470,14 @@ func Leftovers(run string) []string {
 			out = append(out, filepath.Join(d, e.Name()))
 		}
 	}
+	ents, _ := os.ReadDir(RootsDir(run))
+	for _, e := range ents {
+		out = append(out, filepath.Join(RootsDir(run), e.Name()))
+	}
 	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		for _, line := range strings.Split(string(mi), "\n") {
 			f := strings.Fields(line)
-			if len(f) > 4 && strings.HasPrefix(f[4], run+"/") {
+			if len(f) > 4 && (strings.HasPrefix(f[4], run+"/") || strings.HasPrefix(f[4], RootsDir(run)+"/")) {
 				out = append(out, "mount at "+f[4])
 			}
 		}
@@ -463,4 +497,92 @@ func Leftovers(run string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+func idMappings(m []specs.LinuxIDMapping) []mount.IDMapping {
+	var out []mount.IDMapping
+	for _, e := range m {
+		out = append(out, mount.IDMapping{ContainerID: e.ContainerID, HostID: e.HostID, Size: e.Size})
+	}
+	return out
+}
+
+// RootsDir holds the root filesystems of containers in user namespaces
+// of their own: <run>-roots/ID/rootfs. The runtime mounts a container's
+// root from inside its user namespace, as the mapped root, an unprivileged
+// host id, which the private (0700) run directory keeps out. RootsDir is
+// 0711 (nobody lists it) and each ID directory is root:MAPPED-ROOT-GID
+// 0710, so only that container's root gets through, to its own root
+// filesystem alone.
+func RootsDir(run string) string { return filepath.Clean(run) + "-roots" }
+
+func makeRootParent(run, id string, gids []specs.LinuxIDMapping) (string, error) {
+	var gid uint32
+	found := false
+	for _, m := range gids {
+		if m.ContainerID == 0 && m.Size > 0 {
+			gid, found = m.HostID, true
+		}
+	}
+	if !found {
+		return "", errors.New("the gid map does not map gid 0")
+	}
+	roots := RootsDir(run)
+	for d := filepath.Dir(roots); ; d = filepath.Dir(d) {
+		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o001 == 0 {
+			return "", fmt.Errorf("%s is mode %#o: the container's mapped root, an unprivileged host id, cannot pass it to reach %s; let others search it (chmod o+x) or use a run directory under one they can", d, fi.Mode().Perm(), roots)
+		}
+		if d == "/" || d == "." {
+			break
+		}
+	}
+	if err := os.MkdirAll(roots, 0o711); err != nil {
+		return "", err
+	}
+	if err := os.Chmod(roots, 0o711); err != nil {
+		return "", err
+	}
+	p := filepath.Join(roots, id)
+	if isMounted(filepath.Join(p, "rootfs")) {
+		return "", fmt.Errorf("%s is still mounted (is the container still running?)", filepath.Join(p, "rootfs"))
+	}
+	if err := os.RemoveAll(p); err != nil {
+		return "", err
+	}
+	if err := os.Mkdir(p, 0o710); err != nil {
+		return "", err
+	}
+	if err := os.Chown(p, 0, int(gid)); err != nil {
+		os.Remove(p)
+		return "", fmt.Errorf("give %s to the mapped root's group: %w", p, err)
+	}
+	return p, nil
+}
+
+// isMounted reports whether p is a mount point (its device differs from
+// its parent's).
+func isMounted(p string) bool {
+	var a, b syscall.Stat_t
+	if syscall.Lstat(p, &a) != nil || syscall.Lstat(filepath.Dir(p), &b) != nil {
+		return false
+	}
+	return a.Dev != b.Dev
+}
+
+// Traversable lets every user search (not list) the directories, so that
+// a container's mapped root, an unprivileged host id, can reach its root
+// filesystem and volumes under them.
+func Traversable(dirs ...string) error {
+	for _, d := range dirs {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if m := fi.Mode().Perm(); m&0o011 != 0o011 {
+			if err := os.Chmod(d, m|0o011); err != nil {
+				return fmt.Errorf("let the mapped root reach %s: %w", d, err)
+			}
+		}
+	}
+	return nil
 }

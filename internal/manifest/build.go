@@ -90,6 +90,7 @@ func Build(sys *System, images Images, opts BuildOptions) (*Manifest, error) {
 		svc := Service{
 			Name: s.Name, Image: im, Command: s.Command, Args: s.Args, User: s.User,
 			Restart: s.Restart, Network: s.Network, ReadOnly: s.ReadOnly, Init: s.Init,
+			UserNS: s.UserNS,
 		}
 		if svc.Restart == "" {
 			svc.Restart = RestartAlways

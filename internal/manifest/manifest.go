@@ -72,6 +72,10 @@ type Service struct {
 	// Init runs a tiny static init as the container's PID 1, which passes
 	// signals on and reaps zombies (podman run --init).
 	Init bool `json:"init,omitempty"`
+	// UserNS puts the service in a user namespace of its own: "auto" (a
+	// range of subordinate ids no other service has) or "group:NAME" (one
+	// range shared by every service of the group). Empty: the host's ids.
+	UserNS string `json:"userns,omitempty"`
 }
 
 // Port publishes a container port on the host (network "private" only).
@@ -315,6 +319,9 @@ func (s *Service) validate(hostPorts map[string]string) error {
 		}
 		caps[c] = true
 	}
+	if err := ValidUserNS(s.UserNS); err != nil {
+		return err
+	}
 	switch s.Network {
 	case NetworkHost, NetworkNone, NetworkPrivate:
 	default:
@@ -350,4 +357,25 @@ func (s *Service) validate(hostPorts map[string]string) error {
 		vnames[v.Name], vpaths[v.Path] = true, true
 	}
 	return nil
+}
+
+// UserNSAuto is the userns value for a range of the service's own;
+// UserNSGroupPrefix starts a shared one ("group:NAME").
+const (
+	UserNSAuto        = "auto"
+	UserNSGroupPrefix = "group:"
+)
+
+var usernsGroupRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+
+// ValidUserNS checks a service's userns value: empty, "auto" or
+// "group:NAME" with NAME of a-z, 0-9, '_', '.' and '-'.
+func ValidUserNS(v string) error {
+	if v == "" || v == UserNSAuto {
+		return nil
+	}
+	if g, ok := strings.CutPrefix(v, UserNSGroupPrefix); ok && usernsGroupRE.MatchString(g) {
+		return nil
+	}
+	return fmt.Errorf("userns %q: want auto or group:NAME (NAME of a-z, 0-9, '_', '.', '-')", v)
 }

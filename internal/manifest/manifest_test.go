@@ -238,6 +238,9 @@ func TestValidate(t *testing.T) {
 		"volume path":    func(m *Manifest) { m.Services[0].Volumes = []Volume{{"data", "relative"}} },
 		"volume dotdot":  func(m *Manifest) { m.Services[0].Volumes = []Volume{{"data", "/a/../b"}} },
 		"command nul":    func(m *Manifest) { m.Services[0].Command = []string{"/bin/x\x00y"} },
+		"userns":         func(m *Manifest) { m.Services[0].UserNS = "yes" },
+		"userns group":   func(m *Manifest) { m.Services[0].UserNS = "group:" },
+		"userns name":    func(m *Manifest) { m.Services[0].UserNS = "group:Data/x" },
 		"host port twice": func(m *Manifest) {
 			s := m.Services[0]
 			s.Name, s.Ports = "web2", []Port{{80, 80, "tcp"}}
@@ -307,5 +310,36 @@ func TestLazyRegexpsCompile(t *testing.T) {
 		if _, err := regexp.Compile(l.src); err != nil {
 			t.Errorf("%q: %v", l.src, err)
 		}
+	}
+}
+
+// The userns key goes from system.yaml into the signed manifest; bad
+// values are refused at build.
+func TestBuildUserNS(t *testing.T) {
+	for _, v := range []string{"auto", "group:data"} {
+		sys, err := ParseSystem("system.yaml", []byte(strings.Replace(systemYAML, "    readonly: true\n", "    readonly: true\n    userns: "+v+"\n", 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := Build(sys, newMem("hostfs:1.0", "nginx:1.25", "agent:latest"), BuildOptions{ProductID: pid})
+		if err != nil {
+			t.Fatal(err)
+		}
+		web, _ := m.Service("web")
+		agent, _ := m.Service("agent")
+		if web.UserNS != v || agent.UserNS != "" {
+			t.Errorf("userns %s: web %q agent %q", v, web.UserNS, agent.UserNS)
+		}
+		b, _ := m.Marshal()
+		if !bytes.Contains(b, []byte(`"userns": "`+v+`"`)) || bytes.Count(b, []byte(`"userns"`)) != 1 {
+			t.Errorf("manifest JSON: %s", b)
+		}
+	}
+	sys, err := ParseSystem("system.yaml", []byte(strings.Replace(systemYAML, "    readonly: true\n", "    readonly: true\n    userns: yes-please\n", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Build(sys, newMem("hostfs:1.0", "nginx:1.25", "agent:latest"), BuildOptions{ProductID: pid}); err == nil || !strings.Contains(err.Error(), `userns "yes-please": want auto or group:NAME`) {
+		t.Errorf("bad userns: %v", err)
 	}
 }

@@ -40,6 +40,9 @@ type ServiceSpec struct {
 	Volumes      []string   `yaml:"volumes"` // "NAME:/path"
 	ReadOnly     bool       `yaml:"readonly"`
 	Init         bool       `yaml:"init"` // a tiny init as PID 1 (vessel run --init)
+	// UserNS: "auto" (a subordinate id range of its own) or "group:NAME"
+	// (a range shared with the group's other services); see docs/userns.md.
+	UserNS string `yaml:"userns"`
 }
 
 // StringList is a YAML sequence of strings; a single scalar is a list of one

@@ -38,6 +38,8 @@ type Manager struct {
 	// between processes, but not these fields for the Go memory model.)
 	mu    sync.Mutex
 	stats Stats
+	// userns holds a user namespace per id map of idmapped mounts.
+	userns map[string]*os.File
 }
 
 // Stats counts what a Manager did.
@@ -240,7 +242,22 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 	if err := os.MkdirAll(p.Target, 0o755); err != nil {
 		return nil, err
 	}
-	if err := applyMount(p.Overlay, ""); err != nil {
+	if p.IDMap != nil {
+		// The overlay's root is the upper directory's: the mapped root
+		// owns it (the layers' files are mapped by the idmapped mounts).
+		uid, _ := root(p.IDMap.UIDs)
+		gid, _ := root(p.IDMap.GIDs)
+		if err := os.Chown(filepath.Join(p.Upper, "upper"), int(uid), int(gid)); err != nil {
+			return nil, fmt.Errorf("image %s: upper directory for the mapped root: %w", img.name, err)
+		}
+		ns, err := m.usernsFor(p.IDMap)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", img.name, err)
+		}
+		if err := applyIdmappedOverlay(p.Overlay, ns); err != nil {
+			return nil, fmt.Errorf("image %s: %w", img.name, err)
+		}
+	} else if err := applyMount(p.Overlay, ""); err != nil {
 		return nil, fmt.Errorf("image %s: %w", img.name, err)
 	}
 	if err := os.WriteFile(m.markerFile(id), nil, 0o600); err != nil {

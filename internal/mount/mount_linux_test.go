@@ -38,7 +38,7 @@ func needRoot(t *testing.T) {
 
 // testImage creates an image with two layers: base has /etc/os and
 // /data/a; top changes /data/a and adds /bin/hello.
-func testImage(t *testing.T, s *store.Store, ref string) *Image {
+func testImage(t testing.TB, s *store.Store, ref string) *Image {
 	t.Helper()
 	base, top := t.TempDir(), t.TempDir()
 	for dir, files := range map[string]map[string]string{

@@ -1,6 +1,7 @@
 package mount
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -36,6 +37,36 @@ type Options struct {
 	// a fresh directory under the run directory (<run>/uppers/ID) is used
 	// and removed.
 	Upper string
+	// UIDMap and GIDMap, when set (with Writable), show the image to a
+	// container in a user namespace with these maps: every layer is an
+	// idmapped mount (id N on disk is seen as the host id N maps to), so
+	// layers stay owned by 0..65535 on disk and shared, and the upper
+	// directory's root belongs to the mapped root. Set both or neither.
+	UIDMap, GIDMap []IDMapping
+}
+
+// IDMapping is one line of a uid_map or gid_map: Size ids from
+// ContainerID inside are HostID.. outside.
+type IDMapping struct {
+	ContainerID uint32 `json:"containerID"`
+	HostID      uint32 `json:"hostID"`
+	Size        uint32 `json:"size"`
+}
+
+// IDMap is a plan's id mapping.
+type IDMap struct {
+	UIDs []IDMapping `json:"uidMappings"`
+	GIDs []IDMapping `json:"gidMappings"`
+}
+
+// root is the host id of id 0 inside, and whether it is mapped.
+func root(m []IDMapping) (uint32, bool) {
+	for _, e := range m {
+		if e.ContainerID == 0 && e.Size > 0 {
+			return e.HostID, true
+		}
+	}
+	return 0, false
 }
 
 // Plan is everything Manager.Mount will do for one image, as data.
@@ -49,6 +80,9 @@ type Plan struct {
 	Upper   string       `json:"upper,omitempty"` // upper and work dirs live here
 	OwnUp   bool         `json:"ownUpper,omitempty"`
 	Overlay Mount        `json:"overlay"`
+	// IDMap: the layers are idmapped mounts and the overlay is made with
+	// the new mount API (see Options.UIDMap).
+	IDMap *IDMap `json:"idmap,omitempty"`
 }
 
 // LayerMount is one shared, read-only layer mount.
@@ -138,6 +172,23 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 		if strings.ContainsAny(d, ":,") {
 			return nil, fmt.Errorf("layer directory %q contains ':' or ',', which overlayfs cannot take", d)
 		}
+	}
+	if (len(opt.UIDMap) == 0) != (len(opt.GIDMap) == 0) {
+		return nil, errors.New("an idmapped mount needs both uid and gid maps")
+	}
+	if len(opt.UIDMap) > 0 {
+		if !opt.Writable {
+			return nil, errors.New("an idmapped image mount must be writable (it is a container root)")
+		}
+		if mode == ModeFuse {
+			return nil, errors.New("idmapped layers need kernel layer mounts: per-service user namespaces need vessel running as root, not rootless")
+		}
+		_, ok1 := root(opt.UIDMap)
+		_, ok2 := root(opt.GIDMap)
+		if !ok1 || !ok2 {
+			return nil, errors.New("an idmapped mount must map id 0")
+		}
+		p.IDMap = &IDMap{UIDs: opt.UIDMap, GIDs: opt.GIDMap}
 	}
 	p.Overlay = Mount{Type: "overlay", Source: "overlay", Target: p.Target}
 	opts := []string{"lowerdir=" + strings.Join(lowers, ":")}

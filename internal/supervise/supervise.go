@@ -24,6 +24,7 @@ import (
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/manifest"
@@ -32,6 +33,7 @@ import (
 	"github.com/vesselos/vessel/internal/proc"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
+	"github.com/vesselos/vessel/internal/userns"
 )
 
 // Supervisor runs the services of one manifest.
@@ -55,6 +57,11 @@ type Supervisor struct {
 	// to the previous version is no rollback. If recording fails (a higher
 	// version was accepted meanwhile), Up stops the services.
 	Versions *trust.Versions
+
+	// UserNS allocates the id ranges of services with a userns key (see
+	// docs/userns.md). Nil: such services are refused. Every Up syncs the
+	// record with the manifest: ranges of services that left it are freed.
+	UserNS *userns.Allocator
 }
 
 // IDPrefix starts the container id of every service.
@@ -160,7 +167,11 @@ func (s *Supervisor) Up(ctx context.Context, vm *trust.VerifiedManifest) error {
 		s.logf("cleaned up after a previous supervisor: %v", removed)
 	}
 	m := vm.Manifest()
-	services, err := s.prepare(vm, m)
+	ranges, err := s.syncUserNS(vm.ProductID(), m)
+	if err != nil {
+		return err
+	}
+	services, err := s.prepare(vm, m, ranges)
 	if err != nil {
 		return err
 	}
@@ -227,8 +238,36 @@ func (s *Supervisor) Up(ctx context.Context, vm *trust.VerifiedManifest) error {
 	return nil
 }
 
+// syncUserNS brings the id range record in line with the manifest and
+// returns the range of each service that has one.
+func (s *Supervisor) syncUserNS(product string, m *manifest.Manifest) (map[string]userns.Assignment, error) {
+	var wants []userns.Want
+	for _, def := range m.Services {
+		if def.UserNS != "" {
+			wants = append(wants, userns.Want{Service: def.Name, Mode: def.UserNS})
+		}
+	}
+	if s.UserNS == nil {
+		if len(wants) > 0 {
+			return nil, fmt.Errorf("service %s: userns %s: this supervisor allocates no user namespaces", wants[0].Service, wants[0].Mode)
+		}
+		return nil, nil
+	}
+	if len(wants) > 0 && ociruntime.InUserNS() {
+		return nil, fmt.Errorf("service %s: userns %s needs vessel up running as root, not rootless (a rootless vessel has only its own subordinate ids)", wants[0].Service, wants[0].Mode)
+	}
+	got, freed, err := s.UserNS.Sync(product, wants)
+	if err != nil {
+		return nil, fmt.Errorf("user namespaces: %w", err)
+	}
+	for _, f := range freed {
+		s.logf("user namespaces: freed uids %d-%d of %s (no longer in the manifest)", f.UID.Start, f.UID.Start+f.UID.Count-1, f.Owner)
+	}
+	return got, nil
+}
+
 // prepare resolves images and turns each service into a container config.
-func (s *Supervisor) prepare(vm *trust.VerifiedManifest, m *manifest.Manifest) ([]*service, error) {
+func (s *Supervisor) prepare(vm *trust.VerifiedManifest, m *manifest.Manifest, ranges map[string]userns.Assignment) ([]*service, error) {
 	var out []*service
 	for _, def := range m.Services {
 		if len(def.Ports) > 0 {
@@ -242,10 +281,20 @@ func (s *Supervisor) prepare(vm *trust.VerifiedManifest, m *manifest.Manifest) (
 		if err != nil {
 			return nil, err
 		}
+		as, mapped := ranges[def.Name]
+		if mapped {
+			cfg.UIDMappings = specMap(as.UIDMap())
+			cfg.GIDMappings = specMap(as.GIDMap())
+		}
 		for _, v := range def.Volumes {
 			src := filepath.Join(s.Volumes, def.Name, v.Name)
 			if err := os.MkdirAll(src, 0o755); err != nil {
 				return nil, fmt.Errorf("service %s: volume %s: %w", def.Name, v.Name, err)
+			}
+			if mapped {
+				if err := mappedVolume(s.Volumes, def.Name, src, as); err != nil {
+					return nil, fmt.Errorf("service %s: volume %s: %w", def.Name, v.Name, err)
+				}
 			}
 			cfg.Mounts = append(cfg.Mounts, ociruntime.Bind{Source: src, Target: v.Path})
 		}
@@ -500,4 +549,34 @@ func (s *Supervisor) escalate(id string, done <-chan result, kill context.Cancel
 		r = result{code: 128 + int(syscall.SIGKILL)}
 	}
 	return r
+}
+
+func specMap(m []userns.IDMap) []specs.LinuxIDMapping {
+	var out []specs.LinuxIDMapping
+	for _, e := range m {
+		out = append(out, specs.LinuxIDMapping{ContainerID: e.ContainerID, HostID: e.HostID, Size: e.Size})
+	}
+	return out
+}
+
+// mappedVolume gives a volume to the service's mapped root: the volume
+// directory is owned by it and private (0700), so no other service's root,
+// another host id, can look in; the directories above it, up to the
+// store root, only let the runtime, running as the mapped root, through. Files already in the
+// volume keep their owners: a volume used before the service had a
+// namespace is re-owned by hand (chown -R), not behind the user's back.
+func mappedVolume(root, service, dir string, as userns.Assignment) error {
+	if err := container.Traversable(filepath.Dir(root), root, filepath.Join(root, service)); err != nil {
+		return err
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return err
+	}
+	if st.Uid != as.UID.Start || st.Gid != as.GID.Start {
+		if err := os.Chown(dir, int(as.UID.Start), int(as.GID.Start)); err != nil {
+			return fmt.Errorf("give it to the mapped root %d:%d: %w", as.UID.Start, as.GID.Start, err)
+		}
+	}
+	return os.Chmod(dir, 0o700)
 }
