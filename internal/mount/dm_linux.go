@@ -141,8 +141,10 @@ func removeVerity(hexOrName string) error {
 		}
 		name = "vessel-" + name[:32]
 	}
-	if _, err := os.Stat(DMControl); err != nil {
-		return nil // no device-mapper: there can be no device
+	if !dmAvailable() {
+		// No device-mapper here, or none this process may use (a rootless
+		// vessel gets EACCES): it cannot have made a device.
+		return nil
 	}
 	return dmRemove(name)
 }
