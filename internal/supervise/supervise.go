@@ -270,9 +270,12 @@ func Config(def manifest.Service, img ocispec.ImageConfig) (ociruntime.Config, e
 	if network == manifest.NetworkPrivate {
 		network = ociruntime.NetworkNone
 	}
-	var caps []string
-	if len(def.Capabilities) > 0 {
+	var caps []string // nil: the runtime's default set (manifests from before noCapabilities)
+	switch {
+	case len(def.Capabilities) > 0:
 		caps = def.Capabilities
+	case def.NoCapabilities:
+		caps = []string{} // exactly none
 	}
 	cfg.Hostname, cfg.Capabilities, cfg.Network, cfg.ReadOnly = def.Name, caps, network, def.ReadOnly
 	if def.Init {
