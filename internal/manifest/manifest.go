@@ -57,13 +57,13 @@ type Image struct {
 
 // Service is one service the machine runs.
 type Service struct {
-	Name         string   `json:"name"`
-	Image        Image    `json:"image"`
-	Command      []string `json:"command,omitempty"`
-	Args         []string `json:"args,omitempty"`
-	Env          []string `json:"env,omitempty"` // KEY=VALUE, sorted by key
-	User         string   `json:"user,omitempty"`
-	Restart      string   `json:"restart"` // always | on-failure | never
+	Name    string   `json:"name"`
+	Image   Image    `json:"image"`
+	Command []string `json:"command,omitempty"`
+	Args    []string `json:"args,omitempty"`
+	Env     []string `json:"env,omitempty"` // KEY=VALUE, sorted by key
+	User    string   `json:"user,omitempty"`
+	Restart string   `json:"restart"` // always | on-failure | never
 	// Capabilities are exactly the capabilities the service gets. Empty
 	// means the runtime's default set (Docker's), unless NoCapabilities
 	// says none: manifests from before issue 19 have no NoCapabilities
@@ -72,10 +72,10 @@ type Service struct {
 	// set. See docs/manifest.md.
 	Capabilities   []string `json:"capabilities,omitempty"`
 	NoCapabilities bool     `json:"noCapabilities,omitempty"`
-	Network      string   `json:"network"` // host | none | private
-	Ports        []Port   `json:"ports,omitempty"`
-	Volumes      []Volume `json:"volumes,omitempty"`
-	ReadOnly     bool     `json:"readonly,omitempty"`
+	Network        string   `json:"network"` // host | none | private
+	Ports          []Port   `json:"ports,omitempty"`
+	Volumes        []Volume `json:"volumes,omitempty"`
+	ReadOnly       bool     `json:"readonly,omitempty"`
 	// Init runs a tiny static init as the container's PID 1, which passes
 	// signals on and reaps zombies (podman run --init).
 	Init bool `json:"init,omitempty"`

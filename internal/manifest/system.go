@@ -27,19 +27,19 @@ type System struct {
 
 // ServiceSpec is one service in system.yaml.
 type ServiceSpec struct {
-	Name         string     `yaml:"name"`
-	Image        string     `yaml:"image"`
-	Command      StringList `yaml:"command"`
-	Args         StringList `yaml:"args"`
-	Env          Env        `yaml:"env"`
-	User         string     `yaml:"user"`
-	Restart      string     `yaml:"restart"`
+	Name         string       `yaml:"name"`
+	Image        string       `yaml:"image"`
+	Command      StringList   `yaml:"command"`
+	Args         StringList   `yaml:"args"`
+	Env          Env          `yaml:"env"`
+	User         string       `yaml:"user"`
+	Restart      string       `yaml:"restart"`
 	Capabilities Capabilities `yaml:"capabilities"`
-	Network      string     `yaml:"network"`
-	Ports        []string   `yaml:"ports"`   // "HOST:CONTAINER[/udp]" or "PORT[/udp]"
-	Volumes      []string   `yaml:"volumes"` // "NAME:/path"
-	ReadOnly     bool       `yaml:"readonly"`
-	Init         bool       `yaml:"init"` // a tiny init as PID 1 (vessel run --init)
+	Network      string       `yaml:"network"`
+	Ports        []string     `yaml:"ports"`   // "HOST:CONTAINER[/udp]" or "PORT[/udp]"
+	Volumes      []string     `yaml:"volumes"` // "NAME:/path"
+	ReadOnly     bool         `yaml:"readonly"`
+	Init         bool         `yaml:"init"` // a tiny init as PID 1 (vessel run --init)
 }
 
 // Capabilities is a service's capabilities: key in system.yaml: a list of
