@@ -57,12 +57,27 @@ func (w *Watch) Stop(want bool) ([]Check, error) {
 	return out, err
 }
 
-// Hint names the refused capabilities in one line, "" when there are none.
+// Hint names the refused capabilities in one line, "" when there are none
+// (for vessel run: the advice is --cap-add).
 func Hint(refused []Check) string {
+	return hint(refused, func(short []string) string {
+		return "--cap-add " + strings.Join(short, " --cap-add ") + ", or capabilities: in system.yaml"
+	})
+}
+
+// ServiceHint is Hint for a service of system.yaml (vessel up
+// --why-denied): the advice is its capabilities: list.
+func ServiceHint(refused []Check) string {
+	return hint(refused, func(short []string) string {
+		return "capabilities: [" + strings.Join(short, ", ") + "] in system.yaml, with what the service already has"
+	})
+}
+
+func hint(refused []Check, advice func(short []string) string) string {
 	if len(refused) == 0 {
 		return ""
 	}
-	var what, add []string
+	var what, short []string
 	seen := map[string]bool{}
 	for _, c := range refused {
 		where := c.Syscall
@@ -72,9 +87,9 @@ func Hint(refused []Check) string {
 		what = append(what, fmt.Sprintf("%s (%s by %s, %dx)", c.Cap, where, c.Comm, c.Count))
 		if !seen[c.Cap] {
 			seen[c.Cap] = true
-			add = append(add, "--cap-add "+Short(c.Cap))
+			short = append(short, Short(c.Cap))
 		}
 	}
-	return fmt.Sprintf("the container was refused %s; if it needs that, grant it (%s, or capabilities: in system.yaml); vessel caps learn finds the smallest set",
-		strings.Join(what, ", "), strings.Join(add, " "))
+	return fmt.Sprintf("the container was refused %s; if it needs that, grant it (%s); vessel caps learn finds the smallest set",
+		strings.Join(what, ", "), advice(short))
 }

@@ -55,6 +55,16 @@ type Supervisor struct {
 	// to the previous version is no rollback. If recording fails (a higher
 	// version was accepted meanwhile), Up stops the services.
 	Versions *trust.Versions
+
+	// Watch, when set, is called before each start of a service's
+	// container with a copy of its config, which it may change (vessel up
+	// --why-denied places the container under a cgroup traced for refused
+	// capability checks). The finish function it returns is called once
+	// the run has ended, with whether the service failed (exited non-zero
+	// or could not run, not stopped by vessel), and returns a note for the
+	// service's log ("" for none). An error from Watch is logged and the
+	// service runs unwatched.
+	Watch func(cfg *ociruntime.Config) (finish func(failed bool) (note string, err error), err error)
 }
 
 // IDPrefix starts the container id of every service.
@@ -321,12 +331,20 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 		s.save(sv, func(st *Status) {
 			st.State, st.Started, st.NextStart, st.Error, st.ExitCode = StateStarting, time.Now().UTC(), time.Time{}, "", nil
 		})
+		cfg := sv.cfg
+		var finish func(bool) (string, error)
+		if s.Watch != nil {
+			if finish, err = s.Watch(&cfg); err != nil {
+				s.logf("service %s: watching for refused capabilities: %v (running it unwatched)", name, err)
+				finish = nil
+			}
+		}
 		start := time.Now()
 		runCtx, kill := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan result, 1)
 		go func() {
 			code, err := s.Launcher.Run(runCtx, container.Spec{
-				ID: id, Image: sv.img, Config: sv.cfg,
+				ID: id, Image: sv.img, Config: cfg,
 				Started: func() { go s.markRunning(runCtx, sv, id) },
 			}, ociruntime.Stdio{Stdout: logf, Stderr: logf, NoForward: true})
 			done <- result{code, err}
@@ -353,6 +371,17 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 			msg = "failed: " + r.err.Error()
 		}
 		fmt.Fprintf(logf, "[vessel %s] %s\n", time.Now().Format(time.RFC3339), msg)
+		if finish != nil {
+			failed := (r.err != nil || r.code != 0) && ctx.Err() == nil && !requested
+			note, err := finish(failed)
+			if note != "" {
+				fmt.Fprintf(logf, "[vessel %s] note: %s\n", time.Now().Format(time.RFC3339), note)
+				s.logf("service %s: %s", name, note)
+			}
+			if err != nil {
+				s.logf("service %s: watching for refused capabilities: %v", name, err)
+			}
+		}
 		logf.Close()
 		s.logf("service %s %s", name, msg)
 		code := r.code
