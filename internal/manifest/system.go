@@ -88,6 +88,19 @@ func (c Capabilities) String() string {
 	return "[" + strings.Join(c.Names, ", ") + "]"
 }
 
+// NoCapabilitiesKey returns the services that have no capabilities: key,
+// which run with none; before issue 19 they got the default set, so
+// manifest build says so.
+func (s *System) NoCapabilitiesKey() []string {
+	var out []string
+	for _, svc := range s.Services {
+		if !svc.Capabilities.Given {
+			out = append(out, svc.Name)
+		}
+	}
+	return out
+}
+
 // StringList is a YAML sequence of strings; a single scalar is a list of one
 // (no shell splitting).
 type StringList []string
