@@ -370,20 +370,25 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 		if r.err != nil {
 			msg = "failed: " + r.err.Error()
 		}
-		fmt.Fprintf(logf, "[vessel %s] %s\n", time.Now().Format(time.RFC3339), msg)
-		if finish != nil {
+		note := ""
+		if finish != nil { // before the exit line: whoever reads that sees the note too
 			failed := (r.err != nil || r.code != 0) && ctx.Err() == nil && !requested
-			note, err := finish(failed)
-			if note != "" {
-				fmt.Fprintf(logf, "[vessel %s] note: %s\n", time.Now().Format(time.RFC3339), note)
-				s.logf("service %s: %s", name, note)
-			}
-			if err != nil {
+			var err error
+			if note, err = finish(failed); err != nil {
 				s.logf("service %s: watching for refused capabilities: %v", name, err)
 			}
 		}
+		now := time.Now().Format(time.RFC3339)
+		line := fmt.Sprintf("[vessel %s] %s\n", now, msg)
+		if note != "" {
+			line += fmt.Sprintf("[vessel %s] note: %s\n", now, note)
+		}
+		io.WriteString(logf, line) // one write: a reader sees both lines or neither
 		logf.Close()
 		s.logf("service %s %s", name, msg)
+		if note != "" {
+			s.logf("service %s: %s", name, note)
+		}
 		code := r.code
 		s.save(sv, func(st *Status) {
 			st.ExitCode = &code
