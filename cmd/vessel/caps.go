@@ -272,8 +272,9 @@ func watchService(cfg *ociruntime.Config) (func(failed bool) (string, error), er
 		return nil, err
 	}
 	cfg.CgroupParent = watch.Parent()
+	have := cfg.Capabilities
 	return func(failed bool) (string, error) {
 		refused, err := watch.Stop(failed)
-		return caps.ServiceHint(refused), err
+		return caps.ServiceHint(refused, have), err
 	}, nil
 }

@@ -66,10 +66,23 @@ func Hint(refused []Check) string {
 }
 
 // ServiceHint is Hint for a service of system.yaml (vessel up
-// --why-denied): the advice is its capabilities: list.
-func ServiceHint(refused []Check) string {
+// --why-denied): the advice is the service's whole capabilities: line, the
+// capabilities it has (have, names as in the manifest; nil: the runtime's
+// default set) plus the refused ones.
+func ServiceHint(refused []Check, have []string) string {
 	return hint(refused, func(short []string) string {
-		return "capabilities: [" + strings.Join(short, ", ") + "] in system.yaml, with what the service already has"
+		if have == nil {
+			return "add " + strings.Join(short, ", ") + " to its capabilities: in system.yaml (it has the default set)"
+		}
+		all := append([]string(nil), have...)
+		for _, c := range short {
+			all = append(all, "CAP_"+c)
+		}
+		all = sortNames(all)
+		for i := range all {
+			all[i] = Short(all[i])
+		}
+		return "capabilities: [" + strings.Join(all, ", ") + "] in system.yaml"
 	})
 }
 
