@@ -3,6 +3,9 @@ package caps
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -17,8 +20,13 @@ type Watch struct {
 // NewWatch makes a fresh cgroup for the container to be placed under (see
 // Parent) and traces the checks refused in it. It fails with ErrNoTracer
 // where tracing is not possible.
+//
+// Its cgroup is named vessel-watch-PID-RANDOM; first it removes the empty
+// ones of processes that are gone (a vessel killed while watching, e.g. a
+// supervisor killed with SIGKILL, whose containers Recover removed).
 func NewWatch() (*Watch, error) {
-	cg, err := NewCgroup("vessel-watch")
+	sweepWatches()
+	cg, err := NewCgroup(fmt.Sprintf("vessel-watch-%d", os.Getpid()))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNoTracer, err)
 	}
@@ -27,6 +35,30 @@ func NewWatch() (*Watch, error) {
 		return nil, errors.Join(err, cg.Remove())
 	}
 	return &Watch{cg: cg, tr: tr}, nil
+}
+
+// sweepWatches removes the watch cgroups (cgroup v2, and runc's v1
+// copies on a hybrid host) whose vessel is gone. Only empty trees go
+// (rmdir refuses a cgroup with processes); errors are ignored: a leftover
+// is harmless and the next sweep tries again.
+func sweepWatches() {
+	mnt, err := Cgroup2Mount()
+	if err != nil {
+		return
+	}
+	dirs, _ := filepath.Glob(filepath.Join(mnt, "vessel-watch-*-*"))
+	for _, d := range dirs {
+		pid, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(d), "vessel-watch-"), "-")
+		if n, err := strconv.Atoi(pid); !ok || err != nil || n <= 0 {
+			continue
+		}
+		if _, err := os.Stat("/proc/" + pid); err == nil || !errors.Is(err, os.ErrNotExist) {
+			continue // alive (or a pid reused: left for a later sweep)
+		}
+		if removeTree(d) == nil {
+			_ = removeV1("/" + filepath.Base(d))
+		}
+	}
 }
 
 // Parent is the cgroup path to give the container as its parent
