@@ -104,7 +104,7 @@ func Hint(refused []Check) string {
 func ServiceHint(refused []Check, have []string) string {
 	return hint(refused, func(short []string) string {
 		if have == nil {
-			return "add " + strings.Join(short, ", ") + " to its capabilities: in system.yaml (it has the default set)"
+			return "it has the runtime's default set: list what it needs in its capabilities: in system.yaml, " + strings.Join(short, ", ") + " included"
 		}
 		all := append([]string(nil), have...)
 		for _, c := range short {

@@ -24,7 +24,7 @@ func TestServiceHint(t *testing.T) {
 	}{
 		{[]string{}, "grant it (capabilities: [CHOWN, NET_RAW] in system.yaml)"},
 		{[]string{"CAP_SETUID", "CAP_NET_RAW"}, "grant it (capabilities: [CHOWN, SETUID, NET_RAW] in system.yaml)"},
-		{nil, "grant it (add NET_RAW, CHOWN to its capabilities: in system.yaml (it has the default set))"},
+		{nil, "grant it (it has the runtime's default set: list what it needs in its capabilities: in system.yaml, NET_RAW, CHOWN included)"},
 	} {
 		got := ServiceHint(refused, tc.have)
 		if !strings.Contains(got, tc.want) ||
