@@ -262,3 +262,19 @@ func watchDenials(on bool, cfg *ociruntime.Config) (finish func(w io.Writer, fai
 		return err
 	}, nil
 }
+
+// watchService is supervise.Supervisor.Watch for vessel up --why-denied:
+// each run of a service is placed under a cgroup traced for refused
+// capability checks, and a failed run's log names them.
+func watchService(cfg *ociruntime.Config) (func(failed bool) (string, error), error) {
+	watch, err := caps.NewWatch()
+	if err != nil {
+		return nil, err
+	}
+	cfg.CgroupParent = watch.Parent()
+	have := cfg.Capabilities
+	return func(failed bool) (string, error) {
+		refused, err := watch.Stop(failed)
+		return caps.ServiceHint(refused, have), err
+	}, nil
+}

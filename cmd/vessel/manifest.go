@@ -42,7 +42,12 @@ A system manifest is for one architecture: each image is resolved for
 --arch (default: this machine's), a multi-arch image (an index) gives its
 image for that architecture, and an image for another architecture is
 refused. A product for amd64 and arm64 has one manifest per architecture,
-each signed and pushed under its own tag. See docs/manifest.md.`,
+each signed and pushed under its own tag.
+
+A service gets exactly the capabilities its capabilities: lists; without
+the key (or with []) it gets none, and build notes each such service;
+capabilities: default gives the runtime's default set. See
+docs/manifest.md.`,
 		Example: `  vessel manifest build system.yaml --keys ./keys -o manifest.json
   vessel manifest build system.yaml --product-id 0f8fad5b-d9cb-469f-a165-70867728950e -o manifest.json
   vessel manifest build system.yaml --keys ./keys --arch arm64 -o manifest-arm64.json`,
@@ -86,6 +91,9 @@ each signed and pushed under its own tag. See docs/manifest.md.`,
 			data, err := m.Marshal()
 			if err != nil {
 				return fmt.Errorf("manifest build: %w", err)
+			}
+			for _, name := range sys.NoCapabilitiesKey() {
+				fmt.Fprintf(cmd.ErrOrStderr(), "vessel: note: service %s has no capabilities: key and runs with none; write capabilities: default for the runtime's default set, or run vessel caps learn --manifest %s --service %s --write\n", name, args[0], name)
 			}
 			if out == "" || out == "-" {
 				_, err = cmd.OutOrStdout().Write(data)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vesselos/vessel/internal/caps"
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/supervise"
@@ -39,6 +40,7 @@ func upCmd(g *globals) *cobra.Command {
 		runtimeName string
 		stopTimeout time.Duration
 		logMax      int64
+		whyDenied   bool
 	)
 	c := &cobra.Command{
 		Use:   "up [SIGNED] --ca CA.pem",
@@ -60,9 +62,15 @@ and unmounts everything.
 
 A vessel up that crashed leaves containers and mounts behind; the next up
 (or vessel down) removes them first. --detach runs the supervisor in the
-background and returns once every service has been started.`,
+background and returns once every service has been started.
+
+--why-denied traces the capability checks each service is refused (BPF,
+only refused checks leave the kernel; about 50 ms per start): when a
+service fails, its log (vessel logs) names the capabilities it was
+refused and the capabilities: line to give it.`,
 		Example: `  vessel up manifest.signed --ca keys/manifest-ca.pem
   vessel up manifest.signed --ca manifest-ca.pem --product-id 0f8fad5b-d9cb-469f-a165-70867728950e --detach
+  vessel up manifest.signed --ca keys/manifest-ca.pem --why-denied --detach
   vessel ps
   vessel logs web -f
   vessel restart web
@@ -116,6 +124,12 @@ background and returns once every service has been started.`,
 				Versions: trust.OpenVersions(root),
 				LogMax:   logMax,
 			}
+			if whyDenied {
+				if err := caps.CanTrace(); err != nil {
+					return fmt.Errorf("up: --why-denied: %w", err)
+				}
+				sup.Watch = watchService
+			}
 			if err := sup.Up(cmd.Context(), vm); err != nil {
 				return err
 			}
@@ -128,6 +142,7 @@ background and returns once every service has been started.`,
 	c.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background; return once the services are started")
 	c.Flags().StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	c.Flags().DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a service")
+	c.Flags().BoolVar(&whyDenied, "why-denied", false, "when a service fails, name the capabilities it was refused in its log (BPF tracing)")
 	c.Flags().Int64Var(&logMax, "log-max", supervise.DefaultLogMax, "rotate a service's log past this many bytes, keeping one older part")
 	return c
 }

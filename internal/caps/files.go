@@ -27,11 +27,8 @@ func VesselBinary() (string, error) {
 }
 
 // WriteServiceCaps sets a service's capabilities: in system.yaml. An empty
-// set cannot be written yet: an empty list means the default set.
+// set is written as capabilities: [] (none).
 func WriteServiceCaps(path string, src []byte, svc string, names []string) error {
-	if len(names) == 0 {
-		return fmt.Errorf("not written: %s needs no capabilities, but system.yaml cannot say so yet (an empty or missing capabilities: list gives the default set)", svc)
-	}
 	short := make([]string, len(names))
 	for i, n := range names {
 		short[i] = Short(n)

@@ -256,14 +256,15 @@ func TestExplainAndService(t *testing.T) {
 	if string(b) != want {
 		t.Errorf("system.yaml after --write:\n%s\nwant:\n%s", b, want)
 	}
-	// A service needing nothing is not written: system.yaml cannot say so yet.
-	c := e.cmd("caps", "learn", "--manifest", sys, "--service", "idle", "--duration", "1s", "--write")
-	msg, err := c.CombinedOutput()
-	if err == nil || !strings.Contains(string(msg), "needs no capabilities") {
-		t.Errorf("idle --write: %v\n%s", err, msg)
+	// A service needing nothing gets capabilities: [] (none, said outright).
+	rep = e.learn(t, "--manifest", sys, "--service", "idle", "--duration", "1s", "--write")
+	if got := rep.Names(); len(got) != 0 {
+		t.Errorf("service idle learned %v", got)
 	}
-	if b2, _ := os.ReadFile(sys); !bytes.Equal(b, b2) {
-		t.Errorf("system.yaml changed by a refused write")
+	b2, _ := os.ReadFile(sys)
+	want = strings.Replace(want, "  - name: idle\n    image: bb:1\n", "  - name: idle\n    image: bb:1\n    capabilities: []\n", 1)
+	if string(b2) != want {
+		t.Errorf("system.yaml after --write of nothing:\n%s\nwant:\n%s", b2, want)
 	}
 }
 
@@ -285,6 +286,75 @@ func TestRunWhyDenied(t *testing.T) {
 	if err != nil || strings.Contains(string(out), "note") {
 		t.Errorf("a successful run: %v\n%s", err, out)
 	}
+	mnt, err := Cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, root := range []string{mnt, "/sys/fs/cgroup/memory"} {
+		if left, _ := filepath.Glob(filepath.Join(root, "vessel-watch-*")); len(left) > 0 {
+			t.Errorf("cgroups left behind: %v", left)
+		}
+	}
+}
+
+// vessel up --why-denied: a service that fails for lack of a capability
+// (no capabilities: declared, so none) has the refused capability named in
+// its log with the capabilities: line to add; a service that fails for
+// another reason and one that succeeds get no note; no cgroups are left.
+func TestUpWhyDenied(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	run := func(args ...string) string {
+		t.Helper()
+		c := e.cmd(args...)
+		c.Dir = dir
+		out, err := c.CombinedOutput()
+		if err != nil {
+			t.Fatalf("vessel %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	sys := "product: demo\nversion: 1\nservices:\n" +
+		"  - {name: web, image: bb:1, command: [/bin/nc, -l, -p, \"80\"], restart: never, network: host}\n" +
+		"  - {name: broken, image: bb:1, command: [/bin/sh, -c, \"exit 3\"], restart: never}\n" +
+		"  - {name: fine, image: bb:1, command: [/bin/true], restart: never}\n"
+	if err := os.WriteFile(filepath.Join(dir, "system.yaml"), []byte(sys), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run("keys", "init", "keys", "--org", "Test")
+	run("keys", "product", "keys", "--name", "demo")
+	run("manifest", "build", "system.yaml", "--keys", "keys", "-o", "m.json")
+	run("manifest", "sign", "m.json", "--key", "keys/products/demo/product.key", "--cert", "keys/products/demo/product.pem", "-o", "m.signed")
+	run("up", "m.signed", "--ca", "keys/manifest-ca.pem", "--detach", "--why-denied", "--stop-timeout", "2s")
+	defer e.cmd("down").Run()
+
+	logs := map[string]string{}
+	deadline := time.Now().Add(60 * time.Second)
+	for name := range map[string]bool{"web": true, "broken": true, "fine": true} {
+		for {
+			logs[name] = run("logs", name)
+			if strings.Contains(logs[name], "exited with code") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("service %s did not end:\n%s", name, logs[name])
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	t.Logf("web log:\n%s", logs["web"])
+	if !strings.Contains(logs["web"], "exited with code 1") ||
+		!strings.Contains(logs["web"], "note: the container was refused CAP_NET_BIND_SERVICE (bind by nc, 1x)") ||
+		!strings.Contains(logs["web"], "capabilities: [NET_BIND_SERVICE] in system.yaml") {
+		t.Errorf("web's log does not name CAP_NET_BIND_SERVICE:\n%s", logs["web"])
+	}
+	if !strings.Contains(logs["broken"], "exited with code 3") || strings.Contains(logs["broken"], "note:") {
+		t.Errorf("broken (no capability refused) got a note or did not fail:\n%s", logs["broken"])
+	}
+	if !strings.Contains(logs["fine"], "exited with code 0") || strings.Contains(logs["fine"], "note:") {
+		t.Errorf("fine got a note:\n%s", logs["fine"])
+	}
+	run("down")
 	mnt, err := Cgroup2Mount()
 	if err != nil {
 		t.Fatal(err)

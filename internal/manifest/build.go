@@ -109,13 +109,17 @@ func Build(sys *System, images Images, opts BuildOptions) (*Manifest, error) {
 		for _, k := range keys {
 			svc.Env = append(svc.Env, k+"="+s.Env[k])
 		}
-		for _, c := range s.Capabilities {
+		for _, c := range s.Capabilities.Names {
 			n, err := NormalizeCapability(c)
 			if err != nil {
 				return nil, fmt.Errorf("service %q: %w", s.Name, err)
 			}
 			svc.Capabilities = append(svc.Capabilities, n)
 		}
+		// Least privilege unless declared: no key or an empty list is none;
+		// "default" is the runtime's default set (an empty list in the
+		// manifest, its meaning before noCapabilities existed).
+		svc.NoCapabilities = !s.Capabilities.Default && len(svc.Capabilities) == 0
 		for _, p := range s.Ports {
 			port, err := parsePort(p)
 			if err != nil {

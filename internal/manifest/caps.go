@@ -70,7 +70,7 @@ func SetCapabilities(src []byte, name string, caps []string) ([]byte, error) {
 		return nil, fmt.Errorf("system.yaml after setting capabilities: %w", err)
 	}
 	for _, s := range sys.Services {
-		if s.Name == name && !bytes.Equal([]byte(strings.Join(s.Capabilities, ",")), []byte(strings.Join(caps, ","))) {
+		if s.Name == name && (s.Capabilities.Default || !s.Capabilities.Given || !bytes.Equal([]byte(strings.Join(s.Capabilities.Names, ",")), []byte(strings.Join(caps, ",")))) {
 			return nil, fmt.Errorf("system.yaml after setting capabilities: service %s has %v, want %v", name, s.Capabilities, caps)
 		}
 	}

@@ -57,18 +57,25 @@ type Image struct {
 
 // Service is one service the machine runs.
 type Service struct {
-	Name         string   `json:"name"`
-	Image        Image    `json:"image"`
-	Command      []string `json:"command,omitempty"`
-	Args         []string `json:"args,omitempty"`
-	Env          []string `json:"env,omitempty"` // KEY=VALUE, sorted by key
-	User         string   `json:"user,omitempty"`
-	Restart      string   `json:"restart"` // always | on-failure | never
-	Capabilities []string `json:"capabilities,omitempty"`
-	Network      string   `json:"network"` // host | none | private
-	Ports        []Port   `json:"ports,omitempty"`
-	Volumes      []Volume `json:"volumes,omitempty"`
-	ReadOnly     bool     `json:"readonly,omitempty"`
+	Name    string   `json:"name"`
+	Image   Image    `json:"image"`
+	Command []string `json:"command,omitempty"`
+	Args    []string `json:"args,omitempty"`
+	Env     []string `json:"env,omitempty"` // KEY=VALUE, sorted by key
+	User    string   `json:"user,omitempty"`
+	Restart string   `json:"restart"` // always | on-failure | never
+	// Capabilities are exactly the capabilities the service gets. Empty
+	// means the runtime's default set (Docker's), unless NoCapabilities
+	// says none: manifests from before issue 19 have no NoCapabilities
+	// and keep their meaning; a vessel from before it refuses a manifest
+	// with NoCapabilities (an unknown key) instead of granting the default
+	// set. See docs/manifest.md.
+	Capabilities   []string `json:"capabilities,omitempty"`
+	NoCapabilities bool     `json:"noCapabilities,omitempty"`
+	Network        string   `json:"network"` // host | none | private
+	Ports          []Port   `json:"ports,omitempty"`
+	Volumes        []Volume `json:"volumes,omitempty"`
+	ReadOnly       bool     `json:"readonly,omitempty"`
 	// Init runs a tiny static init as the container's PID 1, which passes
 	// signals on and reaps zombies (podman run --init).
 	Init bool `json:"init,omitempty"`
@@ -308,6 +315,9 @@ func (s *Service) validate(hostPorts map[string]string) error {
 	case RestartAlways, RestartOnFailure, RestartNever:
 	default:
 		return fmt.Errorf("restart %q: want always, on-failure or never", s.Restart)
+	}
+	if s.NoCapabilities && len(s.Capabilities) > 0 {
+		return fmt.Errorf("noCapabilities is set but capabilities lists %v", s.Capabilities)
 	}
 	caps := map[string]bool{}
 	for _, c := range s.Capabilities {

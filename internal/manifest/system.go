@@ -27,22 +27,81 @@ type System struct {
 
 // ServiceSpec is one service in system.yaml.
 type ServiceSpec struct {
-	Name         string     `yaml:"name"`
-	Image        string     `yaml:"image"`
-	Command      StringList `yaml:"command"`
-	Args         StringList `yaml:"args"`
-	Env          Env        `yaml:"env"`
-	User         string     `yaml:"user"`
-	Restart      string     `yaml:"restart"`
-	Capabilities []string   `yaml:"capabilities"`
-	Network      string     `yaml:"network"`
-	Ports        []string   `yaml:"ports"`   // "HOST:CONTAINER[/udp]" or "PORT[/udp]"
-	Volumes      []string   `yaml:"volumes"` // "NAME:/path"
-	ReadOnly     bool       `yaml:"readonly"`
-	Init         bool       `yaml:"init"` // a tiny init as PID 1 (vessel run --init)
+	Name         string       `yaml:"name"`
+	Image        string       `yaml:"image"`
+	Command      StringList   `yaml:"command"`
+	Args         StringList   `yaml:"args"`
+	Env          Env          `yaml:"env"`
+	User         string       `yaml:"user"`
+	Restart      string       `yaml:"restart"`
+	Capabilities Capabilities `yaml:"capabilities"`
+	Network      string       `yaml:"network"`
+	Ports        []string     `yaml:"ports"`   // "HOST:CONTAINER[/udp]" or "PORT[/udp]"
+	Volumes      []string     `yaml:"volumes"` // "NAME:/path"
+	ReadOnly     bool         `yaml:"readonly"`
+	Init         bool         `yaml:"init"` // a tiny init as PID 1 (vessel run --init)
 	// UserNS: "auto" (a subordinate id range of its own) or "group:NAME"
 	// (a range shared with the group's other services); see docs/userns.md.
 	UserNS string `yaml:"userns"`
+}
+
+// Capabilities is a service's capabilities: key in system.yaml: a list of
+// names ("NET_RAW" or "CAP_NET_RAW"), where an empty list means none, or
+// the word "default" for the runtime's default set (Docker's 14). A service
+// without the key gets none (Given is false): least privilege unless
+// declared (issue 19; before it a missing or empty list meant the default
+// set, see docs/caps.md).
+type Capabilities struct {
+	Names   []string
+	Default bool // "capabilities: default"
+	Given   bool // the key was present
+}
+
+// UnmarshalYAML accepts a sequence of names or the scalar "default" (or
+// "none", the same as []).
+func (c *Capabilities) UnmarshalYAML(n *yaml.Node) error {
+	*c = Capabilities{Given: true}
+	if n.Kind == yaml.ScalarNode {
+		switch n.Value {
+		case "default":
+			c.Default = true
+			return nil
+		case "none":
+			c.Names = []string{}
+			return nil
+		}
+		return fmt.Errorf("line %d: capabilities: %q: want a list of names (e.g. [NET_BIND_SERVICE]; [] for none), none or default", n.Line, n.Value)
+	}
+	var l []string
+	if err := n.Decode(&l); err != nil {
+		return err
+	}
+	if l == nil {
+		l = []string{}
+	}
+	c.Names = l
+	return nil
+}
+
+// String is the list as system.yaml says it, for messages.
+func (c Capabilities) String() string {
+	if c.Default {
+		return "default"
+	}
+	return "[" + strings.Join(c.Names, ", ") + "]"
+}
+
+// NoCapabilitiesKey returns the services that have no capabilities: key,
+// which run with none; before issue 19 they got the default set, so
+// manifest build says so.
+func (s *System) NoCapabilitiesKey() []string {
+	var out []string
+	for _, svc := range s.Services {
+		if !svc.Capabilities.Given {
+			out = append(out, svc.Name)
+		}
+	}
+	return out
 }
 
 // StringList is a YAML sequence of strings; a single scalar is a list of one
@@ -154,6 +213,9 @@ func checkKeys(file string, n *yaml.Node, t reflect.Type, ctx string, depth int)
 	}
 	if n.Kind == yaml.AliasNode {
 		return fmt.Errorf("%s:%d: YAML aliases are not allowed in system.yaml", file, n.Line)
+	}
+	if t == reflect.TypeFor[Capabilities]() {
+		return nil // its own UnmarshalYAML checks it
 	}
 	switch t.Kind() {
 	case reflect.Struct:

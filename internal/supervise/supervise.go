@@ -62,6 +62,16 @@ type Supervisor struct {
 	// docs/userns.md). Nil: such services are refused. Every Up syncs the
 	// record with the manifest: ranges of services that left it are freed.
 	UserNS *userns.Allocator
+
+	// Watch, when set, is called before each start of a service's
+	// container with a copy of its config, which it may change (vessel up
+	// --why-denied places the container under a cgroup traced for refused
+	// capability checks). The finish function it returns is called once
+	// the run has ended, with whether the service failed (exited non-zero
+	// or could not run, not stopped by vessel), and returns a note for the
+	// service's log ("" for none). An error from Watch is logged and the
+	// service runs unwatched.
+	Watch func(cfg *ociruntime.Config) (finish func(failed bool) (note string, err error), err error)
 }
 
 // IDPrefix starts the container id of every service.
@@ -319,9 +329,12 @@ func Config(def manifest.Service, img ocispec.ImageConfig) (ociruntime.Config, e
 	if network == manifest.NetworkPrivate {
 		network = ociruntime.NetworkNone
 	}
-	var caps []string
-	if len(def.Capabilities) > 0 {
+	var caps []string // nil: the runtime's default set (manifests from before noCapabilities)
+	switch {
+	case len(def.Capabilities) > 0:
 		caps = def.Capabilities
+	case def.NoCapabilities:
+		caps = []string{} // exactly none
 	}
 	cfg.Hostname, cfg.Capabilities, cfg.Network, cfg.ReadOnly = def.Name, caps, network, def.ReadOnly
 	if def.Init {
@@ -367,12 +380,20 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 		s.save(sv, func(st *Status) {
 			st.State, st.Started, st.NextStart, st.Error, st.ExitCode = StateStarting, time.Now().UTC(), time.Time{}, "", nil
 		})
+		cfg := sv.cfg
+		var finish func(bool) (string, error)
+		if s.Watch != nil {
+			if finish, err = s.Watch(&cfg); err != nil {
+				s.logf("service %s: watching for refused capabilities: %v (running it unwatched)", name, err)
+				finish = nil
+			}
+		}
 		start := time.Now()
 		runCtx, kill := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan result, 1)
 		go func() {
 			code, err := s.Launcher.Run(runCtx, container.Spec{
-				ID: id, Image: sv.img, Config: sv.cfg,
+				ID: id, Image: sv.img, Config: cfg,
 				Started: func() { go s.markRunning(runCtx, sv, id) },
 			}, ociruntime.Stdio{Stdout: logf, Stderr: logf, NoForward: true})
 			done <- result{code, err}
@@ -398,9 +419,25 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 		if r.err != nil {
 			msg = "failed: " + r.err.Error()
 		}
-		fmt.Fprintf(logf, "[vessel %s] %s\n", time.Now().Format(time.RFC3339), msg)
+		note := ""
+		if finish != nil { // before the exit line: whoever reads that sees the note too
+			failed := (r.err != nil || r.code != 0) && ctx.Err() == nil && !requested
+			var err error
+			if note, err = finish(failed); err != nil {
+				s.logf("service %s: watching for refused capabilities: %v", name, err)
+			}
+		}
+		now := time.Now().Format(time.RFC3339)
+		line := fmt.Sprintf("[vessel %s] %s\n", now, msg)
+		if note != "" {
+			line += fmt.Sprintf("[vessel %s] note: %s\n", now, note)
+		}
+		io.WriteString(logf, line) // one write: a reader sees both lines or neither
 		logf.Close()
 		s.logf("service %s %s", name, msg)
+		if note != "" {
+			s.logf("service %s: %s", name, note)
+		}
 		code := r.code
 		s.save(sv, func(st *Status) {
 			st.ExitCode = &code

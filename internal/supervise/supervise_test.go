@@ -52,6 +52,23 @@ func TestConfigFromManifestAndImage(t *testing.T) {
 		cfg.Network != ociruntime.NetworkNone || strings.Join(cfg.Capabilities, ",") != "NET_BIND_SERVICE" || !cfg.ReadOnly {
 		t.Errorf("config %+v", cfg)
 	}
+	// Capabilities: none (noCapabilities) is an empty non-nil list (the
+	// runtime's "exactly these"); a manifest from before it, with no list,
+	// keeps the default set (nil).
+	none, err := Config(manifest.Service{Name: "a", NoCapabilities: true}, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if none.Capabilities == nil || len(none.Capabilities) != 0 {
+		t.Errorf("noCapabilities: %#v, want an empty list", none.Capabilities)
+	}
+	old, err := Config(manifest.Service{Name: "a"}, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.Capabilities != nil {
+		t.Errorf("old manifest: %#v, want nil (the default set)", old.Capabilities)
+	}
 	if _, err := Config(manifest.Service{Name: "x"}, ocispec.ImageConfig{}); err == nil || !strings.Contains(err.Error(), "service x: no command") {
 		t.Errorf("no command anywhere: %v", err)
 	}
