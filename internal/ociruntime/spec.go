@@ -8,7 +8,6 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/moby/sys/user"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/lazyre"
 )
 
 // Config describes one container. It is pure data: Spec turns it into an
@@ -92,7 +92,7 @@ var (
 	}
 )
 
-var idRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
+var idRE = lazyre.New(`^[a-z0-9][a-z0-9_.-]*$`)
 
 // ValidID reports whether id can name a container.
 func ValidID(id string) bool { return len(id) <= 128 && idRE.MatchString(id) }
