@@ -7,7 +7,7 @@
 #      rlimits), a fresh container id per run;
 #   3. `podman run --rm --network none` of the same rootfs imported as a
 #      normal tar-layer image (podman cannot use squashfs layers);
-# and prints vessel/runc (target <= 1.5) and vessel/podman (target <= 0.5).
+# and prints vessel/runc (target <= 1.3, issue 12) and vessel/podman (target <= 0.5).
 # Then: start time of images with 1, 8 and 32 layers, and the cost of
 # first-time userspace verification per GB (one ~512 MB random layer, empty
 # verify cache vs cached), next to `vessel verity verify` and
@@ -159,7 +159,7 @@ else
   printf '  podman run:                           skipped\n'
 fi
 printf '  vessel run --rm, VESSEL_RUN on tmpfs:  %7.1f  (this host'"'"'s /run is %s, not tmpfs)\n' "$t_vessel_tmpfs" "$run_fs"
-printf 'ratio vessel/runc:   %s with VESSEL_RUN on %s, %s on tmpfs (the default: vessel mounts a tmpfs on /run/vessel when /run is not one) (target <= 1.5)\n' \
+printf 'ratio vessel/runc:   %s with VESSEL_RUN on %s, %s on tmpfs (the default: vessel mounts a tmpfs on /run/vessel when /run is not one) (target <= 1.3, issue 12)\n' \
   "$(ratio "$t_vessel" "$t_runc")" "$run_fs" "$(ratio "$t_vessel_tmpfs" "$t_runc")"
 if [ -n "$t_podman" ]; then
   printf 'ratio vessel/podman: %s (target <= 0.5)\n' "$(ratio "$t_vessel" "$t_podman")"
