@@ -17,6 +17,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/container"
+	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/userns"
 )
@@ -225,6 +226,9 @@ the platform from a multi-arch image and refuses an image for another.`,
 			if err != nil {
 				return err
 			}
+			// The next run from the same layers shares them (vessel down
+			// takes warm mounts down; docs/run.md).
+			l.Mounts.Warm = mount.DefaultWarm
 			runCtx, abort := context.WithCancel(context.WithoutCancel(cmd.Context()))
 			defer abort()
 			var started atomic.Bool

@@ -27,13 +27,13 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/vesselos/vessel/internal/lazyre"
 	"github.com/vesselos/vessel/internal/reference"
 )
 
@@ -89,7 +89,7 @@ func Open(ctx context.Context, r reference.Ref, tmp string) (*Layout, error) {
 	return l, nil
 }
 
-var blobPathRE = regexp.MustCompile(`^blobs/sha256/[a-f0-9]{64}$`)
+var blobPathRE = lazyre.New(`^blobs/sha256/[a-f0-9]{64}$`)
 
 // entryName cleans a tar entry name and refuses one that is absolute or
 // climbs.

@@ -11,7 +11,7 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
-	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 )
 
 // ErrNoTracer is returned (wrapped) by NewTracer when this kernel or this
@@ -73,7 +73,7 @@ type TraceOptions struct {
 // cgroup v2 whose id (its inode number in the cgroup2 file system) is
 // cgroupID, and in every cgroup below it. Close stops it.
 func NewTracer(cgroupID uint64, opt TraceOptions) (_ *Tracer, err error) {
-	if err := rlimit.RemoveMemlock(); err != nil {
+	if err := removeMemlock(); err != nil {
 		return nil, fmt.Errorf("%w: raise the locked-memory limit: %v", ErrNoTracer, err)
 	}
 	t := &Tracer{done: make(chan struct{}), events: map[Event]int{}}
@@ -360,4 +360,34 @@ func (t *Tracer) closeObjs() error {
 	}
 	t.objs = nil
 	return errors.Join(errs...)
+}
+
+// removeMemlock lifts RLIMIT_MEMLOCK for the BPF maps and programs, as
+// cilium/ebpf/rlimit.RemoveMemlock does. That package is not imported: its
+// init creates a BPF map to probe for memcg accounting, and as every vessel
+// command links this package, that probe (about 1.5 ms with its mountinfo
+// read) would run before every container start. Kernels since 5.11 charge
+// BPF memory to the memory cgroup and ignore the limit, so there a refusal
+// (no CAP_SYS_RESOURCE) is not an error; on older ones it is reported.
+func removeMemlock() error {
+	inf := unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}
+	err := unix.Prlimit(0, unix.RLIMIT_MEMLOCK, &inf, nil)
+	if err == nil || memcgAccounted() {
+		return nil
+	}
+	return err
+}
+
+// memcgAccounted reports whether the kernel charges BPF memory to the
+// memory cgroup (5.11 and later) instead of RLIMIT_MEMLOCK.
+func memcgAccounted() bool {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return false
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	return major > 5 || major == 5 && minor >= 11
 }

@@ -459,15 +459,20 @@ func (l *Launcher) removeDead(ctx context.Context) (done []string, live map[stri
 // Leftovers lists the run state in run that no live vessel owns: bundle
 // directories, fresh uppers, mount records, layer references and mount
 // points, runtime containers and probe bundles, mounts under run, and
-// processes whose working directory or root lies under run. After every
-// container has ended and Recover ran, it is empty; leak checks in tests
-// use it so that they look at every run-state directory.
+// processes whose working directory or root lies under run. Warm layer
+// mounts (mount.Manager.Warm) recorded as such are cache, not leftovers:
+// they are not listed (mount.WarmPaths lists them). After every container
+// has ended and Recover ran, it is empty, warm state included; leak checks
+// in tests use it so that they look at every run-state directory.
 func Leftovers(run string) []string {
 	var out []string
+	warm := mount.WarmPaths(run)
 	for _, d := range append(PrivateDirs(run), filepath.Join(run, "runtime", "probes")) {
 		ents, _ := os.ReadDir(d)
 		for _, e := range ents {
-			out = append(out, filepath.Join(d, e.Name()))
+			if p := filepath.Join(d, e.Name()); !warm[p] {
+				out = append(out, p)
+			}
 		}
 	}
 	ents, _ := os.ReadDir(RootsDir(run))
@@ -477,7 +482,7 @@ func Leftovers(run string) []string {
 	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		for _, line := range strings.Split(string(mi), "\n") {
 			f := strings.Fields(line)
-			if len(f) > 4 && (strings.HasPrefix(f[4], run+"/") || strings.HasPrefix(f[4], RootsDir(run)+"/")) {
+			if len(f) > 4 && (strings.HasPrefix(f[4], run+"/") || strings.HasPrefix(f[4], RootsDir(run)+"/")) && !warm[f[4]] {
 				out = append(out, "mount at "+f[4])
 			}
 		}

@@ -209,3 +209,45 @@ func TestNoLeaksAfterManyCycles(t *testing.T) {
 		t.Error("a cancelled run reported success")
 	}
 }
+
+// Layer mounts kept warm after a run (mount.Manager.Warm) are cache, not
+// leftovers, as long as they are recorded as warm: a reference of nobody
+// still is a leak, and Recover takes the warm state down.
+func TestWarmLayersAreNoLeftovers(t *testing.T) {
+	e := newEnv(t)
+	l := e.launcher()
+	l.Mounts.Warm = time.Hour
+	code, err := l.Run(context.Background(), Spec{ID: "warm", Image: e.img, Config: ociruntime.Config{Args: []string{"/bin/true"}}}, ociruntime.Stdio{})
+	if err != nil || code != 0 {
+		t.Skipf("no working OCI runtime: exit %d, %v", code, err)
+	}
+	var warmRefs []string
+	for p := range mount.WarmPaths(e.run) {
+		if strings.HasSuffix(p, ".@warm") && !strings.HasSuffix(p, "uppers.@warm") {
+			warmRefs = append(warmRefs, p)
+		}
+	}
+	if len(warmRefs) == 0 {
+		t.Fatalf("no warm layer after the run: %v", mount.WarmPaths(e.run))
+	}
+	if left := Leftovers(e.run); len(left) != 0 {
+		t.Errorf("warm layers counted as leftovers: %v", left)
+	}
+	// The same layer mount with a reference of a mount that does not
+	// exist (instead of its warm reference) is a leak.
+	ghost := strings.TrimSuffix(warmRefs[0], ".@warm") + ".ghost"
+	if err := os.Rename(warmRefs[0], ghost); err != nil {
+		t.Fatal(err)
+	}
+	left := strings.Join(Leftovers(e.run), "\n")
+	if !strings.Contains(left, ghost) || !strings.Contains(left, "mount at "+filepath.Join(e.run, "layers", filepath.Base(strings.TrimSuffix(ghost, ".ghost")))) {
+		t.Errorf("a layer mount referenced by nobody alive is not reported: %s", left)
+	}
+	if _, err := l.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if w := mount.WarmPaths(e.run); len(w) != 0 {
+		t.Errorf("warm state after Recover: %v", w)
+	}
+	// newEnv's clean-up checks that nothing at all is left.
+}

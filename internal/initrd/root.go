@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/vesselos/vessel/internal/lazyre"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
@@ -133,7 +133,7 @@ type Corruption struct {
 	Block  uint64
 }
 
-var verityCorrupt = regexp.MustCompile(`verity: (\d+:\d+): (data|metadata) block (\d+) is corrupted`)
+var verityCorrupt = lazyre.New(`verity: (\d+:\d+): (data|metadata) block (\d+) is corrupted`)
 
 // Corruptions finds dm-verity's "data block N is corrupted" lines in
 // kernel log text.

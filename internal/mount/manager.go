@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
 	"github.com/vesselos/vessel/internal/proc"
@@ -32,6 +33,13 @@ var (
 type Manager struct {
 	Run  string // run directory (DefaultRun when empty)
 	Mode Mode   // how to verify and mount layers (DetectMode when empty)
+	// Warm, when positive, keeps a layer mount for that long after its
+	// last user lets go (and the tmpfs of fresh uppers on a disk run
+	// directory with it), so that the next start from the same layers
+	// shares it instead of attaching, mounting and unmounting again. See
+	// warm.go for how warm state is recorded and removed. Zero unmounts at
+	// once.
+	Warm time.Duration
 
 	// mu guards Mode (set lazily) and stats: one Manager is shared by the
 	// goroutines of a supervisor. (The lock file orders the bookkeeping
@@ -152,6 +160,11 @@ func (m *Manager) Mount(ctx context.Context, img *Image, id, target string, owne
 		return nil, err
 	}
 	defer unlock()
+	if m.warm() {
+		if err := m.expireWarm(); err != nil {
+			return nil, fmt.Errorf("take down expired warm layer mounts: %w", err)
+		}
+	}
 	// A record that is not marked mounted, seen under the lock, is what a
 	// Mount killed part-way left (Mount holds the lock until it is done).
 	if _, err := os.Stat(m.recordFile(id)); err == nil {
@@ -391,6 +404,11 @@ func (m *Manager) undo(r record) error {
 	if p.OwnUp {
 		if err := os.RemoveAll(p.Upper); err != nil {
 			errs = append(errs, err)
+		} else if m.warm() && isMountPoint(filepath.Dir(p.Upper)) {
+			// kept warm with the layers, recorded as such
+			if err := touch(filepath.Join(refsDir(m.run()), scratchWarm)); err != nil {
+				errs = append(errs, err)
+			}
 		} else if err := releaseScratch(filepath.Dir(p.Upper)); err != nil {
 			errs = append(errs, err)
 		}
@@ -439,12 +457,27 @@ func (m *Manager) acquire(lm LayerMount, id string) error {
 		return err
 	}
 	if isMountPoint(lm.Dir) {
-		if err := m.checkShared(lm); err != nil {
+		err := m.checkShared(lm)
+		if err == nil {
+			m.count(func(s *Stats) { s.LayersShared++ })
+			return nil
+		}
+		// A warm mount nobody uses that this image may not share (its
+		// blob changed or went, another root hash) is replaced by a
+		// freshly verified one; one in use is refused.
+		hex := filepath.Base(lm.Dir)
+		if _, werr := os.Stat(warmRef(m.run(), hex)); werr != nil || !m.onlyUserAndWarm(hex, ref) {
 			os.Remove(ref)
 			return err
 		}
-		m.count(func(s *Stats) { s.LayersShared++ })
-		return nil
+		if derr := os.Remove(warmRef(m.run(), hex)); derr != nil && !errors.Is(derr, os.ErrNotExist) {
+			os.Remove(ref)
+			return derr
+		}
+		if derr := releaseLayer(lm.Dir); derr != nil {
+			os.Remove(ref)
+			return fmt.Errorf("%w (and taking down the warm layer mount: %v)", err, derr)
+		}
 	}
 	if err := os.MkdirAll(layersDir(m.run()), 0o700); err != nil {
 		return err
@@ -462,6 +495,12 @@ func (m *Manager) acquire(lm LayerMount, id string) error {
 
 // release drops a reference; the last one unmounts the layer.
 func (m *Manager) release(lm LayerMount, id string) error {
+	if m.warm() {
+		// The warm reference first: the layer is never unreferenced.
+		if err := touch(warmRef(m.run(), filepath.Base(lm.Dir))); err != nil {
+			return err
+		}
+	}
 	if err := os.Remove(filepath.Join(refsDir(m.run()), refName(lm, id))); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"sort"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/vesselos/vessel/internal/lazyre"
 	"github.com/vesselos/vessel/internal/reference"
 )
 
@@ -181,7 +181,7 @@ func (p *parser) mapLine(l int) int {
 	return l
 }
 
-var yamlLine = regexp.MustCompile(`line (\d+)`)
+var yamlLine = lazyre.New(`line (\d+)`)
 
 // fixYAMLError rewrites "line N" in a YAML syntax error to the original line.
 func (p *parser) fixYAMLError(err error) error {
@@ -492,7 +492,7 @@ func (p *parser) image(kn, vn *yaml.Node) *Image {
 	return img
 }
 
-var imageName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$`)
+var imageName = lazyre.New(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$`)
 
 // archNames maps the spellings vessel accepts to GOARCH names (what stacker
 // and OCI platforms use).
@@ -618,7 +618,7 @@ func (p *parser) abs(path string) string {
 
 var importKeys = []string{"path", "dest", "mode", "uid", "gid", "hash"}
 
-var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var sha256Hex = lazyre.New(`^[0-9a-f]{64}$`)
 
 func (p *parser) imports(image, key string, n *yaml.Node) []Import {
 	d := p.deref(n)

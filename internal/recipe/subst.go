@@ -2,12 +2,12 @@ package recipe
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/vesselos/vessel/internal/bounded"
+	"github.com/vesselos/vessel/internal/lazyre"
 )
 
 // ParseSubstitutions turns --substitute KEY=VAL arguments into a map. A key
@@ -25,8 +25,8 @@ func ParseSubstitutions(kvs []string) (map[string]string, error) {
 }
 
 var (
-	varName     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	placeholder = regexp.MustCompile(`\$\{\{([^{}:]*)(:[^{}]*)?\}\}`)
+	varName     = lazyre.New(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	placeholder = lazyre.New(`\$\{\{([^{}:]*)(:[^{}]*)?\}\}`)
 )
 
 // substitute replaces ${{VAR}} and ${{VAR:default}} in text, before any YAML

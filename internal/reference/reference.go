@@ -56,10 +56,10 @@ package reference
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/vesselos/vessel/internal/lazyre"
 )
 
 // Transport says where the image named by a Ref lives.
@@ -150,18 +150,18 @@ const (
 )
 
 var (
-	pathComponentRE = regexp.MustCompile(`^` + pathComponent + `$`)
-	tagRE           = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
-	hostRE          = regexp.MustCompile(`^(?:` + hostName + `|` + ipv6 + `)(?::[0-9]+)?$`)
+	pathComponentRE = lazyre.New(`^` + pathComponent + `$`)
+	tagRE           = lazyre.New(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`)
+	hostRE          = lazyre.New(`^(?:` + hostName + `|` + ipv6 + `)(?::[0-9]+)?$`)
 	// storeHostRE is a first store-name component with a port.
-	storeHostRE = regexp.MustCompile(`^` + strings.ToLower(hostName) + `:[0-9]+$`)
+	storeHostRE = lazyre.New(`^` + strings.ToLower(hostName) + `:[0-9]+$`)
 	// ociRefRE is the image-spec grammar of org.opencontainers.image.ref.name,
 	// which containers/image checks oci: tags against (ValidateImageName in
 	// its oci/internal package): components of letters and digits joined by
 	// one of - . _ : @ + or "--", separated by "/".
-	ociRefRE = regexp.MustCompile(`^` + ociComponent + `(?:/` + ociComponent + `)*$`)
+	ociRefRE = lazyre.New(`^` + ociComponent + `(?:/` + ociComponent + `)*$`)
 	// transportRE is what a transport name looks like.
-	transportRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*$`)
+	transportRE = lazyre.New(`^[A-Za-z][A-Za-z0-9+.-]*$`)
 )
 
 // otherTransports are containers/image transport names that vessel does not

@@ -7,10 +7,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
+	"github.com/vesselos/vessel/internal/lazyre"
 )
 
 // State is the directory where vessel keeps what lives outside the TPM:
@@ -55,7 +55,7 @@ const (
 	blobFormat   = "vessel-tpm-blob/v1"
 )
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+var nameRE = lazyre.New(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 func (s State) path(parts ...string) string {
 	return filepath.Join(append([]string{s.Dir}, parts...)...)

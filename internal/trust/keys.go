@@ -15,13 +15,13 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/vesselos/vessel/internal/atomicfile"
 	"github.com/vesselos/vessel/internal/bounded"
+	"github.com/vesselos/vessel/internal/lazyre"
 )
 
 // File names inside a key directory. Other packages depend on them.
@@ -181,7 +181,7 @@ type ProductResult struct {
 	Chain     string `json:"chain"`
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+var nameRE = lazyre.New(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // Product creates a product signing key and certificate signed by the
 // manifest-signing CA in dir, under dir/products/NAME. The certificate is
@@ -490,7 +490,7 @@ func ParseSerial(s string) (*big.Int, error) {
 	return n, nil
 }
 
-var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+var uuidRE = lazyre.New(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
 // ParseUUID checks a textual UUID (8-4-4-4-12 hex) and returns it in
 // lower case. The nil UUID is rejected.

@@ -9,15 +9,16 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strings"
 	"time"
+
+	"github.com/vesselos/vessel/internal/lazyre"
 )
 
 // MachineURIPrefix starts the URI SAN that carries a machine ID.
 const MachineURIPrefix = "urn:vessel:machine:"
 
-var machineIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+var machineIDRE = lazyre.New(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
 
 // IssueMachineCert turns a machine's certificate request into its identity
 // certificate, signed by the machine-identity CA. The CSR's self-signature is
