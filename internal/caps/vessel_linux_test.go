@@ -66,6 +66,13 @@ func newEnv(t *testing.T) env {
 	}
 	dir := t.TempDir()
 	e := env{vessel: builtBin, vars: []string{"VESSEL_ROOT=" + dir + "/store", "VESSEL_RUN=" + dir + "/run"}}
+	// vessel run keeps layer mounts (and the uppers tmpfs) warm for a
+	// minute; vessel down takes them down before the directory goes.
+	t.Cleanup(func() {
+		if out, err := e.cmd("down").CombinedOutput(); err != nil {
+			t.Errorf("vessel down: %v\n%s", err, out)
+		}
+	})
 	base := filepath.Join(dir, "base")
 	os.MkdirAll(filepath.Join(base, "bin"), 0o755)
 	os.MkdirAll(filepath.Join(base, "etc"), 0o755)

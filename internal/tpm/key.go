@@ -165,18 +165,31 @@ func (t *TPM) ImportKey(priv crypto.Signer, o KeyOptions) ([]byte, error) {
 	if len(o.Auth) > 0 {
 		opts = append(opts, keyfile.WithUserAuth(o.Auth))
 	}
-	ik, err := keyfile.NewImportablekey(&srkPub, pk, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("import key into TPM: wrap to the SRK: %w", err)
-	}
-	rsp, err := (tpm2.Import{
-		ParentHandle: tpm2.AuthHandle{Handle: srk.Handle, Name: srk.Name, Auth: tpm2.PasswordAuth(nil)},
-		ObjectPublic: ik.Pubkey,
-		Duplicate:    ik.Privkey,
-		InSymSeed:    ik.Secret,
-	}).Execute(t)
-	if err != nil {
-		return nil, classify("import key into TPM", err)
+	// The wrapping is randomised (an ephemeral ECDH key and seed).
+	// go-tpm-keyfiles encodes the ephemeral point's coordinates without
+	// their leading zero bytes (FillBytes to len(x.Bytes())), so about one
+	// wrapping in 128 gives the TPM a short coordinate, a different shared
+	// secret and TPM_RC_INTEGRITY (seen in a full test run). A fresh
+	// wrapping draws a new ephemeral key, so a key is wrapped again, at most
+	// three times, before the error stands.
+	var ik *keyfile.TPMKey
+	var rsp *tpm2.ImportResponse
+	for try := 1; ; try++ {
+		if ik, err = keyfile.NewImportablekey(&srkPub, pk, opts...); err != nil {
+			return nil, fmt.Errorf("import key into TPM: wrap to the SRK: %w", err)
+		}
+		rsp, err = (tpm2.Import{
+			ParentHandle: tpm2.AuthHandle{Handle: srk.Handle, Name: srk.Name, Auth: tpm2.PasswordAuth(nil)},
+			ObjectPublic: ik.Pubkey,
+			Duplicate:    ik.Privkey,
+			InSymSeed:    ik.Secret,
+		}).Execute(t)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, tpm2.TPMRCIntegrity) || try == 3 {
+			return nil, classify("import key into TPM", err)
+		}
 	}
 	k := keyfile.NewTPMKey(keyfile.OIDLoadableKey, ik.Pubkey, rsp.OutPrivate,
 		keyfile.WithParent(SRKHandle), keyfile.WithUserAuth(o.Auth))
