@@ -177,11 +177,19 @@ func TestRunHostReport(t *testing.T) {
 		"vessel-host: up (manifest " + digest.FromString("m").String() + ", version 2) host host:1, 2 layers, switch_root at 9.500s, uptime 10.250s\n",
 		"vessel-host: dm dm-0 vessel-a layer sha256:aa table 0 8 verity 1 7:0 7:0 vessel-a\n",
 		"vessel-host: dm dm-1 vessel-b layer sha256:bb table 0 8 verity 1 7:0 7:0 vessel-b\n",
-		"vessel-host: root writable\n",
+		"vessel-host: root writable (wrote /etc/vessel-host-written; left from an earlier boot: none)\n",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}
+	}
+	// A root that kept the file (what a persistent root would do) says so.
+	out.Reset()
+	if err := RunHost(&out, root, func() (float64, error) { return 11.5, nil }, table); err != nil {
+		t.Fatal(err)
+	}
+	if want := `left from an earlier boot: "written at uptime 10.250s\n")`; !strings.Contains(out.String(), want) {
+		t.Errorf("report lacks %q:\n%s", want, out.String())
 	}
 	// Without vessel.test=root, only the marker.
 	os.WriteFile(root+CmdlineFile, []byte("console=ttyS0\n"), 0o644)

@@ -27,6 +27,7 @@ const otherProductID = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
 // partition already accepted a higher version (rollback).
 type verifiedDisks struct {
 	good, corrupt, otherProduct, rollback, services string
+	otherCA, reboot                                 string
 	layers, webLayers                               []string // host and web layer digests, bottom first
 	manifest                                        string   // digest of the good manifest
 	web2Layer                                       string   // the layer corrupted on the services disk
@@ -108,6 +109,10 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	v("keys", "init", "keys", "--org", "Acme")
 	v("keys", "product", "keys", "--name", "acme", "--product-id", productID)
 	v("keys", "product", "keys", "--name", "other", "--product-id", otherProductID)
+	// Another organisation's CA with a product of the same name and ID:
+	// its manifests chain to a CA the initrd does not carry.
+	v("keys", "init", "keys2", "--org", "Mallory")
+	v("keys", "product", "keys2", "--name", "acme", "--product-id", productID)
 	// The initrd carries this key set's manifest CA; the UKI is signed
 	// with the enrolled db key.
 	initrd := filepath.Join(dir, "initrd.img")
@@ -116,26 +121,37 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", cmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", uki)
 	svcUKI := filepath.Join(dir, "services.efi")
 	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", servicesCmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", svcUKI)
-	disk := func(name, product string, version int, uki string) string {
+	web2Svc := "  - name: web2\n    image: web2:1\n" +
+		"    command: [/bin/busybox, httpd, -f, -p, \"8081\", -h, /www]\n    network: host\n"
+	// boots appends this boot's ID to a volume (on the data partition)
+	// and serves the list on 8081.
+	boots := "  - name: boots\n    image: web:1\n" +
+		"    command: [/bin/sh, -c, '/bin/busybox cat /proc/sys/kernel/random/boot_id >> /state/boots; /bin/busybox mkdir -p /srv; /bin/busybox cp /state/boots /srv/boots.txt; " +
+		"trap \"kill $p; exit 0\" TERM; /bin/busybox httpd -f -p 8081 -h /srv & p=$!; wait']\n    network: host\n    volumes: [\"state:/state\"]\n"
+	// disk signs a manifest (host:1, web, and extra services) with the
+	// product key of keys/products/product and writes a disk with it.
+	disk := func(name, keys, product string, version int, uki, extra string) string {
 		sys := fmt.Sprintf("product: %s\nversion: %d\nhostfs: host:1\nservices:\n  - name: web\n    image: web:1\n"+
-			"    command: [/bin/busybox, httpd, -f, -p, \"8080\", -h, /www]\n    network: host\n"+
-			"  - name: web2\n    image: web2:1\n"+
-			"    command: [/bin/busybox, httpd, -f, -p, \"8081\", -h, /www]\n    network: host\n", product, version)
+			"    command: [/bin/busybox, httpd, -f, -p, \"8080\", -h, /www]\n    network: host\n", product, version) + extra
 		os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(sys), 0o644)
-		v("manifest", "build", name+".yaml", "--keys", "keys", "-o", name+".json")
-		v("manifest", "sign", name+".json", "--key", "keys/products/"+product+"/product.key", "--cert", "keys/products/"+product+"/product.pem", "-o", name+".signed")
+		v("manifest", "build", name+".yaml", "--keys", keys, "-o", name+".json")
+		v("manifest", "sign", name+".json", "--key", keys+"/products/"+product+"/product.key", "--cert", keys+"/products/"+product+"/product.pem", "-o", name+".signed")
 		pid := productID
 		if product == "other" {
 			pid = otherProductID
 		}
 		img := filepath.Join(dir, name+".img")
-		v("boot", "disk", "--manifest", name+".signed", "--uki", uki, "--ca", "keys/manifest-ca.pem", "--product-id", pid, "--size", "400M", "-o", img)
+		v("boot", "disk", "--manifest", name+".signed", "--uki", uki, "--ca", keys+"/manifest-ca.pem", "--product-id", pid, "--size", "400M", "-o", img)
 		return img
 	}
-	d.good = disk("good", "acme", 2, uki)
-	d.otherProduct = disk("other", "other", 2, uki)
-	d.rollback = disk("rollback", "acme", 2, uki)
-	d.services = disk("services", "acme", 2, svcUKI)
+	d.good = disk("good", "keys", "acme", 2, uki, web2Svc)
+	d.otherProduct = disk("other", "keys", "other", 2, uki, web2Svc)
+	d.rollback = disk("rollback", "keys", "acme", 2, uki, web2Svc)
+	d.services = disk("services", "keys", "acme", 2, svcUKI, web2Svc)
+	// vessel boot disk checks the manifest against the CA it is given:
+	// here the other CA, so the disk is written and the initrd refuses it.
+	d.otherCA = disk("otherca", "keys2", "acme", 2, uki, web2Svc)
+	d.reboot = disk("reboot", "keys", "acme", 2, svcUKI, boots)
 	var sum struct {
 		Digest string `json:"digest"`
 	}
@@ -462,7 +478,57 @@ func TestVerifiedBoot(t *testing.T) {
 			}
 		}
 	})
+	t.Run("reboot-forgets-root-keeps-volume", func(t *testing.T) {
+		t.Parallel()
+		// The same disk booted twice: each boot's boots service appends its
+		// boot ID to a volume and serves the list; the host's init reports
+		// what an earlier boot left in the host root; the window of
+		// vessel.test=services ends in a clean power-off.
+		var ids []string
+		for n := 1; n <= 2; n++ {
+			vm, list := bootServe(t, d.reboot, e.vars, 8081, "/boots.txt")
+			ids = strings.Fields(list)
+			if len(ids) != n || (n == 2 && ids[0] == ids[1]) {
+				t.Fatalf("boot %d: the volume lists boots %q, want %d distinct boot IDs", n, ids, n)
+			}
+			// Only what vessel.test=root wrote in this boot: nothing left
+			// from the boot before.
+			if l, ok := vm.Find("vessel-host: root writable"); !ok || !strings.HasSuffix(l.Text, "left from an earlier boot: none)") {
+				t.Errorf("boot %d: want a writable root with nothing from an earlier boot: %q", n, l.Text)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			if _, err := vm.Wait(ctx, "vessel-host: powering off"); err != nil {
+				cancel()
+				t.Fatalf("boot %d: %v\n%s", n, err, vm.Tail(40))
+			}
+			err := vm.WaitExit(ctx)
+			cancel()
+			if err != nil {
+				t.Fatalf("boot %d: the guest did not power off: %v", n, err)
+			}
+			if _, ok := vm.Find("vessel-host: data partition clean (read-only)"); !ok {
+				t.Errorf("boot %d: no clean data partition before power-off:\n%s", n, vm.Tail(30))
+			}
+			// The data partition was mounted (read-only by the initrd,
+			// then read-write): after a clean power-off the journal
+			// needs no replay.
+			mounted := false
+			for _, l := range vm.Lines() {
+				if strings.Contains(l.Text, "EXT4-fs (vda2): mounted filesystem") {
+					mounted = true
+				}
+				if strings.Contains(l.Text, "EXT4-fs (vda2)") && (strings.Contains(l.Text, "recovery") || strings.Contains(l.Text, "orphan")) {
+					t.Errorf("boot %d: the data partition was not clean: %s", n, l.Text)
+				}
+			}
+			if !mounted {
+				t.Errorf("boot %d: no EXT4-fs (vda2) mount line on the console (is the kernel log there?)", n)
+			}
+			t.Logf("boot %d: volume lists %q", n, ids)
+		}
+	})
 	for name, c := range map[string]struct{ disk, want string }{
+		"other-ca-refused":      {d.otherCA, "certificate signed by unknown authority"},
 		"other-product-refused": {d.otherProduct, ": product: "},
 		"rollback-refused":      {d.rollback, "lower than version 3 already accepted"},
 	} {
@@ -482,4 +548,38 @@ func TestVerifiedBoot(t *testing.T) {
 			t.Logf("console: %s", l.Text)
 		})
 	}
+}
+
+// bootServe boots disk with the services command line, a hostfwd from a
+// free 127.0.0.1 port to the guest's port, and returns the VM once GET path
+// answers 200, with the body.
+func bootServe(t *testing.T, disk, vars string, guestPort int, path string) (*VM, string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	vm := StartT(t, Config{Disk: disk, Vars: vars, MemoryMB: 768, Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d", port, guestPort)}})
+	deadline := time.Now().Add(6 * time.Minute)
+	for time.Now().Before(deadline) {
+		if l, ok := vm.Find("FAILED"); ok {
+			t.Fatalf("%s\n%s", l.Text, vm.Tail(40))
+		}
+		if done, _ := vm.Exited(); done {
+			t.Fatalf("the guest stopped before the service answered:\n%s", vm.Tail(40))
+		}
+		c := http.Client{Timeout: 5 * time.Second}
+		if resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path)); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return vm, string(b)
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("no answer from the guest's port %d in 6 minutes:\n%s", guestPort, vm.Tail(40))
+	return nil, ""
 }
