@@ -120,6 +120,7 @@ page=
 while [ $SECONDS -lt $deadline ]; do
   alive || die "qemu exited before the service answered (serial log above)"
   grep -aq 'FAILED' serial.log && { sleep 1; die "the boot failed (serial log above)"; }
+  grep -aq 'Access Denied' serial.log && die "the firmware refused the UKI (Secure Boot: Access Denied)"
   if page=$(curl -fsS --max-time 5 "http://127.0.0.1:$web_port/index.html" 2>/dev/null); then break; fi
   sleep 1
 done
