@@ -122,17 +122,17 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	svcUKI := filepath.Join(dir, "services.efi")
 	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", servicesCmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", svcUKI)
 	web2Svc := "  - name: web2\n    image: web2:1\n" +
-		"    command: [/bin/busybox, httpd, -f, -p, \"8081\", -h, /www]\n    network: host\n"
+		"    command: [/bin/sh, -c, '" + httpd(8081, "/www") + "']\n    network: host\n"
 	// boots appends this boot's ID to a volume (on the data partition)
 	// and serves the list on 8081.
 	boots := "  - name: boots\n    image: web:1\n" +
 		"    command: [/bin/sh, -c, '/bin/busybox cat /proc/sys/kernel/random/boot_id >> /state/boots; /bin/busybox mkdir -p /srv; /bin/busybox cp /state/boots /srv/boots.txt; " +
-		"trap \"kill $p; exit 0\" TERM; /bin/busybox httpd -f -p 8081 -h /srv & p=$!; wait']\n    network: host\n    volumes: [\"state:/state\"]\n"
+		httpd(8081, "/srv") + "']\n    network: host\n    volumes: [\"state:/state\"]\n"
 	// disk signs a manifest (host:1, web, and extra services) with the
 	// product key of keys/products/product and writes a disk with it.
 	disk := func(name, keys, product string, version int, uki, extra string) string {
 		sys := fmt.Sprintf("product: %s\nversion: %d\nhostfs: host:1\nservices:\n  - name: web\n    image: web:1\n"+
-			"    command: [/bin/busybox, httpd, -f, -p, \"8080\", -h, /www]\n    network: host\n", product, version) + extra
+			"    command: [/bin/sh, -c, '%s']\n    network: host\n", product, version, httpd(8080, "/www")) + extra
 		os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(sys), 0o644)
 		v("manifest", "build", name+".yaml", "--keys", keys, "-o", name+".json")
 		v("manifest", "sign", name+".json", "--key", keys+"/products/"+product+"/product.key", "--cert", keys+"/products/"+product+"/product.pem", "-o", name+".signed")
@@ -177,6 +177,13 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	off := findBlock(t, d.corrupt, blob)
 	flipByte(t, d.corrupt, off+512)
 	return d
+}
+
+// httpd is a shell command serving dir on port: busybox httpd as PID 1 of
+// its container would ignore SIGTERM (and be killed after the supervisor's
+// 10 s grace), so the shell traps it and stops httpd at once.
+func httpd(port int, dir string) string {
+	return fmt.Sprintf(`trap "kill $p; exit 0" TERM; /bin/busybox httpd -f -p %d -h %s & p=$!; wait`, port, dir)
 }
 
 // servicesCmdline boots to the services: the host starts the manifest's
