@@ -6,8 +6,8 @@
 #   initrd (vessel as /init, the CA, the product ID) -> signed UKI -> OVMF
 #   variables enforcing the db key -> vessel boot disk -> qemu (TCG, OVMF
 #   Secure Boot, swtpm) -> the web service answers through hostfwd on
-#   127.0.0.1 -> Ctrl-Alt-Del: the host's init stops the services and the
-#   machine goes down cleanly.
+#   127.0.0.1 -> the ACPI power button (qemu system_powerdown): the host's
+#   init stops the services and powers the machine off cleanly.
 # Environment: VM_DEMO_TIMEOUT (seconds for the whole VM part, default 600),
 # VM_DEMO_KEEP=1 keeps the work directory, VM_DEMO_MEM (MiB, default 768).
 set -euo pipefail
@@ -131,8 +131,8 @@ say "the web service answers through hostfwd, ${answered}s after qemu started"
 run curl -fsS "http://127.0.0.1:$web_port/index.html"
 run curl -fsS "http://127.0.0.1:$boots_port/boots.txt"
 
-say "clean shutdown: Ctrl-Alt-Del (the host's init stops the services, leaves the data partition clean)"
-echo "sendkey ctrl-alt-delete" >mon.in
+say "clean power-off: the ACPI power button (the host's init stops the services, leaves the data partition clean)"
+echo "system_powerdown" >mon.in
 while alive && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
 alive && die "the guest did not go down by the deadline"
 qemu_pid=
@@ -140,6 +140,7 @@ sleep 0.3
 kill "$tail_pid" 2>/dev/null || true
 tail_pid=
 grep -aq 'vessel-host: data partition clean (read-only)' serial.log || die "no clean shutdown line in the serial log"
+grep -aq 'vessel-host: powering off' serial.log || die "the guest went down without powering off"
 say "done: the web service answered ${answered}s after qemu started; the whole demo took $((SECONDS - start))s"
 echo "timings from the console (uptime is guest seconds since the kernel started):"
 grep -a -E 'vessel-init: (started|switch_root)|vessel-host: (up|services up)' serial.log | sed 's/^/  /'
