@@ -498,9 +498,15 @@ func TestVerifiedBoot(t *testing.T) {
 		// boot ID to a volume and serves the list; the host's init reports
 		// what an earlier boot left in the host root; the window of
 		// vessel.test=services ends in a clean power-off.
+		// The second boot is powered off with the ACPI power button.
 		var ids []string
 		for n := 1; n <= 2; n++ {
 			vm, list := bootServe(t, d.reboot, e.vars, 8081, "/boots.txt")
+			if n == 2 {
+				if err := vm.Monitor("system_powerdown"); err != nil {
+					t.Fatal(err)
+				}
+			}
 			ids = strings.Fields(list)
 			if len(ids) != n || (n == 2 && ids[0] == ids[1]) {
 				t.Fatalf("boot %d: the volume lists boots %q, want %d distinct boot IDs", n, ids, n)
@@ -522,6 +528,13 @@ func TestVerifiedBoot(t *testing.T) {
 			}
 			if _, ok := vm.Find("vessel-host: data partition clean (read-only)"); !ok {
 				t.Errorf("boot %d: no clean data partition before power-off:\n%s", n, vm.Tail(30))
+			}
+			stopped := "vessel-host: vessel.test window over: stopping the supervisor"
+			if n == 2 {
+				stopped = "vessel-host: power button (power off): stopping the supervisor"
+			}
+			if _, ok := vm.Find(stopped); !ok {
+				t.Errorf("boot %d: no %q:\n%s", n, stopped, vm.Tail(30))
 			}
 			// The data partition was mounted (read-only by the initrd,
 			// then read-write): after a clean power-off the journal
@@ -568,6 +581,7 @@ func TestVerifiedBoot(t *testing.T) {
 // free 127.0.0.1 port to the guest's port, and returns the VM once GET path
 // answers 200, with the body.
 func bootServe(t *testing.T, disk, vars string, guestPort int, path string) (*VM, string) {
+	// Monitor: the reboot case powers off with the ACPI power button.
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -575,7 +589,7 @@ func bootServe(t *testing.T, disk, vars string, guestPort int, path string) (*VM
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	vm := StartT(t, Config{Disk: disk, Vars: vars, MemoryMB: 768, Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d", port, guestPort)}})
+	vm := StartT(t, Config{Disk: disk, Vars: vars, MemoryMB: 768, Monitor: true, Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d", port, guestPort)}})
 	deadline := time.Now().Add(6 * time.Minute)
 	for time.Now().Before(deadline) {
 		if l, ok := vm.Find("FAILED"); ok {
