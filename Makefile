@@ -1,13 +1,14 @@
 # Vessel: two commands set everything up on Debian 12 as root:
 #   make demo   build the example product end to end and show a tamper being caught
 #   make test   install what the tests need, then run every test (root-only ones too)
+#   make vm-demo  build the bootable example product and boot it in a Secure Boot VM
 export PATH := $(PATH):/usr/local/go/bin
 GO        ?= go
 BIN       := bin/vessel
 TEST_TAGS ?= tpmsim
 GOFLAGS_TEST ?= -count=1 -timeout 30m
 
-.PHONY: all build deps test vet vm-test demo bench fuzz clean man
+.PHONY: all build deps test vet vm-test demo vm-demo bench fuzz clean man
 
 all: build
 
@@ -45,6 +46,12 @@ vm-test: deps build
 
 demo: deps build
 	./scripts/demo.sh
+
+# examples/boot built with vessel build, signed, on a disk, booted under OVMF
+# Secure Boot + swtpm (qemu TCG); its web service answers through hostfwd on
+# 127.0.0.1, then a clean shutdown. About 1.5-3 minutes.
+vm-demo: deps build
+	./scripts/vm-demo.sh
 
 bench: deps build
 	./bench/all.sh

@@ -17,6 +17,7 @@ pkgs=(
   dosfstools mtools e2fsprogs fdisk           # boot: ESP and data partition (mkfs.vfat/mtools, mkfs.ext4) and their checkers (fsck.vfat, e2fsck, sfdisk)
   initramfs-tools zstd                        # boot: the mkinitramfs initrd the boot benchmark compares against
   qemu-user-static                            # other architectures: static emulators + binfmt.d rules (vessel binfmt)
+  curl                                        # make vm-demo: fetches the guest's web page through hostfwd
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -29,7 +29,7 @@ func bootInitrdCmd(g *globals) *cobra.Command {
   /etc/vessel/product-id        the product UUID
 
 The default modules are virtio_pci virtio_blk virtio_net loop dm_verity squashfs
-erofs overlay efivarfs ext4; --module replaces the list. Compressed modules
+erofs overlay efivarfs ext4 button evdev; --module replaces the list. Compressed modules
 (.ko.xz, .ko.zst, .ko.gz) are stored uncompressed (their signature stays
 valid). The archive is zstd-compressed unless --compress none. The same
 inputs give the same bytes. See docs/boot.md.`,

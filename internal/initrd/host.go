@@ -15,6 +15,10 @@ import (
 	"github.com/vesselos/vessel/internal/mount"
 )
 
+// HostWrittenFile is written into the host root under vessel.test=root:
+// a later boot must not find it (the root is new at every boot).
+const HostWrittenFile = "/etc/vessel-host-written"
+
 // HostMarker starts every line the host's init prints.
 const HostMarker = "vessel-host:"
 
@@ -110,10 +114,16 @@ func RunHost(w io.Writer, root string, uptime func() (float64, error), table fun
 		}
 		fmt.Fprintf(w, "%s dm %s %s%s table %s\n", HostMarker, dev, name, layer, strings.Join(tbl, "; "))
 	}
-	// The root is the overlay with a fresh upper: writable, and new at every boot.
-	if err := os.WriteFile(root+"/etc/vessel-host-written", []byte("x"), 0o644); err != nil {
+	// The root is the overlay with a fresh upper: writable, and new at
+	// every boot. What an earlier boot wrote must be gone (the reboot test
+	// reads this line on the second boot).
+	earlier := "none"
+	if b, err := os.ReadFile(root + HostWrittenFile); err == nil {
+		earlier = fmt.Sprintf("%q", b)
+	}
+	if err := os.WriteFile(root+HostWrittenFile, []byte(fmt.Sprintf("written at uptime %.3fs\n", up)), 0o644); err != nil {
 		return fmt.Errorf("the host root is not writable: %w", err)
 	}
-	fmt.Fprintf(w, "%s root writable\n", HostMarker)
+	fmt.Fprintf(w, "%s root writable (wrote %s; left from an earlier boot: %s)\n", HostMarker, HostWrittenFile, earlier)
 	return nil
 }

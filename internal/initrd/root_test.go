@@ -2,6 +2,7 @@ package initrd
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -177,11 +178,19 @@ func TestRunHostReport(t *testing.T) {
 		"vessel-host: up (manifest " + digest.FromString("m").String() + ", version 2) host host:1, 2 layers, switch_root at 9.500s, uptime 10.250s\n",
 		"vessel-host: dm dm-0 vessel-a layer sha256:aa table 0 8 verity 1 7:0 7:0 vessel-a\n",
 		"vessel-host: dm dm-1 vessel-b layer sha256:bb table 0 8 verity 1 7:0 7:0 vessel-b\n",
-		"vessel-host: root writable\n",
+		"vessel-host: root writable (wrote /etc/vessel-host-written; left from an earlier boot: none)\n",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}
+	}
+	// A root that kept the file (what a persistent root would do) says so.
+	out.Reset()
+	if err := RunHost(&out, root, func() (float64, error) { return 11.5, nil }, table); err != nil {
+		t.Fatal(err)
+	}
+	if want := `left from an earlier boot: "written at uptime 10.250s\n")`; !strings.Contains(out.String(), want) {
+		t.Errorf("report lacks %q:\n%s", want, out.String())
 	}
 	// Without vessel.test=root, only the marker.
 	os.WriteFile(root+CmdlineFile, []byte("console=ttyS0\n"), 0o644)
@@ -235,5 +244,39 @@ func TestParseNet(t *testing.T) {
 	}
 	if got := strings.Join(SupervisorArgs("u"), " "); got != "vessel --root /var/lib/vessel up --ca /run/vessel/manifest-ca.pem --product-id u" {
 		t.Fatal(got)
+	}
+}
+
+func TestPowerButton(t *testing.T) {
+	ev := func(typ, code uint16, value int32) []byte {
+		b := make([]byte, 24)
+		binary.LittleEndian.PutUint16(b[16:], typ)
+		binary.LittleEndian.PutUint16(b[18:], code)
+		binary.LittleEndian.PutUint32(b[20:], uint32(value))
+		return b
+	}
+	for _, c := range []struct {
+		ev   []byte
+		want bool
+	}{
+		{ev(1, 116, 1), true},  // EV_KEY KEY_POWER pressed
+		{ev(1, 116, 0), false}, // released
+		{ev(0, 0, 0), false},   // EV_SYN
+		{ev(1, 114, 1), false}, // KEY_VOLUMEDOWN
+		{ev(1, 116, 1)[:20], false},
+	} {
+		if got := IsPowerPress(c.ev); got != c.want {
+			t.Errorf("IsPowerPress(% x) = %v, want %v", c.ev, got, c.want)
+		}
+	}
+	// A sysfs fixture: input0 is the power button, input1 a keyboard.
+	sys, dev := t.TempDir(), "/dev"
+	for n, name := range map[string]string{"input0": "Power Button", "input1": "AT Translated Set 2 keyboard"} {
+		d := filepath.Join(sys, "class", "input", n)
+		os.MkdirAll(filepath.Join(d, "event"+n[len(n)-1:]), 0o755)
+		os.WriteFile(filepath.Join(d, "name"), []byte(name+"\n"), 0o644)
+	}
+	if got := PowerButtons(sys, dev); len(got) != 1 || got[0] != "/dev/input/event0" {
+		t.Errorf("PowerButtons = %v, want [/dev/input/event0]", got)
 	}
 }

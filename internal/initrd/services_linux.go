@@ -45,6 +45,9 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 	unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGCHLD)
+	// The ACPI power button (qemu's system_powerdown) is a power-off request.
+	power := make(chan struct{}, 1)
+	watchPowerButton(printf, func() { power <- struct{}{} })
 	exe, err := os.Executable()
 	if err != nil {
 		exe = HostInit
@@ -84,6 +87,8 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 				cmd = unix.LINUX_REBOOT_CMD_RESTART
 				stop("SIGINT (reboot)")
 			}
+		case <-power:
+			stop("power button (power off)")
 		case names := <-up:
 			printf("services up: %s", names)
 			printDM(printf)

@@ -27,6 +27,7 @@ const otherProductID = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
 // partition already accepted a higher version (rollback).
 type verifiedDisks struct {
 	good, corrupt, otherProduct, rollback, services string
+	otherCA, reboot                                 string
 	layers, webLayers                               []string // host and web layer digests, bottom first
 	manifest                                        string   // digest of the good manifest
 	web2Layer                                       string   // the layer corrupted on the services disk
@@ -108,6 +109,10 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	v("keys", "init", "keys", "--org", "Acme")
 	v("keys", "product", "keys", "--name", "acme", "--product-id", productID)
 	v("keys", "product", "keys", "--name", "other", "--product-id", otherProductID)
+	// Another organisation's CA with a product of the same name and ID:
+	// its manifests chain to a CA the initrd does not carry.
+	v("keys", "init", "keys2", "--org", "Mallory")
+	v("keys", "product", "keys2", "--name", "acme", "--product-id", productID)
 	// The initrd carries this key set's manifest CA; the UKI is signed
 	// with the enrolled db key.
 	initrd := filepath.Join(dir, "initrd.img")
@@ -116,26 +121,37 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", cmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", uki)
 	svcUKI := filepath.Join(dir, "services.efi")
 	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", servicesCmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", svcUKI)
-	disk := func(name, product string, version int, uki string) string {
+	web2Svc := "  - name: web2\n    image: web2:1\n" +
+		"    command: [/bin/sh, -c, '" + httpd(8081, "/www") + "']\n    network: host\n"
+	// boots appends this boot's ID to a volume (on the data partition)
+	// and serves the list on 8081.
+	boots := "  - name: boots\n    image: web:1\n" +
+		"    command: [/bin/sh, -c, '/bin/busybox cat /proc/sys/kernel/random/boot_id >> /state/boots; /bin/busybox mkdir -p /srv; /bin/busybox cp /state/boots /srv/boots.txt; " +
+		httpd(8081, "/srv") + "']\n    network: host\n    volumes: [\"state:/state\"]\n"
+	// disk signs a manifest (host:1, web, and extra services) with the
+	// product key of keys/products/product and writes a disk with it.
+	disk := func(name, keys, product string, version int, uki, extra string) string {
 		sys := fmt.Sprintf("product: %s\nversion: %d\nhostfs: host:1\nservices:\n  - name: web\n    image: web:1\n"+
-			"    command: [/bin/busybox, httpd, -f, -p, \"8080\", -h, /www]\n    network: host\n"+
-			"  - name: web2\n    image: web2:1\n"+
-			"    command: [/bin/busybox, httpd, -f, -p, \"8081\", -h, /www]\n    network: host\n", product, version)
+			"    command: [/bin/sh, -c, '%s']\n    network: host\n", product, version, httpd(8080, "/www")) + extra
 		os.WriteFile(filepath.Join(dir, name+".yaml"), []byte(sys), 0o644)
-		v("manifest", "build", name+".yaml", "--keys", "keys", "-o", name+".json")
-		v("manifest", "sign", name+".json", "--key", "keys/products/"+product+"/product.key", "--cert", "keys/products/"+product+"/product.pem", "-o", name+".signed")
+		v("manifest", "build", name+".yaml", "--keys", keys, "-o", name+".json")
+		v("manifest", "sign", name+".json", "--key", keys+"/products/"+product+"/product.key", "--cert", keys+"/products/"+product+"/product.pem", "-o", name+".signed")
 		pid := productID
 		if product == "other" {
 			pid = otherProductID
 		}
 		img := filepath.Join(dir, name+".img")
-		v("boot", "disk", "--manifest", name+".signed", "--uki", uki, "--ca", "keys/manifest-ca.pem", "--product-id", pid, "--size", "400M", "-o", img)
+		v("boot", "disk", "--manifest", name+".signed", "--uki", uki, "--ca", keys+"/manifest-ca.pem", "--product-id", pid, "--size", "400M", "-o", img)
 		return img
 	}
-	d.good = disk("good", "acme", 2, uki)
-	d.otherProduct = disk("other", "other", 2, uki)
-	d.rollback = disk("rollback", "acme", 2, uki)
-	d.services = disk("services", "acme", 2, svcUKI)
+	d.good = disk("good", "keys", "acme", 2, uki, web2Svc)
+	d.otherProduct = disk("other", "keys", "other", 2, uki, web2Svc)
+	d.rollback = disk("rollback", "keys", "acme", 2, uki, web2Svc)
+	d.services = disk("services", "keys", "acme", 2, svcUKI, web2Svc)
+	// vessel boot disk checks the manifest against the CA it is given:
+	// here the other CA, so the disk is written and the initrd refuses it.
+	d.otherCA = disk("otherca", "keys2", "acme", 2, uki, web2Svc)
+	d.reboot = disk("reboot", "keys", "acme", 2, svcUKI, boots)
 	var sum struct {
 		Digest string `json:"digest"`
 	}
@@ -161,6 +177,13 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	off := findBlock(t, d.corrupt, blob)
 	flipByte(t, d.corrupt, off+512)
 	return d
+}
+
+// httpd is a shell command serving dir on port: busybox httpd as PID 1 of
+// its container would ignore SIGTERM (and be killed after the supervisor's
+// 10 s grace), so the shell traps it and stops httpd at once.
+func httpd(port int, dir string) string {
+	return fmt.Sprintf(`trap "kill $p; exit 0" TERM; /bin/busybox httpd -f -p %d -h %s & p=$!; wait`, port, dir)
 }
 
 // servicesCmdline boots to the services: the host starts the manifest's
@@ -305,9 +328,11 @@ var dmLine = regexp.MustCompile(`vessel-host: dm (dm-\d+) (vessel-[0-9a-f]{32}) 
 // TestVerifiedBoot boots vessel boot disks under Secure Boot with
 // vessel.test=root: the good one reaches the host's init through a
 // dm-verity device per host layer; a flipped byte in a host layer stops
-// the boot naming the layer and the block; a manifest of another product
-// and a rolled-back version are refused before anything is mounted. Four
-// boots, in parallel.
+// the boot naming the layer and the block; a manifest of another product,
+// one under another CA and a rolled-back version are refused before
+// anything is mounted; services answer (one refused for a corrupted
+// layer); a disk booted twice forgets host-root writes, keeps its volume
+// and finds its ext4 clean. Six VMs in parallel (seven boots).
 func TestVerifiedBoot(t *testing.T) {
 	e := setupBoot(t)
 	d := makeVerifiedDisks(t, e, "console=ttyS0 vessel.test=root")
@@ -448,10 +473,15 @@ func TestVerifiedBoot(t *testing.T) {
 		// The supervisor's own log is on the console: stopping unmounts
 		// the service roots and removes their verity devices
 		// (DM_DEV_REMOVE), or it would say what it could not undo.
-		for _, want := range []string{"vessel-host: vessel.test window over: stopping the supervisor", "down: every service stopped and unmounted", "vessel-host: supervisor exited (status 0)", "vessel-host: data partition clean (read-only)"} {
+		for _, want := range []string{"vessel-host: vessel.test window over: stopping the supervisor", "down: every service stopped and unmounted", "vessel-host: data partition clean (read-only)"} {
 			if _, ok := vm.Find(want); !ok {
 				t.Errorf("no %q in the shutdown:\n%s", want, vm.Tail(30))
 			}
+		}
+		// vessel up exits 143 after the SIGTERM that stopped it (as shells
+		// expect), 0 if it had already finished: not killed.
+		if l, ok := vm.Find("vessel-host: supervisor exited"); !ok || (!strings.HasSuffix(l.Text, "(status 143)") && !strings.HasSuffix(l.Text, "(status 0)")) {
+			t.Errorf("want the supervisor to exit by itself after SIGTERM (status 143): %q", l.Text)
 		}
 		if l, ok := vm.Find("FAILED"); ok {
 			t.Errorf("%s", l.Text)
@@ -462,7 +492,70 @@ func TestVerifiedBoot(t *testing.T) {
 			}
 		}
 	})
+	t.Run("reboot-forgets-root-keeps-volume", func(t *testing.T) {
+		t.Parallel()
+		// The same disk booted twice: each boot's boots service appends its
+		// boot ID to a volume and serves the list; the host's init reports
+		// what an earlier boot left in the host root; the window of
+		// vessel.test=services ends in a clean power-off.
+		// The second boot is powered off with the ACPI power button.
+		var ids []string
+		for n := 1; n <= 2; n++ {
+			vm, list := bootServe(t, d.reboot, e.vars, 8081, "/boots.txt")
+			if n == 2 {
+				if err := vm.Monitor("system_powerdown"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ids = strings.Fields(list)
+			if len(ids) != n || (n == 2 && ids[0] == ids[1]) {
+				t.Fatalf("boot %d: the volume lists boots %q, want %d distinct boot IDs", n, ids, n)
+			}
+			// Only what vessel.test=root wrote in this boot: nothing left
+			// from the boot before.
+			if l, ok := vm.Find("vessel-host: root writable"); !ok || !strings.HasSuffix(l.Text, "left from an earlier boot: none)") {
+				t.Errorf("boot %d: want a writable root with nothing from an earlier boot: %q", n, l.Text)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			if _, err := vm.Wait(ctx, "vessel-host: powering off"); err != nil {
+				cancel()
+				t.Fatalf("boot %d: %v\n%s", n, err, vm.Tail(40))
+			}
+			err := vm.WaitExit(ctx)
+			cancel()
+			if err != nil {
+				t.Fatalf("boot %d: the guest did not power off: %v", n, err)
+			}
+			if _, ok := vm.Find("vessel-host: data partition clean (read-only)"); !ok {
+				t.Errorf("boot %d: no clean data partition before power-off:\n%s", n, vm.Tail(30))
+			}
+			stopped := "vessel-host: vessel.test window over: stopping the supervisor"
+			if n == 2 {
+				stopped = "vessel-host: power button (power off): stopping the supervisor"
+			}
+			if _, ok := vm.Find(stopped); !ok {
+				t.Errorf("boot %d: no %q:\n%s", n, stopped, vm.Tail(30))
+			}
+			// The data partition was mounted (read-only by the initrd,
+			// then read-write): after a clean power-off the journal
+			// needs no replay.
+			mounted := false
+			for _, l := range vm.Lines() {
+				if strings.Contains(l.Text, "EXT4-fs (vda2): mounted filesystem") {
+					mounted = true
+				}
+				if strings.Contains(l.Text, "EXT4-fs (vda2)") && (strings.Contains(l.Text, "recovery") || strings.Contains(l.Text, "orphan")) {
+					t.Errorf("boot %d: the data partition was not clean: %s", n, l.Text)
+				}
+			}
+			if !mounted {
+				t.Errorf("boot %d: no EXT4-fs (vda2) mount line on the console (is the kernel log there?)", n)
+			}
+			t.Logf("boot %d: volume lists %q", n, ids)
+		}
+	})
 	for name, c := range map[string]struct{ disk, want string }{
+		"other-ca-refused":      {d.otherCA, "certificate signed by unknown authority"},
 		"other-product-refused": {d.otherProduct, ": product: "},
 		"rollback-refused":      {d.rollback, "lower than version 3 already accepted"},
 	} {
@@ -482,4 +575,39 @@ func TestVerifiedBoot(t *testing.T) {
 			t.Logf("console: %s", l.Text)
 		})
 	}
+}
+
+// bootServe boots disk with the services command line, a hostfwd from a
+// free 127.0.0.1 port to the guest's port, and returns the VM once GET path
+// answers 200, with the body.
+func bootServe(t *testing.T, disk, vars string, guestPort int, path string) (*VM, string) {
+	// Monitor: the reboot case powers off with the ACPI power button.
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	vm := StartT(t, Config{Disk: disk, Vars: vars, MemoryMB: 768, Monitor: true, Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:%d", port, guestPort)}})
+	deadline := time.Now().Add(6 * time.Minute)
+	for time.Now().Before(deadline) {
+		if l, ok := vm.Find("FAILED"); ok {
+			t.Fatalf("%s\n%s", l.Text, vm.Tail(40))
+		}
+		if done, _ := vm.Exited(); done {
+			t.Fatalf("the guest stopped before the service answered:\n%s", vm.Tail(40))
+		}
+		c := http.Client{Timeout: 5 * time.Second}
+		if resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path)); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return vm, string(b)
+			}
+		}
+		time.Sleep(time.Second)
+	}
+	t.Fatalf("no answer from the guest's port %d in 6 minutes:\n%s", guestPort, vm.Tail(40))
+	return nil, ""
 }

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,6 +58,7 @@ type Config struct {
 	Timeout  time.Duration // the VM is killed after this; default 5 minutes
 	Net      []string      // hostfwd=/guestfwd= rules; none: -nic none
 	Dir      string        // where the serial log and VARS copy go; default a new temp dir
+	Monitor  bool          // qemu's HMP monitor on a unix socket, for VM.Monitor
 }
 
 // Line is one line of serial output and when the host saw it, counted from
@@ -76,6 +78,7 @@ type VM struct {
 	qemuDone    chan struct{}
 	qemuErr     error
 	tpmDir      string
+	monDir      string // holds the monitor socket (Config.Monitor)
 	killOnce    sync.Once
 	deadline    *time.Timer
 
@@ -197,6 +200,17 @@ func Start(cfg Config) (vm *VM, err error) {
 	if err != nil {
 		return vm, err
 	}
+	if cfg.Monitor {
+		// A short path, as for swtpm's socket.
+		if vm.monDir, err = os.MkdirTemp("", "vmon-"); err != nil {
+			return vm, err
+		}
+		for i := range args {
+			if args[i] == "-monitor" {
+				args[i+1] = "unix:" + filepath.Join(vm.monDir, "s") + ",server=on,wait=off"
+			}
+		}
+	}
 	var stderr bytes.Buffer
 	vm.qemu = exec.Command(Qemu, args...)
 	vm.qemu.Stdout, vm.qemu.Stderr = &stderr, &stderr
@@ -283,6 +297,9 @@ func (vm *VM) Kill() {
 		}
 		if vm.tpmDir != "" {
 			os.RemoveAll(vm.tpmDir)
+		}
+		if vm.monDir != "" {
+			os.RemoveAll(vm.monDir)
 		}
 		vm.poll()
 	})
@@ -415,4 +432,33 @@ func (vm *VM) WaitExit(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for the VM to power off: %w", ctx.Err())
 	}
+}
+
+// Monitor runs one HMP command on qemu's monitor (Config.Monitor), e.g.
+// system_powerdown (the ACPI power button) or "sendkey ctrl-alt-delete",
+// and returns once qemu prompts again.
+func (vm *VM) Monitor(cmd string) error {
+	if vm.monDir == "" {
+		return errors.New("vmtest: the VM has no monitor (Config.Monitor)")
+	}
+	c, err := net.DialTimeout("unix", filepath.Join(vm.monDir, "s"), 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("vmtest: monitor: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte(cmd + "\n")); err != nil {
+		return fmt.Errorf("vmtest: monitor: %s: %w", cmd, err)
+	}
+	// The banner ends with a prompt; the command's output with another.
+	var out []byte
+	buf := make([]byte, 4096)
+	for bytes.Count(out, []byte("(qemu) ")) < 2 {
+		n, err := c.Read(buf)
+		out = append(out, buf[:n]...)
+		if err != nil {
+			return fmt.Errorf("vmtest: monitor: %s: %w (read %q)", cmd, err, out)
+		}
+	}
+	return nil
 }

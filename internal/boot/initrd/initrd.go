@@ -40,11 +40,13 @@ const (
 
 // DefaultModules are what the boot needs on Debian's kernel: virtio
 // (PCI, block, network), loop devices (the layer blobs), dm-verity, the layer filesystems, overlay,
-// efivarfs and the data partition's ext4. Built-in ones are skipped.
+// efivarfs, the data partition's ext4, and the ACPI power button with
+// evdev (the host's init powers off cleanly when it is pressed). Built-in
+// ones are skipped.
 var DefaultModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_net",
 	"loop", "dm_verity", "squashfs", "erofs", "overlay",
-	"efivarfs", "ext4",
+	"efivarfs", "ext4", "button", "evdev",
 }
 
 // MTime is the modification time of every entry (2000-01-01T00:00:00Z):
