@@ -24,7 +24,6 @@
 package userns
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -182,30 +181,16 @@ func Args(m []IDMap) []string {
 // is not NAME:START:COUNT with decimal numbers is an error naming the file
 // and line, since newuidmap would reject a mapping built around it.
 func ParseSubIDs(r io.Reader, name string, u User) ([]Range, error) {
+	es, err := ParseEntries(r, name)
+	if err != nil {
+		return nil, err
+	}
 	uid := strconv.FormatUint(uint64(u.UID), 10)
 	var rs []Range
-	sc := bufio.NewScanner(r)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
+	for _, e := range es {
+		if e.Name == uid || (u.Name != "" && e.Name == u.Name) {
+			rs = append(rs, e.Range)
 		}
-		f := strings.Split(line, ":")
-		if len(f) != 3 || f[0] == "" {
-			return nil, fmt.Errorf("%s:%d: %w: %q is not NAME:START:COUNT", name, n, ErrMalformed, line)
-		}
-		start, err1 := strconv.ParseUint(f[1], 10, 32)
-		count, err2 := strconv.ParseUint(f[2], 10, 32)
-		if err1 != nil || err2 != nil || start+count > 1<<32 {
-			return nil, fmt.Errorf("%s:%d: %w: %q: START and COUNT must be decimal and fit in 32 bits", name, n, ErrMalformed, line)
-		}
-		if f[0] != uid && (u.Name == "" || f[0] != u.Name) {
-			continue
-		}
-		rs = append(rs, Range{Start: uint32(start), Count: uint32(count)})
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
 	}
 	return rs, nil
 }
