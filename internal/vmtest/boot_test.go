@@ -111,14 +111,7 @@ func makeDisk(t *testing.T, e *bootEnv, uki string) (string, string) {
 	os.MkdirAll(app, 0o755)
 	os.WriteFile(filepath.Join(app, "hello"), []byte("hello\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "system.yaml"), []byte("product: acme\nversion: 1\nservices:\n  - name: web\n    image: web:1\n"), 0o644)
-	v := func(args ...string) {
-		t.Helper()
-		cmd := exec.Command(e.vessel, append([]string{"--root", filepath.Join(dir, "store")}, args...)...)
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("vessel %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
+	v := vesselIn(t, e.vessel, dir, filepath.Join(dir, "store"))
 	v("image", "create", "web:1", "--layer", "app")
 	v("keys", "init", "keys", "--org", "Acme")
 	v("keys", "product", "keys", "--name", "acme", "--product-id", productID)
@@ -246,5 +239,21 @@ func TestSecureBoot(t *testing.T) {
 				t.Fatalf("the refused image ran: %s", l.Text)
 			}
 		})
+	}
+}
+
+// vesselIn returns a function that runs the vessel binary bin in dir with
+// --root store, fails the test with its output on an error, and returns
+// what it printed.
+func vesselIn(t *testing.T, bin, dir, store string) func(args ...string) string {
+	return func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, append([]string{"--root", store}, args...)...)
+		cmd.Dir = dir
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("vessel %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
 	}
 }

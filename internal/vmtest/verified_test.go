@@ -75,16 +75,7 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	os.MkdirAll(filepath.Join(dir, "app2", "www"), 0o755)
 	os.WriteFile(filepath.Join(dir, "app2", "www", "index.html"), []byte("a service whose layer is corrupted\n"), 0o644)
 	store := filepath.Join(dir, "store")
-	v := func(args ...string) string {
-		t.Helper()
-		cmd := exec.Command(e.vessel, append([]string{"--root", store}, args...)...)
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("vessel %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
+	v := vesselIn(t, e.vessel, dir, store)
 	v("image", "create", "host:1", "--layer", "busybox", "--layer", "vessel", "--layer", "runc")
 	v("image", "create", "web:1", "--layer", "busybox", "--layer", "app")
 	v("image", "create", "web2:1", "--layer", "busybox", "--layer", "app2")

@@ -75,16 +75,7 @@ func TestVerityCostBench(t *testing.T) {
 		f.Close()
 	}
 	store := filepath.Join(dir, "store")
-	v := func(args ...string) string {
-		t.Helper()
-		cmd := exec.Command(e.vessel, append([]string{"--root", store}, args...)...)
-		cmd.Dir = dir
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("vessel %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
+	v := vesselIn(t, e.vessel, dir, store)
 	v("image", "create", "host:1", "--layer", "busybox", "--layer", "vessel", "--layer", "runc")
 	// The service image also carries vessel (as /sbin/init), so the guest
 	// can time vessel's userspace verify under the same emulated CPU.
