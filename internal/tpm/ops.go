@@ -151,13 +151,21 @@ func identityTemplate(policy []byte) tpm2.TPMTPublic {
 }
 
 // PCR7 reads PCR 7 of the sha256 bank.
-func (t *TPM) PCR7() ([]byte, error) {
-	rsp, err := (tpm2.PCRRead{PCRSelectionIn: pcr7Selection()}).Execute(t)
+func (t *TPM) PCR7() ([]byte, error) { return t.PCR(7) }
+
+// PCR reads PCR n of the sha256 bank.
+func (t *TPM) PCR(n int) ([]byte, error) {
+	if n < 0 || n > 23 {
+		return nil, fmt.Errorf("read PCR %d: out of range 0-23", n)
+	}
+	rsp, err := (tpm2.PCRRead{PCRSelectionIn: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
+		Hash: tpm2.TPMAlgSHA256, PCRSelect: tpm2.PCClientCompatible.PCRs(uint(n)),
+	}}}}).Execute(t)
 	if err != nil {
-		return nil, classify("read PCR7", err)
+		return nil, classify(fmt.Sprintf("read PCR %d", n), err)
 	}
 	if len(rsp.PCRValues.Digests) != 1 {
-		return nil, errors.New("read PCR7: the TPM has no sha256 PCR bank")
+		return nil, fmt.Errorf("read PCR %d: the TPM has no sha256 PCR bank", n)
 	}
 	return rsp.PCRValues.Digests[0].Buffer, nil
 }
@@ -179,12 +187,20 @@ func (t *TPM) PolicyVersion() (uint64, error) {
 	return binary.BigEndian.Uint64(rsp.Data.Buffer), nil
 }
 
-// lockDigest is what Lock extends PCR7 with (hashed per bank).
-const lockEvent = "vessel: lock PCR7 for the rest of this boot"
+// LockEvent is the data Lock extends PCR7 with (hashed per bank); a
+// measurement log records it so a verifier can model the lock.
+const LockEvent = "vessel: lock PCR7 for the rest of this boot"
 
 // Lock extends PCR7 in every active bank, so no policy signed for this
 // boot's PCR7 can be satisfied until the next reboot.
-func (t *TPM) Lock() error {
+func (t *TPM) Lock() error { return t.Extend(7, []byte(LockEvent)) }
+
+// Extend extends PCR n of every active bank with that bank's hash of data
+// (banks Go cannot hash, such as SM3, are left alone).
+func (t *TPM) Extend(n int, data []byte) error {
+	if n < 0 || n > 23 {
+		return fmt.Errorf("extend PCR %d: out of range 0-23", n)
+	}
 	banks, err := t.pcrBanks()
 	if err != nil {
 		return err
@@ -193,17 +209,17 @@ func (t *TPM) Lock() error {
 	for _, alg := range banks {
 		h, err := alg.Hash()
 		if err != nil {
-			continue // a bank Go cannot hash (SM3): left alone
+			continue
 		}
 		d := h.New()
-		d.Write([]byte(lockEvent))
+		d.Write(data)
 		vals.Digests = append(vals.Digests, tpm2.TPMTHA{HashAlg: alg, Digest: d.Sum(nil)})
 	}
 	_, err = (tpm2.PCRExtend{
-		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(7), Auth: tpm2.PasswordAuth(nil)},
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(n), Auth: tpm2.PasswordAuth(nil)},
 		Digests:   vals,
 	}).Execute(t)
-	return classify("extend PCR7", err)
+	return classify(fmt.Sprintf("extend PCR %d", n), err)
 }
 
 // pcrBanks lists the hash algorithms of banks with at least one PCR allocated.
@@ -359,7 +375,7 @@ func (t *TPM) verifyPolicy(p *SignedPolicy) (ticket tpm2.TPMTTKVerified, err err
 
 // lockedPCR7 is the sha256-bank PCR7 that Lock makes of pcr7.
 func lockedPCR7(pcr7 []byte) []byte {
-	ev := sha256.Sum256([]byte(lockEvent))
+	ev := sha256.Sum256([]byte(LockEvent))
 	h := sha256.New()
 	h.Write(pcr7)
 	h.Write(ev[:])
