@@ -1,0 +1,258 @@
+//go:build tpmsim
+
+package attest_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-tpm-tools/simulator"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/vesselos/vessel/internal/attest"
+	"github.com/vesselos/vessel/internal/boot/tcglog"
+	"github.com/vesselos/vessel/internal/measure"
+	"github.com/vesselos/vessel/internal/tpm"
+)
+
+func simTPM(t testing.TB) *tpm.TPM {
+	t.Helper()
+	sim, err := simulator.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	return tpm.New(transport.FromReadWriter(sim), nil, "simulator")
+}
+
+// refused checks that err is an *attest.Error wrapping sentinel and that
+// the named check's detail mentions why.
+func refused(t *testing.T, r *attest.Report, err error, sentinel error, check, why string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("verified, want refusal %q", sentinel)
+	}
+	var ae *attest.Error
+	if !errors.As(err, &ae) || !errors.Is(err, sentinel) {
+		t.Fatalf("error %v, want %q", err, sentinel)
+	}
+	if r == nil || r.OK {
+		t.Fatalf("report says OK with error %v", err)
+	}
+	for _, c := range ae.Failed {
+		if c.Name == check {
+			if !strings.Contains(c.Detail, why) {
+				t.Fatalf("check %s: %q does not say %q", check, c.Detail, why)
+			}
+			return
+		}
+	}
+	t.Fatalf("error %v does not name check %s", err, check)
+}
+
+func TestQuoteVerify(t *testing.T) {
+	tp := simTPM(t)
+	k := newKeys(t, "Acme")
+	m := boot(t, tp, k)
+	n := nonce(t)
+	q := m.quote(t, n)
+	pol := k.policy()
+	pol.AllowManifests = []string{strings.TrimPrefix(m.digest, "sha256:")}
+	pol.UKISigners = []*x509.Certificate{m.ukiCert}
+
+	t.Run("good", func(t *testing.T) {
+		r, err := attest.Verify(q, n, pol)
+		if err != nil {
+			t.Fatalf("verify: %v", err)
+		}
+		if !r.OK || r.MachineID != m.machID || r.ProductID != k.pid || !r.SecureBoot || !r.Locked {
+			t.Fatalf("report %+v", r)
+		}
+		if len(r.UKISigners) != 1 || r.UKISigners[0] != m.ukiCert.Subject.String() {
+			t.Fatalf("UKI signers %v, want %s", r.UKISigners, m.ukiCert.Subject)
+		}
+		if r.Manifest == nil || r.Manifest.Digest != m.digest || r.Manifest.Version != 7 || r.Manifest.Signer == "" {
+			t.Fatalf("manifest %+v, want %s version 7", r.Manifest, m.digest)
+		}
+		// The PCRs the quote carries are the TPM's.
+		for _, n := range attest.PCRs {
+			v, err := tp.PCR(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(v, q.PCRs[n]) {
+				t.Fatalf("PCR %d: quote %x, TPM %x", n, []byte(q.PCRs[n]), v)
+			}
+		}
+	})
+
+	t.Run("replayed quote (old nonce)", func(t *testing.T) {
+		r, err := attest.Verify(q, nonce(t), pol)
+		refused(t, r, err, attest.ErrNonce, "nonce", "quote nonce")
+	})
+
+	t.Run("firmware log does not replay", func(t *testing.T) {
+		l, err := tcglog.Parse(q.FirmwareLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Drop PCR7's last event: the UKI's db authority (a log that hides
+		// which key verified the boot image).
+		for i := len(l.Events) - 1; i >= 0; i-- {
+			if l.Events[i].PCR == 7 {
+				l.Events = append(l.Events[:i], l.Events[i+1:]...)
+				break
+			}
+		}
+		bad := *q
+		bad.FirmwareLog = l.Marshal()
+		r, err := attest.Verify(&bad, n, pol)
+		refused(t, r, err, attest.ErrReplay, "replay", "PCR 7 is")
+	})
+
+	t.Run("vessel log does not replay", func(t *testing.T) {
+		// Another manifest, with a correct line hash: only the replay catches it.
+		other := m.measured
+		other.Digest = "sha256:" + strings.Repeat("ab", 32)
+		b := jsonl(t, measure.ManifestEvent(other), measure.NewEvent(7, measure.TypeLock, tpm.LockEvent))
+		bad := *q
+		bad.VesselLog = b
+		r, err := attest.Verify(&bad, n, pol)
+		refused(t, r, err, attest.ErrReplay, "replay", "vessel's log replays")
+		// Without the lock event, PCR7 no longer replays.
+		bad.VesselLog = jsonl(t, measure.ManifestEvent(m.measured))
+		r, err = attest.Verify(&bad, n, pol)
+		refused(t, r, err, attest.ErrReplay, "replay", "PCR 7 is")
+	})
+
+	t.Run("AK not certified by the identity key", func(t *testing.T) {
+		// A second AK in the same TPM, with the first AK's certification.
+		st2 := tpm.State{Dir: t.TempDir()}
+		for _, f := range []string{"state.json", "identity.key"} {
+			b, err := os.ReadFile(filepath.Join(m.st.Dir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(st2.Dir, f), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		id2, err := tp.Identity(st2, m.policy, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// PCR7 is locked: the identity key cannot certify a new AK now.
+		if _, err := tp.AttestationKey(st2, id2); !errors.Is(err, tpm.ErrLocked) {
+			t.Fatalf("certify after the lock: %v, want tpm.ErrLocked", err)
+		}
+		// An AK certified by another key (software key, signature over the real certification).
+		bad := *q
+		other := newECKey(t)
+		sum := sha256.Sum256(bad.AKCertification)
+		sig, err := other.Sign(rand.Reader, sum[:], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad.AKSignature = sig
+		r, err := attest.Verify(&bad, n, pol)
+		refused(t, r, err, attest.ErrAK, "ak", "not signed by the identity key")
+		// An uncertified AK in place of the certified one.
+		st2.Dir = t.TempDir()
+		b, _ := os.ReadFile(filepath.Join(m.st.Dir, "state.json"))
+		if err := os.WriteFile(filepath.Join(st2.Dir, "state.json"), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ak2 := makeUncertifiedAK(t, tp, st2, q)
+		q2, err := tp.Quote(st2, ak2, n, attest.PCRs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad = *q
+		bad.AKPublic, bad.Quote, bad.QuoteSignature, bad.PCRs = ak2.Blob.Public, q2.Attest, q2.Signature, q2.PCRs
+		r, err = attest.Verify(&bad, n, pol)
+		refused(t, r, err, attest.ErrAK, "ak", "not this AK")
+	})
+
+	t.Run("identity of another product", func(t *testing.T) {
+		// Same machine, same CA, a certificate for another product's ID.
+		bad := *q
+		bad.Identity = string(k.identityCert(t, m.csr, "6ba7b810-9dad-11d1-80b4-00c04fd430c8", m.machID))
+		r, err := attest.Verify(&bad, n, pol)
+		refused(t, r, err, attest.ErrProduct, "product", "identity certificate is of product 6ba7b810-9dad-11d1-80b4-00c04fd430c8")
+	})
+
+	t.Run("identity from another CA", func(t *testing.T) {
+		other := newKeys(t, "Evil")
+		bad := *q
+		bad.Identity = string(other.identityCert(t, m.csr, k.pid, m.machID))
+		r, err := attest.Verify(&bad, n, pol)
+		refused(t, r, err, attest.ErrIdentity, "identity", "unknown authority")
+	})
+
+	t.Run("manifest not on the allow list", func(t *testing.T) {
+		p := pol
+		p.AllowManifests = []string{"sha256:" + strings.Repeat("01", 32)}
+		r, err := attest.Verify(q, n, p)
+		refused(t, r, err, attest.ErrNotAllowed, "allow-list", m.digest+" (version 7) is not allowed")
+		if r.Manifest == nil || r.Manifest.Digest != m.digest {
+			t.Fatalf("report does not name the running manifest: %+v", r.Manifest)
+		}
+	})
+
+	t.Run("manifest of another CA", func(t *testing.T) {
+		p := pol
+		p.ManifestCAs = []*x509.Certificate{newKeys(t, "Evil").manifestC}
+		r, err := attest.Verify(q, n, p)
+		refused(t, r, err, attest.ErrManifestCA, "manifest-ca", "certificate chain")
+	})
+
+	t.Run("UKI signed by another db key", func(t *testing.T) {
+		p := pol
+		p.UKISigners = []*x509.Certificate{k.manifestC} // any other certificate
+		r, err := attest.Verify(q, n, p)
+		refused(t, r, err, attest.ErrSigner, "uki-signer", "vmtest pcr7 Secure Boot db")
+	})
+
+	t.Run("every mismatch named", func(t *testing.T) {
+		p := pol
+		p.AllowManifests = []string{"sha256:" + strings.Repeat("01", 32)}
+		p.ProductID = "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+		_, err := attest.Verify(q, n, p)
+		if !errors.Is(err, attest.ErrNotAllowed) || !errors.Is(err, attest.ErrProduct) {
+			t.Fatalf("error %v, want both the allow list and the product", err)
+		}
+	})
+}
+
+// makeUncertifiedAK creates an AK in st2 with no certification by the
+// identity key, the way malware with TPM access could.
+func makeUncertifiedAK(t *testing.T, tp *tpm.TPM, st2 tpm.State, q *attest.Quote) *tpm.AK {
+	t.Helper()
+	b, err := tp.CreateAK(st2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tpm.AK{Blob: b, Certification: q.AKCertification, Signature: q.AKSignature}
+}
+
+func jsonl(t *testing.T, evs ...measure.Event) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "l.jsonl")
+	for _, ev := range evs {
+		if err := (measure.Log{Path: p}).Append(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
