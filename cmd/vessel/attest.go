@@ -304,4 +304,3 @@ func onOff(b bool) string {
 	}
 	return "off"
 }
-
