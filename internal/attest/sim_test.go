@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/vesselos/vessel/internal/attest"
+	"github.com/vesselos/vessel/internal/attest/attesttest"
 	"github.com/vesselos/vessel/internal/boot/tcglog"
 	"github.com/vesselos/vessel/internal/measure"
 	"github.com/vesselos/vessel/internal/tpm"
@@ -59,27 +60,27 @@ func refused(t *testing.T, r *attest.Report, err error, sentinel error, check, w
 
 func TestQuoteVerify(t *testing.T) {
 	tp := simTPM(t)
-	k := newKeys(t, "Acme")
-	m := boot(t, tp, k)
-	n := nonce(t)
-	q := m.quote(t, n)
-	pol := k.policy()
-	pol.AllowManifests = []string{strings.TrimPrefix(m.digest, "sha256:")}
-	pol.UKISigners = []*x509.Certificate{m.ukiCert}
+	k := attesttest.NewKeys(t, "Acme")
+	m := attesttest.Boot(t, tp, k, true)
+	n := attesttest.Nonce(t)
+	q := m.Quote(t, n)
+	pol := k.Policy()
+	pol.AllowManifests = []string{strings.TrimPrefix(m.Digest, "sha256:")}
+	pol.UKISigners = []*x509.Certificate{m.UKICert}
 
 	t.Run("good", func(t *testing.T) {
 		r, err := attest.Verify(q, n, pol)
 		if err != nil {
 			t.Fatalf("verify: %v", err)
 		}
-		if !r.OK || r.MachineID != m.machID || r.ProductID != k.pid || !r.SecureBoot || !r.Locked {
+		if !r.OK || r.MachineID != m.MachineID || r.ProductID != k.PID || !r.SecureBoot || !r.Locked {
 			t.Fatalf("report %+v", r)
 		}
-		if len(r.UKISigners) != 1 || r.UKISigners[0] != m.ukiCert.Subject.String() {
-			t.Fatalf("UKI signers %v, want %s", r.UKISigners, m.ukiCert.Subject)
+		if len(r.UKISigners) != 1 || r.UKISigners[0] != m.UKICert.Subject.String() {
+			t.Fatalf("UKI signers %v, want %s", r.UKISigners, m.UKICert.Subject)
 		}
-		if r.Manifest == nil || r.Manifest.Digest != m.digest || r.Manifest.Version != 7 || r.Manifest.Signer == "" {
-			t.Fatalf("manifest %+v, want %s version 7", r.Manifest, m.digest)
+		if r.Manifest == nil || r.Manifest.Digest != m.Digest || r.Manifest.Version != 7 || r.Manifest.Signer == "" {
+			t.Fatalf("manifest %+v, want %s version 7", r.Manifest, m.Digest)
 		}
 		// The PCRs the quote carries are the TPM's.
 		for _, n := range attest.PCRs {
@@ -94,7 +95,7 @@ func TestQuoteVerify(t *testing.T) {
 	})
 
 	t.Run("replayed quote (old nonce)", func(t *testing.T) {
-		r, err := attest.Verify(q, nonce(t), pol)
+		r, err := attest.Verify(q, attesttest.Nonce(t), pol)
 		refused(t, r, err, attest.ErrNonce, "nonce", "quote nonce")
 	})
 
@@ -119,7 +120,7 @@ func TestQuoteVerify(t *testing.T) {
 
 	t.Run("vessel log does not replay", func(t *testing.T) {
 		// Another manifest, with a correct line hash: only the replay catches it.
-		other := m.measured
+		other := m.Measured
 		other.Digest = "sha256:" + strings.Repeat("ab", 32)
 		b := jsonl(t, measure.ManifestEvent(other), measure.NewEvent(7, measure.TypeLock, tpm.LockEvent))
 		bad := *q
@@ -127,7 +128,7 @@ func TestQuoteVerify(t *testing.T) {
 		r, err := attest.Verify(&bad, n, pol)
 		refused(t, r, err, attest.ErrReplay, "replay", "vessel's log replays")
 		// Without the lock event, PCR7 no longer replays.
-		bad.VesselLog = jsonl(t, measure.ManifestEvent(m.measured))
+		bad.VesselLog = jsonl(t, measure.ManifestEvent(m.Measured))
 		r, err = attest.Verify(&bad, n, pol)
 		refused(t, r, err, attest.ErrReplay, "replay", "PCR 7 is")
 	})
@@ -136,7 +137,7 @@ func TestQuoteVerify(t *testing.T) {
 		// A second AK in the same TPM, with the first AK's certification.
 		st2 := tpm.State{Dir: t.TempDir()}
 		for _, f := range []string{"state.json", "identity.key"} {
-			b, err := os.ReadFile(filepath.Join(m.st.Dir, f))
+			b, err := os.ReadFile(filepath.Join(m.State.Dir, f))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -144,7 +145,7 @@ func TestQuoteVerify(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		id2, err := tp.Identity(st2, m.policy, nil)
+		id2, err := tp.Identity(st2, m.Policy, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -154,7 +155,7 @@ func TestQuoteVerify(t *testing.T) {
 		}
 		// An AK certified by another key (software key, signature over the real certification).
 		bad := *q
-		other := newECKey(t)
+		other := attesttest.NewECKey(t)
 		sum := sha256.Sum256(bad.AKCertification)
 		sig, err := other.Sign(rand.Reader, sum[:], nil)
 		if err != nil {
@@ -165,7 +166,7 @@ func TestQuoteVerify(t *testing.T) {
 		refused(t, r, err, attest.ErrAK, "ak", "not signed by the identity key")
 		// An uncertified AK in place of the certified one.
 		st2.Dir = t.TempDir()
-		b, _ := os.ReadFile(filepath.Join(m.st.Dir, "state.json"))
+		b, _ := os.ReadFile(filepath.Join(m.State.Dir, "state.json"))
 		if err := os.WriteFile(filepath.Join(st2.Dir, "state.json"), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -183,15 +184,15 @@ func TestQuoteVerify(t *testing.T) {
 	t.Run("identity of another product", func(t *testing.T) {
 		// Same machine, same CA, a certificate for another product's ID.
 		bad := *q
-		bad.Identity = string(k.identityCert(t, m.csr, "6ba7b810-9dad-11d1-80b4-00c04fd430c8", m.machID))
+		bad.Identity = string(k.IdentityCert(t, m.CSR, "6ba7b810-9dad-11d1-80b4-00c04fd430c8", m.MachineID))
 		r, err := attest.Verify(&bad, n, pol)
 		refused(t, r, err, attest.ErrProduct, "product", "identity certificate is of product 6ba7b810-9dad-11d1-80b4-00c04fd430c8")
 	})
 
 	t.Run("identity from another CA", func(t *testing.T) {
-		other := newKeys(t, "Evil")
+		other := attesttest.NewKeys(t, "Evil")
 		bad := *q
-		bad.Identity = string(other.identityCert(t, m.csr, k.pid, m.machID))
+		bad.Identity = string(other.IdentityCert(t, m.CSR, k.PID, m.MachineID))
 		r, err := attest.Verify(&bad, n, pol)
 		refused(t, r, err, attest.ErrIdentity, "identity", "unknown authority")
 	})
@@ -200,22 +201,22 @@ func TestQuoteVerify(t *testing.T) {
 		p := pol
 		p.AllowManifests = []string{"sha256:" + strings.Repeat("01", 32)}
 		r, err := attest.Verify(q, n, p)
-		refused(t, r, err, attest.ErrNotAllowed, "allow-list", m.digest+" (version 7) is not allowed")
-		if r.Manifest == nil || r.Manifest.Digest != m.digest {
+		refused(t, r, err, attest.ErrNotAllowed, "allow-list", m.Digest+" (version 7) is not allowed")
+		if r.Manifest == nil || r.Manifest.Digest != m.Digest {
 			t.Fatalf("report does not name the running manifest: %+v", r.Manifest)
 		}
 	})
 
 	t.Run("manifest of another CA", func(t *testing.T) {
 		p := pol
-		p.ManifestCAs = []*x509.Certificate{newKeys(t, "Evil").manifestC}
+		p.ManifestCAs = []*x509.Certificate{attesttest.NewKeys(t, "Evil").ManifestCA}
 		r, err := attest.Verify(q, n, p)
 		refused(t, r, err, attest.ErrManifestCA, "manifest-ca", "certificate chain")
 	})
 
 	t.Run("UKI signed by another db key", func(t *testing.T) {
 		p := pol
-		p.UKISigners = []*x509.Certificate{k.manifestC} // any other certificate
+		p.UKISigners = []*x509.Certificate{k.ManifestCA} // any other certificate
 		r, err := attest.Verify(q, n, p)
 		refused(t, r, err, attest.ErrSigner, "uki-signer", "vmtest pcr7 Secure Boot db")
 	})
