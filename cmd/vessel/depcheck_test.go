@@ -77,7 +77,8 @@ func TestDependencies(t *testing.T) {
 }
 
 // isTestHelper reports whether a package is a test helper: X/Xtest
-// (registry/registrytest, attest/attesttest; not attest itself).
+// (registry/registrytest, attest/attesttest; not attest itself) or the VM
+// harness.
 func isTestHelper(pkg string) bool {
-	return path.Base(pkg) == path.Base(path.Dir(pkg))+"test"
+	return path.Base(pkg) == path.Base(path.Dir(pkg))+"test" || path.Base(pkg) == "vmtest"
 }
