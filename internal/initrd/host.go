@@ -93,6 +93,9 @@ func RunHost(w io.Writer, root string, uptime func() (float64, error), table fun
 	if !slices.Contains(TestFlags(string(cmd)), "root") {
 		return nil
 	}
+	if err := reportPCR15(root, func(f string, a ...any) { fmt.Fprintf(w, HostMarker+" "+f+"\n", a...) }); err != nil {
+		return err
+	}
 	names, _ := filepath.Glob(root + "/sys/block/dm-*/dm/name")
 	sort.Strings(names)
 	for _, n := range names {
