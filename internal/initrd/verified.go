@@ -79,7 +79,7 @@ func (s *Stage) bootRoot(started float64) error {
 	}
 	mgr := &mount.Manager{Run: s.path(RunDir), Mode: mount.ModeVerity}
 	t0 := time.Now()
-	p, err := mgr.Mount(context.Background(), img, HostMountID, s.path(NewRoot), mount.Owner{}, mount.Options{Writable: true})
+	p, err := mgr.Mount(context.Background(), img, HostMountID, s.path(NewRoot), mount.Owner{}, mount.Options{Writable: true, HostRoot: true})
 	if err != nil {
 		return fmt.Errorf("verified boot: host %w%s", err, s.corruptions(rs))
 	}

@@ -368,6 +368,12 @@ func TestVerifiedBoot(t *testing.T) {
 		if _, ok := vm.Find("vessel-host: root writable"); !ok {
 			t.Error("the host root is not writable")
 		}
+		// The host root is a root: setuid programs and device nodes work.
+		if l, ok := vm.Find("vessel-host: root overlay flags "); !ok {
+			t.Errorf("no root overlay line:\n%s", vm.Tail(40))
+		} else if strings.Contains(l.Text, "nosuid") || strings.Contains(l.Text, "nodev") {
+			t.Errorf("the host root is mounted %s", l.Text)
+		}
 		// The initrd measured what it verified into vessel's PCR, and the
 		// log it handed to the host replays to the TPM's value.
 		if l, ok := vm.Find("vessel-host: pcr15 sha256 "); !ok {
