@@ -25,12 +25,19 @@ import (
 
 func simTPM(t testing.TB) *tpm.TPM {
 	t.Helper()
+	_, tp := simulatorTPM(t)
+	return tp
+}
+
+// simulatorTPM starts the reference TPM simulator (fresh: manufactured).
+func simulatorTPM(t testing.TB) (*simulator.Simulator, *tpm.TPM) {
+	t.Helper()
 	sim, err := simulator.Get()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { sim.Close() })
-	return tpm.New(transport.FromReadWriter(sim), nil, "simulator")
+	return sim, tpm.New(transport.FromReadWriter(sim), nil, "simulator")
 }
 
 // refused checks that err is an *attest.Error wrapping sentinel and that

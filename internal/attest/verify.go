@@ -77,7 +77,7 @@ type Check struct {
 type Manifest struct {
 	Digest    string `json:"digest"`
 	ProductID string `json:"productId"`
-	Version   uint64 `json:"version"`
+	Version   int64  `json:"version"`
 	// Signer is the product certificate's subject, when the quote
 	// carried the signed manifest and it verified.
 	Signer string `json:"signer,omitempty"`
