@@ -37,6 +37,7 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 	if err := setupNet(printf, cmdline); err != nil {
 		return unix.LINUX_REBOOT_CMD_POWER_OFF, err
 	}
+	joinClusters(printf, cmdline)
 	pid, err := os.ReadFile(HostProductIDFile)
 	if err != nil {
 		return unix.LINUX_REBOOT_CMD_POWER_OFF, fmt.Errorf("product ID from the initrd: %w", err)

@@ -1,0 +1,403 @@
+package vmtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vesselos/vessel/internal/attest"
+	"github.com/vesselos/vessel/internal/boot/ovmf"
+	"github.com/vesselos/vessel/internal/boot/secureboot"
+	"github.com/vesselos/vessel/internal/cluster"
+	"github.com/vesselos/vessel/internal/trust"
+)
+
+// syncBuffer is a log that servers write from their goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestClusterJoin boots vessel boot disks whose host joins two `vessel
+// cluster serve` servers on the host's loopback at boot (vessel.cluster=
+// on the UKI's command line; qemu user networking restrict=on with one
+// guestfwd per server). Server A allows the running manifest and the
+// enrolled db key that signs the good UKI; server B allows another
+// manifest. The guest's vTPM was provisioned from the host side before
+// the first boot (the model of factory provisioning: SRK, identity key,
+// identity certificate, a signed PCR7 policy for the predicted PCR7, all
+// on the data partition's tpm/).
+//
+//   - good UKI: A admits the machine (mutual TLS with the TPM identity key,
+//     a quote for A's nonce verified against A's policy, a cluster
+//     certificate back); B refuses it: the manifest is not on its allow list.
+//   - UKI signed by a second enrolled db key (and a policy for its PCR7, so
+//     the identity key still signs): A refuses it, naming the db signer.
+//
+// Two VMs in parallel.
+func TestClusterJoin(t *testing.T) {
+	e := setupBoot(t)
+	if os.Geteuid() != 0 {
+		t.Skip("making images and writing the data partition need root")
+	}
+	for _, tool := range []string{"mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "nc", "runc"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("missing %s (make deps)", tool)
+		}
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("missing /bin/busybox (make deps installs busybox-static)")
+	}
+	dir := filepath.Join(e.dir, "cluster")
+	store := filepath.Join(dir, "store")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	v := vesselIn(t, e.vessel, dir, store)
+
+	// A second db certificate, enrolled beside the first.
+	sbDir := filepath.Dir(e.dbKey)
+	db2Key, db2Cert := filepath.Join(dir, "db2.key"), filepath.Join(dir, "db2.crt")
+	run(t, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", db2Key, "-out", db2Cert,
+		"-subj", "/CN=vmtest cluster second db", "-days", "30")
+	vars := filepath.Join(dir, "VARS.fd")
+	varsWithSecondDB(t, sbDir, db2Cert, vars)
+
+	// The product: host image (busybox, vessel as init, runc), a web
+	// service, a signed manifest, UKIs signed by each db key.
+	clusterImages(t, e, dir, v)
+	v("keys", "init", "keys", "--org", "Acme")
+	v("keys", "product", "keys", "--name", "acme", "--product-id", productID)
+	initrd := filepath.Join(dir, "initrd.img")
+	v("boot", "initrd", "--ca", "keys/manifest-ca.pem", "--product-id", productID, "--modules", e.modules, "-o", initrd)
+	cmdline := "console=ttyS0 vessel.test=root,services vessel.ip=10.0.2.15/24 vessel.cluster=https://10.0.2.100:8443,https://10.0.2.101:8443"
+	uki1, uki2 := filepath.Join(dir, "db1.efi"), filepath.Join(dir, "db2.efi")
+	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", cmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", uki1)
+	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", cmdline, "--key", db2Key, "--cert", db2Cert, "-o", uki2)
+	sys := fmt.Sprintf("product: %s\nversion: 2\nhostfs: host:1\nservices:\n  - name: web\n    image: web:1\n"+
+		"    command: [/bin/sh, -c, '%s']\n    network: host\n", productID, httpd(8080, "/www"))
+	os.WriteFile(filepath.Join(dir, "system.yaml"), []byte(sys), 0o644)
+	v("manifest", "build", "system.yaml", "--keys", "keys", "-o", "m.json")
+	v("manifest", "sign", "m.json", "--key", "keys/products/acme/product.key", "--cert", "keys/products/acme/product.pem", "-o", "m.signed")
+	var sum struct {
+		Digest string `json:"digest"`
+	}
+	if out := v("--json", "manifest", "verify", "m.signed", "--ca", "keys/manifest-ca.pem"); json.Unmarshal([]byte(out), &sum) != nil || sum.Digest == "" {
+		t.Fatalf("manifest verify --json: %s", out)
+	}
+	disk1, disk2 := filepath.Join(dir, "db1.img"), filepath.Join(dir, "db2.img")
+	for disk, uki := range map[string]string{disk1: uki1, disk2: uki2} {
+		v("boot", "disk", "--manifest", "m.signed", "--uki", uki, "--ca", "keys/manifest-ca.pem", "--product-id", productID, "--size", "400M", "-o", disk)
+	}
+
+	// Factory provisioning of the vTPM from the host: vessel tpm on swtpm.
+	tpmState, tpmFiles := provisionVTPM(t, e, dir, v)
+	policyFor := func(signer string) []byte {
+		cmd := exec.Command(e.vessel, "tpm", "pcr7", "predict", "--vars", vars, "--signer", signer)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("pcr7 predict --signer %s: %v", signer, err)
+		}
+		p := filepath.Join(dir, filepath.Base(signer)+".policy")
+		v("tpm", "policy", "sign", "--key", "policy.key", "--pcr7", strings.TrimSpace(string(out)), "-o", p)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ca, caKey, err := cluster.NewCA("Acme", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for disk, signer := range map[string]string{disk1: e.dbCert, disk2: db2Cert} {
+		files := map[string][]byte{"tpm/policy.signed": policyFor(signer), "tpm/cluster-ca.pem": trust.PEMCerts(ca)}
+		for name, b := range tpmFiles {
+			files["tpm/"+name] = b
+		}
+		writeDataFiles(t, disk, files)
+	}
+
+	// The servers, on the host's loopback.
+	load := func(p string) []*x509.Certificate {
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		cs, err := trust.LoadCerts(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cs
+	}
+	db1 := load(e.dbCert)
+	pol := attest.Policy{MachineCAs: load("keys/identity-ca.pem"), ManifestCAs: load("keys/manifest-ca.pem"),
+		ProductID: productID, AllowManifests: []string{sum.Digest}, UKISigners: db1}
+	polB := pol
+	polB.AllowManifests = []string{"sha256:" + strings.Repeat("0", 64)}
+	var logA, logB syncBuffer
+	addrA := serveCluster(t, &cluster.Server{Policy: pol, CA: ca, CAKey: caKey, Validity: 15 * time.Minute, Log: &logA})
+	addrB := serveCluster(t, &cluster.Server{Policy: polB, CA: ca, CAKey: caKey, Log: &logB})
+	net := []string{"guestfwd=tcp:10.0.2.100:8443-cmd:nc 127.0.0.1 " + portOf(addrA), "guestfwd=tcp:10.0.2.101:8443-cmd:nc 127.0.0.1 " + portOf(addrB)}
+
+	boot := func(t *testing.T, disk string) *VM {
+		st := filepath.Join(t.TempDir(), "vtpm")
+		run(t, "cp", "-a", tpmState, st)
+		vm := StartT(t, Config{Disk: disk, Vars: vars, MemoryMB: 768, TPM: true, TPMState: st, Net: net, Timeout: 8 * time.Minute})
+		ctx, cancel := context.WithTimeout(context.Background(), 7*time.Minute)
+		defer cancel()
+		if _, err := vm.Wait(ctx, "vessel-host: powering off", "vessel-init: powering off"); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Tail(40))
+		}
+		return vm
+	}
+	find := func(t *testing.T, vm *VM, re string) string {
+		t.Helper()
+		r := regexp.MustCompile(re)
+		for _, l := range vm.Lines() {
+			if r.MatchString(l.Text) {
+				return l.Text
+			}
+		}
+		t.Fatalf("no serial line matches %q:\n%s", re, vm.Tail(40))
+		return ""
+	}
+	digest := regexp.QuoteMeta(sum.Digest)
+	t.Run("admitted-and-refused-by-allow-list", func(t *testing.T) {
+		t.Parallel()
+		vm := boot(t, disk1)
+		l := find(t, vm, `vessel-host: cluster joined https://10\.0\.2\.100:8443: certificate 0x[0-9a-f]+ for m-vm until \S+ \(manifest `+digest+` version 2\)`)
+		t.Logf("%s", l)
+		find(t, vm, `vessel-host: cluster join https://10\.0\.2\.101:8443 refused: .*join refused \(HTTP 403\): attestation refused: allow-list: `+digest+` \(version 2\) is not allowed`)
+		if !regexp.MustCompile(`cluster: admitted m-vm \(product ` + productID + `, manifest ` + digest + ` version 2\)`).MatchString(logA.String()) {
+			t.Errorf("server A did not log the admission:\n%s", logA.String())
+		}
+	})
+	t.Run("other-db-key-refused", func(t *testing.T) {
+		t.Parallel()
+		vm := boot(t, disk2)
+		find(t, vm, `vessel-host: cluster join https://10\.0\.2\.100:8443 refused: .*attestation refused: uki-signer: verified by "CN=vmtest cluster second db"`)
+		if _, ok := vm.Find("vessel-host: cluster joined"); ok {
+			t.Errorf("a UKI signed by the second db key joined:\n%s", vm.Tail(40))
+		}
+		if !strings.Contains(logA.String(), "uki-signer") {
+			t.Errorf("server A did not log the refusal:\n%s", logA.String())
+		}
+	})
+}
+
+// clusterImages makes host:1 (busybox, vessel as /sbin/init, runc and its
+// libraries) and web:1 (busybox, a page) in the store of v.
+func clusterImages(t *testing.T, e *bootEnv, dir string, v func(...string) string) {
+	t.Helper()
+	bb, vs, rc, app := filepath.Join(dir, "busybox"), filepath.Join(dir, "vessel"), filepath.Join(dir, "runc"), filepath.Join(dir, "app")
+	for _, d := range []string{filepath.Join(bb, "bin"), filepath.Join(vs, "sbin"), filepath.Join(app, "www")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyExec(t, "/bin/busybox", filepath.Join(bb, "bin", "busybox"))
+	os.Symlink("busybox", filepath.Join(bb, "bin", "sh"))
+	for _, d := range []string{"etc", "dev", "proc", "sys", "run", "tmp", "var/lib/vessel"} {
+		os.MkdirAll(filepath.Join(bb, d), 0o755)
+	}
+	copyExec(t, e.vessel, filepath.Join(vs, "sbin", "init"))
+	runcPath, err := exec.LookPath("runc")
+	if err != nil {
+		t.Skip("missing runc (make deps installs it)")
+	}
+	for _, f := range append([]string{runcPath}, sharedLibs(t, runcPath)...) {
+		os.MkdirAll(filepath.Join(rc, filepath.Dir(f)), 0o755)
+		copyExec(t, f, filepath.Join(rc, f))
+	}
+	os.WriteFile(filepath.Join(app, "www", "index.html"), []byte("hello\n"), 0o644)
+	v("image", "create", "host:1", "--layer", "busybox", "--layer", "vessel", "--layer", "runc")
+	v("image", "create", "web:1", "--layer", "busybox", "--layer", "app")
+}
+
+// provisionVTPM provisions a vTPM state directory from the host, as a
+// factory would: vessel tpm provision on swtpm, the identity key's CSR
+// (authorized by a policy for the host swtpm's PCR7), the identity
+// certificate from the machine CA. It returns the swtpm state directory
+// and the files for the data partition's tpm/ (state.json, identity.key,
+// identity.pem). The policy key is dir/policy.key.
+func provisionVTPM(t *testing.T, e *bootEnv, dir string, v func(...string) string) (string, map[string][]byte) {
+	t.Helper()
+	run(t, "openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", filepath.Join(dir, "policy.ec"))
+	run(t, "openssl", "pkcs8", "-topk8", "-nocrypt", "-in", filepath.Join(dir, "policy.ec"), "-out", filepath.Join(dir, "policy.key"))
+	run(t, "openssl", "ec", "-in", filepath.Join(dir, "policy.key"), "-pubout", "-out", filepath.Join(dir, "policy.pub"))
+	state := filepath.Join(dir, "vtpm-state")
+	sockDir, err := os.MkdirTemp("", "vtpm-prov-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	os.MkdirAll(state, 0o700)
+	sock := filepath.Join(sockDir, "s")
+	sw := exec.Command(Swtpm, "socket", "--tpm2", "--tpmstate", "dir="+state, "--server", "type=unixio,path="+sock,
+		"--ctrl", "type=unixio,path="+sock+".ctrl", "--flags", "not-need-init,startup-clear")
+	if err := sw.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			sw.Process.Kill()
+			sw.Wait()
+		}
+	}
+	defer stop()
+	if err := waitFor(sock, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	tstate := filepath.Join(dir, "tpm")
+	tv := func(args ...string) string {
+		return v(append([]string{"tpm", "--tpm", sock, "--state", tstate}, args...)...)
+	}
+	tv("provision", "--policy-key", "policy.pub")
+	tv("policy", "sign", "--key", "policy.key", "--from-current", "-o", "factory.signed")
+	tv("identity", "csr", "--policy", "factory.signed", "--cn", "m-vm", "-o", "m.csr")
+	v("keys", "machine", "keys", "--csr", "m.csr", "--product-id", productID, "--machine-id", "m-vm", "-o", filepath.Join(tstate, "identity.pem"))
+	stop() // swtpm writes its state on exit
+	files := map[string][]byte{}
+	for _, f := range []string{"state.json", "identity.key", "identity.pem"} {
+		b, err := os.ReadFile(filepath.Join(tstate, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[f] = b
+	}
+	return state, files
+}
+
+// varsWithSecondDB writes an OVMF store enforcing the key set in keys
+// with a second db certificate (cert2) beside its own.
+func varsWithSecondDB(t *testing.T, keys, cert2, out string) {
+	t.Helper()
+	ks, err := secureboot.Load(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars, err := ks.Variables(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, _, err := secureboot.LoadKeyPair(cert2, strings.TrimSuffix(cert2, ".crt")+".key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	esl, err := secureboot.X509List(ks.Owner, c2).Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range vars {
+		if vars[i].Name == secureboot.DB {
+			vars[i].Data = append(bytes.Clone(vars[i].Data), esl...)
+		}
+	}
+	tmpl, err := os.ReadFile(OVMFVars)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ovmf.Write(tmpl, ovmf.SecureBootVariables(vars))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(out, s.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeDataFiles writes files (paths relative to the partition's root)
+// into the vessel-data partition of a disk image.
+func writeDataFiles(t *testing.T, img string, files map[string][]byte) {
+	t.Helper()
+	var table struct {
+		PartitionTable struct {
+			Partitions []struct {
+				Start int64  `json:"start"`
+				Size  int64  `json:"size"`
+				Name  string `json:"name"`
+			} `json:"partitions"`
+		} `json:"partitiontable"`
+	}
+	if err := json.Unmarshal([]byte(run(t, "sfdisk", "-J", img)), &table); err != nil {
+		t.Fatal(err)
+	}
+	var start, size int64
+	for _, p := range table.PartitionTable.Partitions {
+		if p.Name == "vessel-data" {
+			start, size = p.Start*512, p.Size*512
+		}
+	}
+	if start == 0 {
+		t.Fatal("no vessel-data partition in the disk image")
+	}
+	mnt := t.TempDir()
+	run(t, "mount", "-o", fmt.Sprintf("loop,offset=%d,sizelimit=%d", start, size), img, mnt)
+	defer func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		}
+	}()
+	for name, b := range files {
+		p := filepath.Join(mnt, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// serveCluster runs srv on a free port of 127.0.0.1 until the test ends,
+// with a certificate for the guest's view of it (10.0.2.100, 10.0.2.101).
+func serveCluster(t *testing.T, srv *cluster.Server) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addr := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- srv.ListenAndServe(ctx, "127.0.0.1:0", []string{"10.0.2.100", "10.0.2.101"}, func(a string) { addr <- a })
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("cluster server: %v", err)
+		}
+	})
+	select {
+	case a := <-addr:
+		return a
+	case err := <-done:
+		t.Fatalf("cluster server: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("cluster server did not start")
+	}
+	return ""
+}
+
+func portOf(addr string) string { return addr[strings.LastIndex(addr, ":")+1:] }
