@@ -18,6 +18,7 @@ pkgs=(
   initramfs-tools zstd                        # boot: the mkinitramfs initrd the boot benchmark compares against
   qemu-user-static                            # other architectures: static emulators + binfmt.d rules (vessel binfmt)
   curl                                        # make vm-demo: fetches the guest's web page through hostfwd
+  netcat-openbsd                              # VM tests: qemu guestfwd cmd:nc to a server on the host loopback (cluster join)
 )
 missing=()
 for p in "${pkgs[@]}"; do
