@@ -4,6 +4,8 @@ package attest_test
 
 import (
 	"bytes"
+	"encoding/hex"
+	"flag"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -21,6 +23,7 @@ import (
 	"github.com/vesselos/vessel/internal/boot/tcglog"
 	"github.com/vesselos/vessel/internal/measure"
 	"github.com/vesselos/vessel/internal/tpm"
+	"github.com/vesselos/vessel/internal/trust"
 )
 
 func simTPM(t testing.TB) *tpm.TPM {
@@ -263,4 +266,31 @@ func jsonl(t *testing.T, evs ...measure.Event) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+var update = flag.Bool("attest.update", false, "rewrite testdata/ (the fuzz seed: a genuine quote and its policy)")
+
+// TestWriteSeed writes testdata/quote.json, testdata/machine-ca.pem,
+// testdata/manifest-ca.pem, testdata/db.pem and testdata/nonce: a genuine
+// quote from the simulator that FuzzVerify starts from (-attest.update).
+func TestWriteSeed(t *testing.T) {
+	if !*update {
+		t.Skip("run with -attest.update to rewrite testdata/")
+	}
+	tp := simTPM(t)
+	k := attesttest.NewKeys(t, "Acme")
+	m := attesttest.Boot(t, tp, k, true)
+	n := attesttest.Nonce(t)
+	b, err := m.Quote(t, n).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{
+		"quote.json": b, "machine-ca.pem": trust.PEMCerts(k.MachineCA), "manifest-ca.pem": trust.PEMCerts(k.ManifestCA),
+		"db.pem": trust.PEMCerts(m.UKICert), "nonce": []byte(hex.EncodeToString(n) + "\n"),
+	} {
+		if err := os.WriteFile(filepath.Join("testdata", name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
