@@ -4,12 +4,12 @@ package attest_test
 
 import (
 	"bytes"
-	"encoding/hex"
-	"flag"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
