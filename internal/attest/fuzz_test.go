@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vesselos/vessel/internal/attest"
 	"github.com/vesselos/vessel/internal/boot/tcglog"
@@ -29,7 +30,9 @@ func seed(t testing.TB) ([]byte, []byte, attest.Policy) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pol attest.Policy
+	// The certificates were issued on 2026-12-02 (the product certificate
+	// lasts 2 years): verify at a fixed time so the test does not expire.
+	pol := attest.Policy{At: time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)}
 	for p, dst := range map[string]*[]*x509.Certificate{
 		"testdata/machine-ca.pem": &pol.MachineCAs, "testdata/manifest-ca.pem": &pol.ManifestCAs, "testdata/db.pem": &pol.UKISigners,
 	} {
