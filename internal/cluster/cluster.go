@@ -57,6 +57,7 @@ const (
 const (
 	PathNonce = "/v1/nonce"
 	PathJoin  = "/v1/join"
+	PathCRL   = "/v1/crl"
 )
 
 // ErrRevoked: the machine's identity certificate is on the revocation list.
@@ -165,6 +166,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+PathNonce, s.nonce)
 	mux.HandleFunc("POST "+PathJoin, s.join)
+	mux.HandleFunc("GET "+PathCRL, s.crl)
 	return mux
 }
 
@@ -301,6 +303,40 @@ func (s *Server) admit(r *http.Request, c *x509.Certificate) (*Credential, int, 
 		Serial: trust.FormatSerial(cert.SerialNumber), NotAfter: cert.NotAfter, Report: rep}, http.StatusOK, nil
 }
 
+// CRL returns the revocation file's serials as a DER CRL signed by the
+// cluster CA, valid for the certificate validity: cluster peers that
+// check it refuse a revoked machine's last credential before it expires.
+func (s *Server) CRL() ([]byte, error) {
+	revoked, err := ReadRevoked(s.RevokedFile)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	validity := s.Validity
+	if validity <= 0 {
+		validity = DefaultValidity
+	}
+	l := &x509.RevocationList{Number: big.NewInt(now.UnixNano()), ThisUpdate: now, NextUpdate: now.Add(validity)}
+	for _, n := range revoked {
+		l.RevokedCertificateEntries = append(l.RevokedCertificateEntries, x509.RevocationListEntry{SerialNumber: n, RevocationTime: now})
+	}
+	return x509.CreateRevocationList(rand.Reader, l, s.CA, s.CAKey)
+}
+
+func (s *Server) crl(w http.ResponseWriter, r *http.Request) {
+	if _, ok := peer(r); !ok {
+		http.Error(w, "client certificate required", http.StatusUnauthorized)
+		return
+	}
+	der, err := s.CRL()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/pkix-crl")
+	w.Write(der)
+}
+
 // checkRevoked reads the revocation file (if any) and refuses serial.
 func (s *Server) checkRevoked(serial *big.Int) error {
 	if s.RevokedFile == "" {
@@ -322,6 +358,9 @@ func (s *Server) checkRevoked(serial *big.Int) error {
 // vessel prints serials, or decimal); blank lines and # comments are
 // ignored. A missing file revokes nothing.
 func ReadRevoked(path string) ([]*big.Int, error) {
+	if path == "" {
+		return nil, nil
+	}
 	b, err := bounded.ReadFile(path, 16<<20)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil

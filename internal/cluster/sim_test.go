@@ -10,7 +10,9 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -232,5 +234,31 @@ func TestJoin(t *testing.T) {
 		}
 		_, err = join(opts)
 		refused(t, err, http.StatusForbidden, "identity certificate revoked: serial "+trust.FormatSerial(certs[0].SerialNumber))
+		// Revoking the first credential's serial puts it on the cluster
+		// CA's CRL, which peers fetch from the server.
+		if err := cluster.Revoke(revoked, first.Serial); err != nil {
+			t.Fatal(err)
+		}
+		req := httptest.NewRequest(http.MethodGet, cluster.PathCRL, nil)
+		req.TLS = &tls.ConnectionState{PeerCertificates: certs, VerifiedChains: [][]*x509.Certificate{certs}}
+		rec := httptest.NewRecorder()
+		srv.Handler().ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("GET %s: %d %s", cluster.PathCRL, rec.Code, rec.Body)
+		}
+		crl, err := x509.ParseRevocationList(rec.Body.Bytes())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := crl.CheckSignatureFrom(ca); err != nil {
+			t.Fatalf("CRL signature: %v", err)
+		}
+		var serials []string
+		for _, e := range crl.RevokedCertificateEntries {
+			serials = append(serials, trust.FormatSerial(e.SerialNumber))
+		}
+		if !slices.Contains(serials, first.Serial) || !slices.Contains(serials, trust.FormatSerial(certs[0].SerialNumber)) {
+			t.Fatalf("CRL lists %v, want %s and the identity serial", serials, first.Serial)
+		}
 	})
 }
