@@ -283,7 +283,11 @@ func printAttestReport(w io.Writer, r *attest.Report) {
 	}
 	if r.PCRs != nil && len(r.Checks) >= 5 && r.Checks[4].OK {
 		fmt.Fprintf(w, "secure boot: %v\n", onOff(r.SecureBoot))
-		fmt.Fprintf(w, "uki signer:  %s\n", strings.Join(r.UKISigners, ", "))
+		signer := strings.Join(r.UKISigners, ", ")
+		if signer == "" {
+			signer = "none measured"
+		}
+		fmt.Fprintf(w, "uki signer:  %s\n", signer)
 		fmt.Fprintf(w, "locked:      %v\n", r.Locked)
 	}
 	if r.Manifest != nil {

@@ -309,7 +309,7 @@ func (v *verifier) quote() (string, error) {
 		return "", errors.New("the PCR values sent are not the ones the TPM quoted")
 	}
 	v.quoteNonce = att.ExtraData.Buffer
-	return fmt.Sprintf("signed by the AK over PCRs %v (TPM reset count %d)", PCRs, att.ClockInfo.ResetCount), nil
+	return fmt.Sprintf("signed by the AK over PCRs %v", PCRs), nil
 }
 
 func (v *verifier) nonce(want []byte) (string, error) {
@@ -388,7 +388,7 @@ func (v *verifier) policy() bool {
 			return "", signerErr
 		}
 		if len(v.p.UKISigners) == 0 {
-			return fmt.Sprintf("not checked (no signer in the policy); signed by %s", strings.Join(v.r.UKISigners, ", ")), nil
+			return fmt.Sprintf("not checked (no signer in the policy); %s", signedBy(v.r.UKISigners)), nil
 		}
 		if len(signers) == 0 {
 			return "", errors.New("the firmware log has no db authority event: no image was verified by a db key")
@@ -398,7 +398,7 @@ func (v *verifier) policy() bool {
 				return "", fmt.Errorf("verified by %q (serial %s), not an allowed db certificate", c.Subject.String(), trust.FormatSerial(c.SerialNumber))
 			}
 		}
-		return strings.Join(v.r.UKISigners, ", "), nil
+		return signedBy(v.r.UKISigners), nil
 	})
 	m, merr := v.manifest()
 	if merr == nil {
@@ -507,6 +507,13 @@ func (v *verifier) secureBoot() (bool, []*x509.Certificate, error) {
 		}
 	}
 	return on, certs, nil
+}
+
+func signedBy(signers []string) string {
+	if len(signers) == 0 {
+		return "no db authority event in the firmware log"
+	}
+	return "verified by " + strings.Join(signers, ", ")
 }
 
 // selected lists the PCRs set in a selection bitmap.
