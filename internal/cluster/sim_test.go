@@ -215,6 +215,20 @@ func TestJoin(t *testing.T) {
 		refused(t, err, http.StatusForbidden, "uki-signer: verified by")
 	})
 
+	t.Run("quote for another identity than the TLS peer", func(t *testing.T) {
+		other := k.IdentityCert(t, m.CSR, k.PID, "m-0002")
+		o := opts
+		o.Quote = func(n []byte) (*attest.Quote, error) {
+			q, err := opts.Quote(n)
+			if err == nil {
+				q.Identity = string(other)
+			}
+			return q, err
+		}
+		_, err := join(o)
+		refused(t, err, http.StatusForbidden, "the quote is for machine m-0002")
+	})
+
 	t.Run("identity from another CA", func(t *testing.T) {
 		o := opts
 		o.IdentityCert = attesttest.NewKeys(t, "Evil").IdentityCert(t, m.CSR, k.PID, m.MachineID)
