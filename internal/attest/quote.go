@@ -18,6 +18,7 @@
 package attest
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -153,7 +154,7 @@ func ParseQuote(b []byte) (*Quote, error) {
 		return nil, fmt.Errorf("quote: %d bytes, more than %d", len(b), maxQuote)
 	}
 	var q Quote
-	dec := json.NewDecoder(bytesReader(b))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&q); err != nil {
 		return nil, fmt.Errorf("quote: %w", err)

@@ -32,13 +32,12 @@ var (
 	ErrReplay    = errors.New("event log does not replay to the quoted PCRs")
 	// Policy mismatches: the evidence is genuine but says something the
 	// policy does not allow.
-	ErrSecureBoot  = errors.New("secure boot is off")
-	ErrSigner      = errors.New("UKI verified by a db key the policy does not allow")
-	ErrProduct     = errors.New("product does not match")
-	ErrManifestCA  = errors.New("manifest not signed under the manifest CA")
-	ErrNotAllowed  = errors.New("manifest not on the allow list")
-	ErrNoManifest  = errors.New("no verified manifest was measured")
-	errNotMeasured = errors.New("not measured")
+	ErrSecureBoot = errors.New("secure boot is off")
+	ErrSigner     = errors.New("UKI verified by a db key the policy does not allow")
+	ErrProduct    = errors.New("product does not match")
+	ErrManifestCA = errors.New("manifest not signed under the manifest CA")
+	ErrNotAllowed = errors.New("manifest not on the allow list")
+	ErrNoManifest = errors.New("no verified manifest was measured")
 )
 
 // Policy is what a verifier accepts.
@@ -466,7 +465,7 @@ func (v *verifier) manifest() (measure.Manifest, error) {
 	}
 	switch len(found) {
 	case 0:
-		return measure.Manifest{}, fmt.Errorf("%w: vessel's log has no manifest event (PCR %d %w)", ErrNoManifest, measure.PCR, errNotMeasured)
+		return measure.Manifest{}, fmt.Errorf("%w: vessel's log has no manifest event in PCR %d", ErrNoManifest, measure.PCR)
 	case 1:
 		return measure.ParseManifest(found[0])
 	}
@@ -538,5 +537,3 @@ func normDigest(s string) string {
 }
 
 func sha256Of(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
-
-func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
