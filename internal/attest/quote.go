@@ -26,6 +26,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/measure"
 	"github.com/vesselos/vessel/internal/tpm"
+	"github.com/vesselos/vessel/internal/trust"
 )
 
 // Format is the Quote file's format tag.
@@ -100,6 +101,13 @@ func Make(o MakeOptions) (*Quote, error) {
 	}
 	if len(o.IdentityCert) == 0 {
 		return nil, errors.New("attestation quote: no identity certificate")
+	}
+	certs, err := trust.ParseCerts(o.IdentityCert)
+	if err != nil || len(certs) == 0 {
+		return nil, fmt.Errorf("attestation quote: identity certificate: %v", err)
+	}
+	if pub, err := tpm.IdentityPublic(o.State); err == nil && !pub.Equal(certs[0].PublicKey) {
+		return nil, fmt.Errorf("attestation quote: the identity certificate %q is not for this TPM's identity key", certs[0].Subject.CommonName)
 	}
 	fw := o.FirmwareLog
 	if fw == "" {

@@ -104,6 +104,15 @@ func TestQuoteVerify(t *testing.T) {
 		}
 	})
 
+	t.Run("identity certificate of another key", func(t *testing.T) {
+		other := attesttest.CSR(t, attesttest.NewECKey(t))
+		_, err := attest.Make(attest.MakeOptions{TPM: tp, State: m.State, IdentityCert: k.IdentityCert(t, other, k.PID, "m-0009"),
+			Nonce: n, FirmwareLog: m.FirmwareLog, VesselLog: m.VesselLog})
+		if err == nil || !strings.Contains(err.Error(), "is not for this TPM's identity key") {
+			t.Fatalf("quote with another machine's certificate: %v", err)
+		}
+	})
+
 	t.Run("replayed quote (old nonce)", func(t *testing.T) {
 		r, err := attest.Verify(q, attesttest.Nonce(t), pol)
 		refused(t, r, err, attest.ErrNonce, "nonce", "quote nonce")
