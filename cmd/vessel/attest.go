@@ -222,7 +222,7 @@ func (p *policyFlags) load() (attest.Policy, error) {
 
 func attestVerifyCmd(g *globals) *cobra.Command {
 	var pf policyFlags
-	var nonceHex string
+	var nonceHex, revoked string
 	c := &cobra.Command{
 		Use:   "verify quote.json --nonce HEX --machine-ca CA.pem [--manifest-ca CA.pem] [--product-id UUID] [--allow-manifest DIGEST]...",
 		Short: "Verify a quote and report the machine, its boot signer and its manifest against a policy",
@@ -247,6 +247,11 @@ exit status is 1 when anything failed.`,
 			if err != nil {
 				return err
 			}
+			if revoked != "" {
+				if pol.Revoked, err = attest.ReadRevoked(revoked); err != nil {
+					return err
+				}
+			}
 			b, err := bounded.ReadFile(args[0], 16<<20)
 			if err != nil {
 				return fmt.Errorf("attest verify: %w", err)
@@ -268,6 +273,7 @@ exit status is 1 when anything failed.`,
 	}
 	pf.add(c)
 	c.Flags().StringVar(&nonceHex, "nonce", "", "the nonce the machine was asked to quote, hex")
+	c.Flags().StringVar(&revoked, "revoked", "", "revoked identity certificate serials, one per line (as vessel cluster revoke writes)")
 	return c
 }
 

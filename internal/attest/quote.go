@@ -22,8 +22,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
+	"strings"
 
+	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/measure"
 	"github.com/vesselos/vessel/internal/tpm"
 	"github.com/vesselos/vessel/internal/trust"
@@ -171,4 +174,34 @@ func ParseQuote(b []byte) (*Quote, error) {
 		return nil, fmt.Errorf("quote: format %q, want %q", q.Format, Format)
 	}
 	return &q, nil
+}
+
+// ReadRevoked reads a revocation file: one serial per line (0x-hex as
+// vessel prints serials, or decimal); blank lines and # comments are
+// ignored. A missing file revokes nothing.
+func ReadRevoked(path string) ([]*big.Int, error) {
+	if path == "" {
+		return nil, nil
+	}
+	b, err := bounded.ReadFile(path, 16<<20)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read revocation list: %w", err)
+	}
+	var out []*big.Int
+	for i, line := range strings.Split(string(b), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		n, err := trust.ParseSerial(line)
+		if err != nil {
+			return nil, fmt.Errorf("revocation list %s line %d: %w", path, i+1, err)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }

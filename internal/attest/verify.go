@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/big"
 	"slices"
 	"strings"
 	"time"
@@ -57,6 +58,8 @@ type Policy struct {
 	// verified the boot image: every EV_EFI_VARIABLE_AUTHORITY event must
 	// name one of them.
 	UKISigners []*x509.Certificate
+	// Revoked are identity certificate serials refused (see ReadRevoked).
+	Revoked []*big.Int
 	// AllowSecureBootOff accepts a machine with Secure Boot off (its
 	// manifest measurement then proves little; off by default).
 	AllowSecureBootOff bool
@@ -129,7 +132,7 @@ func (e *Error) Unwrap() []error {
 // order (the first five stop at the first failure, the policy checks are
 // all made):
 //
-//	identity      chain to a machine CA, clientAuth, machine and product ID
+//	identity      chain to a machine CA, clientAuth, not revoked, machine and product ID
 //	ak            AK attributes (fixedTPM, restricted signing key), TPM2_Certify by the identity key
 //	quote         AK signature over the quote, the PCR selection, the PCR values' digest
 //	nonce         the quote's qualifying data is the verifier's nonce
@@ -209,6 +212,11 @@ func (v *verifier) identity() (string, error) {
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: v.p.At,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		return "", fmt.Errorf("%q: %w", leaf.Subject.CommonName, err)
+	}
+	for _, r := range v.p.Revoked {
+		if r.Cmp(leaf.SerialNumber) == 0 {
+			return "", fmt.Errorf("%q: serial %s is revoked", leaf.Subject.CommonName, trust.FormatSerial(leaf.SerialNumber))
+		}
 	}
 	mid, err := trust.MachineID(leaf)
 	if err != nil {

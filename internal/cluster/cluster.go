@@ -41,7 +41,6 @@ import (
 	"time"
 
 	"github.com/vesselos/vessel/internal/attest"
-	"github.com/vesselos/vessel/internal/bounded"
 	"github.com/vesselos/vessel/internal/trust"
 )
 
@@ -354,35 +353,8 @@ func (s *Server) checkRevoked(serial *big.Int) error {
 	return nil
 }
 
-// ReadRevoked reads a revocation file: one serial per line (0x-hex as
-// vessel prints serials, or decimal); blank lines and # comments are
-// ignored. A missing file revokes nothing.
-func ReadRevoked(path string) ([]*big.Int, error) {
-	if path == "" {
-		return nil, nil
-	}
-	b, err := bounded.ReadFile(path, 16<<20)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read revocation list: %w", err)
-	}
-	var out []*big.Int
-	for i, line := range strings.Split(string(b), "\n") {
-		line, _, _ = strings.Cut(line, "#")
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		n, err := trust.ParseSerial(line)
-		if err != nil {
-			return nil, fmt.Errorf("revocation list %s line %d: %w", path, i+1, err)
-		}
-		out = append(out, n)
-	}
-	return out, nil
-}
+// ReadRevoked reads a revocation file (attest.ReadRevoked).
+func ReadRevoked(path string) ([]*big.Int, error) { return attest.ReadRevoked(path) }
 
 // Revoke appends serial to the revocation file.
 func Revoke(path, serial string) error {
