@@ -25,7 +25,7 @@ import (
 // for the server's nonce with the firmware's and vessel's logs and the
 // installed signed manifest. Each result is one line:
 //
-//	vessel-host: cluster joined URL: certificate SERIAL for MACHINE until TIME (manifest DIGEST version N)
+//	vessel-host: cluster joined URL: certificate SERIAL for MACHINE until TIME (manifest DIGEST version N, PCR7 locked: BOOL)
 //	vessel-host: cluster join URL refused: REASON
 //
 // A refusal does not stop the boot: the machine runs, outside the cluster.
@@ -48,8 +48,8 @@ func joinClusters(printf func(string, ...any), cmdline string) {
 			printf("cluster join %s refused: %v", u, err)
 			continue
 		}
-		printf("cluster joined %s: certificate %s for %s until %s (manifest %s version %d)", u, cred.Serial,
-			cred.Report.MachineID, cred.NotAfter.UTC().Format(time.RFC3339), cred.Report.Manifest.Digest, cred.Report.Manifest.Version)
+		printf("cluster joined %s: certificate %s for %s until %s (manifest %s version %d, PCR7 locked: %t)", u, cred.Serial,
+			cred.Report.MachineID, cred.NotAfter.UTC().Format(time.RFC3339), cred.Report.Manifest.Digest, cred.Report.Manifest.Version, cred.Report.Locked)
 		if !joined {
 			if err := cluster.WriteCredential(ClusterCertFile, cred); err != nil {
 				printf("cluster: %v", err)

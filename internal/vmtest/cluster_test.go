@@ -88,6 +88,7 @@ func TestClusterJoin(t *testing.T) {
 	// The product: host image (busybox, vessel as init, runc), a web
 	// service, a signed manifest, UKIs signed by each db key.
 	clusterImages(t, e, dir, v)
+	policyKey(t, dir)
 	v("keys", "init", "keys", "--org", "Acme")
 	v("keys", "product", "keys", "--name", "acme", "--product-id", productID)
 	initrd := filepath.Join(dir, "initrd.img")
@@ -187,7 +188,7 @@ func TestClusterJoin(t *testing.T) {
 	t.Run("admitted-and-refused-by-allow-list", func(t *testing.T) {
 		t.Parallel()
 		vm := boot(t, disk1)
-		l := find(t, vm, `vessel-host: cluster joined https://10\.0\.2\.100:8443: certificate 0x[0-9a-f]+ for m-vm until \S+ \(manifest `+digest+` version 2\)`)
+		l := find(t, vm, `vessel-host: cluster joined https://10\.0\.2\.100:8443: certificate 0x[0-9a-f]+ for m-vm until \S+ \(manifest `+digest+` version 2, PCR7 locked: (true|false)\)`)
 		t.Logf("%s", l)
 		t.Logf("%s", find(t, vm, `vessel-host: cluster join https://10\.0\.2\.101:8443 refused: .*join refused \(HTTP 403\): attestation refused: allow-list: `+digest+` \(version 2\) is not allowed`))
 		if !regexp.MustCompile(`cluster: admitted m-vm \(product ` + productID + `, manifest ` + digest + ` version 2\)`).MatchString(logA.String()) {
@@ -241,12 +242,9 @@ func clusterImages(t *testing.T, e *bootEnv, dir string, v func(...string) strin
 // (authorized by a policy for the host swtpm's PCR7), the identity
 // certificate from the machine CA. It returns the swtpm state directory
 // and the files for the data partition's tpm/ (state.json, identity.key,
-// identity.pem). The policy key is dir/policy.key.
+// identity.pem). The policy key is dir/policy.key (policyKey).
 func provisionVTPM(t *testing.T, e *bootEnv, dir string, v func(...string) string) (string, map[string][]byte) {
 	t.Helper()
-	run(t, "openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", filepath.Join(dir, "policy.ec"))
-	run(t, "openssl", "pkcs8", "-topk8", "-nocrypt", "-in", filepath.Join(dir, "policy.ec"), "-out", filepath.Join(dir, "policy.key"))
-	run(t, "openssl", "ec", "-in", filepath.Join(dir, "policy.key"), "-pubout", "-out", filepath.Join(dir, "policy.pub"))
 	state := filepath.Join(dir, "vtpm-state")
 	sockDir, err := os.MkdirTemp("", "vtpm-prov-")
 	if err != nil {
@@ -290,6 +288,15 @@ func provisionVTPM(t *testing.T, e *bootEnv, dir string, v func(...string) strin
 		files[f] = b
 	}
 	return state, files
+}
+
+// policyKey makes the fleet's TPM policy-signing key: dir/policy.key and
+// dir/policy.pub.
+func policyKey(t *testing.T, dir string) {
+	t.Helper()
+	run(t, "openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", filepath.Join(dir, "policy.ec"))
+	run(t, "openssl", "pkcs8", "-topk8", "-nocrypt", "-in", filepath.Join(dir, "policy.ec"), "-out", filepath.Join(dir, "policy.key"))
+	run(t, "openssl", "ec", "-in", filepath.Join(dir, "policy.key"), "-pubout", "-out", filepath.Join(dir, "policy.pub"))
 }
 
 // varsWithSecondDB writes an OVMF store enforcing the key set in keys
