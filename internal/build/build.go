@@ -74,6 +74,13 @@ type Options struct {
 	// of the recipe's directory, when it is in a git work tree). Default
 	// "io.stackeroci", stacker's --annotations-namespace default.
 	AnnotationsNamespace string
+	// Author is the author of the configs the build writes (and of their
+	// history entries), unless an image sets the
+	// org.opencontainers.image.authors annotation. "" is stacker's
+	// default: "vessel" with SourceDateEpoch (a reproducible build names
+	// no host), else USER@HOST of whoever runs the build ($SUDO_USER
+	// under sudo); see DefaultAuthor.
+	Author string
 	// HTTPClient downloads http(s) imports (nil: a default client that
 	// honours the proxy environment).
 	HTTPClient *http.Client
@@ -357,7 +364,8 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	}()
 	extra := b.stackerAnnotations(img)
 	baseRun, baseMeta := baseIdentity(img, base)
-	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: baseRun, BaseConfig: baseMeta, LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve, Annotations: extra})
+	author := b.author(img)
+	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: baseRun, BaseConfig: baseMeta, LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve, Annotations: extra, Author: author})
 	if err != nil {
 		return nil, fail("imports", img.KeyLine("imports"), err)
 	}
@@ -401,14 +409,13 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 		}
 		if empty {
 			b.event(i, StatusMessage, "", "the run changed nothing: no new layer")
-			history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
 		} else {
 			layers = append(layers, d)
-			history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name})
 		}
-	} else {
-		history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
+		history = append(history, ocispec.History{Created: &when, CreatedBy: layerCreatedBy(img), Author: author, EmptyLayer: empty})
 	}
+	// As stacker: one more entry for the config edit, with the author.
+	history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build", Author: author, EmptyLayer: true})
 	baseCfg := base.Config().Config
 	cfg := img.ApplyConfig(baseCfg)
 	if img.LabelsScript() != "" {
@@ -426,6 +433,7 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 		Platform:    imagePlatform(img),
 		Created:     when,
 		History:     history,
+		Author:      author,
 		Annotations: mergeAnnotations(extra, img.Annotations),
 	})
 	if err != nil {

@@ -670,7 +670,7 @@ check:
 		t.Fatal(err)
 	}
 	h := img.Config().History
-	if len(h) == 0 || !h[len(h)-1].EmptyLayer {
+	if len(h) < 2 || !h[len(h)-2].EmptyLayer || h[len(h)-2].CreatedBy != "vessel build of check (run)" {
 		t.Errorf("history: %+v", h)
 	}
 	if len(img.Config().RootFS.DiffIDs) != len(img.Layers()) {
