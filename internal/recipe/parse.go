@@ -517,7 +517,7 @@ func knownArchs() string {
 	return strings.Join(out, ", ")
 }
 
-var fromKeys = []string{"type", "url", "tag", "insecure"}
+var fromKeys = []string{"type", "url", "tag", "insecure", "hash"}
 
 func (p *parser) from(image string, n *yaml.Node) From {
 	var f From
@@ -526,7 +526,7 @@ func (p *parser) from(image string, n *yaml.Node) From {
 		return f
 	}
 	f.Line = p.line(n)
-	var typeNode *yaml.Node
+	var typeNode, hashNode *yaml.Node
 	for _, kv := range pairs {
 		switch kv.k.Value {
 		case "type":
@@ -539,6 +539,14 @@ func (p *parser) from(image string, n *yaml.Node) From {
 			f.Tag, _ = p.str(kv.v, image, "from.tag")
 		case "insecure":
 			f.Insecure, _ = p.boolean(kv.v, image, "from.insecure")
+		case "hash":
+			hashNode = kv.v
+			if s, ok := p.str(kv.v, image, "from.hash"); ok {
+				f.Hash = strings.TrimPrefix(strings.ToLower(s), "sha256:")
+				if !sha256Hex.MatchString(f.Hash) {
+					p.fail(kv.v, image, "from.hash", ErrSyntax, "want a sha256 in hex, got %q", s)
+				}
+			}
 		default:
 			p.fail(kv.k, image, "from", ErrUnknownKey, "unknown key %q (known keys: %s)", kv.k.Value, strings.Join(fromKeys, ", "))
 		}
@@ -546,6 +554,9 @@ func (p *parser) from(image string, n *yaml.Node) From {
 	at := n
 	if typeNode != nil {
 		at = typeNode
+	}
+	if hashNode != nil && f.Type != Tar && f.Type != "" {
+		p.fail(hashNode, image, "from.hash", ErrSyntax, "hash: pins a tarball: only type tar has one (type %s)", f.Type)
 	}
 	switch f.Type {
 	case Scratch:
