@@ -12,6 +12,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/build"
 	"github.com/vesselos/vessel/internal/container"
+	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/recipe"
 	"github.com/vesselos/vessel/internal/registry"
@@ -72,6 +73,7 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
   vessel build -f examples/vessel.yaml
   vessel build -f examples/vessel.yaml --substitute BUSYBOX=/usr/bin/busybox
   vessel build --only app --layer-type erofs
+  vessel build --layer-type squashfs --layer-type erofs   # app-squashfs, app-erofs
   vessel build --arch arm64                      # needs: vessel binfmt install
   vessel build --arch amd64,arm64                # one multi-arch index per image
   vessel build --require-hash                    # every http(s) import pinned by hash:
@@ -86,11 +88,11 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 			if handled, err := g.enterUserNS(cmd); handled || err != nil {
 				return err
 			}
-			layerType, err := oneLayerType(layerTypes)
-			if err != nil {
+			if err := checkLayerTypes(layerTypes); err != nil {
 				return err
 			}
 			sm := map[string]string{}
+			var err error
 			if subFile != "" {
 				if sm, err = recipe.ReadSubstituteFile(subFile); err != nil {
 					return err
@@ -103,9 +105,20 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 				}
 				sm[k] = v
 			}
-			f, epoch, s, err := g.layerWork(cmd, layerType, "")
+			if len(layerTypes) == 0 {
+				layerTypes = []string{"squashfs"}
+			}
+			f, epoch, s, err := g.layerWork(cmd, layerTypes[0], "")
 			if err != nil {
 				return err
+			}
+			formats := []layer.Format{f}
+			for _, t := range layerTypes[1:] {
+				ft, err := layerFormat(t, "", false)
+				if err != nil {
+					return err
+				}
+				formats = append(formats, ft)
 			}
 			var arches []string
 			if arch != "" {
@@ -115,6 +128,9 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 				}
 				for _, p := range ps {
 					arches = append(arches, p.Architecture)
+				}
+				if len(arches) > 1 && len(formats) > 1 {
+					return usageError{"--arch with several architectures and --layer-type given more than once: build one layer type per multi-arch run"}
 				}
 			}
 			if !cmd.Flags().Changed("file") {
@@ -179,7 +195,7 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 			} else if rf, lerr := load(arch); lerr != nil {
 				return lerr
 			} else {
-				res, err = build.Build(cmd.Context(), rf, opt)
+				res, err = build.BuildLayerTypes(cmd.Context(), rf, formats, opt)
 			}
 			if err != nil {
 				return err
@@ -214,7 +230,7 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 	fl.BoolVar(&noCache, "no-cache", false, "ignore and reset the build cache: rebuild every image")
 	fl.BoolVar(&orderOnly, "order-only", false, "print the order the images would be built in, and build nothing")
 	fl.BoolVar(&requireHash, "require-hash", false, "refuse http(s) imports without hash: (reproducible builds)")
-	fl.StringArrayVar(&layerTypes, "layer-type", nil, "layer filesystem: squashfs (default) or erofs; one per build")
+	fl.StringArrayVar(&layerTypes, "layer-type", nil, "layer filesystem: squashfs (default) or erofs; given twice, one image of each, tagged NAME-squashfs and NAME-erofs")
 	fl.StringVar(&annNS, "annotations-namespace", build.DefaultAnnotationsNamespace, "prefix of the stacker annotations on each manifest (NS.stacker.stacker_yaml, NS.stacker.git_version)")
 	fl.StringVar(&subFile, "substitute-file", "", "a YAML file of KEY: VALUE substitutions (--substitute wins)")
 	fl.StringArrayVar(&only, "only", nil, "build only this image and what it needs (repeatable)")
@@ -258,23 +274,21 @@ func defaultRecipe() string {
 	return "vessel.yaml"
 }
 
-// oneLayerType checks --layer-type: stacker builds one image per layer
-// type given; vessel builds one layer type per run and says so instead of
-// keeping the last value silently. tar output is refused: vessel layers
-// are verified filesystem images.
-func oneLayerType(types []string) (string, error) {
+// checkLayerTypes checks --layer-type: each given type once (stacker
+// builds one image per type, vessel too: build.BuildLayerTypes); tar
+// output is refused, vessel layers are verified filesystem images.
+func checkLayerTypes(types []string) error {
+	seen := map[string]bool{}
 	for _, t := range types {
 		if t == "tar" {
-			return "", usageError{"--layer-type tar: vessel builds verified squashfs or erofs layers only; tar layers (for docker or podman) are not supported"}
+			return usageError{"--layer-type tar: vessel builds verified squashfs or erofs layers only; tar layers (for docker or podman) are not supported"}
 		}
+		if seen[t] {
+			return usageError{fmt.Sprintf("--layer-type %s given twice", t)}
+		}
+		seen[t] = true
 	}
-	switch len(types) {
-	case 0:
-		return "squashfs", nil
-	case 1:
-		return types[0], nil
-	}
-	return "", usageError{fmt.Sprintf("--layer-type given %d times (%s): vessel builds one layer type per run; run vessel build once per type", len(types), strings.Join(types, ", "))}
+	return nil
 }
 
 // printBuildEvent writes one progress line to stderr.

@@ -91,6 +91,10 @@ type Options struct {
 	Output io.Writer
 	// Progress, if set, is told about each step.
 	Progress func(Event)
+
+	// tagSuffix is appended to each image name when tagging
+	// (BuildLayerTypes: "-squashfs", as stacker names per-type outputs).
+	tagSuffix string
 }
 
 // Event is one thing a build did.
@@ -141,6 +145,9 @@ type Built struct {
 	File string `json:"file,omitempty"`
 	// Platform is what the image runs on (os/arch[/variant]).
 	Platform string `json:"platform"`
+	// LayerType is the layer type of a BuildLayerTypes build of several
+	// types ("" otherwise).
+	LayerType string `json:"layerType,omitempty"`
 }
 
 // Build builds the images of f (all, or opt.Only and what they need) in
@@ -250,7 +257,7 @@ func (b *builder) buildPlan(ctx context.Context, plan *recipe.Plan) ([]Built, er
 			continue
 		}
 		r := &out[i]
-		name, tag, err := store.ParseRef(step.Image.Name)
+		name, tag, err := store.ParseRef(step.Image.Name + b.opt.tagSuffix)
 		if err != nil {
 			return nil, fmt.Errorf("tag image %q: %w", step.Image.Name, err)
 		}
