@@ -23,12 +23,13 @@ func init() { addCommand(buildCmd) }
 func buildCmd(g *globals) *cobra.Command {
 	var (
 		file, runtimeName, subFile, annNS string
+		searchDir, filePattern            string
 		arch                              string
 		subs, only, layerTypes            []string
 		noCache, requireHash, orderOnly   bool
 	)
 	c := &cobra.Command{
-		Use:   "build [-f vessel.yaml] [--arch ARCH[,ARCH...]] [--substitute KEY=VAL]... [--only NAME]...",
+		Use:   "build [-f vessel.yaml | --search-dir DIR] [--arch ARCH[,ARCH...]] [--substitute KEY=VAL]... [--only NAME]...",
 		Short: "Build the images of a vessel.yaml (stacker.yaml) recipe into the store",
 		Long: `Build every image of a recipe (vessel.yaml in the current directory, or -f
 FILE), in dependency order, into verified images in the store. The recipe
@@ -42,6 +43,11 @@ A top-level config: {prerequisites: [other.yaml, ...]} names recipe files
 recursively, each once; their images can be the recipe's built bases and
 stacker:// sources. --substitute applies to every file, --only to the
 named recipe alone. Progress names the file of a prerequisite's images.
+
+--search-dir DIR (stacker's recursive-build) builds every stacker.yaml and
+vessel.yaml under DIR (--stacker-file-pattern REGEX chooses others) in one
+run, each file once, after its prerequisites and after the files that
+define its built bases and stacker:// sources.
 
 Each image's run script executes in a container (runc or crun) whose root
 is the base image mounted verified with a writable layer on top; imports
@@ -78,6 +84,8 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
   vessel build --arch amd64,arm64                # one multi-arch index per image
   vessel build --require-hash                    # every http(s) import pinned by hash:
   vessel build --order-only                      # the build order, nothing built
+  vessel build --search-dir .                    # every stacker.yaml below ., bases first
+  vessel build --search-dir . --order-only       # the files' build order
   vessel build --substitute-file subs.yaml       # stacker's KEY: VALUE file
   SOURCE_DATE_EPOCH=1700000000 vessel build --json`,
 		Args: cobra.NoArgs,
@@ -133,10 +141,20 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 					return usageError{"--arch with several architectures and --layer-type given more than once: build one layer type per multi-arch run"}
 				}
 			}
+			if searchDir != "" && (cmd.Flags().Changed("file") || len(only) > 0) {
+				return usageError{"--search-dir builds every recipe under a directory: -f and --only do not go with it"}
+			}
 			if !cmd.Flags().Changed("file") {
 				file = defaultRecipe()
 			}
 			load := func(a string) (*recipe.File, error) {
+				if searchDir != "" {
+					paths, err := recipe.FindFiles(searchDir, filePattern)
+					if err != nil {
+						return nil, err
+					}
+					return recipe.LoadFiles(searchDir, paths, recipe.Options{Substitutions: sm, Arch: a})
+				}
 				rf, err := recipe.LoadFile(file, recipe.Options{Substitutions: sm, Arch: a})
 				if err != nil {
 					var re *recipe.Error
@@ -161,7 +179,7 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 					if err != nil {
 						return err
 					}
-					return printOrder(cmd, g.json, order)
+					return printOrder(cmd, g.json, order, searchDir != "")
 				}
 				for _, rfile := range rf.BuildOrder() {
 					for _, w := range rfile.Warnings {
@@ -210,7 +228,9 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 					ref = im.Name + " (build_only, not tagged)"
 				}
 				from := ""
-				if im.File != "" {
+				if im.File != "" && searchDir != "" {
+					from = " (" + im.File + ")"
+				} else if im.File != "" {
 					from = " (prerequisite " + im.File + ")"
 				}
 				if len(arches) > 1 {
@@ -233,6 +253,8 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 	fl.StringArrayVar(&layerTypes, "layer-type", nil, "layer filesystem: squashfs (default) or erofs; given twice, one image of each, tagged NAME-squashfs and NAME-erofs")
 	fl.StringVar(&annNS, "annotations-namespace", build.DefaultAnnotationsNamespace, "prefix of the stacker annotations on each manifest (NS.stacker.stacker_yaml, NS.stacker.git_version)")
 	fl.StringVar(&subFile, "substitute-file", "", "a YAML file of KEY: VALUE substitutions (--substitute wins)")
+	fl.StringVarP(&searchDir, "search-dir", "d", "", "build every recipe file under DIR (stacker's recursive-build), bases first")
+	fl.StringVarP(&filePattern, "stacker-file-pattern", "p", recipe.DefaultFilePattern, "with --search-dir: a regular expression the recipe files' paths match")
 	fl.StringArrayVar(&only, "only", nil, "build only this image and what it needs (repeatable)")
 	fl.StringVar(&arch, "arch", "", "build for ARCH (arm64, amd64...); a comma list builds one multi-arch index per image (default: arch: in the recipe, else this machine's)")
 	fl.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
@@ -240,7 +262,7 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 }
 
 // printOrder writes --order-only's answer: one line per image, or JSON.
-func printOrder(cmd *cobra.Command, asJSON bool, order []build.Planned) error {
+func printOrder(cmd *cobra.Command, asJSON bool, order []build.Planned, set bool) error {
 	w := cmd.OutOrStdout()
 	if asJSON {
 		if order == nil {
@@ -255,7 +277,9 @@ func printOrder(cmd *cobra.Command, asJSON bool, order []build.Planned) error {
 		if p.BuildOnly {
 			line += " (build_only)"
 		}
-		if p.File != "" {
+		if p.File != "" && set {
+			line += " (" + p.File + ")"
+		} else if p.File != "" {
 			line += " (prerequisite " + p.File + ")"
 		}
 		fmt.Fprintln(w, line)

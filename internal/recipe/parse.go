@@ -57,13 +57,23 @@ func ParseFile(path string, opts Options) (*File, error) {
 // image of this file must be in opts.External. LoadFile reads a recipe
 // together with its prerequisites.
 func Parse(name string, b []byte, opts Options) (*File, error) {
-	return parseRecipe(name, b, opts, false)
+	return parseRecipe(name, b, opts, deferNever)
 }
 
-// parseRecipe is Parse; with deferExternal, references to images that are not in
-// the file are left for the caller to check (LoadFile, once it has read
-// the prerequisites) when the file has prerequisites.
-func parseRecipe(name string, b []byte, opts Options, deferExternal bool) (*File, error) {
+// deferMode says when parseRecipe leaves references to images that are
+// not in the file for its caller to check.
+type deferMode int
+
+const (
+	deferNever         deferMode = iota // Parse: check against opts.External
+	deferWithPrereqs                    // LoadFile: when the file has prerequisites
+	deferAlways                         // LoadFiles: the whole set decides
+)
+
+// parseRecipe is Parse; references to images that are not in the file
+// are left for the caller to check as mode says (LoadFile, once it has
+// read the prerequisites; LoadFiles, once it has read the set).
+func parseRecipe(name string, b []byte, opts Options, mode deferMode) (*File, error) {
 	if len(b) > MaxSize {
 		return nil, &Error{File: name, Kind: ErrSyntax, Msg: fmt.Sprintf("larger than %d bytes", MaxSize)}
 	}
@@ -135,7 +145,7 @@ func parseRecipe(name string, b []byte, opts Options, deferExternal bool) (*File
 		p.fail(root, "", "", ErrSyntax, "no images defined")
 	}
 	if len(p.errs) == 0 {
-		p.validate(f, opts.External, deferExternal && len(f.Prerequisites) > 0)
+		p.validate(f, opts.External, mode == deferAlways || mode == deferWithPrereqs && len(f.Prerequisites) > 0)
 	}
 	if err := p.result(); err != nil {
 		return nil, err
