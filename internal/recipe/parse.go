@@ -65,9 +65,9 @@ func Parse(name string, b []byte, opts Options) (*File, error) {
 type deferMode int
 
 const (
-	deferNever         deferMode = iota // Parse: check against opts.External
-	deferWithPrereqs                    // LoadFile: when the file has prerequisites
-	deferAlways                         // LoadFiles: the whole set decides
+	deferNever       deferMode = iota // Parse: check against opts.External
+	deferWithPrereqs                  // LoadFile: when the file has prerequisites
+	deferAlways                       // LoadFiles: the whole set decides
 )
 
 // parseRecipe is Parse; references to images that are not in the file
