@@ -123,6 +123,47 @@ func TestBuildRootlessSameDigests(t *testing.T) {
 			t.Errorf("second rootless build was not fully cached:\n%s", o.String())
 		}
 	}
+
+	// The stacker commands, as the same user: chroot into a built image
+	// (in the user namespace: the file chowned to 1000 is 1000 there),
+	// check sees the user's subordinate ids, clean empties the cache.
+	userRun := func(args ...string) (string, error) {
+		o.Reset()
+		e.Reset()
+		cmd := u.Command(env, append([]string{bin}, args...)...)
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err := cmd.Run()
+		return o.String(), err
+	}
+	out, err := userRun("chroot", "-f", recipe, "extra", "/bin/stat", "-c", "%u:%g %a", "/srv/owned.html")
+	if err != nil || out != "1000:1000 640\n" {
+		t.Errorf("rootless chroot: %q %v\n%s", out, err, e.String())
+	}
+	out, err = userRun("--json", "check")
+	var rep struct {
+		Checks []struct{ Name, Status, Detail string }
+	}
+	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil {
+		t.Fatalf("rootless check: %v %v\n%s%s", err, jerr, out, e.String())
+	}
+	found := false
+	for _, c := range rep.Checks {
+		if c.Name == "subordinate ids" {
+			found = true
+			if c.Status != "pass" || !strings.Contains(c.Detail, u.Name+":") {
+				t.Errorf("rootless check of subordinate ids: %+v", c)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("rootless check has no subordinate ids line: %s", out)
+	}
+	if out, err := userRun("clean"); err != nil || !strings.Contains(out, "removed build-cache.json") {
+		t.Errorf("rootless clean: %q %v\n%s", out, err, e.String())
+	}
+	if _, err := os.Stat(filepath.Join(store, "build-cache.json")); err == nil {
+		t.Error("rootless clean left the build cache")
+	}
 	if pids := u.Pids(); len(pids) > 0 {
 		t.Errorf("processes of the user still run after the build: %v", pids)
 	}
