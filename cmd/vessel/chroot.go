@@ -36,9 +36,9 @@ IMAGE is an image of the recipe (vessel.yaml, else stacker.yaml, or -f
 FILE; default its first image), build_only ones included: it is built
 first when the cache does not hold it (never tagged), and the container is
 the one its run script gets: environment and build_env, STACKER_LAYER_NAME,
-the host binds, and its local imports at /stacker/imports (http(s) and
-stacker:// imports are not staged). An IMAGE the recipe does not define is
-looked up in the store and gets its own environment.
+the host binds, and its imports at /stacker/imports (downloads and
+stacker:// sources too). An IMAGE the recipe does not define is looked up
+in the store and gets its own environment.
 
 stdin is connected, and a terminal is given when stdin is one. The exit
 code is the command's. The mount, the container and the staged imports are

@@ -46,8 +46,8 @@ var ErrNoImage = errors.New("no image to enter")
 // /, with no network. For an image of the recipe f (nil: none) the
 // container is the one its run script gets: the build environment
 // (environment, build_env, STACKER_LAYER_NAME), the host binds, and the
-// local imports at /stacker/imports (http(s) and stacker:// imports are
-// not staged); the image is built first if the cache does not hold it.
+// imports at /stacker/imports (downloads and stacker:// sources
+// included); the image is built first if the cache does not hold it.
 // A store image gets its own environment.
 //
 // It returns the command's exit code. The mount, the container and the
@@ -73,6 +73,7 @@ func Chroot(ctx context.Context, f *recipe.File, opt Options, co ChrootOptions) 
 	if name == "" {
 		return -1, fmt.Errorf("chroot: %w", ErrNoImage)
 	}
+	var built []Built
 	if img != nil {
 		o := opt
 		o.Only = nil
@@ -83,6 +84,7 @@ func Chroot(ctx context.Context, f *recipe.File, opt Options, co ChrootOptions) 
 		if err != nil {
 			return -1, fmt.Errorf("chroot %s: build it: %w", name, err)
 		}
+		built = res.Images
 		for _, r := range res.Images {
 			if r.Name == name {
 				if mi, err = mount.LocalImage(opt.Store, r.Descriptor.Digest.String()); err != nil {
@@ -113,7 +115,7 @@ func Chroot(ctx context.Context, f *recipe.File, opt Options, co ChrootOptions) 
 				err = errors.Join(err, fmt.Errorf("chroot %s: remove the staged imports: %w", name, rerr))
 			}
 		}()
-		binds, err := chrootImports(img, filepath.Join(tmp, "stage"), opt.SourceDateEpoch)
+		binds, err := chrootImports(ctx, img, filepath.Join(tmp, "stage"), opt, built)
 		if err != nil {
 			return -1, fmt.Errorf("chroot %s: %w", name, err)
 		}
@@ -129,24 +131,39 @@ func Chroot(ctx context.Context, f *recipe.File, opt Options, co ChrootOptions) 
 	return l.Run(ctx, container.Spec{ID: containerID("chroot-" + strings.ReplaceAll(name, "/", "-")), Image: mi, Config: cfg, Started: co.Started}, stdio)
 }
 
-// chrootImports stages img's local imports without dest: (at
-// /stacker/imports, as in its build) and returns the container's binds:
-// those and the host binds.
-func chrootImports(img *recipe.Image, dir string, sde *int64) ([]ociruntime.Bind, error) {
-	local := *img
-	local.Imports = nil
-	local.Run = nil // no script to stage
+// chrootImports stages img's imports without dest: at /stacker/imports,
+// as in its build (http(s) ones from the downloads cache, stacker:// ones
+// from the images built), and returns the container's binds: those and
+// the host binds. The source images are unmounted before it returns.
+func chrootImports(ctx context.Context, img *recipe.Image, dir string, opt Options, built []Built) (_ []ociruntime.Bind, err error) {
+	staged := *img
+	staged.Imports = nil
+	staged.Run = nil // no script to stage
 	for _, imp := range img.Imports {
-		if imp.Remote() || imp.FromImage != "" || imp.Dest != "" {
-			continue
+		if imp.Dest == "" { // those with dest: are in the image already
+			staged.Imports = append(staged.Imports, imp)
 		}
-		local.Imports = append(local.Imports, imp)
+	}
+	b := &builder{opt: opt, s: opt.Store, done: map[string]*Built{}, fetch: newFetcher(opt.Store.Root(), opt.HTTPClient)}
+	for i := range built {
+		b.done[built[i].Name] = &built[i]
+	}
+	src := &sources{b: b, ctx: ctx}
+	defer func() {
+		err = errors.Join(err, src.close(), b.fetch.close())
+	}()
+	for _, imp := range staged.Imports {
+		if imp.Remote() {
+			if _, err := b.fetch.fetch(ctx, imp); err != nil {
+				return nil, fmt.Errorf("%s: %w", imp.Source, err)
+			}
+		}
 	}
 	mtime := time.Unix(0, 0)
-	if sde != nil {
-		mtime = time.Unix(*sde, 0)
+	if opt.SourceDateEpoch != nil {
+		mtime = time.Unix(*opt.SourceDateEpoch, 0)
 	}
-	st, err := recipe.Stage(&local, dir, recipe.StageOptions{MTime: mtime})
+	st, err := recipe.Stage(&staged, dir, recipe.StageOptions{Resolve: src.resolve, MTime: mtime})
 	if err != nil {
 		return nil, err
 	}

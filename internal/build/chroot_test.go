@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,19 +18,30 @@ import (
 
 // TestChroot: a command in a build container of a recipe's image (a
 // build_only one, built first and not tagged): the image's files, the
-// build environment, the local imports at /stacker/imports and the host
+// build environment, the imports at /stacker/imports (local, stacker://
+// and http) and the host
 // binds; its exit code comes back; its changes are thrown away; a store
 // image works without a recipe; an unknown name is refused; a cancelled
 // command is stopped; nothing is left mounted or staged on any path.
 func TestChroot(t *testing.T) {
 	e := newEnv(t)
 	e.write(map[string]string{"tool.txt": "tool\n", "shared/in": "from host\n"})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/dl/remote.txt" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write([]byte("downloaded\n"))
+	}))
+	defer srv.Close()
 	rec := baseRecipe + `
 dev:
   from: {type: built, tag: base}
   build_only: true
   imports:
     - tool.txt
+    - stacker://base/data/keep
+    - ` + srv.URL + `/dl/remote.txt
   binds:
     - shared -> /shared
   build_env:
@@ -49,14 +62,14 @@ dev:
 		return code, out.String(), err
 	}
 	code, out, err := run(context.Background(), f, "dev", "/bin/sh", "-c",
-		`cat /dev.txt /data/a /stacker/imports/tool.txt /shared/in; echo "$MODE $STACKER_LAYER_NAME"; echo w > /shared/out; touch /new; exit 7`)
+		`cat /dev.txt /data/a /stacker/imports/tool.txt /stacker/imports/keep /stacker/imports/remote.txt /shared/in; echo "$MODE $STACKER_LAYER_NAME"; echo w > /shared/out; touch /new; exit 7`)
 	if err != nil {
 		t.Fatal(err, e.out.String())
 	}
 	if code != 7 {
 		t.Errorf("exit code %d, want 7\n%s", code, out)
 	}
-	if want := "dev\na\ntool\nfrom host\ndebug dev\n"; out != want {
+	if want := "dev\na\ntool\nkeep\ndownloaded\nfrom host\ndebug dev\n"; out != want {
 		t.Errorf("output %q, want %q", out, want)
 	}
 	if b, err := os.ReadFile(filepath.Join(e.dir, "shared/out")); err != nil || string(b) != "w\n" {
