@@ -322,6 +322,9 @@ func printBuildEvent(cmd *cobra.Command, start time.Time, e build.Event) {
 	if e.File != "" {
 		name += " (" + e.File + ")"
 	}
+	if e.LayerType != "" {
+		name += " [" + e.LayerType + "]"
+	}
 	pre := fmt.Sprintf("[%5.1fs] [%d/%d] %s:", time.Since(start).Seconds(), e.Step, e.Steps, name)
 	switch e.Status {
 	case build.StatusCached:

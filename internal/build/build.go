@@ -109,6 +109,9 @@ type Event struct {
 	// File is the recipe that defines the image when it is a prerequisite
 	// of the recipe being built; "" for the recipe's own images.
 	File string `json:"file,omitempty"`
+	// LayerType is the layer type being built in a BuildLayerTypes run of
+	// several types ("" otherwise).
+	LayerType string `json:"layerType,omitempty"`
 }
 
 // Event statuses.
@@ -304,7 +307,8 @@ func (b *builder) event(i int, status string, d digest.Digest, msg string) {
 	if b.opt.Progress == nil {
 		return
 	}
-	b.opt.Progress(Event{Image: b.plan.Steps[i].Image.Name, Step: b.offset + i + 1, Steps: b.total, Status: status, Digest: d, Message: msg, File: b.prereq()})
+	b.opt.Progress(Event{Image: b.plan.Steps[i].Image.Name, Step: b.offset + i + 1, Steps: b.total, Status: status, Digest: d, Message: msg, File: b.prereq(),
+		LayerType: strings.TrimPrefix(b.opt.tagSuffix, "-")})
 }
 
 // stepError is a failure of step i of the current plan.

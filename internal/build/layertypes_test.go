@@ -79,7 +79,9 @@ app:
 		t.Fatal(err)
 	}
 	cached := 0
+	types := map[string]int{}
 	for _, ev := range e.events {
+		types[ev.LayerType]++
 		if ev.Status == StatusCached {
 			cached++
 		}
@@ -89,6 +91,9 @@ app:
 	}
 	if cached != 4 {
 		t.Errorf("second run: %d images cached, want 4", cached)
+	}
+	if types["squashfs"] == 0 || types["erofs"] == 0 || types[""] != 0 {
+		t.Errorf("events by layer type: %v", types)
 	}
 	if _, err := BuildLayerTypes(context.Background(), f, []layer.Format{formats[0], formats[0]}, e.options()); err == nil {
 		t.Error("a layer type given twice was accepted")
