@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/vesselos/vessel/internal/userns/usernstest"
 )
 
 // rootlessRecipe is examples/vessel.yaml plus an image that deletes a file
@@ -37,23 +35,8 @@ extra:
 // unprivileged user with subordinate ids, on clean stores, and wants the
 // same image digests.
 func TestBuildRootlessSameDigests(t *testing.T) {
-	for _, tool := range []string{"squashfuse", "mksquashfs", "runc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
-		}
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("busybox is not installed (package busybox-static)")
-	}
-	u := usernstest.NewUser(t) // skips unless root with useradd, newuidmap and user namespaces
-	tmp := t.TempDir()
-	for d := tmp; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
-		if strings.HasPrefix(d, os.TempDir()) {
-			os.Chmod(d, 0o755)
-		}
-	}
-	bin := filepath.Join(tmp, "bin", "vessel")
-	copyExe(t, bin)
+	r := newRootlessEnv(t, []string{"squashfuse", "mksquashfs", "runc"}, "/bin/busybox")
+	tmp, bin := r.tmp, r.bin
 	src, err := os.ReadFile("../../examples/vessel.yaml")
 	must(t, err)
 	html, err := os.ReadFile("../../examples/www/index.html")
@@ -98,59 +81,37 @@ func TestBuildRootlessSameDigests(t *testing.T) {
 	root := digests(o.Bytes())
 
 	// As the user, twice: the second build is all cached.
-	store := filepath.Join(tmp, "userstore")
-	xdg := filepath.Join(tmp, "xdg")
-	must(t, os.Mkdir(store, 0o755))
-	must(t, os.Mkdir(xdg, 0o700))
-	u.Chown(t, store)
-	u.Chown(t, xdg)
-	env := []string{"VESSEL_ROOT=" + store, "XDG_RUNTIME_DIR=" + xdg, "SOURCE_DATE_EPOCH=1700000000"}
 	for round := 0; round < 2; round++ {
-		o.Reset()
-		e.Reset()
-		cmd = u.Command(env, bin, "--json", "build", "-f", recipe)
-		cmd.Stdout, cmd.Stderr = &o, &e
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("rootless build: %v\n%s", err, e.String())
-		}
-		user := digests(o.Bytes())
+		out := r.vessel(t, "--json", "build", "-f", recipe)
+		user := digests(out)
 		for name, d := range root {
 			if user[name] != d {
 				t.Errorf("round %d: image %s: rootless %s, root %s", round, name, user[name], d)
 			}
 		}
-		if round == 1 && (strings.Count(o.String(), `"status":"cached"`) != 3 || strings.Contains(o.String(), `"status":"run"`)) {
-			t.Errorf("second rootless build was not fully cached:\n%s", o.String())
+		if round == 1 && (bytes.Count(out, []byte(`"status":"cached"`)) != 3 || bytes.Contains(out, []byte(`"status":"run"`))) {
+			t.Errorf("second rootless build was not fully cached:\n%s", out)
 		}
 	}
-
 	// The stacker commands, as the same user: chroot into a built image
 	// (in the user namespace: the file chowned to 1000 is 1000 there),
 	// check sees the user's subordinate ids, clean empties the cache.
-	userRun := func(args ...string) (string, error) {
-		o.Reset()
-		e.Reset()
-		cmd := u.Command(env, append([]string{bin}, args...)...)
-		cmd.Stdout, cmd.Stderr = &o, &e
-		err := cmd.Run()
-		return o.String(), err
+	out := r.vessel(t, "chroot", "-f", recipe, "extra", "/bin/stat", "-c", "%u:%g %a", "/srv/owned.html")
+	if string(out) != "1000:1000 640\n" {
+		t.Errorf("rootless chroot: %q", out)
 	}
-	out, err := userRun("chroot", "-f", recipe, "extra", "/bin/stat", "-c", "%u:%g %a", "/srv/owned.html")
-	if err != nil || out != "1000:1000 640\n" {
-		t.Errorf("rootless chroot: %q %v\n%s", out, err, e.String())
-	}
-	out, err = userRun("--json", "check")
+	out = r.vessel(t, "--json", "check")
 	var rep struct {
 		Checks []struct{ Name, Status, Detail string }
 	}
-	if jerr := json.Unmarshal([]byte(out), &rep); jerr != nil {
-		t.Fatalf("rootless check: %v %v\n%s%s", err, jerr, out, e.String())
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("rootless check: %v\n%s", err, out)
 	}
 	found := false
 	for _, c := range rep.Checks {
 		if c.Name == "subordinate ids" {
 			found = true
-			if c.Status != "pass" || !strings.Contains(c.Detail, u.Name+":") {
+			if c.Status != "pass" || !strings.Contains(c.Detail, r.u.Name+":") {
 				t.Errorf("rootless check of subordinate ids: %+v", c)
 			}
 		}
@@ -158,18 +119,13 @@ func TestBuildRootlessSameDigests(t *testing.T) {
 	if !found {
 		t.Errorf("rootless check has no subordinate ids line: %s", out)
 	}
-	if out, err := userRun("clean"); err != nil || !strings.Contains(out, "removed build-cache.json") {
-		t.Errorf("rootless clean: %q %v\n%s", out, err, e.String())
+	if out := r.vessel(t, "clean"); !bytes.Contains(out, []byte("removed build-cache.json")) {
+		t.Errorf("rootless clean: %q", out)
 	}
-	if _, err := os.Stat(filepath.Join(store, "build-cache.json")); err == nil {
+	if _, err := os.Stat(filepath.Join(r.store, "build-cache.json")); err == nil {
 		t.Error("rootless clean left the build cache")
 	}
-	if pids := u.Pids(); len(pids) > 0 {
-		t.Errorf("processes of the user still run after the build: %v", pids)
-	}
-	if m := mountsUnder(tmp); len(m) > 0 {
-		t.Errorf("mounts left behind: %v", m)
-	}
+	r.checkClean(t, "the build, chroot and clean")
 }
 
 // TestBuildRootlessStackerBase: an unprivileged user builds on an OCI
@@ -178,23 +134,8 @@ func TestBuildRootlessSameDigests(t *testing.T) {
 // using binds, overlay_dirs, generate_labels and a tar base made by a
 // build_only image (stacker://), and gets the digests of a root build.
 func TestBuildRootlessStackerBase(t *testing.T) {
-	for _, tool := range []string{"squashfuse", "mksquashfs", "runc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
-		}
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("busybox is not installed (package busybox-static)")
-	}
-	u := usernstest.NewUser(t) // skips unless root with useradd, newuidmap and user namespaces
-	tmp := t.TempDir()
-	for d := tmp; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
-		if strings.HasPrefix(d, os.TempDir()) {
-			os.Chmod(d, 0o755)
-		}
-	}
-	bin := filepath.Join(tmp, "bin", "vessel")
-	copyExe(t, bin)
+	r := newRootlessEnv(t, []string{"squashfuse", "mksquashfs", "runc"}, "/bin/busybox")
+	tmp, bin := r.tmp, r.bin
 	src, err := os.ReadFile("../../examples/vessel.yaml")
 	must(t, err)
 	html, err := os.ReadFile("../../examples/www/index.html")
@@ -274,25 +215,8 @@ final:
 	}
 	rootDigest := digest(run("--json", "build", "-f", recipe))
 
-	store := filepath.Join(tmp, "userstore")
-	xdg := filepath.Join(tmp, "xdg")
-	must(t, os.Mkdir(store, 0o755))
-	must(t, os.Mkdir(xdg, 0o700))
-	u.Chown(t, store)
-	u.Chown(t, xdg)
-	var o, e bytes.Buffer
-	cmd := u.Command([]string{"VESSEL_ROOT=" + store, "XDG_RUNTIME_DIR=" + xdg, "SOURCE_DATE_EPOCH=1700000000"}, bin, "--json", "build", "-f", recipe)
-	cmd.Stdout, cmd.Stderr = &o, &e
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("rootless build: %v\n%s", err, e.String())
-	}
-	if got := digest(o.String()); got != rootDigest {
+	if got := digest(string(r.vessel(t, "--json", "build", "-f", recipe))); got != rootDigest {
 		t.Errorf("rootless %s, root %s", got, rootDigest)
 	}
-	if pids := u.Pids(); len(pids) > 0 {
-		t.Errorf("processes of the user still run after the build: %v", pids)
-	}
-	if m := mountsUnder(tmp); len(m) > 0 {
-		t.Errorf("mounts left behind: %v", m)
-	}
+	r.checkClean(t, "the build")
 }
