@@ -51,6 +51,10 @@ type HostOptions struct {
 	FSType func(string) (int64, error)
 	// Binfmt is the binfmt_misc directory.
 	Binfmt string
+	// Modules is the running kernel's module directory (default
+	// /lib/modules/RELEASE): a module listed in its modules.dep is loaded
+	// on first use.
+	Modules string
 }
 
 func (o *HostOptions) defaults() {
@@ -75,6 +79,12 @@ func (o *HostOptions) defaults() {
 				return 0, err
 			}
 			return int64(st.Type), nil
+		}
+	}
+	if o.Modules == "" {
+		var uts unix.Utsname
+		if err := unix.Uname(&uts); err == nil {
+			o.Modules = filepath.Join("/lib/modules", unix.ByteSliceToString(uts.Release[:]))
 		}
 	}
 	if o.User == nil {
@@ -107,12 +117,15 @@ func CheckHost(opt HostOptions) ([]HostCheck, error) {
 		add(HostCheck{Name: "kernel", Status: CheckInfo, Detail: unix.ByteSliceToString(uts.Sysname[:]) + " " + unix.ByteSliceToString(uts.Release[:]) + " " + unix.ByteSliceToString(uts.Machine[:])})
 	}
 	fss := readFilesystems(filepath.Join(opt.Proc, "filesystems"))
+	mods := availableModules(opt.Modules)
 	kfs := func(name, module, what string, required bool) {
 		c := HostCheck{Name: name + " filesystem", Status: CheckPass, Detail: what}
 		if fss[name] {
 			c.Detail = "in /proc/filesystems: " + what
 		} else if pathExists(filepath.Join(opt.Sys, "module", module)) {
 			c.Detail = "module " + module + " loaded: " + what
+		} else if mods[module] {
+			c.Detail = "module " + module + " is loaded on first use: " + what
 		} else {
 			c.Status, c.Detail, c.Hint = failOrWarn(required), "not in /proc/filesystems: "+what, "as root: modprobe "+module
 		}
@@ -134,6 +147,10 @@ func CheckHost(opt HostOptions) ([]HostCheck, error) {
 	case !pathExists(filepath.Join(opt.Dev, "mapper/control")):
 		dm.Status, dm.Hint = CheckFail, "as root: modprobe dm-mod dm-verity"
 		dm.Detail += " is missing: root builds check every layer with dm-verity"
+	case mods["dm-verity"] || mods["dm_verity"]:
+		if !pathExists(filepath.Join(opt.Sys, "module/dm_verity")) {
+			dm.Detail += " (dm_verity is loaded on first use)"
+		}
 	case !pathExists(filepath.Join(opt.Sys, "module/dm_verity")) && !dmBuiltin(opt.Proc):
 		dm.Status, dm.Hint = CheckWarn, "as root: modprobe dm-verity (the kernel may load it on first use)"
 		dm.Detail = "dm_verity is not loaded"
@@ -355,4 +372,27 @@ func binfmtCheck(opt HostOptions) HostCheck {
 		}
 	}
 	return c
+}
+
+// availableModules are the module names listed in dir/modules.dep (and
+// modules.builtin): what the kernel can load, or has built in.
+func availableModules(dir string) map[string]bool {
+	out := map[string]bool{}
+	if dir == "" {
+		return out
+	}
+	for _, f := range []string{"modules.dep", "modules.builtin"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			path, _, _ := strings.Cut(line, ":")
+			base := filepath.Base(strings.TrimSpace(path))
+			if i := strings.Index(base, ".ko"); i > 0 {
+				out[base[:i]] = true
+			}
+		}
+	}
+	return out
 }

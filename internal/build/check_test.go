@@ -62,7 +62,8 @@ func (h *fakeHost) options() HostOptions {
 			}
 			return "", errors.New("not found")
 		},
-		FSType: func(string) (int64, error) { return h.fs, nil },
+		FSType:  func(string) (int64, error) { return h.fs, nil },
+		Modules: filepath.Join(h.dir, "modules"),
 	}
 }
 
@@ -101,6 +102,10 @@ func TestCheckHost(t *testing.T) {
 	}{
 		{"no overlay", func(h *fakeHost) { h.file(t, "proc/filesystems", "\tsquashfs\n") }, "overlay filesystem", CheckFail, "modprobe overlay"},
 		{"no erofs", func(h *fakeHost) { h.file(t, "proc/filesystems", "nodev\toverlay\n\tsquashfs\n") }, "erofs filesystem", CheckWarn, "modprobe erofs"},
+		{"overlay loadable", func(h *fakeHost) {
+			h.file(t, "proc/filesystems", "\tsquashfs\n")
+			h.file(t, "modules/modules.dep", "kernel/fs/overlayfs/overlay.ko.xz:\nkernel/drivers/md/dm-verity.ko.xz: kernel/lib/reed_solomon.ko.xz\n")
+		}, "overlay filesystem", CheckPass, ""},
 		{"no mksquashfs", func(h *fakeHost) { delete(h.tools, "mksquashfs") }, "mksquashfs", CheckFail, "squashfs-tools"},
 		{"crun instead of runc", func(h *fakeHost) { h.tools["crun"] = h.tools["runc"]; delete(h.tools, "runc") }, "runc", CheckPass, ""},
 		{"no runtime", func(h *fakeHost) { delete(h.tools, "runc") }, "runc", CheckFail, "apt-get install runc"},
