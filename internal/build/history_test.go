@@ -8,13 +8,15 @@ import (
 	"testing"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/image"
 )
 
 // TestConfigHistory: configs carry stacker's author (the annotation, else
 // "vessel" for a reproducible build, else USER@HOST) and one history entry
 // per build step ("vessel build of NAME (imports, run)" for the layer,
 // "vessel build" for the config), as skopeo reads them from the store's
-// OCI layout.
+// OCI layout, and umoci pairs the entries with the layers.
 func TestConfigHistory(t *testing.T) {
 	e := newEnv(t)
 	rec := baseRecipe + `
@@ -45,6 +47,38 @@ signed:
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("app history:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	// umoci pairs each entry with its layer: the layer entries carry
+	// app's two layers, in order.
+	if _, err := exec.LookPath("umoci"); err == nil {
+		out, err := exec.Command("umoci", "stat", "--json", "--image", filepath.Join(e.s.Root(), "oci")+":app:latest").Output()
+		if err != nil {
+			t.Fatalf("umoci stat: %v", err)
+		}
+		var st struct {
+			History []struct {
+				Layer     *ocispec.Descriptor `json:"layer"`
+				CreatedBy string              `json:"created_by"`
+				Author    string              `json:"author"`
+			} `json:"history"`
+		}
+		if err := json.Unmarshal(out, &st); err != nil {
+			t.Fatalf("umoci stat: %v\n%s", err, out)
+		}
+		img, err := image.Read(e.s, "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var withLayer []string
+		for _, h := range st.History {
+			if h.Layer != nil {
+				withLayer = append(withLayer, h.CreatedBy+"@"+h.Layer.Digest.String())
+			}
+		}
+		ls := img.Layers()
+		if want := []string{"vessel build of base (run)@" + ls[0].Digest.String(), "vessel build of app (imports, run)@" + ls[1].Digest.String()}; strings.Join(withLayer, " ") != strings.Join(want, " ") {
+			t.Errorf("umoci's layer history %v, want %v", withLayer, want)
+		}
 	}
 	signed := skopeoConfig(t, e, "signed")
 	if signed.Author != "Jane Doe <jane@example.com>" {
