@@ -36,6 +36,7 @@ import (
 	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/recipe"
 	"github.com/vesselos/vessel/internal/reference"
+	"github.com/vesselos/vessel/internal/supervise"
 	"github.com/vesselos/vessel/internal/trust"
 )
 
@@ -151,6 +152,8 @@ func printError(w io.Writer, err error) {
 func hint(err error) string {
 	var notRegistered *binfmt.NotRegisteredError
 	switch {
+	case errors.Is(err, supervise.ErrNoLog):
+		return "vessel ps lists the services"
 	case errors.Is(err, trust.ErrNoCA):
 		return "give the manifest-signing CA certificate with --ca"
 	case errors.Is(err, recipe.ErrCacheCorrupt):
