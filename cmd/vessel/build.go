@@ -171,7 +171,19 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 					}{"step", e})
 				}
 			} else {
-				opt.Progress = func(e build.Event) { printBuildEvent(cmd, start, e) }
+				// On a terminal, a live line shows the layer step's bytes.
+				lp := newLayerProgress(cmd, g)
+				lp.start = start
+				var making string
+				opt.Progress = func(e build.Event) {
+					if e.Status == build.StatusLayer {
+						making = e.Image
+					}
+					printBuildEvent(lp, e)
+				}
+				opt.Written = func(n int64) { lp.draw(making, n, 0, "written") }
+				opt.Hashed = func(done, total int64) { lp.hashed(making, done, total) }
+				defer lp.done()
 			}
 			var res *build.Result
 			if len(arches) > 1 {
@@ -277,28 +289,27 @@ func oneLayerType(types []string) (string, error) {
 	return "", usageError{fmt.Sprintf("--layer-type given %d times (%s): vessel builds one layer type per run; run vessel build once per type", len(types), strings.Join(types, ", "))}
 }
 
-// printBuildEvent writes one progress line to stderr.
-func printBuildEvent(cmd *cobra.Command, start time.Time, e build.Event) {
-	w := cmd.ErrOrStderr()
+// printBuildEvent writes one progress line to stderr (ending a live
+// line first).
+func printBuildEvent(lp *layerProgress, e build.Event) {
 	name := e.Image
 	if e.File != "" {
 		name += " (" + e.File + ")"
 	}
-	pre := fmt.Sprintf("[%5.1fs] [%d/%d] %s:", time.Since(start).Seconds(), e.Step, e.Steps, name)
+	what := e.Message
 	switch e.Status {
 	case build.StatusCached:
-		fmt.Fprintf(w, "%s cached %s\n", pre, shortDigest(e.Digest.String()))
+		what = "cached " + shortDigest(e.Digest.String())
 	case build.StatusBuilt:
-		fmt.Fprintf(w, "%s built %s\n", pre, shortDigest(e.Digest.String()))
+		what = "built " + shortDigest(e.Digest.String())
 	case build.StatusRun:
-		fmt.Fprintf(w, "%s run\n", pre)
+		what = "run"
 	case build.StatusLayer:
-		fmt.Fprintf(w, "%s making the layer\n", pre)
+		what = "making the layer"
 	case build.StatusReuse:
-		fmt.Fprintf(w, "%s layer cached, new config\n", pre)
+		what = "layer cached, new config"
 	case build.StatusTagged:
-		fmt.Fprintf(w, "%s tagged %s\n", pre, e.Message)
-	default:
-		fmt.Fprintf(w, "%s %s\n", pre, e.Message)
+		what = "tagged " + e.Message
 	}
+	lp.printf("[%5.1fs] [%d/%d] %s: %s\n", time.Since(lp.start).Seconds(), e.Step, e.Steps, name, what)
 }

@@ -13,7 +13,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/vesselos/vessel/internal/build"
 	"github.com/vesselos/vessel/internal/trust"
 )
 
@@ -87,5 +89,31 @@ func TestLibraryErrorsNameNoFlags(t *testing.T) {
 	}
 	if checked < 50 {
 		t.Fatalf("only %d files checked", checked)
+	}
+}
+
+// On a terminal, a build's layer step draws a live line (bytes written,
+// then hashed) that the next step's line ends; piped, only the step
+// lines are printed.
+func TestBuildLayerProgressLine(t *testing.T) {
+	for _, live := range []bool{true, false} {
+		var b bytes.Buffer
+		lp := &layerProgress{w: &b, live: live, start: time.Now()}
+		printBuildEvent(lp, build.Event{Image: "app", Step: 1, Steps: 1, Status: build.StatusLayer})
+		lp.draw("app", 3<<20, 0, "written")
+		lp.hashed("app", 2<<20, 8<<20)
+		printBuildEvent(lp, build.Event{Image: "app", Step: 1, Steps: 1, Status: build.StatusBuilt, Digest: "sha256:0123456789abcdef"})
+		got := regexp.MustCompile(`\[ *[0-9.]+s\]`).ReplaceAllString(b.String(), "[T]")
+		got = regexp.MustCompile(`, [0-9.]+ [KMGT]?i?B/s`).ReplaceAllString(got, ", R/s")
+		want := "[T] [1/1] app: making the layer\n[T] [1/1] app: built sha256:0123456789ab\n"
+		if live {
+			want = "[T] [1/1] app: making the layer\n" +
+				"\r\x1b[2K[T]   app: 3.0 MiB written, R/s" +
+				"\r\x1b[2K[T]   app: 2.0 MiB of 8.0 MiB hashed (digest, verity), R/s\n" +
+				"[T] [1/1] app: built sha256:0123456789ab\n"
+		}
+		if got != want {
+			t.Errorf("live %v:\n%q\nwant\n%q", live, got, want)
+		}
 	}
 }

@@ -175,7 +175,9 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		}
 	}
 	b.event(i, StatusLayer, "", "")
-	built, err := layer.Build(ctx, dir, filepath.Join(tmp, "blob"), layer.BuildOptions{Format: b.opt.Format, SourceDateEpoch: b.opt.SourceDateEpoch})
+	built, err := layer.Build(ctx, dir, filepath.Join(tmp, "blob"), layer.BuildOptions{
+		Format: b.opt.Format, SourceDateEpoch: b.opt.SourceDateEpoch, Written: b.opt.Written, Hashed: b.opt.Hashed,
+	})
 	if err != nil {
 		return ocispec.Descriptor{}, false, fail("layer", 0, err)
 	}
