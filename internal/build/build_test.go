@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -595,4 +596,42 @@ func TestLayerProgress(t *testing.T) {
 	if end := hashed[len(hashed)-1]; end[0] != end[1] || end[1] < 2*written[len(written)-1] {
 		t.Errorf("last hash report %v: want all of at least twice the %d bytes written", end, written[len(written)-1])
 	}
+}
+
+// TestDestImportMTimes: a dest: import keeps its file's mtime in the
+// image (as stacker's do); with SOURCE_DATE_EPOCH every time is that.
+func TestDestImportMTimes(t *testing.T) {
+	e := newEnv(t)
+	e.write(map[string]string{"data/conf": "c\n", "data/dir/f": "f\n"})
+	old := time.Unix(1600000000, 0)
+	for _, p := range []string{"data/conf", "data/dir/f", "data/dir"} {
+		if err := os.Chtimes(filepath.Join(e.dir, p), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recipe := `
+app:
+  from: {type: scratch}
+  imports:
+    - path: data/conf
+      dest: /etc/
+    - path: data/dir
+      dest: /srv/
+`
+	opt := e.options()
+	opt.SourceDateEpoch = nil
+	if _, err := e.build(recipe, opt, nil); err != nil {
+		t.Fatal(err, e.out.String())
+	}
+	e.withMounted("app", func(root string) {
+		for _, p := range []string{"etc/conf", "srv/dir/f", "srv/dir"} {
+			fi, err := os.Lstat(filepath.Join(root, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !fi.ModTime().Equal(old) {
+				t.Errorf("/%s: mtime %v, want the source's %v", p, fi.ModTime(), old)
+			}
+		}
+	})
 }

@@ -52,11 +52,12 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		return ocispec.Descriptor{}, false, fail("prepare", 0, err)
 	}
 	defer os.RemoveAll(tmp)
-	mtime := time.Unix(0, 0)
+	mtime, maxKept := time.Unix(0, 0), time.Time{}
 	if b.opt.SourceDateEpoch != nil {
 		mtime = time.Unix(*b.opt.SourceDateEpoch, 0)
+		maxKept = mtime
 	}
-	st, err := recipe.Stage(img, filepath.Join(tmp, "stage"), recipe.StageOptions{Resolve: src.resolve, MTime: mtime})
+	st, err := recipe.Stage(img, filepath.Join(tmp, "stage"), recipe.StageOptions{Resolve: src.resolve, MTime: mtime, ImageMTimeMax: maxKept})
 	if err != nil {
 		return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), err)
 	}
