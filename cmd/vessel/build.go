@@ -239,12 +239,9 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 func printOrder(cmd *cobra.Command, asJSON bool, order []build.Planned) error {
 	w := cmd.OutOrStdout()
 	if asJSON {
-		if order == nil {
-			order = []build.Planned{}
-		}
-		return json.NewEncoder(w).Encode(struct {
+		return json.NewEncoder(w).Encode(jsonValue(struct {
 			Order []build.Planned `json:"order"`
-		}{order})
+		}{order}))
 	}
 	for _, p := range order {
 		line := fmt.Sprintf("%d %s", p.Step, p.Image)

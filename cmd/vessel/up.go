@@ -287,7 +287,7 @@ a newline.`,
 			}
 			if g.json {
 				events := json.NewEncoder(w)
-				emit = func(e supervise.LogEntry) error { return events.Encode(e) }
+				emit = func(e supervise.LogEntry) error { return events.Encode(jsonValue(e)) }
 			}
 			return supervise.ReadLog(cmd.Context(), g.superviseDir(), args[0], opts, emit)
 		},
