@@ -40,8 +40,11 @@ import (
 	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/recipe"
 	"github.com/vesselos/vessel/internal/reference"
+	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/supervise"
+	"github.com/vesselos/vessel/internal/tpm"
 	"github.com/vesselos/vessel/internal/trust"
+	"github.com/vesselos/vessel/internal/userns"
 )
 
 // globals are the flags every command shares.
@@ -244,7 +247,20 @@ func printError(w io.Writer, err error) {
 // and flags (which the library does not know).
 func hint(err error) string {
 	var notRegistered *binfmt.NotRegisteredError
+	var noSubIDs *userns.NoSubIDsError
 	switch {
+	case errors.As(err, &noSubIDs):
+		return fmt.Sprintf("as root, run `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 %s` (pick a range no other user has) and try again", noSubIDs.User)
+	case errors.Is(err, tpm.ErrExists):
+		return "add --force to replace it"
+	case errors.Is(err, tpm.ErrNotTPMKey):
+		return "a PEM key file is given as --key FILE, without tpm:"
+	case errors.Is(err, registry.ErrTooLarge):
+		return "raise the limit with --max-blob-size if the blob is expected to be that large"
+	case errors.Is(err, registry.ErrImageNotLocal):
+		return "or push only the manifest and its signature with --no-images"
+	case errors.Is(err, registry.ErrOtherArch):
+		return "build a manifest for this machine's architecture with `vessel manifest build --arch`"
 	case errors.Is(err, supervise.ErrNoLog):
 		return "vessel ps lists the services"
 	case errors.Is(err, trust.ErrNoCA):
