@@ -36,11 +36,16 @@ var camelCase = regexp.MustCompile(`^[a-z][a-zA-Z0-9]*$`)
 // jsonProblems lists the keys of v that are not camelCase: the fields of
 // vessel's own types (named types of other modules keep their own,
 // standard formats, such as the OCI image config's "Entrypoint") and the
-// keys of ad hoc objects (map[string]any).
+// keys of ad hoc objects (a map[string]any anywhere, or any map printed
+// as the whole output: {"csr": ..., "name": ...}). Other maps are data
+// (labels, annotations) and keep their keys.
 func jsonProblems(v any) []string {
 	var out []string
 	var walk func(v reflect.Value, where string)
+	top := true
 	walk = func(v reflect.Value, where string) {
+		isTop := top
+		top = false
 		if !v.IsValid() {
 			return
 		}
@@ -58,7 +63,7 @@ func jsonProblems(v any) []string {
 				walk(v.Index(i), where+"[]")
 			}
 		case reflect.Map:
-			adhoc := t.Key().Kind() == reflect.String && (t.Elem().Kind() == reflect.Interface || t.Elem() == reflect.TypeFor[json.RawMessage]())
+			adhoc := t.Key().Kind() == reflect.String && (isTop || t.Elem().Kind() == reflect.Interface || t.Elem() == reflect.TypeFor[json.RawMessage]())
 			for it := v.MapRange(); it.Next(); {
 				k := fmt.Sprint(it.Key().Interface())
 				if adhoc && !camelCase.MatchString(k) {
@@ -163,6 +168,9 @@ func TestJSONProblems(t *testing.T) {
 	}
 	if p := jsonProblems(map[string]any{"event": "x", "Bad_Key": 1}); len(p) != 1 || !strings.Contains(p[0], "Bad_Key") {
 		t.Errorf("ad hoc object: %v", p)
+	}
+	if p := jsonProblems(map[string]string{"crl": "x", "machine_id": "y"}); len(p) != 1 || !strings.Contains(p[0], "machine_id") {
+		t.Errorf("ad hoc object of strings: %v", p)
 	}
 }
 
