@@ -41,7 +41,6 @@ func TestPrintErrorAddsTheCLIHint(t *testing.T) {
 // flagRE matches a command-line flag in an error message.
 var flagRE = regexp.MustCompile(`(^|[\s('"])--[a-z][a-z-]+`)
 
-
 // Library errors do not name CLI flags: the CLI adds hints (ui.go).
 func TestLibraryErrorsNameNoFlags(t *testing.T) {
 	fset := token.NewFileSet()
