@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -174,15 +175,16 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 				// On a terminal, a live line shows the layer step's bytes.
 				lp := newLayerProgress(cmd, g)
 				lp.start = start
-				var making string
+				var making atomic.Value // the image whose layer is being made
+				making.Store("")
 				opt.Progress = func(e build.Event) {
 					if e.Status == build.StatusLayer {
-						making = e.Image
+						making.Store(e.Image)
 					}
 					printBuildEvent(lp, e)
 				}
-				opt.Written = func(n int64) { lp.draw(making, n, 0, "written") }
-				opt.Hashed = func(done, total int64) { lp.hashed(making, done, total) }
+				opt.Written = func(n int64) { lp.draw(making.Load().(string), n, 0, "written") }
+				opt.Hashed = func(done, total int64) { lp.hashed(making.Load().(string), done, total) }
 				defer lp.done()
 			}
 			var res *build.Result
