@@ -5,9 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"go/ast"
+	"go/importer"
 	"go/parser"
 	"go/token"
+	"go/types"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -22,14 +26,17 @@ import (
 // The JSON conventions of every --json output (ui.go): keys camelCase,
 // empty lists [] and empty maps {}, never null.
 //
-// Two checks cover every command:
+// Three checks cover every command:
 //   - while the user stories run (TestScript, TestRegistryScript,
 //     TestHostileScript), every value a command prints as JSON goes
 //     through jsonProblems (checkJSON, set in TestMain), and the test
 //     fails on any problem it found;
+//   - TestJSONOutputTypes type-checks the CLI and walks the type of every
+//     value handed to the output module, so the commands no story runs
+//     here (boot, TPM, UEFI) are covered too;
 //   - TestJSONTagsCamelCase reads every json tag of the module's own
-//     structs, including the outputs of commands no story runs here
-//     (boot, TPM, UEFI), and TestJSONEmptyNotNull checks jsonValue.
+//     structs.
+// Null lists cannot reach the output: jsonValue (TestJSONEmptyNotNull).
 
 var camelCase = regexp.MustCompile(`^[a-z][a-zA-Z0-9]*$`)
 
@@ -296,5 +303,145 @@ func TestJSONTagsCamelCase(t *testing.T) {
 	}
 	if len(problems) > 0 {
 		t.Errorf("json keys that are not camelCase:\n%s", strings.Join(problems, "\n"))
+	}
+}
+
+// TestJSONOutputTypes reads the CLI's source with its types: every value
+// handed to the output module (printJSON, printResultEvent, jsonValue, an
+// event emitter, a list's rows) has a type whose JSON keys are camelCase,
+// down to every field of vessel's own types, including the commands no
+// story runs here. An exported field without a json tag would be a
+// PascalCase key.
+func TestJSONOutputTypes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("type-checks the CLI")
+	}
+	out, err := exec.Command("go", "list", "-export", "-deps", "-json=ImportPath,Export", ".").Output()
+	if err != nil {
+		t.Skipf("go list -export: %v (needs the go tool)", err)
+	}
+	exports := map[string]string{}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for dec.More() {
+		var p struct{ ImportPath, Export string }
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		exports[p.ImportPath] = p.Export
+	}
+	fset := token.NewFileSet()
+	files, _ := filepath.Glob("*.go")
+	var parsed []*ast.File
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		pf, err := parser.ParseFile(fset, f, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parsed = append(parsed, pf)
+	}
+	conf := types.Config{Importer: importer.ForCompiler(fset, "gc", func(path string) (io.ReadCloser, error) {
+		if e := exports[path]; e != "" {
+			return os.Open(e)
+		}
+		return nil, fmt.Errorf("no export data for %s", path)
+	})}
+	info := &types.Info{Types: map[ast.Expr]types.TypeAndValue{}}
+	if _, err := conf.Check("main", fset, parsed, info); err != nil {
+		t.Fatal(err)
+	}
+
+	// The values printed: the argument of each output call.
+	var printed []ast.Expr
+	for _, f := range parsed {
+		ast.Inspect(f, func(n ast.Node) bool {
+			switch n := n.(type) {
+			case *ast.CallExpr:
+				name := ""
+				switch fn := n.Fun.(type) {
+				case *ast.Ident:
+					name = fn.Name
+				case *ast.SelectorExpr:
+					name = fn.Sel.Name
+				}
+				switch {
+				case (name == "printJSON" || name == "printResultEvent") && len(n.Args) == 2:
+					printed = append(printed, n.Args[1])
+				case (name == "jsonValue" || name == "emit") && len(n.Args) == 1:
+					printed = append(printed, n.Args[0])
+				}
+			case *ast.KeyValueExpr:
+				if k, ok := n.Key.(*ast.Ident); ok && k.Name == "rows" {
+					printed = append(printed, n.Value)
+				}
+			}
+			return true
+		})
+	}
+	if len(printed) < 50 {
+		t.Fatalf("found %d printed values: the search is broken", len(printed))
+	}
+	var problems []string
+	seen := map[types.Type]bool{}
+	var check func(ty types.Type, where string)
+	check = func(ty types.Type, where string) {
+		if seen[ty] {
+			return
+		}
+		seen[ty] = true
+		for _, m := range []string{"MarshalJSON", "MarshalText"} {
+			if obj, _, _ := types.LookupFieldOrMethod(types.NewPointer(ty), true, nil, m); obj != nil {
+				return
+			}
+		}
+		if n, ok := ty.(*types.Named); ok {
+			if p := n.Obj().Pkg(); p != nil && p.Path() != "main" && !strings.HasPrefix(p.Path(), "github.com/vesselos/vessel") {
+				return // another module's format
+			}
+		}
+		switch u := ty.Underlying().(type) {
+		case *types.Pointer:
+			check(u.Elem(), where)
+		case *types.Slice:
+			check(u.Elem(), where+"[]")
+		case *types.Array:
+			check(u.Elem(), where+"[]")
+		case *types.Map:
+			check(u.Elem(), where+"{}")
+		case *types.Struct:
+			for i := range u.NumFields() {
+				f := u.Field(i)
+				name, _, _ := strings.Cut(reflect.StructTag(u.Tag(i)).Get("json"), ",")
+				if name == "-" {
+					continue
+				}
+				if f.Embedded() && name == "" {
+					check(f.Type(), where)
+					continue
+				}
+				if !f.Exported() {
+					continue
+				}
+				if name == "" {
+					name = f.Name()
+				}
+				if !camelCase.MatchString(name) {
+					problems = append(problems, fmt.Sprintf("%s: %s.%s: key %q", where, ty, f.Name(), name))
+				}
+				check(f.Type(), where+"."+name)
+			}
+		}
+	}
+	for _, e := range printed {
+		tv, ok := info.Types[e]
+		if !ok || tv.Type == nil {
+			continue
+		}
+		check(tv.Type, fset.Position(e.Pos()).String())
+	}
+	if len(problems) > 0 {
+		t.Errorf("JSON output types with keys that are not camelCase:\n%s", strings.Join(problems, "\n"))
 	}
 }
