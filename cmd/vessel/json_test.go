@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -435,6 +436,20 @@ func TestJSONOutputTypes(t *testing.T) {
 		}
 	}
 	for _, e := range printed {
+		// An ad hoc object: map[string]...{"key": ...}.
+		if lit, ok := e.(*ast.CompositeLit); ok {
+			if _, isMap := info.Types[e].Type.Underlying().(*types.Map); isMap {
+				for _, el := range lit.Elts {
+					if kv, ok := el.(*ast.KeyValueExpr); ok {
+						if k, ok := kv.Key.(*ast.BasicLit); ok && k.Kind == token.STRING {
+							if key, _ := strconv.Unquote(k.Value); !camelCase.MatchString(key) {
+								problems = append(problems, fmt.Sprintf("%s: key %q", fset.Position(k.Pos()), key))
+							}
+						}
+					}
+				}
+			}
+		}
 		tv, ok := info.Types[e]
 		if !ok || tv.Type == nil {
 			continue
