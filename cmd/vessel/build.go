@@ -164,12 +164,23 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 			}
 			start := time.Now()
 			if g.json {
+				// Steps, and the layer step's bytes as "progress" events
+				// (paced by the layer code, about 4 a second).
 				emit := jsonEvents(cmd.OutOrStdout())
+				var making atomic.Value // the image whose layer is being made
+				making.Store("")
 				opt.Progress = func(e build.Event) {
+					if e.Status == build.StatusLayer {
+						making.Store(e.Image)
+					}
 					emit(struct {
 						Kind string `json:"event"`
 						build.Event
 					}{"step", e})
+				}
+				opt.Written = func(n int64) { emit(layerProgressEvent{"progress", making.Load().(string), "written", n, 0}) }
+				opt.Hashed = func(done, total int64) {
+					emit(layerProgressEvent{"progress", making.Load().(string), "hashed", done, total})
 				}
 			} else {
 				// On a terminal, a live line shows the layer step's bytes.
@@ -235,6 +246,17 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 	fl.StringVar(&arch, "arch", "", "build for ARCH (arm64, amd64...); a comma list builds one multi-arch index per image (default: arch: in the recipe, else this machine's)")
 	fl.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	return c
+}
+
+// layerProgressEvent is a --json event of a build's layer step: the bytes
+// the filesystem tool has written, then the bytes hashed (digest and
+// dm-verity tree) of total.
+type layerProgressEvent struct {
+	Event string `json:"event"`
+	Image string `json:"image"`
+	Phase string `json:"phase"`
+	Bytes int64  `json:"bytes"`
+	Total int64  `json:"total,omitempty"`
 }
 
 // printOrder writes --order-only's answer: one line per image, or JSON.
