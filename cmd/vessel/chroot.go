@@ -85,10 +85,10 @@ removed however the command ends.`,
 					return registry.New(registry.Options{PlainHTTP: insecure, Insecure: insecure})
 				},
 			}
-			start := time.Now()
+			lp := &layerProgress{w: cmd.ErrOrStderr(), start: time.Now()} // plain lines: the command's output follows
 			opt.Progress = func(e build.Event) {
 				if e.Status != build.StatusCached {
-					printBuildEvent(cmd, start, e)
+					printBuildEvent(lp, e)
 				}
 			}
 			runCtx, abort := context.WithCancel(context.WithoutCancel(cmd.Context()))
