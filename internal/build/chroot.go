@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vesselos/vessel/internal/binfmt"
 	"github.com/vesselos/vessel/internal/container"
 	"github.com/vesselos/vessel/internal/mount"
 	"github.com/vesselos/vessel/internal/ociruntime"
@@ -123,6 +124,11 @@ func Chroot(ctx context.Context, f *recipe.File, opt Options, co ChrootOptions) 
 		env = img.RunEnv(env)
 	}
 	cfg.Env = env
+	if a := mi.Config().Architecture; a != "" {
+		if err := binfmt.Check(a); err != nil { // a foreign image runs through qemu-user
+			return -1, fmt.Errorf("chroot %s: %w", name, err)
+		}
+	}
 	l, err := opt.Launcher()
 	if err != nil {
 		return -1, err

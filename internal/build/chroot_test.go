@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/vesselos/vessel/internal/binfmt"
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/recipe"
 )
@@ -94,6 +97,22 @@ dev:
 	}
 	if _, _, err := run(context.Background(), nil, ""); !errors.Is(err, ErrNoImage) {
 		t.Errorf("no image: %v", err)
+	}
+	// An image for an architecture nothing here runs: refused before any
+	// container starts, as binfmt says.
+	if binfmt.Check("riscv64") != nil {
+		base, err := image.Read(e.s, "base")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := image.Commit(e.s, image.CommitOptions{Ref: "rv:latest", Layers: base.Manifest().Layers, Config: base.Config().Config,
+			Platform: ocispec.Platform{OS: "linux", Architecture: "riscv64"}, Created: testTime()}); err != nil {
+			t.Fatal(err)
+		}
+		var nr *binfmt.NotRegisteredError
+		if _, _, err := run(context.Background(), nil, "rv", "/bin/true"); !errors.As(err, &nr) {
+			t.Errorf("a riscv64 image with no emulator: %v", err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
