@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/vesselos/vessel/internal/build"
 	"github.com/vesselos/vessel/internal/container"
+	"github.com/vesselos/vessel/internal/layer"
 	"github.com/vesselos/vessel/internal/platform"
 	"github.com/vesselos/vessel/internal/recipe"
 	"github.com/vesselos/vessel/internal/registry"
@@ -22,12 +24,13 @@ func init() { addCommand(buildCmd) }
 func buildCmd(g *globals) *cobra.Command {
 	var (
 		file, runtimeName, subFile, annNS string
+		searchDir, filePattern            string
 		arch                              string
 		subs, only, layerTypes            []string
 		noCache, requireHash, orderOnly   bool
 	)
 	c := &cobra.Command{
-		Use:   "build [-f vessel.yaml] [--arch ARCH[,ARCH...]] [--substitute KEY=VAL]... [--only NAME]...",
+		Use:   "build [-f vessel.yaml | --search-dir DIR] [--arch ARCH[,ARCH...]] [--substitute KEY=VAL]... [--only NAME]...",
 		Short: "Build the images of a vessel.yaml (stacker.yaml) recipe into the store",
 		Long: `Build every image of a recipe (vessel.yaml in the current directory, or -f
 FILE), in dependency order, into verified images in the store. The recipe
@@ -41,6 +44,11 @@ A top-level config: {prerequisites: [other.yaml, ...]} names recipe files
 recursively, each once; their images can be the recipe's built bases and
 stacker:// sources. --substitute applies to every file, --only to the
 named recipe alone. Progress names the file of a prerequisite's images.
+
+--search-dir DIR (stacker's recursive-build) builds every stacker.yaml and
+vessel.yaml under DIR (--stacker-file-pattern REGEX chooses others) in one
+run, each file once, after its prerequisites and after the files that
+define its built bases and stacker:// sources.
 
 Each image's run script executes in a container (runc or crun) whose root
 is the base image mounted verified with a writable layer on top; imports
@@ -72,10 +80,13 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
   vessel build -f examples/vessel.yaml
   vessel build -f examples/vessel.yaml --substitute BUSYBOX=/usr/bin/busybox
   vessel build --only app --layer-type erofs
+  vessel build --layer-type squashfs --layer-type erofs   # app-squashfs, app-erofs
   vessel build --arch arm64                      # needs: vessel binfmt install
   vessel build --arch amd64,arm64                # one multi-arch index per image
   vessel build --require-hash                    # every http(s) import pinned by hash:
   vessel build --order-only                      # the build order, nothing built
+  vessel build --search-dir .                    # every stacker.yaml below ., bases first
+  vessel build --search-dir . --order-only       # the files' build order
   vessel build --substitute-file subs.yaml       # stacker's KEY: VALUE file
   SOURCE_DATE_EPOCH=1700000000 vessel build --json`,
 		Args: cobra.NoArgs,
@@ -86,11 +97,11 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 			if handled, err := g.enterUserNS(cmd); handled || err != nil {
 				return err
 			}
-			layerType, err := oneLayerType(layerTypes)
-			if err != nil {
+			if err := checkLayerTypes(layerTypes); err != nil {
 				return err
 			}
 			sm := map[string]string{}
+			var err error
 			if subFile != "" {
 				if sm, err = recipe.ReadSubstituteFile(subFile); err != nil {
 					return err
@@ -103,9 +114,20 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 				}
 				sm[k] = v
 			}
-			f, epoch, s, err := g.layerWork(cmd, layerType, "")
+			if len(layerTypes) == 0 {
+				layerTypes = []string{"squashfs"}
+			}
+			f, epoch, s, err := g.layerWork(cmd, layerTypes[0], "")
 			if err != nil {
 				return err
+			}
+			formats := []layer.Format{f}
+			for _, t := range layerTypes[1:] {
+				ft, err := layerFormat(t, "", false)
+				if err != nil {
+					return err
+				}
+				formats = append(formats, ft)
 			}
 			var arches []string
 			if arch != "" {
@@ -116,11 +138,24 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 				for _, p := range ps {
 					arches = append(arches, p.Architecture)
 				}
+				if len(arches) > 1 && len(formats) > 1 {
+					return usageError{"--arch with several architectures and --layer-type given more than once: build one layer type per multi-arch run"}
+				}
+			}
+			if searchDir != "" && (cmd.Flags().Changed("file") || len(only) > 0) {
+				return usageError{"--search-dir builds every recipe under a directory: -f and --only do not go with it"}
 			}
 			if !cmd.Flags().Changed("file") {
 				file = defaultRecipe()
 			}
 			load := func(a string) (*recipe.File, error) {
+				if searchDir != "" {
+					paths, err := recipe.FindFiles(searchDir, filePattern)
+					if err != nil {
+						return nil, err
+					}
+					return recipe.LoadFiles(searchDir, paths, recipe.Options{Substitutions: sm, Arch: a})
+				}
 				rf, err := recipe.LoadFile(file, recipe.Options{Substitutions: sm, Arch: a})
 				if err != nil {
 					var re *recipe.Error
@@ -145,7 +180,7 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 					if err != nil {
 						return err
 					}
-					return printOrder(cmd, g.json, order)
+					return printOrder(cmd, g.json, order, searchDir != "")
 				}
 				for _, rfile := range rf.BuildOrder() {
 					for _, w := range rfile.Warnings {
@@ -163,15 +198,39 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 			}
 			start := time.Now()
 			if g.json {
+				// Steps, and the layer step's bytes as "progress" events
+				// (paced by the layer code, about 4 a second).
 				emit := jsonEvents(cmd.OutOrStdout())
+				var making atomic.Value // the image whose layer is being made
+				making.Store("")
 				opt.Progress = func(e build.Event) {
+					if e.Status == build.StatusLayer {
+						making.Store(e.Image)
+					}
 					emit(struct {
 						Kind string `json:"event"`
 						build.Event
 					}{"step", e})
 				}
+				opt.Written = func(n int64) { emit(layerProgressEvent{"progress", making.Load().(string), "written", n, 0}) }
+				opt.Hashed = func(done, total int64) {
+					emit(layerProgressEvent{"progress", making.Load().(string), "hashed", done, total})
+				}
 			} else {
-				opt.Progress = func(e build.Event) { printBuildEvent(cmd, start, e) }
+				// On a terminal, a live line shows the layer step's bytes.
+				lp := newLayerProgress(cmd, g)
+				lp.start = start
+				var making atomic.Value // the image whose layer is being made
+				making.Store("")
+				opt.Progress = func(e build.Event) {
+					if e.Status == build.StatusLayer {
+						making.Store(e.Image)
+					}
+					printBuildEvent(lp, e)
+				}
+				opt.Written = func(n int64) { lp.draw(making.Load().(string), n, 0, "written") }
+				opt.Hashed = func(done, total int64) { lp.hashed(making.Load().(string), done, total) }
+				defer lp.done()
 			}
 			var res *build.Result
 			if len(arches) > 1 {
@@ -179,7 +238,7 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 			} else if rf, lerr := load(arch); lerr != nil {
 				return lerr
 			} else {
-				res, err = build.Build(cmd.Context(), rf, opt)
+				res, err = build.BuildLayerTypes(cmd.Context(), rf, formats, opt)
 			}
 			if err != nil {
 				return err
@@ -194,7 +253,9 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 					ref = im.Name + " (build_only, not tagged)"
 				}
 				from := ""
-				if im.File != "" {
+				if im.File != "" && searchDir != "" {
+					from = " (" + im.File + ")"
+				} else if im.File != "" {
 					from = " (prerequisite " + im.File + ")"
 				}
 				if len(arches) > 1 {
@@ -214,32 +275,44 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 	fl.BoolVar(&noCache, "no-cache", false, "ignore and reset the build cache: rebuild every image")
 	fl.BoolVar(&orderOnly, "order-only", false, "print the order the images would be built in, and build nothing")
 	fl.BoolVar(&requireHash, "require-hash", false, "refuse http(s) imports without hash: (reproducible builds)")
-	fl.StringArrayVar(&layerTypes, "layer-type", nil, "layer filesystem: squashfs (default) or erofs; one per build")
+	fl.StringArrayVar(&layerTypes, "layer-type", nil, "layer filesystem: squashfs (default) or erofs; given twice, one image of each, tagged NAME-squashfs and NAME-erofs")
 	fl.StringVar(&annNS, "annotations-namespace", build.DefaultAnnotationsNamespace, "prefix of the stacker annotations on each manifest (NS.stacker.stacker_yaml, NS.stacker.git_version)")
 	fl.StringVar(&subFile, "substitute-file", "", "a YAML file of KEY: VALUE substitutions (--substitute wins)")
+	fl.StringVarP(&searchDir, "search-dir", "d", "", "build every recipe file under DIR (stacker's recursive-build), bases first")
+	fl.StringVarP(&filePattern, "stacker-file-pattern", "p", recipe.DefaultFilePattern, "with --search-dir: a regular expression the recipe files' paths match")
 	fl.StringArrayVar(&only, "only", nil, "build only this image and what it needs (repeatable)")
 	fl.StringVar(&arch, "arch", "", "build for ARCH (arm64, amd64...); a comma list builds one multi-arch index per image (default: arch: in the recipe, else this machine's)")
 	fl.StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	return c
 }
 
+// layerProgressEvent is a --json event of a build's layer step: the bytes
+// the filesystem tool has written, then the bytes hashed (digest and
+// dm-verity tree) of total.
+type layerProgressEvent struct {
+	Event string `json:"event"`
+	Image string `json:"image"`
+	Phase string `json:"phase"`
+	Bytes int64  `json:"bytes"`
+	Total int64  `json:"total,omitempty"`
+}
+
 // printOrder writes --order-only's answer: one line per image, or JSON.
-func printOrder(cmd *cobra.Command, asJSON bool, order []build.Planned) error {
+func printOrder(cmd *cobra.Command, asJSON bool, order []build.Planned, set bool) error {
 	w := cmd.OutOrStdout()
 	if asJSON {
-		if order == nil {
-			order = []build.Planned{}
-		}
-		return json.NewEncoder(w).Encode(struct {
+		return json.NewEncoder(w).Encode(jsonValue(struct {
 			Order []build.Planned `json:"order"`
-		}{order})
+		}{order}))
 	}
 	for _, p := range order {
 		line := fmt.Sprintf("%d %s", p.Step, p.Image)
 		if p.BuildOnly {
 			line += " (build_only)"
 		}
-		if p.File != "" {
+		if p.File != "" && set {
+			line += " (" + p.File + ")"
+		} else if p.File != "" {
 			line += " (prerequisite " + p.File + ")"
 		}
 		fmt.Fprintln(w, line)
@@ -258,47 +331,47 @@ func defaultRecipe() string {
 	return "vessel.yaml"
 }
 
-// oneLayerType checks --layer-type: stacker builds one image per layer
-// type given; vessel builds one layer type per run and says so instead of
-// keeping the last value silently. tar output is refused: vessel layers
-// are verified filesystem images.
-func oneLayerType(types []string) (string, error) {
+// checkLayerTypes checks --layer-type: each given type once (stacker
+// builds one image per type, vessel too: build.BuildLayerTypes); tar
+// output is refused, vessel layers are verified filesystem images.
+func checkLayerTypes(types []string) error {
+	seen := map[string]bool{}
 	for _, t := range types {
 		if t == "tar" {
-			return "", usageError{"--layer-type tar: vessel builds verified squashfs or erofs layers only; tar layers (for docker or podman) are not supported"}
+			return usageError{"--layer-type tar: vessel builds verified squashfs or erofs layers only; tar layers (for docker or podman) are not supported"}
 		}
+		if seen[t] {
+			return usageError{fmt.Sprintf("--layer-type %s given twice", t)}
+		}
+		seen[t] = true
 	}
-	switch len(types) {
-	case 0:
-		return "squashfs", nil
-	case 1:
-		return types[0], nil
-	}
-	return "", usageError{fmt.Sprintf("--layer-type given %d times (%s): vessel builds one layer type per run; run vessel build once per type", len(types), strings.Join(types, ", "))}
+	return nil
 }
 
-// printBuildEvent writes one progress line to stderr.
-func printBuildEvent(cmd *cobra.Command, start time.Time, e build.Event) {
-	w := cmd.ErrOrStderr()
+// printBuildEvent writes one progress line to stderr (ending a live
+// line first).
+func printBuildEvent(lp *layerProgress, e build.Event) {
 	name := e.Image
 	if e.File != "" {
 		name += " (" + e.File + ")"
 	}
-	pre := fmt.Sprintf("[%5.1fs] [%d/%d] %s:", time.Since(start).Seconds(), e.Step, e.Steps, name)
+	if e.LayerType != "" {
+		name += " [" + e.LayerType + "]"
+	}
+	what := e.Message
 	switch e.Status {
 	case build.StatusCached:
-		fmt.Fprintf(w, "%s cached %s\n", pre, shortDigest(e.Digest.String()))
+		what = "cached " + shortDigest(e.Digest.String())
 	case build.StatusBuilt:
-		fmt.Fprintf(w, "%s built %s\n", pre, shortDigest(e.Digest.String()))
+		what = "built " + shortDigest(e.Digest.String())
 	case build.StatusRun:
-		fmt.Fprintf(w, "%s run\n", pre)
+		what = "run"
 	case build.StatusLayer:
-		fmt.Fprintf(w, "%s making the layer\n", pre)
+		what = "making the layer"
 	case build.StatusReuse:
-		fmt.Fprintf(w, "%s layer cached, new config\n", pre)
+		what = "layer cached, new config"
 	case build.StatusTagged:
-		fmt.Fprintf(w, "%s tagged %s\n", pre, e.Message)
-	default:
-		fmt.Fprintf(w, "%s %s\n", pre, e.Message)
+		what = "tagged " + e.Message
 	}
+	lp.printf("[%5.1fs] [%d/%d] %s: %s\n", time.Since(lp.start).Seconds(), e.Step, e.Steps, name, what)
 }

@@ -93,7 +93,39 @@ func TestBuildRootlessSameDigests(t *testing.T) {
 			t.Errorf("second rootless build was not fully cached:\n%s", out)
 		}
 	}
-	r.checkClean(t, "the build")
+	// The stacker commands, as the same user: chroot into a built image
+	// (in the user namespace: the file chowned to 1000 is 1000 there),
+	// check sees the user's subordinate ids, clean empties the cache.
+	out := r.vessel(t, "chroot", "-f", recipe, "extra", "/bin/stat", "-c", "%u:%g %a", "/srv/owned.html")
+	if string(out) != "1000:1000 640\n" {
+		t.Errorf("rootless chroot: %q", out)
+	}
+	out = r.vessel(t, "--json", "check")
+	var rep struct {
+		Checks []struct{ Name, Status, Detail string }
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("rootless check: %v\n%s", err, out)
+	}
+	found := false
+	for _, c := range rep.Checks {
+		if c.Name == "subordinate ids" {
+			found = true
+			if c.Status != "pass" || !strings.Contains(c.Detail, r.u.Name+":") {
+				t.Errorf("rootless check of subordinate ids: %+v", c)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("rootless check has no subordinate ids line: %s", out)
+	}
+	if out := r.vessel(t, "clean"); !bytes.Contains(out, []byte("removed build-cache.json")) {
+		t.Errorf("rootless clean: %q", out)
+	}
+	if _, err := os.Stat(filepath.Join(r.store, "build-cache.json")); err == nil {
+		t.Error("rootless clean left the build cache")
+	}
+	r.checkClean(t, "the build, chroot and clean")
 }
 
 // TestBuildRootlessStackerBase: an unprivileged user builds on an OCI

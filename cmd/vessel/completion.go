@@ -19,7 +19,7 @@ import (
 var completes = map[string]func(g *globals) []string{
 	"vessel run": imageNames, "vessel inspect": imageNames, "vessel rm": imageNames,
 	"vessel tag": imageNames, "vessel push": imageNames, "vessel image verify": imageNames,
-	"vessel mount": imageNames, "vessel logs": serviceNames, "vessel restart": serviceNames,
+	"vessel mount": imageNames, "vessel chroot": imageNames, "vessel logs": serviceNames, "vessel restart": serviceNames,
 	"vessel stop": containerNames, "vessel kill": containerNames,
 }
 

@@ -46,7 +46,7 @@ func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (_ *mount.
 		if strings.HasPrefix(from.URL, "http://") || strings.HasPrefix(from.URL, "https://") {
 			// downloaded like an http(s) import: cached by URL, revalidated
 			b.event(i, StatusBase, "", "fetch "+from.URL)
-			if path, err = b.fetch.fetch(ctx, recipe.Import{Source: from.URL}); err != nil {
+			if path, err = b.fetch.fetch(ctx, recipe.Import{Source: from.URL, Hash: from.Hash}); err != nil {
 				return nil, fmt.Errorf("tar base %s: %w", from.URL, err)
 			}
 		}
@@ -66,6 +66,9 @@ func (b *builder) base(ctx context.Context, i int, img *recipe.Image) (_ *mount.
 		sum, err := fileSHA256(path)
 		if err != nil {
 			return nil, fmt.Errorf("tar base %s: %w", from.URL, err)
+		}
+		if from.Hash != "" && sum != from.Hash {
+			return nil, fmt.Errorf("tar base %s: %w", from.URL, &recipe.HashMismatchError{Expected: from.Hash, Actual: sum})
 		}
 		return b.converted(ctx, i, img, "tar", sum, from.URL, func(opt image.ConvertOptions) (*image.Created, error) {
 			return image.FromTar(ctx, b.s, path, opt)

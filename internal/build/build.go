@@ -74,6 +74,13 @@ type Options struct {
 	// of the recipe's directory, when it is in a git work tree). Default
 	// "io.stackeroci", stacker's --annotations-namespace default.
 	AnnotationsNamespace string
+	// Author is the author of the configs the build writes (and of their
+	// history entries), unless an image sets the
+	// org.opencontainers.image.authors annotation. "" is stacker's
+	// default: "vessel" with SourceDateEpoch (a reproducible build names
+	// no host), else USER@HOST of whoever runs the build ($SUDO_USER
+	// under sudo); see DefaultAuthor.
+	Author string
 	// HTTPClient downloads http(s) imports (nil: a default client that
 	// honours the proxy environment).
 	HTTPClient *http.Client
@@ -84,6 +91,15 @@ type Options struct {
 	Output io.Writer
 	// Progress, if set, is told about each step.
 	Progress func(Event)
+	// Written and Hashed, if set, report the layer being made (after a
+	// StatusLayer event): the bytes of filesystem image written so far,
+	// then the hashing of it (see layer.BuildOptions).
+	Written func(n int64)
+	Hashed  func(done, total int64)
+
+	// tagSuffix is appended to each image name when tagging
+	// (BuildLayerTypes: "-squashfs", as stacker names per-type outputs).
+	tagSuffix string
 }
 
 // Event is one thing a build did.
@@ -98,6 +114,9 @@ type Event struct {
 	// File is the recipe that defines the image when it is a prerequisite
 	// of the recipe being built; "" for the recipe's own images.
 	File string `json:"file,omitempty"`
+	// LayerType is the layer type being built in a BuildLayerTypes run of
+	// several types ("" otherwise).
+	LayerType string `json:"layerType,omitempty"`
 }
 
 // Event statuses.
@@ -134,6 +153,9 @@ type Built struct {
 	File string `json:"file,omitempty"`
 	// Platform is what the image runs on (os/arch[/variant]).
 	Platform string `json:"platform"`
+	// LayerType is the layer type of a BuildLayerTypes build of several
+	// types ("" otherwise).
+	LayerType string `json:"layerType,omitempty"`
 }
 
 // Build builds the images of f (all, or opt.Only and what they need) in
@@ -243,7 +265,7 @@ func (b *builder) buildPlan(ctx context.Context, plan *recipe.Plan) ([]Built, er
 			continue
 		}
 		r := &out[i]
-		name, tag, err := store.ParseRef(step.Image.Name)
+		name, tag, err := store.ParseRef(step.Image.Name + b.opt.tagSuffix)
 		if err != nil {
 			return nil, fmt.Errorf("tag image %q: %w", step.Image.Name, err)
 		}
@@ -290,7 +312,8 @@ func (b *builder) event(i int, status string, d digest.Digest, msg string) {
 	if b.opt.Progress == nil {
 		return
 	}
-	b.opt.Progress(Event{Image: b.plan.Steps[i].Image.Name, Step: b.offset + i + 1, Steps: b.total, Status: status, Digest: d, Message: msg, File: b.prereq()})
+	b.opt.Progress(Event{Image: b.plan.Steps[i].Image.Name, Step: b.offset + i + 1, Steps: b.total, Status: status, Digest: d, Message: msg, File: b.prereq(),
+		LayerType: strings.TrimPrefix(b.opt.tagSuffix, "-")})
 }
 
 // stepError is a failure of step i of the current plan.
@@ -357,7 +380,8 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 	}()
 	extra := b.stackerAnnotations(img)
 	baseRun, baseMeta := baseIdentity(img, base)
-	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: baseRun, BaseConfig: baseMeta, LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve, Annotations: extra})
+	author := b.author(img)
+	keys, err := recipe.Key(img, recipe.KeyOptions{BaseDigest: baseRun, BaseConfig: baseMeta, LayerType: b.opt.Format.MediaType(), SourceDateEpoch: b.sde, Resolve: src.resolve, Annotations: extra, Author: author})
 	if err != nil {
 		return nil, fail("imports", img.KeyLine("imports"), err)
 	}
@@ -401,14 +425,13 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 		}
 		if empty {
 			b.event(i, StatusMessage, "", "the run changed nothing: no new layer")
-			history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
 		} else {
 			layers = append(layers, d)
-			history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name})
 		}
-	} else {
-		history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build " + img.Name, EmptyLayer: true})
+		history = append(history, ocispec.History{Created: &when, CreatedBy: layerCreatedBy(img), Author: author, EmptyLayer: empty})
 	}
+	// As stacker: one more entry for the config edit, with the author.
+	history = append(history, ocispec.History{Created: &when, CreatedBy: "vessel build", Author: author, EmptyLayer: true})
 	baseCfg := base.Config().Config
 	cfg := img.ApplyConfig(baseCfg)
 	if img.LabelsScript() != "" {
@@ -426,6 +449,7 @@ func (b *builder) step(ctx context.Context, i int, step recipe.Step) (_ *Built, 
 		Platform:    imagePlatform(img),
 		Created:     when,
 		History:     history,
+		Author:      author,
 		Annotations: mergeAnnotations(extra, img.Annotations),
 	})
 	if err != nil {

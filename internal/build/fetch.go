@@ -151,7 +151,7 @@ func (f *fetcher) fetch(ctx context.Context, imp recipe.Import) (string, error) 
 	}
 	if imp.Hash != "" {
 		if meta.SHA256 != imp.Hash {
-			return "", fmt.Errorf("download: the file's sha256 is %s, but hash: says %s", meta.SHA256, imp.Hash)
+			return "", fmt.Errorf("download: %w", &recipe.HashMismatchError{Expected: imp.Hash, Actual: meta.SHA256})
 		}
 		p := filepath.Join(f.dir, "by-hash", imp.Hash)
 		if err := copyFileAtomic(base, p, filepath.Join(f.dir, "tmp")); err != nil {
@@ -246,7 +246,15 @@ func requireHashes(files []*recipe.File) error {
 						Msg: imp.Path + ": hashes are required (a reproducible build): an http(s) import needs hash: (its sha256)"})
 				}
 			}
+			if img.From.Type == recipe.Tar && isHTTP(img.From.URL) && img.From.Hash == "" {
+				errs = append(errs, &recipe.Error{File: f.Path, Line: img.From.Line, Image: img.Name, Key: "from", Kind: ErrHashRequired,
+					Msg: img.From.URL + ": hashes are required (a reproducible build): an http(s) tar base needs hash: (its sha256)"})
+			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func isHTTP(s string) bool {
+	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
 }

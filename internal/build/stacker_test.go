@@ -26,6 +26,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/recipe"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/registry/registrytest"
 )
@@ -575,7 +576,7 @@ app:
 	defer srv2.Close()
 	bad := baseRecipe + "x:\n  from: {type: built, tag: base}\n  imports:\n    - path: " + srv2.URL + "/e/tool.sh\n      hash: " + strings.Repeat("0", 64) + "\n"
 	_, err = e.build(bad, e.options(), nil)
-	if err == nil || !strings.Contains(err.Error(), "vessel.yaml:22") || !strings.Contains(err.Error(), "hash: says") {
+	if err == nil || !strings.Contains(err.Error(), "vessel.yaml:22") || !strings.Contains(err.Error(), "sha256 mismatch") {
 		t.Errorf("wrong hash: %v", err)
 	}
 	_, err = e.build(baseRecipe+"x:\n  from: {type: built, tag: base}\n  imports:\n    - "+srv2.URL+"/nope\n", e.options(), nil)
@@ -596,6 +597,36 @@ app:
 			t.Errorf("http tar base: /seen = %q", got)
 		}
 	})
+	// hash: on a tar base: the right one builds (and satisfies
+	// --require-hash, which refuses the unpinned base); a wrong one is
+	// refused naming the base's line, expected and actual sha256, for an
+	// http(s) and a local tarball alike.
+	tarBytes := tarOf(t, busyboxTree(t))
+	fsrv.set("/e/rootfs.tar", string(tarBytes))
+	if err := os.WriteFile(filepath.Join(e.dir, "local.tar"), tarBytes, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tarDigest := sha256.Sum256(tarBytes)
+	tarSum := hex.EncodeToString(tarDigest[:])
+	reqOpt := e.options()
+	reqOpt.RequireHash = true
+	if _, err := e.build(tarRec, reqOpt, nil); !errors.Is(err, ErrHashRequired) || !strings.Contains(err.Error(), "vessel.yaml:3") || !strings.Contains(err.Error(), "tar base needs hash:") {
+		t.Errorf("--require-hash, unpinned http tar base: %v", err)
+	}
+	pinnedTar := "fromhttp:\n  from:\n    type: tar\n    url: " + srv2.URL + "/e/rootfs.tar\n    hash: sha256:" + strings.ToUpper(tarSum) + "\n  run: cat /etc/os-release > /seen\n"
+	if _, err := e.build(pinnedTar, reqOpt, nil); err != nil {
+		t.Errorf("pinned http tar base: %v", err)
+	}
+	wrong := strings.Repeat("ab", 32)
+	for _, url := range []string{srv2.URL + "/e/rootfs.tar", filepath.Join(e.dir, "local.tar")} {
+		badTar := "fromhttp:\n  from:\n    type: tar\n    url: " + url + "\n    hash: " + wrong + "\n  run: cat /etc/os-release > /seen\n"
+		_, err := e.build(badTar, e.options(), nil)
+		var hm *recipe.HashMismatchError
+		if !errors.As(err, &hm) || hm.Expected != wrong || hm.Actual != tarSum || !strings.Contains(err.Error(), "vessel.yaml:3") ||
+			!strings.Contains(err.Error(), "expects "+wrong) || !strings.Contains(err.Error(), "has "+tarSum) {
+			t.Errorf("tar base %s with a wrong hash: %v", url, err)
+		}
+	}
 	if left, _ := filepath.Glob(filepath.Join(e.s.Root(), DownloadsDir, "tmp", "*")); len(left) != 0 {
 		t.Errorf("temporary downloads left behind: %v", left)
 	}
@@ -670,7 +701,7 @@ check:
 		t.Fatal(err)
 	}
 	h := img.Config().History
-	if len(h) == 0 || !h[len(h)-1].EmptyLayer {
+	if len(h) < 2 || !h[len(h)-2].EmptyLayer || h[len(h)-2].CreatedBy != "vessel build of check (run)" {
 		t.Errorf("history: %+v", h)
 	}
 	if len(img.Config().RootFS.DiffIDs) != len(img.Layers()) {

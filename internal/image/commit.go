@@ -28,6 +28,8 @@ type CommitOptions struct {
 	Platform ocispec.Platform // OS and architecture of the config
 	Created  time.Time
 	History  []ocispec.History
+	// Author is the config's author field ("" for none).
+	Author string
 	// Annotations go on the image manifest.
 	Annotations map[string]string
 }
@@ -51,6 +53,7 @@ func Commit(s *store.Store, opt CommitOptions) (*Created, error) {
 	p := wantPlatform(opt.Platform) // zero: this machine's
 	img := ocispec.Image{
 		Created:  &when,
+		Author:   opt.Author,
 		Platform: p,
 		Config:   opt.Config,
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{}},

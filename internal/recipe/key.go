@@ -15,6 +15,10 @@ import (
 // become misses instead of wrong hits.
 const keyVersion = "vessel-build-key/v1"
 
+// historyVersion names the shape of the history entries a build writes;
+// a new shape changes every config key (new configs, no new layers).
+const historyVersion = "created_by/v2"
+
 // KeyOptions are the inputs of a cache key that the recipe does not hold:
 // what the executor resolved or was told on the command line.
 type KeyOptions struct {
@@ -38,6 +42,10 @@ type KeyOptions struct {
 	// recipe's (stacker's stacker_yaml and git_version): part of the
 	// config key.
 	Annotations map[string]string
+	// Author is the config's author (and its history entries'): part of
+	// the config key, so another author writes a new config and runs
+	// nothing again.
+	Author string
 }
 
 // Keys are the two cache keys of an image.
@@ -118,6 +126,10 @@ type configKeyDoc struct {
 	// only the config.
 	GenerateLabels string        `json:"generate_labels,omitempty"`
 	BaseConfig     digest.Digest `json:"base_config,omitempty"`
+	// Author and History: the config's author and the version of the
+	// history entries the executor writes (stacker's created_by texts).
+	Author  string `json:"author"`
+	History string `json:"history"`
 }
 
 // Key computes the cache keys of img. It reads every import (so it fails
@@ -183,6 +195,8 @@ func Key(img *Image, opts KeyOptions) (Keys, error) {
 		Volumes:        vols,
 		RuntimeUser:    img.RuntimeUser,
 		Extra:          opts.Annotations,
+		Author:         opts.Author,
+		History:        historyVersion,
 		GenerateLabels: img.LabelsScript(),
 		BaseConfig:     opts.BaseConfig,
 	})

@@ -43,6 +43,9 @@ func LoadFile(path string, opts Options) (*File, error) {
 }
 
 type loader struct {
+	// set: loading a set of files (LoadFiles): references to images of
+	// other files are checked once the whole set is read.
+	set     bool
 	opts    Options
 	files   map[string]*File  // absolute path -> loaded completely
 	stack   []string          // absolute paths being loaded, outermost first
@@ -77,7 +80,11 @@ func (l *loader) name(abs string) string {
 }
 
 func (l *loader) load(abs, name string, b []byte, dir string) (*File, error) {
-	f, err := parseRecipe(name, b, Options{Substitutions: l.opts.Substitutions, Dir: dir, Arch: l.opts.Arch}, true)
+	mode := deferWithPrereqs
+	if l.set {
+		mode = deferAlways
+	}
+	f, err := parseRecipe(name, b, Options{Substitutions: l.opts.Substitutions, Dir: dir, Arch: l.opts.Arch}, mode)
 	if err != nil {
 		return nil, err
 	}
@@ -131,6 +138,10 @@ func (l *loader) load(abs, name string, b []byte, dir string) (*File, error) {
 				external[img.Name] = pf.Path
 			}
 		}
+	}
+	if l.set {
+		l.files[abs] = f
+		return f, nil
 	}
 	if errs := unknownRefs(f, external); len(errs) > 0 {
 		p := &parser{errs: errs}

@@ -57,13 +57,23 @@ func ParseFile(path string, opts Options) (*File, error) {
 // image of this file must be in opts.External. LoadFile reads a recipe
 // together with its prerequisites.
 func Parse(name string, b []byte, opts Options) (*File, error) {
-	return parseRecipe(name, b, opts, false)
+	return parseRecipe(name, b, opts, deferNever)
 }
 
-// parseRecipe is Parse; with deferExternal, references to images that are not in
-// the file are left for the caller to check (LoadFile, once it has read
-// the prerequisites) when the file has prerequisites.
-func parseRecipe(name string, b []byte, opts Options, deferExternal bool) (*File, error) {
+// deferMode says when parseRecipe leaves references to images that are
+// not in the file for its caller to check.
+type deferMode int
+
+const (
+	deferNever       deferMode = iota // Parse: check against opts.External
+	deferWithPrereqs                  // LoadFile: when the file has prerequisites
+	deferAlways                       // LoadFiles: the whole set decides
+)
+
+// parseRecipe is Parse; references to images that are not in the file
+// are left for the caller to check as mode says (LoadFile, once it has
+// read the prerequisites; LoadFiles, once it has read the set).
+func parseRecipe(name string, b []byte, opts Options, mode deferMode) (*File, error) {
 	if len(b) > MaxSize {
 		return nil, &Error{File: name, Kind: ErrSyntax, Msg: fmt.Sprintf("larger than %d bytes", MaxSize)}
 	}
@@ -135,7 +145,7 @@ func parseRecipe(name string, b []byte, opts Options, deferExternal bool) (*File
 		p.fail(root, "", "", ErrSyntax, "no images defined")
 	}
 	if len(p.errs) == 0 {
-		p.validate(f, opts.External, deferExternal && len(f.Prerequisites) > 0)
+		p.validate(f, opts.External, mode == deferAlways || mode == deferWithPrereqs && len(f.Prerequisites) > 0)
 	}
 	if err := p.result(); err != nil {
 		return nil, err
@@ -517,7 +527,7 @@ func knownArchs() string {
 	return strings.Join(out, ", ")
 }
 
-var fromKeys = []string{"type", "url", "tag", "insecure"}
+var fromKeys = []string{"type", "url", "tag", "insecure", "hash"}
 
 func (p *parser) from(image string, n *yaml.Node) From {
 	var f From
@@ -526,7 +536,7 @@ func (p *parser) from(image string, n *yaml.Node) From {
 		return f
 	}
 	f.Line = p.line(n)
-	var typeNode *yaml.Node
+	var typeNode, hashNode *yaml.Node
 	for _, kv := range pairs {
 		switch kv.k.Value {
 		case "type":
@@ -539,6 +549,14 @@ func (p *parser) from(image string, n *yaml.Node) From {
 			f.Tag, _ = p.str(kv.v, image, "from.tag")
 		case "insecure":
 			f.Insecure, _ = p.boolean(kv.v, image, "from.insecure")
+		case "hash":
+			hashNode = kv.v
+			if s, ok := p.str(kv.v, image, "from.hash"); ok {
+				f.Hash = strings.TrimPrefix(strings.ToLower(s), "sha256:")
+				if !sha256Hex.MatchString(f.Hash) {
+					p.fail(kv.v, image, "from.hash", ErrSyntax, "want a sha256 in hex, got %q", s)
+				}
+			}
 		default:
 			p.fail(kv.k, image, "from", ErrUnknownKey, "unknown key %q (known keys: %s)", kv.k.Value, strings.Join(fromKeys, ", "))
 		}
@@ -546,6 +564,9 @@ func (p *parser) from(image string, n *yaml.Node) From {
 	at := n
 	if typeNode != nil {
 		at = typeNode
+	}
+	if hashNode != nil && f.Type != Tar && f.Type != "" {
+		p.fail(hashNode, image, "from.hash", ErrSyntax, "hash: pins a tarball: only type tar has one (type %s)", f.Type)
 	}
 	switch f.Type {
 	case Scratch:

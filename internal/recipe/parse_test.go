@@ -59,9 +59,14 @@ app:
   build_only: true
   arch: aarch64
   os: linux
+tarbase:
+  from:
+    type: tar
+    url: rootfs.tar
+    hash: sha256:`+strings.Repeat("CD", 32)+`
 `, nil)
 	app := f.Image("app")
-	if app == nil || len(f.Images) != 2 || f.Images[0].Name != "base" {
+	if app == nil || len(f.Images) != 3 || f.Images[0].Name != "base" {
 		t.Fatalf("images: %+v", f.Images)
 	}
 	mode := fs.FileMode(0o640)
@@ -88,6 +93,9 @@ app:
 	}
 	if f.Images[0].Arch != runtime.GOARCH {
 		t.Errorf("default arch %q", f.Images[0].Arch)
+	}
+	if tb := f.Image("tarbase").From; tb.Hash != strings.Repeat("cd", 32) || tb.URL != "/recipes/rootfs.tar" {
+		t.Errorf("tar base with hash: %+v", tb)
 	}
 }
 
@@ -151,6 +159,8 @@ func TestParseErrors(t *testing.T) {
 		{"bool", "a:\n  from: {type: scratch}\n  build_only: maybe\n", ErrSyntax, 3, []string{"true or false"}},
 		{"mode", "a:\n  from: {type: scratch}\n  imports:\n    - path: x\n      mode: rwx\n", ErrSyntax, 5, []string{"mode"}},
 		{"hash", "a:\n  from: {type: scratch}\n  imports:\n    - path: x\n      hash: abc\n", ErrSyntax, 5, []string{"sha256"}},
+		{"from hash", "a:\n  from:\n    type: tar\n    url: /r.tar\n    hash: abc\n", ErrSyntax, 5, []string{"from.hash", "sha256"}},
+		{"from hash not tar", "a:\n  from:\n    type: scratch\n    hash: " + strings.Repeat("a", 64) + "\n", ErrSyntax, 4, []string{"from.hash", "type tar"}},
 		{"relative dest", "a:\n  from: {type: scratch}\n  imports:\n    - {path: x, dest: rel}\n", ErrSyntax, 4, []string{"absolute"}},
 		{"arch", "a:\n  from: {type: scratch}\n  arch: vax\n", ErrSyntax, 3, []string{`"vax"`, "amd64"}},
 		{"os", "a:\n  from: {type: scratch}\n  os: windows\n", ErrSyntax, 3, []string{"linux"}},

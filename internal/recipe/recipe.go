@@ -142,6 +142,10 @@ type From struct {
 	// stacker://IMAGE/PATH: a tarball inside an image built earlier (of
 	// this file or of a prerequisite), typically a build_only one.
 	FromImage, ImagePath string
+	// Hash is the expected sha256 (lower-case hex) of a tar base's
+	// tarball (local, http(s) or stacker://), or "": a tarball with
+	// another sha256 is refused (*HashMismatchError).
+	Hash string
 	// Insecure allows plain http to a docker registry.
 	Insecure bool
 	Line     int
@@ -325,4 +329,14 @@ func (e *Error) Unwrap() []error {
 		return []error{e.Kind, e.Err}
 	}
 	return []error{e.Kind}
+}
+
+// HashMismatchError is content whose sha256 is not the one a recipe's
+// hash: pinned.
+type HashMismatchError struct {
+	Expected, Actual string // lower-case hex
+}
+
+func (e *HashMismatchError) Error() string {
+	return fmt.Sprintf("sha256 mismatch: hash: expects %s, the content has %s", e.Expected, e.Actual)
 }

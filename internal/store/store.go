@@ -170,6 +170,13 @@ func (s *Store) Writer() (done func(), err error) {
 	return s.lockFile("gc.lock", unix.LOCK_SH)
 }
 
+// Exclusive waits until no writer (Writer) or GC is active and holds new
+// ones off until done is called: for work that removes what writers use,
+// such as the build caches (vessel clean). Do not call GC while holding it.
+func (s *Store) Exclusive() (done func(), err error) {
+	return s.lockFile("gc.lock", unix.LOCK_EX)
+}
+
 // ParseRef splits a store reference "NAME[:TAG]" into name and tag
 // (default latest), with the rules of package reference: NAME follows the
 // distribution spec grammar. A digest or another transport is refused.
