@@ -46,14 +46,14 @@ type SignedPolicy struct {
 	PublicKey string `json:"publicKey"`
 	KeyName   Hex    `json:"keyName"`
 	// Signature is an ASN.1 ECDSA signature over sha256(ApprovedPolicy).
-	Signature Hex    `json:"signature"`
+	Signature Hex `json:"signature"`
 	// Identity approves the identity key (only) for the PCR7 this
 	// policy's PCR7 becomes after Lock, so the running system can still
 	// sign with it once nothing can unseal (signed with policyRef
 	// IdentityRef). Absent in files from before it existed.
 	Identity *IdentityApproval `json:"identity,omitempty"`
 	Created  string            `json:"created,omitempty"`
-	Comment   string `json:"comment,omitempty"`
+	Comment  string            `json:"comment,omitempty"`
 }
 
 // Hex is a byte string that marshals as lower-case hex.
