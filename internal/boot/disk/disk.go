@@ -53,8 +53,8 @@ const (
 	StateFSOffset = 16 * mib
 	// PoliciesDir is where signed TPM policies go on the data partition.
 	PoliciesDir = "tpm/policies"
-	ESPVolume = "VESSEL-ESP"           // FAT volume label
-	BootPath  = "/EFI/BOOT/BOOTX64.EFI"
+	ESPVolume   = "VESSEL-ESP" // FAT volume label
+	BootPath    = "/EFI/BOOT/BOOTX64.EFI"
 )
 
 const (
