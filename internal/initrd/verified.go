@@ -71,6 +71,7 @@ func (s *Stage) bootRoot(started float64) error {
 		return fmt.Errorf("verified boot refused before mounting anything: %w", err)
 	}
 	s.printf("manifest %s verified: product %s version %d, signed by %q", vm.Digest(), vm.ProductID(), vm.Version(), vm.Signer().Subject.CommonName)
+	s.measureManifest(vm)
 	host := vm.Manifest().Hostfs
 	img, err := mount.SystemImage(st, vm, host.Digest)
 	if err != nil {
@@ -78,7 +79,7 @@ func (s *Stage) bootRoot(started float64) error {
 	}
 	mgr := &mount.Manager{Run: s.path(RunDir), Mode: mount.ModeVerity}
 	t0 := time.Now()
-	p, err := mgr.Mount(context.Background(), img, HostMountID, s.path(NewRoot), mount.Owner{}, mount.Options{Writable: true})
+	p, err := mgr.Mount(context.Background(), img, HostMountID, s.path(NewRoot), mount.Owner{}, mount.Options{Writable: true, HostRoot: true})
 	if err != nil {
 		return fmt.Errorf("verified boot: host %w%s", err, s.corruptions(rs))
 	}
