@@ -4,7 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
+
+	luks "github.com/anatol/luks.go"
 
 	"github.com/vesselos/vessel/internal/tpm"
 
@@ -69,4 +73,34 @@ func (linuxSystem) openTPM() (tpmDevice, error) {
 		return nil, fmt.Errorf("%w: %v", errNoTPM, err)
 	}
 	return t, nil
+}
+
+// remount changes the flags of the mount at target (MS_REMOUNT).
+func (linuxSystem) remount(target string, flags uintptr) error {
+	return unix.Mount("", target, "", unix.MS_REMOUNT|flags, "")
+}
+
+// openLUKS unlocks a LUKS2 volume (keyslot 0) with github.com/anatol/luks.go
+// and sets up its dm-crypt device; there is no udev, so the device is
+// found as /dev/dm-N through sysfs.
+func (linuxSystem) openLUKS(dev string, passphrase []byte, name string) (string, error) {
+	d, err := luks.Open(dev)
+	if err != nil {
+		return "", fmt.Errorf("read LUKS header: %w", err)
+	}
+	defer d.Close()
+	v, err := d.UnsealVolume(0, passphrase)
+	if err != nil {
+		return "", fmt.Errorf("open LUKS keyslot 0: %w", err)
+	}
+	if err := v.SetupMapper(name); err != nil {
+		return "", fmt.Errorf("dm-crypt: %w", err)
+	}
+	names, _ := filepath.Glob("/sys/block/dm-*/dm/name")
+	for _, n := range names {
+		if b, err := os.ReadFile(n); err == nil && strings.TrimSpace(string(b)) == name {
+			return "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(n))), nil
+		}
+	}
+	return "", fmt.Errorf("dm-crypt device %s set up but not found in /sys/block", name)
 }

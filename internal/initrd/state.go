@@ -1,0 +1,357 @@
+package initrd
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/vesselos/vessel/internal/luks2"
+	"github.com/vesselos/vessel/internal/measure"
+	"github.com/vesselos/vessel/internal/tpm"
+	"github.com/vesselos/vessel/internal/trust"
+)
+
+// Paths of the TPM step (docs/tpm.md "Boot flow").
+const (
+	// PolicyKeyFile is the TPM policy-signing public key in the initrd
+	// (inside the signed UKI). Without it the initrd does not use the TPM
+	// beyond measuring the manifest.
+	PolicyKeyFile = "/etc/vessel/tpm-policy.pem"
+	// TPMStateDir is vessel's TPM state on the data partition (sealed
+	// blobs, usable only in this machine's TPM); PoliciesDir holds the
+	// signed policies the product ships, one of which matches this boot's PCR7.
+	TPMStateDir = DataMount + "/tpm"
+	PoliciesDir = DataMount + "/tpm/policies"
+	// StatePartition is the GPT name of the encrypted state partition.
+	StatePartition = "vessel-state"
+	// StateMapper is its device-mapper name once opened.
+	StateMapper = "vessel-state"
+	// StateMount is where the opened state volume is mounted; /run moves
+	// into the host, so the host sees it at the same path.
+	StateMount = "/run/vessel/state"
+	// StateSecret is the name of the sealed LUKS2 passphrase.
+	StateSecret = "state"
+	// StateMarkerFile is what vessel.test=tpm appends to on the volume.
+	StateMarkerFile = StateMount + "/vessel-boots"
+)
+
+// stateSystem is what the TPM step needs from the kernel beyond system.
+type stateSystem interface {
+	remount(target string, flags uintptr) error
+	// openLUKS unlocks the LUKS2 volume dev with passphrase into a
+	// device-mapper device named name and returns its /dev path.
+	openLUKS(dev string, passphrase []byte, name string) (string, error)
+}
+
+// TPMReport is what the TPM step did, for the console and the boot record.
+type TPMReport struct {
+	Provisioned bool   `json:"provisioned,omitempty"`
+	Policy      string `json:"policy,omitempty"` // the file that unsealed
+	Unsealed    bool   `json:"unsealed"`
+	Volume      string `json:"volume,omitempty"` // mounted state volume
+	Locked      bool   `json:"locked"`
+	Accepted    uint64 `json:"acceptedVersion,omitempty"` // the TPM's anti-rollback version
+	Failure     string `json:"failure,omitempty"`
+	Commands    int    `json:"tpmCommands"`
+	Millis      int64  `json:"tpmMillis"`
+}
+
+// tpmBoot is the TPM step of the verified boot, run after the manifest
+// verified and before the host is mounted. With no policy key in the
+// initrd it does nothing. Otherwise:
+//
+//  1. no TPM: say so; the state volume stays closed; the boot goes on;
+//  2. first boot (no TPM state on the data partition, TPM unowned, state
+//     partition not yet encrypted): provision the TPM, seal a random
+//     passphrase, make the state partition a LUKS2 volume;
+//  3. refuse a manifest version below the TPM's accepted version (an
+//     error: the boot stops);
+//  4. unseal the passphrase with the signed policy for this PCR7, open
+//     and mount the state volume; any failure is printed with its cause
+//     (PCR mismatch with both values, another key, revoked, lockout) and
+//     the boot goes on without the volume;
+//  5. lock: extend PCR7 (tpm.LockEvent) and record it in measure.LogFile.
+func (s *Stage) tpmBoot(vm *trust.VerifiedManifest, dev tpmDevice, openErr error, test bool) (rep *TPMReport, err error) {
+	keyPEM, err := os.ReadFile(s.path(PolicyKeyFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("TPM: read the policy key: %w", err)
+	}
+	pub, err := tpm.ParsePublicKeyPEM(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("TPM: policy key %s: %w", PolicyKeyFile, err)
+	}
+	rep = &TPMReport{}
+	t, _ := dev.(*tpm.TPM)
+	if t == nil {
+		if openErr == nil {
+			openErr = errors.New("this system has no TPM to open")
+		}
+		rep.Failure = fmt.Sprintf("no TPM (%v)", openErr)
+		s.printf("TPM FAILED: %s: the state volume stays locked; anti-rollback falls back to trust/versions.json", rep.Failure)
+		return rep, nil
+	}
+	start, cmds0 := time.Now(), t.Commands()
+	defer func() {
+		rep.Commands, rep.Millis = t.Commands()-cmds0, time.Since(start).Milliseconds()
+		s.printf("TPM: %d commands in %dms", rep.Commands, rep.Millis)
+	}()
+	st := tpm.State{Dir: s.path(TPMStateDir)}
+	stateDev, hasState, err := FindPartition(s.Root, StatePartition)
+	if err != nil {
+		return rep, err
+	}
+	if hasState {
+		stateDev = s.path(stateDev)
+	}
+	if _, err := st.Record(); errors.Is(err, tpm.ErrNotProvisioned) {
+		if err := s.provision(t, st, pub, vm, stateDev, hasState, rep); err != nil {
+			rep.Failure = err.Error()
+			s.printf("TPM FAILED: %v: the state volume stays locked", err)
+			return rep, s.lock(t, rep)
+		}
+	} else if err != nil {
+		rep.Failure = err.Error()
+		s.printf("TPM FAILED: %v", err)
+		return rep, s.lock(t, rep)
+	}
+	acc, err := t.CheckVersion(uint64(vm.Version()))
+	switch {
+	case errors.Is(err, tpm.ErrRollback):
+		return rep, fmt.Errorf("verified boot refused: %w", err)
+	case err != nil:
+		s.printf("TPM WARNING: anti-rollback counter: %v", err)
+	default:
+		rep.Accepted = acc
+		s.printf("TPM: manifest version %d >= accepted version %d (NV counter)", vm.Version(), acc)
+	}
+	pass, pol, err := s.unsealState(t, st, pub)
+	if err != nil {
+		rep.Failure = err.Error()
+		s.printf("TPM FAILED: cannot unseal the state volume key: %v", err)
+		s.printf("state volume NOT mounted")
+		return rep, s.lock(t, rep)
+	}
+	rep.Unsealed, rep.Policy = true, pol.Comment
+	if hasState {
+		if err := s.mountState(stateDev, pass, rep); err != nil {
+			rep.Failure = err.Error()
+			s.printf("FAILED: state volume: %v", err)
+		}
+	}
+	clear(pass)
+	if err := s.lock(t, rep); err != nil {
+		return rep, err
+	}
+	if test {
+		s.checkLocked(t, st, pol)
+	}
+	return rep, nil
+}
+
+// provision is the first boot: it refuses when a TPM or a volume was set
+// up before (their secrets are gone: recovery, not a silent new volume).
+func (s *Stage) provision(t *tpm.TPM, st tpm.State, pub *ecdsa.PublicKey, vm *trust.VerifiedManifest, stateDev string, hasState bool, rep *TPMReport) (err error) {
+	if hasState {
+		enc, err := luks2.IsLUKS(stateDev)
+		if err != nil {
+			return fmt.Errorf("read state partition %s: %w", stateDev, err)
+		}
+		if enc {
+			return fmt.Errorf("the state partition %s is already encrypted but %s holds no TPM state (deleted, or the disk moved to another machine): not provisioning over it; restore %s or recover the volume with the recovery secret", stateDev, TPMStateDir, TPMStateDir)
+		}
+	}
+	ss, ok := s.sys.(stateSystem)
+	if !ok {
+		return errors.New("provision: this system cannot remount the data partition")
+	}
+	if err := ss.remount(s.path(DataMount), msNoSuid|msNoDev|msNoExec); err != nil {
+		return fmt.Errorf("provision: remount the data partition read-write: %w", err)
+	}
+	defer func() {
+		if rerr := ss.remount(s.path(DataMount), msRdOnly|msNoSuid|msNoDev|msNoExec); rerr != nil && err == nil {
+			err = fmt.Errorf("provision: remount the data partition read-only: %w", rerr)
+		}
+	}()
+	res, err := t.Provision(st, pub, tpm.ProvisionOptions{Version: uint64(vm.Version())})
+	if err != nil {
+		return fmt.Errorf("provision: %w", err)
+	}
+	rep.Provisioned = true
+	s.printf("TPM provisioned (first boot): SRK %x, accepted manifest version %d", []byte(res.SRKName), vm.Version())
+	s.printf("TPM recovery secret (shown once, write it down): %s", res.Recovery)
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return err
+	}
+	pass := []byte(hex.EncodeToString(raw))
+	if err := t.Seal(st, StateSecret, pass, false); err != nil {
+		return fmt.Errorf("seal the state volume passphrase: %w", err)
+	}
+	if !hasState {
+		s.printf("TPM: no %s partition: nothing to encrypt", StatePartition)
+		return nil
+	}
+	vk := make([]byte, luks2.KeySize)
+	if _, err := rand.Read(vk); err != nil {
+		return err
+	}
+	defer clear(vk)
+	t0 := time.Now()
+	if err := luks2.Format(stateDev, vk, pass, luks2.Options{Label: StatePartition}); err != nil {
+		return fmt.Errorf("encrypt the state partition: %w", err)
+	}
+	n, err := luks2.EncryptInPlace(stateDev, vk)
+	if err != nil {
+		return fmt.Errorf("encrypt the state partition: %w", err)
+	}
+	s.printf("state partition %s encrypted: LUKS2 aes-xts-plain64, %d MiB in %dms", stateDev, n>>20, time.Since(t0).Milliseconds())
+	return nil
+}
+
+// unsealState unseals the passphrase with the shipped policy for the
+// current PCR7, naming the cause when none works.
+func (s *Stage) unsealState(t *tpm.TPM, st tpm.State, pub *ecdsa.PublicKey) ([]byte, *tpm.SignedPolicy, error) {
+	keyName, err := tpm.PolicyKeyName(pub)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := st.Record()
+	if err != nil {
+		return nil, nil, err
+	}
+	if string(r.PolicyKeyName) != string(keyName) {
+		return nil, nil, fmt.Errorf("%w: the TPM was provisioned for policy key %x, this initrd carries %x", tpm.ErrWrongPolicyKey, []byte(r.PolicyKeyName), keyName)
+	}
+	files, _ := filepath.Glob(s.path(PoliciesDir) + "/*.signed")
+	sort.Strings(files)
+	var pols []*tpm.SignedPolicy
+	var other []string
+	for _, f := range files {
+		p, err := tpm.ReadPolicy(f)
+		if err != nil {
+			s.printf("TPM: policy %s ignored: %v", filepath.Base(f), err)
+			if errors.Is(err, tpm.ErrWrongPolicyKey) {
+				other = append(other, filepath.Base(f))
+			}
+			continue
+		}
+		if string(p.KeyName) != string(keyName) {
+			other = append(other, filepath.Base(f))
+			continue
+		}
+		p.Comment = filepath.Base(f)
+		pols = append(pols, p)
+	}
+	cur, err := t.PCR7()
+	if err != nil {
+		return nil, nil, err
+	}
+	var match []*tpm.SignedPolicy
+	var expected []string
+	for _, p := range pols {
+		expected = append(expected, fmt.Sprintf("%x (%s, version %d)", []byte(p.PCR7), p.Comment, p.Version))
+		if string(p.PCR7) == string(cur) {
+			match = append(match, p)
+		}
+	}
+	if len(match) == 0 {
+		if len(pols) == 0 && len(other) > 0 {
+			return nil, nil, fmt.Errorf("%w: %s signed by another key (not the initrd's %s)", tpm.ErrWrongPolicyKey, strings.Join(other, ", "), PolicyKeyFile)
+		}
+		if len(pols) == 0 {
+			return nil, nil, fmt.Errorf("no signed policy in %s: ship one with `vessel boot disk --tpm-policy`", PoliciesDir)
+		}
+		return nil, nil, fmt.Errorf("%w: actual PCR7 %x, expected %s (booted with a kernel signed by another db key, Secure Boot off, or a dbx/firmware update without a new signed policy)",
+			tpm.ErrPolicyMismatch, cur, strings.Join(expected, " or "))
+	}
+	slices.SortFunc(match, func(a, b *tpm.SignedPolicy) int { return int(b.Version) - int(a.Version) })
+	var errs []error
+	for _, p := range match {
+		pass, err := t.Unseal(st, StateSecret, p, nil)
+		if err == nil {
+			s.printf("TPM: unsealed the state volume key with policy %s (PCR7 %x, version %d)", p.Comment, cur, p.Version)
+			return pass, p, nil
+		}
+		errs = append(errs, fmt.Errorf("policy %s: %w", p.Comment, err))
+	}
+	return nil, nil, errors.Join(errs...)
+}
+
+// mountState opens the LUKS2 volume and mounts it at StateMount.
+func (s *Stage) mountState(dev string, pass []byte, rep *TPMReport) error {
+	ss, ok := s.sys.(stateSystem)
+	if !ok {
+		return errors.New("this system cannot open encrypted volumes")
+	}
+	t0 := time.Now()
+	dm, err := ss.openLUKS(dev, pass, StateMapper)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
+	if err := s.sys.mount(Mount{Source: dm, Target: s.path(StateMount), FSType: "ext4", Flags: msNoSuid | msNoDev}); err != nil {
+		return fmt.Errorf("mount %s (%s) on %s: %w", dm, dev, StateMount, err)
+	}
+	rep.Volume = StateMount
+	s.printf("state volume %s opened (%s) and mounted on %s in %dms", dev, dm, StateMount, time.Since(t0).Milliseconds())
+	return nil
+}
+
+// lock extends PCR7 so that nothing later in this boot unseals, and
+// records the extension for an attestation verifier.
+func (s *Stage) lock(t *tpm.TPM, rep *TPMReport) error {
+	if err := t.Lock(); err != nil {
+		return fmt.Errorf("TPM lock: %w", err)
+	}
+	if err := (measure.Log{Path: s.path(measure.LogFile)}).Append(measure.NewEvent(7, measure.TypeLock, tpm.LockEvent)); err != nil {
+		return fmt.Errorf("TPM lock: extended PCR7 but %w", err)
+	}
+	rep.Locked = true
+	pcr, _ := t.PCR7()
+	s.printf("TPM locked: PCR7 extended with %q, now %x", tpm.LockEvent, pcr)
+	return nil
+}
+
+// checkLocked (vessel.test=tpm) shows that after the lock the volume key
+// no longer unseals while the identity key still signs, and appends this
+// boot to the marker file on the volume.
+func (s *Stage) checkLocked(t *tpm.TPM, st tpm.State, p *tpm.SignedPolicy) {
+	_, err := t.Unseal(st, StateSecret, p, nil)
+	s.printf("TPM test: unseal after lock refused=%t locked=%t: %v", err != nil, errors.Is(err, tpm.ErrLocked), err)
+	id, err := t.Identity(st, p, nil)
+	if err == nil {
+		msg := sha256.Sum256([]byte("vessel identity after lock"))
+		var sig []byte
+		if sig, err = id.Sign(nil, msg[:], crypto.SHA256); err == nil && !ecdsa.VerifyASN1(id.Public().(*ecdsa.PublicKey), msg[:], sig) {
+			err = errors.New("signature does not verify")
+		}
+	}
+	s.printf("TPM test: identity sign after lock ok=%t %v", err == nil, err)
+	if _, err := os.Stat(s.path(StateMount)); err != nil {
+		return
+	}
+	prev, _ := os.ReadFile(s.path(StateMarkerFile))
+	s.printf("TPM test: state volume marker before this boot: %q", strings.TrimSpace(string(prev)))
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	line := "vessel-state-marker boot " + strings.TrimSpace(string(b)) + "\n"
+	f, err := os.OpenFile(s.path(StateMarkerFile), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err == nil {
+		_, err = f.WriteString(line)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	s.printf("TPM test: appended to the state volume marker: %v", err)
+}
