@@ -98,7 +98,7 @@ func TestTPMBoot(t *testing.T) {
 	v("manifest", "build", "system.yaml", "--keys", "keys", "-o", "m.json")
 	v("manifest", "sign", "m.json", "--key", "keys/products/acme/product.key", "--cert", "keys/products/acme/product.pem", "-o", "m.signed")
 	disk := filepath.Join(dir, "disk.img")
-	v("boot", "disk", "--manifest", "m.signed", "--uki", uki1, "--ca", ca, "--product-id", productID, "--size", "200M",
+	v("boot", "disk", "--manifest", "m.signed", "--uki", uki1, "--ca", ca, "--product-id", productID, "--size", "400M",
 		"--state-size", "48M", "--tpm-policy", polA, "-o", disk)
 	// The second UKI on a copy of the ESP: the same data and state partitions.
 	tpmState := filepath.Join(dir, "vtpm")
