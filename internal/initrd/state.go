@@ -18,7 +18,6 @@ import (
 	"github.com/vesselos/vessel/internal/luks2"
 	"github.com/vesselos/vessel/internal/measure"
 	"github.com/vesselos/vessel/internal/tpm"
-	"github.com/vesselos/vessel/internal/trust"
 )
 
 // Paths of the TPM step (docs/tpm.md "Boot flow").
@@ -67,7 +66,7 @@ type TPMReport struct {
 }
 
 // tpmBoot is the TPM step of the verified boot, run after the manifest
-// verified and before the host is mounted. With no policy key in the
+// (of version version) verified and before the host is mounted. With no policy key in the
 // initrd it does nothing. Otherwise:
 //
 //  1. no TPM: say so; the state volume stays closed; the boot goes on;
@@ -81,7 +80,7 @@ type TPMReport struct {
 //     (PCR mismatch with both values, another key, revoked, lockout) and
 //     the boot goes on without the volume;
 //  5. lock: extend PCR7 (tpm.LockEvent) and record it in measure.LogFile.
-func (s *Stage) tpmBoot(vm *trust.VerifiedManifest, dev tpmDevice, openErr error, test bool) (rep *TPMReport, err error) {
+func (s *Stage) tpmBoot(version int64, dev tpmDevice, openErr error, test bool) (rep *TPMReport, err error) {
 	keyPEM, err := os.ReadFile(s.path(PolicyKeyFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -117,7 +116,7 @@ func (s *Stage) tpmBoot(vm *trust.VerifiedManifest, dev tpmDevice, openErr error
 		stateDev = s.path(stateDev)
 	}
 	if _, err := st.Record(); errors.Is(err, tpm.ErrNotProvisioned) {
-		if err := s.provision(t, st, pub, vm, stateDev, hasState, rep); err != nil {
+		if err := s.provision(t, st, pub, version, stateDev, hasState, rep); err != nil {
 			rep.Failure = err.Error()
 			s.printf("TPM FAILED: %v: the state volume stays locked", err)
 			return rep, s.lock(t, rep)
@@ -127,7 +126,7 @@ func (s *Stage) tpmBoot(vm *trust.VerifiedManifest, dev tpmDevice, openErr error
 		s.printf("TPM FAILED: %v", err)
 		return rep, s.lock(t, rep)
 	}
-	acc, err := t.CheckVersion(uint64(vm.Version()))
+	acc, err := t.CheckVersion(uint64(version))
 	switch {
 	case errors.Is(err, tpm.ErrRollback):
 		return rep, fmt.Errorf("verified boot refused: %w", err)
@@ -135,7 +134,7 @@ func (s *Stage) tpmBoot(vm *trust.VerifiedManifest, dev tpmDevice, openErr error
 		s.printf("TPM WARNING: anti-rollback counter: %v", err)
 	default:
 		rep.Accepted = acc
-		s.printf("TPM: manifest version %d >= accepted version %d (NV counter)", vm.Version(), acc)
+		s.printf("TPM: manifest version %d >= accepted version %d (NV counter)", version, acc)
 	}
 	pass, pol, err := s.unsealState(t, st, pub)
 	if err != nil {
@@ -163,7 +162,7 @@ func (s *Stage) tpmBoot(vm *trust.VerifiedManifest, dev tpmDevice, openErr error
 
 // provision is the first boot: it refuses when a TPM or a volume was set
 // up before (their secrets are gone: recovery, not a silent new volume).
-func (s *Stage) provision(t *tpm.TPM, st tpm.State, pub *ecdsa.PublicKey, vm *trust.VerifiedManifest, stateDev string, hasState bool, rep *TPMReport) (err error) {
+func (s *Stage) provision(t *tpm.TPM, st tpm.State, pub *ecdsa.PublicKey, version int64, stateDev string, hasState bool, rep *TPMReport) (err error) {
 	if hasState {
 		enc, err := luks2.IsLUKS(stateDev)
 		if err != nil {
@@ -185,12 +184,12 @@ func (s *Stage) provision(t *tpm.TPM, st tpm.State, pub *ecdsa.PublicKey, vm *tr
 			err = fmt.Errorf("provision: remount the data partition read-only: %w", rerr)
 		}
 	}()
-	res, err := t.Provision(st, pub, tpm.ProvisionOptions{Version: uint64(vm.Version())})
+	res, err := t.Provision(st, pub, tpm.ProvisionOptions{Version: uint64(version)})
 	if err != nil {
 		return fmt.Errorf("provision: %w", err)
 	}
 	rep.Provisioned = true
-	s.printf("TPM provisioned (first boot): SRK %x, accepted manifest version %d", []byte(res.SRKName), vm.Version())
+	s.printf("TPM provisioned (first boot): SRK %x, accepted manifest version %d", []byte(res.SRKName), version)
 	s.printf("TPM recovery secret (shown once, write it down): %s", res.Recovery)
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {

@@ -75,7 +75,7 @@ func (s *Stage) bootRoot(started float64) error {
 	cmdline, _ := os.ReadFile(s.path(CmdlineFile))
 	tpmDev, openErr := s.openTPM()
 	s.measureManifest(vm, tpmDev, openErr)
-	tr, err := s.tpmBoot(vm, tpmDev, openErr, slices.Contains(TestFlags(string(cmdline)), "tpm"))
+	tr, err := s.tpmBoot(vm.Version(), tpmDev, openErr, slices.Contains(TestFlags(string(cmdline)), "tpm"))
 	if tpmDev != nil {
 		tpmDev.Close()
 	}
