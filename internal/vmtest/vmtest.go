@@ -49,11 +49,11 @@ var ErrDenied = errors.New("the firmware refused the image (Access Denied)")
 
 // Config describes one VM.
 type Config struct {
-	Code     string        // firmware code; default OVMFCode
-	Vars     string        // variable store template, copied for this VM; default SnakeoilVars
-	ESPDir   string        // a directory served as a FAT drive (EFI/BOOT/BOOTX64.EFI inside)
-	Disk     string        // a raw disk image (used read-write in place); ESPDir or Disk
-	TPM      bool          // attach a swtpm vTPM (TIS)
+	Code   string // firmware code; default OVMFCode
+	Vars   string // variable store template, copied for this VM; default SnakeoilVars
+	ESPDir string // a directory served as a FAT drive (EFI/BOOT/BOOTX64.EFI inside)
+	Disk   string // a raw disk image (used read-write in place); ESPDir or Disk
+	TPM    bool   // attach a swtpm vTPM (TIS)
 	// TPMState keeps the vTPM's state in this directory across VMs (a
 	// reboot with the same TPM); default a temp dir removed at Kill.
 	TPMState string
