@@ -3,6 +3,8 @@ module github.com/vesselos/vessel
 go 1.26.8
 
 require (
+	github.com/anatol/devmapper.go v0.0.0-20230829043248-59ac2b9706ba
+	github.com/anatol/luks.go v0.0.0-20250316021219-8cd744c3576f
 	github.com/cilium/ebpf v0.22.0
 	github.com/creack/pty v1.1.24
 	github.com/diskfs/go-diskfs v1.9.4
@@ -27,8 +29,6 @@ require (
 )
 
 require (
-	github.com/anatol/devmapper.go v0.0.0-20230829043248-59ac2b9706ba // indirect
-	github.com/anatol/luks.go v0.0.0-20250316021219-8cd744c3576f // indirect
 	github.com/dgryski/go-camellia v0.0.0-20191119043421-69a8a13fb23d // indirect
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/google/uuid v1.6.0 // indirect

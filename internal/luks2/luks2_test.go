@@ -2,6 +2,7 @@ package luks2
 
 import (
 	"bytes"
+	"errors"
 	"crypto/aes"
 	"crypto/rand"
 	"os"
@@ -94,6 +95,15 @@ func TestFormatEncryptCrossCheck(t *testing.T) {
 		t.Fatal("the decrypted segment is not the filesystem")
 	}
 
+	// VolumeKey reads it back; a wrong passphrase is ErrPassphrase.
+	got, sg, err := VolumeKey(vol, pass)
+	if err != nil || !bytes.Equal(got, vk) || sg.Offset != DataOffset || sg.Encryption != "aes-xts-plain64" || sg.SectorSize != SectorSize {
+		t.Fatalf("VolumeKey = %x, %+v, %v", got, sg, err)
+	}
+	if _, _, err := VolumeKey(vol, []byte("wrong")); !errors.Is(err, ErrPassphrase) {
+		t.Fatalf("VolumeKey with a wrong passphrase: %v", err)
+	}
+
 	// cryptsetup reads the header and opens the keyslot (no device-mapper needed).
 	if _, err := exec.LookPath("cryptsetup"); err != nil {
 		t.Skip("missing cryptsetup (make deps installs cryptsetup-bin)")
@@ -116,6 +126,27 @@ func TestFormatEncryptCrossCheck(t *testing.T) {
 	if err := exec.Command("cryptsetup", "open", "--test-passphrase", "--key-file", kf, vol).Run(); err == nil {
 		t.Fatal("cryptsetup accepted a wrong passphrase")
 	}
+	// A volume cryptsetup formats (pbkdf2, as vessel writes) opens with VolumeKey.
+	os.WriteFile(kf, pass, 0o600)
+	cs := filepath.Join(t.TempDir(), "cs")
+	os.WriteFile(cs, make([]byte, DataOffset+1<<20), 0o600)
+	vkf0 := filepath.Join(t.TempDir(), "vk0")
+	os.WriteFile(vkf0, vk, 0o600)
+	if out, err := exec.Command("cryptsetup", "luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000",
+		"--hash", "sha256", "--cipher", "aes-xts-plain64", "--key-size", "512", "--volume-key-file", vkf0, "--key-file", kf, cs).CombinedOutput(); err != nil {
+		t.Fatalf("cryptsetup luksFormat: %v: %s", err, out)
+	}
+	if got, _, err := VolumeKey(cs, pass); err != nil || !bytes.Equal(got, vk) {
+		t.Fatalf("VolumeKey of cryptsetup's volume = %x, %v", got, err)
+	}
+	// A corrupted header is refused.
+	b, _ := os.ReadFile(cs)
+	b[4096+10] ^= 1
+	os.WriteFile(cs, b, 0o600)
+	if _, _, err := VolumeKey(cs, pass); err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Fatalf("corrupted header: %v", err)
+	}
+
 	// cryptsetup's own dump of the volume key equals ours.
 	os.WriteFile(kf, pass, 0o600)
 	vkf := filepath.Join(t.TempDir(), "vk")

@@ -159,12 +159,26 @@ func TestTPMBoot(t *testing.T) {
 	if rec == nil {
 		t.Fatal("no recovery secret on the console of the first boot")
 	}
-	checkAtRest(t, disk, tpmState, rec[1])
+	vk := checkAtRest(t, disk, tpmState, rec[1])
+	// The dm-crypt table names a logon key in the kernel keyring: the
+	// running system cannot read the volume key back, and it was never
+	// printed.
+	must("first", l1, `vessel-host: dm dm-\d+ vessel-state table 0 \d+ crypt aes-xts-plain64 :64:logon:vessel:vessel-state 0 `)
+	noKey := func(name string, lines []Line) {
+		t.Helper()
+		for _, l := range lines {
+			if strings.Contains(strings.ToLower(l.Text), fmt.Sprintf("%x", vk)) {
+				t.Errorf("boot %s printed the volume key: %s", name, l.Text)
+			}
+		}
+	}
+	noKey("first", l1)
 
 	// 2. Reboot: the marker survives.
 	l2 := boot("reboot", vars1, uki1, "vessel-host: powering off", "FAILED")
 	must("reboot", l2, `vessel-init: TPM test: state volume marker before this boot: "vessel-state-marker boot [0-9a-f-]+"`,
 		`vessel-init: TPM: manifest version 2 >= accepted version 2 \(NV counter\)`)
+	noKey("reboot", l2)
 	if find(l2, `TPM provisioned`) != nil {
 		t.Error("the second boot provisioned again")
 	}
@@ -357,7 +371,7 @@ func hostTPM(t *testing.T, state string, f func(*tpm.TPM)) {
 // the passphrase the host unseals from the TPM state with the recovery
 // secret; the volume decrypts (luks.go + xts) to a filesystem holding the
 // marker.
-func checkAtRest(t *testing.T, disk, tpmState, recovery string) {
+func checkAtRest(t *testing.T, disk, tpmState, recovery string) []byte {
 	t.Helper()
 	start, size := partitionAt(t, disk, "vessel-state")
 	f, err := os.Open(disk)
@@ -427,6 +441,7 @@ func checkAtRest(t *testing.T, disk, tpmState, recovery string) {
 	if !bytes.Equal(dec[1024+0x38:1024+0x3a], []byte{0x53, 0xef}) {
 		t.Fatal("the decrypted state volume is not ext4 (no superblock magic)")
 	}
+	return vk
 }
 
 // report logs a boot's TPM time and uptimes (issue 15's numbers).
