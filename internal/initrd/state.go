@@ -62,7 +62,8 @@ type TPMReport struct {
 	Accepted    uint64 `json:"acceptedVersion,omitempty"` // the TPM's anti-rollback version
 	Failure     string `json:"failure,omitempty"`
 	Commands    int    `json:"tpmCommands"`
-	Millis      int64  `json:"tpmMillis"`
+	TPMMillis   int64  `json:"tpmMillis"`  // time in TPM commands
+	Millis      int64  `json:"stepMillis"` // the whole step (KDF, dm-crypt, mount too)
 }
 
 // tpmBoot is the TPM step of the verified boot, run after the manifest
@@ -102,11 +103,17 @@ func (s *Stage) tpmBoot(version int64, dev tpmDevice, openErr error, test bool) 
 		s.printf("TPM FAILED: %s: the state volume stays locked; anti-rollback falls back to trust/versions.json", rep.Failure)
 		return rep, nil
 	}
-	start, cmds0 := time.Now(), t.Commands()
-	defer func() {
-		rep.Commands, rep.Millis = t.Commands()-cmds0, time.Since(start).Milliseconds()
-		s.printf("TPM: %d commands in %dms", rep.Commands, rep.Millis)
-	}()
+	start, cmds0, busy0 := time.Now(), t.Commands(), t.Busy()
+	done := false
+	summary := func() {
+		if done {
+			return
+		}
+		done = true
+		rep.Commands, rep.TPMMillis, rep.Millis = t.Commands()-cmds0, (t.Busy() - busy0).Milliseconds(), time.Since(start).Milliseconds()
+		s.printf("TPM: %d commands, %dms in the TPM, step %dms", rep.Commands, rep.TPMMillis, rep.Millis)
+	}
+	defer summary()
 	st := tpm.State{Dir: s.path(TPMStateDir)}
 	stateDev, hasState, err := FindPartition(s.Root, StatePartition)
 	if err != nil {
@@ -154,6 +161,7 @@ func (s *Stage) tpmBoot(version int64, dev tpmDevice, openErr error, test bool) 
 	if err := s.lock(t, rep); err != nil {
 		return rep, err
 	}
+	summary() // the checks below are not part of a boot
 	if test {
 		s.checkLocked(t, st, pol)
 	}

@@ -2,9 +2,9 @@ package luks2
 
 import (
 	"bytes"
-	"errors"
 	"crypto/aes"
 	"crypto/rand"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
