@@ -42,7 +42,15 @@ const (
 	StateSecret = "state"
 	// StateMarkerFile is what vessel.test=tpm appends to on the volume.
 	StateMarkerFile = StateMount + "/vessel-boots"
+	// VolumesDir is where the host's supervisor keeps service volumes
+	// (the store root's volumes/, i.e. /var/lib/vessel/volumes). With a
+	// state partition it is the state volume's volumes/ (bind mount), or,
+	// when the volume cannot be opened, an empty tmpfs: service state is
+	// never written to the plain data partition.
+	VolumesDir = DataMount + "/volumes"
 )
+
+const msBind = 0x1000
 
 // stateSystem is what the TPM step needs from the kernel beyond system.
 type stateSystem interface {
@@ -148,6 +156,9 @@ func (s *Stage) tpmBoot(version int64, dev tpmDevice, openErr error, test bool) 
 		rep.Failure = err.Error()
 		s.printf("TPM FAILED: cannot unseal the state volume key: %v", err)
 		s.printf("state volume NOT mounted")
+		if hasState {
+			s.volumes(false)
+		}
 		return rep, s.lock(t, rep)
 	}
 	rep.Unsealed, rep.Policy = true, pol.Comment
@@ -158,6 +169,9 @@ func (s *Stage) tpmBoot(version int64, dev tpmDevice, openErr error, test bool) 
 		}
 	}
 	clear(pass)
+	if hasState {
+		s.volumes(rep.Volume != "")
+	}
 	if err := s.lock(t, rep); err != nil {
 		return rep, err
 	}
@@ -314,6 +328,38 @@ func (s *Stage) mountState(dev string, pass []byte, rep *TPMReport) error {
 	rep.Volume = StateMount
 	s.printf("state volume %s opened (%s) and mounted on %s in %dms", dev, dm, StateMount, time.Since(t0).Milliseconds())
 	return nil
+}
+
+// volumes puts the service volumes on the state volume (mounted) or on an
+// empty tmpfs (not mounted), over VolumesDir, which switch_root moves into
+// the host with the data partition.
+func (s *Stage) volumes(mounted bool) {
+	ss, ok := s.sys.(stateSystem)
+	if !ok {
+		return
+	}
+	if _, err := os.Stat(s.path(VolumesDir)); err != nil {
+		if err := ss.remount(s.path(DataMount), msNoSuid|msNoDev|msNoExec); err == nil {
+			os.MkdirAll(s.path(VolumesDir), 0o700)
+			ss.remount(s.path(DataMount), msRdOnly|msNoSuid|msNoDev|msNoExec)
+		}
+	}
+	var m Mount
+	if mounted {
+		os.MkdirAll(s.path(StateMount+"/volumes"), 0o700)
+		m = Mount{Source: s.path(StateMount + "/volumes"), Target: s.path(VolumesDir), Flags: msBind}
+	} else {
+		m = Mount{Source: "tmpfs", Target: s.path(VolumesDir), FSType: "tmpfs", Flags: msNoSuid | msNoDev, Data: "mode=0700"}
+	}
+	if err := s.sys.mount(m); err != nil {
+		s.printf("FAILED: service volumes on %s: %v", VolumesDir, err)
+		return
+	}
+	if mounted {
+		s.printf("service volumes: %s is the state volume's volumes/", VolumesDir)
+	} else {
+		s.printf("service volumes: %s is an empty tmpfs for this boot (the state volume is locked)", VolumesDir)
+	}
 }
 
 // lock extends PCR7 so that nothing later in this boot unseals, and

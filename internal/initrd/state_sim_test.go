@@ -119,8 +119,11 @@ func TestTPMBootSimulator(t *testing.T) {
 		if ok, _ := luks2.IsLUKS(root + "/dev/vda3"); !ok {
 			t.Fatal("the state partition is not LUKS after the first boot")
 		}
-		if len(sys.remounts) != 2 || sys.remounts[0]&msRdOnly != 0 || sys.remounts[1]&msRdOnly == 0 {
+		if len(sys.remounts) < 2 || sys.remounts[0]&msRdOnly != 0 || sys.remounts[1]&msRdOnly == 0 {
 			t.Fatalf("remounts %v: want read-write then read-only", sys.remounts)
+		}
+		if !strings.Contains(strings.Join(sys.mounts, ","), " "+root+VolumesDir) || !strings.Contains(out, "service volumes: /data/volumes is the state volume's volumes/") {
+			t.Fatalf("service volumes not bound: mounts %q\n%s", sys.mounts, out)
 		}
 		for _, want := range []string{"TPM recovery secret (shown once, write it down): ", "unseal after lock refused=true locked=true", "identity sign after lock ok=true", "TPM locked: PCR7 extended"} {
 			if !strings.Contains(out, want) {
@@ -154,6 +157,9 @@ func TestTPMBootSimulator(t *testing.T) {
 		rep, out, sys, err := boot(2, false)
 		if err != nil || rep.Unsealed || sys.opened != 0 || !rep.Locked {
 			t.Fatalf("%+v %v\n%s", rep, err, out)
+		}
+		if !strings.Contains(strings.Join(sys.mounts, ","), "tmpfs "+root+VolumesDir) {
+			t.Fatalf("service volumes not on a tmpfs when the volume is locked: %q", sys.mounts)
 		}
 		want := "PCR7 does not match the signed policy: actual PCR7 " + strings.Repeat("00", 32) + ", expected " + strings.Repeat("ab", 32) + " (other.signed, version 1)"
 		if !strings.Contains(out, want) || !strings.Contains(out, "state volume NOT mounted") {

@@ -150,6 +150,7 @@ func TestTPMBoot(t *testing.T) {
 		`vessel-init: TPM: unsealed the state volume key with policy prod.signed \(PCR7 `+pcrA,
 		`vessel-init: state volume /dev/vda3 opened \(/dev/dm-\d+\) and mounted on /run/vessel/state`,
 		`vessel-init: TPM locked: PCR7 extended`,
+		`vessel-init: service volumes: /data/volumes is the state volume's volumes/`,
 		`vessel-init: TPM test: unseal after lock refused=true locked=true`,
 		`vessel-init: TPM test: identity sign after lock ok=true`,
 		`vessel-init: TPM test: state volume marker before this boot: ""`,
@@ -186,7 +187,8 @@ func TestTPMBoot(t *testing.T) {
 	// 3. Signed by the second db certificate: boots, cannot unseal.
 	l3 := boot("db2", vars1, uki2, "vessel-host: powering off", "vessel-init: FAILED")
 	must("db2", l3, `vessel-init: TPM FAILED: cannot unseal the state volume key: PCR7 does not match the signed policy: actual PCR7 [0-9a-f]{64}, expected `+pcrA,
-		`vessel-init: state volume NOT mounted`, `vessel-init: TPM locked`, `vessel-host: up `)
+		`vessel-init: state volume NOT mounted`, `vessel-init: TPM locked`, `vessel-host: up `,
+		`vessel-init: service volumes: /data/volumes is an empty tmpfs for this boot \(the state volume is locked\)`)
 	if find(l3, `mounted on /run/vessel/state`) != nil {
 		t.Error("the db2-signed UKI mounted the state volume")
 	}
