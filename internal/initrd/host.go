@@ -100,6 +100,13 @@ func RunHost(w io.Writer, root string, uptime func() (float64, error), table fun
 			}
 		}
 	}
+	plans, _, err := (&mount.Manager{Run: root + RunDir}).Mounted()
+	if err != nil {
+		return fmt.Errorf("the mount records the initrd left: %w", err)
+	}
+	for _, p := range plans {
+		fmt.Fprintf(w, "%s mount record %s: %s at %s\n", HostMarker, p.ID, p.Image, p.Target)
+	}
 	if err := reportPCR15(root, func(f string, a ...any) { fmt.Fprintf(w, HostMarker+" "+f+"\n", a...) }); err != nil {
 		return err
 	}

@@ -116,6 +116,11 @@ func (s *Stage) bootRoot(started float64) error {
 	if err := writeBootRecord(s.path(BootRecordFile), rec); err != nil {
 		return fmt.Errorf("verified boot: write %s: %w", BootRecordFile, err)
 	}
+	// After switch_root the host root is "/": its record says so, or the
+	// host's vessel would list a mount at /sysroot that is not there.
+	if err := mgr.Moved(HostMountID, "/"); err != nil {
+		return fmt.Errorf("verified boot: record the host root's move: %w", err)
+	}
 	s.printf("switch_root to %s, exec %s, uptime %.3fs", img.Name(), HostInit, rec.SwitchRoot)
 	if err := rs.switchRoot(NewSwitchRoot(s.path(NewRoot))); err != nil {
 		return fmt.Errorf("verified boot: switch_root: %w%s", err, s.corruptions(rs))

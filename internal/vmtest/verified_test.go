@@ -368,6 +368,9 @@ func TestVerifiedBoot(t *testing.T) {
 		if _, ok := vm.Find("vessel-host: root writable"); !ok {
 			t.Error("the host root is not writable")
 		}
+		if l, ok := vm.Find("vessel-host: mount record host: "); !ok || !strings.HasSuffix(l.Text, " at /") {
+			t.Errorf("the host root's mount record does not say it is at /: %q", l.Text)
+		}
 		// The host root is a root: setuid programs and device nodes work.
 		if l, ok := vm.Find("vessel-host: root overlay flags "); !ok {
 			t.Errorf("no root overlay line:\n%s", vm.Tail(40))
