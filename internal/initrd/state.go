@@ -111,6 +111,15 @@ func (s *Stage) tpmBoot(version int64, dev tpmDevice, openErr error, test bool) 
 		s.printf("TPM FAILED: %s: the state volume stays locked; anti-rollback falls back to trust/versions.json", rep.Failure)
 		return rep, nil
 	}
+	// Sessions, keys and passphrases need the kernel's random number
+	// generator; early in a boot getrandom blocks until it is seeded.
+	// Waiting here keeps that wait out of the TPM numbers and names it.
+	r0 := time.Now()
+	var one [1]byte
+	if _, err := rand.Read(one[:]); err != nil {
+		return rep, fmt.Errorf("TPM: random number generator: %w", err)
+	}
+	s.printf("TPM: the kernel's random number generator was ready after %dms", time.Since(r0).Milliseconds())
 	start, cmds0, busy0 := time.Now(), t.Commands(), t.Busy()
 	done := false
 	summary := func() {
