@@ -310,9 +310,10 @@ func (s *Stage) unsealState(t *tpm.TPM, st tpm.State, pub *ecdsa.PublicKey) ([]b
 	slices.SortFunc(match, func(a, b *tpm.SignedPolicy) int { return int(b.Version) - int(a.Version) })
 	var errs []error
 	for _, p := range match {
+		t0 := time.Now()
 		pass, err := t.Unseal(st, StateSecret, p, nil)
 		if err == nil {
-			s.printf("TPM: unsealed the state volume key with policy %s (PCR7 %x, version %d)", p.Comment, cur, p.Version)
+			s.printf("TPM: unsealed the state volume key with policy %s (PCR7 %x, version %d) in %dms", p.Comment, cur, p.Version, time.Since(t0).Milliseconds())
 			return pass, p, nil
 		}
 		errs = append(errs, fmt.Errorf("policy %s: %w", p.Comment, err))
