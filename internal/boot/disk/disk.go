@@ -33,6 +33,7 @@ import (
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
+	"github.com/vesselos/vessel/internal/tpm"
 	"github.com/vesselos/vessel/internal/trust"
 )
 
@@ -283,6 +284,9 @@ func stageData(ctx context.Context, dir string, vm *trust.VerifiedManifest, o Op
 		b, err := os.ReadFile(p)
 		if err != nil {
 			return nil, fmt.Errorf("TPM policy: %w", err)
+		}
+		if _, err := tpm.ParsePolicy(b); err != nil {
+			return nil, fmt.Errorf("TPM policy %s: %w", p, err)
 		}
 		if err := os.MkdirAll(filepath.Join(dir, PoliciesDir), 0o755); err != nil {
 			return nil, err
