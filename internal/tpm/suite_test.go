@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"flag"
+	"os"
 	"strings"
 	"testing"
 
@@ -256,6 +257,20 @@ func runSuite(t *testing.T, open opener) {
 				t.Fatal("the identity approval unsealed a sealed object")
 			}
 		})
+		// PolicyFor finds p1 in STATE/policies for the locked PCR7 (its
+		// identity approval), and nothing for another value.
+		os.MkdirAll(f.st.path(PoliciesDir), 0o700)
+		os.WriteFile(f.st.path(PoliciesDir, "p1.signed"), p1.Marshal(), 0o600)
+		defer os.RemoveAll(f.st.path(PoliciesDir))
+		if got, err := f.st.PolicyFor(LockedPCR7(p1.PCR7)); err != nil || got.Comment != "p1.signed" {
+			t.Fatalf("PolicyFor(locked PCR7) = %v, %v", got, err)
+		}
+		if got, err := f.st.PolicyFor(p1.PCR7); err != nil || got.Comment != "p1.signed" {
+			t.Fatalf("PolicyFor(PCR7) = %v, %v", got, err)
+		}
+		if _, err := f.st.PolicyFor(make([]byte, 31)); !errors.Is(err, ErrPolicyMismatch) {
+			t.Fatalf("PolicyFor(other) err = %v, want ErrPolicyMismatch", err)
+		}
 		_, err := f.unseal(t, p1, nil)
 		// After a lock the error says so, and does not suggest signing a
 		// policy for the locked PCR7 (issue 22).
