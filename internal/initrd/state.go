@@ -418,3 +418,32 @@ func (s *Stage) checkLocked(t *tpm.TPM, st tpm.State, p *tpm.SignedPolicy) {
 	}
 	s.printf("TPM test: appended to the state volume marker: %v", err)
 }
+
+// CheckHostTPM (vessel.test=tpm, on the host after switch_root) shows what
+// the running system can do with the TPM after the initrd's lock: find the
+// shipped policy for its (locked) PCR7 in STATE/policies, fail to unseal
+// the state volume's passphrase with it, sign with the identity key.
+func CheckHostTPM(printf func(string, ...any), t *tpm.TPM, stateDir string) {
+	st := tpm.State{Dir: stateDir}
+	cur, err := t.PCR7()
+	if err != nil {
+		printf("tpm: %v", err)
+		return
+	}
+	p, err := st.PolicyFor(cur)
+	if err != nil {
+		printf("tpm: running system, PCR7 %x: %v", cur, err)
+		return
+	}
+	_, err = t.Unseal(st, StateSecret, p, nil)
+	printf("tpm: unseal from the running system refused=%t locked=%t (policy %s)", err != nil, errors.Is(err, tpm.ErrLocked), p.Comment)
+	id, err := t.Identity(st, p, nil)
+	if err == nil {
+		msg := sha256.Sum256([]byte("vessel identity on the running system"))
+		var sig []byte
+		if sig, err = id.Sign(nil, msg[:], crypto.SHA256); err == nil && !ecdsa.VerifyASN1(id.Public().(*ecdsa.PublicKey), msg[:], sig) {
+			err = errors.New("signature does not verify")
+		}
+	}
+	printf("tpm: identity sign from the running system ok=%t %v", err == nil, err)
+}

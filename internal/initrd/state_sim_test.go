@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -137,6 +138,13 @@ func TestTPMBootSimulator(t *testing.T) {
 		// The log replays to the TPM's PCR7: zero extended by the lock.
 		if got, _ := measure.Replay(evs, 7); !bytes.Equal(got, tpm.LockedPCR7(zero)) {
 			t.Fatalf("replayed PCR7 %x, want %x", got, tpm.LockedPCR7(zero))
+		}
+		// The running system (same boot, after the lock) finds the policy
+		// for its locked PCR7, cannot unseal, can sign.
+		var host []string
+		CheckHostTPM(func(f string, a ...any) { host = append(host, fmt.Sprintf(f, a...)) }, open(), root+TPMStateDir)
+		if len(host) != 2 || !strings.Contains(host[0], "refused=true locked=true (policy prod.signed)") || !strings.Contains(host[1], "ok=true") {
+			t.Fatalf("host check: %q", host)
 		}
 	})
 

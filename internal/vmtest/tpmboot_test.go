@@ -158,7 +158,9 @@ func TestTPMBoot(t *testing.T) {
 		`vessel-init: TPM test: identity sign after lock ok=true`,
 		`vessel-init: TPM test: state volume marker before this boot: ""`,
 		`vessel-init: TPM test: appended to the state volume marker: <nil>`,
-		`vessel-host: up `)
+		`vessel-host: up `,
+		`vessel-host: tpm: unseal from the running system refused=true locked=true \(policy prod.signed\)`,
+		`vessel-host: tpm: identity sign from the running system ok=true`)
 	rec := find(l1, `TPM recovery secret \(shown once, write it down\): ([A-Z2-7-]+)`)
 	if rec == nil {
 		t.Fatal("no recovery secret on the console of the first boot")
