@@ -302,7 +302,7 @@ func (s *Stage) unsealState(t *tpm.TPM, st tpm.State, pub *ecdsa.PublicKey) ([]b
 			return nil, nil, fmt.Errorf("%w: %s signed by another key (not the initrd's %s)", tpm.ErrWrongPolicyKey, strings.Join(other, ", "), PolicyKeyFile)
 		}
 		if len(pols) == 0 {
-			return nil, nil, fmt.Errorf("no signed policy in %s: ship one with `vessel boot disk --tpm-policy`", PoliciesDir)
+			return nil, nil, fmt.Errorf("no signed policy in %s: ship the policy signed for this machine's PCR7 there (docs/tpm.md)", PoliciesDir)
 		}
 		return nil, nil, fmt.Errorf("%w: actual PCR7 %x, expected %s (booted with a kernel signed by another db key, Secure Boot off, or a dbx/firmware update without a new signed policy)",
 			tpm.ErrPolicyMismatch, cur, strings.Join(expected, " or "))
