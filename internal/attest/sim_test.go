@@ -168,9 +168,14 @@ func TestQuoteVerify(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// PCR7 is locked: the identity key cannot certify a new AK now.
-		if _, err := tp.AttestationKey(st2, id2); !errors.Is(err, tpm.ErrLocked) {
-			t.Fatalf("certify after the lock: %v, want tpm.ErrLocked", err)
+		// After the lock the identity key still certifies (its identity
+		// approval for the locked PCR7): a second, certified AK.
+		ak2, err := tp.AttestationKey(st2, id2)
+		if err != nil {
+			t.Fatalf("certify after the lock: %v", err)
+		}
+		if bytes.Equal(ak2.Blob.Public, q.AKPublic) {
+			t.Fatal("the second AK is the first")
 		}
 		// An AK certified by another key (software key, signature over the real certification).
 		bad := *q
@@ -189,13 +194,13 @@ func TestQuoteVerify(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(st2.Dir, "state.json"), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		ak2 := makeUncertifiedAK(t, tp, st2, q)
-		q2, err := tp.Quote(st2, ak2, n, attest.PCRs)
+		ak3 := makeUncertifiedAK(t, tp, st2, q)
+		q2, err := tp.Quote(st2, ak3, n, attest.PCRs)
 		if err != nil {
 			t.Fatal(err)
 		}
 		bad = *q
-		bad.AKPublic, bad.Quote, bad.QuoteSignature, bad.PCRs = ak2.Blob.Public, q2.Attest, q2.Signature, q2.PCRs
+		bad.AKPublic, bad.Quote, bad.QuoteSignature, bad.PCRs = ak3.Blob.Public, q2.Attest, q2.Signature, q2.PCRs
 		r, err = attest.Verify(&bad, n, pol)
 		refused(t, r, err, attest.ErrAK, "ak", "not this AK")
 	})

@@ -95,8 +95,9 @@ func TestJoin(t *testing.T) {
 	t.Cleanup(func() { sim.Close() })
 	tp := tpm.New(transport.FromReadWriter(sim), nil, "simulator")
 	k := attesttest.NewKeys(t, "Acme")
-	// Not locked: the identity key is the TLS key and must still sign.
-	m := attesttest.Boot(t, tp, k, false)
+	// Locked, as a running system is: the identity key (the TLS key)
+	// signs with its identity approval for the locked PCR7, nothing unseals.
+	m := attesttest.Boot(t, tp, k, true)
 	ca, caKey, err := cluster.NewCA("Acme", 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
@@ -155,7 +156,7 @@ func TestJoin(t *testing.T) {
 		if id, err := trust.MachineID(c); err != nil || id != m.MachineID || c.Subject.CommonName != m.MachineID {
 			t.Fatalf("credential machine %q (%v), CN %q", id, err, c.Subject.CommonName)
 		}
-		if cred.Report == nil || cred.Report.Manifest.Digest != m.Digest {
+		if cred.Report == nil || cred.Report.Manifest.Digest != m.Digest || !cred.Report.Locked {
 			t.Fatalf("report %+v", cred.Report)
 		}
 		// A cluster peer that trusts only the cluster CA accepts the

@@ -116,7 +116,7 @@ func (t *TPM) CreateAK(s State) (*Blob, error) {
 // the TPMS_ATTEST naming obj, sig the identity key's ASN.1 DER ECDSA
 // signature over its SHA-256. qualifying is carried in attest's extraData.
 func (id *Identity) Certify(obj *Blob, qualifying []byte) (attest, sig []byte, err error) {
-	err = id.t.policyAuth(id.rec, id.policy, id.recovery, false, func(sess tpm2.Session) (err error) {
+	err = id.session(func(sess tpm2.Session) (err error) {
 		o, err := id.t.load(id.rec, obj)
 		if err != nil {
 			return err
