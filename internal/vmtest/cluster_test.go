@@ -56,7 +56,11 @@ func (s *syncBuffer) String() string {
 //   - UKI signed by a second enrolled db key (and a policy for its PCR7, so
 //     the identity key still signs): A refuses it, naming the db signer.
 //
-// Two VMs in parallel.
+// The initrd carries the TPM policy key, so its TPM step runs and locks
+// PCR7 before the host starts: the joins happen after the lock, with the
+// identity key's identity approval (nothing seals the state volume here,
+// so that step reports it cannot unseal, and the boot goes on). Two VMs in
+// parallel.
 func TestClusterJoin(t *testing.T) {
 	e := setupBoot(t)
 	if os.Geteuid() != 0 {
@@ -92,7 +96,9 @@ func TestClusterJoin(t *testing.T) {
 	v("keys", "init", "keys", "--org", "Acme")
 	v("keys", "product", "keys", "--name", "acme", "--product-id", productID)
 	initrd := filepath.Join(dir, "initrd.img")
-	v("boot", "initrd", "--ca", "keys/manifest-ca.pem", "--product-id", productID, "--modules", e.modules, "-o", initrd)
+	// With the policy key the initrd runs its TPM step, which ends with
+	// the lock: the host joins from a locked boot, as a product does.
+	v("boot", "initrd", "--ca", "keys/manifest-ca.pem", "--product-id", productID, "--modules", e.modules, "--tpm-policy-key", "policy.pub", "-o", initrd)
 	cmdline := "console=ttyS0 vessel.test=root,services vessel.ip=10.0.2.15/24 vessel.cluster=https://10.0.2.100:8443,https://10.0.2.101:8443"
 	uki1, uki2 := filepath.Join(dir, "db1.efi"), filepath.Join(dir, "db2.efi")
 	v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", cmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", uki1)
@@ -134,7 +140,8 @@ func TestClusterJoin(t *testing.T) {
 		t.Fatal(err)
 	}
 	for disk, signer := range map[string]string{disk1: e.dbCert, disk2: db2Cert} {
-		files := map[string][]byte{"tpm/policy.signed": policyFor(signer), "tpm/cluster-ca.pem": trust.PEMCerts(ca)}
+		pol := policyFor(signer)
+		files := map[string][]byte{"tpm/policy.signed": pol, "tpm/policies/boot.signed": pol, "tpm/cluster-ca.pem": trust.PEMCerts(ca)}
 		for name, b := range tpmFiles {
 			files["tpm/"+name] = b
 		}
@@ -188,7 +195,7 @@ func TestClusterJoin(t *testing.T) {
 	t.Run("admitted-and-refused-by-allow-list", func(t *testing.T) {
 		t.Parallel()
 		vm := boot(t, disk1)
-		l := find(t, vm, `vessel-host: cluster joined https://10\.0\.2\.100:8443: certificate 0x[0-9a-f]+ for m-vm until \S+ \(manifest `+digest+` version 2, PCR7 locked: (true|false)\)`)
+		l := find(t, vm, `vessel-host: cluster joined https://10\.0\.2\.100:8443: certificate 0x[0-9a-f]+ for m-vm until \S+ \(manifest `+digest+` version 2, PCR7 locked: true\)`)
 		t.Logf("%s", l)
 		t.Logf("%s", find(t, vm, `vessel-host: cluster join https://10\.0\.2\.101:8443 refused: .*join refused \(HTTP 403\): attestation refused: allow-list: `+digest+` \(version 2\) is not allowed`))
 		if !regexp.MustCompile(`cluster: admitted m-vm \(product ` + productID + `, manifest ` + digest + ` version 2\)`).MatchString(logA.String()) {
