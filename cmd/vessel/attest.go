@@ -67,13 +67,13 @@ func attestKeyCmd(g *globals, f *tpmFlags) *cobra.Command {
 	var a authFlags
 	c := &cobra.Command{
 		Use:   "key",
-		Short: "Create the attestation key and have the identity key certify it (before vessel tpm lock)",
+		Short: "Create the attestation key and have the identity key certify it",
 		Long: `key creates the attestation key (AK) in the TPM and certifies it with the
 identity key (TPM2_Certify), keeping both in the state directory. The identity
-key signs only under the signed PCR7 policy, so this must run before
-'vessel tpm lock' (the initrd does it at boot); later quotes need only the AK.
-It does nothing when the AK exists.`,
-		Example: `  vessel attest key --policy policy.signed && vessel tpm lock`,
+key signs only under the signed policy (its approval for this boot's PCR7, or
+its identity approval after 'vessel tpm lock'); later quotes need only the AK.
+It does nothing when the AK exists. 'attest quote' does it too when needed.`,
+		Example: `  vessel attest key --policy policy.signed`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := f.stateDir(g)

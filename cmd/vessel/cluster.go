@@ -131,8 +131,9 @@ func clusterJoinCmd(g *globals, f *tpmFlags) *cobra.Command {
 		Short: "Join a cluster: TLS with the identity key, a fresh quote, a cluster certificate back",
 		Long: `join connects to a 'vessel cluster serve' with the machine's identity
 certificate and its TPM-resident identity key (which signs under the signed
-PCR7 policy: run it before 'vessel tpm lock' or authorize it with --policy or
---recovery), quotes the server's nonce and writes the cluster certificate.`,
+policy: its approval for this boot's PCR7, or its identity approval after
+'vessel tpm lock'; --policy or --recovery choose), quotes the server's nonce
+and writes the cluster certificate.`,
 		Example: `  vessel cluster join https://10.0.2.100:8443 --ca cluster-ca.pem -o /run/vessel/cluster.pem \
       --manifest /var/lib/vessel/manifest.signed`,
 		Args: cobra.ExactArgs(1),

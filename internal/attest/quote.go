@@ -83,8 +83,7 @@ type MakeOptions struct {
 	TPM   *tpm.TPM
 	State tpm.State
 	// Identity certifies a new AK when the state has none; it may be nil
-	// once the AK exists (after the boot's lock the identity key cannot
-	// sign, so the AK is certified before it: see docs/attest.md).
+	// once the AK exists (docs/attest.md).
 	Identity *tpm.Identity
 	// IdentityCert is the PEM identity certificate (and chain).
 	IdentityCert []byte
