@@ -1,7 +1,6 @@
 package initrd
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/vesselos/vessel/internal/attest"
 	"github.com/vesselos/vessel/internal/cluster"
-	"github.com/vesselos/vessel/internal/measure"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/tpm"
 	"github.com/vesselos/vessel/internal/trust"
@@ -78,7 +76,13 @@ func joinCluster(url string) (*cluster.Credential, error) {
 		return nil, err
 	}
 	defer t.Close()
-	p, err := pickPolicy(t)
+	// The signed policy for this boot's PCR7: after the initrd's lock, the
+	// one whose identity approval is for the locked PCR7.
+	cur, err := t.PCR7()
+	if err != nil {
+		return nil, err
+	}
+	p, err := st.PolicyFor(cur)
 	if err != nil {
 		return nil, err
 	}
@@ -95,26 +99,4 @@ func joinCluster(url string) (*cluster.Credential, error) {
 		Quote: func(nonce []byte) (*attest.Quote, error) {
 			return attest.Make(attest.MakeOptions{TPM: t, State: st, IdentityCert: cert, Nonce: nonce, Manifest: signed})
 		}})
-}
-
-// pickPolicy returns the signed policy for this boot: tpm/policy.signed or
-// one of tpm/policies/*.signed whose PCR7 is the current PCR7, or the
-// current PCR7 before vessel's lock (the identity key's approval after it).
-func pickPolicy(t *tpm.TPM) (*tpm.SignedPolicy, error) {
-	cur, err := t.PCR7()
-	if err != nil {
-		return nil, err
-	}
-	files, _ := filepath.Glob(filepath.Join(HostTPMState, "policies", "*.signed"))
-	files = append([]string{filepath.Join(HostTPMState, "policy.signed")}, files...)
-	for _, f := range files {
-		p, err := tpm.ReadPolicy(f)
-		if err != nil {
-			continue
-		}
-		if bytes.Equal(p.PCR7, cur) || bytes.Equal(measure.ExtendSHA256(p.PCR7, []byte(tpm.LockEvent)), cur) {
-			return p, nil
-		}
-	}
-	return nil, fmt.Errorf("no signed policy in %s for PCR7 %x", HostTPMState, cur)
 }
