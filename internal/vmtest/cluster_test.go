@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/vesselos/vessel/internal/attest"
-	"github.com/vesselos/vessel/internal/boot/ovmf"
-	"github.com/vesselos/vessel/internal/boot/secureboot"
 	"github.com/vesselos/vessel/internal/cluster"
 	"github.com/vesselos/vessel/internal/trust"
 )
@@ -87,7 +85,7 @@ func TestClusterJoin(t *testing.T) {
 	run(t, "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", db2Key, "-out", db2Cert,
 		"-subj", "/CN=vmtest cluster second db", "-days", "30")
 	vars := filepath.Join(dir, "VARS.fd")
-	varsWithSecondDB(t, sbDir, db2Cert, vars)
+	writeVars(t, sbDir, db2Cert, nil, vars)
 
 	// The product: host image (busybox, vessel as init, runc), a web
 	// service, a signed manifest, UKIs signed by each db key.
@@ -304,44 +302,6 @@ func policyKey(t *testing.T, dir string) {
 	run(t, "openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", filepath.Join(dir, "policy.ec"))
 	run(t, "openssl", "pkcs8", "-topk8", "-nocrypt", "-in", filepath.Join(dir, "policy.ec"), "-out", filepath.Join(dir, "policy.key"))
 	run(t, "openssl", "ec", "-in", filepath.Join(dir, "policy.key"), "-pubout", "-out", filepath.Join(dir, "policy.pub"))
-}
-
-// varsWithSecondDB writes an OVMF store enforcing the key set in keys
-// with a second db certificate (cert2) beside its own.
-func varsWithSecondDB(t *testing.T, keys, cert2, out string) {
-	t.Helper()
-	ks, err := secureboot.Load(keys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vars, err := ks.Variables(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c2, _, err := secureboot.LoadKeyPair(cert2, strings.TrimSuffix(cert2, ".crt")+".key")
-	if err != nil {
-		t.Fatal(err)
-	}
-	esl, err := secureboot.X509List(ks.Owner, c2).Bytes()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range vars {
-		if vars[i].Name == secureboot.DB {
-			vars[i].Data = append(bytes.Clone(vars[i].Data), esl...)
-		}
-	}
-	tmpl, err := os.ReadFile(OVMFVars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ovmf.Write(tmpl, ovmf.SecureBootVariables(vars))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(out, s.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // writeDataFiles writes files (paths relative to the partition's root)
