@@ -52,15 +52,35 @@ func attestationKey(t *tpm.TPM, st tpm.State, a *authFlags, stdin io.Reader) (*t
 	if ak, err := st.ReadAK(); err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return ak, err
 	}
-	p, rec, err := a.load(st, stdin)
-	if err != nil {
-		return nil, err
-	}
-	id, err := t.Identity(st, p, rec)
+	id, err := identity(t, st, a, stdin)
 	if err != nil {
 		return nil, err
 	}
 	return t.AttestationKey(st, id)
+}
+
+// identity returns the identity key authorized by --policy, --recovery,
+// STATE/policy.signed, or else the shipped policy (STATE/policies/) for
+// the current PCR7 (after the boot's lock: its identity approval).
+func identity(t *tpm.TPM, st tpm.State, a *authFlags, stdin io.Reader) (*tpm.Identity, error) {
+	if a.policy == "" && !a.recovery {
+		if _, err := os.Stat(filepath.Join(st.Dir, "policy.signed")); err != nil {
+			pcr7, err := t.PCR7()
+			if err != nil {
+				return nil, err
+			}
+			p, err := st.PolicyFor(pcr7)
+			if err != nil {
+				return nil, err
+			}
+			return t.Identity(st, p, nil)
+		}
+	}
+	p, rec, err := a.load(st, stdin)
+	if err != nil {
+		return nil, err
+	}
+	return t.Identity(st, p, rec)
 }
 
 func attestKeyCmd(g *globals, f *tpmFlags) *cobra.Command {

@@ -159,16 +159,12 @@ and writes the cluster certificate.`,
 					return fmt.Errorf("cluster join: %w", err)
 				}
 			}
-			p, rec, err := a.load(st, cmd.InOrStdin())
-			if err != nil {
-				return err
-			}
 			if out == "" {
 				out = filepath.Join(st.Dir, "cluster.pem")
 			}
 			var cred *cluster.Credential
 			if err := f.withTPM(func(t *tpm.TPM) error {
-				id, err := t.Identity(st, p, rec)
+				id, err := identity(t, st, &a, cmd.InOrStdin())
 				if err != nil {
 					return err
 				}
