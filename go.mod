@@ -3,6 +3,8 @@ module github.com/vesselos/vessel
 go 1.26.8
 
 require (
+	github.com/anatol/devmapper.go v0.0.0-20230829043248-59ac2b9706ba
+	github.com/anatol/luks.go v0.0.0-20250316021219-8cd744c3576f
 	github.com/cilium/ebpf v0.22.0
 	github.com/creack/pty v1.1.24
 	github.com/diskfs/go-diskfs v1.9.4
@@ -27,9 +29,11 @@ require (
 )
 
 require (
+	github.com/dgryski/go-camellia v0.0.0-20191119043421-69a8a13fb23d // indirect
 	github.com/dustin/go-humanize v1.0.1 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/jzelinskie/whirlpool v0.0.0-20201016144138-0675e54bb004 // indirect
 	github.com/pierrec/lz4/v4 v4.1.26 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
 	github.com/spf13/afero v1.9.3 // indirect

@@ -13,7 +13,8 @@ func init() { addBootCommand(bootDiskCmd) }
 
 func bootDiskCmd(g *globals) *cobra.Command {
 	var tf trustFlags
-	var manifestPath, uki, out, size, espSize string
+	var manifestPath, uki, out, size, espSize, stateSize string
+	var policies []string
 	c := &cobra.Command{
 		Use:   "disk --manifest m.signed --uki kernel.efi --ca CA.pem --size 2G -o disk.img",
 		Short: "Write a bootable disk: ESP with the signed UKI, data partition with the verified system",
@@ -33,6 +34,8 @@ filesystem is made by mkfs.ext4 -d (e2fsprogs). See docs/boot.md.`,
 		Example: `  vessel boot disk --manifest manifest.signed --uki kernel.efi --ca manifest-ca.pem \
       --product-id 0f8fad5b-d9cb-469f-a165-70867728950e --size 2G -o disk.img
   vessel boot disk --manifest manifest.signed --uki kernel.efi --ca manifest-ca.pem -o /dev/sdX
+  vessel boot disk --manifest manifest.signed --uki kernel.efi --ca manifest-ca.pem --size 2G \
+      --state-size 256M --tpm-policy prod.signed --tpm-policy after-dbx.signed -o disk.img
   sfdisk -d disk.img`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -54,6 +57,12 @@ filesystem is made by mkfs.ext4 -d (e2fsprogs). See docs/boot.md.`,
 					return usageError{"boot disk: --esp-size: " + err.Error()}
 				}
 			}
+			if stateSize != "" {
+				if o.StateSize, err = parseSize(stateSize); err != nil {
+					return usageError{"boot disk: --state-size: " + err.Error()}
+				}
+			}
+			o.Policies = policies
 			if o.Signed, err = os.ReadFile(manifestPath); err != nil {
 				return fmt.Errorf("boot disk: %w", err)
 			}
@@ -69,7 +78,11 @@ filesystem is made by mkfs.ext4 -d (e2fsprogs). See docs/boot.md.`,
 			}
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "%s: %d MiB, product %s version %d (%s)\n", res.Output, res.Size>>20, res.Product, res.Version, res.Manifest)
-			for _, p := range []disk.PartitionInfo{res.ESP, res.Data} {
+			parts := []disk.PartitionInfo{res.ESP, res.Data}
+			if res.State != nil {
+				parts = append(parts, *res.State)
+			}
+			for _, p := range parts {
 				fmt.Fprintf(w, "  partition %d %-20s %-4s at %d MiB, %d MiB, type %s\n", p.Index, p.Name, p.FSType, p.Start>>20, p.Size>>20, p.Type)
 			}
 			for _, img := range res.Images {
@@ -84,5 +97,7 @@ filesystem is made by mkfs.ext4 -d (e2fsprogs). See docs/boot.md.`,
 	c.Flags().StringVarP(&out, "output", "o", "", "disk image file to write (replaced) or a block device; required")
 	c.Flags().StringVar(&size, "size", "", "size of a disk image file, e.g. 2G, 512M (a block device's own size is used)")
 	c.Flags().StringVar(&espSize, "esp-size", "", "size of the EFI system partition (default 256M)")
+	c.Flags().StringVar(&stateSize, "state-size", "", "add the encrypted state partition of this size, e.g. 256M (at least 32M)")
+	c.Flags().StringArrayVar(&policies, "tpm-policy", nil, "signed TPM policy (vessel tpm policy sign) to ship on the data partition; repeatable")
 	return c
 }

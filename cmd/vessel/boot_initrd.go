@@ -27,9 +27,12 @@ func bootInitrdCmd(g *globals) *cobra.Command {
   /etc/vessel/modules           the module load order, one path per line
   /etc/vessel/manifest-ca.pem   the manifest-signing CA
   /etc/vessel/product-id        the product UUID
+  /etc/vessel/tpm-policy.pem    with --tpm-policy-key: the key that signs TPM policies;
+                                the initrd then provisions the TPM at first boot and
+                                unlocks the encrypted state partition (docs/tpm.md)
 
-The default modules are virtio_pci virtio_blk virtio_net loop dm_verity squashfs
-erofs overlay efivarfs ext4 button evdev; --module replaces the list. Compressed modules
+The default modules are virtio_pci virtio_blk virtio_net loop dm_verity dm_crypt xts
+squashfs erofs overlay efivarfs ext4 button evdev tpm_tis tpm_crb; --module replaces the list. Compressed modules
 (.ko.xz, .ko.zst, .ko.gz) are stored uncompressed (their signature stays
 valid). The archive is zstd-compressed unless --compress none. The same
 inputs give the same bytes. See docs/boot.md.`,
@@ -37,6 +40,8 @@ inputs give the same bytes. See docs/boot.md.`,
       --modules /lib/modules/6.1.0-57-amd64 -o initrd.img
   vessel boot initrd --ca ca.pem --product-id $ID --modules /lib/modules/$(uname -r) \
       --module virtio_blk --module dm-verity -o initrd.img --json
+  vessel boot initrd --ca ca.pem --product-id $ID --modules /lib/modules/$(uname -r) \
+      --tpm-policy-key policy.pub -o initrd.img
   zstd -dc initrd.img | cpio -tv`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -77,6 +82,7 @@ inputs give the same bytes. See docs/boot.md.`,
 	f.StringVar(&o.ProductID, "product-id", "", "product UUID; required")
 	f.StringVar(&o.Modules, "modules", "", "kernel modules tree, /lib/modules/VERSION; required")
 	f.StringArrayVar(&o.Names, "module", nil, "module to include with its dependencies (repeatable; replaces the default list)")
+	f.StringVar(&o.PolicyKey, "tpm-policy-key", "", "TPM policy-signing public key (PEM): the initrd seals and unseals with the TPM")
 	f.StringVar(&o.Vessel, "vessel", "", "static vessel binary to use as /init (default: this one)")
 	f.StringVar(&o.Compress, "compress", initrd.CompressZstd, "archive compression: zstd or none")
 	f.StringVarP(&out, "output", "o", "", "where to write the initrd; required")

@@ -167,6 +167,9 @@ func tpmInfoCmd(g *globals, f *tpmFlags) *cobra.Command {
 			fmt.Fprintf(w, "owned:          %v\n", in.OwnerAuthSet)
 			fmt.Fprintf(w, "lockout:        %v (failures %d)\n", in.InLockout, in.LockoutCounter)
 			fmt.Fprintf(w, "policy version: %s\n", pv)
+			if in.AcceptedVersion != nil {
+				fmt.Fprintf(w, "manifest version accepted (NV counter): %d\n", *in.AcceptedVersion)
+			}
 			fmt.Fprintf(w, "state:          %s (provisioned: %v, sealed: %s)\n", st.Dir, recErr == nil, strings.Join(sealed, " "))
 			return nil
 		},

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vesselos/vessel/internal/mount"
+	"github.com/vesselos/vessel/internal/tpm"
 )
 
 // HostWrittenFile is written into the host root under vessel.test=root:
@@ -58,6 +59,14 @@ func HostMain() {
 	}
 	b, _ := os.ReadFile(CmdlineFile)
 	flags := TestFlags(string(b))
+	if slices.Contains(flags, "tpm") {
+		if t, err := tpm.Open(TPMDevice); err != nil {
+			printf("tpm: %v", err)
+		} else {
+			CheckHostTPM(printf, t, HostDataDir+"/tpm")
+			t.Close()
+		}
+	}
 	if slices.Contains(flags, "root") && !slices.Contains(flags, "services") {
 		return // the report was the test
 	}

@@ -58,6 +58,8 @@ type BootRecord struct {
 	// at switch_root.
 	Started    float64 `json:"started"`
 	SwitchRoot float64 `json:"switchRoot"`
+	// TPM is what the TPM step did (nil: the initrd has no policy key).
+	TPM *TPMReport `json:"tpm,omitempty"`
 }
 
 // BootLayer is one host layer and its dm-verity device.

@@ -4,8 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
 	"time"
 
+	"github.com/anatol/devmapper.go"
+
+	"github.com/vesselos/vessel/internal/luks2"
 	"github.com/vesselos/vessel/internal/tpm"
 
 	"golang.org/x/sys/unix"
@@ -69,4 +75,60 @@ func (linuxSystem) openTPM() (tpmDevice, error) {
 		return nil, fmt.Errorf("%w: %v", errNoTPM, err)
 	}
 	return t, nil
+}
+
+// remount changes the flags of the mount at target (MS_REMOUNT).
+func (linuxSystem) remount(target string, flags uintptr) error {
+	return unix.Mount("", target, "", unix.MS_REMOUNT|flags, "")
+}
+
+// openLUKS unlocks a LUKS2 volume (keyslot 0) and sets up its dm-crypt
+// device. The volume key goes to the kernel's keyring as a logon key
+// (which no process can read back) and the table names it
+// (":64:logon:vessel:NAME"), so the table that root can list holds no key;
+// the key is invalidated once dm-crypt has its copy. There is no udev: the
+// device is found as /dev/dm-N through sysfs.
+func (linuxSystem) openLUKS(dev string, passphrase []byte, name string) (string, error) {
+	vk, seg, err := luks2.VolumeKey(dev, passphrase)
+	if err != nil {
+		return "", err
+	}
+	defer clear(vk)
+	f, err := os.Open(dev)
+	if err != nil {
+		return "", err
+	}
+	size, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKGETSIZE64)
+	f.Close()
+	if err != nil {
+		return "", fmt.Errorf("size of %s: %w", dev, err)
+	}
+	if int64(size) <= seg.Offset {
+		return "", fmt.Errorf("%s (%d bytes) ends before its LUKS2 data segment (%d)", dev, size, seg.Offset)
+	}
+	// The key is looked up in the keyrings of the thread that loads the
+	// table: add it to this thread's keyring and load from this thread.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	desc := "vessel:" + name
+	id, err := unix.AddKey("logon", desc, vk, unix.KEY_SPEC_THREAD_KEYRING)
+	if err != nil {
+		return "", fmt.Errorf("add the volume key to the kernel keyring: %w", err)
+	}
+	defer unix.KeyctlInt(unix.KEYCTL_INVALIDATE, id, 0, 0, 0)
+	table := devmapper.CryptTable{
+		Length: uint64(int64(size) - seg.Offset), BackendDevice: dev, BackendOffset: uint64(seg.Offset),
+		Encryption: seg.Encryption, KeyID: fmt.Sprintf(":%d:logon:%s", len(vk), desc), IVTweak: seg.IVTweak,
+		SectorSize: uint64(seg.SectorSize),
+	}
+	if err := devmapper.CreateAndLoad(name, "CRYPT-LUKS2-vessel-"+name, 0, table); err != nil {
+		return "", fmt.Errorf("dm-crypt: %w", err)
+	}
+	names, _ := filepath.Glob("/sys/block/dm-*/dm/name")
+	for _, n := range names {
+		if b, err := os.ReadFile(n); err == nil && strings.TrimSpace(string(b)) == name {
+			return "/dev/" + filepath.Base(filepath.Dir(filepath.Dir(n))), nil
+		}
+	}
+	return "", fmt.Errorf("dm-crypt device %s set up but not found in /sys/block", name)
 }

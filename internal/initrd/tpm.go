@@ -32,24 +32,30 @@ type tpmSystem interface {
 // errNoTPM is what openTPM returns (wrapped) when the machine has none.
 var errNoTPM = errors.New("no TPM")
 
+// openTPM opens the machine's TPM once for the boot's TPM steps: nil and
+// the reason when there is none.
+func (s *Stage) openTPM() (tpmDevice, error) {
+	ts, ok := s.sys.(tpmSystem)
+	if !ok {
+		return nil, errNoTPM
+	}
+	return ts.openTPM()
+}
+
 // measureManifest extends measure.PCR with the verified manifest's digest,
 // product and version and records the event in measure.LogFile, which
 // switch_root carries to the host's /run for `vessel attest`. A machine
-// without a TPM, or a TPM that refuses, boots on with a warning: its
-// verification stands, and a verifier refuses it anyway (no quote, or a
-// log that does not replay).
-func (s *Stage) measureManifest(vm *trust.VerifiedManifest) {
-	ts, ok := s.sys.(tpmSystem)
-	if !ok {
-		s.printf("WARNING: no TPM: manifest not measured; this boot cannot be attested")
+// without a TPM (t nil, openErr the reason), or a TPM that refuses, boots
+// on with a warning: its verification stands, and a verifier refuses it
+// anyway (no quote, or a log that does not replay).
+func (s *Stage) measureManifest(vm *trust.VerifiedManifest, t tpmDevice, openErr error) {
+	if t == nil {
+		if openErr == nil {
+			openErr = errNoTPM
+		}
+		s.printf("WARNING: %v: manifest not measured; this boot cannot be attested", openErr)
 		return
 	}
-	t, err := ts.openTPM()
-	if err != nil {
-		s.printf("WARNING: %v: manifest not measured; this boot cannot be attested", err)
-		return
-	}
-	defer t.Close()
 	ev := measure.ManifestEvent(measure.Manifest{Digest: vm.Digest().String(), ProductID: vm.ProductID(), Version: vm.Version()})
 	if err := (measure.Log{Path: s.path(measure.LogFile)}).Measure(t, ev); err != nil {
 		s.printf("WARNING: %v; this boot cannot be attested", err)

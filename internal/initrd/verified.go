@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -71,7 +72,16 @@ func (s *Stage) bootRoot(started float64) error {
 		return fmt.Errorf("verified boot refused before mounting anything: %w", err)
 	}
 	s.printf("manifest %s verified: product %s version %d, signed by %q", vm.Digest(), vm.ProductID(), vm.Version(), vm.Signer().Subject.CommonName)
-	s.measureManifest(vm)
+	cmdline, _ := os.ReadFile(s.path(CmdlineFile))
+	tpmDev, openErr := s.openTPM()
+	s.measureManifest(vm, tpmDev, openErr)
+	tr, err := s.tpmBoot(vm.Version(), tpmDev, openErr, slices.Contains(TestFlags(string(cmdline)), "tpm"))
+	if tpmDev != nil {
+		tpmDev.Close()
+	}
+	if err != nil {
+		return err
+	}
 	host := vm.Manifest().Hostfs
 	img, err := mount.SystemImage(st, vm, host.Digest)
 	if err != nil {
@@ -84,7 +94,7 @@ func (s *Stage) bootRoot(started float64) error {
 		return fmt.Errorf("verified boot: host %w%s", err, s.corruptions(rs))
 	}
 	rec := BootRecord{Product: vm.ProductID(), Version: vm.Version(), Manifest: vm.Digest(), Signer: vm.Signer().Subject.CommonName,
-		Host: img.Name(), HostID: host.Digest, DataDev: dev, Mode: string(p.Mode), Started: started}
+		Host: img.Name(), HostID: host.Digest, DataDev: dev, Mode: string(p.Mode), Started: started, TPM: tr}
 	for _, l := range p.Layers {
 		bl := BootLayer{Digest: l.Digest}
 		if l.Verity != nil {

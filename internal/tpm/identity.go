@@ -81,7 +81,7 @@ func (id *Identity) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) (si
 	if opts == nil || opts.HashFunc() != crypto.SHA256 || len(digest) != 32 {
 		return nil, errors.New("identity key signs SHA-256 digests only")
 	}
-	err = id.t.policyAuth(id.rec, id.policy, id.recovery, false, func(sess tpm2.Session) (err error) {
+	err = id.session(func(sess tpm2.Session) (err error) {
 		h, err := id.t.load(id.rec, id.blob)
 		if err != nil {
 			return err
@@ -110,6 +110,41 @@ func (id *Identity) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) (si
 		return nil, fmt.Errorf("sign with identity key: %w", err)
 	}
 	return sig, nil
+}
+
+// session runs the policy session for one use of the identity key. A key
+// made before identity approvals existed has the sealed objects' policy
+// and is used like a sealed object. Otherwise, with a signed policy, the
+// current PCR7 picks the branch: the policy's PCR7 (before the lock) or
+// its identity approval's (after it).
+func (id *Identity) session(use func(tpm2.Session) error) error {
+	pub, err := tpm2.Unmarshal[tpm2.TPMTPublic](id.blob.Public)
+	if err != nil {
+		return fmt.Errorf("identity key public area: %w", err)
+	}
+	if equal(pub.AuthPolicy.Buffer, id.rec.SealPolicy) {
+		return id.t.policyAuth(id.rec, id.policy, id.recovery, false, use)
+	}
+	digest, branches, err := IdentityPolicy(id.rec.PolicyKeyName)
+	if err != nil {
+		return err
+	}
+	if !equal(pub.AuthPolicy.Buffer, digest) {
+		return errors.New("identity key: its policy is neither vessel's identity policy nor the seal policy for the provisioned policy key")
+	}
+	if id.policy == nil && id.recovery == nil {
+		return errors.New("identity key: need a signed policy or the recovery secret")
+	}
+	var a *approval
+	if id.policy != nil {
+		a = id.policy.sealApproval()
+		if ia := id.policy.identityApproval(); ia != nil {
+			if cur, err := id.t.PCR7(); err == nil && equal(cur, ia.pcr7) {
+				a = ia
+			}
+		}
+	}
+	return id.t.policySession(id.rec, a, id.recovery, branches[:], false, use)
 }
 
 // CSR returns a DER certificate request for the identity key with subject

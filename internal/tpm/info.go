@@ -22,7 +22,9 @@ type Info struct {
 	LockoutCounter  uint32   `json:"lockoutCounter"`
 	SRK             string   `json:"srk"` // "standard", "other", "absent"
 	PolicyVersion   *uint64  `json:"policyVersion,omitempty"`
-	PCR7            Hex      `json:"pcr7,omitempty"`
+	// AcceptedVersion is the manifest version counter (anti-rollback).
+	AcceptedVersion *uint64 `json:"acceptedManifestVersion,omitempty"`
+	PCR7            Hex     `json:"pcr7,omitempty"`
 }
 
 // Info reads what the TPM says about itself.
@@ -101,6 +103,9 @@ func (t *TPM) Info() (*Info, error) {
 		if isStandardSRK(pub) {
 			in.SRK = "standard"
 		}
+	}
+	if v, err := t.AcceptedVersion(); err == nil {
+		in.AcceptedVersion = &v
 	}
 	if v, err := t.PolicyVersion(); err == nil {
 		in.PolicyVersion = &v

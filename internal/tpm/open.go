@@ -29,6 +29,7 @@ type TPM struct {
 	// live and maxLive count transient objects this connection loaded and
 	// has not flushed (sessions are not counted).
 	live, maxLive int
+	busy          time.Duration // time spent in Send
 }
 
 // New wraps an already open transport (for example an in-process simulator).
@@ -110,6 +111,9 @@ func (t *TPM) String() string { return t.where }
 // Commands returns how many TPM commands were sent so far.
 func (t *TPM) Commands() int { return t.cmds }
 
+// Busy returns the time spent waiting for the TPM's answers so far.
+func (t *TPM) Busy() time.Duration { return t.busy }
+
 // MaxLoaded returns the largest number of transient objects this
 // connection had loaded at once.
 func (t *TPM) MaxLoaded() int { return t.maxLive }
@@ -117,6 +121,7 @@ func (t *TPM) MaxLoaded() int { return t.maxLive }
 // Send implements transport.TPM, counting commands and loaded objects.
 func (t *TPM) Send(cmd []byte) ([]byte, error) {
 	t.cmds++
+	defer func(start time.Time) { t.busy += time.Since(start) }(time.Now())
 	var cc tpm2.TPMCC
 	if len(cmd) >= 10 {
 		cc = tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10]))

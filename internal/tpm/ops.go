@@ -244,13 +244,35 @@ func (t *TPM) pcrBanks() ([]tpm2.TPMIAlgHash, error) {
 	return algs, nil
 }
 
-// policyAuth runs the policy session for a sealed object or the identity
-// key and calls use with it; the session is flushed on every path. With a
-// signed policy p the TPM checks its signature (VerifySignature -> ticket),
-// PCR7 (PolicyPCR), the policy version (PolicyNV) and the signer
-// (PolicyAuthorize); with recovery != nil it checks the recovery secret
-// (PolicySecret on RecoveryIndex). Both end with PolicyOR over the two
-// branches.
+// approval is one signed PolicyAuthorize approval: "PCR7 = pcr7 and the
+// policy version <= version", signed with policyRef ref.
+type approval struct {
+	pcr7, approved, sig, ref []byte
+	version                  uint64
+	keyName                  []byte
+	key                      string // PEM
+}
+
+func (p *SignedPolicy) sealApproval() *approval {
+	return &approval{pcr7: p.PCR7, approved: p.ApprovedPolicy, sig: p.Signature, version: p.Version, keyName: p.KeyName, key: p.PublicKey}
+}
+
+// identityApproval is the approval for the identity key after the lock,
+// nil when the file carries none.
+func (p *SignedPolicy) identityApproval() *approval {
+	if p.Identity == nil {
+		return nil
+	}
+	return &approval{pcr7: p.Identity.PCR7, approved: p.Identity.ApprovedPolicy, sig: p.Identity.Signature,
+		ref: []byte(IdentityRef), version: p.Version, keyName: p.KeyName, key: p.PublicKey}
+}
+
+// policyAuth runs the policy session for a sealed object and calls use
+// with it; the session is flushed on every path. With a signed policy p the
+// TPM checks its signature (VerifySignature -> ticket), PCR7 (PolicyPCR),
+// the policy version (PolicyNV) and the signer (PolicyAuthorize); with
+// recovery != nil it checks the recovery secret (PolicySecret on
+// RecoveryIndex). Both end with PolicyOR over the two branches.
 //
 // With encrypt, the session also encrypts the response's first parameter
 // (the unsealed secret) with a key salted by the SRK.
@@ -262,12 +284,23 @@ func (t *TPM) policyAuth(r *Record, p *SignedPolicy, recovery []byte, encrypt bo
 	if err != nil {
 		return err
 	}
-	var ticket tpm2.TPMTTKVerified
+	var a *approval
 	if p != nil {
-		if !equal(p.KeyName, r.PolicyKeyName) {
+		a = p.sealApproval()
+	}
+	return t.policySession(r, a, recovery, branches[:], encrypt, use)
+}
+
+// policySession runs a policy session that satisfies one branch of the
+// PolicyOR over branches: the approval a (signed PCR7 policy) or, if a is
+// nil, the recovery secret (always the last branch).
+func (t *TPM) policySession(r *Record, a *approval, recovery []byte, branches [][]byte, encrypt bool, use func(tpm2.Session) error) (err error) {
+	var ticket tpm2.TPMTTKVerified
+	if a != nil {
+		if !equal(a.keyName, r.PolicyKeyName) {
 			return &tpmError{op: "check policy", sentinel: ErrWrongPolicyKey, hint: hintWrongKey}
 		}
-		if ticket, err = t.verifyPolicy(p); err != nil {
+		if ticket, err = t.verifyPolicy(a); err != nil {
 			return err
 		}
 	}
@@ -291,18 +324,19 @@ func (t *TPM) policyAuth(r *Record, p *SignedPolicy, recovery []byte, encrypt bo
 			err = errors.Join(err, fmt.Errorf("flush policy session: %w", cerr))
 		}
 	}()
-	if p != nil {
-		pcrDigest := sha256.Sum256(p.PCR7)
+	if a != nil {
+		pcrDigest := sha256.Sum256(a.pcr7)
 		if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), PcrDigest: tpm2.TPM2BDigest{Buffer: pcrDigest[:]}, Pcrs: pcr7Selection()}).Execute(t); err != nil {
-			return t.explainPCR(p, err)
+			return t.explainPCR(a, err)
 		}
-		if _, err := policyNVCmd(sess.Handle(), p.Version).Execute(t); err != nil {
-			return t.explainVersion(p, err)
+		if _, err := policyNVCmd(sess.Handle(), a.version).Execute(t); err != nil {
+			return t.explainVersion(a, err)
 		}
 		if _, err := (tpm2.PolicyAuthorize{
 			PolicySession:  sess.Handle(),
-			ApprovedPolicy: tpm2.TPM2BDigest{Buffer: p.ApprovedPolicy},
-			KeySign:        tpm2.TPM2BName{Buffer: p.KeyName},
+			ApprovedPolicy: tpm2.TPM2BDigest{Buffer: a.approved},
+			PolicyRef:      tpm2.TPM2BDigest{Buffer: a.ref},
+			KeySign:        tpm2.TPM2BName{Buffer: a.keyName},
 			CheckTicket:    ticket,
 		}).Execute(t); err != nil {
 			return &tpmError{op: "PolicyAuthorize", sentinel: ErrWrongPolicyKey, err: err, hint: hintWrongKey}
@@ -323,9 +357,11 @@ func (t *TPM) policyAuth(r *Record, p *SignedPolicy, recovery []byte, encrypt bo
 			return classify("check recovery secret", err)
 		}
 	}
-	if _, err := (tpm2.PolicyOr{PolicySession: sess.Handle(), PHashList: tpm2.TPMLDigest{Digests: []tpm2.TPM2BDigest{
-		{Buffer: branches[0]}, {Buffer: branches[1]},
-	}}}).Execute(t); err != nil {
+	var list tpm2.TPMLDigest
+	for _, b := range branches {
+		list.Digests = append(list.Digests, tpm2.TPM2BDigest{Buffer: b})
+	}
+	if _, err := (tpm2.PolicyOr{PolicySession: sess.Handle(), PHashList: list}).Execute(t); err != nil {
 		return &tpmError{op: "PolicyOR", sentinel: ErrWrongPolicyKey, err: err,
 			hint: "this TPM was provisioned with another policy key or recovery index"}
 	}
@@ -341,9 +377,10 @@ func (t *TPM) policyAuth(r *Record, p *SignedPolicy, recovery []byte, encrypt bo
 
 // verifyPolicy has the TPM verify the policy signature: LoadExternal of
 // the public key in the owner hierarchy (a NULL-hierarchy key would give a
-// NULL ticket, which PolicyAuthorize refuses), VerifySignature, flush.
-func (t *TPM) verifyPolicy(p *SignedPolicy) (ticket tpm2.TPMTTKVerified, err error) {
-	pub, err := p.Key()
+// NULL ticket, which PolicyAuthorize refuses), VerifySignature over
+// sha256(approvedPolicy || policyRef), flush.
+func (t *TPM) verifyPolicy(a *approval) (ticket tpm2.TPMTTKVerified, err error) {
+	pub, err := parsePublicKeyPEM([]byte(a.key))
 	if err != nil {
 		return ticket, err
 	}
@@ -351,7 +388,7 @@ func (t *TPM) verifyPolicy(p *SignedPolicy) (ticket tpm2.TPMTTKVerified, err err
 	if err != nil {
 		return ticket, err
 	}
-	sig, err := p.tpmSignature()
+	sig, err := tpmSignature(a.sig)
 	if err != nil {
 		return ticket, err
 	}
@@ -360,10 +397,10 @@ func (t *TPM) verifyPolicy(p *SignedPolicy) (ticket tpm2.TPMTTKVerified, err err
 		return ticket, classify("load policy key", err)
 	}
 	defer t.flush(lrsp.ObjectHandle, &err)
-	aHash := sha256.Sum256(p.ApprovedPolicy)
+	aHash := approvalHash(a.approved, a.ref)
 	vrsp, err := (tpm2.VerifySignature{
 		KeyHandle: tpm2.NamedHandle{Handle: lrsp.ObjectHandle, Name: lrsp.Name},
-		Digest:    tpm2.TPM2BDigest{Buffer: aHash[:]},
+		Digest:    tpm2.TPM2BDigest{Buffer: aHash},
 		Signature: sig,
 	}).Execute(t)
 	if err != nil {
@@ -371,6 +408,14 @@ func (t *TPM) verifyPolicy(p *SignedPolicy) (ticket tpm2.TPMTTKVerified, err err
 			hint: "the policy file was altered: sign it again"}
 	}
 	return vrsp.Validation, nil
+}
+
+// approvalHash is what a policy key signs: sha256(approvedPolicy || policyRef).
+func approvalHash(approved, ref []byte) []byte {
+	h := sha256.New()
+	h.Write(approved)
+	h.Write(ref)
+	return h.Sum(nil)
 }
 
 // lockedPCR7 is the sha256-bank PCR7 that Lock makes of pcr7.
@@ -382,25 +427,25 @@ func lockedPCR7(pcr7 []byte) []byte {
 	return h.Sum(nil)
 }
 
-func (t *TPM) explainPCR(p *SignedPolicy, err error) error {
+func (t *TPM) explainPCR(p *approval, err error) error {
 	cur, rerr := t.PCR7()
-	if rerr == nil && equal(cur, lockedPCR7(p.PCR7)) {
-		return &tpmError{op: fmt.Sprintf("PolicyPCR (current PCR7 %x is the policy's %x after vessel tpm lock)", cur, []byte(p.PCR7)),
+	if rerr == nil && equal(cur, lockedPCR7(p.pcr7)) {
+		return &tpmError{op: fmt.Sprintf("PolicyPCR (current PCR7 %x is the policy's %x after vessel tpm lock)", cur, p.pcr7),
 			sentinel: ErrLocked, err: fmt.Errorf("%w; %w", ErrPolicyMismatch, err), hint: hintLocked}
 	}
-	if rerr == nil && !equal(cur, p.PCR7) {
-		return &tpmError{op: fmt.Sprintf("PolicyPCR (current PCR7 %x, policy allows %x)", cur, []byte(p.PCR7)),
+	if rerr == nil && !equal(cur, p.pcr7) {
+		return &tpmError{op: fmt.Sprintf("PolicyPCR (current PCR7 %x, policy allows %x)", cur, p.pcr7),
 			sentinel: ErrPolicyMismatch, err: err, hint: hintPCR}
 	}
 	return &tpmError{op: "PolicyPCR", sentinel: ErrPolicyMismatch, err: err, hint: hintPCR}
 }
 
-func (t *TPM) explainVersion(p *SignedPolicy, err error) error {
+func (t *TPM) explainVersion(p *approval, err error) error {
 	if errors.Is(err, tpm2.TPMRCHandle) {
 		return &tpmError{op: "PolicyNV", sentinel: ErrNotProvisioned, err: err, hint: hintNoSRK}
 	}
 	if cur, rerr := t.PolicyVersion(); rerr == nil {
-		return &tpmError{op: fmt.Sprintf("PolicyNV (TPM policy version %d, policy signed for version %d)", cur, p.Version),
+		return &tpmError{op: fmt.Sprintf("PolicyNV (TPM policy version %d, policy signed for version %d)", cur, p.version),
 			sentinel: ErrRevokedPolicy, err: err, hint: hintRevoked}
 	}
 	return &tpmError{op: "PolicyNV", sentinel: ErrRevokedPolicy, err: err, hint: hintRevoked}

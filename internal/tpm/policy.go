@@ -46,9 +46,14 @@ type SignedPolicy struct {
 	PublicKey string `json:"publicKey"`
 	KeyName   Hex    `json:"keyName"`
 	// Signature is an ASN.1 ECDSA signature over sha256(ApprovedPolicy).
-	Signature Hex    `json:"signature"`
-	Created   string `json:"created,omitempty"`
-	Comment   string `json:"comment,omitempty"`
+	Signature Hex `json:"signature"`
+	// Identity approves the identity key (only) for the PCR7 this
+	// policy's PCR7 becomes after Lock, so the running system can still
+	// sign with it once nothing can unseal (signed with policyRef
+	// IdentityRef). Absent in files from before it existed.
+	Identity *IdentityApproval `json:"identity,omitempty"`
+	Created  string            `json:"created,omitempty"`
+	Comment  string            `json:"comment,omitempty"`
 }
 
 // Hex is a byte string that marshals as lower-case hex.
@@ -174,6 +179,32 @@ func SealPolicy(keyName []byte) (digest []byte, branches [2][]byte, err error) {
 	return calc.Hash().Digest, branches, nil
 }
 
+// IdentityPolicy computes the authPolicy of the identity key for policy
+// key name keyName: PolicyOR(PolicyAuthorize(keyName), PolicyAuthorize(keyName,
+// policyRef IdentityRef), PolicySecret(RecoveryIndex)). The first branch is
+// the one sealed objects have (usable before the lock); the second takes
+// the identity approvals, which are signed for the locked PCR7.
+func IdentityPolicy(keyName []byte) (digest []byte, branches [3][]byte, err error) {
+	_, seal, err := SealPolicy(keyName)
+	if err != nil {
+		return nil, branches, err
+	}
+	calc, err := tpm2.NewPolicyCalculator(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return nil, branches, err
+	}
+	if err := (tpm2.PolicyAuthorize{KeySign: tpm2.TPM2BName{Buffer: keyName}, PolicyRef: tpm2.TPM2BDigest{Buffer: []byte(IdentityRef)}}).Update(calc); err != nil {
+		return nil, branches, err
+	}
+	branches = [3][]byte{seal[0], calc.Hash().Digest, seal[1]}
+	calc.Reset()
+	or := tpm2.PolicyOr{PHashList: tpm2.TPMLDigest{Digests: []tpm2.TPM2BDigest{{Buffer: branches[0]}, {Buffer: branches[1]}, {Buffer: branches[2]}}}}
+	if err := or.Update(calc); err != nil {
+		return nil, branches, err
+	}
+	return calc.Hash().Digest, branches, nil
+}
+
 // policyKeyPublic is the TPM public area vessel loads a policy key as
 // (ECC P-256, signing, no scheme restriction): its name is what sealed
 // objects are bound to.
@@ -238,13 +269,40 @@ func SignPolicy(key crypto.Signer, pcr7 []byte, v uint64) (*SignedPolicy, error)
 	if err != nil {
 		return nil, fmt.Errorf("sign policy: %w", err)
 	}
+	locked := lockedPCR7(pcr7)
+	idApproved, err := ApprovedPolicy(locked, v)
+	if err != nil {
+		return nil, err
+	}
+	idSig, err := key.Sign(rand.Reader, approvalHash(idApproved, []byte(IdentityRef)), crypto.SHA256)
+	if err != nil {
+		return nil, fmt.Errorf("sign identity approval: %w", err)
+	}
 	return &SignedPolicy{
 		Format: PolicyFormat, PCR7: pcr7, Version: v, ApprovedPolicy: approved,
 		PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})),
 		KeyName:   name, Signature: sig,
-		Created: time.Now().UTC().Format(time.RFC3339),
+		Identity: &IdentityApproval{PCR7: locked, ApprovedPolicy: idApproved, Signature: idSig},
+		Created:  time.Now().UTC().Format(time.RFC3339),
 	}, nil
 }
+
+// IdentityRef is the policyRef of identity approvals: a policy key's
+// signature with it authorizes the identity key only. Sealed objects are
+// bound to PolicyAuthorize with an empty policyRef, so such an approval
+// never unseals anything.
+const IdentityRef = "vessel-identity"
+
+// IdentityApproval is the second signature of a policy file: PCR7 =
+// Lock(policy PCR7) and the same version, signed with policyRef IdentityRef.
+type IdentityApproval struct {
+	PCR7           Hex `json:"pcr7"` // the policy's PCR7 after Lock
+	ApprovedPolicy Hex `json:"approvedPolicy"`
+	Signature      Hex `json:"signature"` // over sha256(approvedPolicy || "vessel-identity")
+}
+
+// LockedPCR7 is the sha256-bank PCR7 that Lock makes of pcr7.
+func LockedPCR7(pcr7 []byte) []byte { return lockedPCR7(pcr7) }
 
 // ParsePolicy decodes a policy file and checks that it is self-consistent:
 // the digest matches PCR7 and Version, the key name matches the key and the
@@ -279,6 +337,18 @@ func ParsePolicy(b []byte) (*SignedPolicy, error) {
 	if !ecdsa.VerifyASN1(pub, aHash[:], p.Signature) {
 		return nil, &tpmError{op: "verify policy signature", sentinel: ErrWrongPolicyKey, hint: "the policy file was altered or signed by another key"}
 	}
+	if id := p.Identity; id != nil {
+		if !equal(id.PCR7, lockedPCR7(p.PCR7)) {
+			return nil, errors.New("parse policy: identity approval is not for the policy's PCR7 after the lock")
+		}
+		want, err := ApprovedPolicy(id.PCR7, p.Version)
+		if err != nil || !equal(want, id.ApprovedPolicy) {
+			return nil, errors.New("parse policy: identity approvedPolicy does not match its pcr7 and the version")
+		}
+		if !ecdsa.VerifyASN1(pub, approvalHash(id.ApprovedPolicy, []byte(IdentityRef)), id.Signature) {
+			return nil, &tpmError{op: "verify identity approval signature", sentinel: ErrWrongPolicyKey, hint: "the policy file was altered or signed by another key"}
+		}
+	}
 	return &p, nil
 }
 
@@ -305,10 +375,10 @@ func (p *SignedPolicy) Marshal() []byte {
 	return append(b, '\n')
 }
 
-// tpmSignature converts the ASN.1 ECDSA signature to the TPM's form.
-func (p *SignedPolicy) tpmSignature() (tpm2.TPMTSignature, error) {
+// tpmSignature converts an ASN.1 ECDSA signature to the TPM's form.
+func tpmSignature(der []byte) (tpm2.TPMTSignature, error) {
 	var s struct{ R, S *big.Int }
-	if _, err := asn1.Unmarshal(p.Signature, &s); err != nil {
+	if _, err := asn1.Unmarshal(der, &s); err != nil {
 		return tpm2.TPMTSignature{}, fmt.Errorf("policy signature: %w", err)
 	}
 	return tpm2.TPMTSignature{

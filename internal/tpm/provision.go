@@ -19,6 +19,9 @@ type ProvisionOptions struct {
 	// Force replaces an SRK with another template at SRKHandle and vessel's
 	// NV indices if they exist. It never clears the TPM.
 	Force bool
+	// Version is the system manifest version the anti-rollback counter
+	// starts at (AcceptedVersion).
+	Version uint64
 }
 
 // Provisioned is what Provision reports.
@@ -86,7 +89,7 @@ func (t *TPM) Provision(s State, policyKey *ecdsa.PublicKey, o ProvisionOptions)
 	enc := func(auth []byte) tpm2.Session { return encSession(srkPub, auth) }
 
 	// 2. NV indices
-	for _, idx := range []tpm2.TPMHandle{VersionIndex, RecoveryIndex} {
+	for _, idx := range []tpm2.TPMHandle{VersionIndex, RecoveryIndex, ManifestCounterIndex, ManifestBaseIndex} {
 		if _, err := (tpm2.NVReadPublic{NVIndex: idx}).Execute(t); err == nil {
 			if !o.Force {
 				return nil, fmt.Errorf("provision: NV index 0x%08x %w (left by an earlier provisioning?)", uint32(idx), ErrExists)
@@ -109,6 +112,9 @@ func (t *TPM) Provision(s State, policyKey *ecdsa.PublicKey, o ProvisionOptions)
 		tpm2.AuthHandle{Handle: RecoveryIndex, Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Auth(secret))}, []byte{1}); err != nil {
 		return nil, err
 	}
+	if err := t.defineVersionCounter(owner, o.Version); err != nil {
+		return nil, err
+	}
 
 	// 3. record, identity key, sealed authorizations
 	sealPolicy, _, err := SealPolicy(keyName)
@@ -126,7 +132,11 @@ func (t *TPM) Provision(s State, policyKey *ecdsa.PublicKey, o ProvisionOptions)
 		VersionIndex: uint32(VersionIndex), RecoveryIndex: uint32(RecoveryIndex),
 		Provisioned: time.Now().UTC().Format(time.RFC3339),
 	}
-	id, err := t.create(r, identityTemplate(sealPolicy), nil)
+	idPolicy, _, err := IdentityPolicy(keyName)
+	if err != nil {
+		return nil, err
+	}
+	id, err := t.create(r, identityTemplate(idPolicy), nil)
 	if err != nil {
 		return nil, fmt.Errorf("create identity key: %w", err)
 	}

@@ -139,3 +139,53 @@ func writeAtomic(path string, data []byte) error {
 	}
 	return atomicfile.Write(path, data, 0o600)
 }
+
+// PoliciesDir is where a machine keeps the signed policies shipped with its
+// system (STATE/policies/*.signed; on a vessel disk, tpm/policies on the
+// data partition, /var/lib/vessel/tpm/policies on the host).
+const PoliciesDir = "policies"
+
+// Policies reads STATE/policy.signed and STATE/policies/*.signed; files
+// that do not parse are returned as errors beside the good ones.
+func (s State) Policies() ([]*SignedPolicy, []error) {
+	paths, _ := filepath.Glob(s.path(PoliciesDir, "*.signed"))
+	if _, err := os.Stat(s.path("policy.signed")); err == nil {
+		paths = append([]string{s.path("policy.signed")}, paths...)
+	}
+	var out []*SignedPolicy
+	var errs []error
+	for _, p := range paths {
+		sp, err := ReadPolicy(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p, err))
+			continue
+		}
+		sp.Comment = filepath.Base(p)
+		out = append(out, sp)
+	}
+	return out, errs
+}
+
+// PolicyFor returns the highest-version policy of s (Policies) that
+// authorizes use at PCR7 value pcr7: for a sealed object or the identity
+// key when pcr7 is the policy's PCR7, for the identity key only when it is
+// the policy's PCR7 after Lock (the running system after the initrd locked).
+func (s State) PolicyFor(pcr7 []byte) (*SignedPolicy, error) {
+	pols, errs := s.Policies()
+	var best *SignedPolicy
+	var seen []string
+	for _, p := range pols {
+		seen = append(seen, fmt.Sprintf("%s (PCR7 %x)", p.Comment, []byte(p.PCR7)))
+		ok := equal(p.PCR7, pcr7) || p.Identity != nil && equal(p.Identity.PCR7, pcr7)
+		if ok && (best == nil || p.Version > best.Version) {
+			best = p
+		}
+	}
+	if best != nil {
+		return best, nil
+	}
+	if len(pols) == 0 {
+		return nil, errors.Join(append([]error{fmt.Errorf("no signed policy in %s or %s", s.path("policy.signed"), s.path(PoliciesDir))}, errs...)...)
+	}
+	return nil, &tpmError{op: fmt.Sprintf("no signed policy for PCR7 %x among %s", pcr7, strings.Join(seen, ", ")), sentinel: ErrPolicyMismatch, hint: hintPCR}
+}

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"flag"
+	"os"
 	"strings"
 	"testing"
 
@@ -74,7 +75,7 @@ type fixture struct {
 func provision(t *testing.T, open opener) *fixture {
 	f := &fixture{open: open, st: State{Dir: t.TempDir()}, key: newKey(t), secret: []byte("0123456789abcdef0123456789abcdef")}
 	use(t, open, func(tp *TPM) {
-		res, err := tp.Provision(f.st, &f.key.PublicKey, ProvisionOptions{})
+		res, err := tp.Provision(f.st, &f.key.PublicKey, ProvisionOptions{Version: 2})
 		if err != nil {
 			t.Fatalf("provision: %v", err)
 		}
@@ -213,6 +214,63 @@ func runSuite(t *testing.T, open opener) {
 				t.Fatal(err)
 			}
 		})
+		// The identity key still signs after the lock (its identity
+		// approval, policyRef vessel-identity, is for the locked PCR7)...
+		use(t, open, func(tp *TPM) {
+			id, err := tp.Identity(f.st, p1, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg := sha256.Sum256([]byte("after the lock"))
+			sig, err := id.Sign(nil, msg[:], cryptoSHA256)
+			if err != nil {
+				t.Fatalf("identity sign after lock: %v", err)
+			}
+			if !ecdsa.VerifyASN1(id.Public().(*ecdsa.PublicKey), msg[:], sig) {
+				t.Fatal("identity signature after lock does not verify")
+			}
+			// ...but that approval unseals nothing: the TPM refuses it
+			// for a sealed object (PolicyAuthorize with an empty
+			// policyRef is what sealed objects accept).
+			r, err := f.st.Record()
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := f.st.readBlob(f.st.path("sealed", "disk.sealed"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, branches, err := SealPolicy(r.PolicyKeyName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = tp.policySession(r, p1.identityApproval(), nil, branches[:], true, func(sess tpm2.Session) (err error) {
+				h, err := tp.load(r, b)
+				if err != nil {
+					return err
+				}
+				defer tp.flush(h.Handle, &err)
+				_, err = (tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: h.Handle, Name: h.Name, Auth: sess}}).Execute(tp)
+				return err
+			})
+			if err == nil {
+				t.Fatal("the identity approval unsealed a sealed object")
+			}
+		})
+		// PolicyFor finds p1 in STATE/policies for the locked PCR7 (its
+		// identity approval), and nothing for another value.
+		os.MkdirAll(f.st.path(PoliciesDir), 0o700)
+		os.WriteFile(f.st.path(PoliciesDir, "p1.signed"), p1.Marshal(), 0o600)
+		defer os.RemoveAll(f.st.path(PoliciesDir))
+		if got, err := f.st.PolicyFor(LockedPCR7(p1.PCR7)); err != nil || got.Comment != "p1.signed" {
+			t.Fatalf("PolicyFor(locked PCR7) = %v, %v", got, err)
+		}
+		if got, err := f.st.PolicyFor(p1.PCR7); err != nil || got.Comment != "p1.signed" {
+			t.Fatalf("PolicyFor(PCR7) = %v, %v", got, err)
+		}
+		if _, err := f.st.PolicyFor(make([]byte, 31)); !errors.Is(err, ErrPolicyMismatch) {
+			t.Fatalf("PolicyFor(other) err = %v, want ErrPolicyMismatch", err)
+		}
 		_, err := f.unseal(t, p1, nil)
 		// After a lock the error says so, and does not suggest signing a
 		// policy for the locked PCR7 (issue 22).
@@ -256,6 +314,37 @@ func runSuite(t *testing.T, open opener) {
 			t.Fatalf("err = %v, want ErrRevokedPolicy", err)
 		}
 		f.mustUnseal(t, next)
+	})
+
+	t.Run("manifest version counter", func(t *testing.T) {
+		use(t, open, func(tp *TPM) {
+			if v, err := tp.AcceptedVersion(); err != nil || v != 2 {
+				t.Fatalf("accepted version after provisioning = %d, %v; want 2", v, err)
+			}
+			if v, err := tp.AdvanceVersion(5); err != nil || v != 5 {
+				t.Fatalf("advance to 5 = %d, %v", v, err)
+			}
+			if v, err := tp.AdvanceVersion(3); err != nil || v != 5 {
+				t.Fatalf("advance to 3 = %d, %v; want 5 (no change)", v, err)
+			}
+			if _, err := tp.CheckVersion(4); !errors.Is(err, ErrRollback) {
+				t.Fatalf("check 4 after 5: err = %v, want ErrRollback", err)
+			}
+			if acc, err := tp.CheckVersion(5); err != nil || acc != 5 {
+				t.Fatalf("check 5 = %d, %v", acc, err)
+			}
+			if _, err := tp.AdvanceVersion(5 + MaxVersionStep + 1); err == nil {
+				t.Fatal("a step above MaxVersionStep was accepted")
+			}
+			// The base is write-locked: rewriting it (to lower the
+			// accepted version) is refused by the TPM.
+			name := nvName(baseNVPublic(true))
+			_, err := (tpm2.NVWrite{AuthHandle: tpm2.AuthHandle{Handle: ManifestBaseIndex, Name: name, Auth: tpm2.PasswordAuth(nil)},
+				NVIndex: tpm2.NamedHandle{Handle: ManifestBaseIndex, Name: name}, Data: tpm2.TPM2BMaxNVBuffer{Buffer: make([]byte, 16)}}).Execute(tp)
+			if !errors.Is(err, tpm2.TPMRCNVLocked) {
+				t.Fatalf("rewrite of the base: err = %v, want TPM_RC_NV_LOCKED", err)
+			}
+		})
 	})
 
 	t.Run("cycles leave no handle", func(t *testing.T) {

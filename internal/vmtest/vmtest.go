@@ -49,11 +49,14 @@ var ErrDenied = errors.New("the firmware refused the image (Access Denied)")
 
 // Config describes one VM.
 type Config struct {
-	Code     string        // firmware code; default OVMFCode
-	Vars     string        // variable store template, copied for this VM; default SnakeoilVars
-	ESPDir   string        // a directory served as a FAT drive (EFI/BOOT/BOOTX64.EFI inside)
-	Disk     string        // a raw disk image (used read-write in place); ESPDir or Disk
-	TPM      bool          // attach a swtpm vTPM (TIS)
+	Code   string // firmware code; default OVMFCode
+	Vars   string // variable store template, copied for this VM; default SnakeoilVars
+	ESPDir string // a directory served as a FAT drive (EFI/BOOT/BOOTX64.EFI inside)
+	Disk   string // a raw disk image (used read-write in place); ESPDir or Disk
+	TPM    bool   // attach a swtpm vTPM (TIS)
+	// TPMState keeps the vTPM's state in this directory across VMs (a
+	// reboot with the same TPM); default a temp dir removed at Kill.
+	TPMState string
 	MemoryMB int           // default 512
 	Timeout  time.Duration // the VM is killed after this; default 5 minutes
 	Net      []string      // hostfwd=/guestfwd= rules; none: -nic none
@@ -187,7 +190,11 @@ func Start(cfg Config) (vm *VM, err error) {
 			return vm, err
 		}
 		sock = filepath.Join(vm.tpmDir, "s")
-		vm.swtpm = exec.Command(Swtpm, "socket", "--tpm2", "--tpmstate", "dir="+vm.tpmDir, "--ctrl", "type=unixio,path="+sock)
+		state := vm.tpmDir
+		if cfg.TPMState != "" {
+			state = cfg.TPMState
+		}
+		vm.swtpm = exec.Command(Swtpm, "socket", "--tpm2", "--tpmstate", "dir="+state, "--ctrl", "type=unixio,path="+sock)
 		vm.swtpm.Stdout, vm.swtpm.Stderr = io.Discard, io.Discard
 		if err := vm.swtpm.Start(); err != nil {
 			return vm, fmt.Errorf("vmtest: start swtpm: %w", err)

@@ -33,6 +33,7 @@ import (
 	"github.com/vesselos/vessel/internal/image"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
+	"github.com/vesselos/vessel/internal/tpm"
 	"github.com/vesselos/vessel/internal/trust"
 )
 
@@ -43,8 +44,18 @@ const (
 	DataType  = "9DF27203-68D2-4E7D-99C4-417308F53EF0"
 	DataLabel = "vessel-data"
 	ESPLabel  = "EFI System Partition" // GPT partition name of the ESP
-	ESPVolume = "VESSEL-ESP"           // FAT volume label
-	BootPath  = "/EFI/BOOT/BOOTX64.EFI"
+	// StateType and StateLabel identify the optional state partition: an
+	// empty ext4 filesystem 16 MiB into it, which the initrd turns into an
+	// encrypted LUKS2 volume at first boot (docs/tpm.md).
+	StateType  = "5B1E4C2A-8F0D-4D6B-9A3E-7C21D4E8F6A1"
+	StateLabel = "vessel-state"
+	// StateFSOffset is where the plain filesystem starts in the state
+	// partition: luks2.DataOffset, the LUKS2 header and keyslot area before it.
+	StateFSOffset = 16 * mib
+	// PoliciesDir is where signed TPM policies go on the data partition.
+	PoliciesDir = "tpm/policies"
+	ESPVolume   = "VESSEL-ESP" // FAT volume label
+	BootPath    = "/EFI/BOOT/BOOTX64.EFI"
 )
 
 const (
@@ -67,6 +78,12 @@ type Options struct {
 	Output  string        // a file (created or replaced) or a block device
 	Size    int64         // bytes, for a file; a block device's own size is used
 	ESPSize int64         // default DefaultESPSize
+	// StateSize, when not 0, adds the state partition (at least 32 MiB)
+	// at the end of the disk, taken from the data partition.
+	StateSize int64
+	// Policies are signed TPM policy files copied to PoliciesDir on the
+	// data partition (the initrd unseals with the one for its PCR7).
+	Policies []string
 }
 
 // Result describes the written disk.
@@ -79,6 +96,7 @@ type Result struct {
 	Images   []InstalledImage `json:"images"`
 	ESP      PartitionInfo    `json:"esp"`
 	Data     PartitionInfo    `json:"data"`
+	State    *PartitionInfo   `json:"state,omitempty"`
 }
 
 // InstalledImage is one image copied to the data partition.
@@ -130,6 +148,11 @@ func Write(ctx context.Context, o Options) (*Result, error) {
 	espStart := int64(firstSector) * sector
 	dataStart := espStart + espSize
 	dataEnd := (size/sector - gptSectors) / (mib / sector) * mib // exclusive, 1 MiB aligned, before the backup GPT
+	stateSize := (o.StateSize + mib - 1) / mib * mib
+	if o.StateSize != 0 && stateSize < StateFSOffset+16*mib {
+		return nil, fmt.Errorf("disk: state partition of %d MiB: want at least %d MiB (16 MiB of LUKS2 header, 16 MiB of filesystem)", stateSize/mib, (StateFSOffset+16*mib)/mib)
+	}
+	dataEnd -= stateSize
 	dataSize := dataEnd - dataStart
 	if dataSize < minDataSize {
 		return nil, fmt.Errorf("disk: %d MiB is too small: the ESP takes %d MiB and the data partition needs at least %d MiB", size/mib, espSize/mib, minDataSize/mib)
@@ -157,6 +180,14 @@ func Write(ctx context.Context, o Options) (*Result, error) {
 
 	res.ESP = PartitionInfo{Index: 1, Start: espStart, Size: espSize, Type: string(gpt.EFISystemPartition), Name: ESPLabel, FSType: "vfat"}
 	res.Data = PartitionInfo{Index: 2, Start: dataStart, Size: dataSize, Type: DataType, Name: DataLabel, FSType: "ext4"}
+	state := ""
+	if stateSize != 0 {
+		res.State = &PartitionInfo{Index: 3, Start: dataEnd, Size: stateSize, Type: StateType, Name: StateLabel, FSType: "ext4 (LUKS2 after first boot)"}
+		state = filepath.Join(work, "state.img")
+		if err := mkState(ctx, filepath.Join(work, "state.ext4"), state, stateSize); err != nil {
+			return nil, fmt.Errorf("disk: state partition: %w", err)
+		}
+	}
 	esp := filepath.Join(work, "esp.vfat")
 	if err := mkfsESP(ctx, o.UKI, esp, espSize); err != nil {
 		return nil, fmt.Errorf("disk: ESP: %w", err)
@@ -164,7 +195,7 @@ func Write(ctx context.Context, o Options) (*Result, error) {
 	// The whole disk is laid out in a sparse file first: go-diskfs writes
 	// the GPT to a file without asking the kernel to re-read it.
 	img := filepath.Join(work, "disk.img")
-	if err := writeImage(img, size, res, esp, ext4); err != nil {
+	if err := writeImage(img, size, res, esp, ext4, state); err != nil {
 		return nil, fmt.Errorf("disk: write %s: %w", o.Output, err)
 	}
 	if !isDev {
@@ -173,7 +204,7 @@ func Write(ctx context.Context, o Options) (*Result, error) {
 		}
 		return res, nil
 	}
-	if err := writeDevice(o.Output, img, res, esp, ext4); err != nil {
+	if err := writeDevice(o.Output, img, res, esp, ext4, state); err != nil {
 		return nil, fmt.Errorf("disk: write %s: %w", o.Output, err)
 	}
 	return res, nil
@@ -248,6 +279,21 @@ func stageData(ctx context.Context, dir string, vm *trust.VerifiedManifest, o Op
 		Signer: vm.Signer().Subject.CommonName, Source: "vessel boot disk", Images: out}
 	if err := registry.RecordCurrent(dir, cur, o.Signed); err != nil {
 		return nil, err
+	}
+	for _, p := range o.Policies {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("TPM policy: %w", err)
+		}
+		if _, err := tpm.ParsePolicy(b); err != nil {
+			return nil, fmt.Errorf("TPM policy %s: %w", p, err)
+		}
+		if err := os.MkdirAll(filepath.Join(dir, PoliciesDir), 0o755); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, PoliciesDir, filepath.Base(p)), b, 0o644); err != nil {
+			return nil, err
+		}
 	}
 	return out, os.RemoveAll(filepath.Join(dir, "tmp"))
 }
@@ -339,7 +385,7 @@ func sparseFile(path string, size int64) error {
 
 // writeDisk writes the GPT (go-diskfs), then the ESP and data partition
 // images into their partitions.
-func writeImage(target string, size int64, res *Result, esp, ext4 string) error {
+func writeImage(target string, size int64, res *Result, esp, ext4, state string) error {
 	if err := sparseFile(target, size); err != nil {
 		return err
 	}
@@ -356,6 +402,10 @@ func writeImage(target string, size int64, res *Result, esp, ext4 string) error 
 			{Index: 2, Start: uint64(res.Data.Start / sector), End: uint64((res.Data.Start+res.Data.Size)/sector - 1), Type: gpt.Type(DataType), Name: DataLabel},
 		},
 	}
+	if res.State != nil {
+		table.Partitions = append(table.Partitions, &gpt.Partition{Index: 3, Start: uint64(res.State.Start / sector),
+			End: uint64((res.State.Start+res.State.Size)/sector - 1), Type: gpt.Type(StateType), Name: StateLabel})
+	}
 	// Only go-diskfs's gpt package: its root package would pull in every
 	// filesystem it supports (size, and init time of vessel as /init).
 	if err := table.Write(f, size); err != nil {
@@ -368,7 +418,27 @@ func writeImage(target string, size int64, res *Result, esp, ext4 string) error 
 	if err := copyPartition(target, res.ESP.Start, esp, true); err != nil {
 		return fmt.Errorf("ESP: %w", err)
 	}
+	if res.State != nil {
+		if err := copyPartition(target, res.State.Start, state, true); err != nil {
+			return fmt.Errorf("state partition: %w", err)
+		}
+	}
 	return copyPartition(target, res.Data.Start, ext4, true)
+}
+
+// mkState makes the state partition's content: zeros where the LUKS2
+// header goes, then an empty ext4 filesystem (label StateLabel).
+func mkState(ctx context.Context, fs, img string, size int64) error {
+	if err := sparseFile(fs, size-StateFSOffset); err != nil {
+		return err
+	}
+	if err := tool(ctx, "mkfs.ext4", "-q", "-F", "-L", StateLabel, "-E", "root_owner=0:0,lazy_itable_init=0", fs); err != nil {
+		return err
+	}
+	if err := sparseFile(img, size); err != nil {
+		return err
+	}
+	return copyPartition(img, StateFSOffset, fs, true)
 }
 
 // writeDevice writes the image's partition tables (the protective MBR and
@@ -377,7 +447,7 @@ func writeImage(target string, size int64, res *Result, esp, ext4 string) error 
 // kernel to re-read the table (best effort: a loop device without
 // partition scanning refuses, and the table on the device is right
 // regardless).
-func writeDevice(dev, img string, res *Result, esp, ext4 string) error {
+func writeDevice(dev, img string, res *Result, esp, ext4, state string) error {
 	in, err := os.Open(img)
 	if err != nil {
 		return err
@@ -389,6 +459,9 @@ func writeDevice(dev, img string, res *Result, esp, ext4 string) error {
 	}
 	head := res.ESP.Start
 	tail := res.Data.Start + res.Data.Size
+	if res.State != nil {
+		tail = res.State.Start + res.State.Size
+	}
 	for _, r := range [][2]int64{{0, head}, {tail, res.Size - tail}} {
 		if _, err := io.Copy(io.NewOffsetWriter(out, r[0]), io.NewSectionReader(in, r[0], r[1])); err != nil {
 			out.Close()
@@ -403,6 +476,11 @@ func writeDevice(dev, img string, res *Result, esp, ext4 string) error {
 	}
 	if err := copyPartition(dev, res.Data.Start, ext4, false); err != nil {
 		return err
+	}
+	if res.State != nil {
+		if err := copyPartition(dev, res.State.Start, state, false); err != nil {
+			return fmt.Errorf("state partition: %w", err)
+		}
 	}
 	rereadPartitions(dev)
 	return nil

@@ -25,6 +25,7 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/vesselos/vessel/internal/boot/kmod"
+	"github.com/vesselos/vessel/internal/tpm"
 	"github.com/vesselos/vessel/internal/trust"
 )
 
@@ -36,6 +37,8 @@ const (
 	ProductIDPath = "etc/vessel/product-id"
 	ModulesPath   = "etc/vessel/modules" // module load order: one initrd path per line
 	ConsolePath   = "dev/console"
+	// PolicyKeyPath is the TPM policy-signing public key (optional).
+	PolicyKeyPath = "etc/vessel/tpm-policy.pem"
 )
 
 // DefaultModules are what the boot needs on Debian's kernel: virtio
@@ -45,8 +48,8 @@ const (
 // ones are skipped.
 var DefaultModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_net",
-	"loop", "dm_verity", "squashfs", "erofs", "overlay",
-	"efivarfs", "ext4", "button", "evdev",
+	"loop", "dm_verity", "dm_crypt", "xts", "squashfs", "erofs", "overlay",
+	"efivarfs", "ext4", "button", "evdev", "tpm_tis", "tpm_crb",
 }
 
 // MTime is the modification time of every entry (2000-01-01T00:00:00Z):
@@ -67,6 +70,9 @@ type Options struct {
 	Modules   string   // /lib/modules/VERSION
 	Names     []string // modules to include (with their dependencies); DefaultModules when nil
 	Compress  string   // CompressZstd (default) or CompressNone
+	// PolicyKey is the TPM policy-signing public key (PEM), optional:
+	// with it the initrd uses the TPM (docs/tpm.md).
+	PolicyKey string
 }
 
 // Entry is one file, directory or device of the archive.
@@ -159,6 +165,16 @@ func Make(o Options) (*Plan, error) {
 	add(Entry{Name: InitPath, Mode: cpio.S_IFREG | 0o755, Data: bin})
 	add(Entry{Name: CAPath, Mode: cpio.S_IFREG | 0o644, Data: caPEM})
 	add(Entry{Name: ProductIDPath, Mode: cpio.S_IFREG | 0o644, Data: []byte(pid + "\n")})
+	if o.PolicyKey != "" {
+		b, err := os.ReadFile(o.PolicyKey)
+		if err != nil {
+			return nil, fmt.Errorf("initrd: TPM policy key: %w", err)
+		}
+		if _, err := tpm.ParsePublicKeyPEM(b); err != nil {
+			return nil, fmt.Errorf("initrd: TPM policy key %s: %w", o.PolicyKey, err)
+		}
+		add(Entry{Name: PolicyKeyPath, Mode: cpio.S_IFREG | 0o644, Data: b})
+	}
 	var order strings.Builder
 	for _, m := range res.Modules {
 		b, err := m.Bytes()
