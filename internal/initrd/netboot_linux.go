@@ -89,4 +89,3 @@ func waitEthernet(wait time.Duration) (netlink.Link, error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
