@@ -114,7 +114,7 @@ type netProduct struct {
 	web2Layer  string
 }
 
-func makeNetProduct(t *testing.T, e *bootEnv) *netProduct {
+func makeNetProduct(t *testing.T, e *bootEnv, withLocal bool) *netProduct {
 	t.Helper()
 	if _, err := os.Stat("/usr/bin/nc"); err != nil {
 		t.Skip("missing nc (make deps installs netcat-openbsd): qemu's guestfwd runs it to reach the registry")
@@ -130,7 +130,9 @@ func makeNetProduct(t *testing.T, e *bootEnv) *netProduct {
 	np.uki = filepath.Join(dir, "net.efi")
 	np.netdir = filepath.Join(dir, "tftp")
 	v("boot", "netdir", "--uki", "net.efi", "--cert", e.dbCert, "-o", np.netdir)
-	v("boot", "uki", "--kernel", e.kernel, "--initrd", d.initrd, "--cmdline", servicesCmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", "local.efi")
+	if withLocal {
+		v("boot", "uki", "--kernel", e.kernel, "--initrd", d.initrd, "--cmdline", servicesCmdline, "--key", e.dbKey, "--cert", e.dbCert, "-o", "local.efi")
+	}
 	web2 := "  - name: web2\n    image: web2:1\n    command: [/bin/sh, -c, '" + httpd(8081, "/www") + "']\n    network: host\n"
 	sign := func(name, product string, version int, extra string) string {
 		sys := fmt.Sprintf("product: %s\nversion: %d\nhostfs: host:1\nservices:\n  - name: web\n    image: web:1\n"+
@@ -151,7 +153,9 @@ func makeNetProduct(t *testing.T, e *bootEnv) *netProduct {
 	}
 	np.cacheDisk = disk(v1, "net.efi", "cache.img")
 	np.newerDisk = disk(v2, "net.efi", "newer.img")
-	np.localDisk = disk(v2, "local.efi", "local.img")
+	if withLocal {
+		np.localDisk = disk(v2, "local.efi", "local.img")
+	}
 	np.web2Layer = d.web2Layer
 	// What version 2 adds to version 1: web2's manifest, config and own layer.
 	seen := map[string]bool{}
@@ -178,10 +182,10 @@ func makeNetProduct(t *testing.T, e *bootEnv) *netProduct {
 // a registry that is down are refused and the boot halts.
 func TestNetBoot(t *testing.T) {
 	e := setupBoot(t)
-	np := makeNetProduct(t, e)
+	np := makeNetProduct(t, e, false)
 	bootTo := func(t *testing.T, cfg Config, markers ...string) *VM {
 		t.Helper()
-		cfg.Vars, cfg.MemoryMB = e.vars, 1024
+		cfg.Vars, cfg.MemoryMB, cfg.Timeout = e.vars, 1024, 9*time.Minute
 		vm := StartT(t, cfg)
 		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 		defer cancel()
@@ -406,4 +410,52 @@ func makeImages(t *testing.T, e *bootEnv) *netImages {
 	initrd := filepath.Join(dir, "initrd.img")
 	v("boot", "initrd", "--ca", "keys/manifest-ca.pem", "--product-id", productID, "--modules", e.modules, "-o", initrd)
 	return &netImages{v: v, dir: dir, initrd: initrd, web2Layer: layers[1][1]}
+}
+
+// TestNetBootCompare (VESSEL_VM_BENCH=1) boots the same product (version
+// 2: host, web, web2) from a local disk and over the network (PXE,
+// diskless, images into a tmpfs), alternating, VESSEL_VM_BENCH_N times
+// each (default 2), and prints kernel start to services up for both and
+// the ratio, and the bytes pulled against the images' size.
+func TestNetBootCompare(t *testing.T) {
+	if os.Getenv("VESSEL_VM_BENCH") == "" {
+		t.Skip("a benchmark: VESSEL_VM_BENCH=1 go test -v -run TestNetBootCompare ./internal/vmtest/")
+	}
+	n := 2
+	if v, err := strconv.Atoi(os.Getenv("VESSEL_VM_BENCH_N")); err == nil && v > 0 {
+		n = v
+	}
+	e := setupBoot(t)
+	np := makeNetProduct(t, e, true)
+	p := startProxy(t, np.reg.Host, "v2", "")
+	boot := func(cfg Config) *VM {
+		cfg.Vars, cfg.MemoryMB, cfg.Timeout = e.vars, 1024, 9*time.Minute
+		vm := StartT(t, cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		if _, err := vm.Wait(ctx, "vessel-host: powering off", "vessel-init: powering off"); err != nil {
+			t.Fatalf("%v\n%s", err, vm.Tail(50))
+		}
+		vm.Kill()
+		if l, ok := vm.Find("FAILED"); ok {
+			t.Fatalf("%s\n%s", l.Text, vm.Tail(50))
+		}
+		return vm
+	}
+	var local, network []float64
+	for i := 0; i < n; i++ {
+		disk := filepath.Join(t.TempDir(), "local.img")
+		run(t, "cp", "--sparse=always", np.localDisk, disk)
+		vm := boot(Config{Disk: disk})
+		local = append(local, bootTimes(t, vm, "local disk"))
+		vm = boot(Config{TFTPDir: np.netdir, BootFile: "bootx64.efi", Net: []string{p.guestfwd()}})
+		network = append(network, bootTimes(t, vm, "network"))
+		pulled, _ := vm.Find("vessel-init: pulled ")
+		_, bytes := p.counts()
+		t.Logf("%s\nblob bytes through the proxy %d; the images are %d bytes (%.2fx)", pulled.Text, bytes, np.imageBytes, float64(bytes)/float64(np.imageBytes))
+	}
+	sort.Float64s(local)
+	sort.Float64s(network)
+	ml, mn := local[len(local)/2], network[len(network)/2]
+	t.Logf("kernel start to services up: local disk %v (median %.2fs), network %v (median %.2fs): network/local %.2fx", local, ml, network, mn, mn/ml)
 }

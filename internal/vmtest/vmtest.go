@@ -57,13 +57,14 @@ type Config struct {
 	MemoryMB int           // default 512
 	Timeout  time.Duration // the VM is killed after this; default 5 minutes
 	Net      []string      // hostfwd=/guestfwd= rules; none: -nic none (unless TFTPDir)
+	Dir      string        // where the serial log and VARS copy go; default a new temp dir
+	Monitor  bool          // qemu's HMP monitor on a unix socket, for VM.Monitor
+
 	// TFTPDir, with BootFile, serves that directory with qemu's built-in
 	// TFTP server and hands BootFile out by DHCP: the firmware boots it
 	// over the network (PXE). With neither ESPDir nor Disk, no disk is
 	// attached at all.
 	TFTPDir, BootFile string
-	Dir      string        // where the serial log and VARS copy go; default a new temp dir
-	Monitor  bool          // qemu's HMP monitor on a unix socket, for VM.Monitor
 }
 
 // Line is one line of serial output and when the host saw it, counted from
