@@ -11,6 +11,7 @@ import (
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // netAttempts bounds the DHCP exchanges before the boot halts; each waits
@@ -19,7 +20,32 @@ const (
 	netAttempts = 5
 	dhcpTimeout = 6 * time.Second
 	linkWait    = 10 * time.Second
+	randomWait  = 60 * time.Second
 )
+
+// waitRandom waits (bounded, visibly) until the kernel's random pool is
+// ready: the DHCP client's transaction IDs and TLS read it through
+// getrandom(2), which blocks until then. A TPM (its hwrng is built into
+// Debian's kernel), RDRAND or a virtio-rng device seeds it early; without
+// any, it may take long under emulation.
+func waitRandom(printf func(string, ...any), wait time.Duration) error {
+	b := make([]byte, 1)
+	if _, err := unix.Getrandom(b, unix.GRND_NONBLOCK); err == nil {
+		return nil
+	}
+	printf("waiting for the kernel's random pool (seeded by a TPM, RDRAND or virtio-rng; none so far)")
+	done := make(chan error, 1)
+	go func() {
+		_, err := unix.Getrandom(b, 0)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(wait):
+		return fmt.Errorf("the kernel's random pool was not ready after %v (no TPM, RDRAND or virtio-rng seeds it): DHCP and TLS need it", wait)
+	}
+}
 
 // netUp brings lo and the first Ethernet interface up and configures the
 // interface by DHCP (github.com/insomniacslk/dhcp nclient4 over a packet
@@ -29,6 +55,9 @@ func (linuxSystem) netUp(ctx context.Context, printf func(string, ...any)) (*Lea
 		if err := netlink.LinkSetUp(lo); err != nil {
 			return nil, fmt.Errorf("bring lo up: %w", err)
 		}
+	}
+	if err := waitRandom(printf, randomWait); err != nil {
+		return nil, err
 	}
 	link, err := waitEthernet(linkWait)
 	if err != nil {

@@ -185,7 +185,8 @@ func TestNetBoot(t *testing.T) {
 	np := makeNetProduct(t, e, false)
 	bootTo := func(t *testing.T, cfg Config, markers ...string) *VM {
 		t.Helper()
-		cfg.Vars, cfg.MemoryMB, cfg.Timeout = e.vars, 1024, 9*time.Minute
+		// The TPM's hwrng seeds the kernel's random pool (DHCP needs it).
+		cfg.Vars, cfg.MemoryMB, cfg.Timeout, cfg.TPM = e.vars, 1024, 9*time.Minute, true
 		vm := StartT(t, cfg)
 		ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 		defer cancel()
@@ -429,7 +430,8 @@ func TestNetBootCompare(t *testing.T) {
 	np := makeNetProduct(t, e, true)
 	p := startProxy(t, np.reg.Host, "v2", "")
 	boot := func(cfg Config) *VM {
-		cfg.Vars, cfg.MemoryMB, cfg.Timeout = e.vars, 1024, 9*time.Minute
+		// The TPM's hwrng seeds the kernel's random pool (DHCP needs it).
+		cfg.Vars, cfg.MemoryMB, cfg.Timeout, cfg.TPM = e.vars, 1024, 9*time.Minute, true
 		vm := StartT(t, cfg)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
