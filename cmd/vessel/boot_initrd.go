@@ -27,6 +27,8 @@ func bootInitrdCmd(g *globals) *cobra.Command {
   /etc/vessel/modules           the module load order, one path per line
   /etc/vessel/manifest-ca.pem   the manifest-signing CA
   /etc/vessel/product-id        the product UUID
+  /etc/vessel/registry-ca.pem   --registry-ca: the registry's TLS CA (network boot)
+  /etc/vessel/registry-auth.json  --registry-auth: registry credentials (network boot; mode 0600)
 
 The default modules are virtio_pci virtio_blk virtio_net loop dm_verity squashfs
 erofs overlay efivarfs ext4 button evdev; --module replaces the list. Compressed modules
@@ -37,6 +39,8 @@ inputs give the same bytes. See docs/boot.md.`,
       --modules /lib/modules/6.1.0-57-amd64 -o initrd.img
   vessel boot initrd --ca ca.pem --product-id $ID --modules /lib/modules/$(uname -r) \
       --module virtio_blk --module dm-verity -o initrd.img --json
+  vessel boot initrd --ca ca.pem --product-id $ID --modules /lib/modules/$(uname -r) \
+      --registry-ca registry-ca.pem --registry-auth auth.json -o initrd.img   # for a network boot
   zstd -dc initrd.img | cpio -tv`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -75,6 +79,8 @@ inputs give the same bytes. See docs/boot.md.`,
 	f := c.Flags()
 	f.StringVar(&o.CA, "ca", "", "manifest-signing CA certificate (PEM); required")
 	f.StringVar(&o.ProductID, "product-id", "", "product UUID; required")
+	f.StringVar(&o.RegistryCA, "registry-ca", "", "network boot: the registry's TLS CA certificate (PEM)")
+	f.StringVar(&o.RegistryAuth, "registry-auth", "", "network boot: registry credentials (containers auth.json)")
 	f.StringVar(&o.Modules, "modules", "", "kernel modules tree, /lib/modules/VERSION; required")
 	f.StringArrayVar(&o.Names, "module", nil, "module to include with its dependencies (repeatable; replaces the default list)")
 	f.StringVar(&o.Vessel, "vessel", "", "static vessel binary to use as /init (default: this one)")

@@ -29,7 +29,7 @@ const (
 	// reference comes from DHCP option DHCPOptionManifest).
 	OptManifest = "vessel.manifest="
 	// OptRegistryCA is a PEM file inside the initrd with the registry's
-	// TLS CA (added to none: the initrd has no system roots).
+	// TLS CA (default RegistryCAFile when the initrd has it).
 	OptRegistryCA = "vessel.registry-ca="
 	// OptPlainHTTP=1 talks plain HTTP to the registry: only when the
 	// (signed) command line says so.
@@ -46,6 +46,10 @@ const DHCPOptionManifest = 224
 // RegistryAuthFile is the credentials file (containers auth.json format)
 // the initrd may carry; without it the registry is asked anonymously.
 const RegistryAuthFile = "/etc/vessel/registry-auth.json"
+
+// RegistryCAFile is the registry's TLS CA the initrd may carry (vessel
+// boot initrd --registry-ca); vessel.registry-ca= names another file.
+const RegistryCAFile = "/etc/vessel/registry-ca.pem"
 
 // NetMount is the tmpfs that holds the store on a machine without a data
 // partition (mounted at DataMount, so the host finds it where it finds
@@ -218,6 +222,8 @@ func (s *Stage) netSource(nb *NetBoot) (string, error) {
 		Progress: func(e registry.Event) { stats.add(e, s.printf) }}
 	if nb.RegistryCA != "" {
 		opts.CAFile = s.path(nb.RegistryCA)
+	} else if _, err := os.Stat(s.path(RegistryCAFile)); err == nil {
+		opts.CAFile = s.path(RegistryCAFile)
 	}
 	c, err := registry.New(opts)
 	if err != nil {

@@ -12,6 +12,7 @@ package initrd
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,12 @@ const (
 	ProductIDPath = "etc/vessel/product-id"
 	ModulesPath   = "etc/vessel/modules" // module load order: one initrd path per line
 	ConsolePath   = "dev/console"
+)
+
+// The network boot's registry trust and credentials (optional).
+const (
+	RegistryCAPath   = "etc/vessel/registry-ca.pem"
+	RegistryAuthPath = "etc/vessel/registry-auth.json"
 )
 
 // DefaultModules are what the boot needs on Debian's kernel: virtio
@@ -67,6 +74,10 @@ type Options struct {
 	Modules   string   // /lib/modules/VERSION
 	Names     []string // modules to include (with their dependencies); DefaultModules when nil
 	Compress  string   // CompressZstd (default) or CompressNone
+	// For the network boot (optional): the registry's TLS CA (PEM) and
+	// credentials (containers auth.json), at RegistryCAPath and
+	// RegistryAuthPath.
+	RegistryCA, RegistryAuth string
 }
 
 // Entry is one file, directory or device of the archive.
@@ -159,6 +170,26 @@ func Make(o Options) (*Plan, error) {
 	add(Entry{Name: InitPath, Mode: cpio.S_IFREG | 0o755, Data: bin})
 	add(Entry{Name: CAPath, Mode: cpio.S_IFREG | 0o644, Data: caPEM})
 	add(Entry{Name: ProductIDPath, Mode: cpio.S_IFREG | 0o644, Data: []byte(pid + "\n")})
+	if o.RegistryCA != "" {
+		b, err := os.ReadFile(o.RegistryCA)
+		if err != nil {
+			return nil, fmt.Errorf("initrd: registry CA: %w", err)
+		}
+		if _, err := trust.ParseCerts(b); err != nil {
+			return nil, fmt.Errorf("initrd: registry CA %s: %w", o.RegistryCA, err)
+		}
+		add(Entry{Name: RegistryCAPath, Mode: cpio.S_IFREG | 0o644, Data: b})
+	}
+	if o.RegistryAuth != "" {
+		b, err := os.ReadFile(o.RegistryAuth)
+		if err != nil {
+			return nil, fmt.Errorf("initrd: registry credentials: %w", err)
+		}
+		if !json.Valid(b) {
+			return nil, fmt.Errorf("initrd: registry credentials %s: not JSON (want a containers auth.json)", o.RegistryAuth)
+		}
+		add(Entry{Name: RegistryAuthPath, Mode: cpio.S_IFREG | 0o600, Data: b})
+	}
 	var order strings.Builder
 	for _, m := range res.Modules {
 		b, err := m.Bytes()
