@@ -40,7 +40,7 @@ type regProxy struct {
 
 	mu    sync.Mutex
 	gets  map[string]int // blob digest -> GETs
-	bytes int64
+	bytes int64          // bytes of every manifest and blob GET
 	srv   *http.Server
 }
 
@@ -51,7 +51,15 @@ func startProxy(t *testing.T, registry, tag, tamper string) *regProxy {
 	rp := httputil.NewSingleHostReverseProxy(target)
 	rp.ModifyResponse = func(resp *http.Response) error {
 		req := resp.Request
-		if req.Method != http.MethodGet || !strings.Contains(req.URL.Path, "/blobs/sha256:") || resp.StatusCode != 200 {
+		if req.Method != http.MethodGet || resp.StatusCode != 200 {
+			return nil
+		}
+		if strings.Contains(req.URL.Path, "/manifests/") {
+			p.mu.Lock()
+			p.bytes += resp.ContentLength
+			p.mu.Unlock()
+		}
+		if !strings.Contains(req.URL.Path, "/blobs/sha256:") {
 			return nil
 		}
 		d := req.URL.Path[strings.LastIndex(req.URL.Path, "/")+1:]
@@ -86,8 +94,8 @@ func startProxy(t *testing.T, registry, tag, tamper string) *regProxy {
 	return p
 }
 
-// counts returns the blob GETs so far (by digest) and their bytes, and
-// forgets them.
+// counts returns the blob GETs so far (by digest) and the bytes of every
+// manifest and blob GET, and forgets them.
 func (p *regProxy) counts() (map[string]int, int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -246,7 +254,7 @@ func TestNetBoot(t *testing.T) {
 			t.Errorf("web2 is not up: %s", up)
 		}
 		gets, bytes := p.counts()
-		t.Logf("%s\n%s\npulled %d blob GETs, %d bytes through the proxy; the images are %d bytes", res, up, len(gets), bytes, np.imageBytes)
+		t.Logf("%s\n%s\n%d blob GETs, %d bytes of manifests and blobs through the proxy; the images are %d bytes (%.3fx)", res, up, len(gets), bytes, np.imageBytes, float64(bytes)/float64(np.imageBytes))
 		if bytes < np.imageBytes {
 			t.Errorf("pulled %d bytes, less than the images' %d", bytes, np.imageBytes)
 		}
@@ -478,7 +486,7 @@ func TestNetBootCompare(t *testing.T) {
 		network = append(network, bootTimes(t, vm, "network"))
 		pulled, _ := vm.Find("vessel-init: pulled ")
 		_, bytes := p.counts()
-		t.Logf("%s\nblob bytes through the proxy %d; the images are %d bytes (%.2fx)", pulled.Text, bytes, np.imageBytes, float64(bytes)/float64(np.imageBytes))
+		t.Logf("%s\nmanifest and blob bytes through the proxy %d; the images are %d bytes (%.3fx)", pulled.Text, bytes, np.imageBytes, float64(bytes)/float64(np.imageBytes))
 	}
 	sort.Float64s(local)
 	sort.Float64s(network)
