@@ -46,7 +46,7 @@ vm-test: deps build
 
 # VM boots that make test leaves out (VESSEL_VM_SOAK=1): the network boot refusing another
 # product's manifest and a tag moved back to an older version (the same trust.Verify checks the
-# disk boot tests already run), about 2-4 more minutes.
+# disk boot tests already run) and halting on a registry that is down; about 3-5 more minutes.
 vm-soak: deps build
 	VESSEL_VM_SOAK=1 $(GO) test -tags '$(TEST_TAGS)' $(GOFLAGS_TEST) -v -run 'TestNetBoot$$' ./internal/vmtest/
 

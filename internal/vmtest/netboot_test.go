@@ -325,7 +325,7 @@ func TestNetBoot(t *testing.T) {
 	})
 	soak := func(t *testing.T) {
 		if os.Getenv("VESSEL_VM_SOAK") == "" {
-			t.Skip("VESSEL_VM_SOAK=1 (make vm-soak): the same trust.Verify check the disk boot tests run, here through registry.Install")
+			t.Skip("VESSEL_VM_SOAK=1 (make vm-soak): keeps make test's VM time down")
 		}
 	}
 	t.Run("other-product-refused", func(t *testing.T) {
@@ -344,6 +344,7 @@ func TestNetBoot(t *testing.T) {
 		refused(t, vm, "network boot", "version: manifest version 1 is lower than version 2 already accepted")
 	})
 	t.Run("registry-down", func(t *testing.T) {
+		soak(t) // the retry logic itself: TestRetryBounded in internal/initrd
 		t.Parallel()
 		// nc to a port nothing listens on: every connection closes.
 		down := fmt.Sprintf("guestfwd=tcp:%s-cmd:nc 127.0.0.1 %d", netRegistry, freeTCPPort(t))
