@@ -481,7 +481,8 @@ func TestNetBootCompare(t *testing.T) {
 	for i := 0; i < n; i++ {
 		disk := filepath.Join(t.TempDir(), "local.img")
 		run(t, "cp", "--sparse=always", np.localDisk, disk)
-		vm := boot(Config{Disk: disk})
+		// A NIC as in the network boot (the host's vessel.ip= needs one).
+		vm := boot(Config{Disk: disk, Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:8080", freeTCPPort(t))}})
 		local = append(local, bootTimes(t, vm, "local disk"))
 		vm = boot(Config{TFTPDir: np.netdir, BootFile: "bootx64.efi", Net: []string{p.guestfwd()}})
 		network = append(network, bootTimes(t, vm, "network"))
