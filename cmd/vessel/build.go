@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -163,15 +164,39 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 			}
 			start := time.Now()
 			if g.json {
+				// Steps, and the layer step's bytes as "progress" events
+				// (paced by the layer code, about 4 a second).
 				emit := jsonEvents(cmd.OutOrStdout())
+				var making atomic.Value // the image whose layer is being made
+				making.Store("")
 				opt.Progress = func(e build.Event) {
+					if e.Status == build.StatusLayer {
+						making.Store(e.Image)
+					}
 					emit(struct {
 						Kind string `json:"event"`
 						build.Event
 					}{"step", e})
 				}
+				opt.Written = func(n int64) { emit(layerProgressEvent{"progress", making.Load().(string), "written", n, 0}) }
+				opt.Hashed = func(done, total int64) {
+					emit(layerProgressEvent{"progress", making.Load().(string), "hashed", done, total})
+				}
 			} else {
-				opt.Progress = func(e build.Event) { printBuildEvent(cmd, start, e) }
+				// On a terminal, a live line shows the layer step's bytes.
+				lp := newLayerProgress(cmd, g)
+				lp.start = start
+				var making atomic.Value // the image whose layer is being made
+				making.Store("")
+				opt.Progress = func(e build.Event) {
+					if e.Status == build.StatusLayer {
+						making.Store(e.Image)
+					}
+					printBuildEvent(lp, e)
+				}
+				opt.Written = func(n int64) { lp.draw(making.Load().(string), n, 0, "written") }
+				opt.Hashed = func(done, total int64) { lp.hashed(making.Load().(string), done, total) }
+				defer lp.done()
 			}
 			var res *build.Result
 			if len(arches) > 1 {
@@ -223,16 +248,24 @@ image as one multi-arch OCI index. See docs/build.md and docs/binfmt.md.`,
 	return c
 }
 
+// layerProgressEvent is a --json event of a build's layer step: the bytes
+// the filesystem tool has written, then the bytes hashed (digest and
+// dm-verity tree) of total.
+type layerProgressEvent struct {
+	Event string `json:"event"`
+	Image string `json:"image"`
+	Phase string `json:"phase"`
+	Bytes int64  `json:"bytes"`
+	Total int64  `json:"total,omitempty"`
+}
+
 // printOrder writes --order-only's answer: one line per image, or JSON.
 func printOrder(cmd *cobra.Command, asJSON bool, order []build.Planned) error {
 	w := cmd.OutOrStdout()
 	if asJSON {
-		if order == nil {
-			order = []build.Planned{}
-		}
-		return json.NewEncoder(w).Encode(struct {
+		return json.NewEncoder(w).Encode(jsonValue(struct {
 			Order []build.Planned `json:"order"`
-		}{order})
+		}{order}))
 	}
 	for _, p := range order {
 		line := fmt.Sprintf("%d %s", p.Step, p.Image)
@@ -277,28 +310,27 @@ func oneLayerType(types []string) (string, error) {
 	return "", usageError{fmt.Sprintf("--layer-type given %d times (%s): vessel builds one layer type per run; run vessel build once per type", len(types), strings.Join(types, ", "))}
 }
 
-// printBuildEvent writes one progress line to stderr.
-func printBuildEvent(cmd *cobra.Command, start time.Time, e build.Event) {
-	w := cmd.ErrOrStderr()
+// printBuildEvent writes one progress line to stderr (ending a live
+// line first).
+func printBuildEvent(lp *layerProgress, e build.Event) {
 	name := e.Image
 	if e.File != "" {
 		name += " (" + e.File + ")"
 	}
-	pre := fmt.Sprintf("[%5.1fs] [%d/%d] %s:", time.Since(start).Seconds(), e.Step, e.Steps, name)
+	what := e.Message
 	switch e.Status {
 	case build.StatusCached:
-		fmt.Fprintf(w, "%s cached %s\n", pre, shortDigest(e.Digest.String()))
+		what = "cached " + shortDigest(e.Digest.String())
 	case build.StatusBuilt:
-		fmt.Fprintf(w, "%s built %s\n", pre, shortDigest(e.Digest.String()))
+		what = "built " + shortDigest(e.Digest.String())
 	case build.StatusRun:
-		fmt.Fprintf(w, "%s run\n", pre)
+		what = "run"
 	case build.StatusLayer:
-		fmt.Fprintf(w, "%s making the layer\n", pre)
+		what = "making the layer"
 	case build.StatusReuse:
-		fmt.Fprintf(w, "%s layer cached, new config\n", pre)
+		what = "layer cached, new config"
 	case build.StatusTagged:
-		fmt.Fprintf(w, "%s tagged %s\n", pre, e.Message)
-	default:
-		fmt.Fprintf(w, "%s %s\n", pre, e.Message)
+		what = "tagged " + e.Message
 	}
+	lp.printf("[%5.1fs] [%d/%d] %s: %s\n", time.Since(lp.start).Seconds(), e.Step, e.Steps, name, what)
 }

@@ -26,11 +26,13 @@ import (
 // the same files without it; they skip there ([!hostile]).
 func TestHostileScript(t *testing.T) {
 	files, _ := filepath.Glob(filepath.Join("testdata", "script", "hostile*.txtar"))
+	jsonCheck := checkStoriesJSON(t)
 	testscript.Run(t, testscript.Params{
 		Files: files,
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("VESSEL_ROOT", e.WorkDir+"/store")
 			e.Setenv("VESSEL_RUN", e.WorkDir+"/run")
+			jsonCheck(e.Setenv)
 			e.Defer(cleanupRun(e.WorkDir + "/run"))
 			e.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 			h := newHostileRegistry()

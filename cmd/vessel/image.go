@@ -129,6 +129,7 @@ docs/image.md#references.`,
 			lp := newLayerProgress(cmd, g)
 			res, err := image.Create(cmd.Context(), s, args[0], dirs, image.CreateOptions{
 				Format: f, SourceDateEpoch: epoch, Progress: lp.step, Written: lp.written, Platform: p,
+				Hashed: func(layer int, done, total int64) { lp.hashed(fmt.Sprintf("layer %d", layer), done, total) },
 			})
 			lp.done()
 			if err != nil {
@@ -144,18 +145,21 @@ docs/image.md#references.`,
 	return c
 }
 
-// layerProgress reports image create's steps on stderr (unless --json)
-// and, on a terminal only, a live line with the bytes of the layer being
-// built and the rate; piped output gets the step lines alone.
+// layerProgress reports the steps of making layers (image create, a
+// build's layer step) on stderr (unless --json) and, on a terminal only, a
+// live line with the bytes of the layer being written, then hashed (its
+// digest and dm-verity tree), and the rate; piped output gets the step
+// lines alone.
 type layerProgress struct {
 	w     io.Writer
 	start time.Time
 	live  bool        // stderr is a terminal
 	quiet bool        // --json
-	emit  func(v any) // --json: events on stdout
+	emit  func(v any) // --json: events on stdout (image create)
 	mu    sync.Mutex
 	drawn bool // the live line is on screen
 	since time.Time
+	phase string // what the live line shows; a new one restarts the rate
 }
 
 func newLayerProgress(cmd *cobra.Command, g *globals) *layerProgress {
@@ -171,11 +175,16 @@ func (p *layerProgress) step(s string) {
 		p.emit(map[string]any{"event": "step", "step": s, "seconds": time.Since(p.start).Seconds()})
 		return
 	}
+	p.printf("[%5.1fs] %s\n", time.Since(p.start).Seconds(), s)
+}
+
+// printf writes a line of its own (ending the live line first).
+func (p *layerProgress) printf(format string, args ...any) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.endLine()
 	p.since = time.Now()
-	fmt.Fprintf(p.w, "[%5.1fs] %s\n", time.Since(p.start).Seconds(), s)
+	fmt.Fprintf(p.w, format, args...)
 }
 
 func (p *layerProgress) written(layer int, n int64) {
@@ -183,13 +192,32 @@ func (p *layerProgress) written(layer int, n int64) {
 		p.emit(map[string]any{"event": "progress", "layer": layer, "written": n})
 		return
 	}
+	p.draw(fmt.Sprintf("layer %d", layer), n, 0, "written")
+}
+
+// hashed shows the hashing of a layer (on a terminal only).
+func (p *layerProgress) hashed(label string, done, total int64) {
+	if !p.quiet {
+		p.draw(label, done, total, "hashed (digest, verity)")
+	}
+}
+
+// draw redraws the live line: "LABEL: N[/TOTAL] WHAT, RATE/s".
+func (p *layerProgress) draw(label string, n, total int64, what string) {
 	if !p.live {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if phase := label + what; phase != p.phase {
+		p.phase, p.since = phase, time.Now()
+	}
+	amount := humanSize(n)
+	if total > 0 {
+		amount += " of " + humanSize(total)
+	}
 	rate := float64(n) / max(time.Since(p.since).Seconds(), 0.001)
-	fmt.Fprintf(p.w, "\r\x1b[2K[%5.1fs]   layer %d: %s written, %s/s", time.Since(p.start).Seconds(), layer, humanSize(n), humanSize(int64(rate)))
+	fmt.Fprintf(p.w, "\r\x1b[2K[%5.1fs]   %s: %s %s, %s/s", time.Since(p.start).Seconds(), label, amount, what, humanSize(int64(rate)))
 	p.drawn = true
 }
 
@@ -198,6 +226,7 @@ func (p *layerProgress) endLine() {
 		fmt.Fprintln(p.w)
 		p.drawn = false
 	}
+	p.phase = ""
 }
 
 func (p *layerProgress) done() {

@@ -14,7 +14,12 @@ import (
 
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
-		"vessel": func() { os.Exit(run(os.Args[1:])) },
+		"vessel": func() {
+			if p := os.Getenv(jsonProblemsEnv); p != "" {
+				checkJSON = recordJSONProblems(p)
+			}
+			os.Exit(run(os.Args[1:]))
+		},
 	})
 }
 
@@ -23,11 +28,13 @@ func TestMain(m *testing.M) {
 // (TestRegistryScript and TestHostileScript run those stories), [exec:NAME] needs NAME on PATH (built into testscript),
 // [exists:PATH] needs the file PATH; any other condition is an error.
 func TestScript(t *testing.T) {
+	jsonCheck := checkStoriesJSON(t)
 	testscript.Run(t, testscript.Params{
 		Dir: "testdata/script",
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("VESSEL_ROOT", e.WorkDir+"/store")
 			e.Setenv("VESSEL_RUN", e.WorkDir+"/run")
+			jsonCheck(e.Setenv)
 			e.Defer(cleanupRun(e.WorkDir + "/run"))
 			e.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 			// Free TCP ports FREE_PORT and FREE_PORT+1 on 127.0.0.1 for a

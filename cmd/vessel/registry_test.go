@@ -25,11 +25,13 @@ func TestRegistryScript(t *testing.T) {
 		m, _ := filepath.Glob(filepath.Join("testdata", "script", pat))
 		files = append(files, m...)
 	}
+	jsonCheck := checkStoriesJSON(t)
 	testscript.Run(t, testscript.Params{
 		Files: files,
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("VESSEL_ROOT", e.WorkDir+"/store")
 			e.Setenv("VESSEL_RUN", e.WorkDir+"/run")
+			jsonCheck(e.Setenv)
 			e.Defer(cleanupRun(e.WorkDir + "/run"))
 			e.Setenv("SOURCE_DATE_EPOCH", "1700000000")
 			d, err := registrytest.New(filepath.Join(e.WorkDir, ".registry"), registrytest.Options{})

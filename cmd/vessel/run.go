@@ -96,7 +96,9 @@ syscalls reaching un-namespaced kernel interfaces (keyrings, modules, the
 clock, BPF, perf, new user namespaces...) unless the matching capability
 is granted (--security-opt seccomp=unconfined turns it off;
 --security-opt seccomp=PROFILE.json uses a profile in Docker's or the OCI
-runtime spec's JSON format instead, such as moby's default.json).
+runtime spec's JSON format instead, such as moby's default.json; its
+includes and excludes by capability, architecture and minKernel are
+decided for this container and the running kernel, as podman does).
 
 As with docker and podman, the container runs the image's entrypoint
 followed by COMMAND, or by the image's cmd when no COMMAND is given; an

@@ -6,6 +6,8 @@
 //   - --json prints one JSON document (printJSON) or, for commands that
 //     stream, one compact event per line (jsonEvents) ending with a
 //     "result" event (printResultEvent), and nothing else on stdout;
+//   - JSON keys are camelCase; lists and maps are never null ([] and {}
+//     when empty: jsonValue sees to it, TestJSONConventions checks it);
 //   - progress bars only when stderr is a terminal (isTerminal);
 //   - notes and warnings are one line: "vessel: note: ..." (warnf);
 //   - errors are printed once, by main (printError), as
@@ -19,12 +21,14 @@
 package main
 
 import (
+	"encoding"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 
@@ -36,7 +40,11 @@ import (
 	"github.com/vesselos/vessel/internal/ociruntime"
 	"github.com/vesselos/vessel/internal/recipe"
 	"github.com/vesselos/vessel/internal/reference"
+	"github.com/vesselos/vessel/internal/registry"
+	"github.com/vesselos/vessel/internal/supervise"
+	"github.com/vesselos/vessel/internal/tpm"
 	"github.com/vesselos/vessel/internal/trust"
+	"github.com/vesselos/vessel/internal/userns"
 )
 
 // globals are the flags every command shares.
@@ -95,7 +103,96 @@ func (g *globals) runDir() string {
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	return enc.Encode(jsonValue(v))
+}
+
+// checkJSON, when set (by the tests), sees every value the CLI prints as
+// JSON, before jsonValue.
+var checkJSON func(v any)
+
+// jsonValue is v as the CLI prints it: a copy in which nil slices and maps
+// (but for fields marked omitempty or omitzero) are empty ones, so that
+// JSON readers get [] and {}, never null, for an empty list or map.
+// Values that marshal themselves (json.Marshaler) are left alone.
+func jsonValue(v any) any {
+	if checkJSON != nil {
+		checkJSON(v)
+	}
+	if v == nil {
+		return nil
+	}
+	return emptyNotNil(reflect.ValueOf(v)).Interface()
+}
+
+var (
+	jsonMarshaler = reflect.TypeFor[json.Marshaler]()
+	textMarshaler = reflect.TypeFor[encoding.TextMarshaler]()
+)
+
+// marshalsItself reports whether t (or *t) writes its own JSON.
+func marshalsItself(t reflect.Type) bool {
+	for _, m := range []reflect.Type{jsonMarshaler, textMarshaler} {
+		if t.Implements(m) || reflect.PointerTo(t).Implements(m) {
+			return true
+		}
+	}
+	return false
+}
+
+func emptyNotNil(v reflect.Value) reflect.Value {
+	t := v.Type()
+	if marshalsItself(t) {
+		return v
+	}
+	switch v.Kind() {
+	case reflect.Pointer:
+		if v.IsNil() {
+			return v
+		}
+		n := reflect.New(t.Elem())
+		n.Elem().Set(emptyNotNil(v.Elem()))
+		return n
+	case reflect.Interface:
+		if v.IsNil() {
+			return v
+		}
+		n := reflect.New(t).Elem()
+		n.Set(emptyNotNil(v.Elem()))
+		return n
+	case reflect.Slice:
+		if t.Elem().Kind() == reflect.Uint8 { // []byte is base64 text
+			return v
+		}
+		n := reflect.MakeSlice(t, v.Len(), v.Len())
+		for i := range v.Len() {
+			n.Index(i).Set(emptyNotNil(v.Index(i)))
+		}
+		return n
+	case reflect.Map:
+		n := reflect.MakeMapWithSize(t, v.Len())
+		for it := v.MapRange(); it.Next(); {
+			n.SetMapIndex(it.Key(), emptyNotNil(it.Value()))
+		}
+		return n
+	case reflect.Struct:
+		n := reflect.New(t).Elem()
+		n.Set(v)
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if !f.IsExported() || name == "-" && opts == "" {
+				continue
+			}
+			fv := v.Field(i)
+			if (fv.Kind() == reflect.Slice || fv.Kind() == reflect.Map) && fv.IsNil() &&
+				(strings.Contains(","+opts+",", ",omitempty,") || strings.Contains(","+opts+",", ",omitzero,")) {
+				continue // left out of the JSON
+			}
+			n.Field(i).Set(emptyNotNil(fv))
+		}
+		return n
+	}
+	return v
 }
 
 // jsonEvents returns the emitter of a --json event stream: each call
@@ -107,14 +204,14 @@ func jsonEvents(w io.Writer) func(v any) {
 	return func(v any) {
 		mu.Lock()
 		defer mu.Unlock()
-		_ = enc.Encode(v)
+		_ = enc.Encode(jsonValue(v))
 	}
 }
 
 // printResultEvent prints v's JSON object with "event":"result" added: the
 // last line of a --json event stream.
 func printResultEvent(w io.Writer, v any) error {
-	b, err := json.Marshal(v)
+	b, err := json.Marshal(jsonValue(v))
 	if err != nil {
 		return err
 	}
@@ -150,7 +247,22 @@ func printError(w io.Writer, err error) {
 // and flags (which the library does not know).
 func hint(err error) string {
 	var notRegistered *binfmt.NotRegisteredError
+	var noSubIDs *userns.NoSubIDsError
 	switch {
+	case errors.As(err, &noSubIDs):
+		return fmt.Sprintf("as root, run `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 %s` (pick a range no other user has) and try again", noSubIDs.User)
+	case errors.Is(err, tpm.ErrExists):
+		return "add --force to replace it"
+	case errors.Is(err, tpm.ErrNotTPMKey):
+		return "a PEM key file is given as --key FILE, without tpm:"
+	case errors.Is(err, registry.ErrTooLarge):
+		return "raise the limit with --max-blob-size if the blob is expected to be that large"
+	case errors.Is(err, registry.ErrImageNotLocal):
+		return "or push only the manifest and its signature with --no-images"
+	case errors.Is(err, registry.ErrOtherArch):
+		return "build a manifest for this machine's architecture with `vessel manifest build --arch`"
+	case errors.Is(err, supervise.ErrNoLog):
+		return "vessel ps lists the services"
 	case errors.Is(err, trust.ErrNoCA):
 		return "give the manifest-signing CA certificate with --ca"
 	case errors.Is(err, recipe.ErrCacheCorrupt):

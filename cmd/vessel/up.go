@@ -1,13 +1,14 @@
 package main
 
 import (
-	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -241,79 +242,115 @@ kill take their names).`,
 
 func logsCmd(g *globals) *cobra.Command {
 	var (
-		follow bool
-		tail   int
+		opts         supervise.LogOptions
+		since, until string
+		timestamps   bool
 	)
 	c := &cobra.Command{
-		Use: "logs [--tail N] [-f] NAME",
+		Use: "logs [--tail N] [--since T] [-f] NAME",
 		Example: `  vessel logs web
-  vessel logs --tail 20 -f web`,
+  vessel logs --tail 20 -f web
+  vessel logs --since 10m --timestamps web
+  vessel logs --since 2026-12-02T01:00:00Z --until 2026-12-02T02:00:00Z web
+  vessel logs --json web | jq -r 'select(.stream == "stderr") | .line'`,
 		Short: "Print a service's output (-f: keep following)",
 		Long: `Print what service NAME wrote to stdout and stderr, across restarts, with
-vessel's start and exit lines between runs. Each log is capped (10 MiB):
-past it the log is rotated, keeping one older part, which is printed first.
---tail N prints only the last N lines; -f keeps printing new output until
-Ctrl-C or until the supervisor stops.`,
+vessel's start and exit lines ("[vessel TIME] ...") between runs. Each log
+is capped (10 MiB): past it the log is rotated, keeping one older part,
+which is printed first.
+
+Every line is stored with the time it was written, as podman does.
+--since and --until print only lines written from or up to a time: a
+duration back from now (10m, 1h30m), an RFC 3339 time or date
+(2026-12-02T01:00:00Z, 2026-12-02) or Unix seconds. Logs written by
+vessel before it stored times are printed, without a time, only when
+neither is given. --timestamps puts each line's time (RFC 3339, with
+nanoseconds) before it. --tail N prints only the last N lines (that
+match); -f keeps printing new output until Ctrl-C or until the supervisor
+stops. --json prints one JSON object per line: {"time", "stream" (stdout,
+stderr or vessel), "line"}, and "partial": true for output not ended by
+a newline.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			path := supervise.LogFile(g.superviseDir(), args[0])
-			f, err := os.Open(path)
-			if errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("no logs for service %q (vessel ps lists the services)", args[0])
-			}
-			if err != nil {
+			now := time.Now()
+			var err error
+			if opts.Since, err = parseTimeFlag("since", since, now); err != nil {
 				return err
 			}
-			defer func() { f.Close() }()
+			if opts.Until, err = parseTimeFlag("until", until, now); err != nil {
+				return err
+			}
 			w := cmd.OutOrStdout()
-			// A rotated log's older part comes first.
-			var in io.Reader = f
-			if old, err := os.Open(supervise.OldLogFile(g.superviseDir(), args[0])); err == nil {
-				defer old.Close()
-				in = io.MultiReader(old, f)
-			}
-			if tail >= 0 {
-				err = copyTail(w, in, tail)
-			} else {
-				_, err = io.Copy(w, in)
-			}
-			if err != nil || !follow {
+			emit := func(e supervise.LogEntry) error {
+				_, err := io.WriteString(w, logLine(e, timestamps))
 				return err
 			}
-			for {
-				select {
-				case <-cmd.Context().Done():
-					return cmd.Context().Err() // Ctrl-C: exit 130
-				case <-time.After(100 * time.Millisecond):
-				}
-				if _, err := io.Copy(w, f); err != nil {
-					return err
-				}
-				// Rotated: finish the old file, go on with the new one.
-				if cur, err := os.Stat(path); err == nil {
-					if fi, err := f.Stat(); err == nil && !os.SameFile(cur, fi) {
-						if _, err := io.Copy(w, f); err != nil {
-							return err
-						}
-						nf, err := os.Open(path)
-						if err != nil {
-							return err
-						}
-						f.Close()
-						f = nf
-						continue
-					}
-				}
-				if _, err := supervise.Running(g.superviseDir()); err != nil {
-					_, err := io.Copy(w, f)
-					return err
-				}
+			if g.json {
+				events := json.NewEncoder(w)
+				emit = func(e supervise.LogEntry) error { return events.Encode(jsonValue(e)) }
 			}
+			return supervise.ReadLog(cmd.Context(), g.superviseDir(), args[0], opts, emit)
 		},
 	}
-	c.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
-	c.Flags().IntVarP(&tail, "tail", "n", -1, "print only the last N lines first (-1: all)")
+	c.Flags().BoolVarP(&opts.Follow, "follow", "f", false, "keep printing new output")
+	c.Flags().IntVarP(&opts.Tail, "tail", "n", -1, "print only the last N lines first (-1: all)")
+	c.Flags().StringVar(&since, "since", "", "only lines written since `TIME` (10m, 2026-12-02T01:00:00Z, a date, Unix seconds)")
+	c.Flags().StringVar(&until, "until", "", "only lines written up to `TIME` (as --since)")
+	c.Flags().BoolVarP(&timestamps, "timestamps", "t", false, "print each line's time before it")
 	return c
+}
+
+// logLine is one log entry as text: vessel's own lines marked as such,
+// with --timestamps the time first; output not ended by a newline is
+// printed without one.
+func logLine(e supervise.LogEntry, timestamps bool) string {
+	line := e.Line
+	if e.Stream == supervise.StreamVessel {
+		line = "[vessel " + e.Time.Local().Format(time.RFC3339) + "] " + line
+	}
+	if timestamps && !e.Time.IsZero() {
+		line = e.Time.Local().Format(time.RFC3339Nano) + " " + line
+	}
+	if !e.Partial {
+		line += "\n"
+	}
+	return line
+}
+
+// parseTimeFlag reads --since/--until as podman does: a duration back from
+// now, an RFC 3339 time (or one without a zone, or a date, in local time),
+// or Unix seconds (with a fraction).
+func parseTimeFlag(name, v string, now time.Time) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(v); err == nil {
+		return now.Add(-d), nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02Z07:00"} {
+		if t, err := time.Parse(layout, v); err == nil {
+			return t, nil
+		}
+	}
+	for _, layout := range []string{"2006-01-02T15:04:05.999999999", "2006-01-02T15:04", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, v, time.Local); err == nil {
+			return t, nil
+		}
+	}
+	if sec, frac, _ := strings.Cut(v, "."); sec != "" {
+		if s, err := strconv.ParseInt(sec, 10, 64); err == nil {
+			ns := int64(0)
+			if frac != "" {
+				f, err := strconv.ParseFloat("0."+frac, 64)
+				if err != nil {
+					return time.Time{}, usageError{fmt.Sprintf("--%s %q: not a time", name, v)}
+				}
+				ns = int64(f * 1e9)
+			}
+			return time.Unix(s, ns), nil
+		}
+	}
+	return time.Time{}, usageError{fmt.Sprintf("--%s %q: not a time: give a duration (10m), an RFC 3339 time (2026-12-02T01:00:00Z), a date (2026-12-02) or Unix seconds", name, v)}
 }
 
 func restartCmd(g *globals) *cobra.Command {
@@ -413,36 +450,4 @@ crashed one left behind (containers, mounts, state files).`,
 	}
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "how long to wait for the supervisor to stop")
 	return c
-}
-
-// copyTail writes the last n lines of r (the whole of an unfinished last
-// line counts as one) and leaves r at its end, for -f to go on from.
-func copyTail(w io.Writer, r io.Reader, n int) error {
-	if n == 0 {
-		_, err := io.Copy(io.Discard, r)
-		return err
-	}
-	ring := make([]string, n)
-	count := 0
-	br := bufio.NewReader(r)
-	for {
-		line, err := br.ReadString('\n')
-		if line != "" {
-			ring[count%n] = line
-			count++
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-	}
-	start := max(count-n, 0)
-	for i := start; i < count; i++ {
-		if _, err := io.WriteString(w, ring[i%n]); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -30,14 +30,14 @@ A layer blob is a filesystem image followed by its tree in the same file.`,
 type verityInfo struct {
 	Path          string `json:"path"`
 	UUID          string `json:"uuid"`
-	HashType      int    `json:"hash_type"`
-	DataBlocks    uint64 `json:"data_blocks"`
-	DataBlockSize uint32 `json:"data_block_size"`
-	HashBlockSize uint32 `json:"hash_block_size"`
-	HashAlgorithm string `json:"hash_algorithm"`
+	HashType      int    `json:"hashType"`
+	DataBlocks    uint64 `json:"dataBlocks"`
+	DataBlockSize uint32 `json:"dataBlockSize"`
+	HashBlockSize uint32 `json:"hashBlockSize"`
+	HashAlgorithm string `json:"hashAlgorithm"`
 	Salt          string `json:"salt"`
-	HashOffset    int64  `json:"hash_offset"`
-	RootHash      string `json:"root_hash,omitempty"`
+	HashOffset    int64  `json:"hashOffset"`
+	RootHash      string `json:"rootHash,omitempty"`
 }
 
 func newVerityInfo(path string, p verity.Params, root []byte) verityInfo {
@@ -213,7 +213,7 @@ veritysetup verify (without device-mapper).`,
 				return err
 			}
 			if g.json {
-				return printJSON(cmd.OutOrStdout(), map[string]any{"verified": true, "data_blocks": p.DataBlocks, "root_hash": args[2]})
+				return printJSON(cmd.OutOrStdout(), map[string]any{"verified": true, "dataBlocks": p.DataBlocks, "rootHash": args[2]})
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "verified %d data blocks of %s against root hash %s\n", p.DataBlocks, args[0], args[2])
 			return nil

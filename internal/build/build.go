@@ -84,6 +84,11 @@ type Options struct {
 	Output io.Writer
 	// Progress, if set, is told about each step.
 	Progress func(Event)
+	// Written and Hashed, if set, report the layer being made (after a
+	// StatusLayer event): the bytes of filesystem image written so far,
+	// then the hashing of it (see layer.BuildOptions).
+	Written func(n int64)
+	Hashed  func(done, total int64)
 }
 
 // Event is one thing a build did.

@@ -7,7 +7,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -557,4 +559,79 @@ func TestDockerBase(t *testing.T) {
 			t.Errorf("second build: %+v", ev)
 		}
 	}
+}
+
+// TestLayerProgress: a build's layer step reports the filesystem image's
+// bytes as they are written and then its hashing, after the step's
+// StatusLayer event, ending with all of it hashed.
+func TestLayerProgress(t *testing.T) {
+	e := newEnv(t)
+	opt := e.options()
+	var (
+		mu      sync.Mutex
+		written []int64
+		hashed  [][2]int64
+		layerAt = -1
+	)
+	progress := opt.Progress
+	opt.Progress = func(ev Event) {
+		progress(ev)
+		mu.Lock()
+		defer mu.Unlock()
+		if ev.Status == StatusLayer && layerAt < 0 {
+			layerAt = len(written) + len(hashed)
+		}
+	}
+	opt.Written = func(n int64) { mu.Lock(); written = append(written, n); mu.Unlock() }
+	opt.Hashed = func(done, total int64) { mu.Lock(); hashed = append(hashed, [2]int64{done, total}); mu.Unlock() }
+	if _, err := e.build(baseRecipe, opt, nil); err != nil {
+		t.Fatal(err, e.out.String())
+	}
+	if layerAt != 0 || len(written) == 0 || len(hashed) == 0 {
+		t.Fatalf("layer event after %d reports; written %v, hashed %v", layerAt, written, hashed)
+	}
+	if written[len(written)-1] <= 0 {
+		t.Errorf("written %v", written)
+	}
+	if end := hashed[len(hashed)-1]; end[0] != end[1] || end[1] < 2*written[len(written)-1] {
+		t.Errorf("last hash report %v: want all of at least twice the %d bytes written", end, written[len(written)-1])
+	}
+}
+
+// TestDestImportMTimes: a dest: import keeps its file's mtime in the
+// image (as stacker's do); with SOURCE_DATE_EPOCH every time is that.
+func TestDestImportMTimes(t *testing.T) {
+	e := newEnv(t)
+	e.write(map[string]string{"data/conf": "c\n", "data/dir/f": "f\n"})
+	old := time.Unix(1600000000, 0)
+	for _, p := range []string{"data/conf", "data/dir/f", "data/dir"} {
+		if err := os.Chtimes(filepath.Join(e.dir, p), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recipe := `
+app:
+  from: {type: scratch}
+  imports:
+    - path: data/conf
+      dest: /etc/
+    - path: data/dir
+      dest: /srv/
+`
+	opt := e.options()
+	opt.SourceDateEpoch = nil
+	if _, err := e.build(recipe, opt, nil); err != nil {
+		t.Fatal(err, e.out.String())
+	}
+	e.withMounted("app", func(root string) {
+		for _, p := range []string{"etc/conf", "srv/dir/f", "srv/dir"} {
+			fi, err := os.Lstat(filepath.Join(root, p))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !fi.ModTime().Equal(old) {
+				t.Errorf("/%s: mtime %v, want the source's %v", p, fi.ModTime(), old)
+			}
+		}
+	})
 }

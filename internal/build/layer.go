@@ -52,11 +52,12 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		return ocispec.Descriptor{}, false, fail("prepare", 0, err)
 	}
 	defer os.RemoveAll(tmp)
-	mtime := time.Unix(0, 0)
+	mtime, maxKept := time.Unix(0, 0), time.Time{}
 	if b.opt.SourceDateEpoch != nil {
 		mtime = time.Unix(*b.opt.SourceDateEpoch, 0)
+		maxKept = mtime
 	}
-	st, err := recipe.Stage(img, filepath.Join(tmp, "stage"), recipe.StageOptions{Resolve: src.resolve, MTime: mtime})
+	st, err := recipe.Stage(img, filepath.Join(tmp, "stage"), recipe.StageOptions{Resolve: src.resolve, MTime: mtime, ImageMTimeMax: maxKept})
 	if err != nil {
 		return ocispec.Descriptor{}, false, fail("imports", img.KeyLine("imports"), err)
 	}
@@ -175,7 +176,9 @@ func (b *builder) buildLayer(ctx context.Context, i int, img *recipe.Image, base
 		}
 	}
 	b.event(i, StatusLayer, "", "")
-	built, err := layer.Build(ctx, dir, filepath.Join(tmp, "blob"), layer.BuildOptions{Format: b.opt.Format, SourceDateEpoch: b.opt.SourceDateEpoch})
+	built, err := layer.Build(ctx, dir, filepath.Join(tmp, "blob"), layer.BuildOptions{
+		Format: b.opt.Format, SourceDateEpoch: b.opt.SourceDateEpoch, Written: b.opt.Written, Hashed: b.opt.Hashed,
+	})
 	if err != nil {
 		return ocispec.Descriptor{}, false, fail("layer", 0, err)
 	}

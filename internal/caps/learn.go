@@ -51,14 +51,14 @@ type Need struct {
 // Report is the result of Learn.
 type Report struct {
 	Method   string   `json:"method"`
-	NoTrace  string   `json:"no_trace,omitempty"` // why tracing was not used
-	Caps     []Need   `json:"caps"`               // the learned set, in capability order
-	Upper    []string `json:"upper"`              // the set the search started from
-	Offered  []string `json:"offered"`            // what the first run was given
-	Baseline Run      `json:"baseline"`           // outcome with the upper bound
-	Runs     int      `json:"runs"`               // workload runs in all
-	Probes   int      `json:"probes"`             // no-audit probes seen and ignored
-	Lost     uint64   `json:"lost,omitempty"`     // trace records lost to a full ring
+	NoTrace  string   `json:"noTrace,omitempty"` // why tracing was not used
+	Caps     []Need   `json:"caps"`              // the learned set, in capability order
+	Upper    []string `json:"upper"`             // the set the search started from
+	Offered  []string `json:"offered"`           // what the first run was given
+	Baseline Run      `json:"baseline"`          // outcome with the upper bound
+	Runs     int      `json:"runs"`              // workload runs in all
+	Probes   int      `json:"probes"`            // no-audit probes seen and ignored
+	Lost     uint64   `json:"lost,omitempty"`    // trace records lost to a full ring
 	Note     string   `json:"note,omitempty"`
 	Checks   []Check  `json:"checks,omitempty"` // the first run's checks (granted and denied)
 	Elapsed  Duration `json:"elapsed"`

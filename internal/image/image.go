@@ -39,6 +39,9 @@ type CreateOptions struct {
 	// and the bytes of filesystem image written so far (see
 	// layer.BuildOptions.Written).
 	Written func(layer int, n int64)
+	// Hashed, if set, reports the hashing of a built layer (digest and
+	// dm-verity tree; see layer.BuildOptions.Hashed).
+	Hashed func(layer int, done, total int64)
 }
 
 // Created is the result of Create or Convert.
@@ -72,6 +75,10 @@ func Create(ctx context.Context, s *store.Store, ref string, dirs []string, opt 
 		if opt.Written != nil {
 			n := i + 1
 			bo.Written = func(w int64) { opt.Written(n, w) }
+		}
+		if opt.Hashed != nil {
+			n := i + 1
+			bo.Hashed = func(done, total int64) { opt.Hashed(n, done, total) }
 		}
 		d, err := addLayer(ctx, s, dir, bo)
 		if err != nil {

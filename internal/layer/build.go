@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -34,6 +35,11 @@ type BuildOptions struct {
 	// filesystem tool runs with the bytes it has written so far, and once
 	// more when it is done (long layers are not silent).
 	Written func(n int64)
+	// Hashed, if set, is called about every ProgressInterval while the
+	// finished filesystem image is hashed (its digest, then its dm-verity
+	// tree) with the bytes read so far of total (twice the image), and
+	// once more at the end.
+	Hashed func(done, total int64)
 }
 
 // ProgressInterval paces BuildOptions.Written.
@@ -87,7 +93,7 @@ func Build(ctx context.Context, dir, path string, opt BuildOptions) (_ *Built, e
 		}
 		return nil, fmt.Errorf("layer from %s: %s failed: %v: %s", dir, cmd.Args[0], err, strings.TrimSpace(tail.String()))
 	}
-	return seal(path, opt.Format)
+	return seal(path, opt.Format, opt.Hashed)
 }
 
 // mkfsCommand is the filesystem tool invocation for opt.
@@ -136,7 +142,7 @@ func mkfsCommand(ctx context.Context, dir, path string, opt BuildOptions) (*exec
 // seal pads the filesystem image at path to a block boundary, appends its
 // verity tree and computes the blob's digest, reading the image once
 // sequentially (digest and salt) and once in parallel (tree).
-func seal(path string, f Format) (*Built, error) {
+func seal(path string, f Format, hashed func(done, total int64)) (*Built, error) {
 	fh, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("seal layer: %w", err)
@@ -154,14 +160,16 @@ func seal(path string, f Format) (*Built, error) {
 		return nil, fmt.Errorf("seal layer: pad: %w", err)
 	}
 	blobHash := sha256.New()
-	if _, err := io.Copy(blobHash, io.NewSectionReader(fh, 0, dataSize)); err != nil {
+	rd := &readCounter{r: fh, end: dataSize, total: 2 * dataSize, report: hashed}
+	defer rd.finish()
+	if _, err := io.Copy(blobHash, io.NewSectionReader(rd, 0, dataSize)); err != nil {
 		return nil, fmt.Errorf("seal layer: read image: %w", err)
 	}
 	p := verity.Params{DataBlocks: uint64(dataSize / BlockSize), HashOffset: dataSize, Salt: deriveSalt(blobHash)}
 	copy(p.UUID[:], p.Salt[:16])
 	p.UUID[6] = p.UUID[6]&0x0f | 0x40 // a well-formed (v4-shaped) UUID
 	p.UUID[8] = p.UUID[8]&0x3f | 0x80
-	root, err := verity.Format(fh, fh, p)
+	root, err := verity.Format(rd, fh, p)
 	if err != nil {
 		return nil, fmt.Errorf("seal layer: verity: %w", err)
 	}
@@ -248,5 +256,39 @@ func watchSize(path string, written func(int64)) (stop func()) {
 		close(done)
 		<-finished
 		size()
+	}
+}
+
+// readCounter reads r and reports the bytes read below end (the
+// filesystem image, read once for the digest and once for the tree) to
+// report, at most every ProgressInterval; finish reports the last count.
+type readCounter struct {
+	r      io.ReaderAt
+	end    int64
+	total  int64
+	report func(done, total int64)
+	mu     sync.Mutex
+	done   int64
+	last   time.Time
+}
+
+func (c *readCounter) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	if c.report == nil || off >= c.end {
+		return n, err
+	}
+	c.mu.Lock()
+	c.done += min(int64(n), c.end-off)
+	if time.Since(c.last) >= ProgressInterval {
+		c.last = time.Now()
+		c.report(min(c.done, c.total), c.total)
+	}
+	c.mu.Unlock()
+	return n, err
+}
+
+func (c *readCounter) finish() {
+	if c.report != nil {
+		c.report(min(c.done, c.total), c.total)
 	}
 }

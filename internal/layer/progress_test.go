@@ -27,11 +27,13 @@ func TestBuildReportsWritten(t *testing.T) {
 	ProgressInterval = time.Millisecond
 	defer func() { ProgressInterval = old }()
 	var (
-		mu   sync.Mutex
-		seen []int64
+		mu     sync.Mutex
+		seen   []int64
+		hashed [][2]int64
 	)
 	built, err := Build(context.Background(), dir, filepath.Join(t.TempDir(), "blob"), BuildOptions{
 		Written: func(n int64) { mu.Lock(); seen = append(seen, n); mu.Unlock() },
+		Hashed:  func(done, total int64) { mu.Lock(); hashed = append(hashed, [2]int64{done, total}); mu.Unlock() },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -49,5 +51,18 @@ func TestBuildReportsWritten(t *testing.T) {
 		if seen[i] < seen[i-1] {
 			t.Fatalf("reports went backwards: %v", seen)
 		}
+	}
+	// Then the hashing (digest and verity tree): both passes over the
+	// image, counted up to twice its size, ending there.
+	if len(hashed) < 2 {
+		t.Fatalf("Hashed called %d times: %v", len(hashed), hashed)
+	}
+	for i, h := range hashed {
+		if h[1] != 2*built.DataSize || h[0] > h[1] || (i > 0 && h[0] < hashed[i-1][0]) {
+			t.Fatalf("hash reports %v: want rising counts of %d", hashed, 2*built.DataSize)
+		}
+	}
+	if end := hashed[len(hashed)-1]; end[0] != end[1] {
+		t.Fatalf("last hash report %v: want all of it", end)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -60,11 +61,59 @@ var seccompActions = []specs.LinuxSeccompAction{specs.ActKill, specs.ActKillProc
 
 // ParseSeccompProfile reads a seccomp profile in Docker's or the OCI
 // runtime spec's JSON format for a container holding caps (its bounding
-// set; Docker's includes and excludes by capability and architecture are
-// decided here; minKernel is left to the runtime, which skips syscalls its
-// kernel does not know). Unknown keys, actions and the notify action
-// (which needs a listener vessel does not run) are refused.
+// set). Docker's includes and excludes by capability, architecture and
+// minKernel are decided here, as podman and docker do: a rule that
+// includes minKernel "5.6" applies only on Linux 5.6 or later (the
+// running kernel's release), one that excludes it only before.
+// Unknown keys, actions, a minKernel not of the form "MAJOR.MINOR" and
+// the notify action (which needs a listener vessel does not run) are
+// refused.
 func ParseSeccompProfile(b []byte, caps []string) (*specs.LinuxSeccomp, error) {
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		return nil, fmt.Errorf("seccomp profile: kernel release: %w", err)
+	}
+	kernel, err := parseKernelRelease(unix.ByteSliceToString(uts.Release[:]))
+	if err != nil {
+		return nil, fmt.Errorf("seccomp profile: %w", err)
+	}
+	return parseSeccompProfile(b, caps, kernel)
+}
+
+// kernelVersion is a kernel's MAJOR.MINOR, compared as Docker's
+// minKernel does.
+type kernelVersion [2]uint64
+
+func (k kernelVersion) atLeast(o kernelVersion) bool {
+	return k[0] > o[0] || k[0] == o[0] && k[1] >= o[1]
+}
+
+// parseKernelRelease reads MAJOR.MINOR from the start of a kernel release
+// (uname -r: "6.1.0-28-amd64").
+func parseKernelRelease(r string) (kernelVersion, error) {
+	var k kernelVersion
+	if _, err := fmt.Sscanf(r, "%d.%d", &k[0], &k[1]); err != nil {
+		return k, fmt.Errorf("kernel release %q: %v", r, err)
+	}
+	return k, nil
+}
+
+// parseMinKernel reads a profile's minKernel: exactly "MAJOR.MINOR".
+func parseMinKernel(s string) (kernelVersion, error) {
+	var k kernelVersion
+	major, minor, ok := strings.Cut(s, ".")
+	var err1, err2 error
+	if ok {
+		k[0], err1 = strconv.ParseUint(major, 10, 32)
+		k[1], err2 = strconv.ParseUint(minor, 10, 32)
+	}
+	if !ok || err1 != nil || err2 != nil || k == (kernelVersion{}) {
+		return k, fmt.Errorf("%w: minKernel %q (want MAJOR.MINOR, such as \"5.6\")", ErrSeccompProfile, s)
+	}
+	return k, nil
+}
+
+func parseSeccompProfile(b []byte, caps []string, kernel kernelVersion) (*specs.LinuxSeccomp, error) {
 	if len(b) > MaxSeccompProfile {
 		return nil, fmt.Errorf("%w: %d bytes is more than the %d allowed", ErrSeccompProfile, len(b), MaxSeccompProfile)
 	}
@@ -108,7 +157,22 @@ func ParseSeccompProfile(b []byte, caps []string) (*specs.LinuxSeccomp, error) {
 		if !slices.Contains(seccompActions, r.Action) {
 			return nil, fmt.Errorf("%w: syscalls[%d] (%s): action %q (want one of %v)", ErrSeccompProfile, i, names[0], r.Action, seccompActions)
 		}
-		if r.Includes != nil && !r.Includes.matches(held, true) || r.Excludes != nil && r.Excludes.matches(held, false) {
+		in, ex := true, false
+		for _, f := range []struct {
+			filter *seccompFilter
+			all    bool
+			to     *bool
+		}{{r.Includes, true, &in}, {r.Excludes, false, &ex}} {
+			if f.filter == nil {
+				continue
+			}
+			m, err := f.filter.matches(held, kernel, f.all)
+			if err != nil {
+				return nil, fmt.Errorf("syscalls[%d] (%s): %w", i, names[0], err)
+			}
+			*f.to = m
+		}
+		if !in || ex {
 			continue
 		}
 		ret := r.ErrnoRet
@@ -126,8 +190,15 @@ func ParseSeccompProfile(b []byte, caps []string) (*specs.LinuxSeccomp, error) {
 
 // matches reports whether the filter's conditions hold here: for includes
 // every given condition must hold, for excludes any.
-func (f *seccompFilter) matches(held map[string]bool, all bool) bool {
+func (f *seccompFilter) matches(held map[string]bool, kernel kernelVersion, all bool) (bool, error) {
 	var conds []bool
+	if f.MinKernel != "" {
+		want, err := parseMinKernel(f.MinKernel)
+		if err != nil {
+			return false, err
+		}
+		conds = append(conds, kernel.atLeast(want))
+	}
 	if len(f.Caps) > 0 {
 		ok := true
 		for _, c := range f.Caps {
@@ -149,17 +220,17 @@ func (f *seccompFilter) matches(held map[string]bool, all bool) bool {
 		conds = append(conds, ok)
 	}
 	if len(conds) == 0 {
-		return all
+		return all, nil
 	}
 	for _, c := range conds {
 		if all && !c {
-			return false
+			return false, nil
 		}
 		if !all && c {
-			return true
+			return true, nil
 		}
 	}
-	return all
+	return all, nil
 }
 
 // archName reports whether a Docker arch name (amd64, arm64, x86, ...) is

@@ -78,3 +78,62 @@ func TestParseSeccompProfilePodmanDefault(t *testing.T) {
 		t.Fatalf("parsed %d rules, %d architectures", len(p.Syscalls), len(p.Architectures))
 	}
 }
+
+// minKernel, as podman and docker read it: a rule that includes it
+// applies from that kernel on, one that excludes it only before; the
+// comparison is by MAJOR.MINOR of the running kernel's release.
+func TestParseSeccompProfileMinKernel(t *testing.T) {
+	in := `{"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+	    {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+	    {"names": ["pidfd_open"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "5.3"}},
+	    {"names": ["close_range"], "action": "SCMP_ACT_ALLOW", "includes": {"minKernel": "5.9"}},
+	    {"names": ["old_way"], "action": "SCMP_ACT_ERRNO", "excludes": {"minKernel": "5.9"}},
+	    {"names": ["admin_new"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"], "minKernel": "5.3"}}
+	  ]}`
+	names := func(p *specs.LinuxSeccomp) string {
+		var out []string
+		for _, s := range p.Syscalls {
+			out = append(out, strings.Join(s.Names, ","))
+		}
+		return strings.Join(out, " ")
+	}
+	for _, c := range []struct {
+		release string
+		caps    []string
+		want    string
+	}{
+		{"4.19.0-27-amd64", nil, "read old_way"},
+		{"5.3.0", nil, "read pidfd_open old_way"},
+		{"5.8.18", []string{"CAP_SYS_ADMIN"}, "read pidfd_open old_way admin_new"},
+		{"5.9.0-rc1", nil, "read pidfd_open close_range"},
+		{"5.10.0-28-amd64", nil, "read pidfd_open close_range"},
+		{"6.1.0", []string{"CAP_SYS_ADMIN"}, "read pidfd_open close_range admin_new"},
+		{"10.0", nil, "read pidfd_open close_range"}, // 10 > 5 as numbers, not text
+	} {
+		k, err := parseKernelRelease(c.release)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := parseSeccompProfile([]byte(in), c.caps, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := names(p); got != c.want {
+			t.Errorf("kernel %s, caps %v: %q, want %q", c.release, c.caps, got, c.want)
+		}
+	}
+	// The running kernel: this machine's answer, from uname.
+	p, err := ParseSeccompProfile([]byte(in), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(p); !strings.HasPrefix(got, "read pidfd_open") {
+		t.Errorf("on this kernel (5.3 or later): %q", got)
+	}
+	for _, bad := range []string{"5", "5.x", "5.6.1", "v5.6", "0.0", "-1.2"} {
+		prof := `{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["x"], "action": "SCMP_ACT_ERRNO", "includes": {"minKernel": "` + bad + `"}}]}`
+		if _, err := ParseSeccompProfile([]byte(prof), nil); !errors.Is(err, ErrSeccompProfile) || !strings.Contains(err.Error(), "minKernel") {
+			t.Errorf("minKernel %q: %v, want a minKernel ErrSeccompProfile", bad, err)
+		}
+	}
+}

@@ -23,10 +23,15 @@ const ScriptPath = "/stacker/.vessel-run.sh"
 type StageOptions struct {
 	// Resolve finds stacker:// imports; see Resolver.
 	Resolve Resolver
-	// MTime is the modification time of every staged file and directory:
-	// the cache key ignores mtimes, so staging makes them all equal. Use
-	// SOURCE_DATE_EPOCH when set; the zero value means the Unix epoch.
+	// MTime is the modification time of every staged file and directory
+	// but dest: imports: the cache key ignores mtimes, so staging makes
+	// them all equal. Use SOURCE_DATE_EPOCH when set; the zero value means
+	// the Unix epoch.
 	MTime time.Time
+	// ImageMTimeMax bounds the mtimes of dest: imports, which keep their
+	// source's (as stacker's do): none is later (SOURCE_DATE_EPOCH, when
+	// set; zero: no bound).
+	ImageMTimeMax time.Time
 }
 
 // Staged is what Stage produced for one image build.
@@ -77,7 +82,8 @@ type Chown struct {
 // Stage copies img's imports under dir (which must not exist yet, or be
 // empty) and writes its run script there. Modes are kept (or replaced by
 // the import's mode:), symlinks inside imported directories are copied as
-// symlinks, and all mtimes are set to opts.MTime. On error dir is removed.
+// symlinks. dest: imports keep their mtimes (at most opts.ImageMTimeMax);
+// all other mtimes are set to opts.MTime. On error dir is removed.
 // The caller removes dir after the build.
 func Stage(img *Image, dir string, opts StageOptions) (st *Staged, err error) {
 	pls, err := img.placements(opts.Resolve)
@@ -107,7 +113,7 @@ func Stage(img *Image, dir string, opts StageOptions) (st *Staged, err error) {
 			{Source: filepath.Join(dir, "vessel"), Destination: "/vessel", ReadOnly: true},
 		},
 	}
-	s := &stager{mtime: opts.MTime}
+	s := &stager{mtime: opts.MTime, maxKept: opts.ImageMTimeMax, kept: map[string]time.Time{}}
 	if s.mtime.IsZero() {
 		s.mtime = time.Unix(0, 0)
 	}
@@ -185,10 +191,12 @@ type dirMode struct {
 }
 
 type stager struct {
-	mtime time.Time
-	dirs  []dirMode // to chmod and stamp after their contents are written
-	files []string
-	links []string
+	mtime   time.Time
+	maxKept time.Time            // zero: no bound
+	kept    map[string]time.Time // paths that keep their source's mtime
+	dirs    []dirMode            // to chmod and stamp after their contents are written
+	files   []string
+	links   []string
 }
 
 // copy copies one placement to hostTarget.
@@ -198,6 +206,13 @@ func (s *stager) copy(pl placement, hostTarget string) error {
 	}
 	return pl.walk(func(rel, abs string, info fs.FileInfo) error {
 		dst := filepath.Join(hostTarget, rel)
+		if pl.inImage { // part of the image: keeps its time, as stacker's copy does
+			t := info.ModTime()
+			if !s.maxKept.IsZero() && t.After(s.maxKept) {
+				t = s.maxKept
+			}
+			s.kept[dst] = t
+		}
 		if pl.contents && rel == "." {
 			// contents of a directory: merge into an existing target
 			if err := os.MkdirAll(dst, 0o700); err != nil {
@@ -260,8 +275,12 @@ func (s *stager) mkParents(p string) error {
 // finish sets final directory modes (deepest first, so a read-only
 // directory is filled before it becomes read-only) and every mtime.
 func (s *stager) finish() error {
-	ts := []unix.Timespec{unix.NsecToTimespec(s.mtime.UnixNano()), unix.NsecToTimespec(s.mtime.UnixNano())}
 	stamp := func(p string) error {
+		t := s.mtime
+		if k, ok := s.kept[p]; ok {
+			t = k
+		}
+		ts := []unix.Timespec{unix.NsecToTimespec(t.UnixNano()), unix.NsecToTimespec(t.UnixNano())}
 		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fmt.Errorf("set mtime of %s: %w", p, err)
 		}

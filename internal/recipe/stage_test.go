@@ -32,9 +32,19 @@ func TestStage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(t.TempDir(), "stage")
+	// dest: imports keep their files' mtimes (as stacker's do), but none
+	// later than ImageMTimeMax; what only the build sees gets MTime.
 	epoch := time.Unix(1700000000, 0)
-	st, err := Stage(f.Images[0], out, StageOptions{MTime: epoch})
+	old, older, later := time.Unix(1600000000, 0), time.Unix(1500000000, 0), time.Unix(1800000000, 0)
+	for p, tm := range map[string]time.Time{"conf": old, "tree/a.txt": older, "tree/sub/b.txt": later, "tree/sub": old} {
+		if err := os.Chtimes(filepath.Join(dir, p), tm, tm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	maxKept := time.Unix(1750000000, 0)
+	wantTime := map[string]time.Time{"rootfs/etc/app/conf": old, "rootfs/srv/a.txt": older, "rootfs/srv/sub/b.txt": maxKept, "rootfs/srv/sub": old}
+	out := filepath.Join(t.TempDir(), "stage")
+	st, err := Stage(f.Images[0], out, StageOptions{MTime: epoch, ImageMTimeMax: maxKept})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,8 +58,12 @@ func TestStage(t *testing.T) {
 		if fi.Mode() != mode {
 			t.Errorf("%s: mode %v, want %v", p, fi.Mode(), mode)
 		}
-		if !fi.ModTime().Equal(epoch) {
-			t.Errorf("%s: mtime %v", p, fi.ModTime())
+		want, ok := wantTime[p]
+		if !ok {
+			want = epoch
+		}
+		if !fi.ModTime().Equal(want) {
+			t.Errorf("%s: mtime %v, want %v", p, fi.ModTime(), want)
 		}
 		if content != "" {
 			b, _ := os.ReadFile(filepath.Join(out, p))
@@ -66,6 +80,7 @@ func TestStage(t *testing.T) {
 	check("rootfs/etc", os.ModeDir|0o755, "")
 	check("rootfs/srv/a.txt", 0o644, "a")
 	check("rootfs/srv/sub/b.txt", 0o600, "b")
+	check("rootfs/srv/sub", os.ModeDir|0o755, "")
 	check("stacker/.vessel-run.sh", 0o755, "#!/stacker/imports/tool\ngo\n")
 	if l, _ := os.Readlink(filepath.Join(out, "vessel/imports")); l != "../stacker/imports" {
 		t.Errorf("vessel/imports -> %q", l)

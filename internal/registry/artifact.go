@@ -79,7 +79,7 @@ func (c *Client) PushSigned(ctx context.Context, signed []byte, dst Reference, i
 	if images != nil {
 		for _, img := range m.Images() {
 			if !images.HasBlob(img.Digest) {
-				return nil, fmt.Errorf("push signed manifest: image %s (%s) is not in the local store: pull or build it first, or push with --no-images", img.Ref, img.Digest)
+				return nil, fmt.Errorf("push signed manifest: image %s (%s) is %w: pull or build it first", img.Ref, img.Digest, ErrImageNotLocal)
 			}
 			res, err := c.Copy(ctx, Store(images, img.Digest.String()), Registry(dst.WithDigest(img.Digest)))
 			if err != nil {

@@ -84,7 +84,7 @@ func (c *Client) getBlob(ctx context.Context, ref Reference, desc ocispec.Descri
 
 // tooLarge is the error for a descriptor over Options.MaxBlobSize.
 func tooLarge(op string, ref Reference, desc ocispec.Descriptor, limit int64) error {
-	return fmt.Errorf("%s %s: descriptor size %d bytes is larger than the limit of %d bytes (raise it with --max-blob-size)", op, ref.Name(), desc.Size, limit)
+	return fmt.Errorf("%s %s: descriptor size %d bytes is larger than the limit of %d bytes: %w", op, ref.Name(), desc.Size, limit, ErrTooLarge)
 }
 
 // parseContentRange parses "bytes START-END/TOTAL" (TOTAL may be "*",

@@ -130,7 +130,7 @@ func walk(ctx context.Context, src source, root node, maxBlob int64) ([]node, []
 					return fmt.Errorf("manifest %s: %w", n.desc.Digest, err)
 				}
 				if l.Size > maxBlob {
-					return fmt.Errorf("manifest %s: blob %s: descriptor size %d bytes is larger than the limit of %d bytes (raise it with --max-blob-size)", n.desc.Digest, l.Digest, l.Size, maxBlob)
+					return fmt.Errorf("manifest %s: blob %s: descriptor size %d bytes is larger than the limit of %d bytes: %w", n.desc.Digest, l.Digest, l.Size, maxBlob, ErrTooLarge)
 				}
 				if !seen[l.Digest] {
 					seen[l.Digest] = true

@@ -19,6 +19,13 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrCorrupt: content from the registry does not match its digest or size.
 	ErrCorrupt = errors.New("content does not match its digest")
+	// ErrTooLarge: a descriptor is larger than Options.MaxBlobSize.
+	ErrTooLarge = errors.New("larger than the size limit")
+	// ErrImageNotLocal: PushSigned needs an image the store does not hold.
+	ErrImageNotLocal = errors.New("not in the local store")
+	// ErrOtherArch: Install was given a system manifest whose images are
+	// for another architecture than the machine's.
+	ErrOtherArch = errors.New("this system manifest is for another architecture")
 )
 
 // Error is a failed registry request. It names what was being done, the

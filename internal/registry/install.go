@@ -134,7 +134,7 @@ func (c *Client) Install(ctx context.Context, st *store.Store, ref Reference, op
 			}
 		}
 		if err := st.CheckPlatform(ocispec.Descriptor{Digest: img.Digest}, opts.Platform); err != nil {
-			return nil, fmt.Errorf("install %s: image %s: %w: this system manifest is for another architecture; install the one built for this machine (vessel manifest build --arch) (nothing was installed)", ref, names[i], err)
+			return nil, fmt.Errorf("install %s: image %s: %w: %w; install the one built for this machine (nothing was installed)", ref, names[i], err, ErrOtherArch)
 		}
 		c.emit(Event{Kind: EventVerified, Digest: img.Digest, MediaType: img.MediaType, Ref: names[i]})
 		tag := fmt.Sprintf("system/%s:v%d", strings.ToLower(names[i]), vm.Version())

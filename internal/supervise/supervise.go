@@ -376,7 +376,7 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 			s.save(sv, func(st *Status) { st.State, st.Error = StateFailed, err.Error() })
 			return
 		}
-		fmt.Fprintf(logf, "[vessel %s] starting %s (%s)\n", time.Now().Format(time.RFC3339), name, sv.img.Digest())
+		logf.vesself("starting %s (%s)", name, sv.img.Digest())
 		s.save(sv, func(st *Status) {
 			st.State, st.Started, st.NextStart, st.Error, st.ExitCode = StateStarting, time.Now().UTC(), time.Time{}, "", nil
 		})
@@ -395,7 +395,7 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 			code, err := s.Launcher.Run(runCtx, container.Spec{
 				ID: id, Image: sv.img, Config: cfg,
 				Started: func() { go s.markRunning(runCtx, sv, id) },
-			}, ociruntime.Stdio{Stdout: logf, Stderr: logf, NoForward: true})
+			}, ociruntime.Stdio{Stdout: logf.stream(StreamStdout), Stderr: logf.stream(StreamStderr), NoForward: true})
 			done <- result{code, err}
 		}()
 		var r result
@@ -427,12 +427,11 @@ func (s *Supervisor) loop(ctx context.Context, sv *service) {
 				s.logf("service %s: watching for refused capabilities: %v", name, err)
 			}
 		}
-		now := time.Now().Format(time.RFC3339)
-		line := fmt.Sprintf("[vessel %s] %s\n", now, msg)
+		line := msg + "\n"
 		if note != "" {
-			line += fmt.Sprintf("[vessel %s] note: %s\n", now, note)
+			line += "note: " + note + "\n"
 		}
-		io.WriteString(logf, line) // one write: a reader sees both lines or neither
+		logf.vesself("%s", line) // one write: a reader sees both lines or neither
 		logf.Close()
 		s.logf("service %s %s", name, msg)
 		if note != "" {

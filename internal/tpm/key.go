@@ -37,6 +37,13 @@ var ErrOtherTPM = errors.New("this key file was made by another TPM")
 // ErrKeyAuth: the key's authorization (password) was refused.
 var ErrKeyAuth = errors.New("key authorization refused")
 
+// ErrExists: a file or NV index to be written exists; the callers'
+// replace (force) option replaces it.
+var ErrExists = errors.New("exists")
+
+// ErrNotTPMKey: a PEM file given as a TPM key holds another kind of key.
+var ErrNotTPMKey = errors.New("not a TSS2 PRIVATE KEY")
+
 // KeyOptions configure CreateKey and ImportKey.
 type KeyOptions struct {
 	RSA  bool   // RSA 2048 instead of ECC P-256 (CreateKey only)
@@ -218,7 +225,7 @@ func ParseKeyFile(b []byte) (*KeyFile, error) {
 		return nil, errors.New("parse TPM key file: no PEM block found (want -----BEGIN TSS2 PRIVATE KEY-----)")
 	}
 	if blk.Type != "TSS2 PRIVATE KEY" {
-		return nil, fmt.Errorf("parse TPM key file: PEM block %q is not a TSS2 PRIVATE KEY (a PEM key is given as --key FILE, without tpm:)", blk.Type)
+		return nil, fmt.Errorf("parse TPM key file: PEM block %q is %w", blk.Type, ErrNotTPMKey)
 	}
 	k, err := keyfile.Parse(blk.Bytes)
 	if err != nil {
@@ -490,7 +497,7 @@ func checkNew(path string, force bool) error {
 		return errors.New("no output file given")
 	}
 	if _, err := os.Lstat(path); err == nil && !force {
-		return fmt.Errorf("%s exists (use --force to replace it)", path)
+		return fmt.Errorf("%s %w", path, ErrExists)
 	}
 	return nil
 }

@@ -89,7 +89,7 @@ func (t *TPM) Provision(s State, policyKey *ecdsa.PublicKey, o ProvisionOptions)
 	for _, idx := range []tpm2.TPMHandle{VersionIndex, RecoveryIndex} {
 		if _, err := (tpm2.NVReadPublic{NVIndex: idx}).Execute(t); err == nil {
 			if !o.Force {
-				return nil, fmt.Errorf("provision: NV index 0x%08x exists (left by an earlier provisioning?): replace it with --force", uint32(idx))
+				return nil, fmt.Errorf("provision: NV index 0x%08x %w (left by an earlier provisioning?)", uint32(idx), ErrExists)
 			}
 			if _, err := (tpm2.NVUndefineSpace{AuthHandle: owner, NVIndex: tpm2.NamedHandle{Handle: idx}}).Execute(t); err != nil {
 				return nil, classify(fmt.Sprintf("undefine NV index 0x%08x", uint32(idx)), err)

@@ -27,7 +27,7 @@ func (t *TPM) Seal(s State, name string, secret []byte, replace bool) error {
 	}
 	if !replace {
 		if _, err := os.Stat(path); err == nil {
-			return fmt.Errorf("seal %s: %s exists (use --force to replace it)", name, path)
+			return fmt.Errorf("seal %s: %s %w", name, path, ErrExists)
 		}
 	}
 	r, err := s.Record()

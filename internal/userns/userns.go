@@ -92,6 +92,20 @@ type Plan struct {
 // maxExtents is the kernel's limit on lines in uid_map and gid_map.
 const maxExtents = 340
 
+// NoSubIDsError is ErrNoSubIDs for one user (errors.Is matches it): the
+// fix is to give User subordinate ids in /etc/subuid and /etc/subgid
+// (usermod does, as root).
+type NoSubIDsError struct {
+	User    string   // name, or uid when the user has no name
+	Missing []string // "uids in /etc/subuid", "gids in /etc/subgid"
+}
+
+func (e *NoSubIDsError) Error() string {
+	return fmt.Sprintf("%v: user %s has no subordinate %s", ErrNoSubIDs, e.User, strings.Join(e.Missing, " and no subordinate "))
+}
+
+func (e *NoSubIDsError) Unwrap() error { return ErrNoSubIDs }
+
 // NewPlan maps the user's own uid and gid to 0 and their subordinate
 // ranges from 1 up, in order. It fails with ErrNoSubIDs when either list
 // is empty: a namespace with a single id cannot hold an image whose files
@@ -109,8 +123,7 @@ func NewPlan(u User, subuids, subgids []Range) (*Plan, error) {
 		missing = append(missing, "gids in "+SubGIDFile)
 	}
 	if len(missing) > 0 {
-		return nil, fmt.Errorf("%w: user %s has no subordinate %s; as root, run\n\tusermod --add-subuids 100000-165535 --add-subgids 100000-165535 %s\n(pick a range no other user has) and try again",
-			ErrNoSubIDs, who, strings.Join(missing, " and no subordinate "), who)
+		return nil, &NoSubIDsError{User: who, Missing: missing}
 	}
 	uids, err := pack(u.UID, subuids, "uid", who)
 	if err != nil {

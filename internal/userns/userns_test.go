@@ -116,11 +116,12 @@ func TestNewPlanNoSubIDs(t *testing.T) {
 			if !errors.Is(err, ErrNoSubIDs) {
 				t.Fatalf("err = %v, want ErrNoSubIDs", err)
 			}
-			msg := err.Error()
-			for _, s := range []string{tt.mention, "usermod --add-subuids 100000-165535 --add-subgids 100000-165535 alice"} {
-				if !strings.Contains(msg, s) {
-					t.Errorf("error %q does not say %q", msg, s)
-				}
+			var ns *NoSubIDsError
+			if !errors.As(err, &ns) || ns.User != "alice" {
+				t.Fatalf("err = %#v, want a NoSubIDsError for alice", err)
+			}
+			if msg := err.Error(); !strings.Contains(msg, tt.mention) || !strings.Contains(msg, "user alice") {
+				t.Errorf("error %q does not say %q of alice", msg, tt.mention)
 			}
 		})
 	}

@@ -234,7 +234,7 @@ type MakeResult struct {
 	Template  string   `json:"template"`
 	Owner     string   `json:"owner"`
 	Variables []string `json:"variables"`
-	Free      int      `json:"free_bytes"`
+	Free      int      `json:"freeBytes"`
 }
 
 // Make writes an OVMF VARS file enforcing the key set in o.Keys.

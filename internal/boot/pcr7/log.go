@@ -158,7 +158,7 @@ type LogResult struct {
 	// HasAuthority is false when no EV_EFI_VARIABLE_AUTHORITY event was
 	// logged: some firmware never measures the db entry that verified the
 	// boot image, and a prediction that includes it cannot match.
-	HasAuthority bool     `json:"has_authority_event"`
+	HasAuthority bool     `json:"hasAuthorityEvent"`
 	Warnings     []string `json:"warnings,omitempty"`
 }
 

@@ -101,7 +101,7 @@ func (h Hex) MarshalText() ([]byte, error) { return []byte(h.String()), nil }
 // Event is one PCR7 measurement: predicted, or read from a log.
 type Event struct {
 	Type        uint32 `json:"type"`
-	TypeName    string `json:"type_name"`
+	TypeName    string `json:"typeName"`
 	Description string `json:"description"` // e.g. `PK (1 signature list, 1 entry)`, `db authority CN=...`
 	Digest      Hex    `json:"digest"`      // SHA-256
 	Data        []byte `json:"-"`           // the event data as logged

@@ -34,10 +34,10 @@ var ErrNotPE = errors.New("not a PE32+ (EFI) image")
 // Section is one section header.
 type Section struct {
 	Name             string `json:"name"`
-	VirtualSize      uint32 `json:"virtual_size"`
+	VirtualSize      uint32 `json:"virtualSize"`
 	VirtualAddress   uint32 `json:"vma"`
-	SizeOfRawData    uint32 `json:"raw_size"`
-	PointerToRawData uint32 `json:"file_offset"`
+	SizeOfRawData    uint32 `json:"rawSize"`
+	PointerToRawData uint32 `json:"fileOffset"`
 	Characteristics  uint32 `json:"characteristics"`
 }
 

@@ -72,7 +72,7 @@ type Files struct {
 	Dir   string              `json:"dir"`
 	Owner GUID                `json:"owner"`
 	Keys  map[string]KeyFiles `json:"keys"`
-	NoPK  string              `json:"no_pk_auth"`
+	NoPK  string              `json:"noPKAuth"`
 }
 
 // KeyFiles are the files of one role.
@@ -82,7 +82,7 @@ type KeyFiles struct {
 	ESL     string `json:"esl"`
 	Auth    string `json:"auth"`
 	Subject string `json:"subject"`
-	SHA256  string `json:"cert_sha256"`
+	SHA256  string `json:"certSHA256"`
 }
 
 func roleFiles(dir, role string) KeyFiles {

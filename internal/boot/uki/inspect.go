@@ -23,15 +23,15 @@ type Report struct {
 	SHA256    string            `json:"sha256"`
 	Sections  []bpe.Section     `json:"sections"`
 	Cmdline   string            `json:"cmdline"`
-	OSRelease map[string]string `json:"os_release,omitempty"`
+	OSRelease map[string]string `json:"osRelease,omitempty"`
 	Uname     string            `json:"uname,omitempty"`
 	SBAT      string            `json:"sbat,omitempty"`
 	// Digest is the image's Authenticode SHA-256 digest, computed from its bytes.
-	Digest      string   `json:"authenticode_sha256"`
-	ChecksumOK  bool     `json:"checksum_ok"`
+	Digest      string   `json:"authenticodeSHA256"`
+	ChecksumOK  bool     `json:"checksumOK"`
 	Signatures  []Signer `json:"signatures"`
 	Initrd      *Initrd  `json:"initrd,omitempty"`
-	KernelBytes int      `json:"kernel_size"`
+	KernelBytes int      `json:"kernelSize"`
 }
 
 // Signer is one Authenticode signature.
@@ -40,12 +40,12 @@ type Signer struct {
 	Issuer  string `json:"issuer"`
 	Serial  string `json:"serial"`
 	// CertSHA256 is the SHA-256 of the signer certificate (DER).
-	CertSHA256 string `json:"cert_sha256"`
+	CertSHA256 string `json:"certSHA256"`
 	// DigestMatches: the digest the signature covers is the image's digest.
-	DigestMatches bool `json:"digest_matches"`
+	DigestMatches bool `json:"digestMatches"`
 	// SignatureValid: the signer's certificate verifies the signature over
 	// that digest (not whether the certificate is trusted: that is db's job).
-	SignatureValid bool   `json:"signature_valid"`
+	SignatureValid bool   `json:"signatureValid"`
 	Error          string `json:"error,omitempty"`
 	cert           *x509.Certificate
 }
@@ -64,9 +64,9 @@ type Initrd struct {
 	Undecoded string `json:"undecoded,omitempty"`
 	Files     int    `json:"files"`
 	// ManifestCA is the subject of the certificate at InitrdManifestCAPath.
-	ManifestCA       string `json:"manifest_ca,omitempty"`
-	ManifestCASHA256 string `json:"manifest_ca_sha256,omitempty"`
-	ProductID        string `json:"product_id,omitempty"`
+	ManifestCA       string `json:"manifestCA,omitempty"`
+	ManifestCASHA256 string `json:"manifestCASHA256,omitempty"`
+	ProductID        string `json:"productID,omitempty"`
 	Error            string `json:"error,omitempty"`
 }
 
