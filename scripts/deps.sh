@@ -18,6 +18,7 @@ pkgs=(
   initramfs-tools zstd                        # boot: the mkinitramfs initrd the boot benchmark compares against
   qemu-user-static                            # other architectures: static emulators + binfmt.d rules (vessel binfmt)
   curl                                        # make vm-demo: fetches the guest's web page through hostfwd
+  netcat-openbsd                              # network boot VM tests: qemu guestfwd cmd:nc to a registry on 127.0.0.1
 )
 missing=()
 for p in "${pkgs[@]}"; do
