@@ -18,7 +18,7 @@ pkgs=(
   initramfs-tools zstd                        # boot: the mkinitramfs initrd the boot benchmark compares against
   qemu-user-static                            # other architectures: static emulators + binfmt.d rules (vessel binfmt)
   curl                                        # make vm-demo: fetches the guest's web page through hostfwd
-  netcat-openbsd                              # VM tests: qemu guestfwd cmd:nc to a server on the host loopback (cluster join)
+  netcat-openbsd                              # VM tests: qemu guestfwd cmd:nc to a registry (network boot) or cluster servers (cluster join) on 127.0.0.1
 )
 missing=()
 for p in "${pkgs[@]}"; do

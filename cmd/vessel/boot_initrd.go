@@ -30,6 +30,8 @@ func bootInitrdCmd(g *globals) *cobra.Command {
   /etc/vessel/tpm-policy.pem    with --tpm-policy-key: the key that signs TPM policies;
                                 the initrd then provisions the TPM at first boot and
                                 unlocks the encrypted state partition (docs/tpm.md)
+  /etc/vessel/registry-ca.pem   --registry-ca: the registry's TLS CA (network boot)
+  /etc/vessel/registry-auth.json  --registry-auth: registry credentials (network boot; mode 0600)
 
 The default modules are virtio_pci virtio_blk virtio_net loop dm_verity dm_crypt xts
 squashfs erofs overlay efivarfs ext4 button evdev tpm_tis tpm_crb; --module replaces the list. Compressed modules
@@ -42,6 +44,8 @@ inputs give the same bytes. See docs/boot.md.`,
       --module virtio_blk --module dm-verity -o initrd.img --json
   vessel boot initrd --ca ca.pem --product-id $ID --modules /lib/modules/$(uname -r) \
       --tpm-policy-key policy.pub -o initrd.img
+  vessel boot initrd --ca ca.pem --product-id $ID --modules /lib/modules/$(uname -r) \
+      --registry-ca registry-ca.pem --registry-auth auth.json -o initrd.img   # for a network boot
   zstd -dc initrd.img | cpio -tv`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -80,6 +84,8 @@ inputs give the same bytes. See docs/boot.md.`,
 	f := c.Flags()
 	f.StringVar(&o.CA, "ca", "", "manifest-signing CA certificate (PEM); required")
 	f.StringVar(&o.ProductID, "product-id", "", "product UUID; required")
+	f.StringVar(&o.RegistryCA, "registry-ca", "", "network boot: the registry's TLS CA certificate (PEM)")
+	f.StringVar(&o.RegistryAuth, "registry-auth", "", "network boot: registry credentials (containers auth.json)")
 	f.StringVar(&o.Modules, "modules", "", "kernel modules tree, /lib/modules/VERSION; required")
 	f.StringArrayVar(&o.Names, "module", nil, "module to include with its dependencies (repeatable; replaces the default list)")
 	f.StringVar(&o.PolicyKey, "tpm-policy-key", "", "TPM policy-signing public key (PEM): the initrd seals and unseals with the TPM")

@@ -43,6 +43,18 @@ func (s *Stage) findData(wait time.Duration) (string, error) {
 	}
 }
 
+// diskSource mounts the data partition read-only at DataMount.
+func (s *Stage) diskSource() (string, error) {
+	dev, err := s.findData(10 * time.Second)
+	if err != nil {
+		return "", fmt.Errorf("verified boot: %w", err)
+	}
+	if err := s.sys.mount(Mount{Source: dev, Target: DataMount, FSType: "ext4", Flags: msRdOnly | msNoSuid | msNoDev | msNoExec}); err != nil {
+		return "", fmt.Errorf("verified boot: mount data partition %s read-only: %w", dev, err)
+	}
+	return dev, nil
+}
+
 // bootRoot is the verified boot: data partition (read-only), signed
 // manifest verified with the initrd's CA and product ID, the host image
 // mounted layer by layer through dm-verity under a fresh tmpfs upper, then
@@ -52,12 +64,9 @@ func (s *Stage) bootRoot(started float64) error {
 	if !ok {
 		return errors.New("verified boot: this system cannot switch root")
 	}
-	dev, err := s.findData(10 * time.Second)
+	dev, err := s.manifestSource()
 	if err != nil {
-		return fmt.Errorf("verified boot: %w", err)
-	}
-	if err := s.sys.mount(Mount{Source: dev, Target: DataMount, FSType: "ext4", Flags: msRdOnly | msNoSuid | msNoDev | msNoExec}); err != nil {
-		return fmt.Errorf("verified boot: mount data partition %s read-only: %w", dev, err)
+		return err
 	}
 	cas, err := trust.LoadCerts(s.path(CAFile))
 	if err != nil {

@@ -30,8 +30,24 @@ func TestArgs(t *testing.T) {
 			t.Errorf("args lack %q: %s", want, cmd)
 		}
 	}
+	// Diskless PXE: qemu's TFTP, no drive but the firmware's.
+	a, err = Config{TFTPDir: "/tftp", BootFile: "bootx64.efi", Net: []string{"guestfwd=tcp:10.0.2.100:5000-cmd:nc 127.0.0.1 5000"}}.Args("v", "s", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd = strings.Join(a, " ")
+	for _, want := range []string{"user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:5000-cmd:nc 127.0.0.1 5000,tftp=/tftp,bootfile=bootx64.efi", "virtio-net-pci,netdev=n0,romfile="} {
+		if !strings.Contains(cmd, want) {
+			t.Errorf("args lack %q: %s", want, cmd)
+		}
+	}
+	if strings.Contains(cmd, "if=virtio") || strings.Contains(cmd, "-nic none") {
+		t.Errorf("a diskless PXE boot with a disk or without a NIC: %s", cmd)
+	}
 	for _, c := range []Config{
 		{},
+		{TFTPDir: "/t"},
+		{TFTPDir: "/t,x", BootFile: "b"},
 		{ESPDir: "/e", Disk: "/d"},
 		{ESPDir: "/e", Net: []string{"hostfwd=tcp::8080-:80"}},
 		{ESPDir: "/e", Net: []string{"smb=/tmp,127.0.0.1"}},

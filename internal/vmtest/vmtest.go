@@ -59,9 +59,15 @@ type Config struct {
 	TPMState string
 	MemoryMB int           // default 512
 	Timeout  time.Duration // the VM is killed after this; default 5 minutes
-	Net      []string      // hostfwd=/guestfwd= rules; none: -nic none
+	Net      []string      // hostfwd=/guestfwd= rules; none: -nic none (unless TFTPDir)
 	Dir      string        // where the serial log and VARS copy go; default a new temp dir
 	Monitor  bool          // qemu's HMP monitor on a unix socket, for VM.Monitor
+
+	// TFTPDir, with BootFile, serves that directory with qemu's built-in
+	// TFTP server and hands BootFile out by DHCP: the firmware boots it
+	// over the network (PXE). With neither ESPDir nor Disk, no disk is
+	// attached at all.
+	TFTPDir, BootFile string
 }
 
 // Line is one line of serial output and when the host saw it, counted from
@@ -120,8 +126,11 @@ func or(s, def string) string {
 
 // Args returns qemu's arguments for the config (without the binary).
 func (c Config) Args(vars, serial, tpmSock string) ([]string, error) {
-	if (c.ESPDir == "") == (c.Disk == "") {
-		return nil, errors.New("vmtest: give exactly one of ESPDir and Disk")
+	if c.ESPDir != "" && c.Disk != "" || c.ESPDir == "" && c.Disk == "" && c.TFTPDir == "" {
+		return nil, errors.New("vmtest: give one of ESPDir and Disk, or TFTPDir for a diskless PXE boot")
+	}
+	if (c.TFTPDir == "") != (c.BootFile == "") {
+		return nil, errors.New("vmtest: TFTPDir and BootFile go together")
 	}
 	mem := c.MemoryMB
 	if mem == 0 {
@@ -137,13 +146,13 @@ func (c Config) Args(vars, serial, tpmSock string) ([]string, error) {
 	}
 	if c.ESPDir != "" {
 		a = append(a, "-drive", "file=fat:rw:"+c.ESPDir+",format=raw,if=virtio")
-	} else {
+	} else if c.Disk != "" {
 		a = append(a, "-drive", "file="+c.Disk+",format=raw,if=virtio")
 	}
 	if tpmSock != "" {
 		a = append(a, "-chardev", "socket,id=chrtpm,path="+tpmSock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0")
 	}
-	if len(c.Net) == 0 {
+	if len(c.Net) == 0 && c.TFTPDir == "" {
 		a = append(a, "-nic", "none")
 	} else {
 		for _, r := range c.Net {
@@ -154,7 +163,16 @@ func (c Config) Args(vars, serial, tpmSock string) ([]string, error) {
 				return nil, fmt.Errorf("vmtest: network rule %q must name 127.0.0.1 (the guest reaches only the host's loopback)", r)
 			}
 		}
-		a = append(a, "-netdev", "user,id=n0,restrict=on,"+strings.Join(c.Net, ","), "-device", "virtio-net-pci,netdev=n0")
+		opts := append([]string{"user", "id=n0", "restrict=on"}, c.Net...)
+		if c.TFTPDir != "" {
+			if strings.ContainsAny(c.TFTPDir+c.BootFile, ",") {
+				return nil, fmt.Errorf("vmtest: TFTP directory %q or boot file %q contains a comma", c.TFTPDir, c.BootFile)
+			}
+			opts = append(opts, "tftp="+c.TFTPDir, "bootfile="+c.BootFile)
+		}
+		// romfile= (none): OVMF's own virtio-net driver and PXE, not
+		// qemu's iPXE option ROM (unsigned for our db under Secure Boot).
+		a = append(a, "-netdev", strings.Join(opts, ","), "-device", "virtio-net-pci,netdev=n0,romfile=")
 	}
 	return a, nil
 }

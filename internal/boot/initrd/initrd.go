@@ -12,6 +12,7 @@ package initrd
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +40,12 @@ const (
 	ConsolePath   = "dev/console"
 	// PolicyKeyPath is the TPM policy-signing public key (optional).
 	PolicyKeyPath = "etc/vessel/tpm-policy.pem"
+)
+
+// The network boot's registry trust and credentials (optional).
+const (
+	RegistryCAPath   = "etc/vessel/registry-ca.pem"
+	RegistryAuthPath = "etc/vessel/registry-auth.json"
 )
 
 // DefaultModules are what the boot needs on Debian's kernel: virtio
@@ -73,6 +80,10 @@ type Options struct {
 	// PolicyKey is the TPM policy-signing public key (PEM), optional:
 	// with it the initrd uses the TPM (docs/tpm.md).
 	PolicyKey string
+	// For the network boot (optional): the registry's TLS CA (PEM) and
+	// credentials (containers auth.json), at RegistryCAPath and
+	// RegistryAuthPath.
+	RegistryCA, RegistryAuth string
 }
 
 // Entry is one file, directory or device of the archive.
@@ -174,6 +185,26 @@ func Make(o Options) (*Plan, error) {
 			return nil, fmt.Errorf("initrd: TPM policy key %s: %w", o.PolicyKey, err)
 		}
 		add(Entry{Name: PolicyKeyPath, Mode: cpio.S_IFREG | 0o644, Data: b})
+	}
+	if o.RegistryCA != "" {
+		b, err := os.ReadFile(o.RegistryCA)
+		if err != nil {
+			return nil, fmt.Errorf("initrd: registry CA: %w", err)
+		}
+		if _, err := trust.ParseCerts(b); err != nil {
+			return nil, fmt.Errorf("initrd: registry CA %s: %w", o.RegistryCA, err)
+		}
+		add(Entry{Name: RegistryCAPath, Mode: cpio.S_IFREG | 0o644, Data: b})
+	}
+	if o.RegistryAuth != "" {
+		b, err := os.ReadFile(o.RegistryAuth)
+		if err != nil {
+			return nil, fmt.Errorf("initrd: registry credentials: %w", err)
+		}
+		if !json.Valid(b) {
+			return nil, fmt.Errorf("initrd: registry credentials %s: not JSON (want a containers auth.json)", o.RegistryAuth)
+		}
+		add(Entry{Name: RegistryAuthPath, Mode: cpio.S_IFREG | 0o600, Data: b})
 	}
 	var order strings.Builder
 	for _, m := range res.Modules {

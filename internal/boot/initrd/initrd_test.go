@@ -238,3 +238,40 @@ func TestRefusals(t *testing.T) {
 		})
 	}
 }
+
+// TestRegistryFiles: the network boot's registry CA and credentials go to
+// their paths (credentials readable by root only); bad ones are refused.
+func TestRegistryFiles(t *testing.T) {
+	in := setup(t)
+	dir := t.TempDir()
+	auth := filepath.Join(dir, "auth.json")
+	os.WriteFile(auth, []byte(`{"auths":{"registry.lan:5000":{"auth":"dTpw"}}}`), 0o600)
+	o := opts(in)
+	o.RegistryCA, o.RegistryAuth = in.ca, auth
+	r := cpio.Newc.Reader(bytes.NewReader(build(t, o)))
+	got := map[string]uint64{}
+	for {
+		rec, err := r.ReadRecord()
+		if errors.Is(err, io.EOF) || err == nil && rec.Name == cpio.Trailer {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[rec.Name] = rec.Mode
+	}
+	if got[initrd.RegistryCAPath]&0o777 != 0o644 || got[initrd.RegistryAuthPath]&0o777 != 0o600 {
+		t.Fatalf("registry files: CA mode %o, credentials mode %o (want 644, 600)", got[initrd.RegistryCAPath], got[initrd.RegistryAuthPath])
+	}
+	bad := filepath.Join(dir, "bad")
+	os.WriteFile(bad, []byte("not json, not PEM"), 0o600)
+	for _, c := range []struct {
+		ca, auth, want string
+	}{{bad, "", "registry CA"}, {"", bad, "not JSON"}} {
+		o := opts(in)
+		o.RegistryCA, o.RegistryAuth = c.ca, c.auth
+		if _, err := initrd.Build(o, filepath.Join(dir, "x.img")); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("CA %q auth %q: error %v, want %q", c.ca, c.auth, err, c.want)
+		}
+	}
+}
