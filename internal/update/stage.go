@@ -249,4 +249,38 @@ func (s *State) clone() *State {
 	return &c
 }
 
-var errNoTrial = errors.New("no trial")
+
+
+// StageFromRegistry fetches the signed system manifest ref names (with
+// its attached signatures), takes the first signature that verifies with
+// opts.Trust, and stages it with the images fetched from the same
+// repository by digest (Stage).
+func StageFromRegistry(ctx context.Context, st *store.Store, c *registry.Client, ref registry.Reference, opts StageOptions) (*Staged, error) {
+	f, err := c.FetchSigned(ctx, ref)
+	if err != nil {
+		return nil, fmt.Errorf("fetch %s: %w", ref, err)
+	}
+	var errs []error
+	var signed []byte
+	for _, s := range f.Signed {
+		if _, err := trust.Verify(s, opts.Trust); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		signed = s
+		break
+	}
+	if signed == nil {
+		errs = append(errs, f.SignatureErrors...)
+		if len(errs) == 0 {
+			errs = append(errs, fmt.Errorf("the manifest %s has no signature attached", f.Artifact.Digest))
+		}
+		return nil, fmt.Errorf("%w: %s: %w: %w (the slots are unchanged)", ErrRefused, ref, registry.ErrNoValidSignature, errors.Join(errs...))
+	}
+	opts.Client = c
+	opts.From = func(d digest.Digest) registry.Endpoint { return registry.Registry(ref.WithDigest(d)) }
+	if opts.Source == "" {
+		opts.Source = f.Ref.String()
+	}
+	return Stage(ctx, st, signed, opts)
+}
