@@ -249,8 +249,6 @@ func (s *State) clone() *State {
 	return &c
 }
 
-
-
 // StageFromRegistry fetches the signed system manifest ref names (with
 // its attached signatures), takes the first signature that verifies with
 // opts.Trust, and stages it with the images fetched from the same
