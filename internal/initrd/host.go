@@ -52,6 +52,9 @@ func HostMain() {
 			time.Sleep(time.Hour)
 		}
 	}()
+	if rec := hostBootRecord(); rec != nil && rec.Trial {
+		cmd = unix.LINUX_REBOOT_CMD_RESTART // a failed trial boot goes back to the default slot
+	}
 	if err := RunHost(os.Stdout, "", sys.uptime, mount.DMTable); err != nil {
 		printf("FAILED: %v", err)
 		return

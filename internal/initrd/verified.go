@@ -66,10 +66,11 @@ func (s *Stage) bootRoot(started float64) error {
 	if err != nil {
 		return fmt.Errorf("verified boot: read product ID: %w", err)
 	}
-	vm, st, err := VerifyData(s.path(DataMount), cas, strings.TrimSpace(string(pid)), time.Time{})
+	ch, err := s.chooseBoot(cas, strings.TrimSpace(string(pid)))
 	if err != nil {
 		return fmt.Errorf("verified boot refused before mounting anything: %w", err)
 	}
+	vm, st := ch.VM, ch.Store
 	s.printf("manifest %s verified: product %s version %d, signed by %q", vm.Digest(), vm.ProductID(), vm.Version(), vm.Signer().Subject.CommonName)
 	host := vm.Manifest().Hostfs
 	img, err := mount.SystemImage(st, vm, host.Digest)
@@ -83,7 +84,8 @@ func (s *Stage) bootRoot(started float64) error {
 		return fmt.Errorf("verified boot: host %w%s", err, s.corruptions(rs))
 	}
 	rec := BootRecord{Product: vm.ProductID(), Version: vm.Version(), Manifest: vm.Digest(), Signer: vm.Signer().Subject.CommonName,
-		Host: img.Name(), HostID: host.Digest, DataDev: dev, Mode: string(p.Mode), Started: started}
+		Host: img.Name(), HostID: host.Digest, DataDev: dev, Mode: string(p.Mode), Started: started,
+		Slot: ch.Slot, Trial: ch.Trial, Signed: ch.Signed}
 	for _, l := range p.Layers {
 		bl := BootLayer{Digest: l.Digest}
 		if l.Verity != nil {

@@ -141,7 +141,11 @@ func Confirm(st *store.Store, vm *trust.VerifiedManifest, booted string) error {
 	sl := state.Slots[booted]
 	cur := &registry.Current{Product: sl.Product, ProductName: vm.Manifest().ProductName, Version: sl.Version, Digest: sl.Digest,
 		Signer: sl.Signer, Source: sl.Source, Images: sl.Images}
-	if err := registry.RecordCurrent(root, cur, vm.Bytes()); err != nil {
+	signed, err := bounded.ReadFile(filepath.Join(root, sl.Signed), trust.MaxSignedSize)
+	if err != nil {
+		return fmt.Errorf("confirm slot %s: %w", booted, err)
+	}
+	if err := registry.RecordCurrent(root, cur, signed); err != nil {
 		return fmt.Errorf("confirm slot %s: %w", booted, err)
 	}
 	return nil

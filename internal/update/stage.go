@@ -13,6 +13,7 @@ import (
 
 	"github.com/vesselos/vessel/internal/atomicfile"
 	"github.com/vesselos/vessel/internal/image"
+	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
@@ -172,6 +173,11 @@ func Stage(ctx context.Context, st *store.Store, signed []byte, opts StageOption
 	if res.Slot, err = state.Stage(sl, accepted, now()); err != nil {
 		return nil, err
 	}
+	// Every image of the slot that stays must keep a tag (a record made
+	// from an older current.json may not list them), or gc would take it.
+	if err := ensureTagged(st, state.Slots[Other(res.Slot)]); err != nil {
+		return nil, err
+	}
 	pause(FaultBeforeCommit)
 	if err := Write(root, state); err != nil { // the commit point
 		return nil, err
@@ -281,4 +287,51 @@ func StageFromRegistry(ctx context.Context, st *store.Store, c *registry.Client,
 		opts.Source = f.Ref.String()
 	}
 	return Stage(ctx, st, signed, opts)
+}
+
+// ensureTagged tags every image of the slot's signed manifest that is in
+// the store as system/NAME:vVERSION, and fills in the slot's image list
+// when it is empty.
+func ensureTagged(st *store.Store, sl *Slot) error {
+	if sl == nil {
+		return nil
+	}
+	b, err := os.ReadFile(filepath.Join(st.Root(), sl.Signed))
+	if err != nil {
+		return fmt.Errorf("slot version %d: %w", sl.Version, err)
+	}
+	sg, err := trust.ParseSigned(b)
+	if err != nil {
+		return fmt.Errorf("slot version %d: %w", sl.Version, err)
+	}
+	m, err := manifest.Parse(sg.Payload)
+	if err != nil {
+		return fmt.Errorf("slot version %d: %w", sl.Version, err)
+	}
+	names := []string{}
+	if m.Hostfs != nil {
+		names = append(names, "hostfs")
+	}
+	for _, s := range m.Services {
+		names = append(names, s.Name)
+	}
+	var imgs []registry.InstalledImage
+	for i, img := range m.Images() {
+		tag := fmt.Sprintf("system/%s:v%d", strings.ToLower(names[i]), m.Version)
+		imgs = append(imgs, registry.InstalledImage{Name: names[i], Digest: img.Digest, Tag: tag})
+		if d, err := st.Resolve(tag); err == nil && d.Digest == img.Digest {
+			continue
+		}
+		desc, err := st.Resolve(img.Digest.String())
+		if err != nil {
+			continue // not in the store: nothing to keep
+		}
+		if err := st.Tag(tag, desc); err != nil {
+			return fmt.Errorf("tag image %s of slot version %d: %w", names[i], sl.Version, err)
+		}
+	}
+	if len(sl.Images) == 0 {
+		sl.Images = imgs
+	}
+	return nil
 }
