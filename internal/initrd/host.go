@@ -67,6 +67,9 @@ func HostMain() {
 	var window time.Duration
 	if slices.Contains(flags, "services") {
 		window = 20 * time.Second // a test boot ends by itself, cleanly
+		if slices.Contains(flags, "update") {
+			window = 120 * time.Second // room for a health check and staging
+		}
 	}
 	c, err := runServices(printf, string(b), window)
 	if err != nil {

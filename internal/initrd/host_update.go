@@ -54,3 +54,31 @@ func hostBootRecord() *BootRecord {
 }
 
 func argsString(a []string) string { return strings.Join(a, " ") }
+
+// Test hook (vessel.test=update, inside the signed UKI like every
+// vessel.test flag): once the services are up (and, on a trial boot, the
+// health check confirmed the slot), PID 1 runs `vessel update` on the
+// signed manifest the test placed on the data partition, with the images
+// from the store beside it, and reboots if it staged. The VM tests use it
+// to stage on the machine itself, so that a power cut can hit staging.
+const (
+	UpdateIncomingDir = HostDataDir + "/incoming"
+	UpdateIncoming    = UpdateIncomingDir + "/update.signed"
+)
+
+// TestUpdateArgs is the command of the vessel.test=update hook.
+func TestUpdateArgs() []string {
+	return []string{"vessel", "--root", HostDataDir, "update", UpdateIncoming, "--from", UpdateIncomingDir + "/store"}
+}
+
+// startTestUpdate starts the hook if a manifest is waiting (nil if not).
+func startTestUpdate(exe string) (*os.Process, error) {
+	if _, err := os.Stat(UpdateIncoming); err != nil {
+		return nil, nil
+	}
+	return os.StartProcess(exe, TestUpdateArgs(), &os.ProcAttr{
+		Env:   []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=linux"},
+		Files: []*os.File{nil, os.Stdout, os.Stderr},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	})
+}

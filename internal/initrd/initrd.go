@@ -139,7 +139,7 @@ func (s *Stage) Run() error {
 	flags := TestFlags(string(cmd))
 	for _, t := range flags {
 		switch t {
-		case "root", "services":
+		case "root", "services", "update":
 			// the verified boot below, with checks in the host
 		case "pcr7":
 			if err := s.checkPCR7(); err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -78,6 +79,21 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 			printf("trial boot of slot %s (version %d): health check started (pid %d): %s", rec.Slot, rec.Version, cp.Pid, argsString(cargs))
 		}
 	}
+	hookPid := 0
+	testUpdate := func() {
+		if !slices.Contains(TestFlags(cmdline), "update") {
+			return
+		}
+		hp, err := startTestUpdate(exe)
+		if err != nil {
+			printf("FAILED: vessel.test=update: %v", err)
+			return
+		}
+		if hp != nil {
+			hookPid = hp.Pid
+			printf("vessel.test=update: %s (pid %d)", strings.Join(TestUpdateArgs(), " "), hp.Pid)
+		}
+	}
 	up := make(chan string, 1)
 	go watchServices(p.Pid, up)
 	var timeout <-chan time.Time
@@ -109,6 +125,9 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 		case names := <-up:
 			printf("services up: %s", names)
 			printDM(printf)
+			if checkPid == 0 && (rec == nil || !rec.Trial) {
+				testUpdate()
+			}
 			if window > 0 {
 				timeout = time.After(window)
 			}
@@ -130,9 +149,22 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 				if ws.Exited() && ws.ExitStatus() == 0 {
 					cmd = unix.LINUX_REBOOT_CMD_POWER_OFF
 					printf("trial boot of slot %s confirmed: it is the default slot now", rec.Slot)
+					testUpdate()
 				} else {
 					cmd = unix.LINUX_REBOOT_CMD_RESTART
 					stop(fmt.Sprintf("trial boot of slot %s failed its health check (%s): rebooting into the default slot", rec.Slot, waitString(ws)))
+				}
+				continue
+			}
+			if wpid == hookPid && hookPid != 0 {
+				hookPid = 0
+				os.Remove(UpdateIncoming)
+				unix.Sync()
+				if ws.Exited() && ws.ExitStatus() == 0 {
+					cmd = unix.LINUX_REBOOT_CMD_RESTART
+					stop("vessel.test=update: staged, rebooting into the trial")
+				} else {
+					printf("vessel.test=update: not staged (%s)", waitString(ws))
 				}
 				continue
 			}
