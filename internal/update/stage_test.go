@@ -172,3 +172,71 @@ func contains(l []string, s string) bool {
 	}
 	return false
 }
+
+// Rollback on disk: an armed trial is disarmed; with no trial and the
+// other slot older than the accepted version, it is refused and nothing
+// changes.
+func TestRollbackOnDisk(t *testing.T) {
+	f := newFixture(t)
+	root := f.machine.Root()
+	if _, err := Stage(context.Background(), f.machine, f.signed[2], f.fromHere); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Rollback(root, SlotA)
+	if err != nil || r.NextBoot != SlotA || r.Reboot || r.Last.Outcome != OutcomeCancelled {
+		t.Fatalf("disarm: %+v %v", r, err)
+	}
+	if s := readState(t, root); s.Trial != nil {
+		t.Fatal("the trial is still armed")
+	}
+	if _, err := Stage(context.Background(), f.machine, f.signed[2], f.fromHere); err != nil {
+		t.Fatal(err)
+	}
+	bootAndConfirm(t, f, f.signed[2])
+	before := slotsBytes(t, root)
+	if _, err := Rollback(root, SlotB); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "lower than version 2 already accepted") {
+		t.Fatalf("rollback to an older slot: %v", err)
+	}
+	if !bytes.Equal(before, slotsBytes(t, root)) {
+		t.Fatal("a refused rollback changed the slot record")
+	}
+	if cur, _ := registry.ReadCurrent(root); cur.Version != 2 {
+		t.Fatalf("current.json: %d", cur.Version)
+	}
+}
+
+// Rollback to a slot the accepted version allows (a confirm cut before
+// the version was recorded) makes it the default and current.json follows.
+func TestRollbackSwitchesDefault(t *testing.T) {
+	f := newFixture(t)
+	root := f.machine.Root()
+	if _, err := Stage(context.Background(), f.machine, f.signed[2], f.fromHere); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Modify(root, func(s *State) error { s.Boot(testNow); return s.Confirm(SlotB, testNow) }); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Rollback(root, SlotB)
+	if err != nil || r.NextBoot != SlotA || r.Version != 1 || !r.Reboot {
+		t.Fatalf("%+v %v", r, err)
+	}
+	if s := readState(t, root); s.Default != SlotA {
+		t.Fatalf("default %s", s.Default)
+	}
+	cur, err := registry.ReadCurrent(root)
+	if err != nil || cur.Version != 1 {
+		t.Fatalf("current.json %+v %v", cur, err)
+	}
+	if _, err := trust.Verify(mustRead(t, filepath.Join(root, cur.Signed)), trust.Options{CAs: f.p.cas}); err != nil {
+		t.Fatalf("current.json names a file that does not verify: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -2,11 +2,14 @@ package update
 
 import (
 	"fmt"
+	"path/filepath"
 	"sort"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/vesselos/vessel/internal/bounded"
+	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/trust"
 )
 
@@ -84,17 +87,30 @@ type RollbackResult struct {
 // Rollback goes back to the other slot (State.Rollback) and records it;
 // booted is the slot this boot runs, if known.
 func Rollback(root, booted string) (*RollbackResult, error) {
-	var next string
+	var next, before string
 	s, err := Modify(root, func(s *State) error {
 		acc, err := Accepted(trust.OpenVersions(root), s.Product)
 		if err != nil {
 			return err
 		}
+		before = s.Default
 		next, err = s.Rollback(acc, now())
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("rollback: %w", err)
+	}
+	if next != before {
+		// current.json follows the default slot
+		sl := s.Slots[next]
+		signed, err := bounded.ReadFile(filepath.Join(root, sl.Signed), trust.MaxSignedSize)
+		if err != nil {
+			return nil, fmt.Errorf("rollback: %w", err)
+		}
+		cur := &registry.Current{Product: sl.Product, Version: sl.Version, Digest: sl.Digest, Signer: sl.Signer, Source: sl.Source, Images: sl.Images}
+		if err := registry.RecordCurrent(root, cur, signed); err != nil {
+			return nil, fmt.Errorf("rollback: %w", err)
+		}
 	}
 	return &RollbackResult{NextBoot: next, Version: s.Slots[next].Version, Last: s.Last, Reboot: booted != "" && booted != next}, nil
 }
