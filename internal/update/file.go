@@ -66,10 +66,10 @@ func FromCurrent(cur *registry.Current) *State {
 // crash tests kill the process there.
 const (
 	// FaultBeforeCommit: everything staged, the record not yet replaced.
-	FaultBeforeCommit = "update-before-commit"
+	FaultBeforeCommit = faultpoint.UpdateBeforeCommit
 	// FaultAfterCommit: the record replaced, current.json and the
 	// anti-rollback record not yet.
-	FaultAfterCommit = "update-after-commit"
+	FaultAfterCommit = faultpoint.UpdateAfterCommit
 )
 
 // Write replaces the slot record crash-safely: a temp file in <root>/tmp,
