@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/vesselos/vessel/internal/userns/usernstest"
 )
 
 // rootlessRecipe is examples/vessel.yaml plus an image that deletes a file
@@ -37,23 +35,8 @@ extra:
 // unprivileged user with subordinate ids, on clean stores, and wants the
 // same image digests.
 func TestBuildRootlessSameDigests(t *testing.T) {
-	for _, tool := range []string{"squashfuse", "mksquashfs", "runc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
-		}
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("busybox is not installed (package busybox-static)")
-	}
-	u := usernstest.NewUser(t) // skips unless root with useradd, newuidmap and user namespaces
-	tmp := t.TempDir()
-	for d := tmp; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
-		if strings.HasPrefix(d, os.TempDir()) {
-			os.Chmod(d, 0o755)
-		}
-	}
-	bin := filepath.Join(tmp, "bin", "vessel")
-	copyExe(t, bin)
+	r := newRootlessEnv(t, []string{"squashfuse", "mksquashfs", "runc"}, "/bin/busybox")
+	tmp, bin := r.tmp, r.bin
 	src, err := os.ReadFile("../../examples/vessel.yaml")
 	must(t, err)
 	html, err := os.ReadFile("../../examples/www/index.html")
@@ -98,37 +81,19 @@ func TestBuildRootlessSameDigests(t *testing.T) {
 	root := digests(o.Bytes())
 
 	// As the user, twice: the second build is all cached.
-	store := filepath.Join(tmp, "userstore")
-	xdg := filepath.Join(tmp, "xdg")
-	must(t, os.Mkdir(store, 0o755))
-	must(t, os.Mkdir(xdg, 0o700))
-	u.Chown(t, store)
-	u.Chown(t, xdg)
-	env := []string{"VESSEL_ROOT=" + store, "XDG_RUNTIME_DIR=" + xdg, "SOURCE_DATE_EPOCH=1700000000"}
 	for round := 0; round < 2; round++ {
-		o.Reset()
-		e.Reset()
-		cmd = u.Command(env, bin, "--json", "build", "-f", recipe)
-		cmd.Stdout, cmd.Stderr = &o, &e
-		if err := cmd.Run(); err != nil {
-			t.Fatalf("rootless build: %v\n%s", err, e.String())
-		}
-		user := digests(o.Bytes())
+		out := r.vessel(t, "--json", "build", "-f", recipe)
+		user := digests(out)
 		for name, d := range root {
 			if user[name] != d {
 				t.Errorf("round %d: image %s: rootless %s, root %s", round, name, user[name], d)
 			}
 		}
-		if round == 1 && (strings.Count(o.String(), `"status":"cached"`) != 3 || strings.Contains(o.String(), `"status":"run"`)) {
-			t.Errorf("second rootless build was not fully cached:\n%s", o.String())
+		if round == 1 && (bytes.Count(out, []byte(`"status":"cached"`)) != 3 || bytes.Contains(out, []byte(`"status":"run"`))) {
+			t.Errorf("second rootless build was not fully cached:\n%s", out)
 		}
 	}
-	if pids := u.Pids(); len(pids) > 0 {
-		t.Errorf("processes of the user still run after the build: %v", pids)
-	}
-	if m := mountsUnder(tmp); len(m) > 0 {
-		t.Errorf("mounts left behind: %v", m)
-	}
+	r.checkClean(t, "the build")
 }
 
 // TestBuildRootlessStackerBase: an unprivileged user builds on an OCI
@@ -137,23 +102,8 @@ func TestBuildRootlessSameDigests(t *testing.T) {
 // using binds, overlay_dirs, generate_labels and a tar base made by a
 // build_only image (stacker://), and gets the digests of a root build.
 func TestBuildRootlessStackerBase(t *testing.T) {
-	for _, tool := range []string{"squashfuse", "mksquashfs", "runc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
-		}
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("busybox is not installed (package busybox-static)")
-	}
-	u := usernstest.NewUser(t) // skips unless root with useradd, newuidmap and user namespaces
-	tmp := t.TempDir()
-	for d := tmp; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
-		if strings.HasPrefix(d, os.TempDir()) {
-			os.Chmod(d, 0o755)
-		}
-	}
-	bin := filepath.Join(tmp, "bin", "vessel")
-	copyExe(t, bin)
+	r := newRootlessEnv(t, []string{"squashfuse", "mksquashfs", "runc"}, "/bin/busybox")
+	tmp, bin := r.tmp, r.bin
 	src, err := os.ReadFile("../../examples/vessel.yaml")
 	must(t, err)
 	html, err := os.ReadFile("../../examples/www/index.html")
@@ -233,25 +183,8 @@ final:
 	}
 	rootDigest := digest(run("--json", "build", "-f", recipe))
 
-	store := filepath.Join(tmp, "userstore")
-	xdg := filepath.Join(tmp, "xdg")
-	must(t, os.Mkdir(store, 0o755))
-	must(t, os.Mkdir(xdg, 0o700))
-	u.Chown(t, store)
-	u.Chown(t, xdg)
-	var o, e bytes.Buffer
-	cmd := u.Command([]string{"VESSEL_ROOT=" + store, "XDG_RUNTIME_DIR=" + xdg, "SOURCE_DATE_EPOCH=1700000000"}, bin, "--json", "build", "-f", recipe)
-	cmd.Stdout, cmd.Stderr = &o, &e
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("rootless build: %v\n%s", err, e.String())
-	}
-	if got := digest(o.String()); got != rootDigest {
+	if got := digest(string(r.vessel(t, "--json", "build", "-f", recipe))); got != rootDigest {
 		t.Errorf("rootless %s, root %s", got, rootDigest)
 	}
-	if pids := u.Pids(); len(pids) > 0 {
-		t.Errorf("processes of the user still run after the build: %v", pids)
-	}
-	if m := mountsUnder(tmp); len(m) > 0 {
-		t.Errorf("mounts left behind: %v", m)
-	}
+	r.checkClean(t, "the build")
 }

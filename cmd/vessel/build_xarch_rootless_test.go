@@ -6,11 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/vesselos/vessel/internal/binfmt"
-	"github.com/vesselos/vessel/internal/userns/usernstest"
 )
 
 // xarchRecipe is an arm64 busybox image built from scratch: its script
@@ -36,16 +34,8 @@ tiny:
 // inside the user namespace) and wants the same digest, whose /etc/machine
 // says aarch64.
 func TestBuildXarchRootlessSameDigests(t *testing.T) {
-	for _, tool := range []string{"squashfuse", "mksquashfs", "runc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
-		}
-	}
-	const bb = "/var/cache/vessel-test/arm64/busybox"
-	if _, err := os.Stat(bb); err != nil {
-		t.Skipf("%s is missing: run 'make deps' (it unpacks busybox-static:arm64)", bb)
-	}
-	u := usernstest.NewUser(t) // skips unless root with useradd, newuidmap and user namespaces
+	const bb = "/var/cache/vessel-test/arm64/busybox" // make deps unpacks busybox-static:arm64
+	r := newRootlessEnv(t, []string{"squashfuse", "mksquashfs", "runc"}, bb)
 	if binfmt.Check("arm64") != nil {
 		es, err := binfmt.Plan([]string{"arm64"}, "", "")
 		if err != nil {
@@ -55,14 +45,7 @@ func TestBuildXarchRootlessSameDigests(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	tmp := t.TempDir()
-	for d := tmp; d != "/tmp" && d != "/"; d = filepath.Dir(d) {
-		if strings.HasPrefix(d, os.TempDir()) {
-			os.Chmod(d, 0o755)
-		}
-	}
-	bin := filepath.Join(tmp, "bin", "vessel")
-	copyExe(t, bin)
+	tmp, bin := r.tmp, r.bin
 	rdir := filepath.Join(tmp, "recipe")
 	writeTree(t, rdir, map[string]string{"vessel.yaml": xarchRecipe})
 	b, err := os.ReadFile(bb)
@@ -113,26 +96,8 @@ func TestBuildXarchRootlessSameDigests(t *testing.T) {
 		t.Fatalf("root down: %v\n%s", err, out)
 	}
 
-	store := filepath.Join(tmp, "userstore")
-	xdg := filepath.Join(tmp, "xdg")
-	must(t, os.Mkdir(store, 0o755))
-	must(t, os.Mkdir(xdg, 0o700))
-	u.Chown(t, store)
-	u.Chown(t, xdg)
-	o.Reset()
-	e.Reset()
-	cmd = u.Command([]string{"VESSEL_ROOT=" + store, "XDG_RUNTIME_DIR=" + xdg, "SOURCE_DATE_EPOCH=1700000000"}, bin, "--json", "build", "-f", recipe)
-	cmd.Stdout, cmd.Stderr = &o, &e
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("rootless build: %v\n%s", err, e.String())
-	}
-	if user := digest(o.Bytes()); user != root {
+	if user := digest(r.vessel(t, "--json", "build", "-f", recipe)); user != root {
 		t.Errorf("rootless arm64 build %s, root %s", user, root)
 	}
-	if pids := u.Pids(); len(pids) > 0 {
-		t.Errorf("processes of the user still run after the build: %v", pids)
-	}
-	if m := mountsUnder(tmp); len(m) > 0 {
-		t.Errorf("mounts left behind: %v", m)
-	}
+	r.checkClean(t, "the build")
 }

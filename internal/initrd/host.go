@@ -99,6 +99,23 @@ func RunHost(w io.Writer, root string, uptime func() (float64, error), table fun
 	if !slices.Contains(TestFlags(string(cmd)), "root") {
 		return nil
 	}
+	if mounts, err := os.ReadFile(root + "/proc/mounts"); err == nil {
+		for _, l := range strings.Split(string(mounts), "\n") {
+			if f := strings.Fields(l); len(f) >= 4 && f[1] == "/" && f[2] == "overlay" {
+				fmt.Fprintf(w, "%s root overlay flags %s\n", HostMarker, mountFlags(f[3]))
+			}
+		}
+	}
+	plans, _, err := (&mount.Manager{Run: root + RunDir}).Mounted()
+	if err != nil {
+		return fmt.Errorf("the mount records the initrd left: %w", err)
+	}
+	for _, p := range plans {
+		fmt.Fprintf(w, "%s mount record %s: %s at %s\n", HostMarker, p.ID, p.Image, p.Target)
+	}
+	if err := reportPCR15(root, func(f string, a ...any) { fmt.Fprintf(w, HostMarker+" "+f+"\n", a...) }); err != nil {
+		return err
+	}
 	names, _ := filepath.Glob(root + "/sys/block/dm-*/dm/name")
 	sort.Strings(names)
 	for _, n := range names {
@@ -132,4 +149,16 @@ func RunHost(w io.Writer, root string, uptime func() (float64, error), table fun
 	}
 	fmt.Fprintf(w, "%s root writable (wrote %s; left from an earlier boot: %s)\n", HostMarker, HostWrittenFile, earlier)
 	return nil
+}
+
+// mountFlags keeps the flags of a /proc/mounts option list (the ones
+// without '='), leaving out overlayfs' long lowerdir/upperdir options.
+func mountFlags(opts string) string {
+	var out []string
+	for _, o := range strings.Split(opts, ",") {
+		if !strings.Contains(o, "=") {
+			out = append(out, o)
+		}
+	}
+	return strings.Join(out, ",")
 }

@@ -2,7 +2,11 @@ package initrd
 
 import (
 	"errors"
+	"fmt"
 	"os"
+	"time"
+
+	"github.com/vesselos/vessel/internal/tpm"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,4 +51,22 @@ func (linuxSystem) uptime() (float64, error) {
 		return 0, err
 	}
 	return float64(ts.Sec) + float64(ts.Nsec)/1e9, nil
+}
+
+// openTPM opens the kernel's TPM resource manager, waiting briefly for the
+// driver to create it.
+func (linuxSystem) openTPM() (tpmDevice, error) {
+	for i := 0; ; i++ {
+		if _, err := os.Stat(TPMDevice); err == nil {
+			break
+		} else if i == 40 {
+			return nil, fmt.Errorf("%w: %s did not appear in 2s", errNoTPM, TPMDevice)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t, err := tpm.Open(TPMDevice)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errNoTPM, err)
+	}
+	return t, nil
 }

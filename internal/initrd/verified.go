@@ -72,6 +72,7 @@ func (s *Stage) bootRoot(started float64) error {
 	}
 	vm, st := ch.VM, ch.Store
 	s.printf("manifest %s verified: product %s version %d, signed by %q", vm.Digest(), vm.ProductID(), vm.Version(), vm.Signer().Subject.CommonName)
+	s.measureManifest(vm)
 	host := vm.Manifest().Hostfs
 	img, err := mount.SystemImage(st, vm, host.Digest)
 	if err != nil {
@@ -79,7 +80,7 @@ func (s *Stage) bootRoot(started float64) error {
 	}
 	mgr := &mount.Manager{Run: s.path(RunDir), Mode: mount.ModeVerity}
 	t0 := time.Now()
-	p, err := mgr.Mount(context.Background(), img, HostMountID, s.path(NewRoot), mount.Owner{}, mount.Options{Writable: true})
+	p, err := mgr.Mount(context.Background(), img, HostMountID, s.path(NewRoot), mount.Owner{}, mount.Options{Writable: true, HostRoot: true})
 	if err != nil {
 		return fmt.Errorf("verified boot: host %w%s", err, s.corruptions(rs))
 	}
@@ -106,6 +107,11 @@ func (s *Stage) bootRoot(started float64) error {
 	}
 	if err := writeBootRecord(s.path(BootRecordFile), rec); err != nil {
 		return fmt.Errorf("verified boot: write %s: %w", BootRecordFile, err)
+	}
+	// After switch_root the host root is "/": its record says so, or the
+	// host's vessel would list a mount at /sysroot that is not there.
+	if err := mgr.Moved(HostMountID, "/"); err != nil {
+		return fmt.Errorf("verified boot: record the host root's move: %w", err)
 	}
 	s.printf("switch_root to %s, exec %s, uptime %.3fs", img.Name(), HostInit, rec.SwitchRoot)
 	if err := rs.switchRoot(NewSwitchRoot(s.path(NewRoot))); err != nil {

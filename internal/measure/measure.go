@@ -188,7 +188,7 @@ func ExtendSHA256(v, data []byte) []byte {
 type Manifest struct {
 	Digest    string // sha256:<hex> of the signed manifest
 	ProductID string
-	Version   uint64
+	Version   int64
 }
 
 // ManifestEvent is the TypeManifest event for m, in PCR.
@@ -214,7 +214,10 @@ func ParseManifest(ev Event) (Manifest, error) {
 		case "product":
 			m.ProductID = v
 		case "version":
-			n, err := strconv.ParseUint(v, 10, 64)
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err == nil && n < 0 {
+				err = errors.New("negative")
+			}
 			if err != nil {
 				return Manifest{}, fmt.Errorf("manifest event: version %q: %w", v, err)
 			}

@@ -103,6 +103,7 @@ func TestParseManifestRefusesMalformed(t *testing.T) {
 		"manifest=sha256:00 product=p",
 		"manifest=md5:00 product=p version=1",
 		"manifest=sha256:00 product=p version=x",
+		"manifest=sha256:00 product=p version=-1",
 		"manifest=sha256:00 product=p version=1 extra=2",
 		"manifest sha256:00 product=p version=1",
 	} {

@@ -73,6 +73,7 @@ type Image struct {
 	name   string
 	layers []imageLayer // bottom first
 	empty  bool         // made by Empty
+	system bool         // made by SystemImage: listed in a verified system manifest
 	// emptyConfig is the config of EmptyWithConfig (nil otherwise).
 	emptyConfig *ocispec.Image
 }
@@ -162,6 +163,7 @@ func SystemImage(s *store.Store, vm *trust.VerifiedManifest, d digest.Digest) (*
 		if have := platform.OfConfig(img.Config()); have.Architecture != "" && !platform.Match(platform.Host(), have) {
 			return nil, fmt.Errorf("image %s (%s): %w: it is for %s, this machine is %s", name, d, store.ErrWrongPlatform, platform.String(have), platform.String(platform.Host()))
 		}
+		img.system = true
 		return img, nil
 	}
 	return nil, fmt.Errorf("image %s is not listed in system manifest %s", d, vm.Digest())

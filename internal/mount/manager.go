@@ -294,6 +294,26 @@ func (m *Manager) Unmount(id string) error {
 	return m.undo(r)
 }
 
+// Moved records that the mount recorded under id was moved (MS_MOVE) to
+// target, as the initrd's switch_root moves the host root to "/": later
+// listings, and the host's own vessel, see where it is now.
+func (m *Manager) Moved(id, target string) error {
+	if !filepath.IsAbs(target) {
+		return fmt.Errorf("mount %s moved to %q: not an absolute path", id, target)
+	}
+	unlock, err := m.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r, err := m.readRecord(id)
+	if err != nil {
+		return err
+	}
+	r.Plan.Target = filepath.Clean(target)
+	return m.writeRecord(r)
+}
+
 // UnmountTarget undoes the vessel mount at target.
 func (m *Manager) UnmountTarget(target string) error {
 	abs, err := filepath.Abs(target)

@@ -43,6 +43,13 @@ type Options struct {
 	// layers stay owned by 0..65535 on disk and shared, and the upper
 	// directory's root belongs to the mapped root. Set both or neither.
 	UIDMap, GIDMap []IDMapping
+	// HostRoot mounts the image as the machine's root filesystem (the
+	// initrd's verified boot): its overlay is mounted without nosuid and
+	// nodev, so the host image's setuid programs and device nodes work as
+	// on any root. Only an image of a verified system manifest
+	// (SystemImage) may be a host root; the layer mounts under the run
+	// directory keep nosuid,nodev.
+	HostRoot bool
 }
 
 // IDMapping is one line of a uid_map or gid_map: Size ids from
@@ -157,6 +164,9 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 	if len(img.layers) == 0 && !opt.Writable {
 		return nil, fmt.Errorf("image %s has no layers", img.name)
 	}
+	if opt.HostRoot && !img.system {
+		return nil, fmt.Errorf("image %s cannot be a machine's root: only an image of a verified system manifest can", img.name)
+	}
 	p := &Plan{ID: id, Image: img.name, Digest: img.Digest().String(), Mode: mode, Target: filepath.Clean(target)}
 	for _, l := range img.layers {
 		p.Layers = append(p.Layers, planLayer(run, l, mode))
@@ -223,7 +233,10 @@ func NewPlan(run, id string, img *Image, target string, mode Mode, opt Options) 
 	if n := len(strings.Join(opts, ",")); n > maxOverlayOptions {
 		return nil, fmt.Errorf("image %s has %d layers: the overlay options are %d bytes, more than the kernel's %d", img.name, len(lowers), n, maxOverlayOptions)
 	}
-	p.Overlay.Options = append(opts, hostSafe...)
+	if !opt.HostRoot {
+		opts = append(opts, hostSafe...)
+	}
+	p.Overlay.Options = opts
 	return p, nil
 }
 

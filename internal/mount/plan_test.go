@@ -179,3 +179,32 @@ func TestVerityTable(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanHostRoot: only a system image may be a machine's root, and then
+// its overlay allows setuid and devices while its layer mounts stay inert.
+func TestPlanHostRoot(t *testing.T) {
+	img := fakeImage(2)
+	if _, err := NewPlan("/run/vessel", "host", img, "/sysroot", ModeVerity, Options{Writable: true, HostRoot: true}); err == nil || !strings.Contains(err.Error(), "only an image of a verified system manifest") {
+		t.Fatalf("a local image as host root: %v, want a refusal", err)
+	}
+	img.system = true
+	p, err := NewPlan("/run/vessel", "host", img, "/sysroot", ModeVerity, Options{Writable: true, HostRoot: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := strings.Join(p.Overlay.Options, ","); strings.Contains(o, "nosuid") || strings.Contains(o, "nodev") {
+		t.Errorf("host root overlay options %s keep setuid programs or devices from working", o)
+	}
+	for i, lm := range p.Layers {
+		if o := strings.Join(lm.Mount.Options, ","); o != "ro,nosuid,nodev" {
+			t.Errorf("layer %d options %s, want ro,nosuid,nodev", i, o)
+		}
+	}
+	p, err = NewPlan("/run/vessel", "svc", img, "/mnt", ModeVerity, Options{Writable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := strings.Join(p.Overlay.Options, ","); !strings.HasSuffix(o, ",nosuid,nodev") {
+		t.Errorf("a service overlay lost nosuid,nodev: %s", o)
+	}
+}

@@ -329,7 +329,7 @@ func TestVerifiedBoot(t *testing.T) {
 	d := makeVerifiedDisks(t, e, "console=ttyS0 vessel.test=root")
 
 	boot := func(t *testing.T, disk string, markers ...string) *VM {
-		vm := StartT(t, Config{Disk: disk, Vars: e.vars, MemoryMB: 768})
+		vm := StartT(t, Config{Disk: disk, Vars: e.vars, MemoryMB: 768, TPM: disk == d.good})
 		ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 		defer cancel()
 		if _, err := vm.Wait(ctx, markers...); err != nil {
@@ -367,6 +367,22 @@ func TestVerifiedBoot(t *testing.T) {
 		}
 		if _, ok := vm.Find("vessel-host: root writable"); !ok {
 			t.Error("the host root is not writable")
+		}
+		if l, ok := vm.Find("vessel-host: mount record host: "); !ok || !strings.HasSuffix(l.Text, " at /") {
+			t.Errorf("the host root's mount record does not say it is at /: %q", l.Text)
+		}
+		// The host root is a root: setuid programs and device nodes work.
+		if l, ok := vm.Find("vessel-host: root overlay flags "); !ok {
+			t.Errorf("no root overlay line:\n%s", vm.Tail(40))
+		} else if strings.Contains(l.Text, "nosuid") || strings.Contains(l.Text, "nodev") {
+			t.Errorf("the host root is mounted %s", l.Text)
+		}
+		// The initrd measured what it verified into vessel's PCR, and the
+		// log it handed to the host replays to the TPM's value.
+		if l, ok := vm.Find("vessel-host: pcr15 sha256 "); !ok {
+			t.Errorf("no PCR 15 report:\n%s", vm.Tail(40))
+		} else if !strings.Contains(l.Text, " events=1 match=true manifest="+d.manifest+" version=2") {
+			t.Errorf("PCR 15 does not replay to the verified manifest %s: %s", d.manifest, l.Text)
 		}
 		started, _ := vm.Find("vessel-init: started")
 		sw, _ := vm.Find("vessel-init: switch_root to ")
