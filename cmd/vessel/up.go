@@ -42,6 +42,7 @@ func upCmd(g *globals) *cobra.Command {
 		stopTimeout time.Duration
 		logMax      int64
 		whyDenied   bool
+		noRecord    bool
 	)
 	c := &cobra.Command{
 		Use:   "up [SIGNED] --ca CA.pem",
@@ -125,6 +126,9 @@ refused and the capabilities: line to give it.`,
 				Versions: trust.OpenVersions(root),
 				LogMax:   logMax,
 			}
+			if noRecord {
+				sup.Versions = nil // a trial boot: vessel update check records it
+			}
 			if whyDenied {
 				if err := caps.CanTrace(); err != nil {
 					return fmt.Errorf("up: --why-denied: %w", err)
@@ -143,6 +147,7 @@ refused and the capabilities: line to give it.`,
 	c.Flags().BoolVarP(&detach, "detach", "d", false, "run in the background; return once the services are started")
 	c.Flags().StringVar(&runtimeName, "runtime", "", "OCI runtime: runc, crun or a path (default: the first that works)")
 	c.Flags().DurationVar(&stopTimeout, "stop-timeout", 10*time.Second, "time between SIGTERM and SIGKILL when stopping a service")
+	c.Flags().BoolVar(&noRecord, "no-record", false, "do not record the manifest's version as accepted once the services start (a trial boot: vessel update check does)")
 	c.Flags().BoolVar(&whyDenied, "why-denied", false, "when a service fails, name the capabilities it was refused in its log (BPF tracing)")
 	c.Flags().Int64Var(&logMax, "log-max", supervise.DefaultLogMax, "rotate a service's log past this many bytes, keeping one older part")
 	return c

@@ -25,6 +25,11 @@ const (
 	RuntimeStarted = "runtime-started"
 	// ProbeCreated: the runtime probe container of Detect exists.
 	ProbeCreated = "probe-created"
+	// UpdateBeforeCommit: vessel update staged everything but has not
+	// replaced the slot record; UpdateAfterCommit: it has (before gc, and
+	// in a confirm before the anti-rollback record).
+	UpdateBeforeCommit = "update-before-commit"
+	UpdateAfterCommit  = "update-after-commit"
 )
 
 // Pause blocks forever if VESSEL_FAULT_PAUSE is name.

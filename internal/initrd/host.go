@@ -53,6 +53,9 @@ func HostMain() {
 			time.Sleep(time.Hour)
 		}
 	}()
+	if rec := hostBootRecord(); rec != nil && rec.Trial {
+		cmd = unix.LINUX_REBOOT_CMD_RESTART // a failed trial boot goes back to the default slot
+	}
 	if err := RunHost(os.Stdout, "", sys.uptime, mount.DMTable); err != nil {
 		printf("FAILED: %v", err)
 		return
@@ -73,6 +76,9 @@ func HostMain() {
 	var window time.Duration
 	if slices.Contains(flags, "services") {
 		window = 20 * time.Second // a test boot ends by itself, cleanly
+		if slices.Contains(flags, "update") {
+			window = 120 * time.Second // room for a health check and staging
+		}
 	}
 	c, err := runServices(printf, string(b), window)
 	if err != nil {

@@ -37,6 +37,7 @@ type Stage struct {
 	Version string
 	Root    string // prefix for every path read ("" on a real boot; a fixture dir in tests)
 	sys     system
+	trial   bool // booting an update's trial slot: a failure reboots (slots.go)
 }
 
 // system is what a step needs from the kernel; the real one is in
@@ -62,6 +63,9 @@ func Main() {
 	defer func() {
 		if r := recover(); r != nil {
 			s.printf("FAILED: panic: %v", r)
+		}
+		if s.trial {
+			s.failTrial() // reboots into the default slot; returns if it cannot
 		}
 		s.printf("powering off")
 		if err := s.sys.powerOff(); err != nil {
@@ -135,7 +139,7 @@ func (s *Stage) Run() error {
 	flags := TestFlags(string(cmd))
 	for _, t := range flags {
 		switch t {
-		case "root", "services", "tpm":
+		case "root", "services", "tpm", "update":
 			// the verified boot below, with checks in the host
 		case "pcr7":
 			if err := s.checkPCR7(); err != nil {

@@ -9,9 +9,12 @@ type Mount struct {
 
 // Mount flags (the Linux values; kept here so the plan is data on every OS).
 const (
-	msNoSuid = 0x2
-	msNoDev  = 0x4
-	msNoExec = 0x8
+	msRdOnly  = 0x1
+	msNoSuid  = 0x2
+	msNoDev   = 0x4
+	msNoExec  = 0x8
+	msRemount = 0x20
+	msMove    = 0x2000
 )
 
 // EarlyMounts are mounted first, in order. The Debian kernel does not mount

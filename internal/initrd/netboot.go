@@ -255,9 +255,6 @@ func (s *Stage) netSource(nb *NetBoot) (string, error) {
 	return dev, nil
 }
 
-// msRemount is MS_REMOUNT.
-const msRemount = 0x20
-
 func addrOr(a netip.Addr) string {
 	if !a.IsValid() {
 		return "none"

@@ -54,6 +54,12 @@ type BootRecord struct {
 	Layers   []BootLayer   `json:"layers"`     // bottom first
 	DataDev  string        `json:"dataDevice"`
 	Mode     string        `json:"mode"`
+	// The update slot booted (issue 17): its name ("" without a slot
+	// record), whether this boot is a trial, and the signed manifest
+	// (relative to the data partition) the host's supervisor runs.
+	Slot   string `json:"slot,omitempty"`
+	Trial  bool   `json:"trial,omitempty"`
+	Signed string `json:"signed,omitempty"`
 	// Uptimes (seconds since the kernel started) at the stage's start and
 	// at switch_root.
 	Started    float64 `json:"started"`
@@ -125,8 +131,6 @@ func NewSwitchRoot(newRoot string) SwitchRoot {
 	return p
 }
 
-// msMove is MS_MOVE.
-const msMove = 0x2000
 
 // Corruption is a dm-verity error the kernel logged.
 type Corruption struct {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -53,7 +54,8 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 	if err != nil {
 		exe = HostInit
 	}
-	args := SupervisorArgs(strings.TrimSpace(string(pid)))
+	rec := hostBootRecord()
+	args := supervisorArgsFor(rec, strings.TrimSpace(string(pid)))
 	p, err := os.StartProcess(exe, args, &os.ProcAttr{
 		Env:   []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=linux"},
 		Files: []*os.File{nil, os.Stdout, os.Stderr},
@@ -63,10 +65,39 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 		return unix.LINUX_REBOOT_CMD_POWER_OFF, fmt.Errorf("start the supervisor: %w", err)
 	}
 	printf("supervisor started (pid %d): %s", p.Pid, strings.Join(args, " "))
+	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
+	checkPid := 0
+	if rec != nil && rec.Trial {
+		// A trial boot: failures reboot (into the default slot), and the
+		// health check decides whether the slot becomes the default.
+		cmd = unix.LINUX_REBOOT_CMD_RESTART
+		cp, cargs, err := startTrialCheck(exe, rec, strings.TrimSpace(string(pid)))
+		if err != nil {
+			printf("FAILED: start the trial's health check: %v", err)
+			unix.Kill(p.Pid, unix.SIGTERM)
+		} else {
+			checkPid = cp.Pid
+			printf("trial boot of slot %s (version %d): health check started (pid %d): %s", rec.Slot, rec.Version, cp.Pid, argsString(cargs))
+		}
+	}
+	hookPid := 0
+	testUpdate := func() {
+		if !slices.Contains(TestFlags(cmdline), "update") {
+			return
+		}
+		hp, err := startTestUpdate(exe)
+		if err != nil {
+			printf("FAILED: vessel.test=update: %v", err)
+			return
+		}
+		if hp != nil {
+			hookPid = hp.Pid
+			printf("vessel.test=update: %s (pid %d)", strings.Join(TestUpdateArgs(), " "), hp.Pid)
+		}
+	}
 	up := make(chan string, 1)
 	go watchServices(p.Pid, up)
 	var timeout <-chan time.Time
-	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
 	stopping := false
 	var stopDeadline <-chan time.Time
 	stop := func(why string) {
@@ -83,16 +114,21 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 		case s := <-sigs:
 			switch s {
 			case unix.SIGTERM:
+				cmd = unix.LINUX_REBOOT_CMD_POWER_OFF
 				stop("SIGTERM (power off)")
 			case unix.SIGINT:
 				cmd = unix.LINUX_REBOOT_CMD_RESTART
 				stop("SIGINT (reboot)")
 			}
 		case <-power:
+			cmd = unix.LINUX_REBOOT_CMD_POWER_OFF
 			stop("power button (power off)")
 		case names := <-up:
 			printf("services up: %s", names)
 			printDM(printf)
+			if checkPid == 0 && (rec == nil || !rec.Trial) {
+				testUpdate()
+			}
 			if window > 0 {
 				timeout = time.After(window)
 			}
@@ -108,6 +144,30 @@ func runServices(printf func(string, ...any), cmdline string, window time.Durati
 			wpid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
 			if err != nil || wpid <= 0 {
 				break
+			}
+			if wpid == checkPid && checkPid != 0 {
+				checkPid = 0
+				if ws.Exited() && ws.ExitStatus() == 0 {
+					cmd = unix.LINUX_REBOOT_CMD_POWER_OFF
+					printf("trial boot of slot %s confirmed: it is the default slot now", rec.Slot)
+					testUpdate()
+				} else {
+					cmd = unix.LINUX_REBOOT_CMD_RESTART
+					stop(fmt.Sprintf("trial boot of slot %s failed its health check (%s): rebooting into the default slot", rec.Slot, waitString(ws)))
+				}
+				continue
+			}
+			if wpid == hookPid && hookPid != 0 {
+				hookPid = 0
+				os.Remove(UpdateIncoming)
+				unix.Sync()
+				if ws.Exited() && ws.ExitStatus() == 0 {
+					cmd = unix.LINUX_REBOOT_CMD_RESTART
+					stop("vessel.test=update: staged, rebooting into the trial")
+				} else {
+					printf("vessel.test=update: not staged (%s)", waitString(ws))
+				}
+				continue
 			}
 			if wpid == p.Pid {
 				printf("supervisor exited (%s)", waitString(ws))

@@ -22,9 +22,6 @@ type rootSystem interface {
 	switchRoot(p SwitchRoot) error
 }
 
-// Mount flags (Linux values).
-const msRdOnly = 0x1
-
 // findData waits (bounded) for the data partition and returns its device.
 func (s *Stage) findData(wait time.Duration) (string, error) {
 	start := time.Now()
@@ -76,10 +73,11 @@ func (s *Stage) bootRoot(started float64) error {
 	if err != nil {
 		return fmt.Errorf("verified boot: read product ID: %w", err)
 	}
-	vm, st, err := VerifyData(s.path(DataMount), cas, strings.TrimSpace(string(pid)), time.Time{})
+	ch, err := s.chooseBoot(cas, strings.TrimSpace(string(pid)))
 	if err != nil {
 		return fmt.Errorf("verified boot refused before mounting anything: %w", err)
 	}
+	vm, st := ch.VM, ch.Store
 	s.printf("manifest %s verified: product %s version %d, signed by %q", vm.Digest(), vm.ProductID(), vm.Version(), vm.Signer().Subject.CommonName)
 	cmdline, _ := os.ReadFile(s.path(CmdlineFile))
 	tpmDev, openErr := s.openTPM()
@@ -103,7 +101,8 @@ func (s *Stage) bootRoot(started float64) error {
 		return fmt.Errorf("verified boot: host %w%s", err, s.corruptions(rs))
 	}
 	rec := BootRecord{Product: vm.ProductID(), Version: vm.Version(), Manifest: vm.Digest(), Signer: vm.Signer().Subject.CommonName,
-		Host: img.Name(), HostID: host.Digest, DataDev: dev, Mode: string(p.Mode), Started: started, TPM: tr}
+		Host: img.Name(), HostID: host.Digest, DataDev: dev, Mode: string(p.Mode), Started: started, TPM: tr,
+		Slot: ch.Slot, Trial: ch.Trial, Signed: ch.Signed}
 	for _, l := range p.Layers {
 		bl := BootLayer{Digest: l.Digest}
 		if l.Verity != nil {

@@ -72,6 +72,7 @@ func Build(sys *System, images Images, opts BuildOptions) (*Manifest, error) {
 	if sys.Version < 1 {
 		return nil, fmt.Errorf("system.yaml: version must be a positive integer, got %d", sys.Version)
 	}
+	m.HealthSeconds = sys.HealthSeconds
 	if sys.Hostfs != "" {
 		im, err := pin(sys.Hostfs, images)
 		if err != nil {
@@ -90,7 +91,7 @@ func Build(sys *System, images Images, opts BuildOptions) (*Manifest, error) {
 		svc := Service{
 			Name: s.Name, Image: im, Command: s.Command, Args: s.Args, User: s.User,
 			Restart: s.Restart, Network: s.Network, ReadOnly: s.ReadOnly, Init: s.Init,
-			UserNS: s.UserNS,
+			UserNS: s.UserNS, Health: s.Health,
 		}
 		if svc.Restart == "" {
 			svc.Restart = RestartAlways

@@ -45,6 +45,10 @@ type Manifest struct {
 	Version     int64     `json:"version"`               // >= 1, must grow
 	Hostfs      *Image    `json:"hostfs,omitempty"`
 	Services    []Service `json:"services"`
+	// HealthSeconds is how long every service must stay up and healthy
+	// before a trial boot of this manifest is confirmed (docs/update.md);
+	// 0: the default (30 s).
+	HealthSeconds int64 `json:"healthSeconds,omitempty"`
 }
 
 // Image pins an OCI image manifest by digest.
@@ -83,6 +87,10 @@ type Service struct {
 	// range of subordinate ids no other service has) or "group:NAME" (one
 	// range shared by every service of the group). Empty: the host's ids.
 	UserNS string `json:"userns,omitempty"`
+	// Health is a command the host runs (in the host root, as root) to
+	// check the service during a trial boot: exit status 0 is healthy
+	// (docs/update.md). Empty: running is healthy.
+	Health []string `json:"health,omitempty"`
 }
 
 // Port publishes a container port on the host (network "private" only).
@@ -233,6 +241,9 @@ func (m *Manifest) Validate() error {
 	if m.Version < 1 {
 		return invalid("version %d: must be a positive integer", m.Version)
 	}
+	if m.HealthSeconds < 0 || m.HealthSeconds > 3600 {
+		return invalid("healthSeconds %d: want 0 (the default) to 3600", m.HealthSeconds)
+	}
 	if m.Hostfs == nil && len(m.Services) == 0 {
 		return invalid("no hostfs and no services: nothing to run")
 	}
@@ -287,7 +298,7 @@ func (s *Service) validate(hostPorts map[string]string) error {
 	if err := s.Image.validate(); err != nil {
 		return err
 	}
-	for _, l := range [][]string{s.Command, s.Args} {
+	for _, l := range [][]string{s.Command, s.Args, s.Health} {
 		for _, a := range l {
 			if strings.IndexByte(a, 0) >= 0 {
 				return errors.New("command or args contain a NUL byte")
@@ -296,6 +307,9 @@ func (s *Service) validate(hostPorts map[string]string) error {
 	}
 	if len(s.Command) > 0 && s.Command[0] == "" {
 		return errors.New("command[0] is empty")
+	}
+	if len(s.Health) > 0 && !strings.HasPrefix(s.Health[0], "/") {
+		return fmt.Errorf("health %q: the command must be an absolute path in the host root", s.Health[0])
 	}
 	keys := map[string]bool{}
 	for _, e := range s.Env {

@@ -23,6 +23,8 @@ type System struct {
 	Version  int64         `yaml:"version"`
 	Hostfs   string        `yaml:"hostfs"` // image reference, optional
 	Services []ServiceSpec `yaml:"services"`
+	// HealthSeconds: how long a trial boot's services must stay healthy.
+	HealthSeconds int64 `yaml:"healthSeconds"`
 }
 
 // ServiceSpec is one service in system.yaml.
@@ -43,6 +45,8 @@ type ServiceSpec struct {
 	// UserNS: "auto" (a subordinate id range of its own) or "group:NAME"
 	// (a range shared with the group's other services); see docs/userns.md.
 	UserNS string `yaml:"userns"`
+	// Health: a command the host runs during a trial boot (exit 0: healthy).
+	Health StringList `yaml:"health"`
 }
 
 // Capabilities is a service's capabilities: key in system.yaml: a list of
