@@ -131,7 +131,6 @@ func NewSwitchRoot(newRoot string) SwitchRoot {
 	return p
 }
 
-
 // Corruption is a dm-verity error the kernel logged.
 type Corruption struct {
 	Device string // MAJOR:MINOR of the data device (a loop device)
