@@ -15,6 +15,7 @@ import (
 	"github.com/vesselos/vessel/internal/initrd"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
+	"github.com/vesselos/vessel/internal/tpm"
 	"github.com/vesselos/vessel/internal/trust"
 	"github.com/vesselos/vessel/internal/update"
 )
@@ -280,6 +281,7 @@ func updateCheckCmd(g *globals) *cobra.Command {
 		tf     trustFlags
 		window time.Duration
 		slot   string
+		tpmDev string
 	)
 	c := &cobra.Command{
 		Use:   "check",
@@ -288,12 +290,15 @@ func updateCheckCmd(g *globals) *cobra.Command {
 started: every service of the manifest must stay running, without a
 restart, and each service's health command must exit 0, for the health
 window (the manifest's healthSeconds, default 30s, or --window). Then the
-trial slot becomes the default and the accepted version advances. Otherwise
+trial slot becomes the default and the accepted version advances: in
+trust/versions.json, then in the TPM's NV counter when the machine has one
+(provisioned by vessel's initrd; --tpm). Otherwise
 the trial is recorded as failed with the reason and check exits 1: the
 host's init reboots and the initrd boots the default slot. On a boot that
 is not a trial it does nothing.`,
 		Example: `  vessel update check
-  vessel update check --window 10s --json`,
+  vessel update check --window 10s --json
+  vessel update check --tpm none          # leave the TPM counter to the next boot's initrd`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			tf.machineTrust()
@@ -311,8 +316,19 @@ is not a trial it does nothing.`,
 			if slot == "" {
 				return usageError{"update check: this machine was not booted by vessel's initrd; name the booted slot with --slot"}
 			}
-			res, err := update.Check(cmd.Context(), st, update.CheckOptions{Trust: topts, SuperviseDir: g.superviseDir(), Booted: slot, Window: window,
-				Log: func(f string, a ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "update check: "+f+"\n", a...) }})
+			copts := update.CheckOptions{Trust: topts, SuperviseDir: g.superviseDir(), Booted: slot, Window: window,
+				Log: func(f string, a ...any) { fmt.Fprintf(cmd.ErrOrStderr(), "update check: "+f+"\n", a...) }}
+			if tpmDev != "none" {
+				t, err := tpm.OpenCounter(tpmDev)
+				if err != nil {
+					return fmt.Errorf("update check: the TPM's version counter: %w", err)
+				}
+				if t != nil {
+					defer t.Close()
+					copts.Counter = t
+				}
+			}
+			res, err := update.Check(cmd.Context(), st, copts)
 			if g.json && res != nil {
 				if perr := printJSON(cmd.OutOrStdout(), res); perr != nil {
 					return perr
@@ -338,6 +354,7 @@ is not a trial it does nothing.`,
 	}
 	tf.add(c.Flags())
 	c.Flags().DurationVar(&window, "window", 0, "how long every service must stay healthy (default: the manifest's healthSeconds, or 30s)")
+	c.Flags().StringVar(&tpmDev, "tpm", tpm.DefaultDevice, "the TPM whose version counter a confirmed trial advances (none: the file record only; no TPM or no counter: the same)")
 	c.Flags().StringVar(&slot, "slot", "", "the slot this boot runs (default: from the initrd's boot record)")
 	return c
 }

@@ -159,6 +159,17 @@ func (s *Stage) tpmBoot(version int64, dev tpmDevice, openErr error, test bool) 
 	default:
 		rep.Accepted = acc
 		s.printf("TPM: manifest version %d >= accepted version %d (NV counter)", version, acc)
+		// The default slot (confirmed, or installed) is what this machine
+		// runs: the counter follows it, as trust/versions.json does when
+		// its services start. A trial moves it only once confirmed.
+		if uint64(version) > acc && !s.trial {
+			if acc, err = t.AdvanceVersion(uint64(version)); err != nil {
+				s.printf("TPM WARNING: advance the accepted version to %d: %v", version, err)
+			} else {
+				rep.Accepted = acc
+				s.printf("TPM: accepted version advanced to %d (NV counter)", acc)
+			}
+		}
 	}
 	pass, pol, err := s.unsealState(t, st, pub)
 	if err != nil {

@@ -96,6 +96,7 @@ func TestTPMBootSimulator(t *testing.T) {
 	root := stateRoot(t, key)
 	zero := make([]byte, 32)
 	writePolicy(t, root, "prod.signed", key, zero, 1)
+	trial := false // the boot is a trial of a staged slot
 	boot := func(version int64, test bool) (*TPMReport, string, *stateFake, error) {
 		t.Helper()
 		if err := sim.Reset(); err != nil {
@@ -103,7 +104,7 @@ func TestTPMBootSimulator(t *testing.T) {
 		}
 		var out bytes.Buffer
 		sys := &stateFake{}
-		s := &Stage{Console: &out, Root: root, sys: sys}
+		s := &Stage{Console: &out, Root: root, sys: sys, trial: trial}
 		tp := open()
 		rep, err := s.tpmBoot(version, tp, nil, test)
 		return rep, out.String(), sys, err
@@ -247,6 +248,25 @@ func TestTPMBootSimulator(t *testing.T) {
 		rep, err := s.tpmBoot(3, open(), nil, false)
 		if rep != nil || err != nil || out.Len() != 0 {
 			t.Fatalf("%+v %v %q", rep, err, out.String())
+		}
+	})
+
+	t.Run("the default slot advances the counter, a trial does not", func(t *testing.T) {
+		trial = true
+		rep, out, _, err := boot(4, false)
+		trial = false
+		if err != nil || rep.Accepted != 3 || strings.Contains(out, "advanced") {
+			t.Fatalf("trial of version 4: %+v %v\n%s", rep, err, out)
+		}
+		rep, out, _, err = boot(4, false)
+		if err != nil || rep.Accepted != 4 || !strings.Contains(out, "TPM: accepted version advanced to 4 (NV counter)") {
+			t.Fatalf("default version 4: %+v %v\n%s", rep, err, out)
+		}
+		if v, err := open().AcceptedVersion(); err != nil || v != 4 {
+			t.Fatalf("the TPM accepts %d (%v), want 4", v, err)
+		}
+		if _, _, _, err := boot(3, false); !errors.Is(err, tpm.ErrRollback) {
+			t.Fatalf("version 3 after the counter moved to 4: %v, want ErrRollback", err)
 		}
 	})
 }

@@ -172,3 +172,25 @@ func (t *TPM) AdvanceVersion(v uint64) (uint64, error) {
 	}
 	return acc, nil
 }
+
+// OpenCounter opens the TPM at dev for its manifest version counter. A
+// machine without a TPM, or whose TPM has no counter (not provisioned by
+// vessel's initrd), gives nil and no error: its anti-rollback record is the
+// file alone. Close the returned TPM.
+func OpenCounter(dev string) (*TPM, error) {
+	t, err := Open(dev)
+	if errors.Is(err, ErrNoTPM) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.AcceptedVersion(); errors.Is(err, ErrNoVersionCounter) {
+		t.Close()
+		return nil, nil
+	} else if err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}

@@ -42,6 +42,15 @@ type CheckOptions struct {
 	Run func(ctx context.Context, argv []string) error
 	// Log gets progress lines (nil: none).
 	Log func(format string, args ...any)
+	// Counter, when set, is the TPM's anti-rollback counter: a confirmed
+	// trial advances it to the new version (after the file record).
+	Counter VersionCounter
+}
+
+// VersionCounter is a monotonic anti-rollback record of the accepted
+// manifest version (*tpm.TPM: an NV counter).
+type VersionCounter interface {
+	AdvanceVersion(v uint64) (uint64, error)
 }
 
 // CheckResult says what the check found and did.
@@ -116,7 +125,7 @@ func Check(ctx context.Context, st *store.Store, opts CheckOptions) (*CheckResul
 		}
 		return res, fmt.Errorf("%w: %s", ErrUnhealthy, why)
 	}
-	if err := Confirm(st, vm, opts.Booted); err != nil {
+	if err := Confirm(st, vm, opts.Booted, opts.Counter); err != nil {
 		return res, err
 	}
 	res.Outcome, res.Why = OutcomeGood, "health check passed"
@@ -124,11 +133,13 @@ func Check(ctx context.Context, st *store.Store, opts CheckOptions) (*CheckResul
 }
 
 // Confirm makes the booted trial slot the default, then records its
-// version as accepted, then points system/current.json at it. The order
-// keeps the invariant that the accepted version is never above the
+// version as accepted (the file on the data partition, then the TPM
+// counter when there is one), then points system/current.json at it. The
+// order keeps the invariant that the accepted version is never above the
 // default slot's: a crash between the steps boots the new default, whose
-// vessel up records the version again.
-func Confirm(st *store.Store, vm *trust.VerifiedManifest, booted string) error {
+// vessel up records the version again and whose initrd advances the TPM
+// counter to it.
+func Confirm(st *store.Store, vm *trust.VerifiedManifest, booted string, counter VersionCounter) error {
 	root := st.Root()
 	state, err := Modify(root, func(s *State) error { return s.Confirm(booted, now()) })
 	if err != nil {
@@ -137,6 +148,11 @@ func Confirm(st *store.Store, vm *trust.VerifiedManifest, booted string) error {
 	pause(FaultAfterCommit)
 	if err := trust.OpenVersions(root).Record(vm); err != nil {
 		return fmt.Errorf("confirm slot %s: record version %d as accepted: %w", booted, vm.Version(), err)
+	}
+	if counter != nil {
+		if _, err := counter.AdvanceVersion(uint64(vm.Version())); err != nil {
+			return fmt.Errorf("confirm slot %s: advance the TPM's accepted version to %d: %w", booted, vm.Version(), err)
+		}
 	}
 	sl := state.Slots[booted]
 	cur := &registry.Current{Product: sl.Product, ProductName: vm.Manifest().ProductName, Version: sl.Version, Digest: sl.Digest,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,7 +60,8 @@ func TestCheck(t *testing.T) {
 	root := f.machine.Root()
 	booted := stageAndBoot(t, f, f.p.sign(t, "acme", 2, f.host, f.web[2], "/bin/check", "web"))
 	var ran []string
-	opts := CheckOptions{Trust: f.p.opts(), Booted: booted, Window: 200 * time.Millisecond, Interval: 20 * time.Millisecond,
+	counter := &fakeCounter{}
+	opts := CheckOptions{Trust: f.p.opts(), Booted: booted, Window: 200 * time.Millisecond, Interval: 20 * time.Millisecond, Counter: counter,
 		Run: func(ctx context.Context, argv []string) error {
 			ran = append(ran, strings.Join(argv, " "))
 			return nil
@@ -80,6 +82,9 @@ func TestCheck(t *testing.T) {
 	}
 	if cur, _ := registry.ReadCurrent(root); cur.Version != 2 {
 		t.Fatalf("current.json: %d", cur.Version)
+	}
+	if fmt.Sprint(counter.advanced) != "[2]" {
+		t.Fatalf("TPM counter advanced to %v, want [2]", counter.advanced)
 	}
 	// not a trial any more: nothing to do
 	if res, err := Check(context.Background(), f.machine, opts); err != nil || res.Trial {
@@ -103,6 +108,9 @@ func TestCheck(t *testing.T) {
 	}
 	if cur, _ := registry.ReadCurrent(root); cur.Version != 2 {
 		t.Fatalf("current.json: %d", cur.Version)
+	}
+	if fmt.Sprint(counter.advanced) != "[2]" {
+		t.Fatalf("a failed trial moved the TPM counter: %v", counter.advanced)
 	}
 	// next boot: the default
 	if got, trial, _ := s.Boot(testNow); got != SlotB || trial {
@@ -128,4 +136,13 @@ func TestCheckServiceDown(t *testing.T) {
 	if accepted(t, root) != 1 || readState(t, root).Default != SlotA {
 		t.Fatal("a failed check moved the default or the accepted version")
 	}
+}
+
+// fakeCounter stands for the TPM's NV counter (tpm.TPM.AdvanceVersion has
+// its own tests on the simulator and swtpm).
+type fakeCounter struct{ advanced []uint64 }
+
+func (c *fakeCounter) AdvanceVersion(v uint64) (uint64, error) {
+	c.advanced = append(c.advanced, v)
+	return v, nil
 }

@@ -49,7 +49,7 @@ func bootAndConfirm(t *testing.T, f *fixture, signed []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Confirm(f.machine, vm, booted); err != nil {
+	if err := Confirm(f.machine, vm, booted, nil); err != nil {
 		t.Fatal(err)
 	}
 }
