@@ -249,7 +249,7 @@ func (s *Stage) netSource(nb *NetBoot) (string, error) {
 	s.printf("pulled %d bytes in %d blobs (%d blobs already here, %d bytes) for manifest %s version %d in %dms",
 		stats.Bytes, stats.Blobs, stats.Cached, stats.CachedBytes, cur.Digest, cur.Version, time.Since(t1).Milliseconds())
 	// As from disk: the verified boot reads the store read-only.
-	if err := s.sys.mount(Mount{Target: DataMount, Flags: msRemount | msRdOnly | msNoSuid | msNoDev | msNoExec}); err != nil {
+	if err := s.dataWritable(false); err != nil {
 		return "", fmt.Errorf("network boot: remount %s read-only: %w", DataMount, err)
 	}
 	return dev, nil

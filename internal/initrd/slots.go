@@ -146,15 +146,7 @@ func VerifySlot(dir, rel string, want digest.Digest, cas []*x509.Certificate, pr
 // chooseBoot is ChooseBoot on the stage's data partition (mounted
 // read-only at DataMount; remounted read-write only to write the record).
 func (s *Stage) chooseBoot(cas []*x509.Certificate, productID string) (*Chosen, error) {
-	rw := func(writable bool) error {
-		flags := uintptr(msRemount | msNoSuid | msNoDev | msNoExec)
-		if !writable {
-			flags |= msRdOnly
-			syncFS()
-		}
-		return s.sys.mount(Mount{Target: s.path(DataMount), Flags: flags})
-	}
-	c, err := ChooseBoot(s.path(DataMount), cas, productID, time.Time{}, rw)
+	c, err := ChooseBoot(s.path(DataMount), cas, productID, time.Time{}, s.dataWritable)
 	if c != nil {
 		for _, n := range c.Notes {
 			s.printf("%s", n)

@@ -54,7 +54,6 @@ const msBind = 0x1000
 
 // stateSystem is what the TPM step needs from the kernel beyond system.
 type stateSystem interface {
-	remount(target string, flags uintptr) error
 	// openLUKS unlocks the LUKS2 volume dev with passphrase into a
 	// device-mapper device named name and returns its /dev path.
 	openLUKS(dev string, passphrase []byte, name string) (string, error)
@@ -214,15 +213,11 @@ func (s *Stage) provision(t *tpm.TPM, st tpm.State, pub *ecdsa.PublicKey, versio
 			return fmt.Errorf("the state partition %s is already encrypted but %s holds no TPM state (deleted, or the disk moved to another machine): not provisioning over it; restore %s or recover the volume with the recovery secret", stateDev, TPMStateDir, TPMStateDir)
 		}
 	}
-	ss, ok := s.sys.(stateSystem)
-	if !ok {
-		return errors.New("provision: this system cannot remount the data partition")
-	}
-	if err := ss.remount(s.path(DataMount), msNoSuid|msNoDev|msNoExec); err != nil {
+	if err := s.dataWritable(true); err != nil {
 		return fmt.Errorf("provision: remount the data partition read-write: %w", err)
 	}
 	defer func() {
-		if rerr := ss.remount(s.path(DataMount), msRdOnly|msNoSuid|msNoDev|msNoExec); rerr != nil && err == nil {
+		if rerr := s.dataWritable(false); rerr != nil && err == nil {
 			err = fmt.Errorf("provision: remount the data partition read-only: %w", rerr)
 		}
 	}()
@@ -355,14 +350,13 @@ func (s *Stage) mountState(dev string, pass []byte, rep *TPMReport) error {
 // empty tmpfs (not mounted), over VolumesDir, which switch_root moves into
 // the host with the data partition.
 func (s *Stage) volumes(mounted bool) {
-	ss, ok := s.sys.(stateSystem)
-	if !ok {
+	if _, ok := s.sys.(stateSystem); !ok {
 		return
 	}
 	if _, err := os.Stat(s.path(VolumesDir)); err != nil {
-		if err := ss.remount(s.path(DataMount), msNoSuid|msNoDev|msNoExec); err == nil {
+		if err := s.dataWritable(true); err == nil {
 			os.MkdirAll(s.path(VolumesDir), 0o700)
-			ss.remount(s.path(DataMount), msRdOnly|msNoSuid|msNoDev|msNoExec)
+			s.dataWritable(false)
 		}
 	}
 	var m Mount

@@ -33,9 +33,12 @@ type stateFake struct {
 	opened   int
 }
 
-func (f *stateFake) remount(target string, flags uintptr) error {
-	f.remounts = append(f.remounts, flags)
-	return nil
+func (f *stateFake) mount(m Mount) error {
+	if m.Flags&msRemount != 0 {
+		f.remounts = append(f.remounts, m.Flags)
+		return nil
+	}
+	return f.fakeSystem.mount(m)
 }
 
 func (f *stateFake) openLUKS(dev string, pass []byte, name string) (string, error) {

@@ -25,7 +25,7 @@ func (linuxSystem) mount(m Mount) error {
 		return err
 	}
 	err := unix.Mount(m.Source, m.Target, m.FSType, m.Flags, m.Data)
-	if errors.Is(err, unix.EBUSY) {
+	if errors.Is(err, unix.EBUSY) && m.Flags&msRemount == 0 {
 		return nil // already mounted (the kernel may have mounted it)
 	}
 	return err
@@ -75,11 +75,6 @@ func (linuxSystem) openTPM() (tpmDevice, error) {
 		return nil, fmt.Errorf("%w: %v", errNoTPM, err)
 	}
 	return t, nil
-}
-
-// remount changes the flags of the mount at target (MS_REMOUNT).
-func (linuxSystem) remount(target string, flags uintptr) error {
-	return unix.Mount("", target, "", unix.MS_REMOUNT|flags, "")
 }
 
 // openLUKS unlocks a LUKS2 volume (keyslot 0) and sets up its dm-crypt

@@ -52,6 +52,19 @@ func (s *Stage) diskSource() (string, error) {
 	return dev, nil
 }
 
+// dataWritable remounts the data partition at DataMount read-write, or
+// read-only again (after a sync). The initrd writes to it only for a
+// trial's slot record, the TPM state at provisioning and a network boot's
+// pull; the verified boot reads it read-only.
+func (s *Stage) dataWritable(writable bool) error {
+	flags := uintptr(msRemount | msNoSuid | msNoDev | msNoExec)
+	if !writable {
+		flags |= msRdOnly
+		syncFS()
+	}
+	return s.sys.mount(Mount{Target: s.path(DataMount), Flags: flags})
+}
+
 // bootRoot is the verified boot: data partition (read-only), signed
 // manifest verified with the initrd's CA and product ID, the host image
 // mounted layer by layer through dm-verity under a fresh tmpfs upper, then
