@@ -49,6 +49,9 @@ func (e Endpoint) String() string {
 		}
 		return "oci:" + e.dir + ":" + e.tag
 	}
+	if e.tag == "" && e.store != nil {
+		return "the store at " + e.store.Root() + " (untagged)"
+	}
 	return e.tag
 }
 
