@@ -308,43 +308,17 @@ func policyKey(t *testing.T, dir string) {
 // into the vessel-data partition of a disk image.
 func writeDataFiles(t *testing.T, img string, files map[string][]byte) {
 	t.Helper()
-	var table struct {
-		PartitionTable struct {
-			Partitions []struct {
-				Start int64  `json:"start"`
-				Size  int64  `json:"size"`
-				Name  string `json:"name"`
-			} `json:"partitions"`
-		} `json:"partitiontable"`
-	}
-	if err := json.Unmarshal([]byte(run(t, "sfdisk", "-J", img)), &table); err != nil {
-		t.Fatal(err)
-	}
-	var start, size int64
-	for _, p := range table.PartitionTable.Partitions {
-		if p.Name == "vessel-data" {
-			start, size = p.Start*512, p.Size*512
+	withPartition(t, img, "vessel-data", func(mnt string) {
+		for name, b := range files {
+			p := filepath.Join(mnt, name)
+			if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	if start == 0 {
-		t.Fatal("no vessel-data partition in the disk image")
-	}
-	mnt := t.TempDir()
-	run(t, "mount", "-o", fmt.Sprintf("loop,offset=%d,sizelimit=%d", start, size), img, mnt)
-	defer func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	}()
-	for name, b := range files {
-		p := filepath.Join(mnt, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 }
 
 // serveCluster runs srv on a free port of 127.0.0.1 until the test ends,

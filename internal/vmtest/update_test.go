@@ -110,35 +110,7 @@ func makeUpdateFixture(t *testing.T, e *bootEnv) *updateFixture {
 // onData mounts the data partition of the disk image (loop, at its
 // offset), runs fn on it, and unmounts.
 func onData(t *testing.T, img string, fn func(mnt string)) {
-	t.Helper()
-	var table struct {
-		PartitionTable struct {
-			Partitions []struct {
-				Start, Size int64
-				Name        string
-			} `json:"partitions"`
-		} `json:"partitiontable"`
-	}
-	if err := json.Unmarshal([]byte(run(t, "sfdisk", "-J", img)), &table); err != nil {
-		t.Fatal(err)
-	}
-	var start, size int64
-	for _, p := range table.PartitionTable.Partitions {
-		if p.Name == "vessel-data" {
-			start, size = p.Start*512, p.Size*512
-		}
-	}
-	if start == 0 {
-		t.Fatal("no vessel-data partition in the disk image")
-	}
-	mnt := t.TempDir()
-	run(t, "mount", "-o", fmt.Sprintf("loop,offset=%d,sizelimit=%d", start, size), img, mnt)
-	defer func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
-		}
-	}()
-	fn(mnt)
+	withPartition(t, img, "vessel-data", fn)
 }
 
 // incoming leaves version n and the build store on the data partition

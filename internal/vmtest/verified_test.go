@@ -262,56 +262,29 @@ func flipByte(t *testing.T, path string, off int64) {
 // is the highest accepted for the product.
 func setAcceptedVersion(t *testing.T, img string, version int) {
 	t.Helper()
-	var table struct {
-		PartitionTable struct {
-			SectorSize int64 `json:"sectorsize"`
-			Partitions []struct {
-				Start int64  `json:"start"`
-				Size  int64  `json:"size"`
-				Name  string `json:"name"`
-			} `json:"partitions"`
-		} `json:"partitiontable"`
-	}
-	if err := json.Unmarshal([]byte(run(t, "sfdisk", "-J", img)), &table); err != nil {
-		t.Fatal(err)
-	}
-	var start, size int64
-	for _, p := range table.PartitionTable.Partitions {
-		if p.Name == "vessel-data" {
-			start, size = p.Start*512, p.Size*512
+	withPartition(t, img, "vessel-data", func(mnt string) {
+		p := filepath.Join(mnt, "trust", "versions.json")
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if start == 0 {
-		t.Fatal("no vessel-data partition in the disk image")
-	}
-	mnt := t.TempDir()
-	run(t, "mount", "-o", fmt.Sprintf("loop,offset=%d,sizelimit=%d", start, size), img, mnt)
-	defer func() {
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", mnt, err, out)
+		var f map[string]map[string]map[string]any
+		if err := json.Unmarshal(b, &f); err != nil {
+			t.Fatal(err)
 		}
-	}()
-	p := filepath.Join(mnt, "trust", "versions.json")
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var f map[string]map[string]map[string]any
-	if err := json.Unmarshal(b, &f); err != nil {
-		t.Fatal(err)
-	}
-	rec, ok := f["products"][productID]
-	if !ok {
-		t.Fatalf("%s has no record for %s: %s", p, productID, b)
-	}
-	rec["version"] = version
-	rec["digest"] = "sha256:" + strings.Repeat("0", 64)
-	if b, err = json.MarshalIndent(f, "", "  "); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
+		rec, ok := f["products"][productID]
+		if !ok {
+			t.Fatalf("%s has no record for %s: %s", p, productID, b)
+		}
+		rec["version"] = version
+		rec["digest"] = "sha256:" + strings.Repeat("0", 64)
+		if b, err = json.MarshalIndent(f, "", "  "); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 var dmLine = regexp.MustCompile(`vessel-host: dm (dm-\d+) (vessel-[0-9a-f]{32}) layer (sha256:[0-9a-f]{64}) table 0 (\d+) verity 1 (\d+:\d+) (\d+:\d+) 4096 4096 \d+ \d+ sha256 ([0-9a-f]{64}) `)
