@@ -60,7 +60,7 @@ func TestChooseBoot(t *testing.T) {
 	rw := func(w bool) error { rws = append(rws, w); return nil }
 	choose := func() *Chosen {
 		t.Helper()
-		ch, err := ChooseBoot(dir, keys.CAs, pid, time.Time{}, rw)
+		ch, err := ChooseBoot(dir, keys.CAs, pid, time.Time{}, "", rw)
 		if err != nil {
 			t.Fatal(err)
 		}
