@@ -22,7 +22,7 @@ import (
 func fakeSupervisor(t *testing.T, f *fixture, signed []byte, state string, restarts int) string {
 	t.Helper()
 	dir := t.TempDir()
-	vm, err := trust.Verify(signed, trust.Options{CAs: f.p.cas})
+	vm, err := trust.Verify(signed, trust.Options{CAs: f.p.CAs})
 	if err != nil {
 		t.Fatal(err)
 	}

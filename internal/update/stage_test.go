@@ -45,7 +45,7 @@ func bootAndConfirm(t *testing.T, f *fixture, signed []byte) {
 	if _, err := Modify(root, func(s *State) error { booted, _, _ = s.Boot(testNow, ""); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	vm, err := trust.Verify(signed, trust.Options{CAs: f.p.cas, ProductID: testPID, Images: f.machine})
+	vm, err := trust.Verify(signed, trust.Options{CAs: f.p.CAs, ProductID: testPID, Images: f.machine})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +227,7 @@ func TestRollbackSwitchesDefault(t *testing.T) {
 	if err != nil || cur.Version != 1 {
 		t.Fatalf("current.json %+v %v", cur, err)
 	}
-	if _, err := trust.Verify(mustRead(t, filepath.Join(root, cur.Signed)), trust.Options{CAs: f.p.cas}); err != nil {
+	if _, err := trust.Verify(mustRead(t, filepath.Join(root, cur.Signed)), trust.Options{CAs: f.p.CAs}); err != nil {
 		t.Fatalf("current.json names a file that does not verify: %v", err)
 	}
 }
