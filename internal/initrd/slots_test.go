@@ -103,6 +103,24 @@ func TestChooseBoot(t *testing.T) {
 	if s.Trial != nil || s.Last.Version != 3 || !strings.Contains(s.Last.Why, "the initrd refused it") {
 		t.Fatalf("state %+v %+v", s.Trial, s.Last)
 	}
+	// UKI slots: the default slot booted by another UKI than its own (a
+	// confirm whose BootOrder write was lost) asks for BootOrder to be
+	// repaired; booted by its own, nothing
+	if _, err := update.Modify(dir, func(s *update.State) error {
+		s.Slots[s.Default].UKI = &update.UKI{File: update.InstalledUKI, SHA256: "00", Entry: "Boot0003"}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for booted, want := range map[string]string{"Boot0001": "Boot0003", "Boot0003": "", "": ""} {
+		ch, err := ChooseBoot(dir, keys.CAs, pid, time.Time{}, booted, rw)
+		if err != nil || ch.BootFirst != want || ch.Slot != update.SlotA {
+			t.Fatalf("booted %q: BootFirst %q, want %q (%v)", booted, ch.BootFirst, want, err)
+		}
+		if want != "" && !strings.Contains(strings.Join(ch.Notes, "\n"), "the firmware booted Boot0001, not its UKI Boot0003") {
+			t.Fatalf("notes %q", ch.Notes)
+		}
+	}
 	// a damaged record: current.json boots
 	os.WriteFile(update.StatePath(dir), []byte("{"), 0o644)
 	if ch = choose(); ch.VM.Version() != 1 || !strings.Contains(strings.Join(ch.Notes, "\n"), "slot record unusable") {

@@ -155,7 +155,7 @@ func TestUpdateUKI(t *testing.T) {
 
 	// boot 5: back on UKI b; the initrd records the trial as failed and
 	// boots version 2
-	vm = m.boot(t, "vessel-host: up (", "FAILED", "vessel-init: powering off")
+	vm = m.boot(t, "vessel-host: services up", "FAILED", "vessel-init: powering off")
 	if cl := cmdlineOf(t, vm); !strings.Contains(cl, "vessel.uki=b") {
 		t.Fatalf("boot 5 did not fall back to UKI b: %s", cl)
 	}
