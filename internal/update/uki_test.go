@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	bootinitrd "github.com/vesselos/vessel/internal/boot/initrd"
 	"github.com/vesselos/vessel/internal/boot/efivar"
+	bootinitrd "github.com/vesselos/vessel/internal/boot/initrd"
 	"github.com/vesselos/vessel/internal/boot/secureboot"
 	"github.com/vesselos/vessel/internal/boot/uki"
 	"github.com/vesselos/vessel/internal/trust"

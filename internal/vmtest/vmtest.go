@@ -49,12 +49,12 @@ var ErrDenied = errors.New("the firmware refused the image (Access Denied)")
 
 // Config describes one VM.
 type Config struct {
-	Code   string // firmware code; default OVMFCode
-	Vars   string // variable store template, copied for this VM; default SnakeoilVars
+	Code string // firmware code; default OVMFCode
+	Vars string // variable store template, copied for this VM; default SnakeoilVars
 	// NVRAM keeps the variable store in this file across VMs (a machine's
 	// own NVRAM: boot entries, BootOrder, BootNext); made from Vars when
 	// it does not exist yet. Default: a fresh copy for every VM.
-	NVRAM string
+	NVRAM  string
 	ESPDir string // a directory served as a FAT drive (EFI/BOOT/BOOTX64.EFI inside)
 	Disk   string // a raw disk image (used read-write in place); ESPDir or Disk
 	TPM    bool   // attach a swtpm vTPM (TIS)
