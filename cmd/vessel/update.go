@@ -266,6 +266,9 @@ func printStatus(w io.Writer, s *update.Status) {
 			}
 		}
 		fmt.Fprintf(w, "  slot %s: version %d %s [%s]\n", sl.Name, sl.Version, sl.Digest, strings.Join(tags, ","))
+		if sl.UKI != nil {
+			fmt.Fprintf(w, "    UKI %s (boot entry %s)\n", sl.UKI.File, sl.UKI.Entry)
+		}
 	}
 	if t := s.Trial; t != nil {
 		state := "armed"

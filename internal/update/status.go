@@ -25,6 +25,7 @@ type SlotStatus struct {
 	Source   string        `json:"source,omitempty"`
 	Images   int           `json:"images"`
 	StagedAt time.Time     `json:"stagedAt,omitzero"`
+	UKI      *UKI          `json:"uki,omitempty"` // its own kernel image (nil: the installed one)
 }
 
 // Status is the slot record with what this boot runs and the accepted
@@ -67,7 +68,7 @@ func GetStatus(root, booted string) (*Status, error) {
 			continue
 		}
 		out.Slots = append(out.Slots, SlotStatus{Name: n, Default: n == s.Default, Booted: n == booted, Trial: s.Trial != nil && s.Trial.Slot == n,
-			Version: sl.Version, Digest: sl.Digest, Signer: sl.Signer, Source: sl.Source, Images: len(sl.Images), StagedAt: sl.StagedAt})
+			Version: sl.Version, Digest: sl.Digest, Signer: sl.Signer, Source: sl.Source, Images: len(sl.Images), StagedAt: sl.StagedAt, UKI: sl.UKI})
 	}
 	probe := s.clone()
 	out.NextBoot, out.NextTrial, _ = probe.Boot(now(), assumeFirmware(probe))

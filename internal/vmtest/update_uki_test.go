@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,9 +15,9 @@ import (
 // (the firmware's variables: boot entries, BootOrder, BootNext), kept
 // across boots like a real machine's.
 type ukiMachine struct {
-	e           *bootEnv
-	f           *updateFixture
-	disk, nvram string
+	e                     *bootEnv
+	f                     *updateFixture
+	disk, nvram, tpmState string
 }
 
 // boot powers the machine on and waits until one of markers appears (or
@@ -25,7 +26,7 @@ func (m *ukiMachine) boot(t *testing.T, markers ...string) *VM {
 	t.Helper()
 	// the services need a network interface (vessel.ip): a hostfwd rule
 	// to an unused port gives them one
-	vm := StartT(t, Config{Disk: m.disk, Vars: m.e.vars, NVRAM: m.nvram, MemoryMB: 768, Monitor: true, Timeout: 8 * time.Minute,
+	vm := StartT(t, Config{Disk: m.disk, Vars: m.e.vars, NVRAM: m.nvram, TPM: true, TPMState: m.tpmState, MemoryMB: 768, Monitor: true, Timeout: 8 * time.Minute,
 		Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:8080", freePort(t))}})
 	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Minute)
 	defer cancel()
@@ -85,21 +86,44 @@ func cmdlineOf(t *testing.T, vm *VM) string {
 // whose kernel panics (no init: rdinit=/nonexistent, panic=5): the
 // firmware's one-shot is spent on it, the next boot starts UKI b again and
 // its initrd records the trial as failed (its UKI never reached the
-// initrd), version 2 runs. Every step is read from the console and the slot
-// record, and every referenced image verifies.
+// initrd), version 2 runs. The machine has a vTPM (state kept across
+// boots) and an initrd with the TPM policy key: the NV counter does not
+// move during the trial of version 2, follows its confirm (version 2
+// accepted at boot 3) and stays at 2 after the failed version 4. Every
+// step is read from the console and the slot record, and every referenced
+// image verifies.
 func TestUpdateUKI(t *testing.T) {
 	e := setupBoot(t)
 	f := makeUpdateFixture(t, e)
+	for _, tool := range []string{"openssl", "cryptsetup"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("missing %s (make deps)", tool)
+		}
+	}
+	// This machine has a TPM: an initrd with the TPM policy key, a state
+	// partition, and the signed policy for the PCR7 of these firmware
+	// variables (predicted offline).
+	polKey, polPub, pol := filepath.Join(f.dir, "policy.key"), filepath.Join(f.dir, "policy.pub"), filepath.Join(f.dir, "policy.signed")
+	run(t, "openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", polKey)
+	run(t, "openssl", "pkey", "-in", polKey, "-pubout", "-out", polPub)
+	pcr7 := strings.TrimSpace(f.v("tpm", "pcr7", "predict", "--vars", e.vars, "--signer", e.dbCert))
+	f.v("tpm", "policy", "sign", "--key", polKey, "--pcr7", pcr7, "-o", pol)
+	initrd := filepath.Join(f.dir, "initrd-tpm.img")
+	f.v("boot", "initrd", "--ca", "keys/manifest-ca.pem", "--product-id", productID, "--modules", e.modules, "--tpm-policy-key", polPub, "-o", initrd)
 	ukis := map[string]string{}
 	for name, cmdline := range map[string]string{
-		"b":     updateCmdline + " vessel.uki=b",
-		"panic": "console=ttyS0 rdinit=/nonexistent panic=5 vessel.uki=panic",
+		"installed": updateCmdline,
+		"b":         updateCmdline + " vessel.uki=b",
+		"panic":     "console=ttyS0 rdinit=/nonexistent panic=5 vessel.uki=panic",
 	} {
 		ukis[name] = filepath.Join(f.dir, "uki-"+name+".efi")
-		f.v("boot", "uki", "--kernel", e.kernel, "--initrd", filepath.Join(f.dir, "initrd.img"), "--cmdline", cmdline,
+		f.v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", cmdline,
 			"--key", e.dbKey, "--cert", e.dbCert, "-o", ukis[name])
 	}
-	m := &ukiMachine{e: e, f: f, disk: f.disk, nvram: filepath.Join(f.dir, "nvram.fd")}
+	m := &ukiMachine{e: e, f: f, disk: filepath.Join(f.dir, "disk-tpm.img"), nvram: filepath.Join(f.dir, "nvram.fd"), tpmState: filepath.Join(f.dir, "vtpm")}
+	os.MkdirAll(m.tpmState, 0o700)
+	f.v("boot", "disk", "--manifest", "v1.signed", "--uki", ukis["installed"], "--ca", "keys/manifest-ca.pem", "--product-id", productID,
+		"--size", "600M", "--state-size", "16M", "--tpm-policy", pol, "-o", m.disk)
 
 	// boot 1: version 1 on the installed UKI stages version 2 with UKI b
 	m.incoming(t, 2, ukis["b"])
@@ -108,6 +132,7 @@ func TestUpdateUKI(t *testing.T) {
 		t.Fatalf("%s\n%s", l.Text, vm.Tail(60))
 	}
 	mustFind(t, vm, "vessel-host: up (manifest "+f.digests[1]+", version 1)")
+	mustFind(t, vm, "vessel-init: TPM: manifest version 1 >= accepted version")
 	armed := mustFind(t, vm, "armed as the firmware's one-shot BootNext")
 	mustFind(t, vm, "vessel-host: vessel.test=update: staged, rebooting into the trial")
 	t.Logf("boot 1: %s", strings.TrimSpace(armed))
@@ -121,6 +146,11 @@ func TestUpdateUKI(t *testing.T) {
 	}
 	mustFind(t, vm, "vessel-init: slot b: trial boot of version 2")
 	mustFind(t, vm, "vessel-host: up (manifest "+f.digests[2]+", version 2)")
+	// a trial does not move the TPM's counter; its confirm does (checked
+	// at boot 3)
+	if l, ok := vm.Find("accepted version advanced"); ok {
+		t.Fatalf("the trial boot advanced the counter: %s", l.Text)
+	}
 	m.powerOff(t, vm)
 	onData(t, m.disk, func(mnt string) {
 		s := f.status(t, mnt)
@@ -139,6 +169,8 @@ func TestUpdateUKI(t *testing.T) {
 	if _, ok := vm.Find("trial boot"); ok {
 		t.Fatalf("boot 3 is a trial:\n%s", vm.Tail(40))
 	}
+	counter := mustFind(t, vm, "vessel-init: TPM: manifest version 2 >= accepted version 2 (NV counter)")
+	t.Logf("boot 3: %s", counter)
 	mustFind(t, vm, "armed as the firmware's one-shot BootNext")
 	mustFind(t, vm, "vessel-host: vessel.test=update: staged, rebooting into the trial")
 	vm.WaitExit(context.Background())
@@ -161,6 +193,7 @@ func TestUpdateUKI(t *testing.T) {
 	}
 	failed := mustFind(t, vm, "never reached the initrd")
 	mustFind(t, vm, "vessel-host: up (manifest "+f.digests[2]+", version 2)")
+	mustFind(t, vm, "vessel-init: TPM: manifest version 2 >= accepted version 2 (NV counter)")
 	t.Logf("boot 5: %s", failed)
 	m.powerOff(t, vm)
 	onData(t, m.disk, func(mnt string) {
