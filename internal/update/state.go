@@ -169,9 +169,9 @@ func (s *State) Stage(sl *Slot, accepted int64, now time.Time) (string, error) {
 // before the boot goes on). booted is the UEFI boot entry the firmware
 // started (BootCurrent, "Boot0004"; "" when unknown): a trial with its own
 // UKI runs only if that UKI is what booted. Otherwise the firmware's
-// one-shot (BootNext) went to the trial's UKI and it never reached this
-// initrd (a kernel that panicked or hung, a UKI the firmware refused), or
-// the one-shot was never set: the trial failed.
+// one-shot (BootNext) went to the trial's UKI and it never took its try (a
+// kernel or initrd that panicked or hung first, a UKI the firmware
+// refused), or the one-shot was never set: the trial failed.
 func (s *State) Boot(now time.Time, booted string) (slot string, trial, changed bool) {
 	t := s.Trial
 	if t == nil {
@@ -182,7 +182,7 @@ func (s *State) Boot(now time.Time, booted string) (slot string, trial, changed 
 		if booted != "" {
 			what = booted
 		}
-		why := fmt.Sprintf("its UKI (%s, %s) never reached the initrd: the firmware booted %s (a kernel that panicked or hung, a UKI the firmware refused, or a one-shot BootNext that was never set)", u.Entry, u.File, what)
+		why := fmt.Sprintf("its UKI (%s, %s) never took its try: the firmware booted %s instead (the new kernel or initrd panicked or hung before choosing the slot, the firmware refused the UKI, or the one-shot BootNext was never set)", u.Entry, u.File, what)
 		if t.Booting {
 			why = fmt.Sprintf("the trial boot never confirmed (crash, hang or power cut before its health check passed; the firmware then booted %s)", what)
 		}

@@ -2,6 +2,7 @@ package vmtest
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -207,11 +208,12 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// bootUntil boots the disk (a power cycle: new qemu, same disk, same
-// VARS template) and waits for the guest to end by itself.
-func bootUntil(t *testing.T, e *bootEnv, disk string, port int, markers ...string) *VM {
+// bootUntil boots the disk (a power cycle: new qemu, same disk, the
+// machine's NVRAM or, with nvram "", a fresh copy of the VARS template) and
+// waits until a marker appears.
+func bootUntil(t *testing.T, e *bootEnv, disk, nvram string, port int, markers ...string) *VM {
 	t.Helper()
-	vm := StartT(t, Config{Disk: disk, Vars: e.vars, MemoryMB: 768, Monitor: true, Timeout: 8 * time.Minute,
+	vm := StartT(t, Config{Disk: disk, Vars: e.vars, NVRAM: nvram, MemoryMB: 768, Monitor: true, Timeout: 8 * time.Minute,
 		Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:8080", port)}})
 	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Minute)
 	defer cancel()
@@ -272,7 +274,7 @@ func TestUpdate(t *testing.T) {
 			go p.run(ctx, port)
 
 			// boot 2: the trial of version 2 passes and stages version 3
-			vm := bootUntil(t, e, f.disk, port, "vessel-host: rebooting", "vessel-host: powering off", "FAILED")
+			vm := bootUntil(t, e, f.disk, "", port, "vessel-host: rebooting", "vessel-host: powering off", "FAILED")
 			mustFind(t, vm, "vessel-init: slot b: trial boot of version 2 (try taken, 0 left; default slot a version 1)")
 			mustFind(t, vm, "vessel-host: up (manifest "+f.digests[2]+", version 2)")
 			mustFind(t, vm, "vessel-host: trial boot of slot b confirmed: it is the default slot now")
@@ -290,7 +292,15 @@ func TestUpdate(t *testing.T) {
 			// trial armed, version 4 waiting on the partition to be staged
 			cut := filepath.Join(f.dir, "cut.img")
 			run(t, "cp", "--sparse=always", f.disk, cut)
-			onData(t, cut, func(mnt string) { f.incoming(t, mnt, 4) })
+			// version 4 brings its own UKI: staging writes the ESP and the
+			// firmware's variables, and the trial boots it through BootNext
+			cutUKI := filepath.Join(f.dir, "uki-cut.efi")
+			f.v("boot", "uki", "--kernel", e.kernel, "--initrd", filepath.Join(f.dir, "initrd.img"), "--cmdline", updateCmdline+" vessel.uki=cut",
+				"--key", e.dbKey, "--cert", e.dbCert, "-o", cutUKI)
+			onData(t, cut, func(mnt string) {
+				f.incoming(t, mnt, 4)
+				run(t, "cp", cutUKI, filepath.Join(mnt, "incoming", "kernel.efi"))
+			})
 			for i := 0; i < trials; i++ {
 				cuts.Add(1)
 				go func() {
@@ -300,7 +310,7 @@ func TestUpdate(t *testing.T) {
 			}
 
 			// boot 3: version 3 fails its health check and reboots
-			vm = bootUntil(t, e, f.disk, port, "vessel-host: rebooting", "vessel-host: powering off", "vessel-init: powering off")
+			vm = bootUntil(t, e, f.disk, "", port, "vessel-host: rebooting", "vessel-host: powering off", "vessel-init: powering off")
 			mustFind(t, vm, "vessel-init: slot a: trial boot of version 3")
 			failed := mustFind(t, vm, "failed its health check")
 			if _, ok := vm.Find("vessel-host: trial boot of slot a confirmed"); ok {
@@ -344,7 +354,7 @@ func TestUpdate(t *testing.T) {
 			})
 
 			// boot 4: version 2 again; the downgrade to 1 is refused
-			vm = bootUntil(t, e, f.disk, port, "vessel-host: vessel.test=update: not staged", "vessel-host: rebooting", "FAILED")
+			vm = bootUntil(t, e, f.disk, "", port, "vessel-host: vessel.test=update: not staged", "vessel-host: rebooting", "FAILED")
 			mustFind(t, vm, "vessel-host: up (manifest "+f.digests[2]+", version 2)")
 			if _, ok := vm.Find("trial boot"); ok {
 				t.Fatalf("boot 4 is a trial:\n%s", vm.Tail(40))
@@ -376,6 +386,7 @@ func TestUpdate(t *testing.T) {
 // verify.
 func powerCutTrial(t *testing.T, e *bootEnv, f *updateFixture, src string, i int) {
 	disk := filepath.Join(t.TempDir(), "disk.img")
+	nvram := filepath.Join(t.TempDir(), "nvram.fd") // this machine's own
 	run(t, "cp", "--sparse=always", src, disk)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(i)))
 	var cuts []string
@@ -389,7 +400,7 @@ func powerCutTrial(t *testing.T, e *bootEnv, f *updateFixture, src string, i int
 	// boots)
 	for b := 0; real < cutBoots && b < 3*cutBoots; b++ {
 		port := freePort(t)
-		vm := StartT(t, Config{Disk: disk, Vars: e.vars, MemoryMB: 768, Timeout: 8 * time.Minute,
+		vm := StartT(t, Config{Disk: disk, Vars: e.vars, NVRAM: nvram, MemoryMB: 768, Timeout: 8 * time.Minute,
 			Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:8080", port)}})
 		// the firmware takes 15-80 s under TCG; cut somewhere after the
 		// kernel started, mostly while the host stages or checks
@@ -423,19 +434,63 @@ func powerCutTrial(t *testing.T, e *bootEnv, f *updateFixture, src string, i int
 		t.Fatal("no power cut hit a running machine: the trial proves nothing")
 	}
 	port := freePort(t)
-	vm := bootUntil(t, e, disk, port, "vessel-host: services up", "vessel-init: powering off", "FAILED")
+	vm := bootUntil(t, e, disk, nvram, port, "vessel-host: services up", "vessel-init: powering off", "FAILED")
 	up := mustFind(t, vm, "vessel-host: up (manifest ")
 	if !strings.Contains(up, "version 2)") && !strings.Contains(up, "version 3)") && !strings.Contains(up, "version 4)") {
 		t.Fatalf("after power cuts the machine runs none of versions 2, 3 (its trial) and 4: %s\n%s", up, vm.Tail(40))
 	}
+	// version 4 came with its own UKI: it runs on that kernel, and the
+	// others do not
+	if cut := strings.Contains(mustFind(t, vm, "Kernel command line:"), "vessel.uki=cut"); cut != strings.Contains(up, "version 4)") {
+		t.Fatalf("%s on the UKI of version 4: %v\n%s", up, cut, vm.Tail(40))
+	}
 	vm.Kill()
+	var ukis map[string]string // ESP file -> SHA-256, for every UKI a slot names
 	onData(t, disk, func(mnt string) {
 		s := f.status(t, mnt)
 		if dv := s.version(s.Default); dv != 2 && dv != 4 {
 			t.Fatalf("default slot %s runs version %d", s.Default, dv)
 		}
 		t.Logf("after the cuts: %s; default %s (version %d), accepted %d", up, s.Default, s.version(s.Default), s.Accepted)
+		ukis = slotUKIs(t, mnt)
 	})
+	// every UKI a slot names is on the ESP, whole (FAT has no atomic
+	// rename: staging's write order must make that hold anyway)
+	start, _ := partitionAt(t, disk, "EFI System Partition")
+	for file, sum := range ukis {
+		out, err := exec.Command("mtype", "-i", fmt.Sprintf("%s@@%d", disk, start), "::/"+file).Output()
+		if err != nil {
+			t.Fatalf("the ESP lacks %s, named by the slot record: %v", file, err)
+		}
+		if got := fmt.Sprintf("%x", sha256.Sum256(out)); got != sum {
+			t.Fatalf("%s on the ESP has SHA-256 %s, the slot record says %s", file, got, sum)
+		}
+	}
+	t.Logf("the ESP holds the %d UKIs the slots name, whole", len(ukis))
+}
+
+// slotUKIs reads the UKIs the slot record names (file -> SHA-256).
+func slotUKIs(t *testing.T, mnt string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(mnt, "system", "slots.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec struct {
+		Slots map[string]*struct {
+			UKI *struct{ File, SHA256 string } `json:"uki"`
+		} `json:"slots"`
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, sl := range rec.Slots {
+		if sl != nil && sl.UKI != nil {
+			out[sl.UKI.File] = sl.UKI.SHA256
+		}
+	}
+	return out
 }
 
 func exitedCh(vm *VM) <-chan struct{} {

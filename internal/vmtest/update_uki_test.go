@@ -123,7 +123,7 @@ func TestUpdateUKI(t *testing.T) {
 	m := &ukiMachine{e: e, f: f, disk: filepath.Join(f.dir, "disk-tpm.img"), nvram: filepath.Join(f.dir, "nvram.fd"), tpmState: filepath.Join(f.dir, "vtpm")}
 	os.MkdirAll(m.tpmState, 0o700)
 	f.v("boot", "disk", "--manifest", "v1.signed", "--uki", ukis["installed"], "--ca", "keys/manifest-ca.pem", "--product-id", productID,
-		"--size", "600M", "--state-size", "16M", "--tpm-policy", pol, "-o", m.disk)
+		"--size", "600M", "--state-size", "32M", "--tpm-policy", pol, "-o", m.disk)
 
 	// boot 1: version 1 on the installed UKI stages version 2 with UKI b
 	m.incoming(t, 2, ukis["b"])
@@ -191,7 +191,7 @@ func TestUpdateUKI(t *testing.T) {
 	if cl := cmdlineOf(t, vm); !strings.Contains(cl, "vessel.uki=b") {
 		t.Fatalf("boot 5 did not fall back to UKI b: %s", cl)
 	}
-	failed := mustFind(t, vm, "never reached the initrd")
+	failed := mustFind(t, vm, "never took its try")
 	mustFind(t, vm, "vessel-host: up (manifest "+f.digests[2]+", version 2)")
 	mustFind(t, vm, "vessel-init: TPM: manifest version 2 >= accepted version 2 (NV counter)")
 	t.Logf("boot 5: %s", failed)
@@ -201,7 +201,7 @@ func TestUpdateUKI(t *testing.T) {
 		if s.Default != "b" || s.version("b") != 2 || s.Trial != nil || s.Accepted != 2 {
 			t.Fatalf("after the panicking UKI: %+v", s)
 		}
-		if s.Last == nil || s.Last.Version != 4 || s.Last.Outcome != "failed" || !strings.Contains(s.Last.Why, "never reached the initrd") {
+		if s.Last == nil || s.Last.Version != 4 || s.Last.Outcome != "failed" || !strings.Contains(s.Last.Why, "never took its try") {
 			t.Fatalf("last result %+v", s.Last)
 		}
 		t.Logf("status after the panicking UKI: last %+v", *s.Last)
