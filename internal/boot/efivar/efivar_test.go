@@ -219,3 +219,25 @@ func TestFindPartition(t *testing.T) {
 		t.Fatalf("missing partition: %v", err)
 	}
 }
+
+// Boot entries come from firmware and other operating systems: any bytes
+// parse to an error or to an option that encodes back to a parseable one
+// with the same device path, and describing any device path never fails.
+func FuzzParseLoadOption(f *testing.F) {
+	f.Add((&LoadOption{Attributes: 1, Description: "vessel", FilePath: FileOnPartition(testPart, "EFI/vessel/a.efi")}).Bytes())
+	f.Add([]byte{1, 0, 0, 0, 4, 0, 0, 0, 0x7f, 0xff, 4, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		o, err := ParseLoadOption(b)
+		if err != nil {
+			return
+		}
+		_ = DescribePath(o.FilePath)
+		back, err := ParseLoadOption(o.Bytes())
+		if err != nil {
+			t.Fatalf("re-encoded option does not parse: %v", err)
+		}
+		if !bytes.Equal(back.FilePath, o.FilePath) || !bytes.Equal(back.Optional, o.Optional) || back.Attributes != o.Attributes {
+			t.Fatalf("round trip changed the option: %+v -> %+v", o, back)
+		}
+	})
+}
