@@ -444,6 +444,16 @@ func powerCutTrial(t *testing.T, e *bootEnv, f *updateFixture, src string, i int
 	if cut := strings.Contains(mustFind(t, vm, "Kernel command line:"), "vessel.uki=cut"); cut != strings.Contains(up, "version 4)") {
 		t.Fatalf("%s on the UKI of version 4: %v\n%s", up, cut, vm.Tail(40))
 	}
+	// let it finish what it does next: stage version 4 with its UKI over
+	// whatever an interrupted staging left (unless version 4 is in already),
+	// or end version 3's trial
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	next, err := vm.Wait(ctx, "vessel.test=update: staged", "vessel.test=update: not staged", "vessel-host: rebooting", "FAILED")
+	cancel()
+	if err != nil || next == "FAILED" {
+		t.Fatalf("after the cuts: %v\n%s", err, vm.Tail(40))
+	}
+	t.Logf("after the cuts the machine went on: %s", lastVessel(vm))
 	vm.Kill()
 	var ukis map[string]string // ESP file -> SHA-256, for every UKI a slot names
 	onData(t, disk, func(mnt string) {
