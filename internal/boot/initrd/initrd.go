@@ -51,12 +51,14 @@ const (
 // DefaultModules are what the boot needs on Debian's kernel: virtio
 // (PCI, block, network), loop devices (the layer blobs), dm-verity, the layer filesystems, overlay,
 // efivarfs, the data partition's ext4, and the ACPI power button with
-// evdev (the host's init powers off cleanly when it is pressed). Built-in
-// ones are skipped.
+// evdev (the host's init powers off cleanly when it is pressed), and the
+// i6300ESB watchdog (qemu's -device i6300esb; vessel.watchdog= arms it;
+// loading it without the device is harmless). Built-in ones are skipped.
 var DefaultModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_net",
 	"loop", "dm_verity", "dm_crypt", "xts", "squashfs", "erofs", "overlay",
 	"efivarfs", "ext4", "button", "evdev", "tpm_tis", "tpm_crb",
+	"i6300esb",
 }
 
 // MTime is the modification time of every entry (2000-01-01T00:00:00Z):
