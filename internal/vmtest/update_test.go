@@ -382,8 +382,8 @@ func TestUpdate(t *testing.T) {
 				time.Sleep(d)
 			}
 			if done, err := vm.Exited(); done {
-				t.Fatalf("the guest ended %.1fs after its PID 1 took the watchdog over, before the power button (%v):\n%s",
-					(time.Since(vm.Started) - host.At).Seconds(), err, vm.Tail(40))
+				t.Fatalf("qemu exited (%v) before the power button, less than 50s after the guest's PID 1 took the watchdog over: reset by it? Its serial ends %.1fs after that line:\n%s",
+					err, (vm.Lines()[len(vm.Lines())-1].At - host.At).Seconds(), vm.Tail(40))
 			}
 			if err := vm.Monitor("system_powerdown"); err != nil {
 				t.Fatal(err)
