@@ -24,6 +24,8 @@ var notInCLI = map[string]string{
 	module + "/internal/atomicfile":                   "state files are written by the package that owns them",
 	module + "/internal/registry/registrytest":        "test helpers",
 	module + "/internal/userns/usernstest":            "test helpers",
+	module + "/internal/image/imagetest":              "test helpers",
+	module + "/internal/trust/trusttest":              "test helpers",
 }
 
 // The CLI imports none of notInCLI, and no internal package imports the

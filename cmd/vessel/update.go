@@ -49,12 +49,14 @@ func bootedSlot() string {
 
 func updateCmd(g *globals) *cobra.Command {
 	var (
-		rf   registryFlags
-		tf   trustFlags
-		from string
+		rf      registryFlags
+		tf      trustFlags
+		from    string
+		ukiFile string
+		esp     string
 	)
 	c := &cobra.Command{
-		Use:   "update SIGNED|docker://HOST/REPO[:TAG] [--from SOURCE]",
+		Use:   "update SIGNED|docker://HOST/REPO[:TAG] [--from SOURCE] [--uki kernel.efi]",
 		Short: "Stage a new signed system manifest in the other slot and arm a one-shot trial boot",
 		Long: `update moves a machine to a new signed system manifest atomically, with an
 automatic way back. It verifies the manifest as the initrd will at the next
@@ -77,12 +79,21 @@ SIGNED is a signed manifest file; its images come from the store, or from
 docker://HOST/REPO[:TAG] fetches the manifest and its signature from a
 registry (as vessel install) and the images from the same repository.
 
+When the kernel, initrd or command line changes, --uki brings the new
+signed UKI: it must be signed by a certificate in the firmware's db and
+boot this product. It is written to the ESP (EFI/vessel/<hash>.efi, found by
+its partition name and mounted for the update, or --esp DIR), gets its own
+UEFI boot entry, and the trial boots it once through BootNext: a kernel
+that panics or hangs, or a power cut, falls back to the default slot's UKI
+at the next boot. A confirmed trial's UKI becomes the first boot entry.
+
 On a machine booted by vessel's initrd, --ca and --product-id default to the
 ones in the initrd (handed over in /run/vessel). The slot record is
 <root>/system/slots.json; see docs/update.md.` + registryHelp,
 		Example: `  vessel update docker://registry.example.com/acme/product:4
   vessel update product-4.signed --from docker://registry.example.com/acme/product
   vessel update product-4.signed --from /mnt/usb/vessel --ca manifest-ca.pem --product-id 0f8fad5b-d9cb-469f-a165-70867728950e
+  vessel update product-5.signed --from /mnt/usb/vessel --uki /mnt/usb/kernel-5.efi
   vessel update status
   vessel update rollback`,
 		Args: cobra.ExactArgs(1),
@@ -102,6 +113,17 @@ ones in the initrd (handed over in /run/vessel). The slot record is
 			}
 			defer finish()
 			opts := update.StageOptions{Trust: topts}
+			if ukiFile != "" {
+				if opts.UKI, err = os.ReadFile(ukiFile); err != nil {
+					return fmt.Errorf("update: %w", err)
+				}
+			}
+			fw, closeFw, err := machineFirmware(st.Root(), ukiFile != "", esp)
+			if err != nil {
+				return fmt.Errorf("update: %w", err)
+			}
+			defer closeFw()
+			opts.Firmware = fw
 			var res *update.Staged
 			if strings.HasPrefix(args[0], "docker://") {
 				if from != "" {
@@ -146,6 +168,12 @@ ones in the initrd (handed over in /run/vessel). The slot record is
 				fmt.Fprintf(w, "  %s: %s verified (%s), tagged %s\n", im.Name, im.Digest, how, im.Tag)
 			}
 			fmt.Fprintf(w, "  fetched %d of %d bytes\n", res.Fetched, res.Total)
+			if res.BootNext != "" {
+				fmt.Fprintf(w, "  UKI %s (boot entry %s) armed as the firmware's one-shot BootNext\n", res.UKI.File, res.BootNext)
+			}
+			if len(res.RemovedUKIs) > 0 {
+				fmt.Fprintf(w, "  no slot references %s any more: removed from the ESP\n", strings.Join(res.RemovedUKIs, ", "))
+			}
 			if len(res.Untagged) > 0 {
 				freed := int64(0)
 				if res.GC != nil {
@@ -160,8 +188,23 @@ ones in the initrd (handed over in /run/vessel). The slot record is
 	rf.add(c)
 	tf.add(c.Flags())
 	c.Flags().StringVar(&from, "from", "", "where missing images come from: docker://HOST/REPO (by digest) or another store's root directory")
+	c.Flags().StringVar(&ukiFile, "uki", "", "a new signed UKI for the slot (kernel, initrd or command line changed)")
+	c.Flags().StringVar(&esp, "esp", "", "the ESP, mounted here (default: find it by its partition name and mount it for the update)")
 	c.AddCommand(updateStatusCmd(g), updateRollbackCmd(g), updateCheckCmd(g))
 	return c
+}
+
+// machineFirmware opens the ESP and the UEFI variables when a UKI is
+// staged (need) or the slot record uses UKIs; else nil.
+func machineFirmware(root string, need bool, esp string) (*update.Firmware, func() error, error) {
+	if !need && !update.UsesUKIs(root) {
+		return nil, func() error { return nil }, nil
+	}
+	fw, closeFn, err := update.OpenFirmware(esp)
+	if err != nil {
+		return nil, func() error { return nil }, err
+	}
+	return fw, closeFn, nil
 }
 
 // updateSource parses --from.
@@ -223,6 +266,9 @@ func printStatus(w io.Writer, s *update.Status) {
 			}
 		}
 		fmt.Fprintf(w, "  slot %s: version %d %s [%s]\n", sl.Name, sl.Version, sl.Digest, strings.Join(tags, ","))
+		if sl.UKI != nil {
+			fmt.Fprintf(w, "    UKI %s (boot entry %s)\n", sl.UKI.File, sl.UKI.Entry)
+		}
 	}
 	if t := s.Trial; t != nil {
 		state := "armed"
@@ -260,7 +306,12 @@ record, and rollback says so instead of leaving a machine that will not boot.`,
 			if err != nil {
 				return err
 			}
-			r, err := update.Rollback(root, bootedSlot())
+			fw, closeFw, err := machineFirmware(root, false, "")
+			if err != nil {
+				return fmt.Errorf("update rollback: %w", err)
+			}
+			defer closeFw()
+			r, err := update.Rollback(root, bootedSlot(), fw)
 			if err != nil {
 				return fmt.Errorf("update %w", err)
 			}
@@ -328,6 +379,13 @@ is not a trial it does nothing.`,
 					copts.Counter = t
 				}
 			}
+			fw, closeFw, ferr := machineFirmware(st.Root(), false, "")
+			if ferr != nil {
+				// the initrd repairs BootOrder at the next boot
+				fmt.Fprintf(cmd.ErrOrStderr(), "update check: %v: a confirmed UKI becomes the first boot entry at the next boot\n", ferr)
+			}
+			defer closeFw()
+			copts.Firmware = fw
 			res, err := update.Check(cmd.Context(), st, copts)
 			if g.json && res != nil {
 				if perr := printJSON(cmd.OutOrStdout(), res); perr != nil {

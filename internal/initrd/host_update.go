@@ -64,11 +64,16 @@ func argsString(a []string) string { return strings.Join(a, " ") }
 const (
 	UpdateIncomingDir = HostDataDir + "/incoming"
 	UpdateIncoming    = UpdateIncomingDir + "/update.signed"
+	UpdateIncomingUKI = UpdateIncomingDir + "/kernel.efi" // staged with it when present
 )
 
 // TestUpdateArgs is the command of the vessel.test=update hook.
 func TestUpdateArgs() []string {
-	return []string{"vessel", "--root", HostDataDir, "update", UpdateIncoming, "--from", UpdateIncomingDir + "/store"}
+	args := []string{"vessel", "--root", HostDataDir, "update", UpdateIncoming, "--from", UpdateIncomingDir + "/store"}
+	if _, err := os.Stat(UpdateIncomingUKI); err == nil {
+		args = append(args, "--uki", UpdateIncomingUKI)
+	}
+	return args
 }
 
 // startTestUpdate starts the hook if a manifest is waiting (nil if not).

@@ -10,6 +10,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/vesselos/vessel/internal/boot/efivar"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 	"github.com/vesselos/vessel/internal/update"
@@ -25,6 +26,10 @@ type Chosen struct {
 	Signed string // the signed manifest, relative to the data partition
 	// Notes are lines for the console: what was chosen and why.
 	Notes []string
+	// BootFirst is the UEFI boot entry to put first in BootOrder: the
+	// default slot's UKI, when another one booted the default slot (a
+	// confirm whose BootOrder write was lost).
+	BootFirst string
 }
 
 // ChooseBoot picks and verifies the manifest to boot from the data
@@ -35,8 +40,10 @@ type Chosen struct {
 // the next boot; a trial whose tries are gone, or whose manifest fails
 // verification here, is recorded as failed and the default slot boots.
 // Without a record (or with a damaged one) system/current.json is booted,
-// as before issue 17, as slot a.
-func ChooseBoot(dir string, cas []*x509.Certificate, productID string, at time.Time, rw func(bool) error) (*Chosen, error) {
+// as before issue 17, as slot a. booted is the UEFI boot entry the
+// firmware started (BootCurrent; "" unknown): a trial with its own UKI
+// runs only when that UKI booted (update.State.Boot).
+func ChooseBoot(dir string, cas []*x509.Certificate, productID string, at time.Time, booted string, rw func(bool) error) (*Chosen, error) {
 	c := &Chosen{Slot: update.SlotA}
 	state, exists, err := update.Read(dir)
 	if err == nil && !exists {
@@ -64,7 +71,7 @@ func ChooseBoot(dir string, cas []*x509.Certificate, productID string, at time.T
 		return werr
 	}
 	failedTrial := state.Trial
-	slot, trial, changed := state.Boot(now)
+	slot, trial, changed := state.Boot(now, booted)
 	if changed {
 		if err := write(); err != nil {
 			if !trial {
@@ -100,6 +107,10 @@ func ChooseBoot(dir string, cas []*x509.Certificate, productID string, at time.T
 		return nil, fmt.Errorf("slot %s: %w", slot, err)
 	}
 	c.VM, c.Store, c.Slot, c.Trial, c.Signed = vm, st, slot, trial, sl.Signed
+	if u := sl.UKI; !trial && u != nil && booted != "" && booted != u.Entry {
+		c.BootFirst = u.Entry
+		c.Notes = append(c.Notes, fmt.Sprintf("slot %s is the default but the firmware booted %s, not its UKI %s (%s): making %s the first boot entry", slot, booted, u.Entry, u.File, u.Entry))
+	}
 	return c, nil
 }
 
@@ -146,14 +157,34 @@ func VerifySlot(dir, rel string, want digest.Digest, cas []*x509.Certificate, pr
 // chooseBoot is ChooseBoot on the stage's data partition (mounted
 // read-only at DataMount; remounted read-write only to write the record).
 func (s *Stage) chooseBoot(cas []*x509.Certificate, productID string) (*Chosen, error) {
-	c, err := ChooseBoot(s.path(DataMount), cas, productID, time.Time{}, s.dataWritable)
+	var vars *efivar.Store
+	booted := ""
+	if fs, ok := s.sys.(firmwareSystem); ok {
+		vars, booted = fs.firmware(s.printf)
+	}
+	c, err := ChooseBoot(s.path(DataMount), cas, productID, time.Time{}, booted, s.dataWritable)
 	if c != nil {
 		for _, n := range c.Notes {
 			s.printf("%s", n)
 		}
 		s.trial = c.Trial
+		if c.BootFirst != "" && vars != nil {
+			n, perr := efivar.ParseEntryName(c.BootFirst)
+			if perr == nil {
+				perr = vars.BootFirst(n)
+			}
+			if perr != nil {
+				s.printf("setting BootOrder: %v", perr)
+			}
+		}
 	}
 	return c, err
+}
+
+// firmwareSystem is a system with UEFI variables (the real one): the boot
+// entry the firmware started, for UKI slots.
+type firmwareSystem interface {
+	firmware(printf func(string, ...any)) (*efivar.Store, string)
 }
 
 // errNoReboot: the system cannot reboot (tests).

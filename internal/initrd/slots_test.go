@@ -3,8 +3,6 @@ package initrd
 import (
 	"context"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,12 +10,12 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/vesselos/vessel/internal/image"
-	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/image/imagetest"
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/registry"
 	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
+	"github.com/vesselos/vessel/internal/trust/trusttest"
 	"github.com/vesselos/vessel/internal/update"
 )
 
@@ -28,35 +26,13 @@ import (
 // default boots in the same boot; without a record current.json boots
 // as slot a.
 func TestChooseBoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("image create needs root (CI runs as root)")
-	}
-	if _, err := exec.LookPath("mksquashfs"); err != nil {
-		t.Skip("mksquashfs is not installed (make deps)")
-	}
 	const pid = "0f8fad5b-d9cb-469f-a165-70867728950e"
-	keys := t.TempDir()
-	if _, err := trust.Init(keys, trust.InitOptions{Org: "Test"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := trust.Product(keys, trust.ProductOptions{Name: "acme", ProductID: pid}); err != nil {
-		t.Fatal(err)
-	}
-	cas, _ := trust.LoadCerts(filepath.Join(keys, trust.ManifestCACert))
-	key, _ := trust.LoadKey(filepath.Join(keys, trust.ProductsDir, "acme", trust.ProductKey))
-	certs, _ := trust.LoadCerts(filepath.Join(keys, trust.ProductsDir, "acme", trust.ProductCert))
 	build, _ := store.Open(t.TempDir())
 	mk := func(ref, content string) ocispec.Descriptor {
-		dir := t.TempDir()
-		os.WriteFile(filepath.Join(dir, "f"), []byte(content), 0o644)
-		epoch := int64(1700000000)
-		r, err := image.Create(context.Background(), build, ref, []string{dir}, image.CreateOptions{Format: layer.DefaultFormat(layer.Squashfs), SourceDateEpoch: &epoch})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return r.Descriptor
+		return imagetest.Squashfs(t, build, ref, map[string]string{"f": content}) // skips unless root with mksquashfs
 	}
 	host := mk("host:1", "host")
+	keys := trusttest.New(t, "Test", map[string]string{"acme": pid})
 	sign := func(v int64, web ocispec.Descriptor) []byte {
 		im := func(d ocispec.Descriptor) manifest.Image {
 			return manifest.Image{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size}
@@ -64,12 +40,7 @@ func TestChooseBoot(t *testing.T) {
 		h := im(host)
 		m := &manifest.Manifest{MediaType: manifest.MediaType, Product: pid, Version: v, Hostfs: &h,
 			Services: []manifest.Service{{Name: "web", Image: im(web), Restart: "always", Network: "host"}}}
-		b, _ := m.Marshal()
-		s, err := trust.Sign(b, key, certs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
+		return keys.Sign(t, "acme", m)
 	}
 	web1, web2, web3 := mk("web:1", "one"), mk("web:2", "two"), mk("web:3", "three")
 	c, _ := registry.New(registry.Options{})
@@ -89,7 +60,7 @@ func TestChooseBoot(t *testing.T) {
 	rw := func(w bool) error { rws = append(rws, w); return nil }
 	choose := func() *Chosen {
 		t.Helper()
-		ch, err := ChooseBoot(dir, cas, pid, time.Time{}, rw)
+		ch, err := ChooseBoot(dir, keys.CAs, pid, time.Time{}, "", rw)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,7 +69,7 @@ func TestChooseBoot(t *testing.T) {
 	if ch := choose(); ch.Slot != update.SlotA || ch.Trial || ch.VM.Version() != 1 || len(rws) != 0 {
 		t.Fatalf("no record: slot %s trial %v version %d, rw %v", ch.Slot, ch.Trial, ch.VM.Version(), rws)
 	}
-	opts := update.StageOptions{Trust: trust.Options{CAs: cas, ProductID: pid}, Client: c,
+	opts := update.StageOptions{Trust: trust.Options{CAs: keys.CAs, ProductID: pid}, Client: c,
 		From: func(d digest.Digest) registry.Endpoint { return registry.Store(build, d.String()) }}
 	if _, err := update.Stage(context.Background(), data, sign(2, web2), opts); err != nil {
 		t.Fatal(err)
@@ -131,6 +102,24 @@ func TestChooseBoot(t *testing.T) {
 	s, _, _ := update.Read(dir)
 	if s.Trial != nil || s.Last.Version != 3 || !strings.Contains(s.Last.Why, "the initrd refused it") {
 		t.Fatalf("state %+v %+v", s.Trial, s.Last)
+	}
+	// UKI slots: the default slot booted by another UKI than its own (a
+	// confirm whose BootOrder write was lost) asks for BootOrder to be
+	// repaired; booted by its own, nothing
+	if _, err := update.Modify(dir, func(s *update.State) error {
+		s.Slots[s.Default].UKI = &update.UKI{File: update.InstalledUKI, SHA256: "00", Entry: "Boot0003"}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for booted, want := range map[string]string{"Boot0001": "Boot0003", "Boot0003": "", "": ""} {
+		ch, err := ChooseBoot(dir, keys.CAs, pid, time.Time{}, booted, rw)
+		if err != nil || ch.BootFirst != want || ch.Slot != update.SlotA {
+			t.Fatalf("booted %q: BootFirst %q, want %q (%v)", booted, ch.BootFirst, want, err)
+		}
+		if want != "" && !strings.Contains(strings.Join(ch.Notes, "\n"), "the firmware booted Boot0001, not its UKI Boot0003") {
+			t.Fatalf("notes %q", ch.Notes)
+		}
 	}
 	// a damaged record: current.json boots
 	os.WriteFile(update.StatePath(dir), []byte("{"), 0o644)

@@ -1,9 +1,7 @@
 package registry
 
 import (
-	"crypto/x509"
 	"errors"
-	"path/filepath"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -12,30 +10,17 @@ import (
 	"github.com/vesselos/vessel/internal/manifest"
 	"github.com/vesselos/vessel/internal/registry/registrytest"
 	"github.com/vesselos/vessel/internal/trust"
+	"github.com/vesselos/vessel/internal/trust/trusttest"
 )
 
 const testPID = "0f8fad5b-d9cb-469f-a165-70867728950e"
 
-// pki is a manifest CA and one product key, made with package trust.
-type pki struct {
-	dir string
-	cas []*x509.Certificate
-}
+// pki is a manifest CA for org and one product key (acme, testPID).
+type pki struct{ *trusttest.PKI }
 
 func newPKI(t testing.TB, org string) *pki {
 	t.Helper()
-	dir := t.TempDir()
-	if _, err := trust.Init(dir, trust.InitOptions{Org: org}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := trust.Product(dir, trust.ProductOptions{Name: "acme", ProductID: testPID}); err != nil {
-		t.Fatal(err)
-	}
-	cas, err := trust.LoadCerts(filepath.Join(dir, trust.ManifestCACert))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &pki{dir: dir, cas: cas}
+	return &pki{trusttest.New(t, org, map[string]string{"acme": testPID})}
 }
 
 // sign signs a manifest of version that pins images (desc).
@@ -47,23 +32,7 @@ func (p *pki) sign(t testing.TB, version int64, images ...ocispec.Descriptor) []
 			Image:   manifest.Image{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size},
 			Restart: manifest.RestartAlways, Network: manifest.NetworkHost})
 	}
-	payload, err := m.Marshal()
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := trust.LoadKey(filepath.Join(p.dir, "products", "acme", trust.ProductKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs, err := trust.LoadCerts(filepath.Join(p.dir, "products", "acme", trust.ProductCert))
-	if err != nil {
-		t.Fatal(err)
-	}
-	signed, err := trust.Sign(payload, key, certs[:1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return signed
+	return p.Sign(t, "acme", m)
 }
 
 func fakeImage(s string) ocispec.Descriptor {
@@ -115,7 +84,7 @@ func TestSignedManifestReferrers(t *testing.T) {
 			if len(f.Signed) != 1 || f.Artifact.Digest != res.Manifest.Digest {
 				t.Fatalf("fetched %+v", f)
 			}
-			vm, err := trust.Verify(f.Signed[0], trust.Options{CAs: p.cas, ProductID: testPID})
+			vm, err := trust.Verify(f.Signed[0], trust.Options{CAs: p.CAs, ProductID: testPID})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -148,7 +117,7 @@ func TestFetchSignedRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = verifyAny(f, trust.Options{CAs: ours.cas})
+	_, _, err = verifyAny(f, trust.Options{CAs: ours.CAs})
 	if !errors.Is(err, ErrNoValidSignature) || !errors.Is(err, trust.ErrUntrusted) {
 		t.Fatalf("err = %v, want no valid signature (untrusted)", err)
 	}

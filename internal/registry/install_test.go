@@ -3,44 +3,16 @@ package registry
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-
 	"github.com/vesselos/vessel/internal/image"
-	"github.com/vesselos/vessel/internal/layer"
+	"github.com/vesselos/vessel/internal/image/imagetest"
 	"github.com/vesselos/vessel/internal/registry/registrytest"
-	"github.com/vesselos/vessel/internal/store"
 	"github.com/vesselos/vessel/internal/trust"
 )
-
-// realImage builds a verified squashfs image from files (name -> content).
-func realImage(t testing.TB, st *store.Store, ref string, files map[string]string) ocispec.Descriptor {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("image create needs root (CI runs as root)")
-	}
-	if _, err := exec.LookPath("mksquashfs"); err != nil {
-		t.Skip("mksquashfs is not installed (make deps)")
-	}
-	dir := t.TempDir()
-	for n, c := range files {
-		os.MkdirAll(filepath.Dir(filepath.Join(dir, n)), 0o755)
-		if err := os.WriteFile(filepath.Join(dir, n), []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	epoch := int64(1700000000)
-	res, err := image.Create(ctx(t), st, ref, []string{dir}, image.CreateOptions{Format: layer.DefaultFormat(layer.Squashfs), SourceDateEpoch: &epoch})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.Descriptor
-}
 
 // Install end to end on distribution 2.8: a good manifest installs; a
 // tampered signature and an untrusted signer are refused and change
@@ -49,9 +21,9 @@ func realImage(t testing.TB, st *store.Store, ref string, files map[string]strin
 func TestInstall(t *testing.T) {
 	reg := registrytest.Start(t, registrytest.Options{})
 	build := openStore(t)
-	web1 := realImage(t, build, "web:1", map[string]string{"etc/hello": "one"})
+	web1 := imagetest.Squashfs(t, build, "web:1", map[string]string{"etc/hello": "one"})
 	big := strings.Repeat("incompressible? no, but big enough to cut ", 1<<16)
-	web3 := realImage(t, build, "web:3", map[string]string{"etc/hello": "three", "data": big})
+	web3 := imagetest.Squashfs(t, build, "web:3", map[string]string{"etc/hello": "three", "data": big})
 	p := newPKI(t, "Acme")
 	c := newClient(t, Options{})
 	repo := "docker://" + reg.Host + "/acme/product:"
@@ -63,7 +35,7 @@ func TestInstall(t *testing.T) {
 	}
 	push("1", p.sign(t, 1, web1))
 	st := openStore(t)
-	opts := InstallOptions{Trust: trust.Options{CAs: p.cas, ProductID: testPID}}
+	opts := InstallOptions{Trust: trust.Options{CAs: p.CAs, ProductID: testPID}}
 	cur, err := c.Install(ctx(t), st, mustRef(t, repo+"1"), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +46,7 @@ func TestInstall(t *testing.T) {
 	if _, err := image.Verify(st, "system/web:v1", nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := trust.Verify(mustRead(t, filepath.Join(st.Root(), cur.Signed)), trust.Options{CAs: p.cas, MinVersion: 1}); err != nil {
+	if _, err := trust.Verify(mustRead(t, filepath.Join(st.Root(), cur.Signed)), trust.Options{CAs: p.CAs, MinVersion: 1}); err != nil {
 		t.Fatalf("recorded signed manifest: %v", err)
 	}
 	unchanged := func(why string) {

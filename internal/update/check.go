@@ -45,6 +45,9 @@ type CheckOptions struct {
 	// Counter, when set, is the TPM's anti-rollback counter: a confirmed
 	// trial advances it to the new version (after the file record).
 	Counter VersionCounter
+	// Firmware, when set, gets a confirmed slot's UKI to the front of
+	// the firmware's BootOrder.
+	Firmware *Firmware
 }
 
 // VersionCounter is a monotonic anti-rollback record of the accepted
@@ -125,27 +128,35 @@ func Check(ctx context.Context, st *store.Store, opts CheckOptions) (*CheckResul
 		}
 		return res, fmt.Errorf("%w: %s", ErrUnhealthy, why)
 	}
-	if err := Confirm(st, vm, opts.Booted, opts.Counter); err != nil {
+	if err := Confirm(st, vm, opts.Booted, opts.Counter, opts.Firmware); err != nil {
 		return res, err
 	}
 	res.Outcome, res.Why = OutcomeGood, "health check passed"
 	return res, nil
 }
 
-// Confirm makes the booted trial slot the default, then records its
+// Confirm makes the booted trial slot the default (and its UKI the
+// firmware's first boot entry), then records its
 // version as accepted (the file on the data partition, then the TPM
 // counter when there is one), then points system/current.json at it. The
 // order keeps the invariant that the accepted version is never above the
 // default slot's: a crash between the steps boots the new default, whose
 // vessel up records the version again and whose initrd advances the TPM
 // counter to it.
-func Confirm(st *store.Store, vm *trust.VerifiedManifest, booted string, counter VersionCounter) error {
+func Confirm(st *store.Store, vm *trust.VerifiedManifest, booted string, counter VersionCounter, fw *Firmware) error {
 	root := st.Root()
 	state, err := Modify(root, func(s *State) error { return s.Confirm(booted, now()) })
 	if err != nil {
 		return fmt.Errorf("confirm slot %s: %w", booted, err)
 	}
 	pause(FaultAfterCommit)
+	if fw != nil {
+		// After the record: if this write is lost, the initrd finds the
+		// default slot booted by another UKI and repairs BootOrder.
+		if err := fw.BootFirst(state.Slots[booted].UKI); err != nil {
+			return fmt.Errorf("confirm slot %s: make its UKI the firmware's first boot entry: %w", booted, err)
+		}
+	}
 	if err := trust.OpenVersions(root).Record(vm); err != nil {
 		return fmt.Errorf("confirm slot %s: record version %d as accepted: %w", booted, vm.Version(), err)
 	}

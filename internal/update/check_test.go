@@ -22,7 +22,7 @@ import (
 func fakeSupervisor(t *testing.T, f *fixture, signed []byte, state string, restarts int) string {
 	t.Helper()
 	dir := t.TempDir()
-	vm, err := trust.Verify(signed, trust.Options{CAs: f.p.cas})
+	vm, err := trust.Verify(signed, trust.Options{CAs: f.p.CAs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func stageAndBoot(t *testing.T, f *fixture, signed []byte) string {
 		t.Fatal(err)
 	}
 	var booted string
-	if _, err := Modify(f.machine.Root(), func(s *State) error { booted, _, _ = s.Boot(testNow); return nil }); err != nil {
+	if _, err := Modify(f.machine.Root(), func(s *State) error { booted, _, _ = s.Boot(testNow, ""); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return booted
@@ -113,7 +113,7 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("a failed trial moved the TPM counter: %v", counter.advanced)
 	}
 	// next boot: the default
-	if got, trial, _ := s.Boot(testNow); got != SlotB || trial {
+	if got, trial, _ := s.Boot(testNow, ""); got != SlotB || trial {
 		t.Fatalf("next boot %s %v", got, trial)
 	}
 }

@@ -79,7 +79,7 @@ func TestStageKilled(t *testing.T) {
 			signed := filepath.Join(dir, "m.signed")
 			os.WriteFile(signed, f.signed[2], 0o644)
 			pidFile := filepath.Join(dir, "pid")
-			cmd := helper(t, "VESSEL_UPDATE_HELPER=stage", "MACHINE="+root, "BUILD="+f.build.Root(), "CA="+filepath.Join(f.p.dir, trust.ManifestCACert),
+			cmd := helper(t, "VESSEL_UPDATE_HELPER=stage", "MACHINE="+root, "BUILD="+f.build.Root(), "CA="+filepath.Join(f.p.Dir, trust.ManifestCACert),
 				"SIGNED="+signed, "VESSEL_FAULT_PAUSE="+point, "VESSEL_FAULT_FILE="+pidFile)
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)

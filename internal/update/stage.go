@@ -35,6 +35,10 @@ type StageOptions struct {
 	Platform ocispec.Platform
 	// Source is recorded in the slot (where the manifest came from).
 	Source string
+	// UKI is a new signed kernel image for the slot (nil: the slot boots
+	// the default slot's UKI); it needs Firmware.
+	UKI      []byte
+	Firmware *Firmware
 }
 
 // StagedImage is one image of a staged manifest.
@@ -60,6 +64,12 @@ type Staged struct {
 	Untagged  []string        `json:"untagged,omitempty"`
 	GC        *store.GCResult `json:"gc,omitempty"`
 	TriesLeft int             `json:"triesLeft"`
+	// UKI is the slot's kernel image; BootNext the boot entry armed for
+	// its one-shot trial boot ("" when the trial boots the default's
+	// UKI); RemovedUKIs the staged UKIs no slot references any more.
+	UKI         *UKI     `json:"uki,omitempty"`
+	BootNext    string   `json:"bootNext,omitempty"`
+	RemovedUKIs []string `json:"removedUKIs,omitempty"`
 }
 
 // Stage verifies the signed system manifest as the initrd will (CA chain,
@@ -103,6 +113,15 @@ func Stage(ctx context.Context, st *store.Store, signed []byte, opts StageOption
 	probe := state.clone()
 	if _, err := probe.Stage(sl, accepted, now()); err != nil {
 		return nil, fmt.Errorf("%w (the slots are unchanged)", err)
+	}
+	fw := opts.Firmware
+	if opts.UKI != nil {
+		if fw == nil {
+			return nil, fmt.Errorf("%w: a new UKI needs the ESP and the UEFI variables (the slots are unchanged)", ErrRefused)
+		}
+		if _, err := fw.checkUKI(opts.UKI, state.Product); err != nil {
+			return nil, fmt.Errorf("%w: UKI: %w (the slots are unchanged)", ErrRefused, err)
+		}
 	}
 
 	done, err := st.Writer() // gc waits until the images are tagged
@@ -170,6 +189,21 @@ func Stage(ctx context.Context, st *store.Store, signed []byte, opts StageOption
 	if err := atomicfile.WriteIn(filepath.Join(root, "tmp"), filepath.Join(root, sl.Signed), signed, 0o644); err != nil {
 		return nil, fmt.Errorf("write the signed manifest: %w", err)
 	}
+	if opts.UKI != nil {
+		// Before the commit point: a file and a boot entry nothing
+		// references yet (collected by the next staging if this one dies).
+		if state.Slots[state.Default].UKI == nil {
+			if state.Slots[state.Default].UKI, err = fw.installed(); err != nil {
+				return nil, err
+			}
+		}
+		if sl.UKI, err = fw.install(opts.UKI, fmt.Sprintf("vessel version %d", sl.Version)); err != nil {
+			return nil, err
+		}
+	} else {
+		sl.UKI = state.Slots[state.Default].UKI
+	}
+	res.UKI = sl.UKI
 	if res.Slot, err = state.Stage(sl, accepted, now()); err != nil {
 		return nil, err
 	}
@@ -184,6 +218,17 @@ func Stage(ctx context.Context, st *store.Store, signed []byte, opts StageOption
 	}
 	pause(FaultAfterCommit)
 	res.TriesLeft = state.Trial.TriesLeft
+	if fw != nil {
+		if err := fw.armTrial(state); err != nil {
+			return res, fmt.Errorf("staged in slot %s, but %w: the next boot records the trial as failed; stage again", res.Slot, err)
+		}
+		if u := state.TrialUKI(); u != nil {
+			res.BootNext = u.Entry
+		}
+		if res.RemovedUKIs, err = fw.collectUKIs(state); err != nil {
+			return res, fmt.Errorf("staged in slot %s, but removing unreferenced UKIs from the ESP failed: %w", res.Slot, err)
+		}
+	}
 	if res.Untagged, res.GC, err = collect(st, state); err != nil {
 		return res, fmt.Errorf("staged in slot %s, but collecting unreferenced images failed: %w", res.Slot, err)
 	}

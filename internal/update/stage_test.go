@@ -42,14 +42,14 @@ func bootAndConfirm(t *testing.T, f *fixture, signed []byte) {
 	t.Helper()
 	root := f.machine.Root()
 	var booted string
-	if _, err := Modify(root, func(s *State) error { booted, _, _ = s.Boot(testNow); return nil }); err != nil {
+	if _, err := Modify(root, func(s *State) error { booted, _, _ = s.Boot(testNow, ""); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	vm, err := trust.Verify(signed, trust.Options{CAs: f.p.cas, ProductID: testPID, Images: f.machine})
+	vm, err := trust.Verify(signed, trust.Options{CAs: f.p.CAs, ProductID: testPID, Images: f.machine})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := Confirm(f.machine, vm, booted, nil); err != nil {
+	if err := Confirm(f.machine, vm, booted, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -182,7 +182,7 @@ func TestRollbackOnDisk(t *testing.T) {
 	if _, err := Stage(context.Background(), f.machine, f.signed[2], f.fromHere); err != nil {
 		t.Fatal(err)
 	}
-	r, err := Rollback(root, SlotA)
+	r, err := Rollback(root, SlotA, nil)
 	if err != nil || r.NextBoot != SlotA || r.Reboot || r.Last.Outcome != OutcomeCancelled {
 		t.Fatalf("disarm: %+v %v", r, err)
 	}
@@ -194,7 +194,7 @@ func TestRollbackOnDisk(t *testing.T) {
 	}
 	bootAndConfirm(t, f, f.signed[2])
 	before := slotsBytes(t, root)
-	if _, err := Rollback(root, SlotB); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "lower than version 2 already accepted") {
+	if _, err := Rollback(root, SlotB, nil); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "lower than version 2 already accepted") {
 		t.Fatalf("rollback to an older slot: %v", err)
 	}
 	if !bytes.Equal(before, slotsBytes(t, root)) {
@@ -213,10 +213,10 @@ func TestRollbackSwitchesDefault(t *testing.T) {
 	if _, err := Stage(context.Background(), f.machine, f.signed[2], f.fromHere); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Modify(root, func(s *State) error { s.Boot(testNow); return s.Confirm(SlotB, testNow) }); err != nil {
+	if _, err := Modify(root, func(s *State) error { s.Boot(testNow, ""); return s.Confirm(SlotB, testNow) }); err != nil {
 		t.Fatal(err)
 	}
-	r, err := Rollback(root, SlotB)
+	r, err := Rollback(root, SlotB, nil)
 	if err != nil || r.NextBoot != SlotA || r.Version != 1 || !r.Reboot {
 		t.Fatalf("%+v %v", r, err)
 	}
@@ -227,7 +227,7 @@ func TestRollbackSwitchesDefault(t *testing.T) {
 	if err != nil || cur.Version != 1 {
 		t.Fatalf("current.json %+v %v", cur, err)
 	}
-	if _, err := trust.Verify(mustRead(t, filepath.Join(root, cur.Signed)), trust.Options{CAs: f.p.cas}); err != nil {
+	if _, err := trust.Verify(mustRead(t, filepath.Join(root, cur.Signed)), trust.Options{CAs: f.p.CAs}); err != nil {
 		t.Fatalf("current.json names a file that does not verify: %v", err)
 	}
 }

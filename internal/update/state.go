@@ -57,6 +57,9 @@ type Slot struct {
 	Source   string                    `json:"source,omitempty"`
 	Images   []registry.InstalledImage `json:"images"`
 	StagedAt time.Time                 `json:"stagedAt"`
+	// UKI is the signed kernel image that boots the slot (nil: whatever
+	// the firmware boots by default, the installed UKI).
+	UKI *UKI `json:"uki,omitempty"`
 }
 
 // Trial is a slot armed for a trial boot.
@@ -163,11 +166,28 @@ func (s *State) Stage(sl *Slot, accepted int64, now time.Time) (string, error) {
 
 // Boot is the initrd's choice: the slot to boot, whether this boot is a
 // trial, and whether the state changed (and must be written, durably,
-// before the boot goes on).
-func (s *State) Boot(now time.Time) (slot string, trial, changed bool) {
+// before the boot goes on). booted is the UEFI boot entry the firmware
+// started (BootCurrent, "Boot0004"; "" when unknown): a trial with its own
+// UKI runs only if that UKI is what booted. Otherwise the firmware's
+// one-shot (BootNext) went to the trial's UKI and it never reached this
+// initrd (a kernel that panicked or hung, a UKI the firmware refused), or
+// the one-shot was never set: the trial failed.
+func (s *State) Boot(now time.Time, booted string) (slot string, trial, changed bool) {
 	t := s.Trial
 	if t == nil {
 		return s.Default, false, false
+	}
+	if u := s.TrialUKI(); u != nil && booted != u.Entry {
+		what := "an unknown entry (no UEFI variables)"
+		if booted != "" {
+			what = booted
+		}
+		why := fmt.Sprintf("its UKI (%s, %s) never reached the initrd: the firmware booted %s (a kernel that panicked or hung, a UKI the firmware refused, or a one-shot BootNext that was never set)", u.Entry, u.File, what)
+		if t.Booting {
+			why = fmt.Sprintf("the trial boot never confirmed (crash, hang or power cut before its health check passed; the firmware then booted %s)", what)
+		}
+		s.fail(why, now)
+		return s.Default, false, true
 	}
 	if t.TriesLeft > 0 {
 		t.TriesLeft--

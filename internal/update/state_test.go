@@ -22,7 +22,7 @@ func TestStageRefusals(t *testing.T) {
 	if _, err := booting.Stage(slot(3, testPID), 2, testNow); err != nil {
 		t.Fatal(err)
 	}
-	booting.Boot(testNow)
+	booting.Boot(testNow, "")
 	for _, tc := range []struct {
 		name     string
 		s        *State
@@ -60,12 +60,12 @@ func TestTrialLifecycle(t *testing.T) {
 	if err := s.Check(); err != nil {
 		t.Fatal(err)
 	}
-	got, trial, changed := s.Boot(testNow)
+	got, trial, changed := s.Boot(testNow, "")
 	if got != SlotB || !trial || !changed || s.Trial.TriesLeft != 0 || !s.Trial.Booting {
 		t.Fatalf("first boot: %s trial=%v changed=%v %+v", got, trial, changed, s.Trial)
 	}
 	// that boot hung or lost power: the next one falls back
-	got, trial, changed = s.Boot(testNow)
+	got, trial, changed = s.Boot(testNow, "")
 	if got != SlotA || trial || !changed || s.Trial != nil || s.Default != SlotA {
 		t.Fatalf("second boot: %s trial=%v changed=%v %+v", got, trial, changed, s)
 	}
@@ -73,7 +73,7 @@ func TestTrialLifecycle(t *testing.T) {
 		t.Fatalf("last result %+v", s.Last)
 	}
 	// a third boot changes nothing
-	if got, trial, changed = s.Boot(testNow); got != SlotA || trial || changed {
+	if got, trial, changed = s.Boot(testNow, ""); got != SlotA || trial || changed {
 		t.Fatalf("third boot: %s %v %v", got, trial, changed)
 	}
 	// confirm only the running trial
@@ -86,7 +86,7 @@ func TestTrialLifecycle(t *testing.T) {
 	if err := s.Confirm(SlotB, testNow); err == nil {
 		t.Fatal("confirmed a trial that has not booted")
 	}
-	s.Boot(testNow)
+	s.Boot(testNow, "")
 	if err := s.Confirm(SlotA, testNow); err == nil {
 		t.Fatal("confirmed from the other slot")
 	}
@@ -103,14 +103,14 @@ func TestTrialLifecycle(t *testing.T) {
 	if s.Trial.Slot != SlotA {
 		t.Fatalf("staged into %s, want the inactive a", s.Trial.Slot)
 	}
-	s.Boot(testNow)
+	s.Boot(testNow, "")
 	if err := s.Fail("service web is backoff", testNow); err != nil {
 		t.Fatal(err)
 	}
 	if s.Default != SlotB || s.Trial != nil || s.Last.Why != "service web is backoff" {
 		t.Fatalf("after fail %+v", s)
 	}
-	if got, _, _ := s.Boot(testNow); got != SlotB {
+	if got, _, _ := s.Boot(testNow, ""); got != SlotB {
 		t.Fatalf("boot after a failed trial: %s", got)
 	}
 }
@@ -125,13 +125,13 @@ func TestRollback(t *testing.T) {
 	}
 	// a running trial ends as failed
 	s.Stage(slot(3, testPID), 2, testNow)
-	s.Boot(testNow)
+	s.Boot(testNow, "")
 	if next, err = s.Rollback(2, testNow); err != nil || next != SlotA || s.Last.Outcome != OutcomeFailed {
 		t.Fatalf("running: %v %s %+v", err, next, s.Last)
 	}
 	// no trial: the other slot is older than the accepted version
 	s.Stage(slot(3, testPID), 2, testNow)
-	s.Boot(testNow)
+	s.Boot(testNow, "")
 	s.Confirm(SlotB, testNow)
 	_, err = s.Rollback(3, testNow)
 	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "lower than version 3 already accepted") || s.Default != SlotB {

@@ -25,6 +25,7 @@ type SlotStatus struct {
 	Source   string        `json:"source,omitempty"`
 	Images   int           `json:"images"`
 	StagedAt time.Time     `json:"stagedAt,omitzero"`
+	UKI      *UKI          `json:"uki,omitempty"` // its own kernel image (nil: the installed one)
 }
 
 // Status is the slot record with what this boot runs and the accepted
@@ -67,10 +68,10 @@ func GetStatus(root, booted string) (*Status, error) {
 			continue
 		}
 		out.Slots = append(out.Slots, SlotStatus{Name: n, Default: n == s.Default, Booted: n == booted, Trial: s.Trial != nil && s.Trial.Slot == n,
-			Version: sl.Version, Digest: sl.Digest, Signer: sl.Signer, Source: sl.Source, Images: len(sl.Images), StagedAt: sl.StagedAt})
+			Version: sl.Version, Digest: sl.Digest, Signer: sl.Signer, Source: sl.Source, Images: len(sl.Images), StagedAt: sl.StagedAt, UKI: sl.UKI})
 	}
 	probe := s.clone()
-	out.NextBoot, out.NextTrial, _ = probe.Boot(now())
+	out.NextBoot, out.NextTrial, _ = probe.Boot(now(), assumeFirmware(probe))
 	return out, nil
 }
 
@@ -85,8 +86,10 @@ type RollbackResult struct {
 }
 
 // Rollback goes back to the other slot (State.Rollback) and records it;
-// booted is the slot this boot runs, if known.
-func Rollback(root, booted string) (*RollbackResult, error) {
+// booted is the slot this boot runs, if known. With fw, the firmware
+// follows: a pending BootNext of the trial is cleared and the default
+// slot's UKI is the first boot entry.
+func Rollback(root, booted string, fw *Firmware) (*RollbackResult, error) {
 	var next, before string
 	s, err := Modify(root, func(s *State) error {
 		acc, err := Accepted(trust.OpenVersions(root), s.Product)
@@ -112,5 +115,25 @@ func Rollback(root, booted string) (*RollbackResult, error) {
 			return nil, fmt.Errorf("rollback: %w", err)
 		}
 	}
+	if fw != nil {
+		if err := fw.armTrial(s); err != nil {
+			return nil, fmt.Errorf("rollback: %w", err)
+		}
+		if err := fw.BootFirst(s.Slots[next].UKI); err != nil {
+			return nil, fmt.Errorf("rollback: make slot %s's UKI the firmware's first boot entry: %w", next, err)
+		}
+	}
 	return &RollbackResult{NextBoot: next, Version: s.Slots[next].Version, Last: s.Last, Reboot: booted != "" && booted != next}, nil
+}
+
+// assumeFirmware is the entry the next boot starts if the firmware does
+// as told: the trial's UKI through BootNext, else the default's.
+func assumeFirmware(s *State) string {
+	if u := s.TrialUKI(); u != nil {
+		return u.Entry
+	}
+	if u := s.Slots[s.Default].UKI; u != nil {
+		return u.Entry
+	}
+	return ""
 }

@@ -217,26 +217,11 @@ func TestClusterJoin(t *testing.T) {
 // libraries) and web:1 (busybox, a page) in the store of v.
 func clusterImages(t *testing.T, e *bootEnv, dir string, v func(...string) string) {
 	t.Helper()
-	bb, vs, rc, app := filepath.Join(dir, "busybox"), filepath.Join(dir, "vessel"), filepath.Join(dir, "runc"), filepath.Join(dir, "app")
-	for _, d := range []string{filepath.Join(bb, "bin"), filepath.Join(vs, "sbin"), filepath.Join(app, "www")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	app := filepath.Join(dir, "app")
+	if err := os.MkdirAll(filepath.Join(app, "www"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	copyExec(t, "/bin/busybox", filepath.Join(bb, "bin", "busybox"))
-	os.Symlink("busybox", filepath.Join(bb, "bin", "sh"))
-	for _, d := range []string{"etc", "dev", "proc", "sys", "run", "tmp", "var/lib/vessel"} {
-		os.MkdirAll(filepath.Join(bb, d), 0o755)
-	}
-	copyExec(t, e.vessel, filepath.Join(vs, "sbin", "init"))
-	runcPath, err := exec.LookPath("runc")
-	if err != nil {
-		t.Skip("missing runc (make deps installs it)")
-	}
-	for _, f := range append([]string{runcPath}, sharedLibs(t, runcPath)...) {
-		os.MkdirAll(filepath.Join(rc, filepath.Dir(f)), 0o755)
-		copyExec(t, f, filepath.Join(rc, f))
-	}
+	hostTree(t, dir, e.vessel, true)
 	os.WriteFile(filepath.Join(app, "www", "index.html"), []byte("hello\n"), 0o644)
 	v("image", "create", "host:1", "--layer", "busybox", "--layer", "vessel", "--layer", "runc")
 	v("image", "create", "web:1", "--layer", "busybox", "--layer", "app")

@@ -411,23 +411,12 @@ func makeImages(t *testing.T, e *bootEnv) *netImages {
 		t.Skip("missing /bin/busybox (make deps installs busybox-static)")
 	}
 	dir := filepath.Join(e.dir, "net")
-	bb, vs, rc := filepath.Join(dir, "busybox"), filepath.Join(dir, "vessel"), filepath.Join(dir, "runc")
-	for _, d := range []string{filepath.Join(bb, "bin"), filepath.Join(vs, "sbin"), filepath.Join(dir, "app", "www"), filepath.Join(dir, "app2", "www")} {
+	for _, d := range []string{filepath.Join(dir, "app", "www"), filepath.Join(dir, "app2", "www")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	copyExec(t, "/bin/busybox", filepath.Join(bb, "bin", "busybox"))
-	os.Symlink("busybox", filepath.Join(bb, "bin", "sh"))
-	for _, d := range []string{"etc", "dev", "proc", "sys", "run", "tmp", "var/lib/vessel"} {
-		os.MkdirAll(filepath.Join(bb, d), 0o755)
-	}
-	copyExec(t, e.vessel, filepath.Join(vs, "sbin", "init"))
-	runcPath, _ := exec.LookPath("runc")
-	for _, f := range append([]string{runcPath}, sharedLibs(t, runcPath)...) {
-		os.MkdirAll(filepath.Join(rc, filepath.Dir(f)), 0o755)
-		copyExec(t, f, filepath.Join(rc, f))
-	}
+	hostTree(t, dir, e.vessel, true)
 	os.WriteFile(filepath.Join(dir, "app", "www", "index.html"), []byte("hello from a network-booted service\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "app2", "www", "index.html"), []byte("version 2 adds this service\n"), 0o644)
 	v := vesselIn(t, e.vessel, dir, filepath.Join(dir, "store"))

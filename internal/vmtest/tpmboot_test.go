@@ -84,7 +84,10 @@ func TestTPMBoot(t *testing.T) {
 	ca := filepath.Join(dir, "keys", "manifest-ca.pem")
 	store := filepath.Join(dir, "store")
 	v := vesselIn(t, e.vessel, dir, store)
-	hostLayers(t, e, dir)
+	hostTree(t, dir, e.vessel, false)
+	// TestTPMBoot's host image has never had /bin/sh (nothing on it runs a
+	// shell): it stays as it was.
+	os.Remove(filepath.Join(dir, "busybox", "bin", "sh"))
 	v("image", "create", "host:1", "--layer", "busybox", "--layer", "vessel")
 	v("keys", "init", "keys", "--org", "Acme")
 	v("keys", "product", "keys", "--name", "acme", "--product-id", productID)
@@ -273,20 +276,6 @@ func writeVars(t *testing.T, keys, cert2 string, dbx []byte, out string) {
 	if err := os.WriteFile(out, s.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// hostLayers makes the host image's layer directories: busybox, and the
-// static vessel as /sbin/init.
-func hostLayers(t *testing.T, e *bootEnv, dir string) {
-	bb, vs := filepath.Join(dir, "busybox"), filepath.Join(dir, "vessel")
-	for _, d := range []string{filepath.Join(bb, "bin"), filepath.Join(vs, "sbin")} {
-		os.MkdirAll(d, 0o755)
-	}
-	copyExec(t, "/bin/busybox", filepath.Join(bb, "bin", "busybox"))
-	for _, d := range []string{"etc", "dev", "proc", "sys", "run", "tmp", "var/lib/vessel"} {
-		os.MkdirAll(filepath.Join(bb, d), 0o755)
-	}
-	copyExec(t, e.vessel, filepath.Join(vs, "sbin", "init"))
 }
 
 // partitionAt returns the byte offset and size of the GPT partition name.

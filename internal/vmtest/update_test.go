@@ -53,23 +53,7 @@ func makeUpdateFixture(t *testing.T, e *bootEnv) *updateFixture {
 	}
 	f := &updateFixture{dir: filepath.Join(e.dir, "update"), digests: map[int]string{}}
 	dir := f.dir
-	bb, vs, rc := filepath.Join(dir, "busybox"), filepath.Join(dir, "vessel"), filepath.Join(dir, "runc")
-	for _, d := range []string{filepath.Join(bb, "bin"), filepath.Join(vs, "sbin")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	copyExec(t, "/bin/busybox", filepath.Join(bb, "bin", "busybox"))
-	os.Symlink("busybox", filepath.Join(bb, "bin", "sh"))
-	for _, d := range []string{"etc", "dev", "proc", "sys", "run", "tmp", "var/lib/vessel"} {
-		os.MkdirAll(filepath.Join(bb, d), 0o755)
-	}
-	copyExec(t, e.vessel, filepath.Join(vs, "sbin", "init"))
-	runcPath, _ := exec.LookPath("runc")
-	for _, p := range append([]string{runcPath}, sharedLibs(t, runcPath)...) {
-		os.MkdirAll(filepath.Join(rc, filepath.Dir(p)), 0o755)
-		copyExec(t, p, filepath.Join(rc, p))
-	}
+	hostTree(t, dir, e.vessel, true)
 	f.store = filepath.Join(dir, "store")
 	f.v = vesselIn(t, e.vessel, dir, f.store)
 	f.v("image", "create", "host:1", "--layer", "busybox", "--layer", "vessel", "--layer", "runc")

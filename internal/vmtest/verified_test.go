@@ -47,29 +47,10 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 		t.Skip("missing /bin/busybox (make deps installs busybox-static)")
 	}
 	dir := filepath.Join(e.dir, "verified")
-	bb := filepath.Join(dir, "busybox")
-	vs := filepath.Join(dir, "vessel")
-	for _, d := range []string{filepath.Join(bb, "bin"), filepath.Join(vs, "sbin"), filepath.Join(dir, "app")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.MkdirAll(filepath.Join(dir, "app"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	copyExec(t, "/bin/busybox", filepath.Join(bb, "bin", "busybox"))
-	os.Symlink("busybox", filepath.Join(bb, "bin", "sh"))
-	for _, d := range []string{"etc", "dev", "proc", "sys", "run", "tmp", "var/lib/vessel"} {
-		os.MkdirAll(filepath.Join(bb, d), 0o755)
-	}
-	copyExec(t, e.vessel, filepath.Join(vs, "sbin", "init"))
-	// runc and the libraries it links (the supervisor's OCI runtime).
-	rc := filepath.Join(dir, "runc")
-	runcPath, err := exec.LookPath("runc")
-	if err != nil {
-		t.Skip("missing runc (make deps installs it)")
-	}
-	for _, f := range append([]string{runcPath}, sharedLibs(t, runcPath)...) {
-		os.MkdirAll(filepath.Join(rc, filepath.Dir(f)), 0o755)
-		copyExec(t, f, filepath.Join(rc, f))
-	}
+	hostTree(t, dir, e.vessel, true)
 	os.MkdirAll(filepath.Join(dir, "app", "www"), 0o755)
 	os.WriteFile(filepath.Join(dir, "app", "www", "index.html"), []byte("hello from a verified service\n"), 0o644)
 	os.MkdirAll(filepath.Join(dir, "app2", "www"), 0o755)
@@ -180,6 +161,41 @@ func httpd(port int, dir string) string {
 // servicesCmdline boots to the services: the host starts the manifest's
 // services under vessel up, with the address qemu's user network expects.
 const servicesCmdline = "console=ttyS0 vessel.test=root,services vessel.ip=10.0.2.15/24"
+
+// hostTree makes the host image's layer directories in dir: busybox
+// (busybox-static, /bin/sh linked to it, the directories the host mounts
+// on and vessel's state directory), vessel (the static vessel as
+// /sbin/init) and, withRunc, runc (runc and the shared libraries it links:
+// the supervisor's OCI runtime; the test is skipped without runc). The
+// image is made by `image create host:1 --layer busybox --layer vessel
+// [--layer runc]` in dir.
+func hostTree(t *testing.T, dir, vessel string, withRunc bool) {
+	t.Helper()
+	bb, vs := filepath.Join(dir, "busybox"), filepath.Join(dir, "vessel")
+	for _, d := range []string{filepath.Join(bb, "bin"), filepath.Join(vs, "sbin")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	copyExec(t, "/bin/busybox", filepath.Join(bb, "bin", "busybox"))
+	os.Symlink("busybox", filepath.Join(bb, "bin", "sh"))
+	for _, d := range []string{"etc", "dev", "proc", "sys", "run", "tmp", "var/lib/vessel"} {
+		os.MkdirAll(filepath.Join(bb, d), 0o755)
+	}
+	copyExec(t, vessel, filepath.Join(vs, "sbin", "init"))
+	if !withRunc {
+		return
+	}
+	rc := filepath.Join(dir, "runc")
+	runcPath, err := exec.LookPath("runc")
+	if err != nil {
+		t.Skip("missing runc (make deps installs it)")
+	}
+	for _, f := range append([]string{runcPath}, sharedLibs(t, runcPath)...) {
+		os.MkdirAll(filepath.Join(rc, filepath.Dir(f)), 0o755)
+		copyExec(t, f, filepath.Join(rc, f))
+	}
+}
 
 // sharedLibs lists the shared libraries ldd says bin needs (and the loader).
 func sharedLibs(t *testing.T, bin string) []string {

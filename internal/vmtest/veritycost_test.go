@@ -45,23 +45,11 @@ func TestVerityCostBench(t *testing.T) {
 		}
 	}
 	dir := filepath.Join(e.dir, "bench")
-	bb, vs, rc, big := filepath.Join(dir, "busybox"), filepath.Join(dir, "vessel"), filepath.Join(dir, "runc"), filepath.Join(dir, "big")
-	for _, d := range []string{filepath.Join(bb, "bin"), filepath.Join(vs, "sbin"), filepath.Join(big, "big")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	big := filepath.Join(dir, "big")
+	if err := os.MkdirAll(filepath.Join(big, "big"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	copyExec(t, "/bin/busybox", filepath.Join(bb, "bin", "busybox"))
-	os.Symlink("busybox", filepath.Join(bb, "bin", "sh"))
-	for _, d := range []string{"etc", "dev", "proc", "sys", "run", "tmp", "var/lib/vessel"} {
-		os.MkdirAll(filepath.Join(bb, d), 0o755)
-	}
-	copyExec(t, e.vessel, filepath.Join(vs, "sbin", "init"))
-	runcPath, _ := exec.LookPath("runc")
-	for _, f := range append([]string{runcPath}, sharedLibs(t, runcPath)...) {
-		os.MkdirAll(filepath.Join(rc, filepath.Dir(f)), 0o755)
-		copyExec(t, f, filepath.Join(rc, f))
-	}
+	hostTree(t, dir, e.vessel, true)
 	// Random data: squashfs stores it uncompressed, so the guest's read
 	// cost is I/O and hashing, not decompression.
 	for i := 0; i < mb/16; i++ {

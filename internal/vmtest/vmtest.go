@@ -49,8 +49,12 @@ var ErrDenied = errors.New("the firmware refused the image (Access Denied)")
 
 // Config describes one VM.
 type Config struct {
-	Code   string // firmware code; default OVMFCode
-	Vars   string // variable store template, copied for this VM; default SnakeoilVars
+	Code string // firmware code; default OVMFCode
+	Vars string // variable store template, copied for this VM; default SnakeoilVars
+	// NVRAM keeps the variable store in this file across VMs (a machine's
+	// own NVRAM: boot entries, BootOrder, BootNext); made from Vars when
+	// it does not exist yet. Default: a fresh copy for every VM.
+	NVRAM  string
 	ESPDir string // a directory served as a FAT drive (EFI/BOOT/BOOTX64.EFI inside)
 	Disk   string // a raw disk image (used read-write in place); ESPDir or Disk
 	TPM    bool   // attach a swtpm vTPM (TIS)
@@ -203,8 +207,13 @@ func Start(cfg Config) (vm *VM, err error) {
 		}
 	}()
 	vars := filepath.Join(dir, "vars.fd")
-	if err := copyFile(or(cfg.Vars, SnakeoilVars), vars); err != nil {
-		return vm, fmt.Errorf("vmtest: copy variable store: %w", err)
+	if cfg.NVRAM != "" {
+		vars = cfg.NVRAM
+	}
+	if _, err := os.Stat(vars); cfg.NVRAM == "" || os.IsNotExist(err) {
+		if err := copyFile(or(cfg.Vars, SnakeoilVars), vars); err != nil {
+			return vm, fmt.Errorf("vmtest: copy variable store: %w", err)
+		}
 	}
 	if err := os.WriteFile(vm.Serial, nil, 0o644); err != nil {
 		return vm, err
