@@ -34,7 +34,7 @@ func bootInitrdCmd(g *globals) *cobra.Command {
   /etc/vessel/registry-auth.json  --registry-auth: registry credentials (network boot; mode 0600)
 
 The default modules are virtio_pci virtio_blk virtio_net loop dm_verity dm_crypt xts
-squashfs erofs overlay efivarfs ext4 button evdev tpm_tis tpm_crb vfat nls_cp437 nls_ascii; --module replaces the list. Compressed modules
+squashfs erofs overlay efivarfs ext4 button evdev tpm_tis tpm_crb vfat nls_cp437 nls_ascii i6300esb; --module replaces the list. Compressed modules
 (.ko.xz, .ko.zst, .ko.gz) are stored uncompressed (their signature stays
 valid). The archive is zstd-compressed unless --compress none. The same
 inputs give the same bytes. See docs/boot.md.`,

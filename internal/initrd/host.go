@@ -32,10 +32,16 @@ func IsHostInit() bool { return os.Getpid() == 1 && os.Args[0] == HostInit }
 // every device-mapper device with its live table. Then it starts the
 // manifest's services (runServices) and stays PID 1 until SIGTERM or
 // SIGINT; with vessel.test=root alone it powers off after the report.
+// With the initrd's watchdog (vessel.watchdog=) it pings it every
+// timeout/4 for its whole life.
 func HostMain() {
 	sys := linuxSystem{}
 	printf := func(format string, args ...any) { fmt.Printf(HostMarker+" "+format+"\n", args...) }
 	cmd := unix.LINUX_REBOOT_CMD_POWER_OFF
+	// The initrd's watchdog (vessel.watchdog=): pinged until the reboot
+	// system call, so a shutdown that hangs longer than the timeout is
+	// reset too; no magic close (docs/update.md).
+	wd := hostWatchdog(printf)
 	defer func() {
 		if r := recover(); r != nil {
 			printf("FAILED: panic: %v", r)
@@ -49,6 +55,7 @@ func HostMain() {
 		if err := unix.Reboot(cmd); err != nil {
 			printf("FAILED: %v", err)
 		}
+		wd.Stop() // a machine stuck here is reset by the watchdog, if armed
 		for {
 			time.Sleep(time.Hour)
 		}

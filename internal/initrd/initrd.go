@@ -5,7 +5,9 @@
 // filesystems (a Mount plan as data, applied in mount_linux.go), load the
 // kernel modules in the order the initrd lists them (finit_module), print a
 // marker line with timings, run the checks the command line asks for
-// (vessel.test=pcr7, vessel.test=disk), then power off. It never starts a shell: on any
+// (vessel.test=pcr7, vessel.test=disk), then power off. With
+// vessel.watchdog=SECONDS it arms the hardware watchdog after the modules
+// (watchdog.go) and hands it to the host's init. It never starts a shell: on any
 // failure it prints one line naming what failed and powers off. The next
 // stage (mounting the verified root, issue 14) adds steps here.
 package initrd
@@ -37,7 +39,8 @@ type Stage struct {
 	Version string
 	Root    string // prefix for every path read ("" on a real boot; a fixture dir in tests)
 	sys     system
-	trial   bool // booting an update's trial slot: a failure reboots (slots.go)
+	trial   bool      // booting an update's trial slot: a failure reboots (slots.go)
+	wd      *Watchdog // the armed hardware watchdog (vessel.watchdog=), or nil
 }
 
 // system is what a step needs from the kernel; the real one is in
@@ -71,6 +74,7 @@ func Main() {
 		if err := s.sys.powerOff(); err != nil {
 			s.printf("FAILED: power off: %v", err)
 		}
+		s.wd.Stop() // a machine stuck here is reset by the watchdog, if armed
 		for {
 			time.Sleep(time.Hour)
 		}
@@ -136,7 +140,13 @@ func (s *Stage) Run() error {
 	if err != nil {
 		return fmt.Errorf("read kernel command line: %w", err)
 	}
+	// The watchdog is armed as early as its module is loaded, so that
+	// everything after it is covered: a hang resets the machine.
+	s.armWatchdog(string(cmd))
 	flags := TestFlags(string(cmd))
+	if slices.Contains(flags, "hang") {
+		s.hang() // never returns
+	}
 	for _, t := range flags {
 		switch t {
 		case "root", "services", "tpm", "update":

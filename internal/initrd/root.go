@@ -114,17 +114,21 @@ func VerifyData(dir string, cas []*x509.Certificate, productID string, at time.T
 // SwitchRoot is the switch to the host root as data: mounts moved from the
 // initrd into the new root (in order), then the initrd's own files are
 // deleted, the new root is moved onto / and chrooted into, and Init is
-// executed with Argv as PID 1.
+// executed with Argv and Env as PID 1. Watchdog, when not 0, is the
+// armed watchdog's descriptor: kept open across the exec and pinged just
+// before it (Env names it for the host's init).
 type SwitchRoot struct {
-	NewRoot string
-	Moves   []Mount // Source: where it is now; Target: where it goes
-	Init    string
-	Argv    []string
+	NewRoot  string
+	Moves    []Mount // Source: where it is now; Target: where it goes
+	Init     string
+	Argv     []string
+	Env      []string
+	Watchdog int
 }
 
 // NewSwitchRoot is the plan for the host root at newRoot.
 func NewSwitchRoot(newRoot string) SwitchRoot {
-	p := SwitchRoot{NewRoot: newRoot, Init: HostInit, Argv: []string{HostInit}}
+	p := SwitchRoot{NewRoot: newRoot, Init: HostInit, Argv: []string{HostInit}, Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TERM=linux"}}
 	for _, m := range [][2]string{{"/dev", "/dev"}, {"/proc", "/proc"}, {"/sys", "/sys"}, {"/run", "/run"}, {DataMount, HostDataDir}} {
 		p.Moves = append(p.Moves, Mount{Source: m[0], Target: newRoot + m[1], Flags: msMove})
 	}

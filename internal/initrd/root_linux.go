@@ -69,7 +69,12 @@ func (linuxSystem) switchRoot(p SwitchRoot) error {
 	if err := unix.Chdir("/"); err != nil {
 		return err
 	}
-	return unix.Exec(p.Init, p.Argv, []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "TERM=linux"})
+	if p.Watchdog != 0 {
+		if err := keepAcrossExec(p.Watchdog); err != nil {
+			return err
+		}
+	}
+	return unix.Exec(p.Init, p.Argv, p.Env)
 }
 
 // removeTree deletes what is under dir on the device dev (the initrd's

@@ -34,6 +34,9 @@ func TestSwitchRootPlan(t *testing.T) {
 	if p.Init != "/sbin/init" || len(p.Argv) != 1 || p.Argv[0] != "/sbin/init" || p.NewRoot != "/sysroot" {
 		t.Fatalf("plan %+v", p)
 	}
+	if strings.Join(p.Env, " ") != "PATH=/usr/sbin:/usr/bin:/sbin:/bin TERM=linux" || p.Watchdog != 0 {
+		t.Fatalf("environment %q, watchdog fd %d: want the base environment and no watchdog", p.Env, p.Watchdog)
+	}
 	// The host's init must recognize itself by this argv[0].
 	if p.Argv[0] != HostInit {
 		t.Fatal("argv[0] is not what IsHostInit looks for")

@@ -143,7 +143,10 @@ func (s *Stage) bootRoot(started float64) error {
 		return fmt.Errorf("verified boot: record the host root's move: %w", err)
 	}
 	s.printf("switch_root to %s, exec %s, uptime %.3fs", img.Name(), HostInit, rec.SwitchRoot)
-	if err := rs.switchRoot(NewSwitchRoot(s.path(NewRoot))); err != nil {
+	sr := NewSwitchRoot(s.path(NewRoot))
+	env, fd := s.wd.HandOver() // the host's init pings the watchdog from here on
+	sr.Env, sr.Watchdog = append(sr.Env, env...), fd
+	if err := rs.switchRoot(sr); err != nil {
 		return fmt.Errorf("verified boot: switch_root: %w%s", err, s.corruptions(rs))
 	}
 	return nil

@@ -20,6 +20,16 @@ func TestArgs(t *testing.T) {
 	if strings.Contains(cmd, "tpm") {
 		t.Error("a TPM without a socket")
 	}
+	if strings.Contains(cmd, "i6300esb") || strings.Contains(cmd, "-action") {
+		t.Errorf("a watchdog nobody asked for: %s", cmd)
+	}
+	a, err = Config{ESPDir: "/esp", Watchdog: true}.Args("v", "s", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cmd = strings.Join(a, " "); !strings.Contains(cmd, "-device i6300esb -action watchdog=reset") || !strings.Contains(cmd, "-no-reboot") {
+		t.Errorf("Watchdog: args lack the i6300ESB resetting the machine (and -no-reboot ending qemu then): %s", cmd)
+	}
 	a, err = Config{Disk: "/d.img", Net: []string{"hostfwd=tcp:127.0.0.1:8080-:80"}}.Args("v", "s", "/sock")
 	if err != nil {
 		t.Fatal(err)

@@ -21,9 +21,14 @@ import (
 )
 
 // updateCmdline boots to the services with the vessel.test=update hook
-// (PID 1 stages a manifest the test left on the data partition) and
-// panic=5 (a kernel panic reboots, which ends qemu under -no-reboot).
-const updateCmdline = "console=ttyS0 vessel.test=root,services,update vessel.ip=10.0.2.15/24 panic=5"
+// (PID 1 stages a manifest the test left on the data partition),
+// panic=5 (a kernel panic reboots, which ends qemu under -no-reboot) and
+// the hardware watchdog (vessel.watchdog=20 with Config.Watchdog: a hang
+// resets, which ends qemu too; every boot here must keep it fed).
+const updateCmdline = "console=ttyS0 vessel.test=root,services,update vessel.ip=10.0.2.15/24 panic=5 vessel.watchdog=" + updateWatchdog
+
+// updateWatchdog is the watchdog timeout of TestUpdate's boots, seconds.
+const updateWatchdog = "20"
 
 // updateFixture is one product in versions 1 to 4 and a disk with
 // version 1 installed and version 2 staged offline (a trial armed).
@@ -213,7 +218,7 @@ func freePort(t *testing.T) int {
 // waits until a marker appears.
 func bootUntil(t *testing.T, e *bootEnv, disk, nvram string, port int, markers ...string) *VM {
 	t.Helper()
-	vm := StartT(t, Config{Disk: disk, Vars: e.vars, NVRAM: nvram, MemoryMB: 768, Monitor: true, Timeout: 8 * time.Minute,
+	vm := StartT(t, Config{Disk: disk, Vars: e.vars, NVRAM: nvram, MemoryMB: 768, Monitor: true, Timeout: 8 * time.Minute, Watchdog: true,
 		Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:8080", port)}})
 	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Minute)
 	defer cancel()
@@ -286,6 +291,7 @@ func TestUpdate(t *testing.T) {
 				t.Fatalf("%s\n%s", l.Text, vm.Tail(60))
 			}
 			t.Logf("boot 2: %s; %s", staged, strings.TrimSpace(fetched))
+			t.Logf("boot 2: %s", watchdogFed(t, vm))
 			vm.WaitExit(context.Background())
 			boot2Exit := time.Now()
 			// the power cuts start from here: version 2 the default, version 3's
@@ -361,12 +367,26 @@ func TestUpdate(t *testing.T) {
 			}
 			refused := mustFind(t, vm, "refused")
 			t.Logf("boot 4: %s", refused)
+			// The host's PID 1 keeps the watchdog fed: the guest is still
+			// running 2.5 timeouts after PID 1 took it over (a guest that
+			// stopped pinging is reset, ending qemu, within one or two), and
+			// then powers off cleanly by the power button (120 s window).
+			host := watchdogLine(t, vm)
+			if d := 50*time.Second - (time.Since(vm.Started) - host.At); d > 0 {
+				time.Sleep(d)
+			}
+			if done, err := vm.Exited(); done {
+				t.Fatalf("qemu exited (%v) before the power button, less than 50s after the guest's PID 1 took the watchdog over: reset by it? Its serial ends %.1fs after that line:\n%s",
+					err, (vm.Lines()[len(vm.Lines())-1].At - host.At).Seconds(), vm.Tail(40))
+			}
 			if err := vm.Monitor("system_powerdown"); err != nil {
 				t.Fatal(err)
 			}
 			ctx2, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
 			vm.WaitExit(ctx2)
+			mustFind(t, vm, "vessel-host: powering off")
+			t.Logf("boot 4: %s", watchdogFed(t, vm))
 			onData(t, f.disk, func(mnt string) {
 				if s := f.status(t, mnt); s.Default != "b" || s.Accepted != 2 {
 					t.Fatalf("after the refused downgrade: %+v", s)
@@ -400,7 +420,7 @@ func powerCutTrial(t *testing.T, e *bootEnv, f *updateFixture, src string, i int
 	// boots)
 	for b := 0; real < cutBoots && b < 3*cutBoots; b++ {
 		port := freePort(t)
-		vm := StartT(t, Config{Disk: disk, Vars: e.vars, NVRAM: nvram, MemoryMB: 768, Timeout: 8 * time.Minute,
+		vm := StartT(t, Config{Disk: disk, Vars: e.vars, NVRAM: nvram, MemoryMB: 768, Timeout: 8 * time.Minute, Watchdog: true,
 			Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:8080", port)}})
 		// the firmware takes 15-80 s under TCG; cut somewhere after the
 		// kernel started, mostly while the host stages or checks
@@ -527,4 +547,31 @@ func lastVessel(vm *VM) string {
 		}
 	}
 	return "(none)"
+}
+
+// watchdogLine is the host's PID 1 taking over the initrd's armed
+// i6300ESB (vessel.watchdog=20 in updateCmdline); the initrd armed it.
+func watchdogLine(t *testing.T, vm *VM) Line {
+	t.Helper()
+	armed := mustFind(t, vm, "vessel-init: watchdog: ")
+	if !strings.HasPrefix(armed, "vessel-init: watchdog: /dev/watchdog0 (i6300ESB timer) armed, "+updateWatchdog+" s") {
+		t.Fatalf("the initrd did not arm the i6300ESB: %s", armed)
+	}
+	l, ok := vm.Find("vessel-host: watchdog: ")
+	if !ok || !strings.Contains(l.Text, "(i6300ESB timer) from the initrd, "+updateWatchdog+" s: pinged every 5s") {
+		t.Fatalf("the host's PID 1 did not take the watchdog over: %q\n%s", l.Text, vm.Tail(60))
+	}
+	return l
+}
+
+// watchdogFed says how long the guest ran after its PID 1 took the
+// watchdog over (the boot ended by itself, cleanly: the caller checked).
+func watchdogFed(t *testing.T, vm *VM) string {
+	t.Helper()
+	l := watchdogLine(t, vm)
+	end := time.Since(vm.Started)
+	if ls := vm.Lines(); len(ls) > 0 {
+		end = ls[len(ls)-1].At
+	}
+	return fmt.Sprintf("the host's PID 1 fed the watchdog (%s s) for %.1fs until its clean end: %s", updateWatchdog, (end - l.At).Seconds(), l.Text)
 }

@@ -26,7 +26,7 @@ func (m *ukiMachine) boot(t *testing.T, markers ...string) *VM {
 	t.Helper()
 	// the services need a network interface (vessel.ip): a hostfwd rule
 	// to an unused port gives them one
-	vm := StartT(t, Config{Disk: m.disk, Vars: m.e.vars, NVRAM: m.nvram, TPM: true, TPMState: m.tpmState, MemoryMB: 768, Monitor: true, Timeout: 8 * time.Minute,
+	vm := StartT(t, Config{Disk: m.disk, Vars: m.e.vars, NVRAM: m.nvram, TPM: true, TPMState: m.tpmState, Watchdog: true, MemoryMB: 768, Monitor: true, Timeout: 8 * time.Minute,
 		Net: []string{fmt.Sprintf("hostfwd=tcp:127.0.0.1:%d-:8080", freePort(t))}})
 	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Minute)
 	defer cancel()
@@ -115,6 +115,7 @@ func TestUpdateUKI(t *testing.T) {
 		"installed": updateCmdline,
 		"b":         updateCmdline + " vessel.uki=b",
 		"panic":     "console=ttyS0 rdinit=/nonexistent panic=5 vessel.uki=panic",
+		"hang":      updateCmdline + " vessel.test=hang vessel.uki=hang",
 	} {
 		ukis[name] = filepath.Join(f.dir, "uki-"+name+".efi")
 		f.v("boot", "uki", "--kernel", e.kernel, "--initrd", initrd, "--cmdline", cmdline,
@@ -186,24 +187,60 @@ func TestUpdateUKI(t *testing.T) {
 	t.Logf("boot 4: %s", panicLine)
 
 	// boot 5: back on UKI b; the initrd records the trial as failed and
-	// boots version 2
-	vm = m.boot(t, "vessel-host: services up", "FAILED", "vessel-init: powering off")
+	// boots version 2, which stages version 4 again, now with a UKI whose
+	// initrd hangs (vessel.test=hang, after arming the watchdog)
+	m.incoming(t, 4, ukis["hang"])
+	vm = m.boot(t, "vessel-host: rebooting", "vessel-host: powering off", "FAILED", "not staged")
 	if cl := cmdlineOf(t, vm); !strings.Contains(cl, "vessel.uki=b") {
 		t.Fatalf("boot 5 did not fall back to UKI b: %s", cl)
 	}
 	failed := mustFind(t, vm, "never took its try")
 	mustFind(t, vm, "vessel-host: up (manifest "+f.digests[2]+", version 2)")
 	mustFind(t, vm, "vessel-init: TPM: manifest version 2 >= accepted version 2 (NV counter)")
-	t.Logf("boot 5: %s", failed)
+	mustFind(t, vm, "vessel-host: vessel.test=update: staged, rebooting into the trial")
+	removed := mustFind(t, vm, "removed from the ESP") // the panicking UKI: no slot names it now
+	t.Logf("boot 5: %s; %s", failed, strings.TrimSpace(removed))
+	vm.WaitExit(context.Background())
+	m.incoming(t, 0, "")
+
+	// boot 6: the one-shot starts the hanging UKI; the i6300ESB watchdog
+	// resets the machine, which ends qemu
+	vm = m.boot(t)
+	if cl := cmdlineOf(t, vm); !strings.Contains(cl, "vessel.uki=hang") {
+		t.Fatalf("boot 6 did not start the hanging UKI: %s", cl)
+	}
+	hang := mustFind(t, vm, "vessel-init: test hook: hanging")
+	mustFind(t, vm, "vessel-init: watchdog: /dev/watchdog0")
+	if l, ok := vm.Find("Kernel panic"); ok {
+		t.Fatalf("boot 6 panicked instead of hanging: %s", l.Text)
+	}
+	t.Logf("boot 6: %s, then reset after %.1fs", hang, (time.Since(vm.Started) - mustLine(t, vm, "vessel-init: test hook: hanging").At).Seconds())
+
+	// boot 7: back on UKI b, version 2 again
+	vm = m.boot(t, "vessel-host: services up", "FAILED", "vessel-init: powering off")
+	if cl := cmdlineOf(t, vm); !strings.Contains(cl, "vessel.uki=b") {
+		t.Fatalf("boot 7 did not fall back to UKI b: %s", cl)
+	}
+	mustFind(t, vm, "never took its try")
+	mustFind(t, vm, "vessel-host: up (manifest "+f.digests[2]+", version 2)")
 	m.powerOff(t, vm)
 	onData(t, m.disk, func(mnt string) {
 		s := f.status(t, mnt)
 		if s.Default != "b" || s.version("b") != 2 || s.Trial != nil || s.Accepted != 2 {
-			t.Fatalf("after the panicking UKI: %+v", s)
+			t.Fatalf("after the failed UKIs: %+v", s)
 		}
 		if s.Last == nil || s.Last.Version != 4 || s.Last.Outcome != "failed" || !strings.Contains(s.Last.Why, "never took its try") {
 			t.Fatalf("last result %+v", s.Last)
 		}
-		t.Logf("status after the panicking UKI: last %+v", *s.Last)
+		t.Logf("status after the hanging UKI: last %+v", *s.Last)
 	})
+}
+
+func mustLine(t *testing.T, vm *VM, s string) Line {
+	t.Helper()
+	l, ok := vm.Find(s)
+	if !ok {
+		t.Fatalf("no %q on the console", s)
+	}
+	return l
 }

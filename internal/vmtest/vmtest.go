@@ -66,6 +66,11 @@ type Config struct {
 	Net      []string      // hostfwd=/guestfwd= rules; none: -nic none (unless TFTPDir)
 	Dir      string        // where the serial log and VARS copy go; default a new temp dir
 	Monitor  bool          // qemu's HMP monitor on a unix socket, for VM.Monitor
+	// Watchdog attaches an i6300ESB watchdog whose expiry resets the
+	// machine (-action watchdog=reset); under -no-reboot the reset ends
+	// qemu, which the tests treat as a reboot (a power cycle). The guest
+	// arms it with vessel.watchdog=SECONDS.
+	Watchdog bool
 
 	// TFTPDir, with BootFile, serves that directory with qemu's built-in
 	// TFTP server and hands BootFile out by DHCP: the firmware boots it
@@ -152,6 +157,9 @@ func (c Config) Args(vars, serial, tpmSock string) ([]string, error) {
 		a = append(a, "-drive", "file=fat:rw:"+c.ESPDir+",format=raw,if=virtio")
 	} else if c.Disk != "" {
 		a = append(a, "-drive", "file="+c.Disk+",format=raw,if=virtio")
+	}
+	if c.Watchdog {
+		a = append(a, "-device", "i6300esb", "-action", "watchdog=reset")
 	}
 	if tpmSock != "" {
 		a = append(a, "-chardev", "socket,id=chrtpm,path="+tpmSock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0")

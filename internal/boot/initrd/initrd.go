@@ -52,13 +52,15 @@ const (
 // (PCI, block, network), loop devices (the layer blobs), dm-verity, the layer filesystems, overlay,
 // efivarfs, the data partition's ext4, the ESP's vfat (with the code page
 // and character set it mounts with: an update writes UKIs there), and the ACPI power button with
-// evdev (the host's init powers off cleanly when it is pressed). Built-in
-// ones are skipped.
+// evdev (the host's init powers off cleanly when it is pressed), and the
+// i6300ESB watchdog (qemu's -device i6300esb; vessel.watchdog= arms it;
+// loading it without the device is harmless). Built-in ones are skipped.
 var DefaultModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_net",
 	"loop", "dm_verity", "dm_crypt", "xts", "squashfs", "erofs", "overlay",
 	"efivarfs", "ext4", "button", "evdev", "tpm_tis", "tpm_crb",
 	"vfat", "nls_cp437", "nls_ascii",
+	"i6300esb",
 }
 
 // MTime is the modification time of every entry (2000-01-01T00:00:00Z):
