@@ -85,8 +85,11 @@ func cmdlineOf(t *testing.T, vm *VM) string {
 // passes, UKI b becomes the first boot entry. Then version 4 with a UKI
 // whose kernel panics (no init: rdinit=/nonexistent, panic=5): the
 // firmware's one-shot is spent on it, the next boot starts UKI b again and
-// its initrd records the trial as failed (its UKI never reached the
-// initrd), version 2 runs. The machine has a vTPM (state kept across
+// its initrd records the trial as failed (its UKI never took its try),
+// version 2 runs and stages version 4 again with a UKI whose initrd hangs
+// after arming the watchdog (vessel.watchdog=20, vessel.test=hang): the
+// i6300ESB resets the machine and the next boot falls back the same way.
+// The machine has a vTPM (state kept across
 // boots) and an initrd with the TPM policy key: the NV counter does not
 // move during the trial of version 2, follows its confirm (version 2
 // accepted at boot 3) and stays at 2 after the failed version 4. Every
@@ -205,16 +208,21 @@ func TestUpdateUKI(t *testing.T) {
 
 	// boot 6: the one-shot starts the hanging UKI; the i6300ESB watchdog
 	// resets the machine, which ends qemu
-	vm = m.boot(t)
+	vm = m.boot(t, "vessel-init: test hook: hanging", "Kernel panic", "FAILED")
 	if cl := cmdlineOf(t, vm); !strings.Contains(cl, "vessel.uki=hang") {
 		t.Fatalf("boot 6 did not start the hanging UKI: %s", cl)
 	}
-	hang := mustFind(t, vm, "vessel-init: test hook: hanging")
+	hang := mustLine(t, vm, "vessel-init: test hook: hanging")
 	mustFind(t, vm, "vessel-init: watchdog: /dev/watchdog0")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := vm.WaitExit(ctx); err != nil && ctx.Err() != nil {
+		t.Fatalf("the hung trial was not reset: %v\n%s", err, vm.Tail(40))
+	}
 	if l, ok := vm.Find("Kernel panic"); ok {
 		t.Fatalf("boot 6 panicked instead of hanging: %s", l.Text)
 	}
-	t.Logf("boot 6: %s, then reset after %.1fs", hang, (time.Since(vm.Started) - mustLine(t, vm, "vessel-init: test hook: hanging").At).Seconds())
+	t.Logf("boot 6: %s; qemu ended %.1fs later (the watchdog's reset)", hang.Text, (time.Since(vm.Started) - hang.At).Seconds())
 
 	// boot 7: back on UKI b, version 2 again
 	vm = m.boot(t, "vessel-host: services up", "FAILED", "vessel-init: powering off")
