@@ -84,8 +84,10 @@ signed UKI: it must be signed by a certificate in the firmware's db and
 boot this product. It is written to the ESP (EFI/vessel/<hash>.efi, found by
 its partition name and mounted for the update, or --esp DIR), gets its own
 UEFI boot entry, and the trial boots it once through BootNext: a kernel
-that panics or hangs, or a power cut, falls back to the default slot's UKI
-at the next boot. A confirmed trial's UKI becomes the first boot entry.
+that panics, an initrd that hangs (reset by the hardware watchdog when the
+UKI's command line has vessel.watchdog=SECONDS), or a power cut falls back
+to the default slot's UKI at the next boot. A confirmed trial's UKI becomes
+the first boot entry.
 
 On a machine booted by vessel's initrd, --ca and --product-id default to the
 ones in the initrd (handed over in /run/vessel). The slot record is
