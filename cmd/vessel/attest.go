@@ -59,24 +59,10 @@ func attestationKey(t *tpm.TPM, st tpm.State, a *authFlags, stdin io.Reader) (*t
 	return t.AttestationKey(st, id)
 }
 
-// identity returns the identity key authorized by --policy, --recovery,
-// STATE/policy.signed, or else the shipped policy (STATE/policies/) for
-// the current PCR7 (after the boot's lock: its identity approval).
+// identity returns the identity key authorized as authFlags.authorize
+// says.
 func identity(t *tpm.TPM, st tpm.State, a *authFlags, stdin io.Reader) (*tpm.Identity, error) {
-	if a.policy == "" && !a.recovery {
-		if _, err := os.Stat(filepath.Join(st.Dir, "policy.signed")); err != nil {
-			pcr7, err := t.PCR7()
-			if err != nil {
-				return nil, err
-			}
-			p, err := st.PolicyFor(pcr7)
-			if err != nil {
-				return nil, err
-			}
-			return t.Identity(st, p, nil)
-		}
-	}
-	p, rec, err := a.load(st, stdin)
+	p, rec, err := a.authorize(t, st, stdin)
 	if err != nil {
 		return nil, err
 	}

@@ -64,8 +64,26 @@ type authFlags struct {
 }
 
 func (a *authFlags) add(c *cobra.Command) {
-	c.Flags().StringVar(&a.policy, "policy", "", "signed policy file (default STATE/policy.signed)")
+	c.Flags().StringVar(&a.policy, "policy", "", "signed policy file (default STATE/policy.signed, else the one in STATE/policies/ for the current PCR7)")
 	c.Flags().BoolVar(&a.recovery, "recovery", false, "authorize with the recovery secret, read from stdin, instead of a signed policy")
+}
+
+// authorize returns the signed policy or the recovery secret for an
+// operation: --policy, --recovery, STATE/policy.signed, or else the policy
+// shipped in STATE/policies/ for the TPM's current PCR7 (after the boot's
+// lock: its identity approval), as the initrd and vessel attest choose.
+func (a *authFlags) authorize(t *tpm.TPM, st tpm.State, stdin io.Reader) (*tpm.SignedPolicy, []byte, error) {
+	if a.policy == "" && !a.recovery {
+		if _, err := os.Stat(filepath.Join(st.Dir, "policy.signed")); err != nil {
+			pcr7, err := t.PCR7()
+			if err != nil {
+				return nil, nil, err
+			}
+			p, err := st.PolicyFor(pcr7)
+			return p, nil, err
+		}
+	}
+	return a.load(st, stdin)
 }
 
 // load returns the signed policy or the recovery secret.
@@ -427,12 +445,15 @@ func tpmUnsealCmd(g *globals, f *tpmFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, rec, err := a.load(st, cmd.InOrStdin())
-			if err != nil {
-				return err
-			}
 			var out []byte
-			if err := f.withTPM(func(t *tpm.TPM) (err error) { out, err = t.Unseal(st, args[0], p, rec); return err }); err != nil {
+			if err := f.withTPM(func(t *tpm.TPM) error {
+				p, rec, err := a.authorize(t, st, cmd.InOrStdin())
+				if err != nil {
+					return err
+				}
+				out, err = t.Unseal(st, args[0], p, rec)
+				return err
+			}); err != nil {
 				return fmt.Errorf("tpm unseal: %w", err)
 			}
 			if g.json {
@@ -501,16 +522,12 @@ func tpmIdentityCSRCmd(g *globals, f *tpmFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, rec, err := a.load(st, cmd.InOrStdin())
-			if err != nil {
-				return err
-			}
 			if cn == "" {
 				cn = defaultMachineName()
 			}
 			var der []byte
 			if err := f.withTPM(func(t *tpm.TPM) error {
-				id, err := t.Identity(st, p, rec)
+				id, err := identity(t, st, &a, cmd.InOrStdin())
 				if err != nil {
 					return err
 				}
@@ -575,14 +592,10 @@ public key of the machine certificate, e.g.
 			if err != nil {
 				return err
 			}
-			p, rec, err := a.load(st, cmd.InOrStdin())
-			if err != nil {
-				return err
-			}
 			digest := sha256.Sum256(data)
 			var sig []byte
 			if err := f.withTPM(func(t *tpm.TPM) error {
-				id, err := t.Identity(st, p, rec)
+				id, err := identity(t, st, &a, cmd.InOrStdin())
 				if err != nil {
 					return err
 				}
