@@ -61,17 +61,7 @@ func (s *syncBuffer) String() string {
 // parallel.
 func TestClusterJoin(t *testing.T) {
 	e := setupBoot(t)
-	if os.Geteuid() != 0 {
-		t.Skip("making images and writing the data partition need root")
-	}
-	for _, tool := range []string{"mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "nc", "runc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("missing %s (make deps)", tool)
-		}
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("missing /bin/busybox (make deps installs busybox-static)")
-	}
+	needDiskTools(t, "nc", "runc")
 	dir := filepath.Join(e.dir, "cluster")
 	store := filepath.Join(dir, "store")
 	if err := os.MkdirAll(dir, 0o755); err != nil {

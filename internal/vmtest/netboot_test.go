@@ -9,7 +9,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -399,17 +398,7 @@ type netImages struct {
 
 func makeImages(t *testing.T, e *bootEnv) *netImages {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("making images needs root (vessel image create)")
-	}
-	for _, tool := range []string{"mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "runc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("missing %s (make deps)", tool)
-		}
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("missing /bin/busybox (make deps installs busybox-static)")
-	}
+	needDiskTools(t, "runc")
 	dir := filepath.Join(e.dir, "net")
 	for _, d := range []string{filepath.Join(dir, "app", "www"), filepath.Join(dir, "app2", "www")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {

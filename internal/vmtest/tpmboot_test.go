@@ -43,17 +43,7 @@ import (
 //     update calls) and trust/versions.json deleted: version 2 is refused.
 func TestTPMBoot(t *testing.T) {
 	e := setupBoot(t)
-	if os.Geteuid() != 0 {
-		t.Skip("making images and loop mounts need root")
-	}
-	for _, tool := range []string{"mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "cryptsetup", "openssl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("missing %s (make deps)", tool)
-		}
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("missing /bin/busybox (make deps installs busybox-static)")
-	}
+	needDiskTools(t, "cryptsetup", "openssl")
 	dir := filepath.Join(e.dir, "tpmboot")
 	keys := filepath.Dir(e.dbKey)
 	os.MkdirAll(dir, 0o755)

@@ -41,17 +41,7 @@ type updateFixture struct {
 
 func makeUpdateFixture(t *testing.T, e *bootEnv) *updateFixture {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("making images needs root (vessel image create)")
-	}
-	for _, tool := range []string{"mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "runc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("missing %s (make deps)", tool)
-		}
-	}
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("missing /bin/busybox (make deps installs busybox-static)")
-	}
+	needDiskTools(t, "runc")
 	f := &updateFixture{dir: filepath.Join(e.dir, "update"), digests: map[int]string{}}
 	dir := f.dir
 	hostTree(t, dir, e.vessel, true)

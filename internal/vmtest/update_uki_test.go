@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -98,11 +97,7 @@ func cmdlineOf(t *testing.T, vm *VM) string {
 func TestUpdateUKI(t *testing.T) {
 	e := setupBoot(t)
 	f := makeUpdateFixture(t, e)
-	for _, tool := range []string{"openssl", "cryptsetup"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("missing %s (make deps)", tool)
-		}
-	}
+	needDiskTools(t, "openssl", "cryptsetup")
 	// This machine has a TPM: an initrd with the TPM policy key, a state
 	// partition, and the signed policy for the PCR7 of these firmware
 	// variables (predicted offline).

@@ -33,12 +33,16 @@ type verifiedDisks struct {
 	web2Layer                                       string   // the layer corrupted on the services disk
 }
 
-func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks {
+// needDiskTools skips the test unless it runs as root (vessel image create
+// and loop mounts need it) with the tools that make images and disks
+// (mksquashfs, mkfs.ext4, mkfs.vfat, mcopy, sfdisk), the extra ones it
+// names, and a static busybox for the host image.
+func needDiskTools(t *testing.T, extra ...string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("making images needs root (vessel image create)")
+		t.Skip("making images and disks needs root (vessel image create, loop mounts)")
 	}
-	for _, tool := range []string{"mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk"} {
+	for _, tool := range append([]string{"mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk"}, extra...) {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("missing %s (make deps)", tool)
 		}
@@ -46,6 +50,11 @@ func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks 
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		t.Skip("missing /bin/busybox (make deps installs busybox-static)")
 	}
+}
+
+func makeVerifiedDisks(t *testing.T, e *bootEnv, cmdline string) *verifiedDisks {
+	t.Helper()
+	needDiskTools(t)
 	dir := filepath.Join(e.dir, "verified")
 	if err := os.MkdirAll(filepath.Join(dir, "app"), 0o755); err != nil {
 		t.Fatal(err)

@@ -36,14 +36,7 @@ func TestVerityCostBench(t *testing.T) {
 		mb = n
 	}
 	e := setupBoot(t)
-	if os.Geteuid() != 0 {
-		t.Skip("making images needs root (vessel image create)")
-	}
-	for _, tool := range []string{"mksquashfs", "mkfs.ext4", "mkfs.vfat", "mcopy", "runc"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("missing %s (make deps)", tool)
-		}
-	}
+	needDiskTools(t, "runc")
 	dir := filepath.Join(e.dir, "bench")
 	big := filepath.Join(dir, "big")
 	if err := os.MkdirAll(filepath.Join(big, "big"), 0o755); err != nil {
