@@ -2,11 +2,9 @@ package initrd
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
-	"sort"
-	"strings"
 	"time"
+
+	"github.com/vesselos/vessel/internal/boot/efivar"
 )
 
 // DataPartition is the GPT partition name of vessel's data partition
@@ -14,40 +12,17 @@ import (
 const DataPartition = "vessel-data"
 
 // BlockClass is where the kernel lists block devices.
-const BlockClass = "/sys/class/block"
+const BlockClass = efivar.BlockClass
 
 // FindPartition looks through sysfs (no udev in the initrd) for the block
 // device whose GPT partition name is name, and returns its /dev path.
 // root prefixes the sysfs path (tests use a fixture).
 func FindPartition(root, name string) (string, bool, error) {
-	ents, err := os.ReadDir(root + BlockClass)
-	if err != nil {
-		return "", false, fmt.Errorf("list block devices: %w", err)
+	dev, ok, err := efivar.PartitionDevice(root, name)
+	if !ok || err != nil {
+		return "", ok, err
 	}
-	names := make([]string, 0, len(ents))
-	for _, e := range ents {
-		names = append(names, e.Name())
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		b, err := os.ReadFile(filepath.Join(root+BlockClass, n, "uevent"))
-		if err != nil {
-			continue // a device going away
-		}
-		dev, part := "", ""
-		for _, l := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(l, "DEVNAME="); ok {
-				dev = v
-			}
-			if v, ok := strings.CutPrefix(l, "PARTNAME="); ok {
-				part = v
-			}
-		}
-		if part == name && dev != "" {
-			return "/dev/" + dev, true, nil
-		}
-	}
-	return "", false, nil
+	return "/dev/" + dev, true, nil
 }
 
 // checkDisk waits (bounded) for the data partition to appear and prints it:

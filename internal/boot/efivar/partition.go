@@ -12,40 +12,67 @@ import (
 	"github.com/vesselos/vessel/internal/boot/secureboot"
 )
 
-// FindPartition finds the block device whose GPT partition name is name
-// (through sysfs under root, "" for the real one) and returns where it
-// is: its device, number, first sector and size from sysfs, and its
-// unique GUID from the disk's GPT.
-func FindPartition(root, name string) (*Partition, error) {
-	class := filepath.Join(root, "/sys/class/block")
-	ents, err := os.ReadDir(class)
+// BlockClass is where the kernel lists block devices.
+const BlockClass = "/sys/class/block"
+
+// PartitionDevice looks through sysfs under root ("" for the real one; no
+// udev needed) for the block device whose GPT partition name is name, and
+// returns its kernel name (vda2).
+func PartitionDevice(root, name string) (string, bool, error) {
+	ents, err := os.ReadDir(root + BlockClass)
 	if err != nil {
-		return nil, fmt.Errorf("list block devices: %w", err)
+		return "", false, fmt.Errorf("list block devices: %w", err)
 	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(class, e.Name(), "uevent"))
-		if err != nil || !strings.Contains(string(b), "\nPARTNAME="+name+"\n") {
-			continue
-		}
-		num, err1 := readUint(filepath.Join(class, e.Name(), "partition"))
-		start, err2 := readUint(filepath.Join(class, e.Name(), "start"))
-		size, err3 := readUint(filepath.Join(class, e.Name(), "size"))
-		if err1 != nil || err2 != nil || err3 != nil {
-			return nil, fmt.Errorf("partition %s (%s): read its number, start and size from sysfs", e.Name(), name)
-		}
-		// The parent directory of a partition in sysfs is its disk.
-		link, err := filepath.EvalSymlinks(filepath.Join(class, e.Name()))
+	for _, e := range ents { // in name order
+		b, err := os.ReadFile(filepath.Join(root+BlockClass, e.Name(), "uevent"))
 		if err != nil {
-			return nil, fmt.Errorf("partition %s: %w", e.Name(), err)
+			continue // a device going away
 		}
-		disk := filepath.Join(root, "/dev", filepath.Base(filepath.Dir(link)))
-		p := &Partition{Number: uint32(num), Start: start, Size: size, Device: filepath.Join(root, "/dev", e.Name())}
-		if p.GUID, err = partitionGUID(disk, p.Number); err != nil {
-			return nil, fmt.Errorf("partition %s (%s): %w", p.Device, name, err)
+		dev, part := "", ""
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "DEVNAME="); ok {
+				dev = v
+			}
+			if v, ok := strings.CutPrefix(l, "PARTNAME="); ok {
+				part = v
+			}
 		}
-		return p, nil
+		if part == name && dev != "" {
+			return dev, true, nil
+		}
 	}
-	return nil, fmt.Errorf("no partition named %q (looked through %s)", name, class)
+	return "", false, nil
+}
+
+// FindPartition finds the partition whose GPT partition name is name
+// (PartitionDevice) and returns where it is: its device, number, first
+// sector and size from sysfs, and its unique GUID from the disk's GPT.
+func FindPartition(root, name string) (*Partition, error) {
+	dev, ok, err := PartitionDevice(root, name)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("no partition named %q (looked through %s)", name, root+BlockClass)
+	}
+	sys := filepath.Join(root+BlockClass, dev)
+	num, err1 := readUint(filepath.Join(sys, "partition"))
+	start, err2 := readUint(filepath.Join(sys, "start"))
+	size, err3 := readUint(filepath.Join(sys, "size"))
+	if err1 != nil || err2 != nil || err3 != nil {
+		return nil, fmt.Errorf("partition %s (%s): read its number, start and size from sysfs", dev, name)
+	}
+	// The parent directory of a partition in sysfs is its disk.
+	link, err := filepath.EvalSymlinks(sys)
+	if err != nil {
+		return nil, fmt.Errorf("partition %s: %w", dev, err)
+	}
+	disk := filepath.Join(root, "/dev", filepath.Base(filepath.Dir(link)))
+	p := &Partition{Number: uint32(num), Start: start, Size: size, Device: filepath.Join(root, "/dev", dev)}
+	if p.GUID, err = partitionGUID(disk, p.Number); err != nil {
+		return nil, fmt.Errorf("partition %s (%s): %w", p.Device, name, err)
+	}
+	return p, nil
 }
 
 func readUint(path string) (uint64, error) {
